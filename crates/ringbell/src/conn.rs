@@ -1,0 +1,582 @@
+//! [`Connection`]: two rings, two doorbells and a control socket; `send`, `recv` and
+//! their timeouts.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::{ClientConfig, WaitStrategy};
+use crate::error::Error;
+use crate::layout::{RingControl, SegmentHeader, WaitCell, CLIENT_TO_SERVER, SERVER_TO_CLIENT};
+use crate::ring::{max_frame_payload, Consumer, Frame, FrameKind, Producer, RingError};
+use crate::segment::Segment;
+use crate::sync::Ordering;
+use crate::sys::{ControlStream, Doorbell, OsFutex};
+use crate::wait::{self, Futex, Waited};
+
+/// Which end of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    /// The ring this side produces into; also its index in `SegmentHeader::closed`.
+    fn tx_index(self) -> usize {
+        match self {
+            Side::Server => SERVER_TO_CLIENT,
+            Side::Client => CLIENT_TO_SERVER,
+        }
+    }
+
+    fn rx_index(self) -> usize {
+        1 - self.tx_index()
+    }
+}
+
+/// Per-connection settings, resolved from the server's and the client's configs.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) wait: WaitStrategy,
+    pub(crate) max_message_size: usize,
+    pub(crate) send_timeout: Option<Duration>,
+}
+
+/// A chunked message received in part when a `recv` timed out: kept so that the next
+/// `recv` continues it and nothing is lost.
+#[derive(Debug)]
+struct PartialMessage {
+    bytes: Vec<u8>,
+    total: usize,
+    correlation: u64,
+}
+
+/// How long a receive may wait.
+#[derive(Debug, Clone, Copy)]
+enum Patience {
+    Until(Option<Instant>),
+    NoWait,
+}
+
+/// A message received, with the correlation id it was sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub(crate) len: usize,
+    pub(crate) correlation: u64,
+}
+
+fn corrupted(error: RingError) -> Error {
+    Error::Corrupted { detail: error.0 }
+}
+
+/// A bidirectional message channel to one peer process, over shared memory.
+///
+/// Made by [`Server::accept`](crate::Server::accept) on the server and
+/// [`Connection::connect`] on the client; both ends have the same API. Messages arrive
+/// whole and in order; each `send` is one message. `send` blocks while the ring is full
+/// and never drops a message; messages larger than the ring go through in chunks.
+///
+/// A connection is one producer and one consumer: `send` and `recv` take `&mut self`.
+/// Move it to the thread that uses it (it is `Send`).
+///
+/// Dropping a connection tells the peer at once: its blocked `recv` or `send` returns
+/// [`Error::PeerDied`] after any messages already sent have been received. If the process
+/// dies instead, the peer notices within about 50 ms (a waiting side checks its peer's
+/// control socket that often).
+///
+/// # Examples
+///
+/// ```no_run
+/// use ringbell::{ClientConfig, Connection};
+/// use std::time::Duration;
+///
+/// let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
+/// conn.send(b"ping")?;
+/// let mut reply = Vec::new();
+/// let n = conn.recv(&mut reply, Some(Duration::from_secs(1)))?;
+/// assert_eq!(n, reply.len());
+/// # Ok::<(), ringbell::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    tx: Producer,
+    rx: Consumer,
+    /// Keeps the mapping that `tx` and `rx` point into alive: declared after them and never
+    /// handed out.
+    segment: Segment,
+    control: ControlStream,
+    /// Rung by the peer when this side announced it waits in an event loop.
+    own_doorbell: Doorbell,
+    /// Rung by us when the peer announced it waits in an event loop.
+    peer_doorbell: Doorbell,
+    side: Side,
+    settings: Settings,
+    rx_partial: Option<PartialMessage>,
+    /// A chunked send timed out: the receiver must be told to drop its chunks before the
+    /// next message.
+    tx_abort_pending: bool,
+    /// Whether `arm_doorbell` announced a doorbell wait that is still outstanding.
+    doorbell_armed: bool,
+    /// The error that ended this connection, returned again by every later call.
+    broken: Option<Error>,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        segment: Segment,
+        side: Side,
+        control: ControlStream,
+        own_doorbell: Doorbell,
+        peer_doorbell: Doorbell,
+        settings: Settings,
+    ) -> Connection {
+        Connection {
+            tx: Producer::new(segment.raw_ring(side.tx_index())),
+            rx: Consumer::new(segment.raw_ring(side.rx_index())),
+            segment,
+            control,
+            own_doorbell,
+            peer_doorbell,
+            side,
+            settings,
+            rx_partial: None,
+            tx_abort_pending: false,
+            doorbell_armed: false,
+            broken: None,
+        }
+    }
+
+    /// Connects to the server listening at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if nothing listens there; [`Error::PermissionDenied`] if the server
+    /// does not admit this uid; [`Error::Handshake`] if the other end is not a compatible
+    /// ringbell server, sends a malformed or unsafe segment, or does not answer within
+    /// [`ClientConfig::connect_timeout`].
+    pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Connection, Error> {
+        crate::handshake::connect(path.as_ref(), &config)
+    }
+
+    /// Sends one message, waiting while the ring is full.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::TooLarge`] if `msg` exceeds the connection's maximum message size (nothing
+    ///   is sent, the connection stays usable);
+    /// * [`Error::Timeout`] if a send timeout is configured and the peer did not make room
+    ///   in time (the message is not delivered, not even in part);
+    /// * [`Error::PeerDied`] if the peer closed or died;
+    /// * [`Error::Corrupted`] if the peer broke the ring's invariants.
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.send_with_correlation(msg, 0)
+    }
+
+    /// Receives the next message into `buf`, replacing its contents, and returns its
+    /// length. Waits at most `timeout` (`None`: as long as the peer lives).
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::Timeout`] if no whole message arrived in time (a message that arrived in
+    ///   part is kept and completed by the next call);
+    /// * [`Error::PeerDied`] once the peer has closed or died and every message it sent
+    ///   has been received;
+    /// * [`Error::Corrupted`] if the peer broke the protocol.
+    pub fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error> {
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        match self.receive(buf, Patience::Until(deadline))? {
+            Some(received) => Ok(received.len),
+            None => Err(Error::Timeout),
+        }
+    }
+
+    /// Receives the next message if one is already there, without waiting.
+    ///
+    /// Returns `Ok(None)` if none is. This is the receiving half of event-loop use, with
+    /// [`arm_doorbell`](Self::arm_doorbell) and [`doorbell_fd`](Self::doorbell_fd).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), except that it never times out.
+    pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<Option<usize>, Error> {
+        Ok(self.receive(buf, Patience::NoWait)?.map(|received| received.len))
+    }
+
+    /// Announces that this side is about to wait for a message in an event loop, polling
+    /// [`doorbell_fd`](Self::doorbell_fd) (and [`control_fd`](Self::control_fd), which
+    /// becomes readable when the peer is gone). Returns `false` if a message arrived
+    /// meanwhile: call [`try_recv`](Self::try_recv) instead of waiting.
+    ///
+    /// While armed, the peer's next `send` writes to the doorbell (one syscall); otherwise
+    /// sends make no syscall at all. The next `try_recv` or `recv` disarms it.
+    ///
+    /// ```no_run
+    /// # use ringbell::{ClientConfig, Connection};
+    /// # let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
+    /// use rustix::event::{poll, PollFd, PollFlags};
+    /// let mut buf = Vec::new();
+    /// loop {
+    ///     if let Some(n) = conn.try_recv(&mut buf)? {
+    ///         println!("got {n} bytes");
+    ///         break;
+    ///     }
+    ///     if conn.arm_doorbell()? {
+    ///         let mut fds = [
+    ///             PollFd::new(&conn.doorbell_fd(), PollFlags::IN),
+    ///             PollFd::new(&conn.control_fd(), PollFlags::IN),
+    ///         ];
+    ///         poll(&mut fds, None).ok();
+    ///     }
+    /// }
+    /// # Ok::<(), ringbell::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupted`] if the peer broke the ring's invariants, or the error that
+    /// ended the connection earlier.
+    pub fn arm_doorbell(&mut self) -> Result<bool, Error> {
+        self.usable()?;
+        let rx = &mut self.rx;
+        let mut ready = || rx.has_data().map_err(corrupted);
+        let armed = !wait::announce(rx_readable(&self.segment, self.side), wait::SLEEP_DOORBELL, &mut ready)
+            .inspect_err(|error| self.broken = error.terminal_copy())?;
+        self.doorbell_armed = armed;
+        Ok(armed)
+    }
+
+    /// The eventfd the peer rings when this side is armed (see
+    /// [`arm_doorbell`](Self::arm_doorbell)). Non-blocking; readable after a ring.
+    pub fn doorbell_fd(&self) -> BorrowedFd<'_> {
+        self.own_doorbell.as_fd()
+    }
+
+    /// The control socket. It becomes readable (end of file) when the peer closes or
+    /// dies; never read from or write to it.
+    pub fn control_fd(&self) -> BorrowedFd<'_> {
+        self.control.as_fd()
+    }
+
+    /// The largest message this connection carries, as decided by the server.
+    pub fn max_message_size(&self) -> usize {
+        self.settings.max_message_size
+    }
+
+    /// Bytes per ring and direction, as decided by the server.
+    pub fn ring_capacity(&self) -> usize {
+        self.segment.capacity()
+    }
+
+    /// Returns the error that ended the connection, if any.
+    fn usable(&self) -> Result<(), Error> {
+        match &self.broken {
+            Some(error) => Err(error.terminal_copy().unwrap_or(Error::PeerDied)),
+            None => Ok(()),
+        }
+    }
+
+    fn header(&self) -> &SegmentHeader {
+        self.segment.header()
+    }
+
+    /// Sends one message tagged with `correlation` (request/response matching).
+    pub(crate) fn send_with_correlation(&mut self, msg: &[u8], correlation: u64) -> Result<(), Error> {
+        self.usable()?;
+        if msg.len() > self.settings.max_message_size {
+            return Err(Error::TooLarge {
+                len: msg.len(),
+                max: self.settings.max_message_size,
+            });
+        }
+        // SYNC: pairs with the Release store in `Drop`; a closed peer reads nothing more.
+        if self.header().closed[self.side.rx_index()].load(Ordering::Acquire) != 0 {
+            self.broken = Some(Error::PeerDied);
+            return Err(Error::PeerDied);
+        }
+        let deadline = self.settings.send_timeout.map(|timeout| Instant::now() + timeout);
+        let result = self.send_frames(msg, correlation, deadline);
+        if let Err(error) = &result {
+            self.broken = error.terminal_copy();
+        }
+        result
+    }
+
+    fn send_frames(&mut self, msg: &[u8], correlation: u64, deadline: Option<Instant>) -> Result<(), Error> {
+        if self.tx_abort_pending {
+            self.push_frame(FrameKind::Abort, 0, &[], deadline)?;
+            self.tx_abort_pending = false;
+        }
+        let max_payload = max_frame_payload(self.segment.capacity());
+        if msg.len() <= max_payload {
+            return self.push_frame(FrameKind::Message, correlation, &[msg], deadline);
+        }
+        // Chunked: the first frame carries the total length, so the receiver can check the
+        // chunks against it and allocate once.
+        let first = max_payload - 8;
+        let total = (msg.len() as u64).to_le_bytes();
+        self.push_frame(FrameKind::First, correlation, &[&total, &msg[..first]], deadline)?;
+        let mut rest = &msg[first..];
+        while !rest.is_empty() {
+            let len = rest.len().min(max_payload);
+            let kind = if len == rest.len() { FrameKind::Last } else { FrameKind::Middle };
+            if let Err(error) = self.push_frame(kind, correlation, &[&rest[..len]], deadline) {
+                // Part of the message is in the ring: have the receiver drop it, so that a
+                // timed-out send delivers nothing rather than half a message.
+                self.tx_abort_pending = matches!(error, Error::Timeout);
+                return Err(error);
+            }
+            rest = &rest[len..];
+        }
+        Ok(())
+    }
+
+    /// Pushes one frame, waiting for room, then wakes the peer if it sleeps.
+    fn push_frame(
+        &mut self,
+        kind: FrameKind,
+        correlation: u64,
+        parts: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let payload: usize = parts.iter().map(|part| part.len()).sum();
+        loop {
+            if self.tx.try_push(kind, correlation, parts).map_err(corrupted)? {
+                wake(&rings(&self.segment, self.side).tx.readable, &self.peer_doorbell);
+                return Ok(());
+            }
+            let tx = &mut self.tx;
+            let waited = wait::wait_until(
+                &self.settings.wait,
+                &rings(&self.segment, self.side).tx.writable,
+                &OsFutex,
+                deadline,
+                || tx.has_room(payload).map_err(corrupted),
+                || peer_alive(&self.control, self.segment.header(), self.side),
+            )?;
+            if waited == Waited::TimedOut {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
+    /// The receive loop shared by `recv` and `try_recv`: returns `None` when patience ran
+    /// out with no whole message.
+    fn receive(&mut self, buf: &mut Vec<u8>, patience: Patience) -> Result<Option<Received>, Error> {
+        self.usable()?;
+        if self.doorbell_armed {
+            self.doorbell_armed = false;
+            wait::withdraw(rx_readable(&self.segment, self.side));
+            self.own_doorbell.drain();
+        }
+        let result = self.receive_frames(buf, patience);
+        if let Err(error) = &result {
+            self.broken = error.terminal_copy();
+        }
+        result
+    }
+
+    fn receive_frames(&mut self, buf: &mut Vec<u8>, patience: Patience) -> Result<Option<Received>, Error> {
+        buf.clear();
+        // (total, correlation) of a chunked message in progress; its bytes are in `buf`.
+        let mut chunked = None;
+        if let Some(partial) = self.rx_partial.take() {
+            *buf = partial.bytes;
+            chunked = Some((partial.total, partial.correlation));
+        }
+        let max = self.settings.max_message_size;
+        loop {
+            let Some(frame) = self.rx.peek().map_err(corrupted)? else {
+                let waited = match patience {
+                    Patience::NoWait => {
+                        peer_alive(&self.control, self.header(), self.side)?;
+                        // The peer may have sent its last message and then closed.
+                        if self.rx.has_data().map_err(corrupted)? {
+                            continue;
+                        }
+                        Waited::TimedOut
+                    }
+                    Patience::Until(deadline) => {
+                        let rx = &mut self.rx;
+                        wait::wait_until(
+                            &self.settings.wait,
+                            &rings(&self.segment, self.side).rx.readable,
+                            &OsFutex,
+                            deadline,
+                            || rx.has_data().map_err(corrupted),
+                            || peer_alive(&self.control, self.segment.header(), self.side),
+                        )?
+                    }
+                };
+                if waited == Waited::TimedOut {
+                    if let Some((total, correlation)) = chunked {
+                        self.rx_partial = Some(PartialMessage {
+                            bytes: std::mem::take(buf),
+                            total,
+                            correlation,
+                        });
+                    }
+                    return Ok(None);
+                }
+                continue;
+            };
+            let header = frame.header;
+            let len = frame.payload_len();
+            match (header.kind, chunked) {
+                (FrameKind::Message, None) => {
+                    if len > max {
+                        return Err(Error::Corrupted {
+                            detail: "a message exceeds the connection's maximum size",
+                        });
+                    }
+                    self.take_payload(&frame, 0, buf);
+                    return Ok(Some(Received {
+                        len,
+                        correlation: header.correlation,
+                    }));
+                }
+                (FrameKind::First, None) => {
+                    let mut total = [0u8; 8];
+                    if len < total.len() {
+                        return Err(Error::Corrupted {
+                            detail: "a first chunk is too short to hold the message length",
+                        });
+                    }
+                    self.rx.copy_payload(&frame, 0, &mut total);
+                    let total = u64::from_le_bytes(total);
+                    let total = usize::try_from(total)
+                        .ok()
+                        .filter(|&total| total <= max && total >= len - 8)
+                        .ok_or(Error::Corrupted {
+                            detail: "a chunked message announces a length beyond the maximum",
+                        })?;
+                    buf.try_reserve_exact(total).map_err(|_| {
+                        Error::io(
+                            "allocating a receive buffer",
+                            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                        )
+                    })?;
+                    self.take_payload(&frame, 8, buf);
+                    chunked = Some((total, header.correlation));
+                }
+                (FrameKind::Middle | FrameKind::Last, Some((total, correlation))) => {
+                    if header.correlation != correlation || buf.len() + len > total {
+                        return Err(Error::Corrupted {
+                            detail: "a chunk does not belong to the message in progress",
+                        });
+                    }
+                    self.take_payload(&frame, 0, buf);
+                    if header.kind == FrameKind::Last {
+                        if buf.len() != total {
+                            return Err(Error::Corrupted {
+                                detail: "a chunked message ended short of its announced length",
+                            });
+                        }
+                        return Ok(Some(Received { len: total, correlation }));
+                    }
+                }
+                (FrameKind::Abort, Some(_)) => {
+                    self.rx.release(&frame);
+                    wake(&rings(&self.segment, self.side).rx.writable, &self.peer_doorbell);
+                    buf.clear();
+                    chunked = None;
+                }
+                _ => {
+                    return Err(Error::Corrupted {
+                        detail: "a frame arrived out of sequence",
+                    })
+                }
+            }
+        }
+    }
+
+    /// Appends `frame`'s payload from `skip` on to `buf`, releases the frame, and wakes the
+    /// peer if it waits for room.
+    fn take_payload(&mut self, frame: &Frame, skip: usize, buf: &mut Vec<u8>) {
+        self.rx.append_payload(frame, skip, buf);
+        self.rx.release(frame);
+        wake(&rings(&self.segment, self.side).rx.writable, &self.peer_doorbell);
+    }
+}
+
+/// This side's two ring control blocks, borrowed from the segment (not from the ring
+/// ends), so that a ring end can be borrowed mutably while we wait on a cell.
+struct Rings<'a> {
+    tx: &'a RingControl,
+    rx: &'a RingControl,
+}
+
+fn rings(segment: &Segment, side: Side) -> Rings<'_> {
+    let header = segment.header();
+    Rings {
+        tx: &header.rings[side.tx_index()],
+        rx: &header.rings[side.rx_index()],
+    }
+}
+
+/// The cell that this side's consumer sleeps on.
+fn rx_readable(segment: &Segment, side: Side) -> &WaitCell {
+    &rings(segment, side).rx.readable
+}
+
+/// The waker's half of the protocol, followed by the syscalls it asks for.
+fn wake(cell: &WaitCell, peer_doorbell: &Doorbell) {
+    let wake = wait::notify(cell);
+    if wake.futex {
+        OsFutex.wake(&cell.seq);
+    }
+    if wake.doorbell {
+        peer_doorbell.ring();
+    }
+}
+
+/// `Err(PeerDied)` if the peer said goodbye (no syscall) or its control socket shows
+/// end-of-file (one non-blocking syscall).
+fn peer_alive(control: &ControlStream, header: &SegmentHeader, side: Side) -> Result<(), Error> {
+    // SYNC: pairs with the Release store in `Drop`.
+    if header.closed[side.rx_index()].load(Ordering::Acquire) != 0 || control.peer_gone() {
+        return Err(Error::PeerDied);
+    }
+    Ok(())
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SYNC: pairs with the Acquire loads in `peer_alive` and `send_with_correlation`:
+        // everything we published before is visible to a peer that sees the flag.
+        self.header().closed[self.side.tx_index()].store(1, Ordering::Release);
+        // Wake the peer wherever it may sleep: waiting for our data or for our room.
+        wake(&rings(&self.segment, self.side).tx.readable, &self.peer_doorbell);
+        wake(&rings(&self.segment, self.side).rx.writable, &self.peer_doorbell);
+    }
+}
+
+/// The interface every ringbell transport implements: one message per `send`, whole
+/// messages in order from `recv`. [`Connection`] is the shared-memory implementation;
+/// other platforms and a TCP transport will implement the same trait.
+pub trait IpcTransport {
+    /// Sends one message. See [`Connection::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send`].
+    fn send(&mut self, msg: &[u8]) -> Result<(), Error>;
+
+    /// Receives the next message into `buf` (replacing its contents) and returns its
+    /// length, waiting at most `timeout`. See [`Connection::recv`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::recv`].
+    fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error>;
+}
+
+impl IpcTransport for Connection {
+    fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        Connection::send(self, msg)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error> {
+        Connection::recv(self, buf, timeout)
+    }
+}

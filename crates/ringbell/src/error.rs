@@ -1,0 +1,121 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// What went wrong, and what to do about it.
+///
+/// Errors that end a connection ([`PeerDied`](Error::PeerDied),
+/// [`Corrupted`](Error::Corrupted)) are returned again by every later call on it; drop
+/// the connection and reconnect. The others leave the connection usable.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The deadline passed before the operation could complete. Nothing was consumed or
+    /// half-sent: retry, or give up on the peer.
+    Timeout,
+    /// The peer closed the connection or its process died. Messages it sent before are
+    /// still delivered first; after this, reconnect.
+    PeerDied,
+    /// The peer broke the protocol or the shared-memory invariants (a bug, memory
+    /// corruption, or hostility). The connection is unusable; drop it.
+    Corrupted {
+        /// Which invariant was broken.
+        detail: &'static str,
+    },
+    /// A message is larger than the connection's `max_message_size`. Nothing was sent.
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The largest length allowed, decided by the server.
+        max: usize,
+    },
+    /// The handshake failed: the other end is not a ringbell peer, speaks another protocol
+    /// version, or sent a malformed message. On a server, only this client is affected.
+    Handshake {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The server refused the client's credentials (by default, only the server's own uid
+    /// may connect; see [`ServerConfig::allow_uid`](crate::ServerConfig::allow_uid)).
+    PermissionDenied {
+        /// Who was refused.
+        detail: String,
+    },
+    /// A live server already listens at this path.
+    AddressInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A configuration value is out of range.
+    InvalidConfig {
+        /// Which value, and its allowed range.
+        detail: String,
+    },
+    /// The operating system refused an operation; the message says which one.
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Timeout => f.write_str("timed out: the peer did not answer in time; retry or give up"),
+            Error::PeerDied => f.write_str(
+                "the peer closed the connection or its process died; reconnect to continue",
+            ),
+            Error::Corrupted { detail } => write!(
+                f,
+                "the peer broke the protocol ({detail}); the connection is closed, reconnect"
+            ),
+            Error::TooLarge { len, max } => write!(
+                f,
+                "message of {len} bytes exceeds the connection's maximum of {max} bytes; \
+                 raise ServerConfig::max_message_size or split the message"
+            ),
+            Error::Handshake { detail } => write!(f, "handshake failed: {detail}"),
+            Error::PermissionDenied { detail } => write!(
+                f,
+                "permission denied: {detail}; the server admits other uids with ServerConfig::allow_uid"
+            ),
+            Error::AddressInUse { path } => write!(
+                f,
+                "address in use: a live server already listens at {}; stop it or pick another path",
+                path.display()
+            ),
+            Error::InvalidConfig { detail } => write!(f, "invalid configuration: {detail}"),
+            Error::Io(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(error: io::Error) -> Self {
+        Error::Io(error)
+    }
+}
+
+impl Error {
+    /// An `Io` error that says which operation failed.
+    pub(crate) fn io(what: &str, error: io::Error) -> Self {
+        Error::Io(io::Error::new(error.kind(), format!("{what}: {error}")))
+    }
+
+    /// A copy for returning the same terminal error again. `Io` errors are not terminal.
+    pub(crate) fn terminal_copy(&self) -> Option<Error> {
+        match self {
+            Error::PeerDied => Some(Error::PeerDied),
+            Error::Corrupted { detail } => Some(Error::Corrupted { detail }),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The handshake over the control socket.
+//!
+//! ```text
+//! client                                   server
+//!   connect ───────────────────────────────▶ accept; SO_PEERCRED → uid
+//!   Hello  {magic, version} ───────────────▶ check magic, version, uid
+//!                                            create memfd segment (sealed), 2 eventfds
+//!          ◀─────────────── Welcome {status, capacity, max message, segment size}
+//!                           + SCM_RIGHTS [memfd, server doorbell, client doorbell]
+//!   check seals + size, map, check header
+//!   Ack ───────────────────────────────────▶ connection ready on both sides
+//! ```
+//!
+//! Every message starts with the same 16-byte prefix, little-endian:
+//! `magic "RINGBELL" (8) | version u16 | kind u16 | status u32`, so that a peer of another
+//! version can still read a refusal. The Welcome adds three u64: ring capacity, maximum
+//! message size, segment length. The whole exchange runs under a deadline on both sides.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::config::{ClientConfig, ServerConfig};
+use crate::conn::{Connection, Settings, Side};
+use crate::error::Error;
+use crate::layout;
+use crate::segment::Segment;
+use crate::sys::{self, ControlStream, Doorbell, SharedRegion};
+
+/// The first bytes of every handshake message.
+pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
+/// The handshake protocol version this build speaks.
+pub(crate) const PROTOCOL_VERSION: u16 = 1;
+/// Length of the common prefix, and of Hello and Ack.
+pub(crate) const PREFIX_LEN: usize = 16;
+/// Length of a Welcome.
+pub(crate) const WELCOME_LEN: usize = PREFIX_LEN + 24;
+
+/// Which handshake message a prefix introduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Hello = 1,
+    Welcome = 2,
+    Ack = 3,
+}
+
+/// The server's verdict in a Welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Accepted = 0,
+    PermissionDenied = 1,
+    UnsupportedVersion = 2,
+    ServerError = 3,
+}
+
+impl Status {
+    fn from_u32(value: u32) -> Option<Status> {
+        Some(match value {
+            0 => Status::Accepted,
+            1 => Status::PermissionDenied,
+            2 => Status::UnsupportedVersion,
+            3 => Status::ServerError,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Prefix {
+    pub(crate) version: u16,
+    pub(crate) kind: Kind,
+    pub(crate) status: Status,
+}
+
+/// The body of a Welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Welcome {
+    pub(crate) ring_capacity: u64,
+    pub(crate) max_message_size: u64,
+    pub(crate) segment_len: u64,
+}
+
+pub(crate) fn encode_prefix(kind: Kind, status: Status) -> [u8; PREFIX_LEN] {
+    let mut bytes = [0u8; PREFIX_LEN];
+    bytes[0..8].copy_from_slice(&MAGIC);
+    bytes[8..10].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    bytes[10..12].copy_from_slice(&(kind as u16).to_le_bytes());
+    bytes[12..16].copy_from_slice(&(status as u32).to_le_bytes());
+    bytes
+}
+
+fn handshake_error(detail: impl Into<String>) -> Error {
+    Error::Handshake {
+        detail: detail.into(),
+    }
+}
+
+/// Decodes a prefix and checks that it is `expected`. The version is returned, not checked:
+/// the caller decides what a mismatch means.
+pub(crate) fn decode_prefix(bytes: &[u8; PREFIX_LEN], expected: Kind) -> Result<Prefix, Error> {
+    if bytes[0..8] != MAGIC {
+        return Err(handshake_error("bad magic: the peer is not a ringbell endpoint"));
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    let kind = match u16::from_le_bytes([bytes[10], bytes[11]]) {
+        1 => Kind::Hello,
+        2 => Kind::Welcome,
+        3 => Kind::Ack,
+        other => return Err(handshake_error(format!("unknown handshake message kind {other}"))),
+    };
+    if kind != expected {
+        return Err(handshake_error(format!("expected a {expected:?} message, got a {kind:?}")));
+    }
+    let status_raw = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    let status = Status::from_u32(status_raw)
+        .ok_or_else(|| handshake_error(format!("unknown handshake status {status_raw}")))?;
+    Ok(Prefix {
+        version,
+        kind,
+        status,
+    })
+}
+
+pub(crate) fn encode_welcome(status: Status, welcome: &Welcome) -> [u8; WELCOME_LEN] {
+    let mut bytes = [0u8; WELCOME_LEN];
+    bytes[..PREFIX_LEN].copy_from_slice(&encode_prefix(Kind::Welcome, status));
+    bytes[16..24].copy_from_slice(&welcome.ring_capacity.to_le_bytes());
+    bytes[24..32].copy_from_slice(&welcome.max_message_size.to_le_bytes());
+    bytes[32..40].copy_from_slice(&welcome.segment_len.to_le_bytes());
+    bytes
+}
+
+/// Decodes a Welcome. Refusals become the matching error.
+pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error> {
+    let prefix_bytes: &[u8; PREFIX_LEN] = bytes[..PREFIX_LEN].try_into().expect("16 bytes");
+    let prefix = decode_prefix(prefix_bytes, Kind::Welcome)?;
+    match prefix.status {
+        Status::Accepted => {}
+        Status::PermissionDenied => {
+            return Err(Error::PermissionDenied {
+                detail: "the server does not admit this process's uid".into(),
+            })
+        }
+        Status::UnsupportedVersion => {
+            return Err(handshake_error(format!(
+                "version mismatch: this client speaks protocol v{PROTOCOL_VERSION}, the server v{}",
+                prefix.version
+            )))
+        }
+        Status::ServerError => {
+            return Err(handshake_error("the server failed to set up the connection; see its log"))
+        }
+    }
+    if prefix.version != PROTOCOL_VERSION {
+        return Err(handshake_error(format!(
+            "version mismatch: this client speaks protocol v{PROTOCOL_VERSION}, the server v{}",
+            prefix.version
+        )));
+    }
+    let field = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Welcome {
+        ring_capacity: field(16),
+        max_message_size: field(24),
+        segment_len: field(32),
+    })
+}
+
+/// Time left before `deadline`, or a timeout error naming the step.
+fn remaining(deadline: Instant, step: &str) -> Result<Duration, Error> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(handshake_timeout(step));
+    }
+    Ok(left)
+}
+
+fn handshake_timeout(step: &str) -> Error {
+    handshake_error(format!("timed out {step}"))
+}
+
+/// Maps a socket error during the handshake to a clear error.
+fn socket_error(step: &str, error: std::io::Error) -> Error {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => handshake_timeout(step),
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+            handshake_error(format!("the peer hung up {step}"))
+        }
+        ErrorKind::InvalidData => handshake_error(format!("{step}: {error}")),
+        _ => Error::io(step, error),
+    }
+}
+
+/// Runs the server's side of the handshake on a freshly accepted stream.
+pub(crate) fn serve(control: ControlStream, config: &ServerConfig, own_uid: u32) -> Result<Connection, Error> {
+    let deadline = Instant::now() + config.handshake_timeout;
+    control
+        .set_timeout(Some(remaining(deadline, "waiting for the client's hello")?))
+        .map_err(|error| Error::io("setting the handshake timeout", error))?;
+    let mut hello = [0u8; PREFIX_LEN];
+    control
+        .read_exact(&mut hello)
+        .map_err(|error| socket_error("waiting for the client's hello", error))?;
+    let prefix = decode_prefix(&hello, Kind::Hello)?;
+    let refuse = |status: Status| {
+        let _ = control.write_all(&encode_welcome(status, &Welcome {
+            ring_capacity: 0,
+            max_message_size: 0,
+            segment_len: 0,
+        }));
+    };
+    if prefix.version != PROTOCOL_VERSION {
+        refuse(Status::UnsupportedVersion);
+        return Err(handshake_error(format!(
+            "version mismatch: this server speaks protocol v{PROTOCOL_VERSION}, the client v{}",
+            prefix.version
+        )));
+    }
+    let uid = control
+        .peer_uid()
+        .map_err(|error| Error::io("reading the client's credentials", error))?;
+    if !config.admits(uid, own_uid) {
+        refuse(Status::PermissionDenied);
+        return Err(Error::PermissionDenied {
+            detail: format!("a client running as uid {uid} was refused"),
+        });
+    }
+
+    let capacity = config.ring_capacity;
+    let segment_len = layout::segment_len(capacity).expect("capacity validated in Server::bind");
+    let setup = || -> std::io::Result<_> {
+        let (region, memfd) = SharedRegion::create(segment_len)?;
+        Ok((region, memfd, Doorbell::new()?, Doorbell::new()?))
+    };
+    let (region, memfd, server_doorbell, client_doorbell) = match setup() {
+        Ok(parts) => parts,
+        Err(error) => {
+            refuse(Status::ServerError);
+            return Err(Error::io("creating the connection's shared memory", error));
+        }
+    };
+    let segment = Segment::initialize(region, capacity);
+    let welcome = Welcome {
+        ring_capacity: capacity as u64,
+        max_message_size: config.max_message_size as u64,
+        segment_len: segment_len as u64,
+    };
+    control
+        .set_timeout(Some(remaining(deadline, "sending the welcome")?))
+        .map_err(|error| Error::io("setting the handshake timeout", error))?;
+    control
+        .send_with_fds(
+            &encode_welcome(Status::Accepted, &welcome),
+            &[memfd.as_fd(), server_doorbell.as_fd(), client_doorbell.as_fd()],
+        )
+        .map_err(|error| socket_error("sending the welcome", error))?;
+    // The client holds its own reference now; ours would only keep the memfd alive.
+    drop(memfd);
+
+    control
+        .set_timeout(Some(remaining(deadline, "waiting for the client's ack")?))
+        .map_err(|error| Error::io("setting the handshake timeout", error))?;
+    let mut ack = [0u8; PREFIX_LEN];
+    control
+        .read_exact(&mut ack)
+        .map_err(|error| socket_error("waiting for the client's ack", error))?;
+    decode_prefix(&ack, Kind::Ack)?;
+    control
+        .set_timeout(None)
+        .map_err(|error| Error::io("clearing the handshake timeout", error))?;
+    Ok(Connection::new(
+        segment,
+        Side::Server,
+        control,
+        server_doorbell,
+        client_doorbell,
+        Settings {
+            wait: config.wait,
+            max_message_size: config.max_message_size,
+            send_timeout: config.send_timeout,
+        },
+    ))
+}
+
+/// Connects to the server at `path` and runs the client's side of the handshake.
+pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<Connection, Error> {
+    let deadline = Instant::now() + config.connect_timeout;
+    let control = ControlStream::connect(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Error::io(
+            &format!("connecting to {} (is a ringbell server running there?)", path.display()),
+            error,
+        ),
+        _ => Error::io(&format!("connecting to {}", path.display()), error),
+    })?;
+    control
+        .set_timeout(Some(remaining(deadline, "sending the hello")?))
+        .map_err(|error| Error::io("setting the handshake timeout", error))?;
+    control
+        .write_all(&encode_prefix(Kind::Hello, Status::Accepted))
+        .map_err(|error| socket_error("sending the hello", error))?;
+    control
+        .set_timeout(Some(remaining(deadline, "waiting for the server's welcome")?))
+        .map_err(|error| Error::io("setting the handshake timeout", error))?;
+    let mut bytes = [0u8; WELCOME_LEN];
+    let fds = control
+        .recv_with_fds(&mut bytes)
+        .map_err(|error| socket_error("waiting for the server's welcome", error))?;
+    let welcome = decode_welcome(&bytes)?;
+    let [memfd, server_doorbell, client_doorbell]: [OwnedFd; 3] = fds.try_into().map_err(
+        |fds: Vec<OwnedFd>| handshake_error(format!("the welcome carried {} fds instead of 3", fds.len())),
+    )?;
+    let capacity = usize::try_from(welcome.ring_capacity)
+        .map_err(|_| handshake_error("the announced ring capacity does not fit in memory"))?;
+    let max_message_size = usize::try_from(welcome.max_message_size)
+        .ok()
+        .filter(|&max| max > 0)
+        .ok_or_else(|| handshake_error("the announced maximum message size is out of range"))?;
+    if layout::segment_len(capacity).map(|len| len as u64) != Some(welcome.segment_len) {
+        return Err(handshake_error("the announced segment size does not match the ring capacity"));
+    }
+    let region = SharedRegion::open(&memfd, welcome.segment_len as usize)
+        .map_err(|error| socket_error("checking the shared memory", error))?;
+    drop(memfd);
+    let segment = Segment::open(region, capacity).map_err(handshake_error)?;
+    let to_server = Doorbell::from_peer(server_doorbell)
+        .map_err(|error| socket_error("checking the server's doorbell", error))?;
+    let own = Doorbell::from_peer(client_doorbell)
+        .map_err(|error| socket_error("checking the client's doorbell", error))?;
+    control
+        .set_timeout(Some(remaining(deadline, "sending the ack")?))
+        .map_err(|error| Error::io("setting the handshake timeout", error))?;
+    control
+        .write_all(&encode_prefix(Kind::Ack, Status::Accepted))
+        .map_err(|error| socket_error("sending the ack", error))?;
+    control
+        .set_timeout(None)
+        .map_err(|error| Error::io("clearing the handshake timeout", error))?;
+    Ok(Connection::new(
+        segment,
+        Side::Client,
+        control,
+        own,
+        to_server,
+        Settings {
+            wait: config.wait,
+            max_message_size,
+            send_timeout: config.send_timeout,
+        },
+    ))
+}
+
+/// This process's uid, for the server's default admission rule.
+pub(crate) fn own_uid() -> u32 {
+    sys::current_uid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn welcome_round_trips() {
+        let welcome = Welcome {
+            ring_capacity: 1 << 16,
+            max_message_size: 1 << 20,
+            segment_len: 4096 + (2 << 16),
+        };
+        assert_eq!(decode_welcome(&encode_welcome(Status::Accepted, &welcome)).unwrap(), welcome);
+    }
+
+    #[test]
+    fn refusals_and_garbage_are_typed_errors() {
+        let zero = Welcome {
+            ring_capacity: 0,
+            max_message_size: 0,
+            segment_len: 0,
+        };
+        assert!(matches!(
+            decode_welcome(&encode_welcome(Status::PermissionDenied, &zero)),
+            Err(Error::PermissionDenied { .. })
+        ));
+        assert!(matches!(
+            decode_welcome(&[0xAB; WELCOME_LEN]),
+            Err(Error::Handshake { .. })
+        ));
+        let mut hello = encode_prefix(Kind::Hello, Status::Accepted);
+        assert!(decode_prefix(&hello, Kind::Hello).is_ok());
+        assert!(decode_prefix(&hello, Kind::Ack).is_err());
+        hello[12] = 9;
+        assert!(decode_prefix(&hello, Kind::Hello).is_err());
+    }
+}

@@ -1,0 +1,676 @@
+//! The single-producer single-consumer byte ring and its framing: pure algorithm over a
+//! raw region, with no syscalls.
+//!
+//! The algorithm is the classic Lamport ring with free-running indices, as in rtrb and
+//! the Linux `io_uring` queues:
+//!
+//! * `tail` and `head` are `u64` byte counters that only grow; a byte's position is
+//!   `counter & (capacity - 1)`, occupancy is `tail - head`.
+//! * The producer copies a frame into the free space, then publishes it by storing the
+//!   new `tail` with `Release`. The consumer loads `tail` with `Acquire` before it reads
+//!   the bytes, copies them out, then stores the new `head` with `Release`, which hands
+//!   the space back. Each side keeps a cached copy of the other's index and reloads it
+//!   only when the ring looks empty (consumer) or full (producer).
+//! * Each side keeps its *own* index in private memory and only ever writes it to the
+//!   segment: the peer may scribble over the shared copy, but can never make us read or
+//!   write outside our bounds.
+//!
+//! # Frames
+//!
+//! A frame is a 16-byte header followed by the payload, padded to a multiple of 8 bytes:
+//!
+//! ```text
+//! 0..4   payload length, u32 little-endian
+//! 4      kind (FrameKind)
+//! 5      flags (zero for now)
+//! 6..8   reserved (zero)
+//! 8..16  correlation id, u64 little-endian (0 unless request/response uses it)
+//! ```
+//!
+//! Frames never wrap. When a frame does not fit before the end of the ring, the producer
+//! fills the rest with a padding frame (or, when fewer than 16 bytes are left, with
+//! nothing: both sides skip a tail shorter than a header) and writes the frame at
+//! position 0. A frame is at most a quarter of the ring, so it always fits once the
+//! consumer has caught up, and a large message streams through in several frames.
+//!
+//! # Trust
+//!
+//! The consumer validates everything it reads from the segment: the published `tail` must
+//! lie within `[head, head + capacity]` and never move backwards, a header's kind must be
+//! known, and its length must fit in what was published and before the ring's end. Any
+//! violation is a [`RingError`], never a panic or an out-of-bounds access. Payload bytes
+//! are copied out through raw pointers; no reference to peer-writable memory is created.
+
+#![allow(unsafe_code)]
+
+use std::ptr;
+
+use crate::layout::RingControl;
+use crate::sync::Ordering;
+
+/// Bytes in a frame header.
+pub(crate) const FRAME_HEADER_LEN: usize = 16;
+/// Every frame starts on a multiple of this.
+pub(crate) const FRAME_ALIGN: usize = 8;
+/// The smallest ring: small enough for tests, large enough for a header and a payload.
+pub(crate) const MIN_CAPACITY: usize = 256;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    /// A whole message.
+    Message,
+    /// The first chunk of a message larger than one frame; the payload starts with the
+    /// message's total length as a u64 little-endian.
+    First,
+    /// A middle chunk.
+    Middle,
+    /// The final chunk; the message is complete after it.
+    Last,
+    /// The sender gave up on a chunked message (its send timed out): discard the chunks.
+    Abort,
+    /// Filler up to the end of the ring.
+    Padding,
+}
+
+impl FrameKind {
+    fn to_byte(self) -> u8 {
+        match self {
+            FrameKind::Message => 1,
+            FrameKind::First => 2,
+            FrameKind::Middle => 3,
+            FrameKind::Last => 4,
+            FrameKind::Abort => 5,
+            FrameKind::Padding => 0xff,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => FrameKind::Message,
+            2 => FrameKind::First,
+            3 => FrameKind::Middle,
+            4 => FrameKind::Last,
+            5 => FrameKind::Abort,
+            0xff => FrameKind::Padding,
+            _ => return None,
+        })
+    }
+}
+
+/// A frame header, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    pub(crate) len: u32,
+    pub(crate) kind: FrameKind,
+    pub(crate) correlation: u64,
+}
+
+impl FrameHeader {
+    pub(crate) fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut bytes = [0u8; FRAME_HEADER_LEN];
+        bytes[0..4].copy_from_slice(&self.len.to_le_bytes());
+        bytes[4] = self.kind.to_byte();
+        bytes[8..16].copy_from_slice(&self.correlation.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a header; `None` if the kind is unknown or a reserved byte is set.
+    pub(crate) fn decode(bytes: &[u8; FRAME_HEADER_LEN]) -> Option<Self> {
+        let kind = FrameKind::from_byte(bytes[4])?;
+        if bytes[5..8] != [0, 0, 0] {
+            return None;
+        }
+        let len = u32::from_le_bytes(bytes[0..4].try_into().ok()?);
+        let correlation = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
+        Some(FrameHeader {
+            len,
+            kind,
+            correlation,
+        })
+    }
+}
+
+/// How the peer broke the ring's invariants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RingError(pub(crate) &'static str);
+
+/// Bytes a frame with `payload` bytes occupies in the ring.
+pub(crate) fn frame_size(payload: usize) -> usize {
+    (FRAME_HEADER_LEN + payload).next_multiple_of(FRAME_ALIGN)
+}
+
+/// The largest payload one frame may carry in a ring of `capacity` bytes.
+pub(crate) fn max_frame_payload(capacity: usize) -> usize {
+    capacity / 4 - FRAME_HEADER_LEN
+}
+
+/// Whether `capacity` is usable as a ring size.
+pub(crate) fn valid_capacity(capacity: usize) -> bool {
+    capacity.is_power_of_two() && capacity >= MIN_CAPACITY && capacity <= (1 << 30)
+}
+
+/// The raw parts of one ring: its control block and its data bytes.
+///
+/// Copyable so that a producer and a consumer can be made over the same ring in tests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawRing {
+    control: *const RingControl,
+    data: *mut u8,
+    capacity: usize,
+}
+
+impl RawRing {
+    /// # Safety
+    ///
+    /// `control` must point to a `RingControl` and `data` to `capacity` bytes, both valid
+    /// for reads and writes (by this and other processes, through atomics and raw copies
+    /// only) for as long as any `Producer` or `Consumer` made from this value is used.
+    /// `capacity` must satisfy [`valid_capacity`].
+    pub(crate) unsafe fn new(control: *const RingControl, data: *mut u8, capacity: usize) -> Self {
+        debug_assert!(valid_capacity(capacity));
+        RawRing {
+            control,
+            data,
+            capacity,
+        }
+    }
+
+    fn control(&self) -> &RingControl {
+        // SAFETY: `new`'s contract keeps the control block valid while we are used; it holds
+        // only atomics, so a shared reference is sound even while the peer writes to it.
+        unsafe { &*self.control }
+    }
+
+    fn position(&self, counter: u64) -> usize {
+        (counter & (self.capacity as u64 - 1)) as usize
+    }
+
+    /// Copies `src` into the ring at `pos`.
+    ///
+    /// # Safety
+    ///
+    /// `pos + src.len() <= capacity`.
+    unsafe fn write_at(&self, pos: usize, src: &[u8]) {
+        debug_assert!(pos + src.len() <= self.capacity);
+        // SAFETY: in bounds by the caller's promise; `data` is valid by `new`'s contract;
+        // `src` is private memory, so the ranges cannot overlap.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(pos), src.len()) }
+    }
+
+    /// Copies `dst.len()` bytes out of the ring at `pos`.
+    ///
+    /// # Safety
+    ///
+    /// `pos + dst.len() <= capacity`.
+    unsafe fn read_at(&self, pos: usize, dst: &mut [u8]) {
+        debug_assert!(pos + dst.len() <= self.capacity);
+        // SAFETY: as in `write_at`; the peer may write these bytes concurrently, which can
+        // only garble the copy, and the copy is what we validate and parse.
+        unsafe { ptr::copy_nonoverlapping(self.data.add(pos), dst.as_mut_ptr(), dst.len()) }
+    }
+}
+
+/// The writing end of a ring.
+#[derive(Debug)]
+pub(crate) struct Producer {
+    ring: RawRing,
+    /// Our own count of bytes published; the shared `tail` is a copy we never read back.
+    tail: u64,
+    /// The consumer's `head` as last loaded and validated.
+    cached_head: u64,
+}
+
+// SAFETY: a `Producer` only holds pointers into a mapping that stays valid while it lives
+// (RawRing's contract) and is the only writer of the producer-side words; moving it to
+// another thread moves that role with it.
+unsafe impl Send for Producer {}
+
+impl Producer {
+    /// A producer at the start of a fresh ring (both indices zero).
+    pub(crate) fn new(ring: RawRing) -> Self {
+        Producer {
+            ring,
+            tail: 0,
+            cached_head: 0,
+        }
+    }
+
+    /// Bytes needed to publish a frame of `payload` bytes from the current position,
+    /// counting the padding to the ring's end if the frame does not fit before it.
+    fn bytes_needed(&self, payload: usize) -> usize {
+        let size = frame_size(payload);
+        let to_end = self.ring.capacity - self.ring.position(self.tail);
+        if size <= to_end {
+            size
+        } else {
+            to_end + size
+        }
+    }
+
+    fn free_with(&self, head: u64) -> usize {
+        self.ring.capacity - (self.tail - head) as usize
+    }
+
+    /// Loads the consumer's `head` and checks it: it may only move forwards, and never past
+    /// what we published.
+    fn reload_head(&mut self) -> Result<(), RingError> {
+        // SYNC: pairs with the Release store of `head` in `Consumer::release`: the consumer
+        // has finished copying out the bytes before we may overwrite them.
+        let head = self.ring.control().head.load(Ordering::Acquire);
+        if head < self.cached_head || head > self.tail {
+            return Err(RingError("the consumer's head index moved backwards or past the tail"));
+        }
+        self.cached_head = head;
+        Ok(())
+    }
+
+    /// Whether a frame of `payload` bytes fits now. Reloads the consumer's index if the
+    /// cached one says no.
+    pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, RingError> {
+        let needed = self.bytes_needed(payload);
+        if self.free_with(self.cached_head) >= needed {
+            return Ok(true);
+        }
+        self.reload_head()?;
+        Ok(self.free_with(self.cached_head) >= needed)
+    }
+
+    /// Writes one frame whose payload is the concatenation of `parts`, and publishes it.
+    /// Returns `false`, writing nothing, if there is no room yet.
+    ///
+    /// The total payload must be at most [`max_frame_payload`] (checked by the caller;
+    /// a debug assertion here).
+    pub(crate) fn try_push(
+        &mut self,
+        kind: FrameKind,
+        correlation: u64,
+        parts: &[&[u8]],
+    ) -> Result<bool, RingError> {
+        let payload: usize = parts.iter().map(|part| part.len()).sum();
+        debug_assert!(payload <= max_frame_payload(self.ring.capacity));
+        if !self.has_room(payload)? {
+            return Ok(false);
+        }
+        let mut pos = self.ring.position(self.tail);
+        let mut tail = self.tail;
+        let to_end = self.ring.capacity - pos;
+        if frame_size(payload) > to_end {
+            if to_end >= FRAME_HEADER_LEN {
+                let padding = FrameHeader {
+                    len: (to_end - FRAME_HEADER_LEN) as u32,
+                    kind: FrameKind::Padding,
+                    correlation: 0,
+                };
+                // SAFETY: `to_end >= FRAME_HEADER_LEN` bytes remain before the end.
+                unsafe { self.ring.write_at(pos, &padding.encode()) };
+            }
+            tail += to_end as u64;
+            pos = 0;
+        }
+        let header = FrameHeader {
+            len: payload as u32,
+            kind,
+            correlation,
+        };
+        // SAFETY: `has_room` guaranteed `frame_size(payload)` free bytes at `pos`, and a
+        // frame never crosses the end (we wrapped to 0 above if it would).
+        unsafe { self.ring.write_at(pos, &header.encode()) };
+        let mut offset = pos + FRAME_HEADER_LEN;
+        for part in parts {
+            // SAFETY: the parts add up to `payload`, inside the frame checked above.
+            unsafe { self.ring.write_at(offset, part) };
+            offset += part.len();
+        }
+        tail += frame_size(payload) as u64;
+        self.tail = tail;
+        // SYNC: pairs with the Acquire load of `tail` in `Consumer::reload_tail`: the frame's
+        // bytes are visible before the consumer can see that they were published.
+        self.ring.control().tail.store(tail, Ordering::Release);
+        Ok(true)
+    }
+}
+
+/// A frame found by [`Consumer::peek`], not yet released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) header: FrameHeader,
+    /// Ring position of the payload's first byte.
+    payload_pos: usize,
+    /// Bytes the frame occupies, header and alignment included.
+    size: usize,
+}
+
+impl Frame {
+    pub(crate) fn payload_len(&self) -> usize {
+        self.header.len as usize
+    }
+}
+
+/// The reading end of a ring.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    ring: RawRing,
+    /// Our own count of bytes released; the shared `head` is a copy we never read back.
+    head: u64,
+    /// The producer's `tail` as last loaded and validated.
+    cached_tail: u64,
+}
+
+// SAFETY: as for `Producer`: the consumer is the only writer of the consumer-side words.
+unsafe impl Send for Consumer {}
+
+impl Consumer {
+    /// A consumer at the start of a fresh ring (both indices zero).
+    pub(crate) fn new(ring: RawRing) -> Self {
+        Consumer {
+            ring,
+            head: 0,
+            cached_tail: 0,
+        }
+    }
+
+    /// Loads the producer's `tail` and checks it: it may only move forwards, and never more
+    /// than a ring's worth past our head.
+    fn reload_tail(&mut self) -> Result<(), RingError> {
+        // SYNC: pairs with the Release store of `tail` in `Producer::try_push`: the bytes up
+        // to `tail` are written before we read them.
+        let tail = self.ring.control().tail.load(Ordering::Acquire);
+        if tail < self.cached_tail || tail.wrapping_sub(self.head) > self.ring.capacity as u64 {
+            return Err(RingError("the producer's tail index moved backwards or overran the ring"));
+        }
+        self.cached_tail = tail;
+        Ok(())
+    }
+
+    /// Whether a frame (or padding) is waiting. Reloads the producer's index if needed.
+    pub(crate) fn has_data(&mut self) -> Result<bool, RingError> {
+        if self.cached_tail != self.head {
+            return Ok(true);
+        }
+        self.reload_tail()?;
+        Ok(self.cached_tail != self.head)
+    }
+
+    /// Moves our head forward and hands the space back to the producer.
+    fn advance(&mut self, bytes: usize) {
+        self.head += bytes as u64;
+        // SYNC: pairs with the Acquire load of `head` in `Producer::reload_head`: we have
+        // finished reading these bytes before the producer may reuse them.
+        self.ring.control().head.store(self.head, Ordering::Release);
+    }
+
+    /// The next frame, after skipping any padding; `None` if the ring is empty.
+    pub(crate) fn peek(&mut self) -> Result<Option<Frame>, RingError> {
+        // Each pass either returns or skips to the ring's end, so two passes suffice; the
+        // bound makes termination obvious even if the peer lies.
+        for _ in 0..3 {
+            if !self.has_data()? {
+                return Ok(None);
+            }
+            let available = (self.cached_tail - self.head) as usize;
+            let pos = self.ring.position(self.head);
+            let to_end = self.ring.capacity - pos;
+            if to_end < FRAME_HEADER_LEN {
+                if available < to_end {
+                    return Err(RingError("the producer published part of the skipped ring end"));
+                }
+                self.advance(to_end);
+                continue;
+            }
+            if available < FRAME_HEADER_LEN {
+                return Err(RingError("the producer published part of a frame header"));
+            }
+            let mut bytes = [0u8; FRAME_HEADER_LEN];
+            // SAFETY: `to_end >= FRAME_HEADER_LEN`, so the header lies inside the ring.
+            unsafe { self.ring.read_at(pos, &mut bytes) };
+            let header = FrameHeader::decode(&bytes)
+                .ok_or(RingError("a frame header has an unknown kind or reserved bits set"))?;
+            let size = frame_size(header.len as usize);
+            if header.kind == FrameKind::Padding {
+                if size != to_end || available < to_end {
+                    return Err(RingError("a padding frame does not end at the ring's end"));
+                }
+                self.advance(to_end);
+                continue;
+            }
+            if size > to_end || size > available {
+                return Err(RingError("a frame is longer than the bytes published for it"));
+            }
+            if header.len as usize > max_frame_payload(self.ring.capacity) {
+                return Err(RingError("a frame is longer than the largest frame allowed"));
+            }
+            return Ok(Some(Frame {
+                header,
+                payload_pos: pos + FRAME_HEADER_LEN,
+                size,
+            }));
+        }
+        Err(RingError("padding frames follow one another"))
+    }
+
+    /// Copies `dst.len()` bytes of `frame`'s payload, starting `skip` bytes in.
+    ///
+    /// # Panics
+    ///
+    /// If `skip + dst.len()` exceeds the payload: a bug in the caller, not the peer.
+    pub(crate) fn copy_payload(&self, frame: &Frame, skip: usize, dst: &mut [u8]) {
+        assert!(skip + dst.len() <= frame.payload_len(), "copy past the frame's payload");
+        // SAFETY: `peek` checked that the whole payload lies inside the ring.
+        unsafe { self.ring.read_at(frame.payload_pos + skip, dst) }
+    }
+
+    /// Appends `frame`'s payload from `skip` onwards to `out`.
+    pub(crate) fn append_payload(&self, frame: &Frame, skip: usize, out: &mut Vec<u8>) {
+        let len = frame.payload_len() - skip;
+        let start = out.len();
+        out.resize(start + len, 0);
+        self.copy_payload(frame, skip, &mut out[start..]);
+    }
+
+    /// Releases `frame`, which must be the one `peek` returned last.
+    pub(crate) fn release(&mut self, frame: &Frame) {
+        self.advance(frame.size);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    /// A ring over heap memory, with its control block.
+    struct HeapRing {
+        control: Box<RingControl>,
+        data: Vec<u64>,
+    }
+
+    impl HeapRing {
+        fn new(capacity: usize) -> Self {
+            HeapRing {
+                control: RingControl::new_boxed(),
+                data: vec![0; capacity / 8],
+            }
+        }
+
+        fn raw(&mut self) -> RawRing {
+            let capacity = self.data.len() * 8;
+            // SAFETY: both allocations outlive every use in the test that owns `self`.
+            unsafe { RawRing::new(&*self.control, self.data.as_mut_ptr().cast(), capacity) }
+        }
+    }
+
+    fn pop(consumer: &mut Consumer) -> Option<(FrameKind, Vec<u8>)> {
+        let frame = consumer.peek().unwrap()?;
+        let mut out = Vec::new();
+        consumer.append_payload(&frame, 0, &mut out);
+        consumer.release(&frame);
+        Some((frame.header.kind, out))
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_unknown_kinds() {
+        let header = FrameHeader {
+            len: 77,
+            kind: FrameKind::Last,
+            correlation: 0xdead_beef_0123,
+        };
+        assert_eq!(FrameHeader::decode(&header.encode()), Some(header));
+        let mut bytes = header.encode();
+        bytes[4] = 0;
+        assert_eq!(FrameHeader::decode(&bytes), None);
+        bytes[4] = 1;
+        bytes[6] = 1;
+        assert_eq!(FrameHeader::decode(&bytes), None);
+    }
+
+    #[test]
+    fn full_ring_refuses_then_accepts_after_release() {
+        let mut heap = HeapRing::new(256);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        let payload = [7u8; 48]; // 64-byte frames: four fill the ring
+        for _ in 0..4 {
+            assert!(producer.try_push(FrameKind::Message, 0, &[&payload]).unwrap());
+        }
+        assert!(!producer.try_push(FrameKind::Message, 0, &[&payload]).unwrap());
+        assert_eq!(pop(&mut consumer).unwrap().1, payload);
+        assert!(producer.try_push(FrameKind::Message, 0, &[&payload]).unwrap());
+    }
+
+    #[test]
+    fn padding_fills_the_end_and_short_tails_are_skipped() {
+        let mut heap = HeapRing::new(256);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        // 24 + 16 = 40 bytes per frame: positions 0, 40, ... 200, then 240 leaves 16 bytes:
+        // a bare padding header. Then 8-byte leftovers exercise the implicit skip.
+        for round in 0..200u32 {
+            let len = [24usize, 32, 8, 0, 40][round as usize % 5];
+            let payload = vec![round as u8; len];
+            assert!(producer.try_push(FrameKind::Message, round.into(), &[&payload]).unwrap());
+            let frame = consumer.peek().unwrap().unwrap();
+            assert_eq!(frame.header.correlation, u64::from(round));
+            let mut out = Vec::new();
+            consumer.append_payload(&frame, 0, &mut out);
+            consumer.release(&frame);
+            assert_eq!(out, payload);
+        }
+        assert!(consumer.peek().unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupt_tail_is_an_error_not_a_panic() {
+        let mut heap = HeapRing::new(256);
+        let mut consumer = Consumer::new(heap.raw());
+        heap.control.tail.store(10_000, Ordering::Relaxed);
+        assert!(consumer.peek().is_err());
+
+        let mut heap = HeapRing::new(256);
+        let mut consumer = Consumer::new(heap.raw());
+        heap.control.tail.store(64, Ordering::Relaxed); // garbage header: kind 0
+        assert!(consumer.peek().is_err());
+
+        let mut heap = HeapRing::new(256);
+        let mut producer = Producer::new(heap.raw());
+        heap.control.head.store(999, Ordering::Relaxed); // head past our tail
+        assert!(producer.try_push(FrameKind::Message, 0, &[&[0u8; 60]; 4]).is_err());
+    }
+
+    #[test]
+    fn oversized_length_in_a_header_is_rejected() {
+        let mut heap = HeapRing::new(256);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        assert!(producer.try_push(FrameKind::Message, 0, &[&[1u8; 8]]).unwrap());
+        // Rewrite the length to claim more than was published.
+        let header = FrameHeader {
+            len: 200,
+            kind: FrameKind::Message,
+            correlation: 0,
+        };
+        let bytes = header.encode();
+        // SAFETY: 16 bytes at offset 0 of a 256-byte buffer.
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), heap.data.as_mut_ptr().cast(), 16) };
+        assert!(consumer.peek().is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(usize),
+        Pop,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![(0usize..=80).prop_map(Op::Push), Just(Op::Pop)]
+    }
+
+    proptest! {
+        /// The ring behaves like a bounded FIFO of byte strings: pushes succeed exactly when
+        /// the model's byte accounting says they fit, and pops return what was pushed.
+        #[test]
+        fn ring_matches_a_vecdeque_model(
+            capacity_log in 8u32..=10,
+            ops in proptest::collection::vec(op(), 1..400),
+        ) {
+            let capacity = 1usize << capacity_log;
+            let mut heap = HeapRing::new(capacity);
+            let mut producer = Producer::new(heap.raw());
+            let mut consumer = Consumer::new(heap.raw());
+            let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+            let mut next = 0u8;
+            for op in ops {
+                match op {
+                    Op::Push(len) => {
+                        let len = len.min(max_frame_payload(capacity));
+                        let payload: Vec<u8> = (0..len).map(|i| next.wrapping_add(i as u8)).collect();
+                        next = next.wrapping_add(1);
+                        let needed = producer.bytes_needed(len);
+                        let used = (producer.tail - consumer.head) as usize;
+                        let pushed = producer.try_push(FrameKind::Message, 0, &[&payload]).unwrap();
+                        prop_assert_eq!(pushed, capacity - used >= needed);
+                        if pushed {
+                            model.push_back(payload);
+                        }
+                    }
+                    Op::Pop => {
+                        let got = pop(&mut consumer).map(|(_, bytes)| bytes);
+                        prop_assert_eq!(got, model.pop_front());
+                    }
+                }
+            }
+            while let Some(expected) = model.pop_front() {
+                prop_assert_eq!(pop(&mut consumer).map(|(_, bytes)| bytes), Some(expected));
+            }
+            prop_assert!(pop(&mut consumer).is_none());
+        }
+
+        /// Whatever bytes a hostile producer leaves in the ring and its tail, the consumer
+        /// returns frames inside the ring or an error; it never panics or loops.
+        #[test]
+        fn hostile_bytes_never_panic(
+            garbage in proptest::collection::vec(any::<u8>(), 256),
+            tail in any::<u64>(),
+            head_start in 0u64..256,
+        ) {
+            let mut heap = HeapRing::new(256);
+            // SAFETY: 256 bytes into a 256-byte buffer.
+            unsafe { ptr::copy_nonoverlapping(garbage.as_ptr(), heap.data.as_mut_ptr().cast(), 256) };
+            let mut consumer = Consumer::new(heap.raw());
+            consumer.head = head_start;
+            consumer.cached_tail = head_start;
+            heap.control.tail.store(tail, Ordering::Relaxed);
+            for _ in 0..8 {
+                match consumer.peek() {
+                    Ok(Some(frame)) => {
+                        let mut out = Vec::new();
+                        consumer.append_payload(&frame, 0, &mut out);
+                        consumer.release(&frame);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! [`Server`]: a listening socket that hands out [`Connection`]s.
+
+use std::path::Path;
+
+use crate::config::ServerConfig;
+use crate::conn::Connection;
+use crate::error::Error;
+use crate::handshake;
+use crate::ring;
+use crate::sys::ControlListener;
+
+/// Listens on a Unix socket path and sets up a shared-memory [`Connection`] for each client.
+///
+/// The socket file is created owner-only (mode 0600) and removed when the server is
+/// dropped. Binding over a socket file left by a dead server replaces it; binding where a
+/// live server listens fails with [`Error::AddressInUse`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use ringbell::{Server, ServerConfig};
+///
+/// let server = Server::bind("/tmp/app.sock", ServerConfig::default())?;
+/// loop {
+///     match server.accept() {
+///         Ok(mut conn) => {
+///             std::thread::spawn(move || {
+///                 let mut buf = Vec::new();
+///                 while conn.recv(&mut buf, None).is_ok() {
+///                     if conn.send(&buf).is_err() {
+///                         break;
+///                     }
+///                 }
+///             });
+///         }
+///         // One client's failed handshake does not affect the server.
+///         Err(error) => eprintln!("refused a client: {error}"),
+///     }
+/// }
+/// # Ok::<(), ringbell::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: ControlListener,
+    config: ServerConfig,
+    own_uid: u32,
+}
+
+impl Server {
+    /// Binds `path` and starts listening.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] if the ring capacity is not a power of two between 256 B
+    /// and 1 GiB or the maximum message size is 0; [`Error::AddressInUse`] if a live
+    /// server listens at `path`; [`Error::Io`] if the path cannot be bound (a missing
+    /// directory, a path too long for a socket, a non-socket file in the way).
+    pub fn bind(path: impl AsRef<Path>, config: ServerConfig) -> Result<Server, Error> {
+        let path = path.as_ref();
+        if !ring::valid_capacity(config.ring_capacity) {
+            return Err(Error::InvalidConfig {
+                detail: format!(
+                    "ring_capacity must be a power of two from {} B to 1 GiB, not {}",
+                    ring::MIN_CAPACITY,
+                    config.ring_capacity
+                ),
+            });
+        }
+        if config.max_message_size == 0 || config.max_message_size > isize::MAX as usize {
+            return Err(Error::InvalidConfig {
+                detail: "max_message_size must be at least 1 byte".into(),
+            });
+        }
+        let listener = ControlListener::bind(path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::AddrInUse {
+                Error::AddressInUse {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                Error::io(&format!("binding {}", path.display()), error)
+            }
+        })?;
+        Ok(Server {
+            listener,
+            config,
+            own_uid: handshake::own_uid(),
+        })
+    }
+
+    /// Waits for the next client and completes its handshake.
+    ///
+    /// Handshakes run one at a time, each bounded by
+    /// [`ServerConfig::handshake_timeout`]: a client that stalls delays the next one by at
+    /// most that long.
+    ///
+    /// # Errors
+    ///
+    /// Errors about one client leave the server fully usable; call `accept` again:
+    /// [`Error::Handshake`] (garbage, wrong version, hung up or too slow),
+    /// [`Error::PermissionDenied`] (uid not admitted; the client is told so), and
+    /// [`Error::Io`] while setting up its memory. An [`Error::Io`] from the listening
+    /// socket itself (for example, out of file descriptors) is about the server.
+    pub fn accept(&self) -> Result<Connection, Error> {
+        let control = self
+            .listener
+            .accept()
+            .map_err(|error| Error::io("accepting a connection", error))?;
+        handshake::serve(control, &self.config, self.own_uid)
+    }
+
+    /// The socket path the server listens on.
+    pub fn path(&self) -> &Path {
+        self.listener.path()
+    }
+
+    /// The configuration the server was bound with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+}

@@ -1,0 +1,204 @@
+//! The control socket: a Unix stream socket carrying the handshake and its fds, kept open
+//! for the connection's life so that end-of-file means "the peer is gone".
+//!
+//! See unix(7) (`SCM_RIGHTS`, `SO_PEERCRED`), sendmsg(2), recvmsg(2).
+
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::net::{
+    recv, recvmsg, sendmsg, sockopt, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+
+use super::io_error;
+
+/// The most fds one handshake message may carry.
+pub(crate) const MAX_FDS: usize = 4;
+
+/// A listening socket bound to a path, removed again on drop.
+#[derive(Debug)]
+pub(crate) struct ControlListener {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file we created, so that drop removes only our own.
+    identity: (u64, u64),
+}
+
+impl ControlListener {
+    /// Binds `path` with mode 0600. A socket file left by a dead server (nobody accepts on
+    /// it) is replaced; a live server gives `AddrInUse`; a path that is not a socket is
+    /// never touched.
+    pub(crate) fn bind(path: &Path) -> io::Result<ControlListener> {
+        let listener = match UnixListener::bind(path) {
+            Ok(listener) => listener,
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
+                let metadata = std::fs::symlink_metadata(path)?;
+                if !metadata.file_type().is_socket() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} exists and is not a socket; not replacing it", path.display()),
+                    ));
+                }
+                match UnixStream::connect(path) {
+                    Ok(_probe) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("a live server listens at {}", path.display()),
+                        ))
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                        // Stale: its server died without removing it.
+                        std::fs::remove_file(path)?;
+                        UnixListener::bind(path)?
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        };
+        // Tighten the mode at once; SO_PEERCRED checks cover the instant before this.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let metadata = std::fs::symlink_metadata(path)?;
+        Ok(ControlListener {
+            listener,
+            path: path.to_path_buf(),
+            identity: (metadata.dev(), metadata.ino()),
+        })
+    }
+
+    /// Waits for the next client.
+    pub(crate) fn accept(&self) -> io::Result<ControlStream> {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => return Ok(ControlStream { stream }),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The path the listener is bound to.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == self.identity);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// One end of a connected control socket.
+#[derive(Debug)]
+pub(crate) struct ControlStream {
+    stream: UnixStream,
+}
+
+impl ControlStream {
+    /// Connects to a listener at `path`.
+    pub(crate) fn connect(path: &Path) -> io::Result<ControlStream> {
+        Ok(ControlStream {
+            stream: UnixStream::connect(path)?,
+        })
+    }
+
+    /// Bounds every later read and write (`None`: no bound). Timeouts surface as
+    /// `WouldBlock` or `TimedOut` errors.
+    pub(crate) fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = timeout.map(|timeout| timeout.max(Duration::from_millis(1)));
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)
+    }
+
+    /// Writes all of `bytes`.
+    pub(crate) fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        (&self.stream).write_all(bytes)
+    }
+
+    /// Reads exactly `buf.len()` bytes. Any fds a peer attaches are discarded by the kernel.
+    pub(crate) fn read_exact(&self, buf: &mut [u8]) -> io::Result<()> {
+        (&self.stream).read_exact(buf)
+    }
+
+    /// Writes all of `bytes`, with `fds` attached to the first byte.
+    pub(crate) fn send_with_fds(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one message"));
+        }
+        let sent = loop {
+            match sendmsg(&self.stream, &[io::IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+                Ok(sent) => break sent,
+                Err(Errno::INTR) => continue,
+                Err(errno) => return Err(io_error(errno)),
+            }
+        };
+        self.write_all(&bytes[sent..])
+    }
+
+    /// Reads exactly `buf.len()` bytes and returns the fds attached to them (marked
+    /// close-on-exec). More fds than [`MAX_FDS`] is an `InvalidData` error (the kernel
+    /// closes the ones that did not fit).
+    pub(crate) fn recv_with_fds(&self, buf: &mut [u8]) -> io::Result<Vec<OwnedFd>> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = loop {
+            let mut iov = [io::IoSliceMut::new(buf)];
+            match recvmsg(&self.stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+                Ok(received) => break received,
+                Err(Errno::INTR) => continue,
+                Err(errno) => return Err(io_error(errno)),
+            }
+        };
+        let mut fds = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received_fds) = message {
+                fds.extend(received_fds);
+            }
+        }
+        if received.flags.contains(ReturnFlags::CTRUNC) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the peer attached too many fds"));
+        }
+        if received.bytes == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.read_exact(&mut buf[received.bytes..])?;
+        Ok(fds)
+    }
+
+    /// The uid of the process at the other end, as the kernel recorded it at connect time.
+    pub(crate) fn peer_uid(&self) -> io::Result<u32> {
+        Ok(sockopt::socket_peercred(&self.stream).map_err(io_error)?.uid.as_raw())
+    }
+
+    /// Whether the peer has closed its end (or its process died). One non-blocking
+    /// syscall; never consumes data.
+    pub(crate) fn peer_gone(&self) -> bool {
+        let mut byte = [0u8; 1];
+        match recv(&self.stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((0, _)) => true,
+            Ok(_) => false,
+            Err(Errno::AGAIN) | Err(Errno::INTR) => false,
+            Err(_) => true,
+        }
+    }
+}
+
+impl AsFd for ControlStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}

@@ -1,0 +1,33 @@
+//! The platform contract. Everything that names an OS call lives below this module; the
+//! rest of the crate is portable and talks to these types only.
+//!
+//! Every backend provides:
+//!
+//! * `SharedRegion` — a mapping of a shared-memory object that the creator can pass to a
+//!   peer as an fd: `create(len) -> (SharedRegion, OwnedFd)` makes a zeroed, size-sealed
+//!   object and maps it; `open(fd, len)` checks that a received object is sealed against
+//!   resizing and has exactly `len` bytes *before* mapping it (a peer that could shrink
+//!   the object would make every access a potential `SIGBUS`); `as_ptr()`, `len()`; the
+//!   mapping is removed on drop, and no name is left in any file system.
+//! * `OsFutex` — implements [`crate::wait::Futex`] on a word in shared memory, waking
+//!   sleepers in *other processes* (so never a process-private futex), with an absolute
+//!   monotonic deadline.
+//! * `Doorbell` — a counter fd a waiter can poll in an event loop: `new()`,
+//!   `from_peer(fd)` (checks what it received), `ring()` (never blocks), `drain()`
+//!   (never blocks), `as_fd()`.
+//! * `ControlListener` / `ControlStream` — the local stream socket that carries the
+//!   handshake and the fds, and whose end-of-file tells a side that its peer is gone:
+//!   `bind(path)` (owner-only, replaces a dead server's socket file, refuses a live one
+//!   with `AddrInUse`), `accept()`, `connect(path)`, `send_with_fds`, `recv_with_fds`,
+//!   `peer_uid()`, `peer_gone()`; the listener removes its socket file on drop.
+//! * `current_uid()`.
+//!
+//! Linux is the only backend today; macOS and Windows follow behind the same contract.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("ringbell supports Linux only for now; macOS and Windows backends are planned");

@@ -1,0 +1,321 @@
+//! How a side waits for its condition (data to read, room to write): the sleep/wake
+//! protocol over a [`WaitCell`], and the [`WaitStrategy`] loop around it.
+//!
+//! # The protocol (no lost wake-ups)
+//!
+//! Waiter, about to sleep until `ready()`:
+//!
+//! 1. `seen = seq.load(Acquire)`
+//! 2. `sleeping.store(SLEEP_FUTEX, SeqCst)`; `fence(SeqCst)` — "I am going to sleep"
+//! 3. re-check `ready()`; if it is now true, withdraw the announcement and return
+//! 4. `futex_wait(seq, seen)` — returns at once if `seq` moved since step 1
+//!
+//! Waker, after publishing (the Release store of a ring index):
+//!
+//! 1. `fence(SeqCst)`, then `sleeping.load(Acquire)`; if 0, nobody sleeps: no syscall
+//! 2. otherwise `sleeping.swap(0)`, `seq.fetch_add(1, Release)`, then `futex_wake(seq)`
+//!    and/or ring the eventfd doorbell, as the announcement asked
+//!
+//! The two SeqCst fences forbid the store-buffering outcome in which the waiter misses the
+//! new index *and* the waker misses the announcement: at least one side sees the other.
+//! If the waker sees the announcement, it bumps `seq` after the waiter read `seen` (the
+//! Acquire load of `sleeping` orders it), so the waiter's `futex_wait` either sees the
+//! changed value and returns, or is already queued and gets the wake. The swap makes a
+//! burst of sends wake a sleeper once, not once per message. This is the scheme of
+//! Drepper's "Futexes Are Tricky" with the waiter count replaced by a flag, since each
+//! cell has one waiter; `tests/loom.rs`-style models in this module check it with loom.
+//!
+//! Futex waits may return early (`EINTR`, `EAGAIN`, spurious wakes), so every caller loops
+//! on its real condition with an absolute deadline.
+
+use std::time::{Duration, Instant};
+
+use crate::config::WaitStrategy;
+use crate::layout::WaitCell;
+use crate::sync::{fence, spin_loop, AtomicU32, Ordering};
+
+/// Announcement bit: the waiter sleeps on the futex word.
+pub(crate) const SLEEP_FUTEX: u32 = 1;
+/// Announcement bit: the waiter sleeps in an event loop on the eventfd doorbell.
+pub(crate) const SLEEP_DOORBELL: u32 = 2;
+
+/// How often a sleeping or spinning side checks that its peer is still alive: the bound on
+/// how late a side notices a peer killed without a chance to say goodbye.
+pub(crate) const PEER_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Spins between two looks at the clock in a spin loop.
+const SPINS_PER_CLOCK_READ: u32 = 64;
+
+/// Sleeping on a futex word, as the kernel (or a test model) provides it.
+pub(crate) trait Futex {
+    /// Sleeps while `*word == expected`, until woken or `deadline`. May return early.
+    fn wait(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>);
+    /// Wakes every thread sleeping on `word`.
+    fn wake(&self, word: &AtomicU32);
+}
+
+/// What a waker must do after [`notify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Wake {
+    pub(crate) futex: bool,
+    pub(crate) doorbell: bool,
+}
+
+/// The waker's half of the protocol: call after publishing. Costs a fence and a load when
+/// nobody sleeps; the caller performs the returned wake-ups (syscalls) only when needed.
+#[inline]
+pub(crate) fn notify(cell: &WaitCell) -> Wake {
+    // SYNC: pairs with the fence in `announce`: either the waiter's re-check sees what we
+    // published before this call, or we see its announcement below.
+    fence(Ordering::SeqCst);
+    if cell.sleeping.load(Ordering::Acquire) == 0 {
+        return Wake::default();
+    }
+    // SYNC: Acquire pairs with the SeqCst store in `announce`, so the bump below is ordered
+    // after the waiter's load of `seen`.
+    let sleeping = cell.sleeping.swap(0, Ordering::AcqRel);
+    if sleeping == 0 {
+        return Wake::default();
+    }
+    // SYNC: pairs with the Acquire load of `seq` in `sleep`; the value change is what makes a
+    // waiter that has not reached `futex_wait` yet return from it at once.
+    cell.seq.fetch_add(1, Ordering::Release);
+    Wake {
+        // Unknown bits come from a confused or hostile peer: waking costs us nothing wrong.
+        futex: sleeping & SLEEP_DOORBELL == 0 || sleeping & SLEEP_FUTEX != 0,
+        doorbell: sleeping & SLEEP_DOORBELL != 0,
+    }
+}
+
+/// The waiter's announcement (steps 2–3). Returns whether `ready()` became true meanwhile,
+/// in which case the announcement is withdrawn and the caller must not sleep.
+pub(crate) fn announce<E>(
+    cell: &WaitCell,
+    how: u32,
+    ready: &mut impl FnMut() -> Result<bool, E>,
+) -> Result<bool, E> {
+    cell.sleeping.store(how, Ordering::SeqCst);
+    // SYNC: pairs with the fence in `notify` (see the module docs).
+    fence(Ordering::SeqCst);
+    match ready() {
+        Ok(false) => Ok(false),
+        other => {
+            cell.sleeping.store(0, Ordering::Relaxed);
+            other
+        }
+    }
+}
+
+/// Withdraws an announcement after waking up.
+pub(crate) fn withdraw(cell: &WaitCell) {
+    cell.sleeping.store(0, Ordering::Relaxed);
+}
+
+/// One sleep on the futex: returns when woken, at `deadline`, or spuriously. Returns
+/// whether `ready()` was already true before sleeping.
+fn sleep<E>(
+    cell: &WaitCell,
+    futex: &impl Futex,
+    deadline: Option<Instant>,
+    ready: &mut impl FnMut() -> Result<bool, E>,
+) -> Result<bool, E> {
+    // SYNC: pairs with the Release `fetch_add` in `notify`.
+    let seen = cell.seq.load(Ordering::Acquire);
+    if announce(cell, SLEEP_FUTEX, ready)? {
+        return Ok(true);
+    }
+    futex.wait(&cell.seq, seen, deadline);
+    withdraw(cell);
+    Ok(false)
+}
+
+/// How a wait ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    Ready,
+    TimedOut,
+}
+
+/// Waits under `strategy` until `ready()` is true or `deadline` passes.
+///
+/// `peer_alive()` is called at least every [`PEER_CHECK_INTERVAL`] while waiting; when it
+/// fails, `ready()` is asked once more (the peer may have published and then gone) and
+/// the failure is returned only if nothing is ready.
+pub(crate) fn wait_until<E>(
+    strategy: &WaitStrategy,
+    cell: &WaitCell,
+    futex: &impl Futex,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> Result<bool, E>,
+    mut peer_alive: impl FnMut() -> Result<(), E>,
+) -> Result<Waited, E> {
+    let spin_budget = match *strategy {
+        WaitStrategy::Spin => None,
+        WaitStrategy::Adaptive { spin } => Some(spin),
+        WaitStrategy::Block => Some(Duration::ZERO),
+    };
+    let start = Instant::now();
+    let mut next_peer_check = start + PEER_CHECK_INTERVAL;
+    // Spin phase.
+    if spin_budget != Some(Duration::ZERO) {
+        let spin_until = spin_budget.map(|budget| start + budget);
+        loop {
+            for _ in 0..SPINS_PER_CLOCK_READ {
+                if ready()? {
+                    return Ok(Waited::Ready);
+                }
+                spin_loop();
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                return Ok(Waited::TimedOut);
+            }
+            if now >= next_peer_check {
+                if let Err(gone) = peer_alive() {
+                    return if ready()? { Ok(Waited::Ready) } else { Err(gone) };
+                }
+                next_peer_check = now + PEER_CHECK_INTERVAL;
+            }
+            if spin_until.is_some_and(|until| now >= until) {
+                break;
+            }
+        }
+    }
+    // Sleep phase.
+    loop {
+        if ready()? {
+            return Ok(Waited::Ready);
+        }
+        if let Err(gone) = peer_alive() {
+            return if ready()? { Ok(Waited::Ready) } else { Err(gone) };
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            return Ok(Waited::TimedOut);
+        }
+        let slice_end = now + PEER_CHECK_INTERVAL;
+        let wake_by = deadline.map_or(slice_end, |deadline| deadline.min(slice_end));
+        if sleep(cell, futex, Some(wake_by), &mut ready)? {
+            return Ok(Waited::Ready);
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model checks of the sleep/wake protocol: run with
+    //! `RUSTFLAGS="--cfg loom" cargo test -p ringbell --release --lib loom`.
+
+    use super::*;
+    use crate::layout::RingControl;
+    use crate::ring::{Consumer, FrameKind, Producer, RawRing};
+    use crate::sync::AtomicU64;
+    use loom::sync::{Arc, Condvar, Mutex};
+
+    /// A futex as the kernel defines it: the value check and the enqueue happen under the
+    /// same lock that `wake` takes, so a wake between them cannot be missed.
+    #[derive(Default)]
+    struct ModelFutex {
+        lock: Mutex<()>,
+        queue: Condvar,
+    }
+
+    impl Futex for ModelFutex {
+        fn wait(&self, word: &AtomicU32, expected: u32, _deadline: Option<Instant>) {
+            let guard = self.lock.lock().unwrap();
+            if word.load(Ordering::SeqCst) == expected {
+                drop(self.queue.wait(guard).unwrap());
+            }
+        }
+        fn wake(&self, _word: &AtomicU32) {
+            let _guard = self.lock.lock().unwrap();
+            self.queue.notify_all();
+        }
+    }
+
+    fn cell() -> WaitCell {
+        WaitCell {
+            seq: AtomicU32::new(0),
+            sleeping: AtomicU32::new(0),
+        }
+    }
+
+    /// A flag published then notified is always seen by a waiter that sleeps with no
+    /// timeout: if a wake-up were lost, loom would report a deadlock.
+    #[test]
+    fn no_lost_wakeup() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let shared = Arc::new((cell(), AtomicU64::new(0), ModelFutex::default()));
+            let waker = {
+                let shared = shared.clone();
+                loom::thread::spawn(move || {
+                    let (cell, flag, futex) = &*shared;
+                    flag.store(1, Ordering::Release);
+                    if notify(cell).futex {
+                        futex.wake(&cell.seq);
+                    }
+                })
+            };
+            let (cell, flag, futex) = &*shared;
+            let mut ready = || Ok::<bool, ()>(flag.load(Ordering::Acquire) == 1);
+            while !ready().unwrap() {
+                let _ = sleep(cell, futex, None, &mut ready);
+            }
+            waker.join().unwrap();
+        });
+    }
+
+    /// Two messages through a four-frame ring with a blocking consumer: both arrive, in
+    /// order, with their bytes, and nobody sleeps forever.
+    #[test]
+    fn ring_with_blocking_consumer() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(|| {
+            struct Shared {
+                control: Box<RingControl>,
+                data: std::cell::UnsafeCell<[u64; 32]>,
+                futex: ModelFutex,
+            }
+            // SAFETY: the producer and consumer touch disjoint bytes, ordered by the ring's
+            // Release/Acquire protocol, which is what this model checks.
+            unsafe impl Sync for Shared {}
+            unsafe impl Send for Shared {}
+            let shared = Arc::new(Shared {
+                control: RingControl::new_boxed(),
+                data: std::cell::UnsafeCell::new([0; 32]),
+                futex: ModelFutex::default(),
+            });
+            // SAFETY: `shared` outlives both threads' use of the ring.
+            let raw = unsafe { RawRing::new(&*shared.control, shared.data.get().cast(), 256) };
+            let producer_shared = shared.clone();
+            let producer = loom::thread::spawn(move || {
+                let shared = producer_shared;
+                let mut producer = Producer::new(raw);
+                for byte in [1u8, 2] {
+                    assert!(producer.try_push(FrameKind::Message, 0, &[&[byte; 8]]).unwrap());
+                    if notify(&shared.control.readable).futex {
+                        shared.futex.wake(&shared.control.readable.seq);
+                    }
+                }
+            });
+            let mut consumer = Consumer::new(raw);
+            for expected in [1u8, 2] {
+                let frame = loop {
+                    if let Some(frame) = consumer.peek().unwrap() {
+                        break frame;
+                    }
+                    let mut ready = || consumer.has_data();
+                    let _ = sleep(&shared.control.readable, &shared.futex, None, &mut ready);
+                };
+                let mut out = Vec::new();
+                consumer.append_payload(&frame, 0, &mut out);
+                consumer.release(&frame);
+                assert_eq!(out, vec![expected; 8]);
+            }
+            producer.join().unwrap();
+        });
+    }
+}

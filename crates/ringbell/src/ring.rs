@@ -574,8 +574,11 @@ mod tests {
 
         let mut heap = HeapRing::new(256);
         let mut producer = Producer::new(heap.raw());
+        for _ in 0..4 {
+            assert!(producer.try_push(FrameKind::Message, 0, &[&[0u8; 48]]).unwrap());
+        }
         heap.control.head.store(999, Ordering::Relaxed); // head past our tail
-        assert!(producer.try_push(FrameKind::Message, 0, &[&[0u8; 60]; 4]).is_err());
+        assert!(producer.try_push(FrameKind::Message, 0, &[&[0u8; 48]]).is_err());
     }
 
     #[test]

@@ -222,9 +222,10 @@ impl Connection {
     ///         break;
     ///     }
     ///     if conn.arm_doorbell()? {
+    ///         let (doorbell, control) = (conn.doorbell_fd(), conn.control_fd());
     ///         let mut fds = [
-    ///             PollFd::new(&conn.doorbell_fd(), PollFlags::IN),
-    ///             PollFd::new(&conn.control_fd(), PollFlags::IN),
+    ///             PollFd::new(&doorbell, PollFlags::IN),
+    ///             PollFd::new(&control, PollFlags::IN),
     ///         ];
     ///         poll(&mut fds, None).ok();
     ///     }
@@ -352,7 +353,7 @@ impl Connection {
                 &OsFutex,
                 deadline,
                 || tx.has_room(payload).map_err(corrupted),
-                || peer_alive(&self.control, self.segment.header(), self.side),
+                |thorough| peer_alive(&self.control, self.segment.header(), self.side, thorough),
             )?;
             if waited == Waited::TimedOut {
                 return Err(Error::Timeout);
@@ -389,7 +390,7 @@ impl Connection {
             let Some(frame) = self.rx.peek().map_err(corrupted)? else {
                 let waited = match patience {
                     Patience::NoWait => {
-                        peer_alive(&self.control, self.header(), self.side)?;
+                        peer_alive(&self.control, self.header(), self.side, true)?;
                         // The peer may have sent its last message and then closed.
                         if self.rx.has_data().map_err(corrupted)? {
                             continue;
@@ -404,7 +405,7 @@ impl Connection {
                             &OsFutex,
                             deadline,
                             || rx.has_data().map_err(corrupted),
-                            || peer_alive(&self.control, self.segment.header(), self.side),
+                            |thorough| peer_alive(&self.control, self.segment.header(), self.side, thorough),
                         )?
                     }
                 };
@@ -530,11 +531,11 @@ fn wake(cell: &WaitCell, peer_doorbell: &Doorbell) {
     }
 }
 
-/// `Err(PeerDied)` if the peer said goodbye (no syscall) or its control socket shows
-/// end-of-file (one non-blocking syscall).
-fn peer_alive(control: &ControlStream, header: &SegmentHeader, side: Side) -> Result<(), Error> {
+/// `Err(PeerDied)` if the peer said goodbye (a flag in shared memory, no syscall) or, when
+/// `thorough`, if its control socket shows end-of-file (one non-blocking syscall).
+fn peer_alive(control: &ControlStream, header: &SegmentHeader, side: Side, thorough: bool) -> Result<(), Error> {
     // SYNC: pairs with the Release store in `Drop`.
-    if header.closed[side.rx_index()].load(Ordering::Acquire) != 0 || control.peer_gone() {
+    if header.closed[side.rx_index()].load(Ordering::Acquire) != 0 || (thorough && control.peer_gone()) {
         return Err(Error::PeerDied);
     }
     Ok(())

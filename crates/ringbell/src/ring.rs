@@ -460,12 +460,28 @@ impl Consumer {
         unsafe { self.ring.read_at(frame.payload_pos + skip, dst) }
     }
 
-    /// Appends `frame`'s payload from `skip` onwards to `out`.
+    /// Appends `frame`'s payload from `skip` onwards to `out`, copying straight from the
+    /// ring into `out`'s spare capacity (no zero-fill first: large messages are copied once).
+    ///
+    /// # Panics
+    ///
+    /// If `skip` exceeds the payload: a bug in the caller, not the peer.
     pub(crate) fn append_payload(&self, frame: &Frame, skip: usize, out: &mut Vec<u8>) {
+        assert!(skip <= frame.payload_len(), "skip past the frame's payload");
         let len = frame.payload_len() - skip;
-        let start = out.len();
-        out.resize(start + len, 0);
-        self.copy_payload(frame, skip, &mut out[start..]);
+        out.reserve(len);
+        let spare = &mut out.spare_capacity_mut()[..len];
+        // SAFETY: `peek` checked that the whole payload lies inside the ring, and `spare`
+        // has room for `len` bytes; `u8` has no invalid bit patterns.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.ring.data.add(frame.payload_pos + skip),
+                spare.as_mut_ptr().cast::<u8>(),
+                len,
+            );
+            // SAFETY: the `len` bytes after the current length were initialised just above.
+            out.set_len(out.len() + len);
+        }
     }
 
     /// Releases `frame`, which must be the one `peek` returned last.

@@ -138,16 +138,18 @@ pub(crate) enum Waited {
 
 /// Waits under `strategy` until `ready()` is true or `deadline` passes.
 ///
-/// `peer_alive()` is called at least every [`PEER_CHECK_INTERVAL`] while waiting; when it
-/// fails, `ready()` is asked once more (the peer may have published and then gone) and
-/// the failure is returned only if nothing is ready.
+/// `peer_alive(thorough)` is called with `false` after every wake-up (a cheap look at a
+/// goodbye flag in shared memory) and with `true` at least every [`PEER_CHECK_INTERVAL`]
+/// (a syscall that notices a peer that died without saying goodbye). When it fails,
+/// `ready()` is asked once more (the peer may have published and then gone) and the
+/// failure is returned only if nothing is ready.
 pub(crate) fn wait_until<E>(
     strategy: &WaitStrategy,
     cell: &WaitCell,
     futex: &impl Futex,
     deadline: Option<Instant>,
     mut ready: impl FnMut() -> Result<bool, E>,
-    mut peer_alive: impl FnMut() -> Result<(), E>,
+    mut peer_alive: impl FnMut(bool) -> Result<(), E>,
 ) -> Result<Waited, E> {
     let spin_budget = match *strategy {
         WaitStrategy::Spin => None,
@@ -171,7 +173,7 @@ pub(crate) fn wait_until<E>(
                 return Ok(Waited::TimedOut);
             }
             if now >= next_peer_check {
-                if let Err(gone) = peer_alive() {
+                if let Err(gone) = peer_alive(true) {
                     return if ready()? { Ok(Waited::Ready) } else { Err(gone) };
                 }
                 next_peer_check = now + PEER_CHECK_INTERVAL;
@@ -181,20 +183,24 @@ pub(crate) fn wait_until<E>(
             }
         }
     }
-    // Sleep phase.
+    // Sleep phase: in slices of at most PEER_CHECK_INTERVAL, so that a peer that died
+    // without a word is noticed even though nobody will ever wake us.
     loop {
         if ready()? {
             return Ok(Waited::Ready);
         }
-        if let Err(gone) = peer_alive() {
+        let now = Instant::now();
+        let thorough = now >= next_peer_check;
+        if let Err(gone) = peer_alive(thorough) {
             return if ready()? { Ok(Waited::Ready) } else { Err(gone) };
         }
-        let now = Instant::now();
+        if thorough {
+            next_peer_check = now + PEER_CHECK_INTERVAL;
+        }
         if deadline.is_some_and(|deadline| now >= deadline) {
             return Ok(Waited::TimedOut);
         }
-        let slice_end = now + PEER_CHECK_INTERVAL;
-        let wake_by = deadline.map_or(slice_end, |deadline| deadline.min(slice_end));
+        let wake_by = deadline.map_or(next_peer_check, |deadline| deadline.min(next_peer_check));
         if sleep(cell, futex, Some(wake_by), &mut ready)? {
             return Ok(Waited::Ready);
         }
@@ -202,6 +208,7 @@ pub(crate) fn wait_until<E>(
 }
 
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)]
 mod loom_tests {
     //! Model checks of the sleep/wake protocol: run with
     //! `RUSTFLAGS="--cfg loom" cargo test -p ringbell --release --lib loom`.
@@ -282,6 +289,7 @@ mod loom_tests {
             // SAFETY: the producer and consumer touch disjoint bytes, ordered by the ring's
             // Release/Acquire protocol, which is what this model checks.
             unsafe impl Sync for Shared {}
+            // SAFETY: as above; the raw bytes are plain integers.
             unsafe impl Send for Shared {}
             let shared = Arc::new(Shared {
                 control: RingControl::new_boxed(),

@@ -253,7 +253,7 @@ impl Connection {
         self.own_doorbell.as_fd()
     }
 
-    /// The control socket. It becomes readable (end of file) when the peer closes or
+    /// The control socket. It polls readable, with `POLLRDHUP`, when the peer closes or
     /// dies; never read from or write to it.
     pub fn control_fd(&self) -> BorrowedFd<'_> {
         self.control.as_fd()

@@ -11,9 +11,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    recv, recvmsg, sendmsg, sockopt, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    recvmsg, sendmsg, sockopt, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
     ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
 
@@ -185,13 +186,16 @@ impl ControlStream {
     }
 
     /// Whether the peer has closed its end (or its process died). One non-blocking
-    /// syscall; never consumes data.
+    /// `poll(2)` for `POLLRDHUP`, which is reported even when unread bytes are queued, so
+    /// a peer cannot hide its death by writing to the control socket first.
     pub(crate) fn peer_gone(&self) -> bool {
-        let mut byte = [0u8; 1];
-        match recv(&self.stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-            Ok((0, _)) => true,
-            Ok(_) => false,
-            Err(Errno::AGAIN) | Err(Errno::INTR) => false,
+        let mut fds = [PollFd::new(&self.stream, PollFlags::RDHUP)];
+        match poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+            Ok(0) => false,
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+            Err(Errno::INTR) | Err(Errno::AGAIN) | Err(Errno::NOMEM) => false,
             Err(_) => true,
         }
     }

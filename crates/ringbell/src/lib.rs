@@ -73,3 +73,8 @@ pub use conn::{Connection, IpcTransport};
 pub use error::Error;
 #[cfg(not(loom))]
 pub use server::Server;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

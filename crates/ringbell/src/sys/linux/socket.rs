@@ -3,7 +3,7 @@
 //!
 //! See unix(7) (`SCM_RIGHTS`, `SO_PEERCRED`), sendmsg(2), recvmsg(2).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -14,7 +14,7 @@ use std::time::Duration;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, sendmsg, sockopt, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    recvmsg, send, sendmsg, sockopt, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
     ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
 
@@ -123,9 +123,18 @@ impl ControlStream {
         self.stream.set_write_timeout(timeout)
     }
 
-    /// Writes all of `bytes`.
-    pub(crate) fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
-        (&self.stream).write_all(bytes)
+    /// Writes all of `bytes`. Uses `MSG_NOSIGNAL`: a peer that hung up gives `BrokenPipe`,
+    /// never a `SIGPIPE`, even in a host program that did not ignore the signal.
+    pub(crate) fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match send(&self.stream, bytes, SendFlags::NOSIGNAL) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(sent) => bytes = &bytes[sent..],
+                Err(Errno::INTR) => continue,
+                Err(errno) => return Err(io_error(errno)),
+            }
+        }
+        Ok(())
     }
 
     /// Reads exactly `buf.len()` bytes. Any fds a peer attaches are discarded by the kernel.

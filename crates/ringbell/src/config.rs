@@ -110,15 +110,17 @@ impl ServerConfig {
     /// Admits clients running as `uid`, in addition to any admitted before. Until this is
     /// called, only the server's own uid is admitted (root is not special).
     pub fn allow_uid(mut self, uid: u32) -> Self {
-        self.allowed_uids
-            .get_or_insert_with(Vec::new)
-            .push(uid);
+        self.allowed_uids.get_or_insert_with(Vec::new).push(uid);
         self
     }
 
     /// Whether `uid` may connect.
     pub(crate) fn admits(&self, uid: u32, own_uid: u32) -> bool {
-        uid == own_uid || self.allowed_uids.as_ref().is_some_and(|uids| uids.contains(&uid))
+        uid == own_uid
+            || self
+                .allowed_uids
+                .as_ref()
+                .is_some_and(|uids| uids.contains(&uid))
     }
 }
 

@@ -200,7 +200,9 @@ impl Connection {
     ///
     /// As [`recv`](Self::recv), except that it never times out.
     pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<Option<usize>, Error> {
-        Ok(self.receive(buf, Patience::NoWait)?.map(|received| received.len))
+        Ok(self
+            .receive(buf, Patience::NoWait)?
+            .map(|received| received.len))
     }
 
     /// Announces that this side is about to wait for a message in an event loop, polling
@@ -241,8 +243,12 @@ impl Connection {
         self.usable()?;
         let rx = &mut self.rx;
         let mut ready = || rx.has_data().map_err(corrupted);
-        let armed = !wait::announce(rx_readable(&self.segment, self.side), wait::SLEEP_DOORBELL, &mut ready)
-            .inspect_err(|error| self.broken = error.terminal_copy())?;
+        let armed = !wait::announce(
+            rx_readable(&self.segment, self.side),
+            wait::SLEEP_DOORBELL,
+            &mut ready,
+        )
+        .inspect_err(|error| self.broken = error.terminal_copy())?;
         self.doorbell_armed = armed;
         Ok(armed)
     }
@@ -282,7 +288,11 @@ impl Connection {
     }
 
     /// Sends one message tagged with `correlation` (request/response matching).
-    pub(crate) fn send_with_correlation(&mut self, msg: &[u8], correlation: u64) -> Result<(), Error> {
+    pub(crate) fn send_with_correlation(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+    ) -> Result<(), Error> {
         self.usable()?;
         if msg.len() > self.settings.max_message_size {
             return Err(Error::TooLarge {
@@ -295,7 +305,10 @@ impl Connection {
             self.broken = Some(Error::PeerDied);
             return Err(Error::PeerDied);
         }
-        let deadline = self.settings.send_timeout.map(|timeout| Instant::now() + timeout);
+        let deadline = self
+            .settings
+            .send_timeout
+            .map(|timeout| Instant::now() + timeout);
         let result = self.send_frames(msg, correlation, deadline);
         if let Err(error) = &result {
             self.broken = error.terminal_copy();
@@ -303,7 +316,12 @@ impl Connection {
         result
     }
 
-    fn send_frames(&mut self, msg: &[u8], correlation: u64, deadline: Option<Instant>) -> Result<(), Error> {
+    fn send_frames(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
         if self.tx_abort_pending {
             self.push_frame(FrameKind::Abort, 0, &[], deadline)?;
             self.tx_abort_pending = false;
@@ -316,11 +334,20 @@ impl Connection {
         // chunks against it and allocate once.
         let first = max_payload - 8;
         let total = (msg.len() as u64).to_le_bytes();
-        self.push_frame(FrameKind::First, correlation, &[&total, &msg[..first]], deadline)?;
+        self.push_frame(
+            FrameKind::First,
+            correlation,
+            &[&total, &msg[..first]],
+            deadline,
+        )?;
         let mut rest = &msg[first..];
         while !rest.is_empty() {
             let len = rest.len().min(max_payload);
-            let kind = if len == rest.len() { FrameKind::Last } else { FrameKind::Middle };
+            let kind = if len == rest.len() {
+                FrameKind::Last
+            } else {
+                FrameKind::Middle
+            };
             if let Err(error) = self.push_frame(kind, correlation, &[&rest[..len]], deadline) {
                 // Part of the message is in the ring: have the receiver drop it, so that a
                 // timed-out send delivers nothing rather than half a message.
@@ -342,8 +369,15 @@ impl Connection {
     ) -> Result<(), Error> {
         let payload: usize = parts.iter().map(|part| part.len()).sum();
         loop {
-            if self.tx.try_push(kind, correlation, parts).map_err(corrupted)? {
-                wake(&rings(&self.segment, self.side).tx.readable, &self.peer_doorbell);
+            if self
+                .tx
+                .try_push(kind, correlation, parts)
+                .map_err(corrupted)?
+            {
+                wake(
+                    &rings(&self.segment, self.side).tx.readable,
+                    &self.peer_doorbell,
+                );
                 return Ok(());
             }
             let tx = &mut self.tx;
@@ -363,7 +397,11 @@ impl Connection {
 
     /// The receive loop shared by `recv` and `try_recv`: returns `None` when patience ran
     /// out with no whole message.
-    fn receive(&mut self, buf: &mut Vec<u8>, patience: Patience) -> Result<Option<Received>, Error> {
+    fn receive(
+        &mut self,
+        buf: &mut Vec<u8>,
+        patience: Patience,
+    ) -> Result<Option<Received>, Error> {
         self.usable()?;
         if self.doorbell_armed {
             self.doorbell_armed = false;
@@ -377,7 +415,11 @@ impl Connection {
         result
     }
 
-    fn receive_frames(&mut self, buf: &mut Vec<u8>, patience: Patience) -> Result<Option<Received>, Error> {
+    fn receive_frames(
+        &mut self,
+        buf: &mut Vec<u8>,
+        patience: Patience,
+    ) -> Result<Option<Received>, Error> {
         buf.clear();
         // (total, correlation) of a chunked message in progress; its bytes are in `buf`.
         let mut chunked = None;
@@ -405,7 +447,14 @@ impl Connection {
                             &OsFutex,
                             deadline,
                             || rx.has_data().map_err(corrupted),
-                            |thorough| peer_alive(&self.control, self.segment.header(), self.side, thorough),
+                            |thorough| {
+                                peer_alive(
+                                    &self.control,
+                                    self.segment.header(),
+                                    self.side,
+                                    thorough,
+                                )
+                            },
                         )?
                     }
                 };
@@ -473,12 +522,18 @@ impl Connection {
                                 detail: "a chunked message ended short of its announced length",
                             });
                         }
-                        return Ok(Some(Received { len: total, correlation }));
+                        return Ok(Some(Received {
+                            len: total,
+                            correlation,
+                        }));
                     }
                 }
                 (FrameKind::Abort, Some(_)) => {
                     self.rx.release(&frame);
-                    wake(&rings(&self.segment, self.side).rx.writable, &self.peer_doorbell);
+                    wake(
+                        &rings(&self.segment, self.side).rx.writable,
+                        &self.peer_doorbell,
+                    );
                     buf.clear();
                     chunked = None;
                 }
@@ -496,7 +551,10 @@ impl Connection {
     fn take_payload(&mut self, frame: &Frame, skip: usize, buf: &mut Vec<u8>) {
         self.rx.append_payload(frame, skip, buf);
         self.rx.release(frame);
-        wake(&rings(&self.segment, self.side).rx.writable, &self.peer_doorbell);
+        wake(
+            &rings(&self.segment, self.side).rx.writable,
+            &self.peer_doorbell,
+        );
     }
 }
 
@@ -533,9 +591,16 @@ fn wake(cell: &WaitCell, peer_doorbell: &Doorbell) {
 
 /// `Err(PeerDied)` if the peer said goodbye (a flag in shared memory, no syscall) or, when
 /// `thorough`, if its control socket shows end-of-file (one non-blocking syscall).
-fn peer_alive(control: &ControlStream, header: &SegmentHeader, side: Side, thorough: bool) -> Result<(), Error> {
+fn peer_alive(
+    control: &ControlStream,
+    header: &SegmentHeader,
+    side: Side,
+    thorough: bool,
+) -> Result<(), Error> {
     // SYNC: pairs with the Release store in `Drop`.
-    if header.closed[side.rx_index()].load(Ordering::Acquire) != 0 || (thorough && control.peer_gone()) {
+    if header.closed[side.rx_index()].load(Ordering::Acquire) != 0
+        || (thorough && control.peer_gone())
+    {
         return Err(Error::PeerDied);
     }
     Ok(())
@@ -547,8 +612,14 @@ impl Drop for Connection {
         // everything we published before is visible to a peer that sees the flag.
         self.header().closed[self.side.tx_index()].store(1, Ordering::Release);
         // Wake the peer wherever it may sleep: waiting for our data or for our room.
-        wake(&rings(&self.segment, self.side).tx.readable, &self.peer_doorbell);
-        wake(&rings(&self.segment, self.side).rx.writable, &self.peer_doorbell);
+        wake(
+            &rings(&self.segment, self.side).tx.readable,
+            &self.peer_doorbell,
+        );
+        wake(
+            &rings(&self.segment, self.side).rx.writable,
+            &self.peer_doorbell,
+        );
     }
 }
 

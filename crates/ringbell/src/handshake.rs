@@ -99,17 +99,25 @@ fn handshake_error(detail: impl Into<String>) -> Error {
 /// the caller decides what a mismatch means.
 pub(crate) fn decode_prefix(bytes: &[u8; PREFIX_LEN], expected: Kind) -> Result<Prefix, Error> {
     if bytes[0..8] != MAGIC {
-        return Err(handshake_error("bad magic: the peer is not a ringbell endpoint"));
+        return Err(handshake_error(
+            "bad magic: the peer is not a ringbell endpoint",
+        ));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     let kind = match u16::from_le_bytes([bytes[10], bytes[11]]) {
         1 => Kind::Hello,
         2 => Kind::Welcome,
         3 => Kind::Ack,
-        other => return Err(handshake_error(format!("unknown handshake message kind {other}"))),
+        other => {
+            return Err(handshake_error(format!(
+                "unknown handshake message kind {other}"
+            )))
+        }
     };
     if kind != expected {
-        return Err(handshake_error(format!("expected a {expected:?} message, got a {kind:?}")));
+        return Err(handshake_error(format!(
+            "expected a {expected:?} message, got a {kind:?}"
+        )));
     }
     let status_raw = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
     let status = Status::from_u32(status_raw)
@@ -148,7 +156,9 @@ pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error
             )))
         }
         Status::ServerError => {
-            return Err(handshake_error("the server failed to set up the connection; see its log"))
+            return Err(handshake_error(
+                "the server failed to set up the connection; see its log",
+            ))
         }
     }
     if prefix.version != PROTOCOL_VERSION {
@@ -192,7 +202,11 @@ fn socket_error(step: &str, error: std::io::Error) -> Error {
 }
 
 /// Runs the server's side of the handshake on a freshly accepted stream.
-pub(crate) fn serve(control: ControlStream, config: &ServerConfig, own_uid: u32) -> Result<Connection, Error> {
+pub(crate) fn serve(
+    control: ControlStream,
+    config: &ServerConfig,
+    own_uid: u32,
+) -> Result<Connection, Error> {
     let deadline = Instant::now() + config.handshake_timeout;
     control
         .set_timeout(Some(remaining(deadline, "waiting for the client's hello")?))
@@ -203,11 +217,14 @@ pub(crate) fn serve(control: ControlStream, config: &ServerConfig, own_uid: u32)
         .map_err(|error| socket_error("waiting for the client's hello", error))?;
     let prefix = decode_prefix(&hello, Kind::Hello)?;
     let refuse = |status: Status| {
-        let _ = control.write_all(&encode_welcome(status, &Welcome {
-            ring_capacity: 0,
-            max_message_size: 0,
-            segment_len: 0,
-        }));
+        let _ = control.write_all(&encode_welcome(
+            status,
+            &Welcome {
+                ring_capacity: 0,
+                max_message_size: 0,
+                segment_len: 0,
+            },
+        ));
     };
     if prefix.version != PROTOCOL_VERSION {
         refuse(Status::UnsupportedVersion);
@@ -251,7 +268,11 @@ pub(crate) fn serve(control: ControlStream, config: &ServerConfig, own_uid: u32)
     control
         .send_with_fds(
             &encode_welcome(Status::Accepted, &welcome),
-            &[memfd.as_fd(), server_doorbell.as_fd(), client_doorbell.as_fd()],
+            &[
+                memfd.as_fd(),
+                server_doorbell.as_fd(),
+                client_doorbell.as_fd(),
+            ],
         )
         .map_err(|error| socket_error("sending the welcome", error))?;
     // The client holds its own reference now; ours would only keep the memfd alive.
@@ -287,7 +308,10 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
     let deadline = Instant::now() + config.connect_timeout;
     let control = ControlStream::connect(path).map_err(|error| match error.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Error::io(
-            &format!("connecting to {} (is a ringbell server running there?)", path.display()),
+            &format!(
+                "connecting to {} (is a ringbell server running there?)",
+                path.display()
+            ),
             error,
         ),
         _ => Error::io(&format!("connecting to {}", path.display()), error),
@@ -299,16 +323,23 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
         .write_all(&encode_prefix(Kind::Hello, Status::Accepted))
         .map_err(|error| socket_error("sending the hello", error))?;
     control
-        .set_timeout(Some(remaining(deadline, "waiting for the server's welcome")?))
+        .set_timeout(Some(remaining(
+            deadline,
+            "waiting for the server's welcome",
+        )?))
         .map_err(|error| Error::io("setting the handshake timeout", error))?;
     let mut bytes = [0u8; WELCOME_LEN];
     let fds = control
         .recv_with_fds(&mut bytes)
         .map_err(|error| socket_error("waiting for the server's welcome", error))?;
     let welcome = decode_welcome(&bytes)?;
-    let [memfd, server_doorbell, client_doorbell]: [OwnedFd; 3] = fds.try_into().map_err(
-        |fds: Vec<OwnedFd>| handshake_error(format!("the welcome carried {} fds instead of 3", fds.len())),
-    )?;
+    let [memfd, server_doorbell, client_doorbell]: [OwnedFd; 3] =
+        fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+            handshake_error(format!(
+                "the welcome carried {} fds instead of 3",
+                fds.len()
+            ))
+        })?;
     let capacity = usize::try_from(welcome.ring_capacity)
         .map_err(|_| handshake_error("the announced ring capacity does not fit in memory"))?;
     let max_message_size = usize::try_from(welcome.max_message_size)
@@ -316,7 +347,9 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
         .filter(|&max| max > 0)
         .ok_or_else(|| handshake_error("the announced maximum message size is out of range"))?;
     if layout::segment_len(capacity).map(|len| len as u64) != Some(welcome.segment_len) {
-        return Err(handshake_error("the announced segment size does not match the ring capacity"));
+        return Err(handshake_error(
+            "the announced segment size does not match the ring capacity",
+        ));
     }
     let region = SharedRegion::open(&memfd, welcome.segment_len as usize)
         .map_err(|error| socket_error("checking the shared memory", error))?;
@@ -365,7 +398,10 @@ mod tests {
             max_message_size: 1 << 20,
             segment_len: 4096 + (2 << 16),
         };
-        assert_eq!(decode_welcome(&encode_welcome(Status::Accepted, &welcome)).unwrap(), welcome);
+        assert_eq!(
+            decode_welcome(&encode_welcome(Status::Accepted, &welcome)).unwrap(),
+            welcome
+        );
     }
 
     #[test]

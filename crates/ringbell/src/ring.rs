@@ -54,6 +54,8 @@ pub(crate) const FRAME_HEADER_LEN: usize = 16;
 pub(crate) const FRAME_ALIGN: usize = 8;
 /// The smallest ring: small enough for tests, large enough for a header and a payload.
 pub(crate) const MIN_CAPACITY: usize = 256;
+/// The largest ring: 1 GiB, far beyond any sane use, and safely inside a u32 frame length.
+pub(crate) const MAX_CAPACITY: usize = 1 << 30;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +149,7 @@ pub(crate) fn max_frame_payload(capacity: usize) -> usize {
 
 /// Whether `capacity` is usable as a ring size.
 pub(crate) fn valid_capacity(capacity: usize) -> bool {
-    capacity.is_power_of_two() && capacity >= MIN_CAPACITY && capacity <= (1 << 30)
+    capacity.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
 }
 
 /// The raw parts of one ring: its control block and its data bytes.
@@ -259,7 +261,9 @@ impl Producer {
         // has finished copying out the bytes before we may overwrite them.
         let head = self.ring.control().head.load(Ordering::Acquire);
         if head < self.cached_head || head > self.tail {
-            return Err(RingError("the consumer's head index moved backwards or past the tail"));
+            return Err(RingError(
+                "the consumer's head index moved backwards or past the tail",
+            ));
         }
         self.cached_head = head;
         Ok(())
@@ -377,7 +381,9 @@ impl Consumer {
         // to `tail` are written before we read them.
         let tail = self.ring.control().tail.load(Ordering::Acquire);
         if tail < self.cached_tail || tail.wrapping_sub(self.head) > self.ring.capacity as u64 {
-            return Err(RingError("the producer's tail index moved backwards or overran the ring"));
+            return Err(RingError(
+                "the producer's tail index moved backwards or overran the ring",
+            ));
         }
         self.cached_tail = tail;
         Ok(())
@@ -413,7 +419,9 @@ impl Consumer {
             let to_end = self.ring.capacity - pos;
             if to_end < FRAME_HEADER_LEN {
                 if available < to_end {
-                    return Err(RingError("the producer published part of the skipped ring end"));
+                    return Err(RingError(
+                        "the producer published part of the skipped ring end",
+                    ));
                 }
                 self.advance(to_end);
                 continue;
@@ -424,8 +432,9 @@ impl Consumer {
             let mut bytes = [0u8; FRAME_HEADER_LEN];
             // SAFETY: `to_end >= FRAME_HEADER_LEN`, so the header lies inside the ring.
             unsafe { self.ring.read_at(pos, &mut bytes) };
-            let header = FrameHeader::decode(&bytes)
-                .ok_or(RingError("a frame header has an unknown kind or reserved bits set"))?;
+            let header = FrameHeader::decode(&bytes).ok_or(RingError(
+                "a frame header has an unknown kind or reserved bits set",
+            ))?;
             let size = frame_size(header.len as usize);
             if header.kind == FrameKind::Padding {
                 if size != to_end || available < to_end {
@@ -435,10 +444,14 @@ impl Consumer {
                 continue;
             }
             if size > to_end || size > available {
-                return Err(RingError("a frame is longer than the bytes published for it"));
+                return Err(RingError(
+                    "a frame is longer than the bytes published for it",
+                ));
             }
             if header.len as usize > max_frame_payload(self.ring.capacity) {
-                return Err(RingError("a frame is longer than the largest frame allowed"));
+                return Err(RingError(
+                    "a frame is longer than the largest frame allowed",
+                ));
             }
             return Ok(Some(Frame {
                 header,
@@ -455,7 +468,10 @@ impl Consumer {
     ///
     /// If `skip + dst.len()` exceeds the payload: a bug in the caller, not the peer.
     pub(crate) fn copy_payload(&self, frame: &Frame, skip: usize, dst: &mut [u8]) {
-        assert!(skip + dst.len() <= frame.payload_len(), "copy past the frame's payload");
+        assert!(
+            skip + dst.len() <= frame.payload_len(),
+            "copy past the frame's payload"
+        );
         // SAFETY: `peek` checked that the whole payload lies inside the ring.
         unsafe { self.ring.read_at(frame.payload_pos + skip, dst) }
     }
@@ -548,11 +564,17 @@ mod tests {
         let mut consumer = Consumer::new(heap.raw());
         let payload = [7u8; 48]; // 64-byte frames: four fill the ring
         for _ in 0..4 {
-            assert!(producer.try_push(FrameKind::Message, 0, &[&payload]).unwrap());
+            assert!(producer
+                .try_push(FrameKind::Message, 0, &[&payload])
+                .unwrap());
         }
-        assert!(!producer.try_push(FrameKind::Message, 0, &[&payload]).unwrap());
+        assert!(!producer
+            .try_push(FrameKind::Message, 0, &[&payload])
+            .unwrap());
         assert_eq!(pop(&mut consumer).unwrap().1, payload);
-        assert!(producer.try_push(FrameKind::Message, 0, &[&payload]).unwrap());
+        assert!(producer
+            .try_push(FrameKind::Message, 0, &[&payload])
+            .unwrap());
     }
 
     #[test]
@@ -565,7 +587,9 @@ mod tests {
         for round in 0..200u32 {
             let len = [24usize, 32, 8, 0, 40][round as usize % 5];
             let payload = vec![round as u8; len];
-            assert!(producer.try_push(FrameKind::Message, round.into(), &[&payload]).unwrap());
+            assert!(producer
+                .try_push(FrameKind::Message, round.into(), &[&payload])
+                .unwrap());
             let frame = consumer.peek().unwrap().unwrap();
             assert_eq!(frame.header.correlation, u64::from(round));
             let mut out = Vec::new();
@@ -591,10 +615,14 @@ mod tests {
         let mut heap = HeapRing::new(256);
         let mut producer = Producer::new(heap.raw());
         for _ in 0..4 {
-            assert!(producer.try_push(FrameKind::Message, 0, &[&[0u8; 48]]).unwrap());
+            assert!(producer
+                .try_push(FrameKind::Message, 0, &[&[0u8; 48]])
+                .unwrap());
         }
         heap.control.head.store(999, Ordering::Relaxed); // head past our tail
-        assert!(producer.try_push(FrameKind::Message, 0, &[&[0u8; 48]]).is_err());
+        assert!(producer
+            .try_push(FrameKind::Message, 0, &[&[0u8; 48]])
+            .is_err());
     }
 
     #[test]
@@ -602,7 +630,9 @@ mod tests {
         let mut heap = HeapRing::new(256);
         let mut producer = Producer::new(heap.raw());
         let mut consumer = Consumer::new(heap.raw());
-        assert!(producer.try_push(FrameKind::Message, 0, &[&[1u8; 8]]).unwrap());
+        assert!(producer
+            .try_push(FrameKind::Message, 0, &[&[1u8; 8]])
+            .unwrap());
         // Rewrite the length to claim more than was published.
         let header = FrameHeader {
             len: 200,

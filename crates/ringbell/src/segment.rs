@@ -21,12 +21,21 @@ impl Segment {
     /// Lays out a fresh (zeroed) region for rings of `capacity` bytes and publishes it by
     /// storing the magic word last.
     pub(crate) fn initialize(region: SharedRegion, capacity: usize) -> Segment {
-        assert!(ring::valid_capacity(capacity), "ring capacity was validated by the server");
-        assert_eq!(Some(region.len()), layout::segment_len(capacity), "segment sized for capacity");
+        assert!(
+            ring::valid_capacity(capacity),
+            "ring capacity was validated by the server"
+        );
+        assert_eq!(
+            Some(region.len()),
+            layout::segment_len(capacity),
+            "segment sized for capacity"
+        );
         let segment = Segment { region, capacity };
         let header = segment.header();
         header.version.store(LAYOUT_VERSION, Ordering::Relaxed);
-        header.ring_capacity.store(capacity as u64, Ordering::Relaxed);
+        header
+            .ring_capacity
+            .store(capacity as u64, Ordering::Relaxed);
         // SYNC: pairs with the Acquire load of `magic` in `Segment::open`: the fields above
         // are visible to whoever sees the magic.
         header.magic.store(MAGIC, Ordering::Release);

@@ -174,7 +174,11 @@ pub(crate) fn wait_until<E>(
             }
             if now >= next_peer_check {
                 if let Err(gone) = peer_alive(true) {
-                    return if ready()? { Ok(Waited::Ready) } else { Err(gone) };
+                    return if ready()? {
+                        Ok(Waited::Ready)
+                    } else {
+                        Err(gone)
+                    };
                 }
                 next_peer_check = now + PEER_CHECK_INTERVAL;
             }
@@ -192,7 +196,11 @@ pub(crate) fn wait_until<E>(
         let now = Instant::now();
         let thorough = now >= next_peer_check;
         if let Err(gone) = peer_alive(thorough) {
-            return if ready()? { Ok(Waited::Ready) } else { Err(gone) };
+            return if ready()? {
+                Ok(Waited::Ready)
+            } else {
+                Err(gone)
+            };
         }
         if thorough {
             next_peer_check = now + PEER_CHECK_INTERVAL;
@@ -303,7 +311,9 @@ mod loom_tests {
                 let shared = producer_shared;
                 let mut producer = Producer::new(raw);
                 for byte in [1u8, 2] {
-                    assert!(producer.try_push(FrameKind::Message, 0, &[&[byte; 8]]).unwrap());
+                    assert!(producer
+                        .try_push(FrameKind::Message, 0, &[&[byte; 8]])
+                        .unwrap());
                     if notify(&shared.control.readable).futex {
                         shared.futex.wake(&shared.control.readable.seq);
                     }

@@ -37,7 +37,13 @@ impl Futex for OsFutex {
         // EAGAIN (the value changed), EINTR and ETIMEDOUT all mean "look again", which the
         // caller does; it also bounds every wait by its own deadline, so no error here can
         // turn into a sleep without end.
-        let _ = futex::wait_bitset(word, futex::Flags::empty(), expected, timeout.as_ref(), MATCH_ANY);
+        let _ = futex::wait_bitset(
+            word,
+            futex::Flags::empty(),
+            expected,
+            timeout.as_ref(),
+            MATCH_ANY,
+        );
     }
 
     fn wake(&self, word: &AtomicU32) {

@@ -50,21 +50,28 @@ impl SharedRegion {
         let seals = fs::fcntl_get_seals(fd)
             .map_err(|_| invalid("the shared-memory fd is not a sealable memfd"))?;
         if !seals.contains(required_seals()) {
-            return Err(invalid("the shared-memory fd is not sealed against resizing"));
+            return Err(invalid(
+                "the shared-memory fd is not sealed against resizing",
+            ));
         }
         let stat = fs::fstat(fd).map_err(io_error)?;
         if fs::FileType::from_raw_mode(stat.st_mode) != fs::FileType::RegularFile {
             return Err(invalid("the shared-memory fd is not a regular file"));
         }
         if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
-            return Err(invalid("the shared-memory object's size differs from the announced size"));
+            return Err(invalid(
+                "the shared-memory object's size differs from the announced size",
+            ));
         }
         Self::map(fd, expected_len)
     }
 
     fn map(fd: &OwnedFd, len: usize) -> io::Result<SharedRegion> {
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty shared region"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "empty shared region",
+            ));
         }
         // SAFETY: a fresh mapping at an address the kernel picks cannot alias any Rust
         // object; the fd's size is sealed at `len`, so every byte stays backed.

@@ -44,7 +44,10 @@ impl ControlListener {
                 if !metadata.file_type().is_socket() {
                     return Err(io::Error::new(
                         io::ErrorKind::AlreadyExists,
-                        format!("{} exists and is not a socket; not replacing it", path.display()),
+                        format!(
+                            "{} exists and is not a socket; not replacing it",
+                            path.display()
+                        ),
                     ));
                 }
                 match UnixStream::connect(path) {
@@ -147,10 +150,18 @@ impl ControlStream {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !control.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one message"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many fds for one message",
+            ));
         }
         let sent = loop {
-            match sendmsg(&self.stream, &[io::IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+            match sendmsg(
+                &self.stream,
+                &[io::IoSlice::new(bytes)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
                 Ok(sent) => break sent,
                 Err(Errno::INTR) => continue,
                 Err(errno) => return Err(io_error(errno)),
@@ -167,7 +178,12 @@ impl ControlStream {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = loop {
             let mut iov = [io::IoSliceMut::new(buf)];
-            match recvmsg(&self.stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            match recvmsg(
+                &self.stream,
+                &mut iov,
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
                 Ok(received) => break received,
                 Err(Errno::INTR) => continue,
                 Err(errno) => return Err(io_error(errno)),
@@ -180,7 +196,10 @@ impl ControlStream {
             }
         }
         if received.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "the peer attached too many fds"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer attached too many fds",
+            ));
         }
         if received.bytes == 0 && !buf.is_empty() {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -191,7 +210,10 @@ impl ControlStream {
 
     /// The uid of the process at the other end, as the kernel recorded it at connect time.
     pub(crate) fn peer_uid(&self) -> io::Result<u32> {
-        Ok(sockopt::socket_peercred(&self.stream).map_err(io_error)?.uid.as_raw())
+        Ok(sockopt::socket_peercred(&self.stream)
+            .map_err(io_error)?
+            .uid
+            .as_raw())
     }
 
     /// Whether the peer has closed its end (or its process died). One non-blocking
@@ -199,7 +221,13 @@ impl ControlStream {
     /// a peer cannot hide its death by writing to the control socket first.
     pub(crate) fn peer_gone(&self) -> bool {
         let mut fds = [PollFd::new(&self.stream, PollFlags::RDHUP)];
-        match poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        match poll(
+            &mut fds,
+            Some(&Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }),
+        ) {
             Ok(0) => false,
             Ok(_) => fds[0]
                 .revents()

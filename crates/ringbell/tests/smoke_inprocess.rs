@@ -10,9 +10,17 @@ fn socket_path(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn echo_small_and_chunked_messages_in_process() {
-    for wait in [WaitStrategy::Spin, WaitStrategy::default(), WaitStrategy::Block] {
+    for wait in [
+        WaitStrategy::Spin,
+        WaitStrategy::default(),
+        WaitStrategy::Block,
+    ] {
         let path = socket_path("echo");
-        let server = Server::bind(&path, ServerConfig::default().ring_capacity(1024).wait(wait)).unwrap();
+        let server = Server::bind(
+            &path,
+            ServerConfig::default().ring_capacity(1024).wait(wait),
+        )
+        .unwrap();
         let echo = std::thread::spawn(move || {
             let mut conn = server.accept().unwrap();
             let mut buf = Vec::new();

@@ -1,0 +1,212 @@
+//! Peer processes: the demo's children, started from this same executable and killed and
+//! reaped on every path, and the children's side of that bargain (exit with the parent).
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rustix::process::{getppid, set_parent_process_death_signal, Pid, Signal};
+
+use crate::error::{CliError, Context};
+
+/// What a server or peer prints to stdout once it accepts connections.
+pub const LISTENING_PREFIX: &str = "listening on ";
+
+/// A running child process. Dropping it kills the child (if it still runs) and reaps it,
+/// so no path out of the demo, error or panic, leaves a process behind.
+#[derive(Debug)]
+pub struct PeerProcess {
+    name: String,
+    child: Child,
+    /// Reads the child's stdout to the end, so that the child never blocks on a full pipe.
+    stdout_drain: Option<JoinHandle<()>>,
+}
+
+/// Starts peers from this same executable, each pinned to the peer CPU (if any) and tied
+/// to this process's life with `--parent-pid`.
+#[derive(Debug, Clone)]
+pub struct PeerLauncher {
+    exe: PathBuf,
+    peer_cpu: Option<usize>,
+}
+
+impl PeerLauncher {
+    /// Peers run `std::env::current_exe()`, on `peer_cpu` if given.
+    pub fn new(peer_cpu: Option<usize>) -> Result<PeerLauncher, CliError> {
+        let exe = std::env::current_exe()
+            .context("finding the ringbell executable to start peers from")?;
+        Ok(PeerLauncher { exe, peer_cpu })
+    }
+
+    /// `ringbell <args…> --parent-pid <ours> [--cpu <peer cpu>]`, with stdin closed and
+    /// stderr shared with ours (so that a peer's error reaches the user).
+    pub fn command(&self, args: &[OsString]) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(args)
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string());
+        if let Some(cpu) = self.peer_cpu {
+            command.arg("--cpu").arg(cpu.to_string());
+        }
+        command.stdin(Stdio::null()).stderr(Stdio::inherit());
+        command
+    }
+}
+
+impl PeerProcess {
+    /// Starts `command` with stdout discarded.
+    pub fn spawn(name: &str, mut command: Command) -> Result<PeerProcess, CliError> {
+        let child = command
+            .stdout(Stdio::null())
+            .spawn()
+            .context(format_args!("starting the {name} process"))?;
+        Ok(PeerProcess {
+            name: name.to_owned(),
+            child,
+            stdout_drain: None,
+        })
+    }
+
+    /// Starts `command` and waits until it prints its `listening on …` line.
+    pub fn spawn_listening(
+        name: &str,
+        mut command: Command,
+        timeout: Duration,
+    ) -> Result<PeerProcess, CliError> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .context(format_args!("starting the {name} process"))?;
+        let stdout = child.stdout.take();
+        // From here on, `process` kills the child if we return early.
+        let mut process = PeerProcess {
+            name: name.to_owned(),
+            child,
+            stdout_drain: None,
+        };
+        let stdout = stdout.ok_or_else(|| CliError::new("the child's stdout was not piped"))?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let drain = thread::Builder::new()
+            .name(format!("{name}-stdout"))
+            .spawn(move || {
+                let mut ready_tx = Some(ready_tx);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if line.starts_with(LISTENING_PREFIX) {
+                        if let Some(ready_tx) = ready_tx.take() {
+                            let _ = ready_tx.send(());
+                        }
+                    }
+                }
+            })
+            .context("starting a thread to read a child's output")?;
+        process.stdout_drain = Some(drain);
+        match ready_rx.recv_timeout(timeout) {
+            Ok(()) => Ok(process),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(CliError::new(format!(
+                "the {name} process did not start listening within {timeout:?}"
+            ))),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = process.child.wait().context("waiting for a child")?;
+                Err(CliError::new(format!(
+                    "the {name} process exited before it started listening ({})",
+                    status
+                )))
+            }
+        }
+    }
+
+    /// `Err` if the child has exited: a caller waiting for it to answer should give up.
+    pub fn check_alive(&mut self) -> Result<(), CliError> {
+        match self.child.try_wait().context("checking a child")? {
+            None => Ok(()),
+            Some(status) => Err(CliError::new(format!(
+                "the {} process exited while we waited for it ({})",
+                self.name, status
+            ))),
+        }
+    }
+
+    /// Waits up to `timeout` for the child to exit by itself, and checks that it succeeded.
+    pub fn finish(mut self, timeout: Duration) -> Result<(), CliError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for a child")? {
+                if status.success() {
+                    return Ok(());
+                }
+                return Err(CliError::new(format!(
+                    "the {} process failed ({})",
+                    self.name, status
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(CliError::new(format!(
+                    "the {} process did not exit within {timeout:?}",
+                    self.name
+                )));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        // Killing a child that has exited but is not reaped yet is harmless, and `wait`
+        // then reaps it. Errors here cannot be handled better than by moving on.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(drain) = self.stdout_drain.take() {
+            // The pipe is closed now that the child is gone, so the thread ends.
+            let _ = drain.join();
+        }
+    }
+}
+
+/// A child's view of its parent, for peers that must not outlive the demo.
+#[derive(Debug, Clone, Copy)]
+pub struct ParentWatch {
+    parent: i32,
+}
+
+impl ParentWatch {
+    /// Asks the kernel to SIGKILL this process when its parent dies, then checks that
+    /// `parent_pid` is still the parent (it may have died before we asked).
+    ///
+    /// The kernel fires the signal when the parent *thread* that spawned us exits; the demo
+    /// spawns every child from its main thread, which lives as long as the demo.
+    pub fn arm(parent_pid: u32) -> Result<ParentWatch, CliError> {
+        set_parent_process_death_signal(Some(Signal::KILL))
+            .context("asking to be stopped when the parent exits")?;
+        let watch = ParentWatch {
+            parent: i32::try_from(parent_pid)
+                .map_err(|_| CliError::new(format!("{parent_pid} is not a process id")))?,
+        };
+        if !watch.parent_alive() {
+            return Err(CliError::new(format!(
+                "the parent process {parent_pid} has already exited"
+            )));
+        }
+        Ok(watch)
+    }
+
+    /// Whether the parent still runs (if it died, we were re-parented).
+    pub fn parent_alive(&self) -> bool {
+        Pid::as_raw(getppid()) == self.parent
+    }
+
+    /// `Err` if the parent is gone: a peer waiting for it should stop.
+    pub fn check(&self) -> Result<(), CliError> {
+        if self.parent_alive() {
+            Ok(())
+        } else {
+            Err(CliError::new("the parent process exited; stopping"))
+        }
+    }
+}

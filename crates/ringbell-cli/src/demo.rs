@@ -1,0 +1,534 @@
+//! `ringbell demo`: ringbell beside its baselines, all measured in one run on this machine,
+//! with nothing to set up.
+//!
+//! Every measurement is cross-process: this process is the client, pinned to one core, and
+//! each peer is a child process started from this executable (`ringbell serve`,
+//! `ringbell __shm-peer`, `ringbell __uds-peer`), pinned to another core, in a fresh
+//! temporary directory. Each child is killed and reaped when its measurement ends, on
+//! every path, and the directory is removed at the end.
+//!
+//! Absolute times drift between runs on shared machines; the ratios to the baselines
+//! measured side by side are what to compare.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ringbell::{ClientConfig, Connection, WaitStrategy};
+
+use crate::affinity::{allowed_cpus, pin_to_cpu};
+use crate::baseline::{self, ShmMode};
+use crate::child::{PeerLauncher, PeerProcess};
+use crate::error::{CliError, Context};
+use crate::measure;
+use crate::serve::ServeMode;
+use crate::stats::{format_count, format_ratio, LatencyRun, LatencySummary, ThroughputRun};
+use crate::unix_socket::UnixSocketChannel;
+use crate::{WaitArgs, WaitKind};
+
+/// Bytes per message in every measurement.
+const MESSAGE_SIZE: usize = 64;
+
+/// How long a server or peer may take to start listening.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Row names: one per measurement.
+const RINGBELL_SPIN: &str = "ringbell spin";
+const RINGBELL_ADAPTIVE: &str = "ringbell adaptive";
+const RINGBELL_BLOCK: &str = "ringbell block";
+const RAW_SPIN: &str = "raw spin";
+const RAW_FUTEX: &str = "raw futex";
+const UNIX_SOCKET: &str = "unix socket";
+
+/// How many messages each measurement uses.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Round trips where both sides spin (ringbell spin and adaptive, raw spin): well
+    /// under a microsecond to a few microseconds each.
+    spin_warmup: u64,
+    spin_round_trips: u64,
+    /// Round trips where both sides sleep in the kernel every time (ringbell block, raw
+    /// futex, Unix socket): tens of microseconds each on a VM.
+    sleep_warmup: u64,
+    sleep_round_trips: u64,
+    /// One-way messages, for each throughput measurement.
+    stream_warmup: u64,
+    stream_messages: u64,
+}
+
+impl Plan {
+    /// Half a minute to a minute on a 2-core VM, where a sleeping round trip costs 35 to
+    /// 80 µs: the three sleeping runs take most of it.
+    const FULL: Plan = Plan {
+        spin_warmup: 20_000,
+        spin_round_trips: 2_000_000,
+        sleep_warmup: 2_000,
+        sleep_round_trips: 150_000,
+        stream_warmup: 100_000,
+        stream_messages: 3_000_000,
+    };
+
+    /// A few seconds: enough to run every path, too few for stable tails.
+    const QUICK: Plan = Plan {
+        spin_warmup: 1_000,
+        spin_round_trips: 20_000,
+        sleep_warmup: 100,
+        sleep_round_trips: 2_000,
+        stream_warmup: 10_000,
+        stream_messages: 200_000,
+    };
+
+    /// On one CPU a spinning side holds the CPU that its peer needs to answer, so each
+    /// spinning round trip lasts about a scheduler time slice: keep those runs tiny.
+    fn for_single_cpu(self) -> Plan {
+        Plan {
+            spin_warmup: self.spin_warmup.min(20),
+            spin_round_trips: self.spin_round_trips.min(200),
+            ..self
+        }
+    }
+}
+
+/// Runs the demo and prints its report.
+pub fn run(quick: bool) -> Result<(), CliError> {
+    let started = Instant::now();
+    let mut plan = if quick { Plan::QUICK } else { Plan::FULL };
+    println!(
+        "ringbell demo{}: cross-process latency and throughput of ringbell and its baselines, \
+         all measured now, in this run",
+        if quick { " --quick" } else { "" }
+    );
+    let cpus = allowed_cpus()?;
+    print_machine(cpus.len());
+    let peer_cpu = match cpus.as_slice() {
+        [client_cpu, peer_cpu, ..] => {
+            // Before any child or thread exists, so that all of ours stay on this core.
+            pin_to_cpu(*client_cpu)?;
+            println!("pinning: this process (the client) on CPU {client_cpu}, each peer process on CPU {peer_cpu}");
+            Some(*peer_cpu)
+        }
+        _ => {
+            plan = plan.for_single_cpu();
+            println!(
+                "note:    only one CPU is available, so nothing is pinned, and a spinning wait \
+                 holds the CPU its peer needs: the spinning runs are cut to {} round trips",
+                plan.spin_round_trips
+            );
+            None
+        }
+    };
+    print_plan(&plan);
+    println!();
+
+    let workspace = TempDir::create()?;
+    let demo = Demo {
+        plan,
+        launcher: PeerLauncher::new(peer_cpu)?,
+        workspace,
+    };
+    let report = demo.measure_all()?;
+    println!();
+    report.print();
+    println!();
+    println!("finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+struct Demo {
+    plan: Plan,
+    launcher: PeerLauncher,
+    workspace: TempDir,
+}
+
+/// Everything measured.
+struct Report {
+    latency: Vec<(&'static str, LatencySummary)>,
+    throughput: Vec<(&'static str, ThroughputRun)>,
+}
+
+impl Demo {
+    fn measure_all(&self) -> Result<Report, CliError> {
+        let plan = &self.plan;
+        let (spin_warmup, spin_count) = (plan.spin_warmup, plan.spin_round_trips);
+        let (sleep_warmup, sleep_count) = (plan.sleep_warmup, plan.sleep_round_trips);
+        println!("measuring:");
+        let mut latency = Vec::new();
+        let mut record_latency = |name, run: LatencyRun| latency.push((name, run.summary()));
+
+        record_latency(
+            RINGBELL_SPIN,
+            step(RINGBELL_SPIN, "round trips", || {
+                self.ringbell_latency(WaitKind::Spin, spin_warmup, spin_count)
+            })?,
+        );
+        record_latency(
+            RINGBELL_ADAPTIVE,
+            step(RINGBELL_ADAPTIVE, "round trips", || {
+                self.ringbell_latency(WaitKind::Adaptive, spin_warmup, spin_count)
+            })?,
+        );
+        record_latency(
+            RINGBELL_BLOCK,
+            step(RINGBELL_BLOCK, "round trips", || {
+                self.ringbell_latency(WaitKind::Block, sleep_warmup, sleep_count)
+            })?,
+        );
+        record_latency(
+            RAW_SPIN,
+            step(RAW_SPIN, "round trips", || {
+                baseline::raw_ping_pong(&self.launcher, ShmMode::Spin, spin_warmup, spin_count)
+            })?,
+        );
+        record_latency(
+            RAW_FUTEX,
+            step(RAW_FUTEX, "round trips", || {
+                baseline::raw_ping_pong(&self.launcher, ShmMode::Futex, sleep_warmup, sleep_count)
+            })?,
+        );
+        record_latency(
+            UNIX_SOCKET,
+            step(UNIX_SOCKET, "round trips", || {
+                self.unix_socket_latency(sleep_warmup, sleep_count)
+            })?,
+        );
+
+        let throughput = vec![
+            (
+                RINGBELL_ADAPTIVE,
+                step(RINGBELL_ADAPTIVE, "one-way messages", || {
+                    self.ringbell_throughput()
+                })?,
+            ),
+            (
+                UNIX_SOCKET,
+                step(UNIX_SOCKET, "one-way messages", || {
+                    self.unix_socket_throughput()
+                })?,
+            ),
+        ];
+        Ok(Report {
+            latency,
+            throughput,
+        })
+    }
+
+    /// Round trips against a `ringbell serve --mode echo`, both sides waiting with `kind`.
+    fn ringbell_latency(
+        &self,
+        kind: WaitKind,
+        warmup: u64,
+        count: u64,
+    ) -> Result<LatencyRun, CliError> {
+        let (server, mut connection) = self.ringbell_server(kind, ServeMode::Echo)?;
+        let run = measure::round_trips(&mut connection, MESSAGE_SIZE, warmup, count);
+        // Hang up first, so that the server sees a clean goodbye before it is killed.
+        drop(connection);
+        drop(server);
+        run
+    }
+
+    /// One-way messages to a `ringbell serve --mode sink`, both sides with the default wait.
+    fn ringbell_throughput(&self) -> Result<ThroughputRun, CliError> {
+        let (server, mut connection) = self.ringbell_server(WaitKind::Adaptive, ServeMode::Sink)?;
+        let run = measure::one_way(
+            &mut connection,
+            MESSAGE_SIZE,
+            self.plan.stream_warmup,
+            self.plan.stream_messages,
+        );
+        drop(connection);
+        drop(server);
+        run
+    }
+
+    /// Starts a server and connects to it.
+    fn ringbell_server(
+        &self,
+        kind: WaitKind,
+        mode: ServeMode,
+    ) -> Result<(PeerProcess, Connection), CliError> {
+        let socket =
+            self.workspace
+                .path()
+                .join(format!("ringbell-{}-{}.sock", kind.arg(), mode.arg()));
+        let server = PeerProcess::spawn_listening(
+            &format!("ringbell serve --wait {}", kind.arg()),
+            self.launcher.command(&[
+                "serve".into(),
+                socket.clone().into(),
+                "--wait".into(),
+                kind.arg().into(),
+                "--mode".into(),
+                mode.arg().into(),
+            ]),
+            LISTEN_TIMEOUT,
+        )?;
+        let config = ClientConfig::default().wait(WaitArgs::of_kind(kind).strategy());
+        // The library's errors name the path already.
+        let connection = Connection::connect(&socket, config)?;
+        Ok((server, connection))
+    }
+
+    fn unix_socket_latency(&self, warmup: u64, count: u64) -> Result<LatencyRun, CliError> {
+        let (_peer, mut channel) = self.unix_socket_peer(ServeMode::Echo)?;
+        measure::round_trips(&mut channel, MESSAGE_SIZE, warmup, count)
+    }
+
+    fn unix_socket_throughput(&self) -> Result<ThroughputRun, CliError> {
+        let (_peer, mut channel) = self.unix_socket_peer(ServeMode::Sink)?;
+        measure::one_way(
+            &mut channel,
+            MESSAGE_SIZE,
+            self.plan.stream_warmup,
+            self.plan.stream_messages,
+        )
+    }
+
+    fn unix_socket_peer(
+        &self,
+        mode: ServeMode,
+    ) -> Result<(PeerProcess, UnixSocketChannel), CliError> {
+        let socket = self
+            .workspace
+            .path()
+            .join(format!("unix-{}.sock", mode.arg()));
+        let peer = PeerProcess::spawn_listening(
+            "unix socket peer",
+            self.launcher.command(&[
+                "__uds-peer".into(),
+                socket.clone().into(),
+                "--mode".into(),
+                mode.arg().into(),
+            ]),
+            LISTEN_TIMEOUT,
+        )?;
+        let channel = UnixSocketChannel::connect(&socket)?;
+        Ok((peer, channel))
+    }
+}
+
+/// Runs one measurement with a progress line: `  raw spin  1,000,000 round trips … 0.6 s`.
+fn step<T>(
+    name: &str,
+    unit: &str,
+    measurement: impl FnOnce() -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    print!("  {name:<18} {unit:<17} … ");
+    let _ = std::io::stdout().flush();
+    let started = Instant::now();
+    let result = measurement();
+    match &result {
+        Ok(_) => println!("{:.1} s", started.elapsed().as_secs_f64()),
+        Err(_) => println!("failed"),
+    }
+    result.context(format_args!("measuring {name} ({unit})"))
+}
+
+impl Report {
+    fn print(&self) {
+        let latency_of = |wanted: &str| {
+            self.latency
+                .iter()
+                .find(|(name, _)| *name == wanted)
+                .map(|(_, summary)| summary.p50_us)
+        };
+        let raw_spin_p50 = latency_of(RAW_SPIN).unwrap_or(f64::NAN);
+        let unix_socket_p50 = latency_of(UNIX_SOCKET).unwrap_or(f64::NAN);
+        let rows = self
+            .latency
+            .iter()
+            .map(|(name, summary)| {
+                vec![
+                    (*name).to_owned(),
+                    format!("{:.2}", summary.p50_us),
+                    format!("{:.2}", summary.p99_us),
+                    format!("{:.2}", summary.p999_us),
+                    format_ratio(summary.p50_us, raw_spin_p50),
+                    format_ratio(summary.p50_us, unix_socket_p50),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                &format!("round trip, {MESSAGE_SIZE} B"),
+                "p50 µs",
+                "p99 µs",
+                "p99.9 µs",
+                "p50 vs raw spin",
+                "p50 vs unix socket",
+            ],
+            rows,
+        );
+        println!();
+
+        let unix_socket_rate = self
+            .throughput
+            .iter()
+            .find(|(name, _)| *name == UNIX_SOCKET)
+            .map_or(f64::NAN, |(_, run)| run.messages_per_second());
+        let rows = self
+            .throughput
+            .iter()
+            .map(|(name, run)| {
+                vec![
+                    (*name).to_owned(),
+                    format_count(run.messages_per_second()),
+                    format!("{:.1}", run.megabytes_per_second()),
+                    format_ratio(run.messages_per_second(), unix_socket_rate),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                &format!("one-way, {MESSAGE_SIZE} B"),
+                "msgs/s",
+                "MB/s",
+                "vs unix socket",
+            ],
+            rows,
+        );
+        println!();
+        println!(
+            "ringbell spin / adaptive / block: both sides wait with WaitStrategy::Spin, \
+             Adaptive (spin {} µs, then sleep on a futex), Block.",
+            WaitStrategy::DEFAULT_SPIN.as_micros()
+        );
+        println!(
+            "raw spin / raw futex: a bare ping-pong on one shared word, spinning or sleeping on \
+             a shared futex: the hardware's and the kernel's floors."
+        );
+        println!(
+            "unix socket: std UnixStream, 4-byte length prefix, one write per message, \
+             BufReader on the receiver."
+        );
+        println!(
+            "\"vs\" columns: this row divided by the baseline (latency: below 1× is faster; \
+             throughput: above 1× is more). MB/s counts payload bytes, 10^6 per MB."
+        );
+    }
+}
+
+/// Prints a Markdown table, padded for the terminal: first column left, the rest right.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let format_row = |cells: &[&str]| {
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(column, (cell, &width))| {
+                if column == 0 {
+                    format!(" {cell:<width$} ")
+                } else {
+                    format!(" {cell:>width$} ")
+                }
+            })
+            .collect();
+        format!("|{}|", cells.join("|"))
+    };
+    println!("{}", format_row(header));
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(column, &width)| {
+            if column == 0 {
+                format!(":{}", "-".repeat(width + 1))
+            } else {
+                format!("{}:", "-".repeat(width + 1))
+            }
+        })
+        .collect();
+    println!("|{}|", rule.join("|"));
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        println!("{}", format_row(&cells));
+    }
+}
+
+fn print_machine(cpu_count: usize) {
+    let uname = rustix::system::uname();
+    println!(
+        "machine: {}; nproc {cpu_count}; kernel {} {} {}",
+        cpu_model(),
+        uname.sysname().to_string_lossy(),
+        uname.release().to_string_lossy(),
+        uname.machine().to_string_lossy()
+    );
+}
+
+/// The first `model name` in /proc/cpuinfo.
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|cpuinfo| {
+            cpuinfo.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == "model name").then(|| value.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU model".to_owned())
+}
+
+fn print_plan(plan: &Plan) {
+    println!("counts:  {MESSAGE_SIZE}-byte messages, warm-up first, then every round trip timed");
+    println!(
+        "         spinning waits (ringbell spin, adaptive; raw spin): {} warm-up + {} round trips",
+        format_count(plan.spin_warmup as f64),
+        format_count(plan.spin_round_trips as f64)
+    );
+    println!(
+        "         sleeping waits (ringbell block; raw futex; unix socket): {} warm-up + {} round trips",
+        format_count(plan.sleep_warmup as f64),
+        format_count(plan.sleep_round_trips as f64)
+    );
+    println!(
+        "         one-way throughput: {} warm-up + {} messages",
+        format_count(plan.stream_warmup as f64),
+        format_count(plan.stream_messages as f64)
+    );
+}
+
+/// A fresh directory for the demo's sockets, removed with everything in it on drop.
+#[derive(Debug)]
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn create() -> Result<TempDir, CliError> {
+        let path = std::env::temp_dir().join(format!("ringbell-demo-{}", std::process::id()));
+        let mut builder = fs::DirBuilder::new();
+        builder.mode(0o700);
+        if let Err(error) = builder.create(&path) {
+            if error.kind() != ErrorKind::AlreadyExists {
+                return Err(error).context(format_args!("creating {}", path.display()));
+            }
+            // Left by an earlier process with our pid that was killed before cleaning up.
+            // (`remove_dir_all` removes a symbolic link itself, never what it points to.)
+            fs::remove_dir_all(&path)
+                .context(format_args!("removing the stale {}", path.display()))?;
+            builder
+                .create(&path)
+                .context(format_args!("creating {}", path.display()))?;
+        }
+        Ok(TempDir { path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Nothing better to do with a failure than to leave the directory behind.
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,102 @@
+//! `ringbell serve`: a ringbell server that echoes or counts messages, one thread per
+//! connection; and the per-connection loop, shared with the Unix-socket baseline peer.
+
+use std::io::Write;
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use ringbell::{Error, IpcTransport, Server, ServerConfig};
+
+use crate::child::LISTENING_PREFIX;
+use crate::error::{CliError, Context};
+
+/// What a server does with the messages it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServeMode {
+    /// Send every message back unchanged (for round-trip latency).
+    Echo,
+    /// Count messages; on an empty message, reply with the count as a u64 little-endian
+    /// and start counting again (for one-way throughput).
+    Sink,
+}
+
+impl ServeMode {
+    /// The name on the command line.
+    pub fn arg(self) -> &'static str {
+        match self {
+            ServeMode::Echo => "echo",
+            ServeMode::Sink => "sink",
+        }
+    }
+}
+
+/// How long to back off after the listening socket itself fails (for example, when the
+/// process is out of file descriptors), so that a persistent failure does not spin.
+const LISTENER_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds `path`, announces `listening on <path>` on stdout, and serves every client on
+/// its own thread until the process is stopped.
+pub fn run(path: &Path, config: ServerConfig, mode: ServeMode) -> Result<(), CliError> {
+    let server = Server::bind(path, config)?;
+    announce_listening(path)?;
+    let mut connection_id: u64 = 0;
+    loop {
+        connection_id += 1;
+        match server.accept() {
+            Ok(mut connection) => {
+                let spawned = thread::Builder::new()
+                    .name(format!("connection-{connection_id}"))
+                    .spawn(move || {
+                        if let Err(error) = serve_connection(&mut connection, mode) {
+                            eprintln!("ringbell serve: connection {connection_id}: {error}");
+                        }
+                    });
+                if let Err(error) = spawned {
+                    eprintln!(
+                        "ringbell serve: no thread for connection {connection_id}, closing it: {error}"
+                    );
+                }
+            }
+            // One client's failed handshake leaves the server usable.
+            Err(error @ Error::Io(_)) => {
+                eprintln!("ringbell serve: accepting a client failed: {error}");
+                thread::sleep(LISTENER_ERROR_BACKOFF);
+            }
+            Err(error) => eprintln!("ringbell serve: refused a client: {error}"),
+        }
+    }
+}
+
+/// Prints the line a parent process waits for, and makes sure it leaves the process now.
+pub fn announce_listening(path: &Path) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{LISTENING_PREFIX}{}", path.display())
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
+}
+
+/// Serves one connection until the peer goes away (which is not an error).
+pub fn serve_connection<T: IpcTransport>(transport: &mut T, mode: ServeMode) -> Result<(), Error> {
+    match serve_until_error(transport, mode) {
+        Err(Error::PeerDied) => Ok(()),
+        other => other,
+    }
+}
+
+fn serve_until_error<T: IpcTransport>(transport: &mut T, mode: ServeMode) -> Result<(), Error> {
+    let mut message = Vec::new();
+    let mut received_since_marker: u64 = 0;
+    loop {
+        let len = transport.recv(&mut message, None)?;
+        match mode {
+            ServeMode::Echo => transport.send(&message[..len])?,
+            ServeMode::Sink if len == 0 => {
+                transport.send(&received_since_marker.to_le_bytes())?;
+                received_since_marker = 0;
+            }
+            ServeMode::Sink => received_since_marker += 1,
+        }
+    }
+}

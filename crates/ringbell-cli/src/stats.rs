@@ -1,0 +1,150 @@
+//! Measured results and how they are printed: round-trip latency from an HDR histogram
+//! (every round trip recorded, in nanoseconds) and one-way throughput.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// The longest round trip a histogram records exactly; longer ones are clamped to it.
+const HIGHEST_TRACKABLE_NS: u64 = 60_000_000_000;
+
+/// A histogram of round-trip times in nanoseconds, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_TRACKABLE_NS, 3)
+        .expect("constant histogram bounds are valid")
+}
+
+/// Records one round trip.
+pub fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+    // A round trip under 1 ns is below the histogram's floor: count it as 1 ns.
+    histogram.saturating_record(nanos.max(1));
+}
+
+/// The timed part of a latency run: every round trip, and how long they took in all.
+#[derive(Debug, Clone)]
+pub struct LatencyRun {
+    /// Every timed round trip, in nanoseconds.
+    pub histogram: Histogram<u64>,
+    /// Wall time of the timed loop, checks included.
+    pub elapsed: Duration,
+}
+
+impl LatencyRun {
+    /// The percentiles we report.
+    pub fn summary(&self) -> LatencySummary {
+        let micros = |nanos: u64| nanos as f64 / 1_000.0;
+        LatencySummary {
+            p50_us: micros(self.histogram.value_at_quantile(0.50)),
+            p99_us: micros(self.histogram.value_at_quantile(0.99)),
+            p999_us: micros(self.histogram.value_at_quantile(0.999)),
+            max_us: micros(self.histogram.max()),
+        }
+    }
+
+    /// Round trips completed per second of the timed loop.
+    pub fn round_trips_per_second(&self) -> f64 {
+        per_second(self.histogram.len(), self.elapsed)
+    }
+}
+
+/// Round-trip percentiles in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencySummary {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+/// A one-way stream of `messages` messages of `message_size` bytes, delivered and
+/// acknowledged in `elapsed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThroughputRun {
+    pub messages: u64,
+    pub message_size: usize,
+    pub elapsed: Duration,
+}
+
+impl ThroughputRun {
+    /// Messages delivered per second.
+    pub fn messages_per_second(&self) -> f64 {
+        per_second(self.messages, self.elapsed)
+    }
+
+    /// Payload megabytes (10^6 bytes) delivered per second; framing is not counted.
+    pub fn megabytes_per_second(&self) -> f64 {
+        self.messages_per_second() * self.message_size as f64 / 1e6
+    }
+}
+
+fn per_second(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// `ours / baseline` as a short factor: `0.012×`, `0.45×`, `3.1×`, `42×`.
+pub fn format_ratio(ours: f64, baseline: f64) -> String {
+    if baseline.is_nan() || baseline <= 0.0 || !ours.is_finite() {
+        return "n/a".to_owned();
+    }
+    let ratio = ours / baseline;
+    if ratio >= 10.0 {
+        format!("{ratio:.0}×")
+    } else if ratio >= 1.0 {
+        format!("{ratio:.1}×")
+    } else if ratio >= 0.1 {
+        format!("{ratio:.2}×")
+    } else {
+        format!("{ratio:.3}×")
+    }
+}
+
+/// A count with thousands separators: `12,345,678`.
+pub fn format_count(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(format_count(0.0), "0");
+        assert_eq!(format_count(999.0), "999");
+        assert_eq!(format_count(1000.0), "1,000");
+        assert_eq!(format_count(12_345_678.4), "12,345,678");
+    }
+
+    #[test]
+    fn ratios_keep_two_significant_digits_or_so() {
+        assert_eq!(format_ratio(1.0, 100.0), "0.010×");
+        assert_eq!(format_ratio(45.0, 100.0), "0.45×");
+        assert_eq!(format_ratio(3.12, 1.0), "3.1×");
+        assert_eq!(format_ratio(420.0, 10.0), "42×");
+        assert_eq!(format_ratio(1.0, 0.0), "n/a");
+    }
+
+    #[test]
+    fn summary_reads_the_histogram_in_microseconds() {
+        let mut histogram = new_histogram();
+        for _ in 0..1000 {
+            record(&mut histogram, Duration::from_micros(2));
+        }
+        let run = LatencyRun {
+            histogram,
+            elapsed: Duration::from_millis(2),
+        };
+        let summary = run.summary();
+        assert!((summary.p50_us - 2.0).abs() < 0.01, "{summary:?}");
+        assert!((run.round_trips_per_second() - 500_000.0).abs() < 1.0);
+    }
+}

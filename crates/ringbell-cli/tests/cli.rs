@@ -1,0 +1,246 @@
+//! End-to-end runs of the `ringbell` binary: the demo, and `serve` with `ping`.
+//!
+//! No assertion looks at a measured time: these machines are shared and timings drift.
+//! Every test has a watchdog, so that a hung child can never hang the suite.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use rustix::process::{kill_process, Pid, Signal};
+
+const RINGBELL: &str = env!("CARGO_BIN_EXE_ringbell");
+
+/// Far longer than any of these tests takes, even on a loaded 2-core machine.
+const WATCHDOG_LIMIT: Duration = Duration::from_secs(120);
+
+/// Kills the test's children and aborts the test binary if the test outlives
+/// [`WATCHDOG_LIMIT`]. Dropping it (the test finished) stops it.
+struct Watchdog {
+    children: Arc<Mutex<Vec<u32>>>,
+    _finished: mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn start(test: &'static str) -> Watchdog {
+        let children = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let (finished_tx, finished_rx) = mpsc::channel::<()>();
+        let watched = Arc::clone(&children);
+        thread::spawn(move || {
+            if finished_rx.recv_timeout(WATCHDOG_LIMIT) != Err(RecvTimeoutError::Timeout) {
+                return;
+            }
+            let pids = watched.lock().map(|pids| pids.clone()).unwrap_or_default();
+            for pid in pids {
+                if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+                    let _ = kill_process(pid, Signal::KILL);
+                }
+            }
+            eprintln!("watchdog: `{test}` ran longer than {WATCHDOG_LIMIT:?}; killed its children");
+            // Give the test a moment to fail on its own now that its children are gone;
+            // if it is stuck elsewhere, stop everything rather than hang.
+            thread::sleep(Duration::from_secs(5));
+            eprintln!("watchdog: `{test}` is still stuck; aborting");
+            std::process::abort();
+        });
+        Watchdog {
+            children,
+            _finished: finished_tx,
+        }
+    }
+
+    fn watch(&self, child: &Child) {
+        self.children.lock().unwrap().push(child.id());
+    }
+}
+
+/// A child that is killed and reaped when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory of the test's own, removed at the end.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(test: &str) -> TestDir {
+        let path = std::env::temp_dir().join(format!("ringbell-cli-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        TestDir(path)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run_to_end(watchdog: &Watchdog, command: &mut Command) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    watchdog.watch(&child);
+    child.wait_with_output().unwrap()
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Table rows are `| name | value | …`.
+fn table_rows_named<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("| {name} ");
+    stdout
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn demo_quick_reports_every_measurement_and_cleans_up() {
+    let watchdog = Watchdog::start("ringbell demo --quick");
+    let child = Command::new(RINGBELL)
+        .args(["demo", "--quick"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    watchdog.watch(&child);
+    let demo_pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+
+    for header in [
+        "machine:",
+        "nproc",
+        "counts:",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "msgs/s",
+        "MB/s",
+    ] {
+        assert!(
+            stdout.contains(header),
+            "no {header:?}\n{}",
+            describe(&output)
+        );
+    }
+    // Latency only.
+    for name in ["ringbell spin", "ringbell block", "raw spin", "raw futex"] {
+        let rows = table_rows_named(&stdout, name);
+        assert_eq!(
+            rows.len(),
+            1,
+            "rows for {name:?}: {rows:?}\n{}",
+            describe(&output)
+        );
+    }
+    // Latency and throughput.
+    for name in ["ringbell adaptive", "unix socket"] {
+        let rows = table_rows_named(&stdout, name);
+        assert_eq!(
+            rows.len(),
+            2,
+            "rows for {name:?}: {rows:?}\n{}",
+            describe(&output)
+        );
+    }
+
+    let workspace = std::env::temp_dir().join(format!("ringbell-demo-{demo_pid}"));
+    assert!(
+        !workspace.exists(),
+        "the demo left {} behind",
+        workspace.display()
+    );
+}
+
+#[test]
+fn ping_measures_against_serve_which_survives_a_bad_client() {
+    let watchdog = Watchdog::start("ringbell serve + ping");
+    let dir = TestDir::new("ping");
+    let socket = dir.0.join("s.sock");
+    let mut server = KillOnDrop(
+        Command::new(RINGBELL)
+            .arg("serve")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    watchdog.watch(&server.0);
+    let mut server_stdout = BufReader::new(server.0.stdout.take().unwrap());
+    let mut line = String::new();
+    server_stdout.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim_end(),
+        format!("listening on {}", socket.display())
+    );
+
+    // A client that speaks garbage is refused; the server keeps serving.
+    let mut bad_client = UnixStream::connect(&socket).unwrap();
+    let _ = bad_client.write_all(&[0xAB; 256]);
+    drop(bad_client);
+
+    let output = run_to_end(
+        &watchdog,
+        Command::new(RINGBELL)
+            .arg("ping")
+            .arg(&socket)
+            .args(["--count", "200", "--warmup", "10"]),
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for label in ["p50 ", "p99 ", "p99.9 ", "max ", "round trips per second"] {
+        assert!(
+            stdout.lines().any(|line| line.starts_with(label)),
+            "no {label:?} line\n{}",
+            describe(&output)
+        );
+    }
+    assert_server_alive(&mut server);
+}
+
+fn assert_server_alive(server: &mut KillOnDrop) {
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "the server exited during the test"
+    );
+}
+
+#[test]
+fn errors_exit_non_zero_with_a_message() {
+    let watchdog = Watchdog::start("ringbell ping <nowhere>");
+    let nowhere = Path::new("/nonexistent-ringbell-dir/s.sock");
+    let output = run_to_end(&watchdog, Command::new(RINGBELL).arg("ping").arg(nowhere));
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ringbell: error:") && stderr.contains("/nonexistent-ringbell-dir"),
+        "{}",
+        describe(&output)
+    );
+}

@@ -1,0 +1,530 @@
+//! Helpers for the cross-process suites: child processes that are this very test binary,
+//! a per-test watchdog, a process-wide turn lock, unique socket paths, and deterministic
+//! test data. See the module docs of `cross_process.rs` for how they fit together.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use ringbell::WaitStrategy;
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+
+/// The environment variable that turns the test binary into a child: its value is the role.
+pub const CHILD_ROLE_ENV: &str = "RINGBELL_TEST_CHILD";
+/// Children prefix the lines meant for the parent with this, because libtest writes its own
+/// lines ("running 1 test", ...) to the same stdout.
+const CHILD_LINE_PREFIX: &str = "ringbell-child: ";
+/// How long one test may run before the watchdog kills every child and aborts the process.
+pub const WATCHDOG_LIMIT: Duration = Duration::from_secs(120);
+/// How long a child may live at all, in case its parent died without killing it: longer
+/// than any test's watchdog limit.
+const CHILD_LIFETIME_LIMIT: Duration = Duration::from_secs(330);
+
+/// Pids of children spawned and not yet reaped: the ones the watchdog kills. A pid stays
+/// here until its child is a zombie that we are about to reap, so it can never name an
+/// unrelated process when the watchdog signals it.
+static LIVE_CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Tests take this shared, except those that count the process's fds and mappings or need
+/// both cores to themselves (the 100,000-message echoes): those take it exclusively.
+static PROCESS_TURN: RwLock<()> = RwLock::new(());
+
+fn live_children() -> MutexGuard<'static, Vec<u32>> {
+    LIVE_CHILDREN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Kills every registered child (the watchdog's last act).
+fn kill_all_children() {
+    for &pid in live_children().iter() {
+        if let Some(pid) = Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+    }
+}
+
+/// Aborts the whole test process, after killing every child, if it is not dropped within
+/// its limit. A hang in the library thus fails CI loudly instead of stalling it.
+#[derive(Debug)]
+pub struct Watchdog {
+    cancel: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn start(test: &str, limit: Duration) -> Watchdog {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let test = test.to_owned();
+        let thread = thread::Builder::new()
+            .name(format!("watchdog-{test}"))
+            .spawn(move || {
+                if let Err(RecvTimeoutError::Timeout) = cancelled.recv_timeout(limit) {
+                    eprintln!(
+                        "WATCHDOG: test `{test}` still runs after {limit:?}: something hangs. \
+                         Killing every child process and aborting."
+                    );
+                    kill_all_children();
+                    std::process::abort();
+                }
+            })
+            .expect("spawning the watchdog thread");
+        Watchdog {
+            cancel: Some(cancel),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What every test holds for its whole run: its turn (shared or exclusive) and its
+/// watchdog, started once the turn is granted, so that waiting for a turn never counts.
+#[derive(Debug)]
+pub struct TestGuard {
+    // Dropped in this order: the watchdog first, then the turn.
+    _watchdog: Watchdog,
+    _shared: Option<RwLockReadGuard<'static, ()>>,
+    _exclusive: Option<RwLockWriteGuard<'static, ()>>,
+}
+
+/// Starts a test that may run beside others, with a watchdog of [`WATCHDOG_LIMIT`].
+pub fn shared_test(test: &str) -> TestGuard {
+    let shared = PROCESS_TURN
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    TestGuard {
+        _watchdog: Watchdog::start(test, WATCHDOG_LIMIT),
+        _shared: Some(shared),
+        _exclusive: None,
+    }
+}
+
+/// Starts a test that must run alone in this process, with a watchdog of `limit`.
+pub fn exclusive_test(test: &str, limit: Duration) -> TestGuard {
+    let exclusive = PROCESS_TURN
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    TestGuard {
+        _watchdog: Watchdog::start(test, limit),
+        _shared: None,
+        _exclusive: Some(exclusive),
+    }
+}
+
+/// A socket path unique to this process and test, removed before use and on drop.
+#[derive(Debug)]
+pub struct SocketPath {
+    path: PathBuf,
+}
+
+impl SocketPath {
+    pub fn new(test: &str) -> SocketPath {
+        let path =
+            std::env::temp_dir().join(format!("ringbell-xp-{}-{test}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        SocketPath { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path as a child's parameter.
+    pub fn param(&self) -> String {
+        self.path
+            .to_str()
+            .expect("temp paths are UTF-8 here")
+            .to_owned()
+    }
+}
+
+impl AsRef<Path> for SocketPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A child process running one role of this test binary. Dropping it kills (SIGKILL) and
+/// reaps the child if it still runs.
+#[derive(Debug)]
+pub struct ChildProcess {
+    role: String,
+    pid: u32,
+    child: std::process::Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr_reader: Option<JoinHandle<String>>,
+    stderr: String,
+    status: Option<ExitStatus>,
+}
+
+impl ChildProcess {
+    /// Re-executes this test binary to run only `child_entry`, which runs `role` with
+    /// `params` as environment variables. stdin and stdout are pipes for the line protocol
+    /// ([`next_line`](Self::next_line), [`send_line`](Self::send_line)); stderr is
+    /// collected for failure messages.
+    pub fn spawn(role: &str, params: &[(&str, String)]) -> ChildProcess {
+        let exe = std::env::current_exe().expect("the path of the test binary");
+        let mut command = Command::new(exe);
+        command
+            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ROLE_ENV, role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in params {
+            command.env(name, value);
+        }
+        // Register under the lock, so that a watchdog firing meanwhile cannot miss it.
+        let mut live = live_children();
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawning child `{role}`: {error}"));
+        let pid = child.id();
+        live.push(pid);
+        drop(live);
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr_reader = thread::Builder::new()
+            .name(format!("stderr-{role}"))
+            .spawn(move || {
+                let mut text = String::new();
+                let _ = stderr.read_to_string(&mut text);
+                text
+            })
+            .expect("spawning a stderr reader");
+        ChildProcess {
+            role: role.to_owned(),
+            pid,
+            child,
+            stdin,
+            stdout,
+            stderr_reader: Some(stderr_reader),
+            stderr: String::new(),
+            status: None,
+        }
+    }
+
+    /// The next line the child reported (without the prefix). Panics, with the child's
+    /// status and stderr, if it exits first.
+    pub fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match self.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    let diagnostics = self.diagnostics();
+                    panic!("child ended before reporting a line: {diagnostics}");
+                }
+                Ok(_) => {
+                    // Not necessarily at the line's start: libtest prints "test child_entry
+                    // ... " without a newline before the role runs.
+                    if let Some(at) = line.find(CHILD_LINE_PREFIX) {
+                        return line[at + CHILD_LINE_PREFIX.len()..].trim_end().to_owned();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the child's next line and checks that it is `expected`.
+    pub fn expect_line(&mut self, expected: &str) {
+        let line = self.next_line();
+        if line != expected {
+            let diagnostics = self.diagnostics();
+            panic!("child reported {line:?}, expected {expected:?}: {diagnostics}");
+        }
+    }
+
+    /// Writes one line to the child's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        if let Err(error) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
+            let diagnostics = self.diagnostics();
+            panic!("telling the child {line:?}: {error}: {diagnostics}");
+        }
+    }
+
+    /// Whether the child still runs (it has not exited and was not killed).
+    pub fn is_running(&mut self) -> bool {
+        self.status.is_none() && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(&mut self) -> ExitStatus {
+        if self.status.is_none() {
+            // The child is not reaped yet, so its pid is still ours to signal.
+            let _ = self.child.kill();
+        }
+        self.reap()
+    }
+
+    /// Waits for the child to exit by itself, and reaps it.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.reap()
+    }
+
+    /// Waits for the child and panics, with its stderr, unless it exited with status 0.
+    pub fn assert_success(&mut self) {
+        let status = self.wait();
+        if !status.success() {
+            let diagnostics = self.diagnostics();
+            panic!("child failed: {diagnostics}");
+        }
+    }
+
+    /// Role, pid, exit status and stderr, for a failure message. A child that still runs
+    /// gets a few seconds to finish (it may be about to report its own failure), then is
+    /// killed, so that its stderr is complete (a failing test ends it anyway).
+    pub fn diagnostics(&mut self) -> String {
+        for _ in 0..500 {
+            if !self.is_running() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let status = self.kill();
+        if let Some(reader) = self.stderr_reader.take() {
+            self.stderr = reader.join().unwrap_or_default();
+        }
+        format!(
+            "child `{}` (pid {}) {status}; its stderr:\n{}",
+            self.role, self.pid, self.stderr
+        )
+    }
+
+    fn reap(&mut self) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        // Wait until the child has exited but leave it a zombie (WNOWAIT): its pid cannot be
+        // reused until it is reaped, so the watchdog may still signal it safely. Then
+        // unregister it, then reap it.
+        let pid = Pid::from_child(&self.child);
+        let exited = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+        while let Err(Errno::INTR) = rustix::process::waitid(WaitId::Pid(pid), exited) {}
+        live_children().retain(|&live| live != self.pid);
+        let status = self.child.wait().expect("reaping a child process");
+        self.status = Some(status);
+        status
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        self.kill();
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The child's side.
+
+/// The role this process was started for, if it is a child.
+pub fn child_role() -> Option<String> {
+    std::env::var(CHILD_ROLE_ENV).ok()
+}
+
+/// Bounds a child's life even if its parent dies without killing it: the kernel kills it
+/// with its parent (`PR_SET_PDEATHSIG`), and a timer thread ends it after
+/// [`CHILD_LIFETIME_LIMIT`] in any case.
+pub fn bound_child_lifetime() {
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    thread::spawn(|| {
+        thread::sleep(CHILD_LIFETIME_LIMIT);
+        eprintln!("child lived longer than {CHILD_LIFETIME_LIMIT:?}; exiting");
+        std::process::exit(97);
+    });
+}
+
+/// A required parameter of the child's role.
+pub fn param(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("child parameter {name} is missing"))
+}
+
+/// A required numeric parameter of the child's role.
+pub fn number_param<T: std::str::FromStr>(name: &str) -> T {
+    param(name)
+        .parse()
+        .unwrap_or_else(|_| panic!("child parameter {name} is not a number"))
+}
+
+/// Reports one line to the parent.
+pub fn report(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{CHILD_LINE_PREFIX}{line}");
+    let _ = stdout.flush();
+}
+
+/// Waits for the next line from the parent; `Err` if the parent closed stdin.
+fn read_parent_line() -> Result<String, String> {
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(0) => Err("the parent closed stdin".into()),
+        Ok(_) => Ok(line.trim_end().to_owned()),
+        Err(error) => Err(format!("reading stdin: {error}")),
+    }
+}
+
+/// Waits for the parent to send `expected`.
+pub fn expect_parent_line(expected: &str) -> Result<(), String> {
+    let line = read_parent_line()?;
+    if line == expected {
+        Ok(())
+    } else {
+        Err(format!("the parent said {line:?}, expected {expected:?}"))
+    }
+}
+
+/// Stays alive (doing nothing) until killed; the lifetime bound ends it at the latest.
+pub fn sleep_until_killed() -> ! {
+    loop {
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Deterministic test data.
+
+pub fn wait_name(wait: WaitStrategy) -> &'static str {
+    match wait {
+        WaitStrategy::Spin => "spin",
+        WaitStrategy::Block => "block",
+        _ => "adaptive",
+    }
+}
+
+pub fn wait_from_name(name: &str) -> WaitStrategy {
+    match name {
+        "spin" => WaitStrategy::Spin,
+        "block" => WaitStrategy::Block,
+        "adaptive" => WaitStrategy::default(),
+        other => panic!("unknown wait strategy {other:?}"),
+    }
+}
+
+/// Marsaglia's xorshift64, seeded through splitmix64 so that consecutive seeds give
+/// unrelated streams (and the state is never zero, which xorshift cannot leave).
+#[derive(Debug, Clone)]
+pub struct XorShift64 {
+    state: u64,
+}
+
+impl XorShift64 {
+    pub fn new(seed: u64) -> XorShift64 {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        XorShift64 { state: z | 1 }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state = x;
+        x
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+/// `len` pseudo-random bytes from `seed`.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    XorShift64::new(seed).fill(&mut bytes);
+    bytes
+}
+
+/// Lengths every echo run starts with: empty, tiny, around the largest frame payload of a
+/// 4 KiB ring (1008 B), around the ring's size, and the maximum.
+const EDGE_LENGTHS: [usize; 17] = [
+    0,
+    1,
+    7,
+    8,
+    9,
+    255,
+    256,
+    1000,
+    1007,
+    1008,
+    1009,
+    2017,
+    4095,
+    4096,
+    4097,
+    8192,
+    usize::MAX,
+];
+
+/// Message `index` of an echo run: after the edge lengths, 90% are 0–256 bytes and 10% are
+/// 257 bytes to `max_len`, filled with bytes seeded by the index. The parent regenerates
+/// the same sequence to check what its server receives.
+pub fn echo_message(index: u64, max_len: usize) -> Vec<u8> {
+    let mut rng = XorShift64::new(index);
+    let len = match EDGE_LENGTHS.get(index as usize) {
+        Some(&len) => len.min(max_len),
+        None if rng.next_u64() % 10 == 0 => {
+            257 + (rng.next_u64() % (max_len as u64 - 256)) as usize
+        }
+        None => (rng.next_u64() % 257) as usize,
+    };
+    let mut message = vec![0u8; len];
+    rng.fill(&mut message);
+    message
+}
+
+/// FNV-1a over a sequence of messages, each preceded by its length, so that moving a byte
+/// across a message boundary changes the sum too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checksum(u64);
+
+impl Default for Checksum {
+    fn default() -> Checksum {
+        Checksum(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Checksum {
+    pub fn add(&mut self, message: &[u8]) {
+        for &byte in (message.len() as u64).to_le_bytes().iter().chain(message) {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn value(self) -> u64 {
+        self.0
+    }
+}

@@ -241,6 +241,7 @@ impl Connection {
     /// ended the connection earlier.
     pub fn arm_doorbell(&mut self) -> Result<bool, Error> {
         self.usable()?;
+        self.publish_received();
         let rx = &mut self.rx;
         let mut ready = || rx.has_data().map_err(corrupted);
         let armed = !wait::announce(
@@ -380,6 +381,7 @@ impl Connection {
                 );
                 return Ok(());
             }
+            self.publish_received();
             let tx = &mut self.tx;
             let waited = wait::wait_until(
                 &self.settings.wait,
@@ -430,6 +432,7 @@ impl Connection {
         let max = self.settings.max_message_size;
         loop {
             let Some(frame) = self.rx.peek().map_err(corrupted)? else {
+                self.publish_received();
                 let waited = match patience {
                     Patience::NoWait => {
                         peer_alive(&self.control, self.header(), self.side, true)?;
@@ -529,11 +532,9 @@ impl Connection {
                     }
                 }
                 (FrameKind::Abort, Some(_)) => {
-                    self.rx.release(&frame);
-                    wake(
-                        &rings(&self.segment, self.side).rx.writable,
-                        &self.peer_doorbell,
-                    );
+                    if self.rx.release(&frame) {
+                        self.wake_writer();
+                    }
                     buf.clear();
                     chunked = None;
                 }
@@ -550,7 +551,22 @@ impl Connection {
     /// peer if it waits for room.
     fn take_payload(&mut self, frame: &Frame, skip: usize, buf: &mut Vec<u8>) {
         self.rx.append_payload(frame, skip, buf);
-        self.rx.release(frame);
+        if self.rx.release(frame) {
+            self.wake_writer();
+        }
+    }
+
+    /// Hands the space of every frame received so far back to the peer, and wakes it if it
+    /// waits for room. Called before this side waits for anything: two sides that both
+    /// wait to send must not be stuck on space that one of them has freed.
+    fn publish_received(&mut self) {
+        if self.rx.publish() {
+            self.wake_writer();
+        }
+    }
+
+    /// Wakes the peer if it sleeps waiting for room in the ring we consume.
+    fn wake_writer(&self) {
         wake(
             &rings(&self.segment, self.side).rx.writable,
             &self.peer_doorbell,

@@ -11,6 +11,11 @@
 //!   the bytes, copies them out, then stores the new `head` with `Release`, which hands
 //!   the space back. Each side keeps a cached copy of the other's index and reloads it
 //!   only when the ring looks empty (consumer) or full (producer).
+//! * The consumer hands space back lazily: it publishes `head` once an eighth of the ring
+//!   is free to return, and whenever its caller is about to wait ([`Consumer::publish`]).
+//!   Publishing after every frame made the head's cache line, and the fence that follows
+//!   each publication, the bottleneck of one-way streaming; a producer still never waits
+//!   for space that a waiting consumer has freed.
 //! * Each side keeps its *own* index in private memory and only ever writes it to the
 //!   segment: the peer may scribble over the shared copy, but can never make us read or
 //!   write outside our bounds.
@@ -357,6 +362,8 @@ pub(crate) struct Consumer {
     ring: RawRing,
     /// Our own count of bytes released; the shared `head` is a copy we never read back.
     head: u64,
+    /// The value of `head` last stored to the segment.
+    published_head: u64,
     /// The producer's `tail` as last loaded and validated.
     cached_tail: u64,
 }
@@ -370,6 +377,7 @@ impl Consumer {
         Consumer {
             ring,
             head: 0,
+            published_head: 0,
             cached_tail: 0,
         }
     }
@@ -398,12 +406,29 @@ impl Consumer {
         Ok(self.cached_tail != self.head)
     }
 
-    /// Moves our head forward and hands the space back to the producer.
-    fn advance(&mut self, bytes: usize) {
+    /// Moves our head forward; publishes it once enough space is waiting to be handed
+    /// back. Returns whether it published (the caller then wakes a waiting producer).
+    fn advance(&mut self, bytes: usize) -> bool {
         self.head += bytes as u64;
+        if self.head - self.published_head >= (self.ring.capacity / 8) as u64 {
+            self.publish()
+        } else {
+            false
+        }
+    }
+
+    /// Hands every released byte back to the producer. Call before waiting for anything,
+    /// so that a producer never waits for space we have already freed. Returns whether
+    /// there was anything to publish (the caller then wakes a waiting producer).
+    pub(crate) fn publish(&mut self) -> bool {
+        if self.head == self.published_head {
+            return false;
+        }
+        self.published_head = self.head;
         // SYNC: pairs with the Acquire load of `head` in `Producer::reload_head`: we have
         // finished reading these bytes before the producer may reuse them.
         self.ring.control().head.store(self.head, Ordering::Release);
+        true
     }
 
     /// The next frame, after skipping any padding; `None` if the ring is empty.
@@ -423,7 +448,7 @@ impl Consumer {
                         "the producer published part of the skipped ring end",
                     ));
                 }
-                self.advance(to_end);
+                let _ = self.advance(to_end);
                 continue;
             }
             if available < FRAME_HEADER_LEN {
@@ -440,7 +465,7 @@ impl Consumer {
                 if size != to_end || available < to_end {
                     return Err(RingError("a padding frame does not end at the ring's end"));
                 }
-                self.advance(to_end);
+                let _ = self.advance(to_end);
                 continue;
             }
             if size > to_end || size > available {
@@ -500,9 +525,10 @@ impl Consumer {
         }
     }
 
-    /// Releases `frame`, which must be the one `peek` returned last.
-    pub(crate) fn release(&mut self, frame: &Frame) {
-        self.advance(frame.size);
+    /// Releases `frame`, which must be the one `peek` returned last. Returns whether the
+    /// head was published (see [`publish`](Self::publish)).
+    pub(crate) fn release(&mut self, frame: &Frame) -> bool {
+        self.advance(frame.size)
     }
 }
 
@@ -538,6 +564,7 @@ mod tests {
         let mut out = Vec::new();
         consumer.append_payload(&frame, 0, &mut out);
         consumer.release(&frame);
+        consumer.publish();
         Some((frame.header.kind, out))
     }
 

@@ -156,11 +156,12 @@ pub(crate) fn wait_until<E>(
         WaitStrategy::Adaptive { spin } => Some(spin),
         WaitStrategy::Block => Some(Duration::ZERO),
     };
-    let start = Instant::now();
-    let mut next_peer_check = start + PEER_CHECK_INTERVAL;
+    // The clock is first read after a round of spins, not on entry: a peer that answers
+    // within nanoseconds (streaming) should not pay for a clock read per message.
+    let mut next_peer_check = None;
     // Spin phase.
     if spin_budget != Some(Duration::ZERO) {
-        let spin_until = spin_budget.map(|budget| start + budget);
+        let mut spin_until = None;
         loop {
             for _ in 0..SPINS_PER_CLOCK_READ {
                 if ready()? {
@@ -169,10 +170,12 @@ pub(crate) fn wait_until<E>(
                 spin_loop();
             }
             let now = Instant::now();
+            let check_at = *next_peer_check.get_or_insert(now + PEER_CHECK_INTERVAL);
+            let until = *spin_until.get_or_insert(spin_budget.map(|budget| now + budget));
             if deadline.is_some_and(|deadline| now >= deadline) {
                 return Ok(Waited::TimedOut);
             }
-            if now >= next_peer_check {
+            if now >= check_at {
                 if let Err(gone) = peer_alive(true) {
                     return if ready()? {
                         Ok(Waited::Ready)
@@ -180,13 +183,15 @@ pub(crate) fn wait_until<E>(
                         Err(gone)
                     };
                 }
-                next_peer_check = now + PEER_CHECK_INTERVAL;
+                next_peer_check = Some(now + PEER_CHECK_INTERVAL);
             }
-            if spin_until.is_some_and(|until| now >= until) {
+            if until.is_some_and(|until| now >= until) {
                 break;
             }
         }
     }
+    let mut next_peer_check =
+        next_peer_check.unwrap_or_else(|| Instant::now() + PEER_CHECK_INTERVAL);
     // Sleep phase: in slices of at most PEER_CHECK_INTERVAL, so that a peer that died
     // without a word is noticed even though nobody will ever wake us.
     loop {

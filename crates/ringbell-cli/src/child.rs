@@ -122,6 +122,11 @@ impl PeerProcess {
     }
 
     /// `Err` if the child has exited: a caller waiting for it to answer should give up.
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn check_alive(&mut self) -> Result<(), CliError> {
         match self.child.try_wait().context("checking a child")? {
             None => Ok(()),

@@ -22,6 +22,7 @@ use crate::affinity::{allowed_cpus, pin_to_cpu};
 use crate::baseline::{self, ShmMode};
 use crate::child::{PeerLauncher, PeerProcess};
 use crate::error::{CliError, Context};
+use crate::idle::{self, IdleRun};
 use crate::measure;
 use crate::serve::ServeMode;
 use crate::stats::{format_count, format_ratio, LatencyRun, LatencySummary, ThroughputRun};
@@ -56,6 +57,8 @@ struct Plan {
     /// One-way messages, for each throughput measurement.
     stream_warmup: u64,
     stream_messages: u64,
+    /// How long the connected pair stays idle while its CPU use is measured.
+    idle: Duration,
 }
 
 impl Plan {
@@ -68,6 +71,7 @@ impl Plan {
         sleep_round_trips: 150_000,
         stream_warmup: 100_000,
         stream_messages: 3_000_000,
+        idle: Duration::from_secs(5),
     };
 
     /// A few seconds: enough to run every path, too few for stable tails.
@@ -78,6 +82,7 @@ impl Plan {
         sleep_round_trips: 2_000,
         stream_warmup: 10_000,
         stream_messages: 200_000,
+        idle: Duration::from_secs(1),
     };
 
     /// On one CPU a spinning side holds the CPU that its peer needs to answer, so each
@@ -146,6 +151,7 @@ struct Demo {
 struct Report {
     latency: Vec<(&'static str, LatencySummary)>,
     throughput: Vec<(&'static str, ThroughputRun)>,
+    idle: IdleRun,
 }
 
 impl Demo {
@@ -208,9 +214,11 @@ impl Demo {
                 })?,
             ),
         ];
+        let idle = step(RINGBELL_ADAPTIVE, "idle CPU", || self.ringbell_idle())?;
         Ok(Report {
             latency,
             throughput,
+            idle,
         })
     }
 
@@ -238,6 +246,18 @@ impl Demo {
             self.plan.stream_warmup,
             self.plan.stream_messages,
         );
+        drop(connection);
+        drop(server);
+        run
+    }
+
+    /// CPU used by a connected, idle pair with the default wait strategy: the server waits
+    /// for a request, the client for a message, neither comes.
+    fn ringbell_idle(&self) -> Result<IdleRun, CliError> {
+        let (server, mut connection) = self.ringbell_server(WaitKind::Adaptive, ServeMode::Echo)?;
+        // One round trip first, so both sides have been through a full wait cycle.
+        measure::round_trips(&mut connection, MESSAGE_SIZE, 0, 1)?;
+        let run = idle::measure(&mut connection, server.pid(), self.plan.idle);
         drop(connection);
         drop(server);
         run
@@ -390,6 +410,26 @@ impl Report {
             rows,
         );
         println!();
+        let idle = &self.idle;
+        print_table(
+            &[
+                "idle, connected pair",
+                "seconds",
+                "server CPU",
+                "client CPU",
+            ],
+            vec![vec![
+                RINGBELL_ADAPTIVE.to_owned(),
+                format!("{:.1}", idle.elapsed.as_secs_f64()),
+                format!("{:.2} % of a core", idle.server_percent),
+                format!("{:.2} % of a core", idle.client_percent),
+            ]],
+        );
+        println!(
+            "idle CPU: utime + stime from /proc/<pid>/stat, one clock tick = {:.2} % here.",
+            idle.resolution_percent
+        );
+        println!();
         println!(
             "ringbell spin / adaptive / block: both sides wait with WaitStrategy::Spin, \
              Adaptive (spin {} µs, then sleep on a futex), Block.",
@@ -492,6 +532,10 @@ fn print_plan(plan: &Plan) {
         "         one-way throughput: {} warm-up + {} messages",
         format_count(plan.stream_warmup as f64),
         format_count(plan.stream_messages as f64)
+    );
+    println!(
+        "         idle CPU: a connected pair left idle for {} s",
+        plan.idle.as_secs()
     );
 }
 

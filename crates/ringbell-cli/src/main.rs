@@ -15,6 +15,7 @@ mod baseline;
 mod child;
 mod demo;
 mod error;
+mod idle;
 mod measure;
 mod ping;
 mod serve;

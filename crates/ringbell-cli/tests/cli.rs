@@ -141,6 +141,8 @@ fn demo_quick_reports_every_measurement_and_cleans_up() {
         "p99.9 µs",
         "msgs/s",
         "MB/s",
+        "idle, connected pair",
+        "% of a core",
     ] {
         assert!(
             stdout.contains(header),
@@ -158,12 +160,12 @@ fn demo_quick_reports_every_measurement_and_cleans_up() {
             describe(&output)
         );
     }
-    // Latency and throughput.
-    for name in ["ringbell adaptive", "unix socket"] {
+    // Latency and throughput; ringbell adaptive also has the idle row.
+    for (name, expected) in [("ringbell adaptive", 3), ("unix socket", 2)] {
         let rows = table_rows_named(&stdout, name);
         assert_eq!(
             rows.len(),
-            2,
+            expected,
             "rows for {name:?}: {rows:?}\n{}",
             describe(&output)
         );

@@ -1,0 +1,74 @@
+//! CPU used by an idle, connected pair, read from `/proc/<pid>/stat` (user + system time,
+//! in clock ticks) before and after a quiet period.
+
+use std::time::{Duration, Instant};
+
+use ringbell::{Connection, Error};
+
+use crate::error::CliError;
+
+/// What an idle period cost each side.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleRun {
+    pub elapsed: Duration,
+    /// CPU time of the server process, as a percentage of one core.
+    pub server_percent: f64,
+    /// CPU time of this (client) process, as a percentage of one core.
+    pub client_percent: f64,
+    /// The resolution of both figures: one clock tick, as a percentage of one core.
+    pub resolution_percent: f64,
+}
+
+/// User plus system CPU time of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, CliError> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .map_err(|error| CliError::new(format!("reading {path}: {error}")))?;
+    // The command name (field 2) may contain spaces; the fields after it are plain.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| CliError::new(format!("{path} has no command name")))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime and stime are fields 14 and 15.
+    let field = |index: usize| -> Result<u64, CliError> {
+        fields
+            .get(index)
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| CliError::new(format!("{path}: field {} is missing", index + 3)))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// Leaves `connection` idle for `period`: this process waits in `recv` for a message that
+/// never comes, while the server at `server_pid` waits for the next request. Both use the
+/// connection's configured wait strategy.
+pub fn measure(
+    connection: &mut Connection,
+    server_pid: u32,
+    period: Duration,
+) -> Result<IdleRun, CliError> {
+    let client_pid = std::process::id();
+    let (server_before, client_before) = (cpu_ticks(server_pid)?, cpu_ticks(client_pid)?);
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    match connection.recv(&mut buf, Some(period)) {
+        Err(Error::Timeout) => {}
+        Ok(len) => {
+            return Err(CliError::new(format!(
+                "the idle server sent {len} unexpected bytes"
+            )))
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let elapsed = started.elapsed();
+    let (server_after, client_after) = (cpu_ticks(server_pid)?, cpu_ticks(client_pid)?);
+    let ticks_per_second = rustix::param::clock_ticks_per_second() as f64;
+    let percent = |ticks: u64| ticks as f64 / ticks_per_second / elapsed.as_secs_f64() * 100.0;
+    Ok(IdleRun {
+        elapsed,
+        server_percent: percent(server_after - server_before),
+        client_percent: percent(client_after - client_before),
+        resolution_percent: percent(1),
+    })
+}

@@ -19,6 +19,13 @@
 //! * Each side keeps its *own* index in private memory and only ever writes it to the
 //!   segment: the peer may scribble over the shared copy, but can never make us read or
 //!   write outside our bounds.
+//! * Tried and not kept: publishing each frame by its own header word (with a zeroed
+//!   terminator word after it) instead of a shared tail, so that the consumer polls the
+//!   frame's line rather than a separate tail line. Measured side by side on the 2-core
+//!   development VM, 64-byte round trips stayed at about 2× a raw cache-line spin either
+//!   way (a 16-byte header plus 64 bytes of payload spans two cache lines, and the second
+//!   is fetched after the first), and streaming stayed at 13–17 M messages/s; the shared
+//!   tail is simpler to validate, so it stayed.
 //!
 //! # Frames
 //!

@@ -201,20 +201,25 @@ fn socket_error(step: &str, error: std::io::Error) -> Error {
     }
 }
 
-/// Runs the server's side of the handshake on a freshly accepted stream.
+/// Runs the server's side of the handshake on a freshly accepted stream. Returns
+/// `Ok(None)` if the client hung up without sending a byte: that is not a client but a
+/// probe (for example another `Server::bind` checking whether this server is alive).
 pub(crate) fn serve(
     control: ControlStream,
     config: &ServerConfig,
     own_uid: u32,
-) -> Result<Connection, Error> {
+) -> Result<Option<Connection>, Error> {
     let deadline = Instant::now() + config.handshake_timeout;
     control
         .set_timeout(Some(remaining(deadline, "waiting for the client's hello")?))
         .map_err(|error| Error::io("setting the handshake timeout", error))?;
     let mut hello = [0u8; PREFIX_LEN];
-    control
-        .read_exact(&mut hello)
+    let said_hello = control
+        .read_exact_or_eof(&mut hello)
         .map_err(|error| socket_error("waiting for the client's hello", error))?;
+    if !said_hello {
+        return Ok(None);
+    }
     let prefix = decode_prefix(&hello, Kind::Hello)?;
     let refuse = |status: Status| {
         let _ = control.write_all(&encode_welcome(
@@ -289,7 +294,7 @@ pub(crate) fn serve(
     control
         .set_timeout(None)
         .map_err(|error| Error::io("clearing the handshake timeout", error))?;
-    Ok(Connection::new(
+    Ok(Some(Connection::new(
         segment,
         Side::Server,
         control,
@@ -300,7 +305,7 @@ pub(crate) fn serve(
             max_message_size: config.max_message_size,
             send_timeout: config.send_timeout,
         },
-    ))
+    )))
 }
 
 /// Connects to the server at `path` and runs the client's side of the handshake.

@@ -89,6 +89,9 @@ impl Server {
 
     /// Waits for the next client and completes its handshake.
     ///
+    /// A connection closed before sending anything (such as another server's check for
+    /// a live socket, see [`bind`](Self::bind)) is passed over silently.
+    ///
     /// Handshakes run one at a time, each bounded by
     /// [`ServerConfig::handshake_timeout`]: a client that stalls delays the next one by at
     /// most that long.
@@ -101,11 +104,16 @@ impl Server {
     /// [`Error::Io`] while setting up its memory. An [`Error::Io`] from the listening
     /// socket itself (for example, out of file descriptors) is about the server.
     pub fn accept(&self) -> Result<Connection, Error> {
-        let control = self
-            .listener
-            .accept()
-            .map_err(|error| Error::io("accepting a connection", error))?;
-        handshake::serve(control, &self.config, self.own_uid)
+        loop {
+            let control = self
+                .listener
+                .accept()
+                .map_err(|error| Error::io("accepting a connection", error))?;
+            // A connection closed before its first byte is a liveness probe, not a client.
+            if let Some(connection) = handshake::serve(control, &self.config, self.own_uid)? {
+                return Ok(connection);
+            }
+        }
     }
 
     /// The socket path the server listens on.

@@ -145,6 +145,23 @@ impl ControlStream {
         (&self.stream).read_exact(buf)
     }
 
+    /// Like [`read_exact`](Self::read_exact), but returns `Ok(false)` if the peer closed
+    /// the connection before sending a single byte.
+    pub(crate) fn read_exact_or_eof(&self, buf: &mut [u8]) -> io::Result<bool> {
+        let first = loop {
+            match (&self.stream).read(buf) {
+                Ok(read) => break read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        };
+        if first == 0 && !buf.is_empty() {
+            return Ok(false);
+        }
+        self.read_exact(&mut buf[first..])?;
+        Ok(true)
+    }
+
     /// Writes all of `bytes`, with `fds` attached to the first byte.
     pub(crate) fn send_with_fds(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];

@@ -11,7 +11,7 @@ use crate::layout::{RingControl, SegmentHeader, WaitCell, CLIENT_TO_SERVER, SERV
 use crate::ring::{max_frame_payload, Consumer, Frame, FrameKind, Producer, RingError};
 use crate::segment::Segment;
 use crate::sync::Ordering;
-use crate::sys::{ControlStream, Doorbell, OsFutex};
+use crate::sys::{ControlStream, Doorbell, DoorbellRinger, OsFutex};
 use crate::wait::{self, Futex, Waited};
 
 /// Which end of the connection this is.
@@ -58,6 +58,9 @@ enum Patience {
     Until(Option<Instant>),
     NoWait,
 }
+
+/// How many frames one receive handles between two looks at its deadline.
+const FRAMES_PER_DEADLINE_CHECK: u32 = 256;
 
 /// A message received, with the correlation id it was sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +112,7 @@ pub struct Connection {
     /// Rung by the peer when this side announced it waits in an event loop.
     own_doorbell: Doorbell,
     /// Rung by us when the peer announced it waits in an event loop.
-    peer_doorbell: Doorbell,
+    peer_doorbell: DoorbellRinger,
     side: Side,
     settings: Settings,
     rx_partial: Option<PartialMessage>,
@@ -120,6 +123,9 @@ pub struct Connection {
     doorbell_armed: bool,
     /// The error that ended this connection, returned again by every later call.
     broken: Option<Error>,
+    /// When a wait should next check, with a syscall, that the peer is still alive. Kept
+    /// across calls, so that a loop of short waits checks as often as one long one.
+    peer_check_due: Option<Instant>,
 }
 
 impl Connection {
@@ -128,7 +134,7 @@ impl Connection {
         side: Side,
         control: ControlStream,
         own_doorbell: Doorbell,
-        peer_doorbell: Doorbell,
+        peer_doorbell: DoorbellRinger,
         settings: Settings,
     ) -> Connection {
         Connection {
@@ -144,6 +150,7 @@ impl Connection {
             tx_abort_pending: false,
             doorbell_armed: false,
             broken: None,
+            peer_check_due: None,
         }
     }
 
@@ -184,7 +191,7 @@ impl Connection {
     ///   has been received;
     /// * [`Error::Corrupted`] if the peer broke the protocol.
     pub fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error> {
-        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let deadline = timeout.and_then(wait::deadline_after);
         match self.receive(buf, Patience::Until(deadline))? {
             Some(received) => Ok(received.len),
             None => Err(Error::Timeout),
@@ -206,8 +213,8 @@ impl Connection {
     }
 
     /// Announces that this side is about to wait for a message in an event loop, polling
-    /// [`doorbell_fd`](Self::doorbell_fd) (and [`control_fd`](Self::control_fd), which
-    /// becomes readable when the peer is gone). Returns `false` if a message arrived
+    /// [`doorbell_fd`](Self::doorbell_fd) for `POLLIN` (and [`control_fd`](Self::control_fd)
+    /// for `POLLRDHUP`, which it reports when the peer is gone). Returns `false` if a message arrived
     /// meanwhile: call [`try_recv`](Self::try_recv) instead of waiting.
     ///
     /// While armed, the peer's next `send` writes to the doorbell (one syscall); otherwise
@@ -227,7 +234,8 @@ impl Connection {
     ///         let (doorbell, control) = (conn.doorbell_fd(), conn.control_fd());
     ///         let mut fds = [
     ///             PollFd::new(&doorbell, PollFlags::IN),
-    ///             PollFd::new(&control, PollFlags::IN),
+    ///             // RDHUP, not IN: the peer's death, not bytes it might write.
+    ///             PollFd::new(&control, PollFlags::RDHUP),
     ///         ];
     ///         poll(&mut fds, None).ok();
     ///     }
@@ -254,8 +262,9 @@ impl Connection {
         Ok(armed)
     }
 
-    /// The eventfd the peer rings when this side is armed (see
-    /// [`arm_doorbell`](Self::arm_doorbell)). Non-blocking; readable after a ring.
+    /// The doorbell: an fd that polls readable after the peer rang it, which it does
+    /// when this side is armed (see [`arm_doorbell`](Self::arm_doorbell)). It is this
+    /// side's own end of a socket pair: never read from or write to it yourself.
     pub fn doorbell_fd(&self) -> BorrowedFd<'_> {
         self.own_doorbell.as_fd()
     }
@@ -306,10 +315,7 @@ impl Connection {
             self.broken = Some(Error::PeerDied);
             return Err(Error::PeerDied);
         }
-        let deadline = self
-            .settings
-            .send_timeout
-            .map(|timeout| Instant::now() + timeout);
+        let deadline = self.settings.send_timeout.and_then(wait::deadline_after);
         let result = self.send_frames(msg, correlation, deadline);
         if let Err(error) = &result {
             self.broken = error.terminal_copy();
@@ -382,14 +388,18 @@ impl Connection {
                 return Ok(());
             }
             self.publish_received();
-            let tx = &mut self.tx;
+            if peer_closed(self.header(), self.side) {
+                return Err(Error::PeerDied);
+            }
+            let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
             let waited = wait::wait_until(
                 &self.settings.wait,
-                &rings(&self.segment, self.side).tx.writable,
+                &rings(&self.segment, side).tx.writable,
                 &OsFutex,
                 deadline,
-                || tx.has_room(payload).map_err(corrupted),
-                |thorough| peer_alive(&self.control, self.segment.header(), self.side, thorough),
+                &mut self.peer_check_due,
+                || Ok(tx.has_room(payload).map_err(corrupted)? || peer_closed(header, side)),
+                |thorough| peer_alive(&self.control, header, side, thorough),
             )?;
             if waited == Waited::TimedOut {
                 return Err(Error::Timeout);
@@ -430,34 +440,39 @@ impl Connection {
             chunked = Some((partial.total, partial.correlation));
         }
         let max = self.settings.max_message_size;
+        let mut frames = 0u32;
         loop {
             let Some(frame) = self.rx.peek().map_err(corrupted)? else {
                 self.publish_received();
+                // The peer publishes its last frames before it says goodbye: after seeing the
+                // flag, look at the ring once more before reporting its death.
+                if peer_closed(self.header(), self.side) {
+                    if self.rx.has_data().map_err(corrupted)? {
+                        continue;
+                    }
+                    return Err(Error::PeerDied);
+                }
                 let waited = match patience {
                     Patience::NoWait => {
-                        peer_alive(&self.control, self.header(), self.side, true)?;
-                        // The peer may have sent its last message and then closed.
-                        if self.rx.has_data().map_err(corrupted)? {
-                            continue;
+                        if let Err(gone) = peer_alive(&self.control, self.header(), self.side, true)
+                        {
+                            if self.rx.has_data().map_err(corrupted)? {
+                                continue;
+                            }
+                            return Err(gone);
                         }
                         Waited::TimedOut
                     }
                     Patience::Until(deadline) => {
-                        let rx = &mut self.rx;
+                        let (rx, header, side) = (&mut self.rx, self.segment.header(), self.side);
                         wait::wait_until(
                             &self.settings.wait,
-                            &rings(&self.segment, self.side).rx.readable,
+                            &rings(&self.segment, side).rx.readable,
                             &OsFutex,
                             deadline,
-                            || rx.has_data().map_err(corrupted),
-                            |thorough| {
-                                peer_alive(
-                                    &self.control,
-                                    self.segment.header(),
-                                    self.side,
-                                    thorough,
-                                )
-                            },
+                            &mut self.peer_check_due,
+                            || Ok(rx.has_data().map_err(corrupted)? || peer_closed(header, side)),
+                            |thorough| peer_alive(&self.control, header, side, thorough),
                         )?
                     }
                 };
@@ -475,6 +490,26 @@ impl Connection {
             };
             let header = frame.header;
             let len = frame.payload_len();
+            // An honest sender fills every chunk but the last, so a message takes a bounded
+            // number of frames; a hostile one still cannot hold us past our deadline.
+            frames += 1;
+            if frames % FRAMES_PER_DEADLINE_CHECK == 0 {
+                let out_of_patience = match patience {
+                    Patience::NoWait => true,
+                    Patience::Until(deadline) => deadline.is_some_and(|d| Instant::now() >= d),
+                };
+                if out_of_patience {
+                    if let Some((total, correlation)) = chunked {
+                        self.rx_partial = Some(PartialMessage {
+                            bytes: std::mem::take(buf),
+                            total,
+                            correlation,
+                        });
+                    }
+                    return Ok(None);
+                }
+            }
+            let full_chunk = max_frame_payload(self.segment.capacity());
             match (header.kind, chunked) {
                 (FrameKind::Message, None) => {
                     if len > max {
@@ -490,9 +525,9 @@ impl Connection {
                 }
                 (FrameKind::First, None) => {
                     let mut total = [0u8; 8];
-                    if len < total.len() {
+                    if len != full_chunk {
                         return Err(Error::Corrupted {
-                            detail: "a first chunk is too short to hold the message length",
+                            detail: "a first chunk is not a full frame",
                         });
                     }
                     self.rx.copy_payload(&frame, 0, &mut total);
@@ -503,17 +538,21 @@ impl Connection {
                         .ok_or(Error::Corrupted {
                             detail: "a chunked message announces a length beyond the maximum",
                         })?;
-                    buf.try_reserve_exact(total).map_err(|_| {
-                        Error::io(
-                            "allocating a receive buffer",
-                            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
-                        )
+                    // Within max_message_size, but that may still be more than this process
+                    // can allocate; the frame stays unread, so the connection cannot go on.
+                    buf.try_reserve_exact(total).map_err(|_| Error::Corrupted {
+                        detail: "a chunked message is larger than this process could allocate",
                     })?;
                     self.take_payload(&frame, 8, buf);
                     chunked = Some((total, header.correlation));
                 }
                 (FrameKind::Middle | FrameKind::Last, Some((total, correlation))) => {
-                    if header.correlation != correlation || buf.len() + len > total {
+                    let sized_right = match header.kind {
+                        FrameKind::Middle => len == full_chunk,
+                        _ => len > 0,
+                    };
+                    if header.correlation != correlation || buf.len() + len > total || !sized_right
+                    {
                         return Err(Error::Corrupted {
                             detail: "a chunk does not belong to the message in progress",
                         });
@@ -595,7 +634,7 @@ fn rx_readable(segment: &Segment, side: Side) -> &WaitCell {
 }
 
 /// The waker's half of the protocol, followed by the syscalls it asks for.
-fn wake(cell: &WaitCell, peer_doorbell: &Doorbell) {
+fn wake(cell: &WaitCell, peer_doorbell: &DoorbellRinger) {
     let wake = wait::notify(cell);
     if wake.futex {
         OsFutex.wake(&cell.seq);
@@ -603,6 +642,13 @@ fn wake(cell: &WaitCell, peer_doorbell: &Doorbell) {
     if wake.doorbell {
         peer_doorbell.ring();
     }
+}
+
+/// Whether the peer said goodbye (set its closed flag). One load, no syscall.
+fn peer_closed(header: &SegmentHeader, side: Side) -> bool {
+    // SYNC: pairs with the Release store in `Drop`: the peer's frames published before the
+    // goodbye are visible once we see it.
+    header.closed[side.rx_index()].load(Ordering::Acquire) != 0
 }
 
 /// `Err(PeerDied)` if the peer said goodbye (a flag in shared memory, no syscall) or, when

@@ -4,9 +4,9 @@
 //! client                                   server
 //!   connect ───────────────────────────────▶ accept; SO_PEERCRED → uid
 //!   Hello  {magic, version} ───────────────▶ check magic, version, uid
-//!                                            create memfd segment (sealed), 2 eventfds
+//!                                            create memfd segment (sealed), 2 doorbells
 //!          ◀─────────────── Welcome {status, capacity, max message, segment size}
-//!                           + SCM_RIGHTS [memfd, server doorbell, client doorbell]
+//!                           + SCM_RIGHTS [memfd, server's doorbell ringer, client's doorbell]
 //!   check seals + size, map, check header
 //!   Ack ───────────────────────────────────▶ connection ready on both sides
 //! ```
@@ -24,7 +24,7 @@ use crate::conn::{Connection, Settings, Side};
 use crate::error::Error;
 use crate::layout;
 use crate::segment::Segment;
-use crate::sys::{self, ControlStream, Doorbell, SharedRegion};
+use crate::sys::{self, ControlStream, Doorbell, DoorbellRinger, SharedRegion};
 
 /// The first bytes of every handshake message.
 pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
@@ -175,13 +175,10 @@ pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error
     })
 }
 
-/// Time left before `deadline`, or a timeout error naming the step.
-fn remaining(deadline: Instant, step: &str) -> Result<Duration, Error> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(handshake_timeout(step));
-    }
-    Ok(left)
+/// The deadline of a handshake that may take `timeout` (a year if that overflows).
+fn handshake_deadline(timeout: Duration) -> Instant {
+    crate::wait::deadline_after(timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn handshake_timeout(step: &str) -> Error {
@@ -209,10 +206,10 @@ pub(crate) fn serve(
     config: &ServerConfig,
     own_uid: u32,
 ) -> Result<Option<Connection>, Error> {
-    let deadline = Instant::now() + config.handshake_timeout;
+    let deadline = handshake_deadline(config.handshake_timeout);
     control
-        .set_timeout(Some(remaining(deadline, "waiting for the client's hello")?))
-        .map_err(|error| Error::io("setting the handshake timeout", error))?;
+        .set_deadline(Some(deadline))
+        .map_err(|error| Error::io("setting the handshake deadline", error))?;
     let mut hello = [0u8; PREFIX_LEN];
     let said_hello = control
         .read_exact_or_eof(&mut hello)
@@ -252,15 +249,16 @@ pub(crate) fn serve(
     let segment_len = layout::segment_len(capacity).expect("capacity validated in Server::bind");
     let setup = || -> std::io::Result<_> {
         let (region, memfd) = SharedRegion::create(segment_len)?;
-        Ok((region, memfd, Doorbell::new()?, Doorbell::new()?))
+        Ok((region, memfd, sys::doorbell_pair()?, sys::doorbell_pair()?))
     };
-    let (region, memfd, server_doorbell, client_doorbell) = match setup() {
-        Ok(parts) => parts,
-        Err(error) => {
-            refuse(Status::ServerError);
-            return Err(Error::io("creating the connection's shared memory", error));
-        }
-    };
+    let (region, memfd, (server_doorbell, client_rings_server), (client_doorbell, ring_client)) =
+        match setup() {
+            Ok(parts) => parts,
+            Err(error) => {
+                refuse(Status::ServerError);
+                return Err(Error::io("creating the connection's shared memory", error));
+            }
+        };
     let segment = Segment::initialize(region, capacity);
     let welcome = Welcome {
         ring_capacity: capacity as u64,
@@ -268,38 +266,35 @@ pub(crate) fn serve(
         segment_len: segment_len as u64,
     };
     control
-        .set_timeout(Some(remaining(deadline, "sending the welcome")?))
-        .map_err(|error| Error::io("setting the handshake timeout", error))?;
-    control
         .send_with_fds(
             &encode_welcome(Status::Accepted, &welcome),
             &[
                 memfd.as_fd(),
-                server_doorbell.as_fd(),
+                client_rings_server.as_fd(),
                 client_doorbell.as_fd(),
             ],
         )
         .map_err(|error| socket_error("sending the welcome", error))?;
-    // The client holds its own reference now; ours would only keep the memfd alive.
+    // The client holds its own references now. Ours would keep the memfd alive, and the
+    // doorbell ends are the client's alone.
     drop(memfd);
+    drop(client_rings_server);
+    drop(client_doorbell);
 
-    control
-        .set_timeout(Some(remaining(deadline, "waiting for the client's ack")?))
-        .map_err(|error| Error::io("setting the handshake timeout", error))?;
     let mut ack = [0u8; PREFIX_LEN];
     control
         .read_exact(&mut ack)
         .map_err(|error| socket_error("waiting for the client's ack", error))?;
     decode_prefix(&ack, Kind::Ack)?;
     control
-        .set_timeout(None)
-        .map_err(|error| Error::io("clearing the handshake timeout", error))?;
+        .set_deadline(None)
+        .map_err(|error| Error::io("clearing the handshake deadline", error))?;
     Ok(Some(Connection::new(
         segment,
         Side::Server,
         control,
         server_doorbell,
-        client_doorbell,
+        ring_client,
         Settings {
             wait: config.wait,
             max_message_size: config.max_message_size,
@@ -310,8 +305,8 @@ pub(crate) fn serve(
 
 /// Connects to the server at `path` and runs the client's side of the handshake.
 pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<Connection, Error> {
-    let deadline = Instant::now() + config.connect_timeout;
-    let control = ControlStream::connect(path).map_err(|error| match error.kind() {
+    let deadline = handshake_deadline(config.connect_timeout);
+    let control = ControlStream::connect(path, deadline).map_err(|error| match error.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Error::io(
             &format!(
                 "connecting to {} (is a ringbell server running there?)",
@@ -322,23 +317,17 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
         _ => Error::io(&format!("connecting to {}", path.display()), error),
     })?;
     control
-        .set_timeout(Some(remaining(deadline, "sending the hello")?))
-        .map_err(|error| Error::io("setting the handshake timeout", error))?;
+        .set_deadline(Some(deadline))
+        .map_err(|error| Error::io("setting the handshake deadline", error))?;
     control
         .write_all(&encode_prefix(Kind::Hello, Status::Accepted))
         .map_err(|error| socket_error("sending the hello", error))?;
-    control
-        .set_timeout(Some(remaining(
-            deadline,
-            "waiting for the server's welcome",
-        )?))
-        .map_err(|error| Error::io("setting the handshake timeout", error))?;
     let mut bytes = [0u8; WELCOME_LEN];
     let fds = control
         .recv_with_fds(&mut bytes)
         .map_err(|error| socket_error("waiting for the server's welcome", error))?;
     let welcome = decode_welcome(&bytes)?;
-    let [memfd, server_doorbell, client_doorbell]: [OwnedFd; 3] =
+    let [memfd, ring_server, client_doorbell]: [OwnedFd; 3] =
         fds.try_into().map_err(|fds: Vec<OwnedFd>| {
             handshake_error(format!(
                 "the welcome carried {} fds instead of 3",
@@ -360,25 +349,22 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
         .map_err(|error| socket_error("checking the shared memory", error))?;
     drop(memfd);
     let segment = Segment::open(region, capacity).map_err(handshake_error)?;
-    let to_server = Doorbell::from_peer(server_doorbell)
+    let ring_server = DoorbellRinger::from_peer(ring_server)
         .map_err(|error| socket_error("checking the server's doorbell", error))?;
     let own = Doorbell::from_peer(client_doorbell)
         .map_err(|error| socket_error("checking the client's doorbell", error))?;
     control
-        .set_timeout(Some(remaining(deadline, "sending the ack")?))
-        .map_err(|error| Error::io("setting the handshake timeout", error))?;
-    control
         .write_all(&encode_prefix(Kind::Ack, Status::Accepted))
         .map_err(|error| socket_error("sending the ack", error))?;
     control
-        .set_timeout(None)
-        .map_err(|error| Error::io("clearing the handshake timeout", error))?;
+        .set_deadline(None)
+        .map_err(|error| Error::io("clearing the handshake deadline", error))?;
     Ok(Connection::new(
         segment,
         Side::Client,
         control,
         own,
-        to_server,
+        ring_server,
         Settings {
             wait: config.wait,
             max_message_size,

@@ -3,7 +3,7 @@
 //! Fast, safe inter-process communication on one machine. A [`Connection`] is a pair of
 //! lock-free single-producer single-consumer rings in a shared-memory segment; a side
 //! waiting for a message spins briefly, then sleeps on a shared futex (or, in an event
-//! loop, on an eventfd doorbell); a Unix-socket handshake passes the segment and the
+//! loop, on a doorbell fd); a Unix-socket handshake passes the segment and the
 //! doorbells as file descriptors and stays open to report a peer's death.
 //!
 //! ```no_run

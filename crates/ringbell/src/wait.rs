@@ -14,7 +14,7 @@
 //!
 //! 1. `fence(SeqCst)`, then `sleeping.load(Acquire)`; if 0, nobody sleeps: no syscall
 //! 2. otherwise `sleeping.swap(0)`, `seq.fetch_add(1, Release)`, then `futex_wake(seq)`
-//!    and/or ring the eventfd doorbell, as the announcement asked
+//!    and/or ring the doorbell, as the announcement asked
 //!
 //! The two SeqCst fences forbid the store-buffering outcome in which the waiter misses the
 //! new index *and* the waker misses the announcement: at least one side sees the other.
@@ -36,7 +36,7 @@ use crate::sync::{fence, spin_loop, AtomicU32, Ordering};
 
 /// Announcement bit: the waiter sleeps on the futex word.
 pub(crate) const SLEEP_FUTEX: u32 = 1;
-/// Announcement bit: the waiter sleeps in an event loop on the eventfd doorbell.
+/// Announcement bit: the waiter sleeps in an event loop, polling its doorbell.
 pub(crate) const SLEEP_DOORBELL: u32 = 2;
 
 /// How often a sleeping or spinning side checks that its peer is still alive: the bound on
@@ -136,18 +136,47 @@ pub(crate) enum Waited {
     TimedOut,
 }
 
+/// Checks the peer (thoroughly if `*due` has passed, then moving it on); `Some` ends the
+/// wait: with `Ready` if something arrived before the peer went, else with its error.
+fn check_peer<E>(
+    now: Instant,
+    due: &mut Option<Instant>,
+    peer_alive: &mut impl FnMut(bool) -> Result<(), E>,
+    ready: &mut impl FnMut() -> Result<bool, E>,
+) -> Option<Result<Waited, E>> {
+    let thorough = now >= *due.get_or_insert(now + PEER_CHECK_INTERVAL);
+    if thorough {
+        *due = Some(now + PEER_CHECK_INTERVAL);
+    }
+    let gone = peer_alive(thorough).err()?;
+    Some(match ready() {
+        Ok(true) => Ok(Waited::Ready),
+        Ok(false) => Err(gone),
+        Err(error) => Err(error),
+    })
+}
+
+/// The deadline `timeout` from now, or `None` (no deadline) if that is beyond what the
+/// clock can represent.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// Waits under `strategy` until `ready()` is true or `deadline` passes.
 ///
 /// `peer_alive(thorough)` is called with `false` after every wake-up (a cheap look at a
-/// goodbye flag in shared memory) and with `true` at least every [`PEER_CHECK_INTERVAL`]
-/// (a syscall that notices a peer that died without saying goodbye). When it fails,
-/// `ready()` is asked once more (the peer may have published and then gone) and the
-/// failure is returned only if nothing is ready.
+/// goodbye flag in shared memory) and with `true` whenever `*peer_check_due` has passed
+/// (a syscall that notices a peer that died without saying goodbye), which then moves
+/// [`PEER_CHECK_INTERVAL`] ahead. The caller keeps `peer_check_due` across waits, so that
+/// even a loop of waits shorter than the interval checks the peer that often. When the
+/// peer is gone, `ready()` is asked once more (it may have published and then gone) and
+/// the failure is returned only if nothing is ready.
 pub(crate) fn wait_until<E>(
     strategy: &WaitStrategy,
     cell: &WaitCell,
     futex: &impl Futex,
     deadline: Option<Instant>,
+    peer_check_due: &mut Option<Instant>,
     mut ready: impl FnMut() -> Result<bool, E>,
     mut peer_alive: impl FnMut(bool) -> Result<(), E>,
 ) -> Result<Waited, E> {
@@ -156,10 +185,9 @@ pub(crate) fn wait_until<E>(
         WaitStrategy::Adaptive { spin } => Some(spin),
         WaitStrategy::Block => Some(Duration::ZERO),
     };
-    // The clock is first read after a round of spins, not on entry: a peer that answers
-    // within nanoseconds (streaming) should not pay for a clock read per message.
-    let mut next_peer_check = None;
-    // Spin phase.
+    // Spin phase. The clock is first read after a round of spins, not on entry: a peer
+    // that answers within nanoseconds (streaming) should not pay for a clock read per
+    // message.
     if spin_budget != Some(Duration::ZERO) {
         let mut spin_until = None;
         loop {
@@ -170,50 +198,33 @@ pub(crate) fn wait_until<E>(
                 spin_loop();
             }
             let now = Instant::now();
-            let check_at = *next_peer_check.get_or_insert(now + PEER_CHECK_INTERVAL);
             let until = *spin_until.get_or_insert(spin_budget.map(|budget| now + budget));
+            if let Some(end) = check_peer(now, peer_check_due, &mut peer_alive, &mut ready) {
+                return end;
+            }
             if deadline.is_some_and(|deadline| now >= deadline) {
                 return Ok(Waited::TimedOut);
-            }
-            if now >= check_at {
-                if let Err(gone) = peer_alive(true) {
-                    return if ready()? {
-                        Ok(Waited::Ready)
-                    } else {
-                        Err(gone)
-                    };
-                }
-                next_peer_check = Some(now + PEER_CHECK_INTERVAL);
             }
             if until.is_some_and(|until| now >= until) {
                 break;
             }
         }
     }
-    let mut next_peer_check =
-        next_peer_check.unwrap_or_else(|| Instant::now() + PEER_CHECK_INTERVAL);
-    // Sleep phase: in slices of at most PEER_CHECK_INTERVAL, so that a peer that died
-    // without a word is noticed even though nobody will ever wake us.
+    // Sleep phase: in slices that end when the next thorough peer check is due, so that a
+    // peer that died without a word is noticed even though nobody will ever wake us.
     loop {
         if ready()? {
             return Ok(Waited::Ready);
         }
         let now = Instant::now();
-        let thorough = now >= next_peer_check;
-        if let Err(gone) = peer_alive(thorough) {
-            return if ready()? {
-                Ok(Waited::Ready)
-            } else {
-                Err(gone)
-            };
-        }
-        if thorough {
-            next_peer_check = now + PEER_CHECK_INTERVAL;
+        if let Some(end) = check_peer(now, peer_check_due, &mut peer_alive, &mut ready) {
+            return end;
         }
         if deadline.is_some_and(|deadline| now >= deadline) {
             return Ok(Waited::TimedOut);
         }
-        let wake_by = deadline.map_or(next_peer_check, |deadline| deadline.min(next_peer_check));
+        let check_at = peer_check_due.unwrap_or(now + PEER_CHECK_INTERVAL);
+        let wake_by = deadline.map_or(check_at, |deadline| deadline.min(check_at));
         if sleep(cell, futex, Some(wake_by), &mut ready)? {
             return Ok(Waited::Ready);
         }

@@ -12,9 +12,11 @@
 //! * `OsFutex` — implements [`crate::wait::Futex`] on a word in shared memory, waking
 //!   sleepers in *other processes* (so never a process-private futex), with an absolute
 //!   monotonic deadline.
-//! * `Doorbell` — a counter fd a waiter can poll in an event loop: `new()`,
-//!   `from_peer(fd)` (checks what it received), `ring()` (never blocks), `drain()`
-//!   (never blocks), `as_fd()`.
+//! * `doorbell_pair() -> (Doorbell, DoorbellRinger)` — an fd a waiter can poll in an
+//!   event loop, and the other end that wakes it: `Doorbell::drain()` and
+//!   `DoorbellRinger::ring()` never block, whatever the peer does to its own end (so an
+//!   fd shared with the peer, such as an eventfd, does not qualify); both have
+//!   `from_peer(fd)` (checks what it received) and `as_fd()`.
 //! * `ControlListener` / `ControlStream` — the local stream socket that carries the
 //!   handshake and the fds, and whose end-of-file tells a side that its peer is gone:
 //!   `bind(path)` (owner-only, replaces a dead server's socket file, refuses a live one

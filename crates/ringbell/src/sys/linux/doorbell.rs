@@ -1,62 +1,107 @@
-//! eventfd doorbells: see eventfd(2). A side that waits in an event loop polls its doorbell;
-//! the peer writes to it only when the waiter announced that it sleeps.
+//! Doorbells: how a side that waits in an event loop is woken. A doorbell is the two ends
+//! of a Unix stream socket pair: the waiter polls its end ([`Doorbell`]), the other side
+//! sends a byte to its end ([`DoorbellRinger`]) when the waiter announced that it sleeps.
+//!
+//! Why not an eventfd, as first planned: an eventfd passed with `SCM_RIGHTS` is one open
+//! file description shared by both processes, so the peer can clear its `O_NONBLOCK` flag
+//! and fill its counter, and our next `write(2)` to it blocks for ever — one hostile
+//! client could stall a whole event loop. Each end of a socket pair is a description of
+//! its own, and every call here passes `MSG_DONTWAIT` (non-blocking per call, whatever the
+//! flags) and `MSG_NOSIGNAL` (no `SIGPIPE` when the peer has gone). A ring costs one
+//! `send(2)`, paid only when the peer sleeps in an event loop.
+//!
+//! See socketpair(2), send(2), recv(2).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::event::{eventfd, EventfdFlags};
-use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+use rustix::fs::{fstat, FileType};
 use rustix::io::Errno;
+use rustix::net::{
+    recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
+};
 
 use super::io_error;
 
-/// A non-blocking eventfd.
+/// The end a waiter polls: readable after a ring.
 #[derive(Debug)]
 pub(crate) struct Doorbell {
     fd: OwnedFd,
 }
 
+/// The end the other side rings.
+#[derive(Debug)]
+pub(crate) struct DoorbellRinger {
+    fd: OwnedFd,
+}
+
+/// A new doorbell and its ringer, not rung.
+pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
+    let (bell, ringer) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(io_error)?;
+    Ok((Doorbell { fd: bell }, DoorbellRinger { fd: ringer }))
+}
+
+/// Checks that an fd received from the peer is a socket; nothing else may serve as a
+/// doorbell end.
+fn check_socket(fd: &OwnedFd) -> io::Result<()> {
+    let stat = fstat(fd).map_err(io_error)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a doorbell fd passed by the peer is not a socket",
+        ));
+    }
+    Ok(())
+}
+
 impl Doorbell {
-    /// A new doorbell, not rung.
-    pub(crate) fn new() -> io::Result<Doorbell> {
-        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io_error)?;
-        Ok(Doorbell { fd })
-    }
-
-    /// Adopts a doorbell received from the peer, after checking that it is an eventfd, and
-    /// makes it non-blocking whatever the peer set (a blocking eventfd near its maximum
-    /// count would let the peer stall our `ring`).
+    /// Adopts a doorbell end received from the peer.
     pub(crate) fn from_peer(fd: OwnedFd) -> io::Result<Doorbell> {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-        if link.as_os_str() != "anon_inode:[eventfd]" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the doorbell fd passed by the peer is not an eventfd",
-            ));
-        }
-        let flags = fcntl_getfl(&fd).map_err(io_error)?;
-        fcntl_setfl(&fd, flags | OFlags::NONBLOCK).map_err(io_error)?;
+        check_socket(&fd)?;
         Ok(Doorbell { fd })
     }
 
-    /// Wakes whoever polls the doorbell. Never blocks; a counter already at its maximum
-    /// is as good as rung.
-    pub(crate) fn ring(&self) {
-        match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
-            Ok(_) | Err(Errno::AGAIN) => {}
-            // Nothing else can fail on a valid eventfd; a waiter also re-checks on its own.
-            Err(_) => {}
+    /// Resets the doorbell after a wake-up. Never blocks: reads until nothing is left,
+    /// a bounded number of times (a peer that rings without pause cannot keep us here).
+    pub(crate) fn drain(&self) {
+        let mut bytes = [0u8; 256];
+        for _ in 0..16 {
+            match recv(&self.fd, &mut bytes, RecvFlags::DONTWAIT) {
+                Ok((read, _)) if read == bytes.len() => continue,
+                Err(Errno::INTR) => continue,
+                _ => break,
+            }
         }
     }
+}
 
-    /// Resets the doorbell after a wake-up. Never blocks.
-    pub(crate) fn drain(&self) {
-        let mut counter = [0u8; 8];
-        let _ = rustix::io::read(&self.fd, &mut counter);
+impl DoorbellRinger {
+    /// Adopts a ringer end received from the peer.
+    pub(crate) fn from_peer(fd: OwnedFd) -> io::Result<DoorbellRinger> {
+        check_socket(&fd)?;
+        Ok(DoorbellRinger { fd })
+    }
+
+    /// Wakes whoever polls the other end. Never blocks; a full socket buffer means the
+    /// doorbell is rung already, and a peer that has gone will be noticed elsewhere.
+    pub(crate) fn ring(&self) {
+        let _ = send(&self.fd, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
     }
 }
 
 impl AsFd for Doorbell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsFd for DoorbellRinger {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

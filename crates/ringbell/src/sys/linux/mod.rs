@@ -1,4 +1,4 @@
-//! The Linux backend: memfd + seals, shared futexes, eventfd doorbells, and a Unix stream
+//! The Linux backend: memfd + seals, shared futexes, socket-pair doorbells, and a Unix stream
 //! socket with `SCM_RIGHTS` and `SO_PEERCRED`, all through rustix.
 
 #![allow(unsafe_code)]
@@ -8,7 +8,7 @@ mod futex;
 mod shm;
 mod socket;
 
-pub(crate) use doorbell::Doorbell;
+pub(crate) use doorbell::{doorbell_pair, Doorbell, DoorbellRinger};
 pub(crate) use futex::OsFutex;
 pub(crate) use shm::SharedRegion;
 pub(crate) use socket::{ControlListener, ControlStream};

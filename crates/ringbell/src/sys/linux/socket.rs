@@ -3,22 +3,34 @@
 //!
 //! See unix(7) (`SCM_RIGHTS`, `SO_PEERCRED`), sendmsg(2), recvmsg(2).
 
+use std::cell::Cell;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, send, sendmsg, sockopt, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
-    ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+    connect, recvmsg, send, sendmsg, socket_with, sockopt, AddressFamily, RecvAncillaryBuffer,
+    RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
 use super::io_error;
+
+/// The time left before `deadline`, or a `TimedOut` error.
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+    }
+    // A zero timeout would mean "no timeout" to the kernel.
+    Ok(left.max(Duration::from_micros(1)))
+}
 
 /// The most fds one handshake message may carry.
 pub(crate) const MAX_FDS: usize = 4;
@@ -68,8 +80,13 @@ impl ControlListener {
             Err(error) => return Err(error),
         };
         // Tighten the mode at once; SO_PEERCRED checks cover the instant before this.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let metadata = std::fs::symlink_metadata(path)?;
+        let finish = || -> io::Result<std::fs::Metadata> {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::symlink_metadata(path)
+        };
+        let metadata = finish().inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })?;
         Ok(ControlListener {
             listener,
             path: path.to_path_buf(),
@@ -81,7 +98,7 @@ impl ControlListener {
     pub(crate) fn accept(&self) -> io::Result<ControlStream> {
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => return Ok(ControlStream { stream }),
+                Ok((stream, _)) => return Ok(ControlStream::from_stream(stream)),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
             }
@@ -108,28 +125,75 @@ impl Drop for ControlListener {
 #[derive(Debug)]
 pub(crate) struct ControlStream {
     stream: UnixStream,
+    /// While set, every read and write must complete by then (the handshake's deadline):
+    /// each syscall gets the time that is left, so a peer trickling bytes cannot stretch it.
+    deadline: Cell<Option<Instant>>,
 }
 
 impl ControlStream {
-    /// Connects to a listener at `path`.
-    pub(crate) fn connect(path: &Path) -> io::Result<ControlStream> {
-        Ok(ControlStream {
-            stream: UnixStream::connect(path)?,
-        })
+    fn from_stream(stream: UnixStream) -> ControlStream {
+        ControlStream {
+            stream,
+            deadline: Cell::new(None),
+        }
     }
 
-    /// Bounds every later read and write (`None`: no bound). Timeouts surface as
-    /// `WouldBlock` or `TimedOut` errors.
-    pub(crate) fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let timeout = timeout.map(|timeout| timeout.max(Duration::from_millis(1)));
-        self.stream.set_read_timeout(timeout)?;
-        self.stream.set_write_timeout(timeout)
+    /// Connects to a listener at `path`, giving up at `deadline` (a connect waits while the
+    /// listener's queue of unaccepted connections is full).
+    pub(crate) fn connect(path: &Path, deadline: Instant) -> io::Result<ControlStream> {
+        let address = SocketAddrUnix::new(path).map_err(io_error)?;
+        let fd = socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(io_error)?;
+        let left = remaining(deadline)?;
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(left)).map_err(io_error)?;
+        loop {
+            match connect(&fd, &address) {
+                Ok(()) => break,
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the server's queue of pending connections stayed full",
+                    ))
+                }
+                Err(errno) => return Err(io_error(errno)),
+            }
+        }
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, None).map_err(io_error)?;
+        Ok(ControlStream::from_stream(UnixStream::from(fd)))
+    }
+
+    /// Bounds every later read and write by `deadline` (`None`: no bound). A deadline that
+    /// passes surfaces as a `TimedOut` or `WouldBlock` error.
+    pub(crate) fn set_deadline(&self, deadline: Option<Instant>) -> io::Result<()> {
+        self.deadline.set(deadline);
+        if deadline.is_none() {
+            self.stream.set_read_timeout(None)?;
+            self.stream.set_write_timeout(None)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the next syscall the time left before the deadline, if there is one.
+    fn arm(&self) -> io::Result<()> {
+        if let Some(deadline) = self.deadline.get() {
+            let left = remaining(deadline)?;
+            self.stream.set_read_timeout(Some(left))?;
+            self.stream.set_write_timeout(Some(left))?;
+        }
+        Ok(())
     }
 
     /// Writes all of `bytes`. Uses `MSG_NOSIGNAL`: a peer that hung up gives `BrokenPipe`,
     /// never a `SIGPIPE`, even in a host program that did not ignore the signal.
     pub(crate) fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
+            self.arm()?;
             match send(&self.stream, bytes, SendFlags::NOSIGNAL) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(sent) => bytes = &bytes[sent..],
@@ -140,21 +204,33 @@ impl ControlStream {
         Ok(())
     }
 
-    /// Reads exactly `buf.len()` bytes. Any fds a peer attaches are discarded by the kernel.
-    pub(crate) fn read_exact(&self, buf: &mut [u8]) -> io::Result<()> {
-        (&self.stream).read_exact(buf)
+    /// One `read(2)`, retried on `EINTR`, within the deadline. Any fds a peer attaches
+    /// are discarded by the kernel.
+    fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.arm()?;
+            match (&self.stream).read(buf) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes.
+    pub(crate) fn read_exact(&self, mut buf: &mut [u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_some(buf)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                read => buf = &mut buf[read..],
+            }
+        }
+        Ok(())
     }
 
     /// Like [`read_exact`](Self::read_exact), but returns `Ok(false)` if the peer closed
     /// the connection before sending a single byte.
     pub(crate) fn read_exact_or_eof(&self, buf: &mut [u8]) -> io::Result<bool> {
-        let first = loop {
-            match (&self.stream).read(buf) {
-                Ok(read) => break read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
-            }
-        };
+        let first = self.read_some(buf)?;
         if first == 0 && !buf.is_empty() {
             return Ok(false);
         }
@@ -173,6 +249,7 @@ impl ControlStream {
             ));
         }
         let sent = loop {
+            self.arm()?;
             match sendmsg(
                 &self.stream,
                 &[io::IoSlice::new(bytes)],
@@ -194,6 +271,7 @@ impl ControlStream {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = loop {
+            self.arm()?;
             let mut iov = [io::IoSliceMut::new(buf)];
             match recvmsg(
                 &self.stream,

@@ -38,20 +38,19 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::marker::PhantomData;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use common::{
-    bound_child_lifetime, child_role, echo_message, exclusive_test, expect_parent_line,
-    number_param, param, random_bytes, report, shared_test, sleep_until_killed, wait_from_name,
-    wait_name, Checksum, ChildProcess, SocketPath, WATCHDOG_LIMIT,
+    accept_from, bound_child_lifetime, child_role, echo_message, exclusive_test,
+    expect_parent_line, frame_header, hello, number_param, param, random_bytes, report,
+    shared_test, sleep_until_killed, wait_from_name, wait_name, Checksum, ChildProcess, Context,
+    Scribbler, SocketPath, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN,
+    SERVER_TO_CLIENT, WATCHDOG_LIMIT,
 };
 use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
 use rustix::event::{poll, PollFd, PollFlags};
@@ -68,8 +67,6 @@ const HONEST_MESSAGES: u64 = 300;
 /// machine's load: about 5–10 s each when idle, 36 s for `Spin` with four CPU hogs on two
 /// cores (a spinning waiter needs its peer on the other core at the same time).
 const ECHO_WATCHDOG_LIMIT: Duration = Duration::from_secs(300);
-/// How long a step that should succeed may take before it is reported as a failure.
-const PATIENCE: Duration = Duration::from_secs(60);
 /// Every wait strategy, with the default spin budget for `Adaptive`.
 const ALL_WAITS: [WaitStrategy; 3] = [
     WaitStrategy::Spin,
@@ -79,15 +76,9 @@ const ALL_WAITS: [WaitStrategy; 3] = [
     WaitStrategy::Block,
 ];
 
-/// Offsets in the shared segment (see `src/layout.rs`): the ring control blocks start at
-/// 256, each is four 128-byte lines (tail, head, readable cell, writable cell), ring 0
-/// (client → server) is first, and ring data starts at one page.
-const RINGS_OFFSET: usize = 256;
-const RING_CONTROL_LEN: usize = 4 * 128;
+/// Where a ring's consumer index sits in its control block (the segment's layout is in
+/// `common`).
 const HEAD_IN_CONTROL: usize = 128;
-const DATA_OFFSET: usize = 4096;
-const CLIENT_TO_SERVER: usize = 0;
-const SERVER_TO_CLIENT: usize = 1;
 
 // =======================================================================================
 // The child side.
@@ -123,17 +114,6 @@ fn run_role(role: &str) -> Result<(), String> {
         "hello_server" => role_hello_server(),
         "doorbell_server" => role_doorbell_server(),
         other => Err(format!("unknown role {other:?}")),
-    }
-}
-
-/// `.context("what")?` turns any error into the child's failure message.
-trait Context<T> {
-    fn context(self, what: &str) -> Result<T, String>;
-}
-
-impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
-    fn context(self, what: &str) -> Result<T, String> {
-        self.map_err(|error| format!("{what}: {error}"))
     }
 }
 
@@ -220,83 +200,6 @@ fn role_burst_client() -> Result<(), String> {
         "exit" => std::process::exit(0),
         other => Err(format!("unknown variant {other:?}")),
     }
-}
-
-/// Write access to this process's mapping of a connection's shared segment, as a hostile
-/// peer would use it. Borrows the connection, which keeps the mapping alive.
-struct Scribbler<'conn> {
-    base: *mut u8,
-    len: usize,
-    _conn: PhantomData<&'conn Connection>,
-}
-
-impl<'conn> Scribbler<'conn> {
-    /// Finds the segment of `conn` (this process's only connection) in `/proc/self/maps`.
-    fn find(conn: &'conn Connection) -> Result<Scribbler<'conn>, String> {
-        let expected_len = DATA_OFFSET + 2 * conn.ring_capacity();
-        let maps = fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
-        let lines: Vec<&str> = maps
-            .lines()
-            .filter(|line| line.contains("memfd:ringbell"))
-            .collect();
-        let [line] = lines[..] else {
-            return Err(format!(
-                "expected one ringbell segment mapping, found {lines:?}"
-            ));
-        };
-        let mut fields = line.split_whitespace();
-        let range = fields.next().unwrap_or_default();
-        let permissions = fields.next().unwrap_or_default();
-        let (start, end) = range.split_once('-').ok_or("no address range")?;
-        let start = usize::from_str_radix(start, 16).context("parsing the mapping's start")?;
-        let end = usize::from_str_radix(end, 16).context("parsing the mapping's end")?;
-        if end - start != expected_len || !permissions.starts_with("rw") {
-            return Err(format!(
-                "the segment mapping is not {expected_len} writable bytes: {line}"
-            ));
-        }
-        Ok(Scribbler {
-            base: start as *mut u8,
-            len: expected_len,
-            _conn: PhantomData,
-        })
-    }
-
-    /// Stores `value` into the 8-byte word at `offset`, as the peer would.
-    fn store_word(&self, offset: usize, value: u64) {
-        assert!(
-            offset % 8 == 0 && offset + 8 <= DATA_OFFSET,
-            "a header word"
-        );
-        // SAFETY: `base..base + len` is a live, writable shared mapping (found in
-        // /proc/self/maps with exactly the segment's length) that the borrowed connection
-        // keeps mapped; the word is 8-aligned (the mapping is page-aligned) and inside the
-        // header, whose words everyone accesses only atomically.
-        let word = unsafe { AtomicU64::from_ptr(self.base.add(offset).cast::<u64>()) };
-        // Release, like an honest producer: the bytes written before are visible first.
-        word.store(value, Ordering::Release);
-    }
-
-    /// Copies `bytes` into ring data at `offset`.
-    fn write_bytes(&self, offset: usize, bytes: &[u8]) {
-        assert!(
-            offset >= DATA_OFFSET && offset + bytes.len() <= self.len,
-            "ring data"
-        );
-        // SAFETY: in bounds of the live mapping (see `store_word`). Nobody holds a reference
-        // to ring data (the library copies it through raw pointers), and this process's
-        // own producer never writes, so the copy races with nothing here.
-        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(offset), bytes.len()) };
-    }
-}
-
-/// A frame header as the ring writes it (see `src/ring.rs`): length u32 LE, kind byte,
-/// flags, two reserved bytes, correlation id u64 LE.
-fn frame_header(len: u32, kind: u8) -> [u8; 16] {
-    let mut header = [0u8; 16];
-    header[0..4].copy_from_slice(&len.to_le_bytes());
-    header[4] = kind;
-    header
 }
 
 /// Connects honestly, then scribbles on the shared segment as `RB_VARIANT` says, reports
@@ -477,17 +380,6 @@ fn spawn_server(role: &str, socket: &SocketPath, params: &[(&str, String)]) -> C
     let mut child = ChildProcess::spawn(role, &all);
     child.expect_line("bound");
     child
-}
-
-/// Accepts the next client, which should be `client`; panics with its diagnostics if not.
-fn accept_from(server: &Server, client: &mut ChildProcess) -> Connection {
-    match server.accept() {
-        Ok(conn) => conn,
-        Err(error) => {
-            let diagnostics = client.diagnostics();
-            panic!("accept failed: {error}; {diagnostics}")
-        }
-    }
 }
 
 /// Echoes for `client` (an `echo_client` child sending `messages` messages) until it hangs
@@ -934,16 +826,6 @@ fn hostile_client_consumer_head_past_tail() {
 
 // =======================================================================================
 // 6. Handshakes from clients that are not ringbell clients.
-
-/// A hello of protocol `version`, as `src/handshake.rs` encodes it: magic, version u16 LE,
-/// kind 1 (hello) u16 LE, status 0 u32 LE.
-fn hello(version: u16) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    bytes[0..8].copy_from_slice(b"RINGBELL");
-    bytes[8..10].copy_from_slice(&version.to_le_bytes());
-    bytes[10..12].copy_from_slice(&1u16.to_le_bytes());
-    bytes
-}
 
 /// Ways a client can get the handshake wrong, each run on a raw Unix stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

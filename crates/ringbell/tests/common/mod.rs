@@ -1,17 +1,22 @@
 //! Helpers for the cross-process suites: child processes that are this very test binary,
-//! a per-test watchdog, a process-wide turn lock, unique socket paths, and deterministic
-//! test data. See the module docs of `cross_process.rs` for how they fit together.
+//! a per-test watchdog, a process-wide turn lock, unique socket paths, write access to a
+//! connection's shared segment for hostile children, and deterministic test data. See the
+//! module docs of `cross_process.rs` for how they fit together.
 
+use std::ffi::c_void;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use ringbell::WaitStrategy;
+use ringbell::{Connection, Server, WaitStrategy};
 use rustix::io::Errno;
+use rustix::mm::MremapFlags;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
 /// The environment variable that turns the test binary into a child: its value is the role.
@@ -24,6 +29,8 @@ pub const WATCHDOG_LIMIT: Duration = Duration::from_secs(120);
 /// How long a child may live at all, in case its parent died without killing it: longer
 /// than any test's watchdog limit.
 const CHILD_LIFETIME_LIMIT: Duration = Duration::from_secs(330);
+/// How long a step that should succeed may take before it is reported as a failure.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Pids of children spawned and not yet reaped: the ones the watchdog kills. A pid stays
 /// here until its child is a zombie that we are about to reap, so it can never name an
@@ -340,8 +347,30 @@ impl Drop for ChildProcess {
     }
 }
 
+/// Accepts the next client, which should be `client`; panics with its diagnostics if not.
+pub fn accept_from(server: &Server, client: &mut ChildProcess) -> Connection {
+    match server.accept() {
+        Ok(conn) => conn,
+        Err(error) => {
+            let diagnostics = client.diagnostics();
+            panic!("accept failed: {error}; {diagnostics}")
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The child's side.
+
+/// `.context("what")?` turns any error into the child's failure message.
+pub trait Context<T> {
+    fn context(self, what: &str) -> Result<T, String>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn context(self, what: &str) -> Result<T, String> {
+        self.map_err(|error| format!("{what}: {error}"))
+    }
+}
 
 /// The role this process was started for, if it is a child.
 pub fn child_role() -> Option<String> {
@@ -404,6 +433,154 @@ pub fn sleep_until_killed() -> ! {
     loop {
         thread::sleep(Duration::from_secs(1));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The shared segment, as a hostile peer sees it.
+
+/// Offsets in the shared segment (see `src/layout.rs`): the ring control blocks start at
+/// 256, each is four 128-byte lines (tail, head, readable cell, writable cell), ring 0
+/// (client → server) is first, and ring data starts at one page.
+pub const RINGS_OFFSET: usize = 256;
+pub const RING_CONTROL_LEN: usize = 4 * 128;
+pub const DATA_OFFSET: usize = 4096;
+pub const CLIENT_TO_SERVER: usize = 0;
+pub const SERVER_TO_CLIENT: usize = 1;
+
+/// An atomic type that [`Scribbler::header_word`] can hand out.
+pub trait HeaderAtomic {
+    /// # Safety
+    ///
+    /// `ptr` must be aligned for `Self` and valid for atomic accesses for `'a`.
+    unsafe fn at<'a>(ptr: *mut u8) -> &'a Self;
+}
+
+impl HeaderAtomic for AtomicU32 {
+    unsafe fn at<'a>(ptr: *mut u8) -> &'a Self {
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU32::from_ptr(ptr.cast()) }
+    }
+}
+
+impl HeaderAtomic for AtomicU64 {
+    unsafe fn at<'a>(ptr: *mut u8) -> &'a Self {
+        // SAFETY: forwarded from the caller.
+        unsafe { AtomicU64::from_ptr(ptr.cast()) }
+    }
+}
+
+/// Write access to a connection's shared segment, as a hostile peer would use it: a
+/// mapping of its own of the same pages, so that it stays valid whatever the connection
+/// does (the connection can be used, even mutably, meanwhile).
+#[derive(Debug)]
+pub struct Scribbler {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl Scribbler {
+    /// Finds the segment of `conn` (this process's only connection) in `/proc/self/maps`
+    /// and maps its pages a second time: mremap(2) with an old size of 0 does that for a
+    /// shared mapping.
+    pub fn find(conn: &Connection) -> Result<Scribbler, String> {
+        let expected_len = DATA_OFFSET + 2 * conn.ring_capacity();
+        let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
+        let lines: Vec<&str> = maps
+            .lines()
+            .filter(|line| line.contains("memfd:ringbell"))
+            .collect();
+        let [line] = lines[..] else {
+            return Err(format!(
+                "expected one ringbell segment mapping, found {lines:?}"
+            ));
+        };
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap_or_default();
+        let permissions = fields.next().unwrap_or_default();
+        let (start, end) = range.split_once('-').ok_or("no address range")?;
+        let start = usize::from_str_radix(start, 16).context("parsing the mapping's start")?;
+        let end = usize::from_str_radix(end, 16).context("parsing the mapping's end")?;
+        if end - start != expected_len || !permissions.starts_with("rw-s") {
+            return Err(format!(
+                "the segment mapping is not {expected_len} writable shared bytes: {line}"
+            ));
+        }
+        // SAFETY: `start` is the page-aligned start of a live shared mapping (the borrowed
+        // connection keeps it mapped during the call). An old size of 0 leaves it alone and
+        // makes a new mapping of the same pages, which only this value unmaps.
+        let base = unsafe {
+            rustix::mm::mremap(start as *mut c_void, 0, expected_len, MremapFlags::MAYMOVE)
+        }
+        .context("mapping the segment a second time")?;
+        let base = NonNull::new(base.cast::<u8>()).ok_or("mremap returned a null mapping")?;
+        Ok(Scribbler {
+            base,
+            len: expected_len,
+        })
+    }
+
+    /// The atomic word of type `A` at `offset` in the segment header.
+    pub fn header_word<A: HeaderAtomic>(&self, offset: usize) -> &A {
+        let size = std::mem::size_of::<A>();
+        assert!(
+            offset % size == 0 && offset + size <= DATA_OFFSET,
+            "a header word"
+        );
+        // SAFETY: `base..base + len` is our own live, writable shared mapping, unmapped only
+        // when `self` is dropped; the word is aligned (the mapping is page-aligned and the
+        // offset a multiple of the word's size) and inside the header, whose words everyone
+        // accesses only atomically.
+        unsafe { A::at(self.base.as_ptr().add(offset)) }
+    }
+
+    /// Stores `value` into the 8-byte word at `offset`, as the peer would.
+    pub fn store_word(&self, offset: usize, value: u64) {
+        // Release, like an honest producer: the bytes written before are visible first.
+        self.header_word::<AtomicU64>(offset)
+            .store(value, Ordering::Release);
+    }
+
+    /// Copies `bytes` into ring data at `offset`.
+    pub fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        assert!(
+            offset >= DATA_OFFSET && offset + bytes.len() <= self.len,
+            "ring data"
+        );
+        // SAFETY: in bounds of our mapping (see `header_word`). Nobody holds a reference to
+        // ring data (the library copies it through raw pointers), and this process's own
+        // producer never writes while a hostile role scribbles, so the copy races with
+        // nothing here.
+        unsafe {
+            ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr().add(offset), bytes.len())
+        };
+    }
+}
+
+impl Drop for Scribbler {
+    fn drop(&mut self) {
+        // SAFETY: `base..base + len` is the mapping `find` made, and every reference
+        // `header_word` handed out borrowed `self`, so none outlives it.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A frame header as the ring writes it (see `src/ring.rs`): length u32 LE, kind byte,
+/// flags, two reserved bytes, correlation id u64 LE.
+pub fn frame_header(len: u32, kind: u8) -> [u8; 16] {
+    let mut header = [0u8; 16];
+    header[0..4].copy_from_slice(&len.to_le_bytes());
+    header[4] = kind;
+    header
+}
+
+/// A hello of protocol `version`, as `src/handshake.rs` encodes it: magic, version u16 LE,
+/// kind 1 (hello) u16 LE, status 0 u32 LE.
+pub fn hello(version: u16) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[0..8].copy_from_slice(b"RINGBELL");
+    bytes[8..10].copy_from_slice(&version.to_le_bytes());
+    bytes[10..12].copy_from_slice(&1u16.to_le_bytes());
+    bytes
 }
 
 // ---------------------------------------------------------------------------------------

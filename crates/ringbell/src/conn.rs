@@ -477,13 +477,7 @@ impl Connection {
                     }
                 };
                 if waited == Waited::TimedOut {
-                    if let Some((total, correlation)) = chunked {
-                        self.rx_partial = Some(PartialMessage {
-                            bytes: std::mem::take(buf),
-                            total,
-                            correlation,
-                        });
-                    }
+                    self.keep_partial(buf, chunked);
                     return Ok(None);
                 }
                 continue;
@@ -499,13 +493,7 @@ impl Connection {
                     Patience::Until(deadline) => deadline.is_some_and(|d| Instant::now() >= d),
                 };
                 if out_of_patience {
-                    if let Some((total, correlation)) = chunked {
-                        self.rx_partial = Some(PartialMessage {
-                            bytes: std::mem::take(buf),
-                            total,
-                            correlation,
-                        });
-                    }
+                    self.keep_partial(buf, chunked);
                     return Ok(None);
                 }
             }
@@ -583,6 +571,18 @@ impl Connection {
                     })
                 }
             }
+        }
+    }
+
+    /// Keeps the part received of a chunked message in progress (its bytes are in `buf`),
+    /// so that the next receive continues it: giving up early must not lose data.
+    fn keep_partial(&mut self, buf: &mut Vec<u8>, chunked: Option<(usize, u64)>) {
+        if let Some((total, correlation)) = chunked {
+            self.rx_partial = Some(PartialMessage {
+                bytes: std::mem::take(buf),
+                total,
+                correlation,
+            });
         }
     }
 

@@ -46,11 +46,10 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    accept_from, bound_child_lifetime, child_role, echo_message, exclusive_test,
-    expect_parent_line, frame_header, hello, number_param, param, random_bytes, report,
-    shared_test, sleep_until_killed, wait_from_name, wait_name, Checksum, ChildProcess, Context,
-    Scribbler, SocketPath, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN,
-    SERVER_TO_CLIENT, WATCHDOG_LIMIT,
+    accept_from, echo_message, exclusive_test, expect_parent_line, frame_header, hello,
+    number_param, param, random_bytes, report, shared_test, sleep_until_killed, wait_from_name,
+    wait_name, Checksum, ChildProcess, Context, Scribbler, SocketPath, CLIENT_TO_SERVER,
+    DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN, SERVER_TO_CLIENT, WATCHDOG_LIMIT,
 };
 use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
 use rustix::event::{poll, PollFd, PollFlags};
@@ -86,21 +85,7 @@ const HEAD_IN_CONTROL: usize = 128;
 /// Runs a child role when this binary was started as a child; an empty test otherwise.
 #[test]
 fn child_entry() {
-    let Some(role) = child_role() else {
-        // An ordinary run. Taking a turn keeps this test from finishing (and libtest from
-        // starting a new test thread) while an exclusive test counts the process's mappings.
-        let _test = shared_test("child_entry");
-        return;
-    };
-    bound_child_lifetime();
-    let code = match run_role(&role) {
-        Ok(()) => 0,
-        Err(message) => {
-            eprintln!("child role `{role}` failed: {message}");
-            1
-        }
-    };
-    std::process::exit(code);
+    common::run_child_entry(run_role);
 }
 
 fn run_role(role: &str) -> Result<(), String> {

@@ -20,10 +20,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    accept_from, bound_child_lifetime, child_role, exclusive_test, expect_parent_line,
-    frame_header, hello, number_param, param, random_bytes, report, shared_test,
-    sleep_until_killed, ChildProcess, Context, Scribbler, SocketPath, CLIENT_TO_SERVER,
-    DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN, SERVER_TO_CLIENT, WATCHDOG_LIMIT,
+    accept_from, exclusive_test, expect_parent_line, frame_header, hello, number_param, param,
+    random_bytes, report, shared_test, sleep_until_killed, ChildProcess, Context, Scribbler,
+    SocketPath, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN,
+    SERVER_TO_CLIENT, WATCHDOG_LIMIT,
 };
 use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
 use rustix::fs::OFlags;
@@ -56,19 +56,7 @@ const ALL_WAITS: [WaitStrategy; 3] = [
 /// Runs a child role when this binary was started as a child; an empty test otherwise.
 #[test]
 fn child_entry() {
-    let Some(role) = child_role() else {
-        let _test = shared_test("child_entry");
-        return;
-    };
-    bound_child_lifetime();
-    let code = match run_role(&role) {
-        Ok(()) => 0,
-        Err(message) => {
-            eprintln!("child role `{role}` failed: {message}");
-            1
-        }
-    };
-    std::process::exit(code);
+    common::run_child_entry(run_role);
 }
 
 fn run_role(role: &str) -> Result<(), String> {

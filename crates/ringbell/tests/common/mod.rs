@@ -372,6 +372,26 @@ impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
     }
 }
 
+/// The body of each test binary's `#[test] fn child_entry`: in an ordinary test run it
+/// does nothing (after taking its turn, so that it does not finish while an exclusive
+/// test counts the process's mappings); in a child spawned by a test it runs the role
+/// named in the environment and exits with 0 on success, 1 on failure.
+pub fn run_child_entry(run_role: fn(&str) -> Result<(), String>) {
+    let Some(role) = child_role() else {
+        let _test = shared_test("child_entry");
+        return;
+    };
+    bound_child_lifetime();
+    let code = match run_role(&role) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("child role `{role}` failed: {message}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
 /// The role this process was started for, if it is a child.
 pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ROLE_ENV).ok()

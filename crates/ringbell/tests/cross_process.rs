@@ -1,5 +1,5 @@
 //! Cross-process integration tests: two real processes talking through a real memfd
-//! segment, real shared futexes, real eventfd doorbells and a real Unix control socket.
+//! segment, real shared futexes, real socket-pair doorbells and a real Unix control socket.
 //!
 //! # How the second process is made
 //!

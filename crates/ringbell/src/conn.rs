@@ -59,6 +59,21 @@ enum Patience {
     NoWait,
 }
 
+/// How far a send has got: payload bytes of a chunked message already in the ring.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SendProgress {
+    bytes: usize,
+}
+
+/// What [`Connection::push_some`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// The whole message is in the ring.
+    Done,
+    /// The ring has no room for the next frame, of `payload` bytes.
+    Full { payload: usize },
+}
+
 /// How many frames one receive handles between two looks at its deadline.
 const FRAMES_PER_DEADLINE_CHECK: u32 = 256;
 
@@ -303,6 +318,30 @@ impl Connection {
         msg: &[u8],
         correlation: u64,
     ) -> Result<(), Error> {
+        self.check_sendable(msg)?;
+        let deadline = self.settings.send_timeout.and_then(wait::deadline_after);
+        let mut sent = SendProgress::default();
+        let result = loop {
+            match self.push_some(msg, correlation, &mut sent) {
+                Ok(Pushed::Done) => break Ok(()),
+                Ok(Pushed::Full { payload }) => match self.wait_for_room(payload, deadline) {
+                    Ok(Waited::Ready) => continue,
+                    Ok(Waited::TimedOut) => break Err(Error::Timeout),
+                    Err(error) => break Err(error),
+                },
+                Err(error) => break Err(error),
+            }
+        };
+        if let Err(error) = &result {
+            self.abandon_send(&sent);
+            self.broken = error.terminal_copy();
+        }
+        result
+    }
+
+    /// The checks before a send: the connection is usable, the message fits the limit, and
+    /// the peer has not said goodbye.
+    pub(crate) fn check_sendable(&mut self, msg: &[u8]) -> Result<(), Error> {
         self.usable()?;
         if msg.len() > self.settings.max_message_size {
             return Err(Error::TooLarge {
@@ -310,101 +349,112 @@ impl Connection {
                 max: self.settings.max_message_size,
             });
         }
-        // SYNC: pairs with the Release store in `Drop`; a closed peer reads nothing more.
-        if self.header().closed[self.side.rx_index()].load(Ordering::Acquire) != 0 {
+        if peer_closed(self.header(), self.side) {
             self.broken = Some(Error::PeerDied);
             return Err(Error::PeerDied);
         }
-        let deadline = self.settings.send_timeout.and_then(wait::deadline_after);
-        let result = self.send_frames(msg, correlation, deadline);
-        if let Err(error) = &result {
-            self.broken = error.terminal_copy();
-        }
-        result
+        Ok(())
     }
 
-    fn send_frames(
+    /// Pushes as many frames of `msg` as fit now, without waiting, continuing from `sent`.
+    /// A message that fits one frame is pushed whole or not at all; a larger one goes in
+    /// full chunks. A pending abort (see [`abandon_send`](Self::abandon_send)) goes first.
+    pub(crate) fn push_some(
         &mut self,
         msg: &[u8],
         correlation: u64,
-        deadline: Option<Instant>,
-    ) -> Result<(), Error> {
+        sent: &mut SendProgress,
+    ) -> Result<Pushed, Error> {
         if self.tx_abort_pending {
-            self.push_frame(FrameKind::Abort, 0, &[], deadline)?;
+            if !self.try_push_frame(FrameKind::Abort, 0, &[])? {
+                return Ok(Pushed::Full { payload: 0 });
+            }
             self.tx_abort_pending = false;
         }
         let max_payload = max_frame_payload(self.segment.capacity());
         if msg.len() <= max_payload {
-            return self.push_frame(FrameKind::Message, correlation, &[msg], deadline);
+            return Ok(if self.try_push_frame(FrameKind::Message, correlation, &[msg])? {
+                Pushed::Done
+            } else {
+                Pushed::Full { payload: msg.len() }
+            });
         }
         // Chunked: the first frame carries the total length, so the receiver can check the
-        // chunks against it and allocate once.
-        let first = max_payload - 8;
-        let total = (msg.len() as u64).to_le_bytes();
-        self.push_frame(
-            FrameKind::First,
-            correlation,
-            &[&total, &msg[..first]],
-            deadline,
-        )?;
-        let mut rest = &msg[first..];
-        while !rest.is_empty() {
+        // chunks against it and allocate once. Every chunk but the last is a full frame.
+        if sent.bytes == 0 {
+            let first = max_payload - 8;
+            let total = (msg.len() as u64).to_le_bytes();
+            if !self.try_push_frame(FrameKind::First, correlation, &[&total, &msg[..first]])? {
+                return Ok(Pushed::Full { payload: max_payload });
+            }
+            sent.bytes = first;
+        }
+        while sent.bytes < msg.len() {
+            let rest = &msg[sent.bytes..];
             let len = rest.len().min(max_payload);
             let kind = if len == rest.len() {
                 FrameKind::Last
             } else {
                 FrameKind::Middle
             };
-            if let Err(error) = self.push_frame(kind, correlation, &[&rest[..len]], deadline) {
-                // Part of the message is in the ring: have the receiver drop it, so that a
-                // timed-out send delivers nothing rather than half a message.
-                self.tx_abort_pending = matches!(error, Error::Timeout);
-                return Err(error);
+            if !self.try_push_frame(kind, correlation, &[&rest[..len]])? {
+                return Ok(Pushed::Full { payload: len });
             }
-            rest = &rest[len..];
+            sent.bytes += len;
         }
-        Ok(())
+        Ok(Pushed::Done)
     }
 
-    /// Pushes one frame, waiting for room, then wakes the peer if it sleeps.
-    fn push_frame(
+    /// Gives up on a send after `sent`: if part of a chunked message is in the ring, the
+    /// next send withdraws it with an abort frame, so the receiver never sees half a
+    /// message.
+    pub(crate) fn abandon_send(&mut self, sent: &SendProgress) {
+        if sent.bytes > 0 {
+            self.tx_abort_pending = true;
+        }
+    }
+
+    /// Pushes one frame if it fits now, and wakes the peer if it sleeps.
+    fn try_push_frame(
         &mut self,
         kind: FrameKind,
         correlation: u64,
         parts: &[&[u8]],
-        deadline: Option<Instant>,
-    ) -> Result<(), Error> {
-        let payload: usize = parts.iter().map(|part| part.len()).sum();
-        loop {
-            if self
-                .tx
-                .try_push(kind, correlation, parts)
-                .map_err(corrupted)?
-            {
-                wake(
-                    &rings(&self.segment, self.side).tx.readable,
-                    &self.peer_doorbell,
-                );
-                return Ok(());
-            }
-            self.publish_received();
-            if peer_closed(self.header(), self.side) {
-                return Err(Error::PeerDied);
-            }
-            let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
-            let waited = wait::wait_until(
-                &self.settings.wait,
-                &rings(&self.segment, side).tx.writable,
-                &OsFutex,
-                deadline,
-                &mut self.peer_check_due,
-                || Ok(tx.has_room(payload).map_err(corrupted)? || peer_closed(header, side)),
-                |thorough| peer_alive(&self.control, header, side, thorough),
-            )?;
-            if waited == Waited::TimedOut {
-                return Err(Error::Timeout);
-            }
+    ) -> Result<bool, Error> {
+        if !self
+            .tx
+            .try_push(kind, correlation, parts)
+            .map_err(corrupted)?
+        {
+            return Ok(false);
         }
+        wake(
+            &rings(&self.segment, self.side).tx.readable,
+            &self.peer_doorbell,
+        );
+        Ok(true)
+    }
+
+    /// Waits under the configured strategy until a frame of `payload` bytes fits.
+    fn wait_for_room(
+        &mut self,
+        payload: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Waited, Error> {
+        self.publish_received();
+        if peer_closed(self.header(), self.side) {
+            return Err(Error::PeerDied);
+        }
+        let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
+        wait::wait_until(
+            &self.settings.wait,
+            &rings(&self.segment, side).tx.writable,
+            &OsFutex,
+            deadline,
+            &mut self.peer_check_due,
+            || Ok(tx.has_room(payload).map_err(corrupted)? || peer_closed(header, side)),
+            |thorough| peer_alive(&self.control, header, side, thorough),
+        )
     }
 
     /// The receive loop shared by `recv` and `try_recv`: returns `None` when patience ran

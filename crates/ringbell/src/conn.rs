@@ -265,8 +265,10 @@ impl Connection {
     pub fn arm_doorbell(&mut self) -> Result<bool, Error> {
         self.usable()?;
         self.publish_received();
-        let rx = &mut self.rx;
-        let mut ready = || rx.has_data().map_err(corrupted);
+        let (rx, header, side) = (&mut self.rx, self.segment.header(), self.side);
+        let mut ready = || -> Result<bool, Error> {
+            Ok(rx.has_data().map_err(corrupted)? || peer_closed(header, side))
+        };
         let armed = !wait::announce(
             rx_readable(&self.segment, self.side),
             wait::SLEEP_DOORBELL,
@@ -275,6 +277,61 @@ impl Connection {
         .inspect_err(|error| self.broken = error.terminal_copy())?;
         self.doorbell_armed = armed;
         Ok(armed)
+    }
+
+    /// Like [`arm_doorbell`](Self::arm_doorbell), for a sender waiting for room for a
+    /// frame of `payload` bytes: returns `false` if it fits already (or the peer has gone).
+    pub(crate) fn arm_send_doorbell(&mut self, payload: usize) -> Result<bool, Error> {
+        self.usable()?;
+        self.publish_received();
+        let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
+        let mut ready = || -> Result<bool, Error> {
+            Ok(tx.has_room(payload).map_err(corrupted)? || peer_closed(header, side))
+        };
+        let cell = &rings(&self.segment, side).tx.writable;
+        let armed = !wait::announce(cell, wait::SLEEP_DOORBELL, &mut ready)
+            .inspect_err(|error| self.broken = error.terminal_copy())?;
+        Ok(armed)
+    }
+
+    /// Whether a frame of `payload` bytes fits in the ring now (a spin-phase check).
+    pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, Error> {
+        self.tx.has_room(payload).map_err(corrupted)
+    }
+
+    /// Whether a frame is waiting to be received (a spin-phase check).
+    pub(crate) fn has_data(&mut self) -> Result<bool, Error> {
+        self.rx.has_data().map_err(corrupted)
+    }
+
+    /// `Err(PeerDied)` if the peer closed or died (one non-blocking syscall).
+    pub(crate) fn ensure_peer_alive(&mut self) -> Result<(), Error> {
+        self.usable()?;
+        peer_alive(&self.control, self.header(), self.side, true)
+            .inspect_err(|error| self.broken = error.terminal_copy())
+    }
+
+    /// Records `error` as the end of the connection if it is terminal, and returns it.
+    pub(crate) fn fail(&mut self, error: Error) -> Error {
+        if self.broken.is_none() {
+            self.broken = error.terminal_copy();
+        }
+        error
+    }
+
+    /// Resets the doorbell after an event-loop wake-up, and withdraws any announcement
+    /// still standing, so the peer stops ringing until we arm again.
+    pub(crate) fn settle_doorbell(&mut self) {
+        let rings = rings(&self.segment, self.side);
+        wait::withdraw(&rings.rx.readable);
+        wait::withdraw(&rings.tx.writable);
+        self.doorbell_armed = false;
+        self.own_doorbell.drain();
+    }
+
+    /// The settings this connection waits with.
+    pub(crate) fn wait_strategy(&self) -> WaitStrategy {
+        self.settings.wait
     }
 
     /// The doorbell: an fd that polls readable after the peer rang it, which it does
@@ -373,11 +430,13 @@ impl Connection {
         }
         let max_payload = max_frame_payload(self.segment.capacity());
         if msg.len() <= max_payload {
-            return Ok(if self.try_push_frame(FrameKind::Message, correlation, &[msg])? {
-                Pushed::Done
-            } else {
-                Pushed::Full { payload: msg.len() }
-            });
+            return Ok(
+                if self.try_push_frame(FrameKind::Message, correlation, &[msg])? {
+                    Pushed::Done
+                } else {
+                    Pushed::Full { payload: msg.len() }
+                },
+            );
         }
         // Chunked: the first frame carries the total length, so the receiver can check the
         // chunks against it and allocate once. Every chunk but the last is a full frame.
@@ -385,7 +444,9 @@ impl Connection {
             let first = max_payload - 8;
             let total = (msg.len() as u64).to_le_bytes();
             if !self.try_push_frame(FrameKind::First, correlation, &[&total, &msg[..first]])? {
-                return Ok(Pushed::Full { payload: max_payload });
+                return Ok(Pushed::Full {
+                    payload: max_payload,
+                });
             }
             sent.bytes = first;
         }

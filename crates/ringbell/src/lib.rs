@@ -65,6 +65,8 @@ mod segment;
 mod server;
 #[cfg(not(loom))]
 mod sys;
+#[cfg(all(feature = "tokio", not(loom)))]
+pub mod tokio;
 
 pub use config::{ClientConfig, ServerConfig, WaitStrategy};
 #[cfg(not(loom))]

@@ -116,6 +116,50 @@ impl Server {
         }
     }
 
+    /// Accepts the next waiting connection without waiting and without a handshake, for the
+    /// async server: `Ok(None)` if none is waiting. Call [`listen_nonblocking`] first.
+    ///
+    /// [`listen_nonblocking`]: Self::listen_nonblocking
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_accept_stream(&self) -> Result<Option<crate::sys::ControlStream>, Error> {
+        match self.listener.accept() {
+            Ok(stream) => Ok(Some(stream)),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(error) => Err(Error::io("accepting a connection", error)),
+        }
+    }
+
+    /// Switches the listening socket to non-blocking accepts (see `try_accept_stream`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn listen_nonblocking(&self) -> Result<(), Error> {
+        self.listener
+            .set_nonblocking()
+            .map_err(|error| Error::io("making the listening socket non-blocking", error))
+    }
+
+    /// The listening socket, for an event loop to poll.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
+
+    /// Runs the handshake on a stream from `try_accept_stream`. Blocking, bounded by the
+    /// handshake timeout; `Ok(None)` for a probe that hung up without a byte.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn handshake(
+        config: &ServerConfig,
+        own_uid: u32,
+        stream: crate::sys::ControlStream,
+    ) -> Result<Option<Connection>, Error> {
+        handshake::serve(stream, config, own_uid)
+    }
+
+    /// This server's uid, admitted by default.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn own_uid(&self) -> u32 {
+        self.own_uid
+    }
+
     /// The socket path the server listens on.
     pub fn path(&self) -> &Path {
         self.listener.path()

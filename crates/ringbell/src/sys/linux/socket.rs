@@ -94,7 +94,14 @@ impl ControlListener {
         })
     }
 
-    /// Waits for the next client.
+    /// Makes [`accept`](Self::accept) return `WouldBlock` instead of waiting, for an event
+    /// loop that polls [`as_fd`](AsFd::as_fd).
+    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
+        self.listener.set_nonblocking(true)
+    }
+
+    /// Waits for the next client (or, after `set_nonblocking`, fails with `WouldBlock`).
+    /// The accepted stream is blocking either way.
     pub(crate) fn accept(&self) -> io::Result<ControlStream> {
         loop {
             match self.listener.accept() {
@@ -108,6 +115,12 @@ impl ControlListener {
     /// The path the listener is bound to.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl AsFd for ControlListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
     }
 }
 

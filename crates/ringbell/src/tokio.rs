@@ -1,0 +1,373 @@
+//! The async API, for programs built on tokio (cargo feature `tokio`, on by default).
+//!
+//! [`AsyncConnection`] is a [`Connection`] whose waits are tokio futures: it spins for the
+//! connection's spin budget like the blocking API, then, instead of sleeping on a futex,
+//! announces that it waits in an event loop and awaits its doorbell fd (and its control
+//! socket, which reports the peer's death) through [`AsyncFd`]. No thread blocks per
+//! connection, and an idle connection costs nothing until the peer rings.
+//!
+//! [`AsyncServer`] accepts connections without blocking the runtime: the handshakes, which
+//! are short blocking exchanges with a deadline, run on tokio's blocking pool, several at
+//! once, so a client that stalls its handshake delays nobody else.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::time::Instant;
+
+use ::tokio::io::unix::AsyncFd;
+use ::tokio::io::Interest;
+use ::tokio::task::JoinSet;
+
+use crate::config::{ClientConfig, ServerConfig, WaitStrategy};
+use crate::conn::{Connection, Pushed, SendProgress};
+use crate::error::Error;
+use crate::server::Server;
+
+/// Handshakes an [`AsyncServer`] runs at once; more clients wait in the kernel's queue.
+const MAX_CONCURRENT_HANDSHAKES: usize = 64;
+
+/// Checks between two yields to the runtime while spinning.
+const SPINS_PER_YIELD: u32 = 64;
+
+/// An fd owned by something else (the [`Connection`] or the [`Server`]), registered with
+/// tokio. Every `AsyncFd<FdRef>` is declared before its owner in the structs below, so it
+/// is deregistered before the fd is closed.
+#[derive(Debug)]
+struct FdRef(RawFd);
+
+impl AsRawFd for FdRef {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Registers `fd` with the current tokio runtime for readability.
+///
+/// # Safety
+///
+/// `fd` must stay open, referring to the same file, until the returned `AsyncFd` is
+/// dropped. The structs here guarantee it by declaring each `AsyncFd` field before the
+/// field that owns its fd (fields drop in declaration order) and never replacing the owner.
+unsafe fn register(fd: RawFd) -> Result<AsyncFd<FdRef>, Error> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { AsyncFd::register_with_interest(FdRef(fd), Interest::READABLE) }
+        .map_err(|error| Error::io("registering an fd with the tokio runtime", error.into()))
+}
+
+/// A message connection whose waits are tokio futures. See the [module docs](self).
+///
+/// Made by [`AsyncConnection::connect`] or [`AsyncServer::accept`]. Both must be called
+/// from within a tokio runtime with IO enabled.
+///
+/// # Cancellation
+///
+/// [`recv`](Self::recv) is cancellation-safe: if its future is dropped before it completes,
+/// no message is lost, and a message that had arrived in part is completed by the next
+/// `recv`. Dropping a [`send`](Self::send) future before it completes sends nothing of a
+/// message that fits one frame, and withdraws a larger message that was partly sent (the
+/// receiver discards the part), so the peer never sees half a message. Hence
+/// `tokio::time::timeout` works on both.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), ringbell::Error> {
+/// use ringbell::tokio::AsyncConnection;
+/// use ringbell::ClientConfig;
+///
+/// let mut conn = AsyncConnection::connect("/tmp/app.sock", ClientConfig::default()).await?;
+/// conn.send(b"ping").await?;
+/// let mut reply = Vec::new();
+/// conn.recv(&mut reply).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct AsyncConnection {
+    doorbell: AsyncFd<FdRef>,
+    control: AsyncFd<FdRef>,
+    inner: Connection,
+}
+
+impl AsyncConnection {
+    /// Connects to the server at `path`. The handshake runs on tokio's blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::connect`].
+    pub async fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let connection = ::tokio::task::spawn_blocking(move || Connection::connect(path, config))
+            .await
+            .map_err(|error| Error::io("running the handshake", std::io::Error::other(error)))??;
+        Self::from_connection(connection)
+    }
+
+    /// Wraps a connection made with the blocking API. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the connection's fds cannot be registered with the runtime.
+    pub fn from_connection(connection: Connection) -> Result<Self, Error> {
+        // SAFETY: both fds are owned by `connection`, which becomes the `inner` field,
+        // declared after `doorbell` and `control`, so it closes them only after both
+        // registrations are gone; a `Connection` never replaces its fds.
+        let (doorbell, control) = unsafe {
+            (
+                register(connection.doorbell_fd().as_raw_fd())?,
+                register(connection.control_fd().as_raw_fd())?,
+            )
+        };
+        Ok(AsyncConnection {
+            doorbell,
+            control,
+            inner: connection,
+        })
+    }
+
+    /// Sends one message, waiting while the ring is full. See the cancellation notes above.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send`], except that there is no send timeout: wrap the future in
+    /// `tokio::time::timeout` instead.
+    pub async fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.send_with_correlation(msg, 0).await
+    }
+
+    pub(crate) async fn send_with_correlation(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+    ) -> Result<(), Error> {
+        self.inner.check_sendable(msg)?;
+        let mut attempt = SendAttempt {
+            connection: &mut self.inner,
+            sent: SendProgress::default(),
+            finished: false,
+        };
+        loop {
+            let payload = match attempt
+                .connection
+                .push_some(msg, correlation, &mut attempt.sent)
+            {
+                Ok(Pushed::Done) => {
+                    attempt.finished = true;
+                    return Ok(());
+                }
+                Ok(Pushed::Full { payload }) => payload,
+                Err(error) => return Err(attempt.connection.fail(error)),
+            };
+            let connection = &mut *attempt.connection;
+            let strategy = connection.wait_strategy();
+            if spin(strategy, || connection.has_room(payload)).await? {
+                continue;
+            }
+            if !attempt.connection.arm_send_doorbell(payload)? {
+                continue;
+            }
+            wait_for_ring(&self.doorbell, &self.control).await?;
+            attempt.connection.settle_doorbell();
+            attempt.connection.ensure_peer_alive()?;
+        }
+    }
+
+    /// Receives the next message into `buf` (replacing its contents) and returns its length.
+    /// Cancellation-safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::recv`], without `Timeout`: wrap the future in
+    /// `tokio::time::timeout` for a deadline.
+    pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, Error> {
+        loop {
+            if let Some(len) = self.inner.try_recv(buf)? {
+                return Ok(len);
+            }
+            let inner = &mut self.inner;
+            let strategy = inner.wait_strategy();
+            if spin(strategy, || inner.has_data()).await? {
+                continue;
+            }
+            if !self.inner.arm_doorbell()? {
+                continue;
+            }
+            wait_for_ring(&self.doorbell, &self.control).await?;
+            // `try_recv` above resets the doorbell and checks the peer when the ring is empty.
+        }
+    }
+
+    /// The blocking connection inside, for its accessors (`max_message_size`, ...).
+    pub fn get_ref(&self) -> &Connection {
+        &self.inner
+    }
+}
+
+/// A send in progress: if its future is dropped before the message is complete, the part
+/// already in the ring is withdrawn.
+struct SendAttempt<'a> {
+    connection: &'a mut Connection,
+    sent: SendProgress,
+    finished: bool,
+}
+
+impl Drop for SendAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.connection.abandon_send(&self.sent);
+        }
+    }
+}
+
+/// Spins under `strategy` until `ready()`; returns whether it became ready. `Spin` spins
+/// until it does, yielding to the runtime now and then; `Adaptive` for its budget; `Block`
+/// not at all.
+async fn spin(
+    strategy: WaitStrategy,
+    mut ready: impl FnMut() -> Result<bool, Error>,
+) -> Result<bool, Error> {
+    let budget = match strategy {
+        WaitStrategy::Spin => None,
+        WaitStrategy::Adaptive { spin } => Some(spin),
+        WaitStrategy::Block => return Ok(false),
+    };
+    let until = budget.map(|budget| Instant::now() + budget);
+    loop {
+        for _ in 0..SPINS_PER_YIELD {
+            if ready()? {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        if until.is_some_and(|until| Instant::now() >= until) {
+            return Ok(false);
+        }
+        if budget.is_none() {
+            ::tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Waits until the doorbell rings or the control socket reports something (the peer's
+/// death, usually), then clears the readiness that fired.
+async fn wait_for_ring(doorbell: &AsyncFd<FdRef>, control: &AsyncFd<FdRef>) -> Result<(), Error> {
+    let io = |error| Error::io("waiting for the doorbell", error);
+    ::tokio::select! {
+        guard = doorbell.readable() => guard.map_err(io)?.clear_ready(),
+        guard = control.readable() => guard.map_err(io)?.clear_ready(),
+    }
+    Ok(())
+}
+
+/// A server for tokio programs. See the [module docs](self).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), ringbell::Error> {
+/// use ringbell::tokio::AsyncServer;
+/// use ringbell::ServerConfig;
+///
+/// let mut server = AsyncServer::bind("/tmp/app.sock", ServerConfig::default())?;
+/// loop {
+///     match server.accept().await {
+///         Ok(mut conn) => {
+///             tokio::spawn(async move {
+///                 let mut buf = Vec::new();
+///                 while conn.recv(&mut buf).await.is_ok() {
+///                     if conn.send(&buf).await.is_err() {
+///                         break;
+///                     }
+///                 }
+///             });
+///         }
+///         Err(error) => eprintln!("refused a client: {error}"),
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct AsyncServer {
+    listener: AsyncFd<FdRef>,
+    handshakes: JoinSet<Result<Option<Connection>, Error>>,
+    server: Server,
+}
+
+impl AsyncServer {
+    /// Binds `path`, as [`Server::bind`]. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::bind`], and [`Error::Io`] if the socket cannot be registered with the
+    /// runtime.
+    pub fn bind(path: impl AsRef<Path>, config: ServerConfig) -> Result<Self, Error> {
+        let server = Server::bind(path, config)?;
+        server.listen_nonblocking()?;
+        // SAFETY: the listening fd is owned by `server`, which becomes the last field, so
+        // it is closed only after the registration is gone.
+        let listener = unsafe { register(server.listener_fd().as_raw_fd())? };
+        Ok(AsyncServer {
+            listener,
+            handshakes: JoinSet::new(),
+            server,
+        })
+    }
+
+    /// Waits for the next client whose handshake succeeds, or fails. Up to 64 handshakes
+    /// run at once on tokio's blocking pool, each bounded by the handshake timeout.
+    /// Cancellation-safe: handshakes under way carry on and are returned by a later call.
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::accept`]: errors about one client leave the server usable.
+    pub async fn accept(&mut self) -> Result<AsyncConnection, Error> {
+        loop {
+            let room = self.handshakes.len() < MAX_CONCURRENT_HANDSHAKES;
+            ::tokio::select! {
+                Some(joined) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    match joined {
+                        Ok(Ok(Some(connection))) => return AsyncConnection::from_connection(connection),
+                        Ok(Ok(None)) => continue,
+                        Ok(Err(error)) => return Err(error),
+                        Err(error) => {
+                            return Err(Error::io("running a handshake", std::io::Error::other(error)))
+                        }
+                    }
+                }
+                guard = self.listener.readable(), if room => {
+                    let mut guard = guard.map_err(|error| Error::io("waiting for clients", error))?;
+                    while self.handshakes.len() < MAX_CONCURRENT_HANDSHAKES {
+                        match self.server.try_accept_stream()? {
+                            Some(stream) => {
+                                let config = self.server.config().clone();
+                                let uid = self.server.own_uid();
+                                self.handshakes.spawn_blocking(move || Server::handshake(&config, uid, stream));
+                            }
+                            None => {
+                                guard.clear_ready();
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The socket path the server listens on.
+    pub fn path(&self) -> &Path {
+        self.server.path()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn async_types_are_send() {
+        fn is_send<T: Send>() {}
+        is_send::<AsyncConnection>();
+        is_send::<AsyncServer>();
+    }
+}

@@ -60,6 +60,7 @@ pub struct ServerConfig {
     pub(crate) handshake_timeout: Duration,
     pub(crate) send_timeout: Option<Duration>,
     pub(crate) allowed_uids: Option<Vec<u32>>,
+    pub(crate) concurrent_requests: usize,
 }
 
 impl ServerConfig {
@@ -70,6 +71,8 @@ impl ServerConfig {
     pub const DEFAULT_RING_CAPACITY: usize = 128 << 10;
     /// Default largest message: 16 MiB.
     pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+    /// Default bound on the requests of one connection handled at once: 64.
+    pub const DEFAULT_CONCURRENT_REQUESTS: usize = 64;
     /// Default time a client has to complete the handshake: 2 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -114,6 +117,14 @@ impl ServerConfig {
         self
     }
 
+    /// How many requests of one connection `AsyncServer::serve` handles at once (default
+    /// 64). Past that it stops reading the connection's requests, its ring fills, and the
+    /// client's calls wait: backpressure, with no task pile-up.
+    pub fn concurrent_requests(mut self, requests: usize) -> Self {
+        self.concurrent_requests = requests.max(1);
+        self
+    }
+
     /// Whether `uid` may connect.
     pub(crate) fn admits(&self, uid: u32, own_uid: u32) -> bool {
         uid == own_uid
@@ -133,6 +144,7 @@ impl Default for ServerConfig {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             send_timeout: None,
             allowed_uids: None,
+            concurrent_requests: Self::DEFAULT_CONCURRENT_REQUESTS,
         }
     }
 }

@@ -227,6 +227,11 @@ impl Connection {
             .map(|received| received.len))
     }
 
+    /// Like [`try_recv`](Self::try_recv), with the correlation id the message was sent with.
+    pub(crate) fn try_recv_tagged(&mut self, buf: &mut Vec<u8>) -> Result<Option<Received>, Error> {
+        self.receive(buf, Patience::NoWait)
+    }
+
     /// Announces that this side is about to wait for a message in an event loop, polling
     /// [`doorbell_fd`](Self::doorbell_fd) for `POLLIN` (and [`control_fd`](Self::control_fd)
     /// for `POLLRDHUP`, which it reports when the peer is gone). Returns `false` if a message arrived

@@ -53,6 +53,12 @@ pub enum Error {
         /// Which value, and its allowed range.
         detail: String,
     },
+    /// The server's handler failed (returned an error or panicked) for this request; the
+    /// connection and other requests are not affected.
+    Handler {
+        /// What the handler reported.
+        message: String,
+    },
     /// The operating system refused an operation; the message says which one.
     Io(io::Error),
 }
@@ -84,6 +90,10 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::InvalidConfig { detail } => write!(f, "invalid configuration: {detail}"),
+            Error::Handler { message } => write!(
+                f,
+                "the server's handler failed for this request ({message}); other requests are unaffected"
+            ),
             Error::Io(error) => write!(f, "{error}"),
         }
     }

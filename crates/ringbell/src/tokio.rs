@@ -21,9 +21,13 @@ use ::tokio::io::Interest;
 use ::tokio::task::JoinSet;
 
 use crate::config::{ClientConfig, ServerConfig, WaitStrategy};
+
+#[path = "tokio_rpc.rs"]
+mod rpc;
 use crate::conn::{Connection, Pushed, SendProgress};
 use crate::error::Error;
 use crate::server::Server;
+pub use rpc::{Client, DEFAULT_MAX_IN_FLIGHT};
 
 /// Handshakes an [`AsyncServer`] runs at once; more clients wait in the kernel's queue.
 const MAX_CONCURRENT_HANDSHAKES: usize = 64;

@@ -168,3 +168,146 @@ async fn dropped_peer_is_reported_to_an_async_receiver() {
         .unwrap();
     assert!(matches!(result, Err(Error::PeerDied)), "{result:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Request/response: `Client::call` and `AsyncServer::serve`.
+
+use ringbell::tokio::Client;
+
+/// A server whose handler answers `reverse(request)` after a delay chosen by the request's
+/// first byte (so replies complete out of order), fails on "fail" and panics on "panic".
+fn spawn_rpc_server(path: &std::path::Path, concurrent: usize) -> tokio::task::JoinHandle<()> {
+    let config = ServerConfig::default()
+        .ring_capacity(4096)
+        .concurrent_requests(concurrent);
+    let server = AsyncServer::bind(path, config).unwrap();
+    tokio::spawn(server.serve(|request: Vec<u8>| async move {
+        match request.as_slice() {
+            b"fail" => return Err("asked to fail".to_owned()),
+            b"panic" => panic!("asked to panic"),
+            _ => {}
+        }
+        let delay = request.first().copied().unwrap_or(0) % 8;
+        tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+        Ok(request.into_iter().rev().collect::<Vec<u8>>())
+    }))
+}
+
+fn reversed(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().rev().copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_one_connection_get_their_own_replies() {
+    let path = socket_path("rpc-concurrent");
+    let server = spawn_rpc_server(&path, 16);
+    let client = Client::connect(&path, ClientConfig::default())
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..400usize)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                // Sizes from a few bytes to beyond the 4 KiB ring; the first byte sets the
+                // handler's delay, so replies come back out of order.
+                let request = message(i, if i % 25 == 0 { 6_000 } else { 1 + i % 200 });
+                let reply = client.call(&request).await.unwrap();
+                assert_eq!(reply, reversed(&request), "call {i}");
+            })
+        })
+        .collect();
+    let all = async {
+        for call in calls {
+            call.await.unwrap();
+        }
+    };
+    tokio::time::timeout(WATCHDOG, all)
+        .await
+        .expect("watchdog: calls hung");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_handler_fails_only_its_own_request() {
+    let path = socket_path("rpc-failures");
+    let server = spawn_rpc_server(&path, 4);
+    let client = Client::connect(&path, ClientConfig::default())
+        .await
+        .unwrap();
+    let check = async {
+        let failed = client.call(b"fail").await;
+        assert!(
+            matches!(&failed, Err(Error::Handler { message }) if message.contains("asked to fail")),
+            "{failed:?}"
+        );
+        let panicked = client.call(b"panic").await;
+        assert!(
+            matches!(panicked, Err(Error::Handler { .. })),
+            "{panicked:?}"
+        );
+        assert_eq!(client.call(b"\x01abc").await.unwrap(), b"cba\x01");
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_does_not_misroute_later_replies() {
+    let path = socket_path("rpc-timeout");
+    let server = spawn_rpc_server(&path, 8);
+    let client = Client::connect(&path, ClientConfig::default())
+        .await
+        .unwrap();
+    let check = async {
+        for round in 0..50u8 {
+            // Delay 7 ms against a 1 ms deadline: usually times out, and its reply then
+            // arrives while the next call waits. (On a loaded machine the reply may win;
+            // either way it must be this call's own reply.)
+            match client
+                .call_timeout(&[7, round], Duration::from_millis(1))
+                .await
+            {
+                Err(Error::Timeout) => {}
+                Ok(reply) => assert_eq!(reply, [round, 7]),
+                Err(other) => panic!("{other:?}"),
+            }
+            let request = [0, round, 42];
+            assert_eq!(client.call(&request).await.unwrap(), reversed(&request));
+        }
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_with_peer_died_when_the_server_goes() {
+    let path = socket_path("rpc-server-gone");
+    let server = spawn_rpc_server(&path, 8);
+    let client = Client::connect(&path, ClientConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(client.call(b"\x00ok").await.unwrap(), b"ko\x00");
+    // Dropping the server task drops every connection it drives. Aborting a task takes
+    // effect at its next await, so a call racing with the abort may still be answered;
+    // soon every call must fail with PeerDied, and never with anything else.
+    server.abort();
+    let _ = server.await;
+    let check = async {
+        for attempt in 0..1_000u32 {
+            match client.call(b"\x00again").await {
+                Ok(reply) => assert_eq!(reply, b"niaga\x00", "attempt {attempt}"),
+                Err(Error::PeerDied) => return,
+                Err(other) => panic!("attempt {attempt}: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("calls still succeed long after the server was dropped");
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+}

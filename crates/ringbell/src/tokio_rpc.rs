@@ -1,0 +1,399 @@
+//! Request/response over one [`AsyncConnection`]: a [`Client`] handle that many tasks can
+//! clone and call through at once, and [`AsyncServer::serve`], which runs a handler for
+//! every request.
+//!
+//! On the wire a request is a message tagged with a correlation id (never 0), and its reply
+//! is a message with the same id whose first byte says whether the handler succeeded
+//! (`0`, the response follows) or failed (`1`, its error message follows). Replies may
+//! come in any order.
+//!
+//! Each connection is driven by one task that never blocks: it moves queued messages into
+//! the ring while they fit, takes whatever has arrived, and otherwise waits on the doorbell
+//! together with its own queues. Bounds everywhere: a client has at most `max_in_flight`
+//! calls outstanding (more callers wait for a slot), and a server runs at most
+//! `concurrent_requests` handlers per connection (past that it stops reading, the ring
+//! fills, and the client's sends wait).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use ::tokio::task::{Id as TaskId, JoinSet};
+
+use super::{AsyncConnection, AsyncServer};
+use crate::config::ClientConfig;
+use crate::conn::{Pushed, SendProgress};
+use crate::error::Error;
+
+/// Reply status byte: the handler's response follows.
+const REPLY_OK: u8 = 0;
+/// Reply status byte: the handler failed; its message follows.
+const REPLY_FAILED: u8 = 1;
+
+/// Default bound on a [`Client`]'s outstanding calls.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
+/// A copy of a connection-ending error for each of the callers it ends.
+fn copy_of(error: &Error) -> Error {
+    error.terminal_copy().unwrap_or(Error::PeerDied)
+}
+
+/// One call on its way to the driver.
+struct Call {
+    request: Vec<u8>,
+    reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    /// Held until the reply arrives: the in-flight bound.
+    permit: OwnedSemaphorePermit,
+}
+
+/// A call sent and waiting for its reply.
+struct Pending {
+    reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A request/response client over one connection. Cheap to clone; every clone calls
+/// through the same connection, with up to `max_in_flight` calls outstanding at once.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), ringbell::Error> {
+/// use ringbell::tokio::Client;
+/// use ringbell::ClientConfig;
+///
+/// let client = Client::connect("/tmp/app.sock", ClientConfig::default()).await?;
+/// let reply = client.call(b"what time is it?").await?;
+/// # let _ = reply;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    calls: mpsc::Sender<Call>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Client {
+    /// Connects to the server at `path` and starts the connection's driver task, with the
+    /// default bound of outstanding calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncConnection::connect`].
+    pub async fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Client, Error> {
+        let connection = AsyncConnection::connect(path, config).await?;
+        Ok(Client::new(connection, DEFAULT_MAX_IN_FLIGHT))
+    }
+
+    /// Starts a driver task for `connection` (on the current tokio runtime) and returns a
+    /// client that allows `max_in_flight` outstanding calls (at least 1).
+    pub fn new(connection: AsyncConnection, max_in_flight: usize) -> Client {
+        let max_in_flight = max_in_flight.max(1);
+        let (calls, queue) = mpsc::channel(max_in_flight);
+        ::tokio::spawn(drive_client(connection, queue));
+        Client {
+            calls,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+
+    /// Sends `request` and waits for its reply. If all slots are taken, waits for one
+    /// first. Dropping the future gives up on the reply (which is then discarded when it
+    /// arrives; it never reaches another caller).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Handler`] if the server's handler failed for this request (the connection
+    /// goes on); [`Error::PeerDied`] or [`Error::Corrupted`] if the connection ended;
+    /// [`Error::TooLarge`] if the request exceeds the connection's maximum.
+    pub async fn call(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::PeerDied)?;
+        let (reply, answer) = oneshot::channel();
+        let call = Call {
+            request: request.to_vec(),
+            reply,
+            permit,
+        };
+        self.calls.send(call).await.map_err(|_| Error::PeerDied)?;
+        answer.await.map_err(|_| Error::PeerDied)?
+    }
+
+    /// [`call`](Self::call) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call), and [`Error::Timeout`] when `timeout` passes first.
+    pub async fn call_timeout(
+        &self,
+        request: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, Error> {
+        ::tokio::time::timeout(timeout, self.call(request))
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+}
+
+/// Messages waiting for room in the ring, in order, and how far the first one has got.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<(u64, Vec<u8>)>,
+    progress: SendProgress,
+}
+
+impl Outbox {
+    /// Moves messages into the ring while they fit. Returns whether any went, and the size
+    /// of the frame that did not fit, if one is waiting.
+    fn flush(&mut self, connection: &mut AsyncConnection) -> Result<(bool, Option<usize>), Error> {
+        let mut moved = false;
+        while let Some((id, message)) = self.queue.front() {
+            match connection.inner.push_some(message, *id, &mut self.progress) {
+                Ok(Pushed::Done) => {
+                    self.queue.pop_front();
+                    self.progress = SendProgress::default();
+                    moved = true;
+                }
+                Ok(Pushed::Full { payload }) => return Ok((moved, Some(payload))),
+                Err(error) => return Err(connection.inner.fail(error)),
+            }
+        }
+        Ok((moved, None))
+    }
+}
+
+/// Arms the doorbell for incoming messages (if `receiving`) and for room (if `blocked`).
+/// Returns `false` if either condition already holds: do not wait, look again.
+fn arm(
+    connection: &mut AsyncConnection,
+    receiving: bool,
+    blocked: Option<usize>,
+) -> Result<bool, Error> {
+    if receiving && !connection.inner.arm_doorbell()? {
+        return Ok(false);
+    }
+    if let Some(payload) = blocked {
+        if !connection.inner.arm_send_doorbell(payload)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The client's driver: one task per connection.
+async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver<Call>) {
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut outbox = Outbox::default();
+    let mut next_id: u64 = 1;
+    let mut buf = Vec::new();
+    let mut callers_left = true;
+    let mut accept = |call: Call, pending: &mut HashMap<u64, Pending>, outbox: &mut Outbox| {
+        let id = next_id;
+        next_id = next_id.wrapping_add(1).max(1);
+        pending.insert(
+            id,
+            Pending {
+                reply: call.reply,
+                _permit: call.permit,
+            },
+        );
+        outbox.queue.push_back((id, call.request));
+    };
+    let ended: Result<(), Error> = async {
+        loop {
+            let mut progressed = false;
+            while let Ok(call) = calls.try_recv() {
+                accept(call, &mut pending, &mut outbox);
+                progressed = true;
+            }
+            let (moved, blocked) = outbox.flush(&mut connection)?;
+            progressed |= moved;
+            while let Some(received) = connection.inner.try_recv_tagged(&mut buf)? {
+                if let Some(waiting) = pending.remove(&received.correlation) {
+                    let _ = waiting.reply.send(decode_reply(&buf));
+                }
+                progressed = true;
+            }
+            if progressed {
+                continue;
+            }
+            if !callers_left && pending.is_empty() && outbox.queue.is_empty() {
+                return Ok(());
+            }
+            if !arm(&mut connection, true, blocked)? {
+                continue;
+            }
+            ::tokio::select! {
+                rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
+                    rung?;
+                    connection.inner.settle_doorbell();
+                    connection.inner.ensure_peer_alive()?;
+                }
+                call = calls.recv(), if callers_left => match call {
+                    Some(call) => accept(call, &mut pending, &mut outbox),
+                    None => callers_left = false,
+                },
+            }
+        }
+    }
+    .await;
+    if let Err(error) = ended {
+        for (_, waiting) in pending.drain() {
+            let _ = waiting.reply.send(Err(copy_of(&error)));
+        }
+        calls.close();
+        while let Ok(call) = calls.try_recv() {
+            let _ = call.reply.send(Err(copy_of(&error)));
+        }
+    }
+}
+
+fn decode_reply(reply: &[u8]) -> Result<Vec<u8>, Error> {
+    match reply.split_first() {
+        Some((&REPLY_OK, response)) => Ok(response.to_vec()),
+        Some((&REPLY_FAILED, message)) => Err(Error::Handler {
+            message: String::from_utf8_lossy(message).into_owned(),
+        }),
+        _ => Err(Error::Corrupted {
+            detail: "a reply has no valid status byte",
+        }),
+    }
+}
+
+fn encode_reply(result: Result<Vec<u8>, String>) -> Vec<u8> {
+    let (status, body) = match result {
+        Ok(response) => (REPLY_OK, response),
+        Err(message) => (REPLY_FAILED, message.into_bytes()),
+    };
+    let mut reply = Vec::with_capacity(body.len() + 1);
+    reply.push(status);
+    reply.extend_from_slice(&body);
+    reply
+}
+
+impl AsyncServer {
+    /// Serves every client with `handler`: each request is passed to it, and what it
+    /// returns is the reply. Runs until its future is dropped, which closes every
+    /// connection it serves (their clients' calls then fail with [`Error::PeerDied`]).
+    ///
+    /// Each connection runs up to [`ServerConfig::concurrent_requests`] handlers at once, as
+    /// tokio tasks; past that the connection's requests wait in its ring, and its client
+    /// feels backpressure. A handler that returns an error or panics becomes an
+    /// [`Error::Handler`] reply for that request only. A client that fails its handshake
+    /// or dies is dropped without affecting the others.
+    ///
+    /// [`ServerConfig::concurrent_requests`]: crate::ServerConfig::concurrent_requests
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::AsyncServer;
+    /// use ringbell::ServerConfig;
+    ///
+    /// let server = AsyncServer::bind("/tmp/app.sock", ServerConfig::default())?;
+    /// server
+    ///     .serve(|request: Vec<u8>| async move {
+    ///         Ok::<_, std::io::Error>(request.into_iter().rev().collect())
+    ///     })
+    ///     .await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn serve<H, F, E>(mut self, handler: H)
+    where
+        H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let limit = self.server.config().concurrent_requests;
+        // The connections' drivers belong to this future: dropping it ends them all.
+        let mut connections = JoinSet::new();
+        loop {
+            ::tokio::select! {
+                accepted = self.accept() => match accepted {
+                    Ok(connection) => {
+                        connections.spawn(drive_server(connection, handler.clone(), limit));
+                    }
+                    Err(Error::Io(_)) => {
+                        // About the listening socket (out of fds, say): pause instead of
+                        // spinning, and keep serving the connections we have.
+                        ::tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    // About one client only.
+                    Err(_) => {}
+                },
+                Some(_finished) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+}
+
+/// The server's driver for one connection.
+async fn drive_server<H, F, E>(mut connection: AsyncConnection, handler: Arc<H>, limit: usize)
+where
+    H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let mut handlers: JoinSet<Result<Vec<u8>, String>> = JoinSet::new();
+    let mut ids: HashMap<TaskId, u64> = HashMap::new();
+    let mut outbox = Outbox::default();
+    let mut buf = Vec::new();
+    let reply = |joined: Result<(TaskId, Result<Vec<u8>, String>), ::tokio::task::JoinError>,
+                 ids: &mut HashMap<TaskId, u64>,
+                 outbox: &mut Outbox| {
+        let (task, result) = match joined {
+            Ok((task, result)) => (task, result),
+            Err(error) => (error.id(), Err("the handler panicked".to_owned())),
+        };
+        if let Some(id) = ids.remove(&task) {
+            outbox.queue.push_back((id, encode_reply(result)));
+        }
+    };
+    let _ended: Result<(), Error> = async {
+        loop {
+            let mut progressed = false;
+            while handlers.len() < limit {
+                let Some(received) = connection.inner.try_recv_tagged(&mut buf)? else {
+                    break;
+                };
+                let work = handler(std::mem::take(&mut buf));
+                let task =
+                    handlers.spawn(async move { work.await.map_err(|error| error.to_string()) });
+                ids.insert(task.id(), received.correlation);
+                progressed = true;
+            }
+            while let Some(joined) = handlers.try_join_next_with_id() {
+                reply(joined, &mut ids, &mut outbox);
+                progressed = true;
+            }
+            let (moved, blocked) = outbox.flush(&mut connection)?;
+            progressed |= moved;
+            if progressed {
+                continue;
+            }
+            let receiving = handlers.len() < limit;
+            if !arm(&mut connection, receiving, blocked)? {
+                continue;
+            }
+            ::tokio::select! {
+                rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
+                    rung?;
+                    connection.inner.settle_doorbell();
+                    connection.inner.ensure_peer_alive()?;
+                }
+                Some(joined) = handlers.join_next_with_id(), if !handlers.is_empty() => {
+                    reply(joined, &mut ids, &mut outbox);
+                }
+            }
+        }
+    }
+    .await;
+    // The client is gone or broke the protocol: its handlers' work is for nobody.
+    handlers.abort_all();
+}

@@ -12,7 +12,9 @@ use crate::sys::ControlListener;
 /// Listens on a Unix socket path and sets up a shared-memory [`Connection`] for each client.
 ///
 /// The socket file is created owner-only (mode 0600) and removed when the server is
-/// dropped. Binding over a socket file left by a dead server replaces it; binding where a
+/// dropped. Binding raises the process's soft limit on open files to its hard limit: a
+/// connection holds three fds on the server. When fds still run out, `accept` returns
+/// [`Error::Io`] ("Too many open files") and the existing connections carry on. Binding over a socket file left by a dead server replaces it; binding where a
 /// live server listens fails with [`Error::AddressInUse`].
 ///
 /// # Examples
@@ -71,6 +73,9 @@ impl Server {
                 detail: "max_message_size must be at least 1 byte".into(),
             });
         }
+        // Each connection holds three fds here; the usual soft limit of 1,024 would stop a
+        // server near 300 clients, long before the hard limit does.
+        crate::sys::raise_open_files_limit();
         let listener = ControlListener::bind(path).map_err(|error| {
             if error.kind() == std::io::ErrorKind::AddrInUse {
                 Error::AddressInUse {

@@ -22,7 +22,7 @@
 //!   `bind(path)` (owner-only, replaces a dead server's socket file, refuses a live one
 //!   with `AddrInUse`), `accept()`, `connect(path)`, `send_with_fds`, `recv_with_fds`,
 //!   `peer_uid()`, `peer_gone()`; the listener removes its socket file on drop.
-//! * `current_uid()`.
+//! * `current_uid()`, and `raise_open_files_limit()` (to the hard limit, for servers).
 //!
 //! Linux is the only backend today; macOS and Windows follow behind the same contract.
 

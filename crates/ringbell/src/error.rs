@@ -59,6 +59,12 @@ pub enum Error {
         /// What the handler reported.
         message: String,
     },
+    /// A typed message could not be encoded, or a received message could not be decoded
+    /// as the expected type (feature `codec`). The connection goes on.
+    Codec {
+        /// What the codec reported.
+        detail: String,
+    },
     /// The operating system refused an operation; the message says which one.
     Io(io::Error),
 }
@@ -90,6 +96,10 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::InvalidConfig { detail } => write!(f, "invalid configuration: {detail}"),
+            Error::Codec { detail } => write!(
+                f,
+                "a typed message could not be encoded or decoded ({detail}); do both sides use the same types?"
+            ),
             Error::Handler { message } => write!(
                 f,
                 "the server's handler failed for this request ({message}); other requests are unaffected"

@@ -53,6 +53,8 @@ mod ring;
 mod sync;
 mod wait;
 
+#[cfg(all(feature = "codec", not(loom)))]
+mod codec;
 #[cfg(not(loom))]
 mod conn;
 #[cfg(not(loom))]

@@ -311,3 +311,41 @@ async fn calls_fail_with_peer_died_when_the_server_goes() {
         .await
         .expect("watchdog");
 }
+
+/// Typed calls (feature `codec`): a request and a reply as serde types, and a reply that
+/// does not decode as the expected type.
+#[cfg(feature = "codec")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_round_trip_and_bad_replies_are_codec_errors() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Open {
+        path: String,
+        line: u32,
+    }
+    let path = socket_path("rpc-typed");
+    let server = AsyncServer::bind(&path, ServerConfig::default()).unwrap();
+    // The handler echoes the request's bytes: a typed request comes back as itself.
+    let server =
+        tokio::spawn(server.serve(|request: Vec<u8>| async move { Ok::<_, String>(request) }));
+    let client = Client::connect(&path, ClientConfig::default())
+        .await
+        .unwrap();
+    let check = async {
+        let request = Open {
+            path: "src/main.rs".into(),
+            line: 42,
+        };
+        let reply: Open = client.call_value(&request).await.unwrap();
+        assert_eq!(reply, request);
+        // The same bytes do not decode as a u8 followed by nothing.
+        let wrong: Result<u8, Error> = client.call_value(&request).await;
+        assert!(matches!(wrong, Err(Error::Codec { .. })), "{wrong:?}");
+        // The connection goes on.
+        let again: Open = client.call_value(&request).await.unwrap();
+        assert_eq!(again, request);
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+    server.abort();
+}

@@ -228,6 +228,7 @@ impl Connection {
     }
 
     /// Like [`try_recv`](Self::try_recv), with the correlation id the message was sent with.
+    #[cfg(feature = "tokio")]
     pub(crate) fn try_recv_tagged(&mut self, buf: &mut Vec<u8>) -> Result<Option<Received>, Error> {
         self.receive(buf, Patience::NoWait)
     }
@@ -286,6 +287,7 @@ impl Connection {
 
     /// Like [`arm_doorbell`](Self::arm_doorbell), for a sender waiting for room for a
     /// frame of `payload` bytes: returns `false` if it fits already (or the peer has gone).
+    #[cfg(feature = "tokio")]
     pub(crate) fn arm_send_doorbell(&mut self, payload: usize) -> Result<bool, Error> {
         self.usable()?;
         self.publish_received();
@@ -300,16 +302,19 @@ impl Connection {
     }
 
     /// Whether a frame of `payload` bytes fits in the ring now (a spin-phase check).
+    #[cfg(feature = "tokio")]
     pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, Error> {
         self.tx.has_room(payload).map_err(corrupted)
     }
 
     /// Whether a frame is waiting to be received (a spin-phase check).
+    #[cfg(feature = "tokio")]
     pub(crate) fn has_data(&mut self) -> Result<bool, Error> {
         self.rx.has_data().map_err(corrupted)
     }
 
     /// `Err(PeerDied)` if the peer closed or died (one non-blocking syscall).
+    #[cfg(feature = "tokio")]
     pub(crate) fn ensure_peer_alive(&mut self) -> Result<(), Error> {
         self.usable()?;
         peer_alive(&self.control, self.header(), self.side, true)
@@ -317,6 +322,7 @@ impl Connection {
     }
 
     /// Records `error` as the end of the connection if it is terminal, and returns it.
+    #[cfg(feature = "tokio")]
     pub(crate) fn fail(&mut self, error: Error) -> Error {
         if self.broken.is_none() {
             self.broken = error.terminal_copy();
@@ -326,6 +332,7 @@ impl Connection {
 
     /// Resets the doorbell after an event-loop wake-up, and withdraws any announcement
     /// still standing, so the peer stops ringing until we arm again.
+    #[cfg(feature = "tokio")]
     pub(crate) fn settle_doorbell(&mut self) {
         let rings = rings(&self.segment, self.side);
         wait::withdraw(&rings.rx.readable);
@@ -335,6 +342,7 @@ impl Connection {
     }
 
     /// The settings this connection waits with.
+    #[cfg(feature = "tokio")]
     pub(crate) fn wait_strategy(&self) -> WaitStrategy {
         self.settings.wait
     }

@@ -96,6 +96,7 @@ impl ControlListener {
 
     /// Makes [`accept`](Self::accept) return `WouldBlock` instead of waiting, for an event
     /// loop that polls [`as_fd`](AsFd::as_fd).
+    #[cfg(feature = "tokio")]
     pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
         self.listener.set_nonblocking(true)
     }

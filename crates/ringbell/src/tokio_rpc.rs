@@ -18,8 +18,9 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use ::tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use ::tokio::task::{Id as TaskId, JoinSet};
 
 use super::{AsyncConnection, AsyncServer};
@@ -129,11 +130,7 @@ impl Client {
     /// # Errors
     ///
     /// As [`call`](Self::call), and [`Error::Timeout`] when `timeout` passes first.
-    pub async fn call_timeout(
-        &self,
-        request: &[u8],
-        timeout: std::time::Duration,
-    ) -> Result<Vec<u8>, Error> {
+    pub async fn call_timeout(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, Error> {
         ::tokio::time::timeout(timeout, self.call(request))
             .await
             .map_err(|_| Error::Timeout)?
@@ -231,8 +228,13 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
             ::tokio::select! {
                 rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
                     rung?;
+                    // The next turn's receive reports the peer's end, after every message
+                    // it sent before it; but a peer that is gone will never make room for
+                    // what we still have to send.
                     connection.inner.settle_doorbell();
-                    connection.inner.ensure_peer_alive()?;
+                    if blocked.is_some() {
+                        connection.inner.ensure_peer_alive()?;
+                    }
                 }
                 call = calls.recv(), if callers_left => match call {
                     Some(call) => accept(call, &mut pending, &mut outbox),
@@ -303,26 +305,68 @@ impl AsyncServer {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn serve<H, F, E>(mut self, handler: H)
+    pub async fn serve<H, F, E>(self, handler: H)
     where
+        H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.serve_until(handler, std::future::pending(), Duration::MAX)
+            .await
+    }
+
+    /// [`serve`](Self::serve) with a graceful shutdown: when `shutdown` completes, the
+    /// server stops accepting (its socket file is removed), stops reading new requests,
+    /// lets the handlers under way finish and sends their replies, for at most `grace`;
+    /// then it closes every connection. A client's calls that were not taken up get
+    /// [`Error::PeerDied`] as soon as its connection closes, never a hang.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::AsyncServer;
+    /// use ringbell::ServerConfig;
+    /// use std::time::Duration;
+    ///
+    /// let server = AsyncServer::bind("/tmp/app.sock", ServerConfig::default())?;
+    /// let ctrl_c = async { tokio::signal::ctrl_c().await.ok(); };
+    /// server
+    ///     .serve_until(
+    ///         |request: Vec<u8>| async move { Ok::<_, std::io::Error>(request) },
+    ///         ctrl_c,
+    ///         Duration::from_secs(5),
+    ///     )
+    ///     .await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn serve_until<H, F, E>(
+        mut self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) where
         H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
         F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
         let handler = Arc::new(handler);
         let limit = self.server.config().concurrent_requests;
+        let (stop, stopping) = watch::channel(false);
         // The connections' drivers belong to this future: dropping it ends them all.
         let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
         loop {
             ::tokio::select! {
+                () = &mut shutdown => break,
                 accepted = self.accept() => match accepted {
                     Ok(connection) => {
-                        connections.spawn(drive_server(connection, handler.clone(), limit));
+                        let driver = drive_server(connection, handler.clone(), limit, stopping.clone());
+                        connections.spawn(driver);
                     }
                     Err(Error::Io(_)) => {
                         // About the listening socket (out of fds, say): pause instead of
                         // spinning, and keep serving the connections we have.
-                        ::tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        ::tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     // About one client only.
                     Err(_) => {}
@@ -330,12 +374,22 @@ impl AsyncServer {
                 Some(_finished) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
+        // Stop accepting: the socket file goes, new clients get "connection refused".
+        drop(self);
+        let _ = stop.send(true);
+        let drained = async { while connections.join_next().await.is_some() {} };
+        let _ = ::tokio::time::timeout(grace, drained).await;
+        // Whatever is left past the grace period is cut off when `connections` drops.
     }
 }
 
 /// The server's driver for one connection.
-async fn drive_server<H, F, E>(mut connection: AsyncConnection, handler: Arc<H>, limit: usize)
-where
+async fn drive_server<H, F, E>(
+    mut connection: AsyncConnection,
+    handler: Arc<H>,
+    limit: usize,
+    mut stopping: watch::Receiver<bool>,
+) where
     H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
@@ -355,10 +409,12 @@ where
             outbox.queue.push_back((id, encode_reply(result)));
         }
     };
+    // Once the server shuts down: no new requests, finish the ones under way.
+    let mut draining = *stopping.borrow();
     let _ended: Result<(), Error> = async {
         loop {
             let mut progressed = false;
-            while handlers.len() < limit {
+            while !draining && handlers.len() < limit {
                 let Some(received) = connection.inner.try_recv_tagged(&mut buf)? else {
                     break;
                 };
@@ -377,19 +433,28 @@ where
             if progressed {
                 continue;
             }
-            let receiving = handlers.len() < limit;
+            if draining && handlers.is_empty() && outbox.queue.is_empty() {
+                return Ok(());
+            }
+            let receiving = !draining && handlers.len() < limit;
             if !arm(&mut connection, receiving, blocked)? {
                 continue;
             }
             ::tokio::select! {
                 rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
                     rung?;
+                    // The next turn's receive reports the peer's end, after every message
+                    // it sent before it; but a peer that is gone will never make room for
+                    // what we still have to send.
                     connection.inner.settle_doorbell();
-                    connection.inner.ensure_peer_alive()?;
+                    if blocked.is_some() {
+                        connection.inner.ensure_peer_alive()?;
+                    }
                 }
                 Some(joined) = handlers.join_next_with_id(), if !handlers.is_empty() => {
                     reply(joined, &mut ids, &mut outbox);
                 }
+                _ = stopping.changed(), if !draining => draining = true,
             }
         }
     }

@@ -349,3 +349,57 @@ async fn typed_calls_round_trip_and_bad_replies_are_codec_errors() {
         .expect("watchdog");
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_calls_under_way_then_closes() {
+    let path = socket_path("rpc-shutdown");
+    let server = AsyncServer::bind(&path, ServerConfig::default()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(8);
+    let serving = tokio::spawn(server.serve_until(
+        move |request: Vec<u8>| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, String>(request)
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+        WATCHDOG,
+    ));
+    let client = Client::connect(&path, ClientConfig::default())
+        .await
+        .unwrap();
+    let check = async {
+        let calls: Vec<_> = (0..3u8)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { client.call(&[i]).await })
+            })
+            .collect();
+        // All three handlers are running: now shut down.
+        for _ in 0..3 {
+            started.recv().await.unwrap();
+        }
+        stop.send(()).unwrap();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(
+                call.await.unwrap().unwrap(),
+                [i as u8],
+                "call {i} under way must finish"
+            );
+        }
+        serving.await.unwrap();
+        let after = client.call(b"late").await;
+        assert!(matches!(after, Err(Error::PeerDied)), "{after:?}");
+        assert!(!path.exists(), "the socket file should be gone");
+        let refused = AsyncConnection::connect(&path, ClientConfig::default()).await;
+        assert!(refused.is_err(), "a new client must be refused");
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+}

@@ -227,6 +227,17 @@ impl Connection {
             .map(|received| received.len))
     }
 
+    /// Like [`recv`](Self::recv), with the correlation id the message was sent with.
+    pub(crate) fn recv_tagged(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Received, Error> {
+        let deadline = timeout.and_then(wait::deadline_after);
+        self.receive(buf, Patience::Until(deadline))?
+            .ok_or(Error::Timeout)
+    }
+
     /// Like [`try_recv`](Self::try_recv), with the correlation id the message was sent with.
     #[cfg(feature = "tokio")]
     pub(crate) fn try_recv_tagged(&mut self, buf: &mut Vec<u8>) -> Result<Option<Received>, Error> {

@@ -62,6 +62,8 @@ mod error;
 #[cfg(not(loom))]
 mod handshake;
 #[cfg(not(loom))]
+mod reply;
+#[cfg(not(loom))]
 mod segment;
 #[cfg(not(loom))]
 mod server;

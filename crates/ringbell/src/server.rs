@@ -165,6 +165,48 @@ impl Server {
         self.own_uid
     }
 
+    /// Serves every client with `handler`, for programs without an async runtime: each
+    /// request is passed to it, and what it returns is the reply, matched to the request
+    /// by correlation id (a [`tokio::Client`](crate::tokio::Client) calls it like the async
+    /// server). Never returns.
+    ///
+    /// Each connection gets a thread that reads its requests one at a time; the handlers
+    /// run on a pool of `min(concurrent_requests, 2 × cores)` worker threads shared by all
+    /// connections, so at most that many run at once. A handler that returns an error or
+    /// panics becomes an error reply for that request only. A client that fails its
+    /// handshake or dies is dropped without affecting the others. For thousands of
+    /// clients, prefer [`AsyncServer::serve`](crate::tokio::AsyncServer::serve): it needs no
+    /// thread per connection.
+    ///
+    /// ```no_run
+    /// use ringbell::{Server, ServerConfig};
+    ///
+    /// let server = Server::bind("/tmp/app.sock", ServerConfig::default())?;
+    /// server.serve(|request: Vec<u8>| Ok::<_, std::io::Error>(request.to_ascii_uppercase()));
+    /// # Ok::<(), ringbell::Error>(())
+    /// ```
+    pub fn serve<H, E>(&self, handler: H) -> !
+    where
+        H: Fn(Vec<u8>) -> Result<Vec<u8>, E> + Send + Sync + 'static,
+        E: std::fmt::Display,
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+        let workers = self.config.concurrent_requests.min(2 * cores).max(1);
+        let pool = WorkerPool::start(workers, handler);
+        loop {
+            match self.accept() {
+                Ok(mut connection) => {
+                    let pool = pool.clone();
+                    std::thread::spawn(move || serve_connection(&mut connection, &pool));
+                }
+                // About the listening socket (out of fds, say): pause instead of spinning.
+                Err(Error::Io(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                // About one client only.
+                Err(_) => {}
+            }
+        }
+    }
+
     /// The socket path the server listens on.
     pub fn path(&self) -> &Path {
         self.listener.path()
@@ -173,5 +215,73 @@ impl Server {
     /// The configuration the server was bound with.
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+}
+
+/// A request for the worker pool, with where to send its reply.
+struct Job {
+    request: Vec<u8>,
+    reply: std::sync::mpsc::Sender<Result<Vec<u8>, String>>,
+}
+
+/// Threads that run a handler on requests from every connection.
+#[derive(Clone)]
+struct WorkerPool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl WorkerPool {
+    fn start<H, E>(workers: usize, handler: H) -> WorkerPool
+    where
+        H: Fn(Vec<u8>) -> Result<Vec<u8>, E> + Send + Sync + 'static,
+        E: std::fmt::Display,
+    {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        let handler = std::sync::Arc::new(handler);
+        for _ in 0..workers {
+            let (queue, handler) = (queue.clone(), handler.clone());
+            std::thread::spawn(move || loop {
+                // The lock is held only while taking a job, not while running it.
+                let job = match queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => return,
+                };
+                let Ok(job) = job else { return };
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(job.request)));
+                let result = match outcome {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err("the handler panicked".to_owned()),
+                };
+                let _ = job.reply.send(result);
+            });
+        }
+        WorkerPool { jobs }
+    }
+}
+
+/// One connection's thread: requests in, through the pool, replies out, until the client
+/// leaves or breaks the protocol.
+fn serve_connection(connection: &mut Connection, pool: &WorkerPool) {
+    let mut buf = Vec::new();
+    let (reply, replies) = std::sync::mpsc::channel();
+    while let Ok(request) = connection.recv_tagged(&mut buf, None) {
+        let job = Job {
+            request: std::mem::take(&mut buf),
+            reply: reply.clone(),
+        };
+        if pool.jobs.send(job).is_err() {
+            return;
+        }
+        let Ok(result) = replies.recv() else { return };
+        let message = crate::reply::encode_reply(result);
+        if connection
+            .send_with_correlation(&message, request.correlation)
+            .is_err()
+        {
+            return;
+        }
     }
 }

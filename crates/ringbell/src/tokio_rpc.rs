@@ -27,11 +27,7 @@ use super::{AsyncConnection, AsyncServer};
 use crate::config::ClientConfig;
 use crate::conn::{Pushed, SendProgress};
 use crate::error::Error;
-
-/// Reply status byte: the handler's response follows.
-const REPLY_OK: u8 = 0;
-/// Reply status byte: the handler failed; its message follows.
-const REPLY_FAILED: u8 = 1;
+use crate::reply::{decode_reply, encode_reply};
 
 /// Default bound on a [`Client`]'s outstanding calls.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -253,29 +249,6 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
             let _ = call.reply.send(Err(copy_of(&error)));
         }
     }
-}
-
-fn decode_reply(reply: &[u8]) -> Result<Vec<u8>, Error> {
-    match reply.split_first() {
-        Some((&REPLY_OK, response)) => Ok(response.to_vec()),
-        Some((&REPLY_FAILED, message)) => Err(Error::Handler {
-            message: String::from_utf8_lossy(message).into_owned(),
-        }),
-        _ => Err(Error::Corrupted {
-            detail: "a reply has no valid status byte",
-        }),
-    }
-}
-
-fn encode_reply(result: Result<Vec<u8>, String>) -> Vec<u8> {
-    let (status, body) = match result {
-        Ok(response) => (REPLY_OK, response),
-        Err(message) => (REPLY_FAILED, message.into_bytes()),
-    };
-    let mut reply = Vec::with_capacity(body.len() + 1);
-    reply.push(status);
-    reply.extend_from_slice(&body);
-    reply
 }
 
 impl AsyncServer {

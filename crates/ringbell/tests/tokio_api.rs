@@ -403,3 +403,60 @@ async fn graceful_shutdown_finishes_calls_under_way_then_closes() {
         .await
         .expect("watchdog");
 }
+
+/// The blocking server (`Server::serve`, worker pool) answers the async client, including
+/// for a failing and a panicking handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_server_serves_async_clients() {
+    let path = socket_path("blocking-serve");
+    let server =
+        ringbell::Server::bind(&path, ServerConfig::default().ring_capacity(4096)).unwrap();
+    std::thread::spawn(move || {
+        server.serve(|request: Vec<u8>| match request.as_slice() {
+            b"fail" => Err("asked to fail".to_owned()),
+            b"panic" => panic!("asked to panic"),
+            _ => Ok(reversed(&request)),
+        })
+    });
+    let check = async {
+        let clients: Vec<_> = (0..4usize)
+            .map(|c| {
+                let path = path.clone();
+                tokio::spawn(async move {
+                    let client = Client::connect(&path, ClientConfig::default())
+                        .await
+                        .unwrap();
+                    let calls: Vec<_> = (0..50usize)
+                        .map(|i| {
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                let request = message(c * 100 + i, 1 + (i * 97) % 6000);
+                                assert_eq!(
+                                    client.call(&request).await.unwrap(),
+                                    reversed(&request)
+                                );
+                            })
+                        })
+                        .collect();
+                    for call in calls {
+                        call.await.unwrap();
+                    }
+                    let failed = client.call(b"fail").await;
+                    assert!(matches!(failed, Err(Error::Handler { .. })), "{failed:?}");
+                    let panicked = client.call(b"panic").await;
+                    assert!(
+                        matches!(panicked, Err(Error::Handler { .. })),
+                        "{panicked:?}"
+                    );
+                    assert_eq!(client.call(b"ok").await.unwrap(), b"ko");
+                })
+            })
+            .collect();
+        for client in clients {
+            client.await.unwrap();
+        }
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+}

@@ -1,0 +1,36 @@
+//! The reply format of request/response, shared by the async client and both servers: a
+//! reply is a message tagged with its request's correlation id, whose first byte says
+//! whether the handler succeeded (its response follows) or failed (its error message
+//! follows).
+
+#[cfg(feature = "tokio")]
+use crate::error::Error;
+
+/// Reply status byte: the handler's response follows.
+const REPLY_OK: u8 = 0;
+/// Reply status byte: the handler failed; its message follows.
+const REPLY_FAILED: u8 = 1;
+
+#[cfg(feature = "tokio")]
+pub(crate) fn decode_reply(reply: &[u8]) -> Result<Vec<u8>, Error> {
+    match reply.split_first() {
+        Some((&REPLY_OK, response)) => Ok(response.to_vec()),
+        Some((&REPLY_FAILED, message)) => Err(Error::Handler {
+            message: String::from_utf8_lossy(message).into_owned(),
+        }),
+        _ => Err(Error::Corrupted {
+            detail: "a reply has no valid status byte",
+        }),
+    }
+}
+
+pub(crate) fn encode_reply(result: Result<Vec<u8>, String>) -> Vec<u8> {
+    let (status, body) = match result {
+        Ok(response) => (REPLY_OK, response),
+        Err(message) => (REPLY_FAILED, message.into_bytes()),
+    };
+    let mut reply = Vec::with_capacity(body.len() + 1);
+    reply.push(status);
+    reply.extend_from_slice(&body);
+    reply
+}

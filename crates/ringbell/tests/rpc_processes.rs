@@ -1,0 +1,157 @@
+//! Request/response across real processes: a client process killed in the middle of its
+//! calls, and a server process killed while calls wait. Children are this test binary run
+//! again (see `common::ChildProcess`); every test has a watchdog.
+
+#![cfg(feature = "tokio")]
+
+#[allow(dead_code)]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    exclusive_test, number_param, param, report, shared_test, sleep_until_killed, ChildProcess,
+    SocketPath,
+};
+use ringbell::tokio::{AsyncServer, Client};
+use ringbell::{ClientConfig, Error, ServerConfig};
+
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+#[test]
+fn child_entry() {
+    common::run_child_entry(run_role);
+}
+
+fn run_role(role: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
+    match role {
+        "rpc_caller" => runtime.block_on(role_rpc_caller()),
+        "rpc_server" => runtime.block_on(role_rpc_server()),
+        other => Err(format!("unknown role {other}")),
+    }
+}
+
+/// Calls without pause, several at once, until killed.
+async fn role_rpc_caller() -> Result<(), String> {
+    let client = Client::connect(param("RB_SOCKET"), ClientConfig::default())
+        .await
+        .map_err(|error| error.to_string())?;
+    for worker in 0..8u8 {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = client.call(&[worker; 100]).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    report("calling");
+    sleep_until_killed()
+}
+
+/// Serves with a handler that takes `RB_HANDLER_MS` per request, until killed.
+async fn role_rpc_server() -> Result<(), String> {
+    let delay = Duration::from_millis(number_param("RB_HANDLER_MS"));
+    let server = AsyncServer::bind(param("RB_SOCKET"), ServerConfig::default())
+        .map_err(|error| error.to_string())?;
+    report("listening");
+    server
+        .serve(move |request: Vec<u8>| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, String>(request)
+        })
+        .await;
+    Ok(())
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
+}
+
+#[test]
+fn a_client_killed_mid_call_is_dropped_and_the_server_serves_the_others() {
+    // Alone in this process: it counts the process's fds.
+    let _test = exclusive_test("a_client_killed_mid_call", WATCHDOG);
+    let socket = SocketPath::new("rpc-killed-client");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = AsyncServer::bind(socket.path(), ServerConfig::default()).unwrap();
+        let serving = tokio::spawn(server.serve(|request: Vec<u8>| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, String>(request)
+        }));
+        let honest = Client::connect(socket.path(), ClientConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(honest.call(b"before").await.unwrap(), b"before");
+        let baseline = open_fds();
+
+        let mut caller = ChildProcess::spawn("rpc_caller", &[("RB_SOCKET", socket.param())]);
+        tokio::task::block_in_place(|| caller.expect_line("calling"));
+        assert!(
+            open_fds() > baseline,
+            "the caller's connection should hold fds here"
+        );
+        caller.kill();
+        // Its pipes to us go too: what remains above the baseline is the server's.
+        drop(caller);
+
+        // The server notices the death, drops the connection and frees its fds; meanwhile
+        // and afterwards the honest client is served.
+        let mut freed = false;
+        for round in 0..2_000u32 {
+            let request = round.to_le_bytes();
+            assert_eq!(honest.call(&request).await.unwrap(), request);
+            if open_fds() == baseline {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            freed,
+            "the dead client's fds were never released: {} open, {baseline} before",
+            open_fds()
+        );
+        serving.abort();
+    });
+}
+
+#[test]
+fn calls_waiting_on_a_killed_server_fail_with_peer_died() {
+    let _test = shared_test("calls_waiting_on_a_killed_server");
+    let socket = SocketPath::new("rpc-killed-server");
+    // Handlers take a minute: the calls are still waiting when the server dies.
+    let mut server = ChildProcess::spawn(
+        "rpc_server",
+        &[
+            ("RB_SOCKET", socket.param()),
+            ("RB_HANDLER_MS", "60000".into()),
+        ],
+    );
+    server.expect_line("listening");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(socket.path(), ClientConfig::default())
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..10u8)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { client.call(&[i]).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let killed_at = Instant::now();
+        tokio::task::block_in_place(|| server.kill());
+        for call in calls {
+            let result = call.await.unwrap();
+            assert!(matches!(result, Err(Error::PeerDied)), "{result:?}");
+        }
+        // Reported, not asserted: timing belongs to benchmarks.
+        eprintln!("all calls failed {:?} after the kill", killed_at.elapsed());
+        let after = client.call(b"after").await;
+        assert!(matches!(after, Err(Error::PeerDied)), "{after:?}");
+    });
+}

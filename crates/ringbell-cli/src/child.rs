@@ -2,9 +2,9 @@
 //! reaped on every path, and the children's side of that bargain (exit with the parent).
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -22,8 +22,20 @@ pub const LISTENING_PREFIX: &str = "listening on ";
 pub struct PeerProcess {
     name: String,
     child: Child,
+    /// Our end of the child's stdin, for children that take commands (see `spawn_talking`).
+    stdin: Option<ChildStdin>,
     /// Reads the child's stdout to the end, so that the child never blocks on a full pipe.
     stdout_drain: Option<JoinHandle<()>>,
+}
+
+/// What a child started with [`PeerProcess::spawn_talking`] printed: a line, then, once, the
+/// end of its output (it exited, or closed its stdout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChildOutput<T> {
+    /// One line of the child's stdout, without its line ending.
+    Line(T, String),
+    /// The child's stdout reached its end.
+    Closed(T),
 }
 
 /// Starts peers from this same executable, each pinned to the peer CPU (if any) and tied
@@ -68,8 +80,63 @@ impl PeerProcess {
         Ok(PeerProcess {
             name: name.to_owned(),
             child,
+            stdin: None,
             stdout_drain: None,
         })
+    }
+
+    /// Starts `command` with its stdin and stdout piped: every line it prints arrives on
+    /// `output` as [`ChildOutput::Line`] tagged with `tag`, then [`ChildOutput::Closed`];
+    /// [`write_line`](Self::write_line) talks to it. Many children can share one channel,
+    /// so that a parent waits for all of them in one place.
+    pub fn spawn_talking<T: Clone + Send + 'static>(
+        name: &str,
+        mut command: Command,
+        tag: T,
+        output: mpsc::Sender<ChildOutput<T>>,
+    ) -> Result<PeerProcess, CliError> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context(format_args!("starting the {name} process"))?;
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        // From here on, `process` kills the child if we return early.
+        let mut process = PeerProcess {
+            name: name.to_owned(),
+            child,
+            stdin,
+            stdout_drain: None,
+        };
+        let stdout = stdout.ok_or_else(|| CliError::new("the child's stdout was not piped"))?;
+        let drain = thread::Builder::new()
+            .name(format!("{name}-stdout"))
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if output.send(ChildOutput::Line(tag.clone(), line)).is_err() {
+                        // Nobody listens any more: the parent is cleaning up, and the
+                        // child is about to be killed.
+                        return;
+                    }
+                }
+                let _ = output.send(ChildOutput::Closed(tag));
+            })
+            .context("starting a thread to read a child's output")?;
+        process.stdout_drain = Some(drain);
+        Ok(process)
+    }
+
+    /// Writes `line` and a newline to the child's stdin (of a child from `spawn_talking`).
+    pub fn write_line(&mut self, line: &str) -> Result<(), CliError> {
+        let name = &self.name;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| CliError::new(format!("the {name} process takes no input")))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .context(format_args!("writing to the {name} process"))
     }
 
     /// Starts `command` and waits until it prints its `listening on …` line.
@@ -87,6 +154,7 @@ impl PeerProcess {
         let mut process = PeerProcess {
             name: name.to_owned(),
             child,
+            stdin: None,
             stdout_drain: None,
         };
         let stdout = stdout.ok_or_else(|| CliError::new("the child's stdout was not piped"))?;
@@ -121,12 +189,12 @@ impl PeerProcess {
         }
     }
 
-    /// `Err` if the child has exited: a caller waiting for it to answer should give up.
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// `Err` if the child has exited: a caller waiting for it to answer should give up.
     pub fn check_alive(&mut self) -> Result<(), CliError> {
         match self.child.try_wait().context("checking a child")? {
             None => Ok(()),

@@ -11,9 +11,7 @@
 //! measured side by side are what to compare.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ringbell::{ClientConfig, Connection, WaitStrategy};
@@ -25,7 +23,10 @@ use crate::error::{CliError, Context};
 use crate::idle::{self, IdleRun};
 use crate::measure;
 use crate::serve::ServeMode;
-use crate::stats::{format_count, format_ratio, LatencyRun, LatencySummary, ThroughputRun};
+use crate::stats::{
+    format_count, format_ratio, print_table, LatencyRun, LatencySummary, ThroughputRun,
+};
+use crate::temp_dir::TempDir;
 use crate::unix_socket::UnixSocketChannel;
 use crate::{WaitArgs, WaitKind};
 
@@ -127,7 +128,7 @@ pub fn run(quick: bool) -> Result<(), CliError> {
     print_plan(&plan);
     println!();
 
-    let workspace = TempDir::create()?;
+    let workspace = TempDir::create("ringbell-demo")?;
     let demo = Demo {
         plan,
         launcher: PeerLauncher::new(peer_cpu)?,
@@ -450,48 +451,6 @@ impl Report {
     }
 }
 
-/// Prints a Markdown table, padded for the terminal: first column left, the rest right.
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let format_row = |cells: &[&str]| {
-        let cells: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(column, (cell, &width))| {
-                if column == 0 {
-                    format!(" {cell:<width$} ")
-                } else {
-                    format!(" {cell:>width$} ")
-                }
-            })
-            .collect();
-        format!("|{}|", cells.join("|"))
-    };
-    println!("{}", format_row(header));
-    let rule: Vec<String> = widths
-        .iter()
-        .enumerate()
-        .map(|(column, &width)| {
-            if column == 0 {
-                format!(":{}", "-".repeat(width + 1))
-            } else {
-                format!("{}:", "-".repeat(width + 1))
-            }
-        })
-        .collect();
-    println!("|{}|", rule.join("|"));
-    for row in &rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        println!("{}", format_row(&cells));
-    }
-}
-
 fn print_machine(cpu_count: usize) {
     let uname = rustix::system::uname();
     println!(
@@ -537,42 +496,4 @@ fn print_plan(plan: &Plan) {
         "         idle CPU: a connected pair left idle for {} s",
         plan.idle.as_secs()
     );
-}
-
-/// A fresh directory for the demo's sockets, removed with everything in it on drop.
-#[derive(Debug)]
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn create() -> Result<TempDir, CliError> {
-        let path = std::env::temp_dir().join(format!("ringbell-demo-{}", std::process::id()));
-        let mut builder = fs::DirBuilder::new();
-        builder.mode(0o700);
-        if let Err(error) = builder.create(&path) {
-            if error.kind() != ErrorKind::AlreadyExists {
-                return Err(error).context(format_args!("creating {}", path.display()));
-            }
-            // Left by an earlier process with our pid that was killed before cleaning up.
-            // (`remove_dir_all` removes a symbolic link itself, never what it points to.)
-            fs::remove_dir_all(&path)
-                .context(format_args!("removing the stale {}", path.display()))?;
-            builder
-                .create(&path)
-                .context(format_args!("creating {}", path.display()))?;
-        }
-        Ok(TempDir { path })
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Nothing better to do with a failure than to leave the directory behind.
-        let _ = fs::remove_dir_all(&self.path);
-    }
 }

@@ -20,7 +20,7 @@ pub struct IdleRun {
 }
 
 /// User plus system CPU time of process `pid` so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64, CliError> {
+pub fn cpu_ticks(pid: u32) -> Result<u64, CliError> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path)
         .map_err(|error| CliError::new(format!("reading {path}: {error}")))?;

@@ -4,7 +4,10 @@
 //! * `demo` needs no set-up: it starts its own servers and peers as child processes and
 //!   prints ringbell's latency and throughput beside the baselines (raw spin, raw futex,
 //!   Unix socket), all measured in the same run.
-//! * The hidden `__shm-peer` and `__uds-peer` are the demo's baseline peers.
+//! * `stress` starts a server and many client processes, makes every client call it many
+//!   times with checked random payloads, and compares ringbell with Unix sockets.
+//! * The hidden `__shm-peer` and `__uds-peer` are the demo's baseline peers;
+//!   `__stress-server` and `__stress-client` are the stress test's processes.
 //!
 //! `main` parses the command line and prints errors; each module does one command.
 
@@ -21,6 +24,8 @@ mod ping;
 mod serve;
 mod shm;
 mod stats;
+mod stress;
+mod temp_dir;
 mod unix_socket;
 
 use std::path::PathBuf;
@@ -70,6 +75,23 @@ enum Command {
     /// spin on shared memory, a raw shared futex and a Unix socket. Prints one table, with
     /// each result as a ratio to the baselines. Takes about a minute; --quick, seconds.
     Demo(DemoArgs),
+    /// Stress a server with many clients in many processes, ringbell against Unix sockets.
+    ///
+    /// Starts one server process and --processes client processes (children of this one,
+    /// killed on every path). The --clients connections are spread over the client
+    /// processes; each connection makes --requests request/response calls with random
+    /// payloads, and every reply is checked. Prints completed/failed/corrupted/lost counts,
+    /// requests per second, latency p50/p99/p99.9, and the server's RSS and fd count
+    /// before, during and after. Without --transport, runs ringbell and then the same load
+    /// over Unix sockets, and prints their ratios. Exits non-zero if any request failed,
+    /// was lost, duplicated or corrupted.
+    Stress(stress::StressArgs),
+    /// Server process of `stress`.
+    #[command(name = "__stress-server", hide = true)]
+    StressServer(StressServerArgs),
+    /// Client process of `stress`.
+    #[command(name = "__stress-client", hide = true)]
+    StressClient(StressClientArgs),
     /// Baseline peer of `demo`: answers a raw ping-pong on an inherited memfd.
     #[command(name = "__shm-peer", hide = true)]
     ShmPeer(ShmPeerArgs),
@@ -235,6 +257,22 @@ struct UdsPeerArgs {
     process: ProcessArgs,
 }
 
+#[derive(Debug, Args)]
+struct StressServerArgs {
+    #[command(flatten)]
+    server: stress::ServerArgs,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
+#[derive(Debug, Args)]
+struct StressClientArgs {
+    #[command(flatten)]
+    client: stress::ClientArgs,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -265,6 +303,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ping::run(&args.path, &plan, &args.wait)
         }
         Command::Demo(args) => demo::run(args.quick),
+        Command::Stress(args) => stress::run(&args),
+        Command::StressServer(args) => {
+            args.process.apply()?;
+            stress::run_server(&args.server)
+        }
+        Command::StressClient(args) => {
+            args.process.apply()?;
+            stress::run_client(&args.client)
+        }
         Command::ShmPeer(args) => {
             let parent = args.process.apply()?;
             baseline::run_peer(args.fd, args.mode, args.count, parent)

@@ -112,6 +112,48 @@ pub fn format_count(value: f64) -> String {
     grouped
 }
 
+/// Prints a Markdown table, padded for the terminal: first column left, the rest right.
+pub fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let format_row = |cells: &[&str]| {
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(column, (cell, &width))| {
+                if column == 0 {
+                    format!(" {cell:<width$} ")
+                } else {
+                    format!(" {cell:>width$} ")
+                }
+            })
+            .collect();
+        format!("|{}|", cells.join("|"))
+    };
+    println!("{}", format_row(header));
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(column, &width)| {
+            if column == 0 {
+                format!(":{}", "-".repeat(width + 1))
+            } else {
+                format!("{}:", "-".repeat(width + 1))
+            }
+        })
+        .collect();
+    println!("|{}|", rule.join("|"));
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        println!("{}", format_row(&cells));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,328 @@
+//! End-to-end runs of `ringbell stress`: real server and client processes, every reply
+//! checked by the tool itself, which must report every request completed and exit 0.
+//!
+//! No assertion looks at a measured time or rate. Every run has two watchdogs: the tool's
+//! own `--timeout`, and a test-side one that kills the tool if even that fails.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+
+const RINGBELL: &str = env!("CARGO_BIN_EXE_ringbell");
+
+/// The tool's own limit for each run: far more than any of these runs needs, even on a
+/// loaded 2-core machine in a debug build.
+const TOOL_TIMEOUT_SECONDS: u64 = 240;
+
+/// The test-side limit: the tool's, plus time for it to clean up.
+const WATCHDOG_LIMIT: Duration = Duration::from_secs(TOOL_TIMEOUT_SECONDS + 60);
+
+/// Runs `ringbell stress <args…> --timeout …` to the end, killing it (and, through their
+/// parent-death signal, its children) if it outlives [`WATCHDOG_LIMIT`].
+fn stress(args: &[&str]) -> Output {
+    let timeout = TOOL_TIMEOUT_SECONDS.to_string();
+    let child = Command::new(RINGBELL)
+        .arg("stress")
+        .args(args)
+        .args(["--timeout", &timeout])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    let (finished_tx, finished_rx) = mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if finished_rx.recv_timeout(WATCHDOG_LIMIT) == Err(RecvTimeoutError::Timeout) {
+            eprintln!("watchdog: `ringbell stress` ran longer than {WATCHDOG_LIMIT:?}; killing it");
+            let _ = kill_process(pid, Signal::KILL);
+        }
+    });
+    let output = child.wait_with_output().unwrap();
+    drop(finished_tx);
+    watchdog.join().unwrap();
+    output
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Asserts a successful run whose every request of `transport` completed correctly.
+fn assert_all_completed(output: &Output, transport: &str, calls: u64) {
+    assert!(output.status.success(), "{}", describe(output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let expected = format!(
+        "result {transport}: completed={calls} failed=0 corrupted=0 lost=0 duplicated=0 \
+         (expected {calls}, server handled {calls})"
+    );
+    assert!(
+        stdout.lines().any(|line| line == expected),
+        "no line {expected:?}\n{}",
+        describe(output)
+    );
+    for label in ["requests/s", "p50 ", "p99 ", "p99.9 ", "RSS ", "fds "] {
+        assert!(stdout.contains(label), "no {label:?}\n{}", describe(output));
+    }
+    assert!(stdout.contains("PASS"), "{}", describe(output));
+}
+
+#[test]
+fn ringbell_100_clients_over_4_processes() {
+    let output = stress(&[
+        "--clients",
+        "100",
+        "--processes",
+        "4",
+        "--requests",
+        "20",
+        "--transport",
+        "ringbell",
+    ]);
+    assert_all_completed(&output, "ringbell", 2_000);
+}
+
+#[test]
+fn unix_sockets_100_clients_over_4_processes() {
+    let output = stress(&[
+        "--clients",
+        "100",
+        "--processes",
+        "4",
+        "--requests",
+        "20",
+        "--transport",
+        "uds",
+    ]);
+    assert_all_completed(&output, "uds", 2_000);
+}
+
+/// The issue's bounded CI run: 1,000 ringbell clients over 10 processes, 20 calls each.
+#[test]
+fn ringbell_1000_clients_over_10_processes() {
+    let output = stress(&[
+        "--clients",
+        "1000",
+        "--processes",
+        "10",
+        "--requests",
+        "20",
+        "--transport",
+        "ringbell",
+    ]);
+    assert_all_completed(&output, "ringbell", 20_000);
+}
+
+/// Without --transport both run and are compared; also varied sizes, several calls in
+/// flight per connection (replies out of order), and rounds against one server.
+#[test]
+fn default_compares_both_transports_with_varied_sizes_concurrency_and_rounds() {
+    let output = stress(&[
+        "--clients",
+        "30",
+        "--processes",
+        "3",
+        "--requests",
+        "40",
+        "--size-range",
+        "0..5000",
+        "--concurrency",
+        "4",
+        "--rounds",
+        "3",
+        "--idle",
+        "1",
+    ]);
+    assert_all_completed(&output, "ringbell", 3_600);
+    assert_all_completed(&output, "uds", 3_600);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for label in [
+        "| ringbell ÷ uds ",
+        "server after round 2 → round 3",
+        "idle clients cost the server",
+    ] {
+        assert!(
+            stdout.contains(label),
+            "no {label:?}\n{}",
+            describe(&output)
+        );
+    }
+}
+
+/// A payload larger than a ring goes through in chunks, and is checked like any other.
+#[test]
+fn payloads_larger_than_the_ring_are_delivered_and_checked() {
+    let output = stress(&[
+        "--clients",
+        "4",
+        "--processes",
+        "2",
+        "--requests",
+        "5",
+        "--size",
+        "100000",
+        "--ring-capacity",
+        "4096",
+        "--transport",
+        "ringbell",
+    ]);
+    assert_all_completed(&output, "ringbell", 20);
+}
+
+/// `--timeout` stops a run that cannot finish: non-zero exit, a clear message, and no
+/// process or socket directory left behind.
+#[test]
+fn timeout_kills_everything_and_fails() {
+    let started = Instant::now();
+    let child = Command::new(RINGBELL)
+        .args([
+            "stress",
+            "--clients",
+            "20",
+            "--processes",
+            "2",
+            "--requests",
+            "100000000",
+            "--transport",
+            "uds",
+            "--timeout",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stress_pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the run was not stopped"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--timeout 2 s"),
+        "no timeout message\n{}",
+        describe(&output)
+    );
+    let workspace = std::env::temp_dir().join(format!("ringbell-stress-{stress_pid}"));
+    assert!(
+        !workspace.exists(),
+        "{} was left behind",
+        workspace.display()
+    );
+    // The children were killed and reaped before the parent exited.
+    let leftovers = processes_mentioning(&workspace);
+    assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+}
+
+/// Processes whose command line mentions `path`.
+fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn bad_options_are_refused_with_a_message() {
+    for args in [
+        &["--size-range", "10..2"][..],
+        &["--ring-capacity", "1000"],
+        &["--transport", "ringbell", "--compare"],
+        &["--clients", "0"],
+    ] {
+        let output = stress(args);
+        assert!(!output.status.success(), "{args:?}: {}", describe(&output));
+        assert!(!output.stderr.is_empty(), "{args:?}: {}", describe(&output));
+    }
+}
+
+/// Runs a small stress with a fault the server injects on every 7th request, and checks
+/// that the run fails, counting the fault where it belongs.
+fn assert_fault_is_caught(transport: &str, fault: &str, expected_count: &str) {
+    let output = stress(&[
+        "--clients",
+        "4",
+        "--processes",
+        "2",
+        "--requests",
+        "10",
+        "--transport",
+        transport,
+        "--call-timeout",
+        "1",
+        "--fault",
+        fault,
+        "--fault-every",
+        "7",
+    ]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result = stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("result {transport}: ")))
+        .unwrap_or_else(|| panic!("no result line\n{}", describe(&output)));
+    // 40 calls, every 7th faulty: 5 faults.
+    assert!(
+        result.contains(expected_count),
+        "expected {expected_count:?} in {result:?}\n{}",
+        describe(&output)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("stress test failed") && !stdout.contains("PASS"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn corrupted_replies_fail_the_run() {
+    assert_fault_is_caught("ringbell", "corrupt", "completed=35 failed=0 corrupted=5");
+    assert_fault_is_caught("uds", "corrupt", "completed=35 failed=0 corrupted=5");
+}
+
+#[test]
+fn failed_calls_fail_the_run() {
+    assert_fault_is_caught(
+        "ringbell",
+        "fail",
+        "completed=35 failed=5 corrupted=0 lost=0",
+    );
+}
+
+#[test]
+fn lost_replies_fail_the_run() {
+    assert_fault_is_caught("uds", "fail", "completed=35 failed=0 corrupted=0 lost=5");
+}
+
+#[test]
+fn duplicated_replies_fail_the_run() {
+    assert_fault_is_caught(
+        "uds",
+        "duplicate",
+        "completed=40 failed=0 corrupted=0 lost=0 duplicated=5",
+    );
+}

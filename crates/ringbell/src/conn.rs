@@ -56,7 +56,12 @@ struct PartialMessage {
 #[derive(Debug, Clone, Copy)]
 enum Patience {
     Until(Option<Instant>),
-    NoWait,
+    /// Return at once; with `check_peer`, make the syscall that notices a peer that died
+    /// without a goodbye when nothing is waiting (an event loop that watches the control
+    /// socket itself does without it).
+    NoWait {
+        check_peer: bool,
+    },
 }
 
 /// How far a send has got: payload bytes of a chunked message already in the ring.
@@ -223,7 +228,7 @@ impl Connection {
     /// As [`recv`](Self::recv), except that it never times out.
     pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<Option<usize>, Error> {
         Ok(self
-            .receive(buf, Patience::NoWait)?
+            .receive(buf, Patience::NoWait { check_peer: true })?
             .map(|received| received.len))
     }
 
@@ -238,10 +243,22 @@ impl Connection {
             .ok_or(Error::Timeout)
     }
 
-    /// Like [`try_recv`](Self::try_recv), with the correlation id the message was sent with.
+    /// Like [`try_recv`](Self::try_recv), with the correlation id the message was sent
+    /// with, for an event-loop driver that manages the doorbell itself (see
+    /// [`settle_doorbell`](Self::settle_doorbell)) and watches the control socket: it
+    /// neither drains the doorbell nor, unless `check_peer`, polls the control socket.
     #[cfg(feature = "tokio")]
-    pub(crate) fn try_recv_tagged(&mut self, buf: &mut Vec<u8>) -> Result<Option<Received>, Error> {
-        self.receive(buf, Patience::NoWait)
+    pub(crate) fn try_recv_tagged(
+        &mut self,
+        buf: &mut Vec<u8>,
+        check_peer: bool,
+    ) -> Result<Option<Received>, Error> {
+        self.usable()?;
+        let result = self.receive_frames(buf, Patience::NoWait { check_peer });
+        if let Err(error) = &result {
+            self.broken = error.terminal_copy();
+        }
+        result
     }
 
     /// Announces that this side is about to wait for a message in an event loop, polling
@@ -341,15 +358,19 @@ impl Connection {
         error
     }
 
-    /// Resets the doorbell after an event-loop wake-up, and withdraws any announcement
-    /// still standing, so the peer stops ringing until we arm again.
+    /// Withdraws any announcement still standing, so the peer stops ringing until we arm
+    /// again, and, if the doorbell rang (`drain`), resets it. A doorbell left rung makes
+    /// the next wait return at once, which then drains it: cheaper than a read that finds
+    /// nothing after every wake-up for another reason.
     #[cfg(feature = "tokio")]
-    pub(crate) fn settle_doorbell(&mut self) {
+    pub(crate) fn settle_doorbell(&mut self, drain: bool) {
         let rings = rings(&self.segment, self.side);
         wait::withdraw(&rings.rx.readable);
         wait::withdraw(&rings.tx.writable);
         self.doorbell_armed = false;
-        self.own_doorbell.drain();
+        if drain {
+            self.own_doorbell.drain();
+        }
     }
 
     /// The settings this connection waits with.
@@ -588,8 +609,9 @@ impl Connection {
                     return Err(Error::PeerDied);
                 }
                 let waited = match patience {
-                    Patience::NoWait => {
-                        if let Err(gone) = peer_alive(&self.control, self.header(), self.side, true)
+                    Patience::NoWait { check_peer } => {
+                        if let Err(gone) =
+                            peer_alive(&self.control, self.header(), self.side, check_peer)
                         {
                             if self.rx.has_data().map_err(corrupted)? {
                                 continue;
@@ -624,7 +646,7 @@ impl Connection {
             frames += 1;
             if frames % FRAMES_PER_DEADLINE_CHECK == 0 {
                 let out_of_patience = match patience {
-                    Patience::NoWait => true,
+                    Patience::NoWait { .. } => true,
                     Patience::Until(deadline) => deadline.is_some_and(|d| Instant::now() >= d),
                 };
                 if out_of_patience {

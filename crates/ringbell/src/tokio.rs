@@ -173,7 +173,7 @@ impl AsyncConnection {
                 continue;
             }
             wait_for_ring(&self.doorbell, &self.control).await?;
-            attempt.connection.settle_doorbell();
+            attempt.connection.settle_doorbell(true);
             attempt.connection.ensure_peer_alive()?;
         }
     }
@@ -254,15 +254,29 @@ async fn spin(
     }
 }
 
+/// Which fd ended a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rung {
+    /// The doorbell: the peer published, or made room.
+    Doorbell,
+    /// The control socket: usually the peer's death.
+    Control,
+}
+
 /// Waits until the doorbell rings or the control socket reports something (the peer's
 /// death, usually), then clears the readiness that fired.
-async fn wait_for_ring(doorbell: &AsyncFd<FdRef>, control: &AsyncFd<FdRef>) -> Result<(), Error> {
+async fn wait_for_ring(doorbell: &AsyncFd<FdRef>, control: &AsyncFd<FdRef>) -> Result<Rung, Error> {
     let io = |error| Error::io("waiting for the doorbell", error);
-    ::tokio::select! {
-        guard = doorbell.readable() => guard.map_err(io)?.clear_ready(),
-        guard = control.readable() => guard.map_err(io)?.clear_ready(),
-    }
-    Ok(())
+    Ok(::tokio::select! {
+        guard = doorbell.readable() => {
+            guard.map_err(io)?.clear_ready();
+            Rung::Doorbell
+        }
+        guard = control.readable() => {
+            guard.map_err(io)?.clear_ready();
+            Rung::Control
+        }
+    })
 }
 
 /// A server for tokio programs. See the [module docs](self).

@@ -229,6 +229,7 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
     let mut outbox = Outbox::default();
     let mut buf = Vec::new();
     let mut callers_left = true;
+    let mut peer_stirred = false;
     let accept = |call: Call, pending: &mut InFlight<Pending>, outbox: &mut Outbox| {
         let id = pending.admit(Pending {
             reply: call.reply,
@@ -245,7 +246,9 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
             }
             let (moved, blocked) = outbox.flush(&mut connection)?;
             progressed |= moved;
-            while let Some(received) = connection.inner.try_recv_tagged(&mut buf)? {
+            // A syscall to check the peer only after its control socket stirred.
+            let check_peer = std::mem::take(&mut peer_stirred);
+            while let Some(received) = connection.inner.try_recv_tagged(&mut buf, check_peer)? {
                 if let Some(waiting) = pending.complete(received.correlation) {
                     let _ = waiting.reply.send(decode_reply(&buf));
                 }
@@ -262,19 +265,25 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
             }
             ::tokio::select! {
                 rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
-                    rung?;
-                    // The next turn's receive reports the peer's end, after every message
-                    // it sent before it; but a peer that is gone will never make room for
-                    // what we still have to send.
-                    connection.inner.settle_doorbell();
-                    if blocked.is_some() {
-                        connection.inner.ensure_peer_alive()?;
+                    let rung = rung?;
+                    connection.inner.settle_doorbell(rung == super::Rung::Doorbell);
+                    if rung == super::Rung::Control {
+                        // The next turn's receive reports the peer's end, after every
+                        // message it sent before it; but a peer that is gone will never
+                        // make room for what we still have to send.
+                        peer_stirred = true;
+                        if blocked.is_some() {
+                            connection.inner.ensure_peer_alive()?;
+                        }
                     }
                 }
-                call = calls.recv(), if callers_left => match call {
-                    Some(call) => accept(call, &mut pending, &mut outbox),
-                    None => callers_left = false,
-                },
+                call = calls.recv(), if callers_left => {
+                    connection.inner.settle_doorbell(false);
+                    match call {
+                        Some(call) => accept(call, &mut pending, &mut outbox),
+                        None => callers_left = false,
+                    }
+                }
             }
         }
     }
@@ -410,6 +419,7 @@ async fn drive_server<H, F, E>(
     let mut ids: HashMap<TaskId, u64> = HashMap::new();
     let mut outbox = Outbox::default();
     let mut buf = Vec::new();
+    let mut peer_stirred = false;
     let reply = |joined: Result<(TaskId, Result<Vec<u8>, String>), ::tokio::task::JoinError>,
                  ids: &mut HashMap<TaskId, u64>,
                  outbox: &mut Outbox| {
@@ -427,7 +437,8 @@ async fn drive_server<H, F, E>(
         loop {
             let mut progressed = false;
             while !draining && handlers.len() < limit {
-                let Some(received) = connection.inner.try_recv_tagged(&mut buf)? else {
+                let check_peer = std::mem::take(&mut peer_stirred);
+                let Some(received) = connection.inner.try_recv_tagged(&mut buf, check_peer)? else {
                     break;
                 };
                 let work = handler(std::mem::take(&mut buf));
@@ -454,19 +465,26 @@ async fn drive_server<H, F, E>(
             }
             ::tokio::select! {
                 rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
-                    rung?;
-                    // The next turn's receive reports the peer's end, after every message
-                    // it sent before it; but a peer that is gone will never make room for
-                    // what we still have to send.
-                    connection.inner.settle_doorbell();
-                    if blocked.is_some() {
-                        connection.inner.ensure_peer_alive()?;
+                    let rung = rung?;
+                    connection.inner.settle_doorbell(rung == super::Rung::Doorbell);
+                    if rung == super::Rung::Control {
+                        // The next turn's receive reports the peer's end, after every
+                        // message it sent before it; but a peer that is gone will never
+                        // make room for what we still have to send.
+                        peer_stirred = true;
+                        if blocked.is_some() {
+                            connection.inner.ensure_peer_alive()?;
+                        }
                     }
                 }
                 Some(joined) = handlers.join_next_with_id(), if !handlers.is_empty() => {
+                    connection.inner.settle_doorbell(false);
                     reply(joined, &mut ids, &mut outbox);
                 }
-                _ = stopping.changed(), if !draining => draining = true,
+                _ = stopping.changed(), if !draining => {
+                    connection.inner.settle_doorbell(false);
+                    draining = true;
+                }
             }
         }
     }

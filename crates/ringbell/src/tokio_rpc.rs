@@ -223,6 +223,28 @@ fn arm(
     Ok(true)
 }
 
+/// What a driver does after its wait ended on `rung`: resets the doorbell if it rang, and
+/// returns whether the control socket stirred, so that the next receive checks the peer.
+/// (That receive reports the peer's end after every message it sent before it; but a peer
+/// that is gone will never make room for what we still have to send, so a blocked sender
+/// checks at once.)
+fn after_ring(
+    connection: &mut AsyncConnection,
+    rung: super::Rung,
+    blocked: Option<usize>,
+) -> Result<bool, Error> {
+    connection
+        .inner
+        .settle_doorbell(rung == super::Rung::Doorbell);
+    if rung == super::Rung::Doorbell {
+        return Ok(false);
+    }
+    if blocked.is_some() {
+        connection.inner.ensure_peer_alive()?;
+    }
+    Ok(true)
+}
+
 /// The client's driver: one task per connection.
 async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver<Call>) {
     let mut pending: InFlight<Pending> = InFlight::default();
@@ -265,17 +287,7 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
             }
             ::tokio::select! {
                 rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
-                    let rung = rung?;
-                    connection.inner.settle_doorbell(rung == super::Rung::Doorbell);
-                    if rung == super::Rung::Control {
-                        // The next turn's receive reports the peer's end, after every
-                        // message it sent before it; but a peer that is gone will never
-                        // make room for what we still have to send.
-                        peer_stirred = true;
-                        if blocked.is_some() {
-                            connection.inner.ensure_peer_alive()?;
-                        }
-                    }
+                    peer_stirred |= after_ring(&mut connection, rung?, blocked)?;
                 }
                 call = calls.recv(), if callers_left => {
                     connection.inner.settle_doorbell(false);
@@ -465,17 +477,7 @@ async fn drive_server<H, F, E>(
             }
             ::tokio::select! {
                 rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
-                    let rung = rung?;
-                    connection.inner.settle_doorbell(rung == super::Rung::Doorbell);
-                    if rung == super::Rung::Control {
-                        // The next turn's receive reports the peer's end, after every
-                        // message it sent before it; but a peer that is gone will never
-                        // make room for what we still have to send.
-                        peer_stirred = true;
-                        if blocked.is_some() {
-                            connection.inner.ensure_peer_alive()?;
-                        }
-                    }
+                    peer_stirred |= after_ring(&mut connection, rung?, blocked)?;
                 }
                 Some(joined) = handlers.join_next_with_id(), if !handlers.is_empty() => {
                     connection.inner.settle_doorbell(false);

@@ -50,6 +50,7 @@ pub(crate) enum Status {
     PermissionDenied = 1,
     UnsupportedVersion = 2,
     ServerError = 3,
+    OutOfResources = 4,
 }
 
 impl Status {
@@ -59,6 +60,7 @@ impl Status {
             1 => Status::PermissionDenied,
             2 => Status::UnsupportedVersion,
             3 => Status::ServerError,
+            4 => Status::OutOfResources,
             _ => return None,
         })
     }
@@ -138,6 +140,18 @@ pub(crate) fn encode_welcome(status: Status, welcome: &Welcome) -> [u8; WELCOME_
     bytes
 }
 
+/// The Welcome that refuses a client because the server is out of fds.
+pub(crate) fn out_of_resources_refusal() -> [u8; WELCOME_LEN] {
+    encode_welcome(
+        Status::OutOfResources,
+        &Welcome {
+            ring_capacity: 0,
+            max_message_size: 0,
+            segment_len: 0,
+        },
+    )
+}
+
 /// Decodes a Welcome. Refusals become the matching error.
 pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error> {
     let prefix_bytes: &[u8; PREFIX_LEN] = bytes[..PREFIX_LEN].try_into().expect("16 bytes");
@@ -158,6 +172,11 @@ pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error
         Status::ServerError => {
             return Err(handshake_error(
                 "the server failed to set up the connection; see its log",
+            ))
+        }
+        Status::OutOfResources => {
+            return Err(handshake_error(
+                "the server is out of file descriptors; try again later, or raise its limit",
             ))
         }
     }
@@ -255,7 +274,14 @@ pub(crate) fn serve(
         match setup() {
             Ok(parts) => parts,
             Err(error) => {
-                refuse(Status::ServerError);
+                if sys::is_out_of_fds(&error) {
+                    refuse(Status::OutOfResources);
+                    tracing::warn!(
+                        "out of file descriptors: refused a client; raise RLIMIT_NOFILE to serve more"
+                    );
+                } else {
+                    refuse(Status::ServerError);
+                }
                 return Err(Error::io("creating the connection's shared memory", error));
             }
         };

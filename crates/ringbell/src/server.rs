@@ -113,7 +113,7 @@ impl Server {
             let control = self
                 .listener
                 .accept()
-                .map_err(|error| Error::io("accepting a connection", error))?;
+                .map_err(|error| self.accept_failed(error))?;
             // A connection closed before its first byte is a liveness probe, not a client.
             if let Some(connection) = handshake::serve(control, &self.config, self.own_uid)? {
                 return Ok(connection);
@@ -130,7 +130,7 @@ impl Server {
         match self.listener.accept() {
             Ok(stream) => Ok(Some(stream)),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-            Err(error) => Err(Error::io("accepting a connection", error)),
+            Err(error) => Err(self.accept_failed(error)),
         }
     }
 
@@ -205,6 +205,23 @@ impl Server {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Turns a failed `accept(2)` into an error, after telling one waiting client that we
+    /// are out of fds (if that is the reason) rather than leaving it to time out.
+    fn accept_failed(&self, error: std::io::Error) -> Error {
+        if crate::sys::is_out_of_fds(&error) {
+            let refused = self
+                .listener
+                .refuse_one(&handshake::out_of_resources_refusal());
+            tracing::warn!(
+                path = %self.path().display(),
+                refused_a_client = refused,
+                "out of file descriptors: refusing new clients, serving the connected ones; \
+                 raise RLIMIT_NOFILE to serve more"
+            );
+        }
+        Error::io("accepting a connection", error)
     }
 
     /// The socket path the server listens on.

@@ -117,3 +117,80 @@ fn out_of_fds_refuses_new_clients_and_keeps_serving_the_others() {
         assert_eq!(buf, b"still here");
     }
 }
+
+/// The server process runs out of fds; a client in another process (with fds to spare)
+/// is told so in the handshake instead of waiting for its connect to time out, and the
+/// clients connected before still get their echoes.
+#[test]
+fn a_client_refused_for_lack_of_fds_is_told_why() {
+    let test = "a_client_refused_for_lack_of_fds_is_told_why";
+    if in_child(test) {
+        // The server: an echo thread per connection, a hard limit it cannot raise.
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(40),
+                maximum: Some(40),
+            },
+        )
+        .unwrap();
+        let server = Server::bind(
+            std::env::var("RB_SOCKET").unwrap(),
+            ServerConfig::default().ring_capacity(4096),
+        )
+        .unwrap();
+        println!("listening");
+        loop {
+            if let Ok(mut connection) = server.accept() {
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    while connection.recv(&mut buf, None).is_ok() {
+                        if connection.send(&buf).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    let path = socket_path("refused");
+    let mut server = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, test)
+        .env("RB_SOCKET", &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+    assert!(lines.any(|line| line.unwrap().contains("listening")));
+    let mut connected = Vec::new();
+    let mut refusal = None;
+    for _ in 0..60 {
+        let config = ClientConfig::default().connect_timeout(Duration::from_secs(10));
+        match Connection::connect(&path, config) {
+            Ok(connection) => connected.push(connection),
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    let outcome = refusal.map(|error| error.to_string());
+    for connection in &mut connected {
+        connection.send(b"echo?").unwrap();
+        let mut buf = Vec::new();
+        connection
+            .recv(&mut buf, Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(buf, b"echo?");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&path);
+    let message = outcome.expect("60 clients fit a server with 40 fds?");
+    assert!(!connected.is_empty(), "nobody was served");
+    assert!(
+        message.contains("out of file descriptors"),
+        "refused with: {message}"
+    );
+}

@@ -22,6 +22,21 @@ use rustix::net::{
 
 use super::io_error;
 
+/// An fd to hold in reserve (see `ControlListener::spare_fd`); `None` if none is left.
+fn open_spare_fd() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
+}
+
+/// Whether `error` says the process or the system ran out of fds.
+pub(crate) fn is_out_of_fds(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(code) if code == Errno::MFILE.raw_os_error() || code == Errno::NFILE.raw_os_error())
+}
+
 /// The time left before `deadline`, or a `TimedOut` error.
 fn remaining(deadline: Instant) -> io::Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
@@ -42,6 +57,10 @@ pub(crate) struct ControlListener {
     path: PathBuf,
     /// Device and inode of the socket file we created, so that drop removes only our own.
     identity: (u64, u64),
+    /// An fd held in reserve: when the process runs out of fds, it is closed for a moment
+    /// so that one waiting client can be accepted, told why it is refused, and closed,
+    /// instead of waiting in the queue until its connect times out.
+    spare_fd: std::sync::Mutex<Option<OwnedFd>>,
 }
 
 impl ControlListener {
@@ -91,6 +110,7 @@ impl ControlListener {
             listener,
             path: path.to_path_buf(),
             identity: (metadata.dev(), metadata.ino()),
+            spare_fd: std::sync::Mutex::new(open_spare_fd()),
         })
     }
 
@@ -111,6 +131,27 @@ impl ControlListener {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Out of fds: spends the spare fd to accept one waiting client, sends it `refusal`,
+    /// closes it, and takes the spare back. Returns whether a client was refused.
+    pub(crate) fn refuse_one(&self, refusal: &[u8]) -> bool {
+        let Ok(mut spare) = self.spare_fd.lock() else {
+            return false;
+        };
+        if spare.take().is_none() {
+            *spare = open_spare_fd();
+            return false;
+        }
+        let refused = match self.listener.accept() {
+            Ok((stream, _)) => {
+                let _ = send(&stream, refusal, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+                true
+            }
+            Err(_) => false,
+        };
+        *spare = open_spare_fd();
+        refused
     }
 
     /// The path the listener is bound to.

@@ -269,8 +269,12 @@ async fn wait_for_ring(doorbell: &AsyncFd<FdRef>, control: &AsyncFd<FdRef>) -> R
     let io = |error| Error::io("waiting for the doorbell", error);
     Ok(::tokio::select! {
         guard = doorbell.readable() => {
-            guard.map_err(io)?.clear_ready();
-            Rung::Doorbell
+            let mut guard = guard.map_err(io)?;
+            // The peer's end of the doorbell closed: the peer is gone. (tokio never clears
+            // this readiness, so treating it as a ring would loop for ever.)
+            let peer_gone = guard.ready().is_read_closed();
+            guard.clear_ready();
+            if peer_gone { Rung::Control } else { Rung::Doorbell }
         }
         guard = control.readable() => {
             guard.map_err(io)?.clear_ready();

@@ -268,14 +268,15 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
             }
             let (moved, blocked) = outbox.flush(&mut connection)?;
             progressed |= moved;
-            // A syscall to check the peer only after its control socket stirred.
-            let check_peer = std::mem::take(&mut peer_stirred);
-            while let Some(received) = connection.inner.try_recv_tagged(&mut buf, check_peer)? {
+            // A syscall to check the peer only after its control socket stirred; the check
+            // runs when the ring is found empty, so the flag stays up until that happens.
+            while let Some(received) = connection.inner.try_recv_tagged(&mut buf, peer_stirred)? {
                 if let Some(waiting) = pending.complete(received.correlation) {
                     let _ = waiting.reply.send(decode_reply(&buf));
                 }
                 progressed = true;
             }
+            peer_stirred = false;
             if progressed {
                 continue;
             }
@@ -449,8 +450,10 @@ async fn drive_server<H, F, E>(
         loop {
             let mut progressed = false;
             while !draining && handlers.len() < limit {
-                let check_peer = std::mem::take(&mut peer_stirred);
-                let Some(received) = connection.inner.try_recv_tagged(&mut buf, check_peer)? else {
+                // As in the client's driver: the peer check runs when the ring is empty.
+                let Some(received) = connection.inner.try_recv_tagged(&mut buf, peer_stirred)?
+                else {
+                    peer_stirred = false;
                     break;
                 };
                 let work = handler(std::mem::take(&mut buf));

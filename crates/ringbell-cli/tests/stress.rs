@@ -262,6 +262,21 @@ fn bad_options_are_refused_with_a_message() {
 /// Runs a small stress with a fault the server injects on every 7th request, and checks
 /// that the run fails, counting the fault where it belongs.
 fn assert_fault_is_caught(transport: &str, fault: &str, expected_count: &str) {
+    assert_fault_result(
+        transport,
+        fault,
+        |result| result.contains(expected_count),
+        expected_count,
+    );
+}
+
+/// Like [`assert_fault_is_caught`], with a predicate on the `result …` line.
+fn assert_fault_result(
+    transport: &str,
+    fault: &str,
+    accept: impl Fn(&str) -> bool,
+    expected: &str,
+) {
     let output = stress(&[
         "--clients",
         "4",
@@ -286,8 +301,8 @@ fn assert_fault_is_caught(transport: &str, fault: &str, expected_count: &str) {
         .unwrap_or_else(|| panic!("no result line\n{}", describe(&output)));
     // 40 calls, every 7th faulty: 5 faults.
     assert!(
-        result.contains(expected_count),
-        "expected {expected_count:?} in {result:?}\n{}",
+        accept(result),
+        "expected {expected:?} in {result:?}\n{}",
         describe(&output)
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -320,9 +335,15 @@ fn lost_replies_fail_the_run() {
 
 #[test]
 fn duplicated_replies_fail_the_run() {
-    assert_fault_is_caught(
+    // A duplicate of a client's last reply may arrive after that client has stopped
+    // reading, and go unseen: 4 or 5 of the 5 are counted, never none.
+    assert_fault_result(
         "uds",
         "duplicate",
-        "completed=40 failed=0 corrupted=0 lost=0 duplicated=5",
+        |result| {
+            result.contains("completed=40 failed=0 corrupted=0 lost=0 duplicated=5")
+                || result.contains("completed=40 failed=0 corrupted=0 lost=0 duplicated=4")
+        },
+        "completed=40 failed=0 corrupted=0 lost=0 duplicated=4 or 5",
     );
 }

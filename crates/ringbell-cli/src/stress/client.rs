@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use ringbell::tokio::{AsyncConnection, Client};
 use ringbell::{ClientConfig, Error};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::BufReader;
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::protocol::{encode_frame, read_frame, verify_reply, ClientReport, Rng, SizeRange};
+use super::protocol::{
+    encode_frame, read_frame, verify_reply, write_frames, ClientReport, Rng, SizeRange,
+};
 use super::{raise_fd_limit, Transport};
 use crate::error::{CliError, Context};
 use crate::stats::record;
@@ -379,23 +381,6 @@ impl Drop for AbandonOnDrop<'_> {
             if let Some(call) = pending.get_mut(&self.id) {
                 *call = Pending::Abandoned;
             }
-        }
-    }
-}
-
-async fn write_frames(write: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
-    let mut writer = BufWriter::new(write);
-    while let Some(frame) = queue.recv().await {
-        if writer.write_all(&frame).await.is_err() {
-            return;
-        }
-        while let Ok(frame) = queue.try_recv() {
-            if writer.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
         }
     }
 }

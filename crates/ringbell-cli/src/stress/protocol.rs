@@ -12,7 +12,7 @@ use std::io;
 use std::str::FromStr;
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::stats::new_histogram;
 
@@ -338,6 +338,28 @@ impl ClientReport {
             }
         }
         Ok(report)
+    }
+}
+
+/// Writes queued frames to the socket, as many as are queued per flush (what a careful
+/// Unix-socket program does), until the queue or the socket closes.
+pub async fn write_frames(
+    write: tokio::net::unix::OwnedWriteHalf,
+    mut queue: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let mut writer = tokio::io::BufWriter::new(write);
+    while let Some(frame) = queue.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = queue.try_recv() {
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
     }
 }
 

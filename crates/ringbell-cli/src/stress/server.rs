@@ -20,13 +20,12 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use ringbell::tokio::AsyncServer;
 use ringbell::ServerConfig;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use super::protocol::{encode_frame, read_frame, reply_to};
+use super::protocol::{encode_frame, read_frame, reply_to, write_frames};
 use super::{raise_fd_limit, Transport};
 use crate::error::{CliError, Context};
 use crate::serve::announce_listening;
@@ -229,23 +228,6 @@ fn corrupted(mut reply: Vec<u8>) -> Vec<u8> {
         *last ^= 0x20;
     }
     reply
-}
-
-async fn write_frames(write: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
-    let mut writer = BufWriter::new(write);
-    while let Some(frame) = queue.recv().await {
-        if writer.write_all(&frame).await.is_err() {
-            return;
-        }
-        while let Ok(frame) = queue.try_recv() {
-            if writer.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Announces that the server listens, then starts the threads that print its progress and

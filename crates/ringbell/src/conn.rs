@@ -816,10 +816,7 @@ fn peer_alive(
     side: Side,
     thorough: bool,
 ) -> Result<(), Error> {
-    // SYNC: pairs with the Release store in `Drop`.
-    if header.closed[side.rx_index()].load(Ordering::Acquire) != 0
-        || (thorough && control.peer_gone())
-    {
+    if peer_closed(header, side) || (thorough && control.peer_gone()) {
         return Err(Error::PeerDied);
     }
     Ok(())
@@ -827,8 +824,8 @@ fn peer_alive(
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // SYNC: pairs with the Acquire loads in `peer_alive` and `send_with_correlation`:
-        // everything we published before is visible to a peer that sees the flag.
+        // SYNC: pairs with the Acquire load in `peer_closed`: everything we published
+        // before is visible to a peer that sees the flag.
         self.header().closed[self.side.tx_index()].store(1, Ordering::Release);
         // Wake the peer wherever it may sleep: waiting for our data or for our room.
         wake(

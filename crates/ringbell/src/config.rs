@@ -111,7 +111,11 @@ impl ServerConfig {
     }
 
     /// Admits clients running as `uid`, in addition to any admitted before. Until this is
-    /// called, only the server's own uid is admitted (root is not special).
+    /// called, only the server's own uid is admitted (root is not special), and the socket
+    /// file is owner-only. Once it is, the socket file is mode 0666 and the server admits
+    /// or refuses each client by its kernel-reported uid (`SO_PEERCRED`), so other users'
+    /// clients get [`Error::PermissionDenied`](crate::Error::PermissionDenied) from the
+    /// server rather than from the file system.
     pub fn allow_uid(mut self, uid: u32) -> Self {
         self.allowed_uids.get_or_insert_with(Vec::new).push(uid);
         self
@@ -123,6 +127,14 @@ impl ServerConfig {
     pub fn concurrent_requests(mut self, requests: usize) -> Self {
         self.concurrent_requests = requests.max(1);
         self
+    }
+
+    /// Whether uids other than the server's own may be admitted, so that the socket file
+    /// must let other users connect.
+    pub(crate) fn admits_other_users(&self) -> bool {
+        self.allowed_uids
+            .as_ref()
+            .is_some_and(|uids| !uids.is_empty())
     }
 
     /// Whether `uid` may connect.

@@ -333,6 +333,14 @@ pub(crate) fn serve(
 pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<Connection, Error> {
     let deadline = handshake_deadline(config.connect_timeout);
     let control = ControlStream::connect(path, deadline).map_err(|error| match error.kind() {
+        // The socket file is owner-only unless the server allows other uids.
+        std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+            detail: format!(
+                "{} is not accessible to uid {}: the server admits only its own uid",
+                path.display(),
+                own_uid()
+            ),
+        },
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Error::io(
             &format!(
                 "connecting to {} (is a ringbell server running there?)",

@@ -12,7 +12,10 @@ use crate::sys::ControlListener;
 /// Listens on a Unix socket path and sets up a shared-memory [`Connection`] for each client.
 ///
 /// The socket file is created owner-only (mode 0600) and removed when the server is
-/// dropped. Binding raises the process's soft limit on open files to its hard limit: a
+/// dropped. With [`ServerConfig::allow_uid`], it is made connectable by every local user
+/// (0666) instead, because a file mode cannot name a list of uids: the server then checks
+/// each client's uid (`SO_PEERCRED`) and refuses the others with
+/// [`Error::PermissionDenied`]. Binding raises the process's soft limit on open files to its hard limit: a
 /// connection holds three fds on the server. When fds still run out, `accept` returns
 /// [`Error::Io`] ("Too many open files") and the existing connections carry on. Binding over a socket file left by a dead server replaces it; binding where a
 /// live server listens fails with [`Error::AddressInUse`].
@@ -76,15 +79,16 @@ impl Server {
         // Each connection holds three fds here; the usual soft limit of 1,024 would stop a
         // server near 300 clients, long before the hard limit does.
         crate::sys::raise_open_files_limit();
-        let listener = ControlListener::bind(path).map_err(|error| {
-            if error.kind() == std::io::ErrorKind::AddrInUse {
-                Error::AddressInUse {
-                    path: path.to_path_buf(),
+        let listener =
+            ControlListener::bind(path, config.admits_other_users()).map_err(|error| {
+                if error.kind() == std::io::ErrorKind::AddrInUse {
+                    Error::AddressInUse {
+                        path: path.to_path_buf(),
+                    }
+                } else {
+                    Error::io(&format!("binding {}", path.display()), error)
                 }
-            } else {
-                Error::io(&format!("binding {}", path.display()), error)
-            }
-        })?;
+            })?;
         Ok(Server {
             listener,
             config,

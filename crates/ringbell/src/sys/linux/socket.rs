@@ -64,10 +64,10 @@ pub(crate) struct ControlListener {
 }
 
 impl ControlListener {
-    /// Binds `path` with mode 0600. A socket file left by a dead server (nobody accepts on
-    /// it) is replaced; a live server gives `AddrInUse`; a path that is not a socket is
-    /// never touched.
-    pub(crate) fn bind(path: &Path) -> io::Result<ControlListener> {
+    /// Binds `path` with mode 0600, or 0666 if `other_users` may connect. A socket file
+    /// left by a dead server (nobody accepts on it) is replaced; a live server gives
+    /// `AddrInUse`; a path that is not a socket is never touched.
+    pub(crate) fn bind(path: &Path, other_users: bool) -> io::Result<ControlListener> {
         let listener = match UnixListener::bind(path) {
             Ok(listener) => listener,
             Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
@@ -98,9 +98,10 @@ impl ControlListener {
             }
             Err(error) => return Err(error),
         };
-        // Tighten the mode at once; SO_PEERCRED checks cover the instant before this.
+        // Set the mode at once; SO_PEERCRED checks cover the instant before this.
+        let mode = if other_users { 0o666 } else { 0o600 };
         let finish = || -> io::Result<std::fs::Metadata> {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
             std::fs::symlink_metadata(path)
         };
         let metadata = finish().inspect_err(|_| {

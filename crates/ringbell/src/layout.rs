@@ -83,8 +83,8 @@ pub(crate) struct SegmentHeader {
 }
 
 impl RingControl {
-    /// A zeroed control block on the heap, for in-process tests and loom models.
-    #[cfg(test)]
+    /// A zeroed control block on the heap, for in-process tests, loom models and the fuzz
+    /// targets (`fuzz_api`), which drive a ring over heap memory.
     pub(crate) fn new_boxed() -> Box<Self> {
         let cell = || {
             CachePadded(WaitCell {

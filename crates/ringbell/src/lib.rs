@@ -72,6 +72,11 @@ mod sys;
 #[cfg(all(feature = "tokio", not(loom)))]
 pub mod tokio;
 
+// Not a stable API: entry points for the fuzz targets and their corpus replay test.
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod fuzz_api;
+
 pub use config::{ClientConfig, ServerConfig, WaitStrategy};
 #[cfg(not(loom))]
 pub use conn::{Connection, IpcTransport};

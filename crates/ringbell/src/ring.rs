@@ -394,6 +394,12 @@ impl Consumer {
         }
     }
 
+    /// Bytes consumed so far: released frames and skipped padding, whether published yet
+    /// or not. The fuzz checks (`fuzz_api`) use it to find where each frame came from.
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
     /// Loads the producer's `tail` and checks it: it may only move forwards, and never more
     /// than a ring's worth past our head.
     fn reload_tail(&mut self) -> Result<(), RingError> {

@@ -1,0 +1,465 @@
+//! Entry points for the fuzz targets in `fuzz/` and for the stable-toolchain test that
+//! replays their corpus (`tests/fuzz_corpus.rs`).
+//!
+//! **Not a stable API.** This module is hidden from the docs and may change or go away in
+//! any release; it exists only so that code outside the crate can reach the `pub(crate)`
+//! decoders and the ring's consumer with bytes it does not control.
+//!
+//! Each function takes arbitrary bytes, must never panic on them, and asserts the
+//! invariants it can check from the outside, so that a broken invariant is a crash the
+//! fuzzer reports, not a silent wrong answer:
+//!
+//! * [`frame_header`]: what [`FrameHeader::decode`] accepts, it reads back byte for byte.
+//! * [`handshake`]: the handshake decoders accept only well-formed messages of the
+//!   expected kind, and what they accept re-encodes to the same bytes.
+//! * [`hostile_ring`]: a [`Consumer`] over a ring whose indices and bytes a hostile
+//!   producer wrote hands out only frames that lie inside the ring and inside what was
+//!   published, in order, and runs dry or fails within a bounded number of steps.
+//! * `codec` (feature `codec`): typed decoding fails cleanly or yields a value that
+//!   round-trips and is no larger, encoded, than the bytes it came from.
+
+#![allow(unsafe_code)]
+
+use std::ptr;
+
+use crate::handshake::{
+    decode_prefix, decode_welcome, encode_prefix, encode_welcome, Kind, Status, PREFIX_LEN,
+    WELCOME_LEN,
+};
+use crate::layout::RingControl;
+use crate::ring::{
+    frame_size, max_frame_payload, Consumer, Frame, FrameHeader, FrameKind, Producer, RawRing,
+    RingError, FRAME_HEADER_LEN, MIN_CAPACITY,
+};
+use crate::sync::Ordering;
+
+/// Decodes the input as a run of 16-byte frame headers (the last one zero-padded) and
+/// checks each verdict against the format in `ring.rs`.
+pub fn frame_header(input: &[u8]) {
+    for chunk in input.chunks(FRAME_HEADER_LEN) {
+        let mut bytes = [0u8; FRAME_HEADER_LEN];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        match FrameHeader::decode(&bytes) {
+            Some(header) => {
+                // Nothing is dropped or invented: the length, kind and correlation id are
+                // the bytes' own, and the reserved bytes were zero.
+                assert_eq!(
+                    header.encode(),
+                    bytes,
+                    "a decoded header re-encodes unchanged"
+                );
+                let size = frame_size(header.len as usize);
+                assert!(size >= FRAME_HEADER_LEN + header.len as usize);
+                assert!(size < FRAME_HEADER_LEN + header.len as usize + 8);
+                assert_eq!(size % 8, 0, "frames stay 8-byte aligned");
+            }
+            None => {
+                let known_kind = matches!(bytes[4], 1..=5 | 0xff);
+                assert!(
+                    !known_kind || bytes[5..8] != [0, 0, 0],
+                    "a header with a known kind and zero reserved bytes was refused"
+                );
+            }
+        }
+    }
+}
+
+/// Decodes the input (zero-padded or cut to 40 bytes) as a Welcome, and its first 16
+/// bytes as the prefix of each kind of handshake message.
+pub fn handshake(input: &[u8]) {
+    let mut welcome = [0u8; WELCOME_LEN];
+    let used = input.len().min(WELCOME_LEN);
+    welcome[..used].copy_from_slice(&input[..used]);
+    let mut prefix = [0u8; PREFIX_LEN];
+    prefix.copy_from_slice(&welcome[..PREFIX_LEN]);
+
+    for expected in [Kind::Hello, Kind::Welcome, Kind::Ack] {
+        match decode_prefix(&prefix, expected) {
+            Ok(decoded) => {
+                assert_eq!(
+                    decoded.kind, expected,
+                    "a prefix of another kind was accepted"
+                );
+                assert_eq!(decoded.version, u16::from_le_bytes([prefix[8], prefix[9]]));
+                // The version is returned, not checked; every other byte must be exactly
+                // what we would send for this kind and status.
+                let reencoded = encode_prefix(decoded.kind, decoded.status);
+                assert_eq!(reencoded[..8], prefix[..8], "the magic was not checked");
+                assert_eq!(reencoded[10..], prefix[10..], "kind or status misread");
+            }
+            Err(error) => assert!(!error.to_string().is_empty()),
+        }
+    }
+
+    match decode_welcome(&welcome) {
+        // An accepted Welcome has our version and the Accepted status, so encoding it
+        // again must reproduce all 40 bytes.
+        Ok(decoded) => assert_eq!(
+            encode_welcome(Status::Accepted, &decoded),
+            welcome,
+            "a decoded Welcome re-encodes unchanged"
+        ),
+        Err(error) => assert!(!error.to_string().is_empty()),
+    }
+}
+
+/// Decodes the input as several typed messages, as `recv_value` would, and checks that
+/// every success round-trips.
+#[cfg(feature = "codec")]
+pub fn codec(input: &[u8]) {
+    use std::collections::BTreeMap;
+
+    codec_round_trip::<(String, Vec<u64>, Option<(u32, String)>)>(input);
+    codec_round_trip::<Vec<Vec<u8>>>(input);
+    codec_round_trip::<BTreeMap<String, (i64, bool)>>(input);
+    codec_round_trip::<(u128, i16, char, Option<()>, Result<u8, String>)>(input);
+}
+
+#[cfg(feature = "codec")]
+fn codec_round_trip<T>(input: &[u8])
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let Ok(value) = crate::codec::decode::<T>(input) else {
+        return;
+    };
+    let encoded = crate::codec::encode(&value).expect("a decoded value encodes");
+    // postcard accepts over-long varints but writes the shortest form, so a value is never
+    // larger encoded than the bytes it was decoded from: the input bounds what it holds.
+    assert!(
+        encoded.len() <= input.len(),
+        "a value decoded from {} bytes encodes to {}",
+        input.len(),
+        encoded.len()
+    );
+    assert_eq!(crate::codec::decode::<T>(&encoded).ok(), Some(value));
+}
+
+/// Runs a [`Consumer`] against a hostile producer scripted by the input.
+///
+/// The script, in fixed-width little-endian fields (reading as zero past the input's end,
+/// so that every input is a whole script):
+///
+/// ```text
+/// u8    ring capacity: 256 << (byte % 9), so 256 B ..= 64 KiB
+/// u8    honest warm-up frames (byte % 8), then for each a u16 payload length
+///       (modulo the largest frame + 1): moves the consumer to any position in the ring
+/// then, up to 8 hostile rounds while input remains:
+/// u8    how the tail is chosen, then its field:
+///         0: u16, the consumer's head + (value % (capacity + 1))   (a plausible tail)
+///         1: u32, the consumer's head + value                       (may overrun the ring)
+///         2: u64, taken as it is                                    (anything)
+///         3: u8,  the previous tail - value                         (moves backwards)
+/// u16   how many bytes follow (modulo capacity + 1); they are copied into the ring from
+///       the consumer's position on, wrapping at the end, so they are what it reads next
+/// ```
+///
+/// After each round the consumer reads until it runs dry or reports an error, which ends
+/// the run (a real connection is closed then).
+pub fn hostile_ring(input: &[u8]) {
+    let mut script = Script { rest: input };
+    let capacity = MIN_CAPACITY << (script.u8() % 9);
+    let ring = HeapRing::new(capacity);
+    let mut consumer = Consumer::new(ring.raw());
+    let mut checker = ConsumerChecker {
+        ring: &ring,
+        highest_tail: 0,
+    };
+
+    if let Err(error) = checker.warm_up(&mut script, &mut consumer) {
+        panic!("an honest producer's frames were refused: {error:?}");
+    }
+
+    let mut tail = checker.highest_tail;
+    for _ in 0..8 {
+        if script.rest.is_empty() {
+            break;
+        }
+        let head = consumer.head();
+        tail = match script.u8() % 4 {
+            0 => head + u64::from(script.u16()) % (capacity as u64 + 1),
+            1 => head + u64::from(script.u32()),
+            2 => script.u64(),
+            _ => tail.wrapping_sub(u64::from(script.u8())),
+        };
+        let fill_len = usize::from(script.u16()) % (capacity + 1);
+        let fill = script.take(fill_len);
+        ring.write_wrapping(ring.position(head), fill);
+        // SYNC: pairs with the Acquire load of `tail` in `Consumer::reload_tail`, as an
+        // honest producer's store does (here everything runs on one thread anyway).
+        ring.control.tail.store(tail, Ordering::Release);
+        checker.highest_tail = checker.highest_tail.max(tail);
+        if checker.drain(&mut consumer).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads fixed-width little-endian fields off the front of the fuzzer's input; past its
+/// end every field is zero.
+struct Script<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Script<'a> {
+    /// Up to `len` bytes, fewer if the input runs out.
+    fn take(&mut self, len: usize) -> &'a [u8] {
+        let (taken, rest) = self.rest.split_at(len.min(self.rest.len()));
+        self.rest = rest;
+        taken
+    }
+
+    fn field<const N: usize>(&mut self) -> [u8; N] {
+        let mut bytes = [0u8; N];
+        let taken = self.take(N);
+        bytes[..taken.len()].copy_from_slice(taken);
+        bytes
+    }
+
+    fn u8(&mut self) -> u8 {
+        self.field::<1>()[0]
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.field())
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.field())
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.field())
+    }
+}
+
+/// A ring's control block and data bytes on the heap.
+struct HeapRing {
+    control: Box<RingControl>,
+    /// Owns the data (as `u64`s, for the alignment a mapping would have). Once the ring
+    /// exists, the bytes are reached only through `data`, like memory a peer shares.
+    _storage: Vec<u64>,
+    data: *mut u8,
+    capacity: usize,
+}
+
+impl HeapRing {
+    fn new(capacity: usize) -> Self {
+        let mut storage = vec![0u64; capacity / 8];
+        let data = storage.as_mut_ptr().cast::<u8>();
+        HeapRing {
+            control: RingControl::new_boxed(),
+            _storage: storage,
+            data,
+            capacity,
+        }
+    }
+
+    fn raw(&self) -> RawRing {
+        // SAFETY: `control` and the `capacity` bytes at `data` are heap allocations that
+        // live as long as `self`, and every consumer made here is dropped before it
+        // (`hostile_ring` owns both). Only atomics and raw copies touch them.
+        unsafe { RawRing::new(&*self.control, self.data, self.capacity) }
+    }
+
+    fn position(&self, counter: u64) -> usize {
+        (counter % self.capacity as u64) as usize
+    }
+
+    /// Copies `bytes` (at most `capacity` of them) into the ring from `pos` on, wrapping
+    /// at the end, as the hostile producer.
+    fn write_wrapping(&self, pos: usize, bytes: &[u8]) {
+        assert!(pos < self.capacity && bytes.len() <= self.capacity);
+        let (first, second) = bytes.split_at(bytes.len().min(self.capacity - pos));
+        // SAFETY: `first` fits between `pos` and the end and `second` (what is left of at
+        // most `capacity` bytes) from 0; `bytes` is the fuzzer's input, never the ring.
+        unsafe {
+            ptr::copy_nonoverlapping(first.as_ptr(), self.data.add(pos), first.len());
+            ptr::copy_nonoverlapping(second.as_ptr(), self.data, second.len());
+        }
+    }
+
+    /// The ring's bytes `pos..pos + len`, which must not cross its end.
+    fn read(&self, pos: usize, len: usize) -> Vec<u8> {
+        assert!(pos <= self.capacity && len <= self.capacity - pos);
+        let mut bytes = vec![0u8; len];
+        // SAFETY: in bounds by the assertion; `bytes` is a fresh allocation.
+        unsafe { ptr::copy_nonoverlapping(self.data.add(pos), bytes.as_mut_ptr(), len) };
+        bytes
+    }
+
+    fn header_at(&self, pos: usize) -> Option<FrameHeader> {
+        let bytes = self.read(pos, FRAME_HEADER_LEN);
+        FrameHeader::decode(&bytes.try_into().expect("16 bytes"))
+    }
+}
+
+/// Drives a consumer and checks each of its answers against the ring's actual bytes.
+struct ConsumerChecker<'a> {
+    ring: &'a HeapRing,
+    /// The highest tail ever stored: nothing past it was ever published.
+    highest_tail: u64,
+}
+
+impl ConsumerChecker<'_> {
+    /// Pushes the script's honest frames one at a time, each read back at once, so that
+    /// the hostile rounds start from any position in the ring.
+    fn warm_up(
+        &mut self,
+        script: &mut Script<'_>,
+        consumer: &mut Consumer,
+    ) -> Result<(), RingError> {
+        let mut producer = Producer::new(self.ring.raw());
+        let frames = script.u8() % 8;
+        for correlation in 0..u64::from(frames) {
+            let len = usize::from(script.u16()) % (max_frame_payload(self.ring.capacity) + 1);
+            let payload: Vec<u8> = (0..len).map(|i| (i as u8) ^ (correlation as u8)).collect();
+            assert!(
+                producer.try_push(FrameKind::Message, correlation, &[&payload])?,
+                "an empty ring had no room for one frame"
+            );
+            self.highest_tail = self.ring.control.tail.load(Ordering::Relaxed);
+            let frame = self.next_frame(consumer)?.expect("the frame just pushed");
+            assert_eq!(frame.header.correlation, correlation);
+            let mut out = Vec::new();
+            consumer.append_payload(&frame, 0, &mut out);
+            assert_eq!(out, payload, "an honest frame came back altered");
+            consumer.release(&frame);
+            assert_eq!(self.next_frame(consumer)?, None, "one frame was pushed");
+        }
+        Ok(())
+    }
+
+    /// Reads frames until the consumer runs dry (`Ok`) or refuses the ring (`Err`).
+    fn drain(&mut self, consumer: &mut Consumer) -> Result<(), RingError> {
+        let data_before = self.ring.read(0, self.ring.capacity);
+        let tail_before = self.ring.control.tail.load(Ordering::Relaxed);
+        // Between two stores of the tail the consumer can read at most one ring's worth,
+        // and every frame takes at least a header's worth of it: more frames than that
+        // would mean it reads something twice or never stops.
+        let bound = self.ring.capacity / FRAME_HEADER_LEN + 1;
+        let mut ran_dry = false;
+        for _ in 0..bound {
+            let Some(frame) = self.next_frame(consumer)? else {
+                ran_dry = true;
+                break;
+            };
+            self.check_payload(consumer, &frame);
+            consumer.release(&frame);
+        }
+        assert!(
+            ran_dry,
+            "the consumer returned more frames than fit in the ring"
+        );
+
+        consumer.publish();
+        assert_eq!(
+            self.ring.control.head.load(Ordering::Relaxed),
+            consumer.head(),
+            "publish stores the consumer's head"
+        );
+        // The consumer only ever writes its own index: never the producer's, nor the data.
+        assert_eq!(self.ring.control.tail.load(Ordering::Relaxed), tail_before);
+        assert!(self.ring.read(0, self.ring.capacity) == data_before);
+        Ok(())
+    }
+
+    /// `consumer.peek()`, with every answer checked against the ring's bytes.
+    fn next_frame(&mut self, consumer: &mut Consumer) -> Result<Option<Frame>, RingError> {
+        let before = consumer.head();
+        let said_data = consumer.has_data();
+        let peeked = consumer.peek();
+        if let (Ok(false), Ok(Some(_))) = (&said_data, &peeked) {
+            panic!("has_data said the ring was empty, then peek found a frame");
+        }
+        let frame = peeked?;
+        let start = consumer.head();
+        assert!(
+            start <= self.highest_tail,
+            "the consumer skipped past the tail"
+        );
+        self.check_skipped(before, start);
+        let Some(frame) = frame else {
+            return Ok(None);
+        };
+
+        let len = frame.payload_len();
+        let pos = self.ring.position(start);
+        assert_ne!(
+            frame.header.kind,
+            FrameKind::Padding,
+            "padding is never handed out"
+        );
+        assert!(
+            len <= max_frame_payload(self.ring.capacity),
+            "an oversized frame"
+        );
+        assert!(
+            pos + frame_size(len) <= self.ring.capacity,
+            "a frame crosses the ring's end"
+        );
+        assert!(
+            start + frame_size(len) as u64 <= self.highest_tail,
+            "a frame extends past what was published"
+        );
+        assert_eq!(
+            self.ring.header_at(pos),
+            Some(frame.header),
+            "the frame is not the one at the consumer's position"
+        );
+        Ok(Some(frame))
+    }
+
+    /// Checks that the consumer moved from `from` to `to` only over the end of the ring:
+    /// a padding frame that reaches it, or a tail too short for a header.
+    fn check_skipped(&self, from: u64, to: u64) {
+        assert!(from <= to, "the consumer's head moved backwards");
+        let mut at = from;
+        // Frames never wrap, so the end of the ring is skipped at most once per peek.
+        for _ in 0..2 {
+            if at == to {
+                return;
+            }
+            let pos = self.ring.position(at);
+            let to_end = self.ring.capacity - pos;
+            if to_end >= FRAME_HEADER_LEN {
+                let header = self.ring.header_at(pos);
+                assert!(
+                    matches!(header, Some(h) if h.kind == FrameKind::Padding
+                        && frame_size(h.len as usize) == to_end),
+                    "the consumer skipped bytes that were not padding"
+                );
+            }
+            at += to_end as u64;
+        }
+        assert_eq!(at, to, "the consumer skipped more than the ring's end");
+    }
+
+    /// Copies the payload out both ways the consumer offers and compares with the ring.
+    fn check_payload(&self, consumer: &Consumer, frame: &Frame) {
+        let len = frame.payload_len();
+        let pos = self.ring.position(consumer.head()) + FRAME_HEADER_LEN;
+        let expected = self.ring.read(pos, len);
+
+        let mut copied = vec![0u8; len];
+        consumer.copy_payload(frame, 0, &mut copied);
+        assert_eq!(
+            copied, expected,
+            "copy_payload read other bytes than the payload"
+        );
+
+        let skip = len / 2;
+        let mut appended = b"kept".to_vec();
+        consumer.append_payload(frame, skip, &mut appended);
+        assert_eq!(
+            appended[..4],
+            *b"kept",
+            "append_payload overwrote what was there"
+        );
+        assert_eq!(
+            appended[4..],
+            expected[skip..],
+            "append_payload read other bytes"
+        );
+    }
+}

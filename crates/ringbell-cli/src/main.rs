@@ -198,6 +198,10 @@ struct ServeArgs {
     /// The largest message either side may send, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::DEFAULT_MAX_MESSAGE_SIZE)]
     max_message_size: usize,
+    /// Connections held at once, handshakes in progress included; clients past it are
+    /// refused as busy.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// What to do with each message.
     #[arg(long, value_enum, default_value_t = ServeMode::Echo)]
     mode: ServeMode,
@@ -290,7 +294,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let config = ServerConfig::default()
                 .wait(args.wait.strategy())
                 .ring_capacity(args.ring_capacity)
-                .max_message_size(args.max_message_size);
+                .max_message_size(args.max_message_size)
+                .max_connections(args.max_connections);
             serve::run(&args.path, config, args.mode)
         }
         Command::Ping(args) => {

@@ -594,6 +594,9 @@ impl<'a> TransportRun<'a> {
             plan.ring_capacity.to_string().into(),
             "--concurrency".into(),
             plan.concurrency.to_string().into(),
+            // Every client at once, with room for a round's stragglers.
+            "--max-connections".into(),
+            (plan.clients + 64).to_string().into(),
         ];
         if let Some((fault, every)) = plan.fault {
             let fault = fault.to_possible_value().expect("no fault is skipped");

@@ -61,6 +61,7 @@ pub struct ServerConfig {
     pub(crate) send_timeout: Option<Duration>,
     pub(crate) allowed_uids: Option<Vec<u32>>,
     pub(crate) concurrent_requests: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl ServerConfig {
@@ -73,6 +74,11 @@ impl ServerConfig {
     pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
     /// Default bound on the requests of one connection handled at once: 64.
     pub const DEFAULT_CONCURRENT_REQUESTS: usize = 64;
+    /// Default bound on connections, handshakes in progress included: 4,096. Each holds
+    /// three fds and, once its rings have been used all round, twice the ring capacity of
+    /// memory (256 KiB by default), so the default bounds a server at about 1 GiB and
+    /// 12,288 fds however many clients come.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
     /// Default time a client has to complete the handshake: 2 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -129,6 +135,18 @@ impl ServerConfig {
         self
     }
 
+    /// The most connections the server holds at once, counting handshakes in progress
+    /// (default [`DEFAULT_MAX_CONNECTIONS`](Self::DEFAULT_MAX_CONNECTIONS)). A client past
+    /// it is refused at once: its `connect` returns
+    /// [`Error::ServerBusy`](crate::Error::ServerBusy), and the server's `accept` returns
+    /// the same error about it. Counting handshakes bounds what a flood of clients that
+    /// connect and never complete the handshake can hold; each of those is dropped at its
+    /// [`handshake_timeout`](Self::handshake_timeout).
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
     /// Whether uids other than the server's own may be admitted, so that the socket file
     /// must let other users connect.
     pub(crate) fn admits_other_users(&self) -> bool {
@@ -157,6 +175,7 @@ impl Default for ServerConfig {
             send_timeout: None,
             allowed_uids: None,
             concurrent_requests: Self::DEFAULT_CONCURRENT_REQUESTS,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::layout::{RingControl, SegmentHeader, WaitCell, CLIENT_TO_SERVER, SERVER_TO_CLIENT};
 use crate::ring::{max_frame_payload, Consumer, Frame, FrameKind, Producer, RingError};
 use crate::segment::Segment;
+use crate::server::ConnectionSlot;
 use crate::sync::Ordering;
 use crate::sys::{ControlStream, Doorbell, DoorbellRinger, OsFutex};
 use crate::wait::{self, Futex, Waited};
@@ -146,6 +147,8 @@ pub struct Connection {
     /// When a wait should next check, with a syscall, that the peer is still alive. Kept
     /// across calls, so that a loop of short waits checks as often as one long one.
     peer_check_due: Option<Instant>,
+    /// On a server, this connection's place under its connection limit, freed on drop.
+    slot: Option<ConnectionSlot>,
 }
 
 impl Connection {
@@ -171,7 +174,13 @@ impl Connection {
             doorbell_armed: false,
             broken: None,
             peer_check_due: None,
+            slot: None,
         }
+    }
+
+    /// Counts this connection under its server's limit until it is dropped.
+    pub(crate) fn hold_slot(&mut self, slot: ConnectionSlot) {
+        self.slot = Some(slot);
     }
 
     /// Connects to the server listening at `path`.

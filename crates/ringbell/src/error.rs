@@ -43,6 +43,13 @@ pub enum Error {
         /// Who was refused.
         detail: String,
     },
+    /// The server refused a new connection for want of room: it is at its connection limit
+    /// ([`ServerConfig::max_connections`](crate::ServerConfig::max_connections)) or out of
+    /// file descriptors. Its other connections are unaffected; retry later.
+    ServerBusy {
+        /// Which limit was reached.
+        detail: String,
+    },
     /// A live server already listens at this path.
     AddressInUse {
         /// The socket path.
@@ -90,6 +97,9 @@ impl fmt::Display for Error {
                 f,
                 "permission denied: {detail}; the server admits other uids with ServerConfig::allow_uid"
             ),
+            Error::ServerBusy { detail } => {
+                write!(f, "server busy: {detail}; retry later, or raise the limit")
+            }
             Error::AddressInUse { path } => write!(
                 f,
                 "address in use: a live server already listens at {}; stop it or pick another path",

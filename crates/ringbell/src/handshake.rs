@@ -24,6 +24,7 @@ use crate::conn::{Connection, Settings, Side};
 use crate::error::Error;
 use crate::layout;
 use crate::segment::Segment;
+use crate::server::ConnectionSlot;
 use crate::sys::{self, ControlStream, Doorbell, DoorbellRinger, SharedRegion};
 
 /// The first bytes of every handshake message.
@@ -50,7 +51,10 @@ pub(crate) enum Status {
     PermissionDenied = 1,
     UnsupportedVersion = 2,
     ServerError = 3,
+    /// Out of file descriptors.
     OutOfResources = 4,
+    /// At its connection limit.
+    ServerBusy = 5,
 }
 
 impl Status {
@@ -61,6 +65,7 @@ impl Status {
             2 => Status::UnsupportedVersion,
             3 => Status::ServerError,
             4 => Status::OutOfResources,
+            5 => Status::ServerBusy,
             _ => return None,
         })
     }
@@ -142,14 +147,7 @@ pub(crate) fn encode_welcome(status: Status, welcome: &Welcome) -> [u8; WELCOME_
 
 /// The Welcome that refuses a client because the server is out of fds.
 pub(crate) fn out_of_resources_refusal() -> [u8; WELCOME_LEN] {
-    encode_welcome(
-        Status::OutOfResources,
-        &Welcome {
-            ring_capacity: 0,
-            max_message_size: 0,
-            segment_len: 0,
-        },
-    )
+    refusal(Status::OutOfResources)
 }
 
 /// Decodes a Welcome. Refusals become the matching error.
@@ -175,9 +173,15 @@ pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error
             ))
         }
         Status::OutOfResources => {
-            return Err(handshake_error(
-                "the server is out of file descriptors; try again later, or raise its limit",
-            ))
+            return Err(Error::ServerBusy {
+                detail: "the server is out of file descriptors (its RLIMIT_NOFILE)".into(),
+            })
+        }
+        Status::ServerBusy => {
+            return Err(Error::ServerBusy {
+                detail: "the server is at its connection limit (ServerConfig::max_connections)"
+                    .into(),
+            })
         }
     }
     if prefix.version != PROTOCOL_VERSION {
@@ -217,116 +221,242 @@ fn socket_error(step: &str, error: std::io::Error) -> Error {
     }
 }
 
-/// Runs the server's side of the handshake on a freshly accepted stream. Returns
-/// `Ok(None)` if the client hung up without sending a byte: that is not a client but a
-/// probe (for example another `Server::bind` checking whether this server is alive).
-pub(crate) fn serve(
-    control: ControlStream,
-    config: &ServerConfig,
-    own_uid: u32,
-) -> Result<Option<Connection>, Error> {
-    let deadline = handshake_deadline(config.handshake_timeout);
-    control
-        .set_deadline(Some(deadline))
-        .map_err(|error| Error::io("setting the handshake deadline", error))?;
-    let mut hello = [0u8; PREFIX_LEN];
-    let said_hello = control
-        .read_exact_or_eof(&mut hello)
-        .map_err(|error| socket_error("waiting for the client's hello", error))?;
-    if !said_hello {
-        return Ok(None);
-    }
-    let prefix = decode_prefix(&hello, Kind::Hello)?;
-    let refuse = |status: Status| {
-        let _ = control.write_all(&encode_welcome(
-            status,
-            &Welcome {
-                ring_capacity: 0,
-                max_message_size: 0,
-                segment_len: 0,
-            },
-        ));
-    };
-    if prefix.version != PROTOCOL_VERSION {
-        refuse(Status::UnsupportedVersion);
-        return Err(handshake_error(format!(
-            "version mismatch: this server speaks protocol v{PROTOCOL_VERSION}, the client v{}",
-            prefix.version
-        )));
-    }
-    let uid = control
-        .peer_uid()
-        .map_err(|error| Error::io("reading the client's credentials", error))?;
-    if !config.admits(uid, own_uid) {
-        refuse(Status::PermissionDenied);
-        return Err(Error::PermissionDenied {
-            detail: format!("a client running as uid {uid} was refused"),
-        });
-    }
-
-    let capacity = config.ring_capacity;
-    let segment_len = layout::segment_len(capacity).expect("capacity validated in Server::bind");
-    let setup = || -> std::io::Result<_> {
-        let (region, memfd) = SharedRegion::create(segment_len)?;
-        Ok((region, memfd, sys::doorbell_pair()?, sys::doorbell_pair()?))
-    };
-    let (region, memfd, (server_doorbell, client_rings_server), (client_doorbell, ring_client)) =
-        match setup() {
-            Ok(parts) => parts,
-            Err(error) => {
-                if sys::is_out_of_fds(&error) {
-                    refuse(Status::OutOfResources);
-                    tracing::warn!(
-                        "out of file descriptors: refused a client; raise RLIMIT_NOFILE to serve more"
-                    );
-                } else {
-                    refuse(Status::ServerError);
-                }
-                return Err(Error::io("creating the connection's shared memory", error));
-            }
-        };
-    let segment = Segment::initialize(region, capacity);
-    let welcome = Welcome {
-        ring_capacity: capacity as u64,
-        max_message_size: config.max_message_size as u64,
-        segment_len: segment_len as u64,
-    };
-    control
-        .send_with_fds(
-            &encode_welcome(Status::Accepted, &welcome),
-            &[
-                memfd.as_fd(),
-                client_rings_server.as_fd(),
-                client_doorbell.as_fd(),
-            ],
-        )
-        .map_err(|error| socket_error("sending the welcome", error))?;
-    // The client holds its own references now. Ours would keep the memfd alive, and the
-    // doorbell ends are the client's alone.
-    drop(memfd);
-    drop(client_rings_server);
-    drop(client_doorbell);
-
-    let mut ack = [0u8; PREFIX_LEN];
-    control
-        .read_exact(&mut ack)
-        .map_err(|error| socket_error("waiting for the client's ack", error))?;
-    decode_prefix(&ack, Kind::Ack)?;
-    control
-        .set_deadline(None)
-        .map_err(|error| Error::io("clearing the handshake deadline", error))?;
-    Ok(Some(Connection::new(
-        segment,
-        Side::Server,
-        control,
-        server_doorbell,
-        ring_client,
-        Settings {
-            wait: config.wait,
-            max_message_size: config.max_message_size,
-            send_timeout: config.send_timeout,
+/// The Welcome that refuses a client with `status`.
+fn refusal(status: Status) -> [u8; WELCOME_LEN] {
+    encode_welcome(
+        status,
+        &Welcome {
+            ring_capacity: 0,
+            max_message_size: 0,
+            segment_len: 0,
         },
-    )))
+    )
+}
+
+/// Refuses a client before reading anything from it: the server is at its connection
+/// limit. The refusal waits in the client's socket buffer for it to read after its Hello;
+/// a client already gone is not an error.
+pub(crate) fn refuse_busy(control: ControlStream) {
+    control.try_send(&refusal(Status::ServerBusy));
+}
+
+/// The server's side of one handshake, driven without blocking, so that one thread or task
+/// can carry any number of them: a client that stalls holds one fd until its deadline and
+/// delays nobody else.
+///
+/// Call [`advance`](Self::advance) whenever [`fd`](Self::fd) is readable (or hung up), and
+/// give up with [`timed_out`](Self::timed_out) at [`deadline`](Self::deadline).
+#[derive(Debug)]
+pub(crate) struct ServerHandshake {
+    control: ControlStream,
+    deadline: Instant,
+    /// The 16-byte message being received (a Hello, then an Ack), and how much of it has.
+    message: [u8; PREFIX_LEN],
+    received: usize,
+    stage: Stage,
+    /// This handshake's place under the server's connection limit, passed on to the
+    /// connection it makes.
+    slot: ConnectionSlot,
+}
+
+impl std::os::fd::AsRawFd for ServerHandshake {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.control.as_fd().as_raw_fd()
+    }
+}
+
+/// What a [`ServerHandshake`] waits for.
+#[derive(Debug)]
+enum Stage {
+    Hello,
+    /// The Welcome went out with the fds; what remains is the server's half.
+    Ack(Box<ServerHalf>),
+}
+
+/// The server's parts of a connection whose Welcome has been sent.
+#[derive(Debug)]
+struct ServerHalf {
+    segment: Segment,
+    own_doorbell: Doorbell,
+    ring_client: DoorbellRinger,
+}
+
+/// What one [`ServerHandshake::advance`] achieved.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// The client has not sent enough yet: wait for the fd to be readable again.
+    Waiting(ServerHandshake),
+    /// The client hung up without sending a byte: not a client but a probe (for example
+    /// another `Server::bind` checking whether this server is alive).
+    Probe,
+    /// The handshake is complete.
+    Done(Box<Connection>),
+}
+
+impl ServerHandshake {
+    /// Starts the handshake on a freshly accepted stream, under `config.handshake_timeout`.
+    pub(crate) fn start(
+        control: ControlStream,
+        config: &ServerConfig,
+        slot: ConnectionSlot,
+    ) -> ServerHandshake {
+        ServerHandshake {
+            control,
+            deadline: handshake_deadline(config.handshake_timeout),
+            message: [0; PREFIX_LEN],
+            received: 0,
+            stage: Stage::Hello,
+            slot,
+        }
+    }
+
+    /// The socket to wait on.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.control.as_fd()
+    }
+
+    /// When the client's time is up.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The error for a client that did not finish by its deadline; drop the handshake.
+    pub(crate) fn timed_out(&self) -> Error {
+        handshake_timeout(match self.stage {
+            Stage::Hello => "waiting for the client's hello",
+            Stage::Ack(_) => "waiting for the client's ack",
+        })
+    }
+
+    /// Makes all the progress the bytes already received allow, without waiting.
+    pub(crate) fn advance(mut self, config: &ServerConfig, own_uid: u32) -> Result<Step, Error> {
+        loop {
+            let step = match self.stage {
+                Stage::Hello => "waiting for the client's hello",
+                Stage::Ack(_) => "waiting for the client's ack",
+            };
+            match self.control.try_read(&mut self.message[self.received..]) {
+                Ok(None) => return Ok(Step::Waiting(self)),
+                Ok(Some(0)) if self.received == 0 && matches!(self.stage, Stage::Hello) => {
+                    return Ok(Step::Probe)
+                }
+                Ok(Some(0)) => return Err(handshake_error(format!("the peer hung up {step}"))),
+                Ok(Some(read)) => self.received += read,
+                Err(error) => return Err(socket_error(step, error)),
+            }
+            if self.received < PREFIX_LEN {
+                continue;
+            }
+            self.received = 0;
+            match std::mem::replace(&mut self.stage, Stage::Hello) {
+                Stage::Hello => {
+                    let half = self.welcome(config, own_uid)?;
+                    self.stage = Stage::Ack(Box::new(half));
+                }
+                Stage::Ack(half) => {
+                    decode_prefix(&self.message, Kind::Ack)?;
+                    return Ok(Step::Done(Box::new(self.finish(*half, config))));
+                }
+            }
+        }
+    }
+
+    /// Checks the Hello in `self.message` and the client's uid, sets up the connection's
+    /// memory and doorbells, and sends the Welcome with the client's fds.
+    fn welcome(&self, config: &ServerConfig, own_uid: u32) -> Result<ServerHalf, Error> {
+        let control = &self.control;
+        let prefix = decode_prefix(&self.message, Kind::Hello)?;
+        // A refusal is a courtesy: the client may be gone already.
+        let refuse = |status: Status| control.try_send(&refusal(status));
+        if prefix.version != PROTOCOL_VERSION {
+            refuse(Status::UnsupportedVersion);
+            return Err(handshake_error(format!(
+                "version mismatch: this server speaks protocol v{PROTOCOL_VERSION}, the client v{}",
+                prefix.version
+            )));
+        }
+        let uid = control
+            .peer_uid()
+            .map_err(|error| Error::io("reading the client's credentials", error))?;
+        if !config.admits(uid, own_uid) {
+            refuse(Status::PermissionDenied);
+            return Err(Error::PermissionDenied {
+                detail: format!("a client running as uid {uid} was refused"),
+            });
+        }
+
+        let capacity = config.ring_capacity;
+        let segment_len =
+            layout::segment_len(capacity).expect("capacity validated in Server::bind");
+        let setup = || -> std::io::Result<_> {
+            let (region, memfd) = SharedRegion::create(segment_len)?;
+            Ok((region, memfd, sys::doorbell_pair()?, sys::doorbell_pair()?))
+        };
+        let (region, memfd, (own_doorbell, client_rings_server), (client_doorbell, ring_client)) =
+            match setup() {
+                Ok(parts) => parts,
+                Err(error) => {
+                    if sys::is_out_of_fds(&error) {
+                        refuse(Status::OutOfResources);
+                        tracing::warn!(
+                            "out of file descriptors: refused a client; raise RLIMIT_NOFILE to serve more"
+                        );
+                    } else {
+                        refuse(Status::ServerError);
+                    }
+                    return Err(Error::io("creating the connection's shared memory", error));
+                }
+            };
+        let segment = Segment::initialize(region, capacity);
+        let welcome = Welcome {
+            ring_capacity: capacity as u64,
+            max_message_size: config.max_message_size as u64,
+            segment_len: segment_len as u64,
+        };
+        // The client has sent its Hello and reads nothing else, so its socket buffer is
+        // empty and these 40 bytes go out at once; the deadline bounds the send anyway.
+        control
+            .set_deadline(Some(self.deadline))
+            .map_err(|error| Error::io("setting the handshake deadline", error))?;
+        control
+            .send_with_fds(
+                &encode_welcome(Status::Accepted, &welcome),
+                &[
+                    memfd.as_fd(),
+                    client_rings_server.as_fd(),
+                    client_doorbell.as_fd(),
+                ],
+            )
+            .map_err(|error| socket_error("sending the welcome", error))?;
+        // `memfd`, `client_rings_server` and `client_doorbell` drop here: the client holds
+        // its own references now, ours would only keep the memory alive.
+        Ok(ServerHalf {
+            segment,
+            own_doorbell,
+            ring_client,
+        })
+    }
+
+    /// The connection, once the client's Ack has arrived.
+    fn finish(self, half: ServerHalf, config: &ServerConfig) -> Connection {
+        // Clearing the deadline only resets socket timeouts; a failure would leave a bound
+        // on blocking socket calls, which the connection no longer makes.
+        let _ = self.control.set_deadline(None);
+        let mut connection = Connection::new(
+            half.segment,
+            Side::Server,
+            self.control,
+            half.own_doorbell,
+            half.ring_client,
+            Settings {
+                wait: config.wait,
+                max_message_size: config.max_message_size,
+                send_timeout: config.send_timeout,
+            },
+        );
+        connection.hold_slot(self.slot);
+        connection
+    }
 }
 
 /// Connects to the server at `path` and runs the client's side of the handshake.
@@ -353,13 +483,18 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
     control
         .set_deadline(Some(deadline))
         .map_err(|error| Error::io("setting the handshake deadline", error))?;
-    control
-        .write_all(&encode_prefix(Kind::Hello, Status::Accepted))
-        .map_err(|error| socket_error("sending the hello", error))?;
+    let hello = control.write_all(&encode_prefix(Kind::Hello, Status::Accepted));
     let mut bytes = [0u8; WELCOME_LEN];
-    let fds = control
-        .recv_with_fds(&mut bytes)
-        .map_err(|error| socket_error("waiting for the server's welcome", error))?;
+    let received = control.recv_with_fds(&mut bytes);
+    if let Err(error) = hello {
+        // A server that refuses at once (at its connection limit) may close its end before
+        // our Hello arrives; its refusal is still queued for us, and says more.
+        if received.is_ok() {
+            decode_welcome(&bytes)?;
+        }
+        return Err(socket_error("sending the hello", error));
+    }
+    let fds = received.map_err(|error| socket_error("waiting for the server's welcome", error))?;
     let welcome = decode_welcome(&bytes)?;
     let [memfd, ring_server, client_doorbell]: [OwnedFd; 3] =
         fds.try_into().map_err(|fds: Vec<OwnedFd>| {

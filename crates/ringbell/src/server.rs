@@ -1,11 +1,15 @@
 //! [`Server`]: a listening socket that hands out [`Connection`]s.
 
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::ServerConfig;
 use crate::conn::Connection;
 use crate::error::Error;
-use crate::handshake;
+use crate::handshake::{self, ServerHandshake, Step};
 use crate::ring;
 use crate::sys::ControlListener;
 
@@ -49,6 +53,51 @@ pub struct Server {
     listener: ControlListener,
     config: ServerConfig,
     own_uid: u32,
+    /// Connections and handshakes in progress, against `config.max_connections`.
+    slots: ConnectionSlots,
+    /// The handshakes the blocking `accept` carries between calls.
+    pending: std::sync::Mutex<Vec<ServerHandshake>>,
+}
+
+/// A server's count of connections and handshakes in progress, under its limit.
+#[derive(Debug)]
+struct ConnectionSlots {
+    held: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl ConnectionSlots {
+    fn new(limit: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            held: Arc::new(AtomicUsize::new(0)),
+            limit,
+        }
+    }
+
+    /// One place under the limit, or `None` if all are taken.
+    fn try_take(&self) -> Option<ConnectionSlot> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.limit).then_some(held + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot {
+                held: self.held.clone(),
+            })
+    }
+}
+
+/// One connection's (or handshake's) place under its server's connection limit, given
+/// back when dropped, that is when the connection or the failed handshake is dropped.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Server {
@@ -89,78 +138,111 @@ impl Server {
                     Error::io(&format!("binding {}", path.display()), error)
                 }
             })?;
+        // `accept` polls the listener together with the handshakes in progress.
+        listener
+            .set_nonblocking()
+            .map_err(|error| Error::io("making the listening socket non-blocking", error))?;
         Ok(Server {
             listener,
+            slots: ConnectionSlots::new(config.max_connections),
             config,
             own_uid: handshake::own_uid(),
+            pending: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    /// Waits for the next client and completes its handshake.
+    /// Waits for the next client to complete its handshake, and returns its connection.
     ///
-    /// A connection closed before sending anything (such as another server's check for
-    /// a live socket, see [`bind`](Self::bind)) is passed over silently.
-    ///
-    /// Handshakes run one at a time, each bounded by
-    /// [`ServerConfig::handshake_timeout`]: a client that stalls delays the next one by at
-    /// most that long.
+    /// Every client that connects starts a handshake at once, and all of them progress
+    /// together, each bounded by [`ServerConfig::handshake_timeout`]: a client that stalls
+    /// holds one fd until its deadline and delays nobody. A connection closed before
+    /// sending anything (such as another server's check for a live socket, see
+    /// [`bind`](Self::bind)) is passed over silently. Handshakes still in progress when this
+    /// returns carry on in the next call. Calls from several threads take turns.
     ///
     /// # Errors
     ///
     /// Errors about one client leave the server fully usable; call `accept` again:
     /// [`Error::Handshake`] (garbage, wrong version, hung up or too slow),
-    /// [`Error::PermissionDenied`] (uid not admitted; the client is told so), and
-    /// [`Error::Io`] while setting up its memory. An [`Error::Io`] from the listening
+    /// [`Error::PermissionDenied`] (uid not admitted; the client is told so),
+    /// [`Error::ServerBusy`] (the client was refused at the connection limit, and told so),
+    /// and [`Error::Io`] while setting up its memory. An [`Error::Io`] about the listening
     /// socket itself (for example, out of file descriptors) is about the server.
     pub fn accept(&self) -> Result<Connection, Error> {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
-            let control = self
-                .listener
-                .accept()
-                .map_err(|error| self.accept_failed(error))?;
-            // A connection closed before its first byte is a liveness probe, not a client.
-            if let Some(connection) = handshake::serve(control, &self.config, self.own_uid)? {
-                return Ok(connection);
+            let now = Instant::now();
+            if let Some(late) = pending
+                .iter()
+                .position(|handshake| handshake.deadline() <= now)
+            {
+                return Err(pending.swap_remove(late).timed_out());
+            }
+            let first_deadline = pending.iter().map(ServerHandshake::deadline).min();
+            let ready = {
+                let mut fds = Vec::with_capacity(pending.len() + 1);
+                fds.push(AsFd::as_fd(&self.listener));
+                fds.extend(pending.iter().map(ServerHandshake::fd));
+                crate::sys::poll_readable(&fds, first_deadline.map(|deadline| deadline - now))
+                    .map_err(|error| Error::io("waiting for clients", error))?
+            };
+            // Backwards, so that `swap_remove` only moves handshakes already looked at.
+            for index in (0..pending.len()).rev() {
+                if !ready[index + 1] {
+                    continue;
+                }
+                let handshake = pending.swap_remove(index);
+                match handshake.advance(&self.config, self.own_uid)? {
+                    Step::Waiting(handshake) => pending.push(handshake),
+                    Step::Probe => {}
+                    Step::Done(connection) => return Ok(*connection),
+                }
+            }
+            if ready[0] {
+                while let Some(handshake) = self.start_handshake()? {
+                    pending.push(handshake);
+                }
             }
         }
     }
 
-    /// Accepts the next waiting connection without waiting and without a handshake, for the
-    /// async server: `Ok(None)` if none is waiting. Call [`listen_nonblocking`] first.
+    /// Takes the next client from the listening socket's queue, without waiting, and
+    /// starts its handshake: `Ok(None)` if no client is waiting.
     ///
-    /// [`listen_nonblocking`]: Self::listen_nonblocking
-    #[cfg(feature = "tokio")]
-    pub(crate) fn try_accept_stream(&self) -> Result<Option<crate::sys::ControlStream>, Error> {
-        match self.listener.accept() {
-            Ok(stream) => Ok(Some(stream)),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-            Err(error) => Err(self.accept_failed(error)),
-        }
-    }
-
-    /// Switches the listening socket to non-blocking accepts (see `try_accept_stream`).
-    #[cfg(feature = "tokio")]
-    pub(crate) fn listen_nonblocking(&self) -> Result<(), Error> {
-        self.listener
-            .set_nonblocking()
-            .map_err(|error| Error::io("making the listening socket non-blocking", error))
+    /// # Errors
+    ///
+    /// [`Error::ServerBusy`] if the client was refused at the connection limit (it is told
+    /// so); [`Error::Io`] if accepting failed (out of fds: one client is told so).
+    pub(crate) fn start_handshake(&self) -> Result<Option<ServerHandshake>, Error> {
+        let control = match self.listener.accept() {
+            Ok(control) => control,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            Err(error) => return Err(self.accept_failed(error)),
+        };
+        let Some(slot) = self.slots.try_take() else {
+            handshake::refuse_busy(control);
+            tracing::debug!(
+                limit = self.config.max_connections,
+                "at the connection limit: refused a client"
+            );
+            return Err(Error::ServerBusy {
+                detail: format!(
+                    "refused a client: {} connections and handshakes are the limit \
+                     (ServerConfig::max_connections)",
+                    self.config.max_connections
+                ),
+            });
+        };
+        Ok(Some(ServerHandshake::start(control, &self.config, slot)))
     }
 
     /// The listening socket, for an event loop to poll.
     #[cfg(feature = "tokio")]
     pub(crate) fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.listener)
-    }
-
-    /// Runs the handshake on a stream from `try_accept_stream`. Blocking, bounded by the
-    /// handshake timeout; `Ok(None)` for a probe that hung up without a byte.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn handshake(
-        config: &ServerConfig,
-        own_uid: u32,
-        stream: crate::sys::ControlStream,
-    ) -> Result<Option<Connection>, Error> {
-        handshake::serve(stream, config, own_uid)
+        AsFd::as_fd(&self.listener)
     }
 
     /// This server's uid, admitted by default.

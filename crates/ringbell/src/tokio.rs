@@ -6,9 +6,9 @@
 //! socket, which reports the peer's death) through [`AsyncFd`]. No thread blocks per
 //! connection, and an idle connection costs nothing until the peer rings.
 //!
-//! [`AsyncServer`] accepts connections without blocking the runtime: the handshakes, which
-//! are short blocking exchanges with a deadline, run on tokio's blocking pool, several at
-//! once, so a client that stalls its handshake delays nobody else.
+//! [`AsyncServer`] accepts connections without blocking the runtime: each handshake is a
+//! task that waits on its client's socket, all of them at once, so a client that stalls
+//! its handshake delays nobody else.
 
 #![allow(unsafe_code)]
 
@@ -26,11 +26,9 @@ use crate::config::{ClientConfig, ServerConfig, WaitStrategy};
 mod rpc;
 use crate::conn::{Connection, Pushed, SendProgress};
 use crate::error::Error;
+use crate::handshake::{ServerHandshake, Step};
 use crate::server::Server;
 pub use rpc::{Client, DEFAULT_MAX_IN_FLIGHT};
-
-/// Handshakes an [`AsyncServer`] runs at once; more clients wait in the kernel's queue.
-const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 
 /// Checks between two yields to the runtime while spinning.
 const SPINS_PER_YIELD: u32 = 64;
@@ -312,7 +310,37 @@ async fn wait_for_ring(doorbell: &AsyncFd<FdRef>, control: &AsyncFd<FdRef>) -> R
 pub struct AsyncServer {
     listener: AsyncFd<FdRef>,
     handshakes: JoinSet<Result<Option<Connection>, Error>>,
+    /// The server's configuration, shared with the handshake tasks.
+    config: std::sync::Arc<ServerConfig>,
     server: Server,
+}
+
+/// Carries one handshake to its end, waiting for the client's bytes through the runtime.
+/// `Ok(None)` for a probe that hung up without a byte.
+async fn drive_handshake(
+    mut handshake: ServerHandshake,
+    config: std::sync::Arc<ServerConfig>,
+    own_uid: u32,
+) -> Result<Option<Connection>, Error> {
+    loop {
+        let waiting = match handshake.advance(&config, own_uid)? {
+            Step::Waiting(waiting) => waiting,
+            Step::Probe => return Ok(None),
+            Step::Done(connection) => return Ok(Some(*connection)),
+        };
+        let deadline = ::tokio::time::Instant::from_std(waiting.deadline());
+        {
+            // Registered for this wait only: the connection re-registers its fds later.
+            // SAFETY: `waiting` owns the fd and outlives `socket`, which is dropped at the
+            // end of this block, before `waiting` is moved or dropped.
+            let socket = unsafe { register(waiting.as_raw_fd())? };
+            match ::tokio::time::timeout_at(deadline, socket.readable()).await {
+                Err(_elapsed) => return Err(waiting.timed_out()),
+                Ok(guard) => drop(guard.map_err(|error| Error::io("waiting for a client", error))?),
+            }
+        }
+        handshake = waiting;
+    }
 }
 
 impl AsyncServer {
@@ -324,19 +352,23 @@ impl AsyncServer {
     /// runtime.
     pub fn bind(path: impl AsRef<Path>, config: ServerConfig) -> Result<Self, Error> {
         let server = Server::bind(path, config)?;
-        server.listen_nonblocking()?;
         // SAFETY: the listening fd is owned by `server`, which becomes the last field, so
         // it is closed only after the registration is gone.
         let listener = unsafe { register(server.listener_fd().as_raw_fd())? };
         Ok(AsyncServer {
             listener,
             handshakes: JoinSet::new(),
+            config: std::sync::Arc::new(server.config().clone()),
             server,
         })
     }
 
-    /// Waits for the next client whose handshake succeeds, or fails. Up to 64 handshakes
-    /// run at once on tokio's blocking pool, each bounded by the handshake timeout.
+    /// Waits for the next client whose handshake succeeds, or fails. Every client that
+    /// connects starts its handshake at once, as a task of its own that waits on the
+    /// client's socket without blocking a thread; each is bounded by the handshake
+    /// timeout, so a client that stalls holds one fd until then and delays nobody. How
+    /// many handshakes and connections exist at once is bounded by
+    /// [`ServerConfig::max_connections`](crate::ServerConfig::max_connections).
     /// Cancellation-safe: handshakes under way carry on and are returned by a later call.
     ///
     /// # Errors
@@ -344,7 +376,6 @@ impl AsyncServer {
     /// As [`Server::accept`]: errors about one client leave the server usable.
     pub async fn accept(&mut self) -> Result<AsyncConnection, Error> {
         loop {
-            let room = self.handshakes.len() < MAX_CONCURRENT_HANDSHAKES;
             ::tokio::select! {
                 Some(joined) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
                     match joined {
@@ -356,14 +387,14 @@ impl AsyncServer {
                         }
                     }
                 }
-                guard = self.listener.readable(), if room => {
+                guard = self.listener.readable() => {
                     let mut guard = guard.map_err(|error| Error::io("waiting for clients", error))?;
-                    while self.handshakes.len() < MAX_CONCURRENT_HANDSHAKES {
-                        match self.server.try_accept_stream()? {
-                            Some(stream) => {
-                                let config = self.server.config().clone();
-                                let uid = self.server.own_uid();
-                                self.handshakes.spawn_blocking(move || Server::handshake(&config, uid, stream));
+                    loop {
+                        match self.server.start_handshake()? {
+                            Some(handshake) => {
+                                let config = self.config.clone();
+                                let own_uid = self.server.own_uid();
+                                self.handshakes.spawn(drive_handshake(handshake, config, own_uid));
                             }
                             None => {
                                 guard.clear_ready();

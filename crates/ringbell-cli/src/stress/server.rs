@@ -74,6 +74,9 @@ pub struct ServerArgs {
     /// Requests of one connection handled at once.
     #[arg(long, value_name = "C")]
     pub concurrency: usize,
+    /// Connections (and handshakes in progress) held at once (ringbell only).
+    #[arg(long, value_name = "N")]
+    pub max_connections: usize,
     /// Inject this fault (for the tests of the stress test itself).
     #[arg(long, value_enum)]
     pub fault: Option<Fault>,
@@ -115,7 +118,8 @@ async fn serve_ringbell(
 ) -> Result<(), CliError> {
     let config = ServerConfig::default()
         .ring_capacity(args.ring_capacity)
-        .concurrent_requests(args.concurrency);
+        .concurrent_requests(args.concurrency)
+        .max_connections(args.max_connections);
     let server = AsyncServer::bind(&args.path, config)?;
     talk_to_parent(&args.path, &handled)?;
     server

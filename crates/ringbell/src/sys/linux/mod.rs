@@ -11,7 +11,7 @@ mod socket;
 pub(crate) use doorbell::{doorbell_pair, Doorbell, DoorbellRinger};
 pub(crate) use futex::OsFutex;
 pub(crate) use shm::SharedRegion;
-pub(crate) use socket::{is_out_of_fds, ControlListener, ControlStream};
+pub(crate) use socket::{is_out_of_fds, poll_readable, ControlListener, ControlStream};
 
 /// The real user id of this process (`getuid(2)`).
 pub(crate) fn current_uid() -> u32 {

@@ -47,6 +47,27 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
     Ok(left.max(Duration::from_micros(1)))
 }
 
+/// Waits until one of `fds` is readable (or hung up, or in error) or `timeout` passes
+/// (`None`: no bound), and returns which are: `ready[i]` is about `fds[i]`. poll(2).
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP))
+        .collect();
+    let timeout = timeout.map(|timeout| Timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    });
+    match poll(&mut polled, timeout.as_ref()) {
+        Ok(_) | Err(Errno::INTR) => {}
+        Err(errno) => return Err(io_error(errno)),
+    }
+    Ok(polled.iter().map(|fd| !fd.revents().is_empty()).collect())
+}
+
 /// The most fds one handshake message may carry.
 pub(crate) const MAX_FDS: usize = 4;
 
@@ -115,15 +136,14 @@ impl ControlListener {
         })
     }
 
-    /// Makes [`accept`](Self::accept) return `WouldBlock` instead of waiting, for an event
-    /// loop that polls [`as_fd`](AsFd::as_fd).
-    #[cfg(feature = "tokio")]
+    /// Makes [`accept`](Self::accept) return `WouldBlock` instead of waiting, for a server
+    /// that polls [`as_fd`](AsFd::as_fd) together with its handshakes in progress.
     pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
         self.listener.set_nonblocking(true)
     }
 
-    /// Waits for the next client (or, after `set_nonblocking`, fails with `WouldBlock`).
-    /// The accepted stream is blocking either way.
+    /// Takes the next client from the queue (after `set_nonblocking`, `WouldBlock` if there
+    /// is none). The accepted stream is blocking.
     pub(crate) fn accept(&self) -> io::Result<ControlStream> {
         loop {
             match self.listener.accept() {
@@ -272,6 +292,29 @@ impl ControlStream {
         }
     }
 
+    /// One read that never waits (`MSG_DONTWAIT`): `Ok(None)` if nothing is queued,
+    /// `Ok(Some(0))` at end of file. Any fds a peer attaches are discarded by the kernel.
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            match rustix::net::recv(&self.stream, &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((read, _)) => return Ok(Some(read)),
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return Ok(None),
+                Err(errno) => return Err(io_error(errno)),
+            }
+        }
+    }
+
+    /// Sends `bytes` if the socket buffer takes them all at once, without waiting, and
+    /// reports whether it did. For a refusal to a client that may already be gone.
+    pub(crate) fn try_send(&self, bytes: &[u8]) -> bool {
+        send(
+            &self.stream,
+            bytes,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) == Ok(bytes.len())
+    }
+
     /// Reads exactly `buf.len()` bytes.
     pub(crate) fn read_exact(&self, mut buf: &mut [u8]) -> io::Result<()> {
         while !buf.is_empty() {
@@ -281,17 +324,6 @@ impl ControlStream {
             }
         }
         Ok(())
-    }
-
-    /// Like [`read_exact`](Self::read_exact), but returns `Ok(false)` if the peer closed
-    /// the connection before sending a single byte.
-    pub(crate) fn read_exact_or_eof(&self, buf: &mut [u8]) -> io::Result<bool> {
-        let first = self.read_some(buf)?;
-        if first == 0 && !buf.is_empty() {
-            return Ok(false);
-        }
-        self.read_exact(&mut buf[first..])?;
-        Ok(true)
     }
 
     /// Writes all of `bytes`, with `fds` attached to the first byte.

@@ -195,6 +195,7 @@ pub struct ClientConfig {
     pub(crate) wait: WaitStrategy,
     pub(crate) connect_timeout: Duration,
     pub(crate) send_timeout: Option<Duration>,
+    pub(crate) trusted_server_uids: Vec<u32>,
 }
 
 impl ClientConfig {
@@ -219,6 +220,22 @@ impl ClientConfig {
         self.send_timeout = timeout;
         self
     }
+
+    /// Trusts a server running as `uid`, in addition to those trusted before. By default a
+    /// client talks only to a server of its own uid or root's: anyone who can write to the
+    /// socket's directory could have bound the path first, and a client would otherwise
+    /// hand its messages to that impostor. The server's uid is the kernel's
+    /// (`SO_PEERCRED`); an untrusted server gives
+    /// [`Error::PermissionDenied`](crate::Error::PermissionDenied) before a byte is sent.
+    pub fn trust_server_uid(mut self, uid: u32) -> Self {
+        self.trusted_server_uids.push(uid);
+        self
+    }
+
+    /// Whether a server running as `uid` may be talked to by a client running as `own_uid`.
+    pub(crate) fn trusts_server(&self, uid: u32, own_uid: u32) -> bool {
+        uid == own_uid || uid == 0 || self.trusted_server_uids.contains(&uid)
+    }
 }
 
 impl Default for ClientConfig {
@@ -227,6 +244,7 @@ impl Default for ClientConfig {
             wait: WaitStrategy::default(),
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             send_timeout: None,
+            trusted_server_uids: Vec::new(),
         }
     }
 }

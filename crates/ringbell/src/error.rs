@@ -37,8 +37,11 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
-    /// The server refused the client's credentials (by default, only the server's own uid
-    /// may connect; see [`ServerConfig::allow_uid`](crate::ServerConfig::allow_uid)).
+    /// A uid was not admitted: the server refused the client's (by default, only the
+    /// server's own uid may connect; see
+    /// [`ServerConfig::allow_uid`](crate::ServerConfig::allow_uid)), or the client does not
+    /// trust the server's (see
+    /// [`ClientConfig::trust_server_uid`](crate::ClientConfig::trust_server_uid)).
     PermissionDenied {
         /// Who was refused.
         detail: String,
@@ -95,7 +98,7 @@ impl fmt::Display for Error {
             Error::Handshake { detail } => write!(f, "handshake failed: {detail}"),
             Error::PermissionDenied { detail } => write!(
                 f,
-                "permission denied: {detail}; the server admits other uids with ServerConfig::allow_uid"
+                "permission denied: {detail}"
             ),
             Error::ServerBusy { detail } => {
                 write!(f, "server busy: {detail}; retry later, or raise the limit")

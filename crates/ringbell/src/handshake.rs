@@ -156,11 +156,12 @@ pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error
     let prefix = decode_prefix(prefix_bytes, Kind::Welcome)?;
     match prefix.status {
         Status::Accepted => {}
-        Status::PermissionDenied => {
-            return Err(Error::PermissionDenied {
-                detail: "the server does not admit this process's uid".into(),
-            })
-        }
+        Status::PermissionDenied => return Err(Error::PermissionDenied {
+            detail: format!(
+                "the server does not admit uid {} (it admits more with ServerConfig::allow_uid)",
+                own_uid()
+            ),
+        }),
         Status::UnsupportedVersion => {
             return Err(handshake_error(format!(
                 "version mismatch: this client speaks protocol v{PROTOCOL_VERSION}, the server v{}",
@@ -381,7 +382,9 @@ impl ServerHandshake {
         if !config.admits(uid, own_uid) {
             refuse(Status::PermissionDenied);
             return Err(Error::PermissionDenied {
-                detail: format!("a client running as uid {uid} was refused"),
+                detail: format!(
+                    "a client running as uid {uid} was refused (admit it with ServerConfig::allow_uid)"
+                ),
             });
         }
 
@@ -466,7 +469,8 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
         // The socket file is owner-only unless the server allows other uids.
         std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
             detail: format!(
-                "{} is not accessible to uid {}: the server admits only its own uid",
+                "{} is not accessible to uid {}: the server admits only its own uid \
+                 unless it was configured with ServerConfig::allow_uid",
                 path.display(),
                 own_uid()
             ),
@@ -480,6 +484,18 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
         ),
         _ => Error::io(&format!("connecting to {}", path.display()), error),
     })?;
+    let server_uid = control
+        .peer_uid()
+        .map_err(|error| Error::io("reading the server's credentials", error))?;
+    if !config.trusts_server(server_uid, own_uid()) {
+        return Err(Error::PermissionDenied {
+            detail: format!(
+                "the server at {} runs as uid {server_uid}, which this client does not trust \
+                 (ClientConfig::trust_server_uid)",
+                path.display()
+            ),
+        });
+    }
     control
         .set_deadline(Some(deadline))
         .map_err(|error| Error::io("setting the handshake deadline", error))?;

@@ -170,6 +170,17 @@ impl Drop for SocketPath {
     }
 }
 
+/// Whom [`ChildProcess::spawn_as`] runs a child as, and the copy of the test binary it
+/// executes.
+#[allow(dead_code)] // Only the credentials suite runs children as another user.
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// A copy of this test binary that `uid` may execute, in directories it may search.
+    pub exe: PathBuf,
+}
+
 /// A child process running one role of this test binary. Dropping it kills (SIGKILL) and
 /// reaps the child if it still runs.
 #[derive(Debug)]
@@ -191,7 +202,24 @@ impl ChildProcess {
     /// collected for failure messages.
     pub fn spawn(role: &str, params: &[(&str, String)]) -> ChildProcess {
         let exe = std::env::current_exe().expect("the path of the test binary");
-        let mut command = Command::new(exe);
+        ChildProcess::launch(role, params, Command::new(exe))
+    }
+
+    /// Like [`spawn`](Self::spawn), but the child runs as `user.uid` / `user.gid` (with no
+    /// supplementary groups) and executes `user.exe`, a copy of this test binary that the
+    /// user can reach: the build directory may not be. Dropping privileges needs root (or
+    /// `CAP_SETUID` and `CAP_SETGID`); without them this panics saying so.
+    #[allow(dead_code)] // Only the credentials suite runs children as another user.
+    pub fn spawn_as(role: &str, params: &[(&str, String)], user: &RunAs) -> ChildProcess {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(&user.exe);
+        // Setting the uid also clears the supplementary groups (`setgroups(0, NULL)`).
+        command.uid(user.uid).gid(user.gid);
+        ChildProcess::launch(role, params, command)
+    }
+
+    /// Starts `command` (this test binary or a copy) as the child running `role`.
+    fn launch(role: &str, params: &[(&str, String)], mut command: Command) -> ChildProcess {
         command
             .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
             .env(CHILD_ROLE_ENV, role)

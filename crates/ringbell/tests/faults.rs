@@ -531,9 +531,13 @@ fn connect_with_retry(
             Ok(conn) => return Ok(conn),
             // No server yet (no socket file, or a stale one: connection refused), or one
             // that died or was busy in the handshake: worth another try.
-            Err(Error::Io(_) | Error::Timeout | Error::Handshake { .. } | Error::PeerDied)
-                if Instant::now() + pause < deadline =>
-            {
+            Err(
+                Error::Io(_)
+                | Error::Timeout
+                | Error::Handshake { .. }
+                | Error::PeerDied
+                | Error::ServerBusy { .. },
+            ) if Instant::now() + pause < deadline => {
                 thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
@@ -552,9 +556,13 @@ async fn client_with_retry(path: &Path, give_up: Duration) -> Result<(Client, u3
         attempts += 1;
         match Client::connect(path, ClientConfig::default()).await {
             Ok(client) => return Ok((client, attempts)),
-            Err(Error::Io(_) | Error::Timeout | Error::Handshake { .. } | Error::PeerDied)
-                if Instant::now() + pause < deadline =>
-            {
+            Err(
+                Error::Io(_)
+                | Error::Timeout
+                | Error::Handshake { .. }
+                | Error::PeerDied
+                | Error::ServerBusy { .. },
+            ) if Instant::now() + pause < deadline => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
             }

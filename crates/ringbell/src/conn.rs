@@ -187,10 +187,13 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if nothing listens there; [`Error::PermissionDenied`] if the server
-    /// does not admit this uid; [`Error::Handshake`] if the other end is not a compatible
-    /// ringbell server, sends a malformed or unsafe segment, or does not answer within
-    /// [`ClientConfig::connect_timeout`].
+    /// [`Error::Io`] if nothing listens there, or if this process is out of file
+    /// descriptors (a connection takes three); [`Error::PermissionDenied`] if the server
+    /// does not admit this uid, or this client does not trust the server's
+    /// ([`ClientConfig::trust_server_uid`]); [`Error::ServerBusy`] if the server is at its
+    /// connection limit or out of fds; [`Error::Handshake`] if the other end is not a
+    /// compatible ringbell server, sends a malformed or unsafe segment, or does not answer
+    /// within [`ClientConfig::connect_timeout`].
     pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Connection, Error> {
         crate::handshake::connect(path.as_ref(), &config)
     }

@@ -156,12 +156,14 @@ pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error
     let prefix = decode_prefix(prefix_bytes, Kind::Welcome)?;
     match prefix.status {
         Status::Accepted => {}
-        Status::PermissionDenied => return Err(Error::PermissionDenied {
-            detail: format!(
+        Status::PermissionDenied => {
+            return Err(Error::PermissionDenied {
+                detail: format!(
                 "the server does not admit uid {} (it admits more with ServerConfig::allow_uid)",
                 own_uid()
             ),
-        }),
+            })
+        }
         Status::UnsupportedVersion => {
             return Err(handshake_error(format!(
                 "version mismatch: this client speaks protocol v{PROTOCOL_VERSION}, the server v{}",

@@ -34,3 +34,18 @@ pub(crate) fn encode_reply(result: Result<Vec<u8>, String>) -> Vec<u8> {
     reply.extend_from_slice(&body);
     reply
 }
+
+/// [`encode_reply`], but a reply above `max` bytes, which the connection could not carry,
+/// becomes an error reply that says so (cut to `max`): one oversized response fails its
+/// own call, not the connection.
+pub(crate) fn encode_reply_within(result: Result<Vec<u8>, String>, max: usize) -> Vec<u8> {
+    let mut reply = encode_reply(result);
+    if reply.len() > max {
+        let len = reply.len() - 1;
+        reply = encode_reply(Err(format!(
+            "the handler's response of {len} bytes does not fit the connection's maximum message size of {max} bytes"
+        )));
+        reply.truncate(max);
+    }
+    reply
+}

@@ -258,7 +258,9 @@ impl Server {
     ///
     /// Each connection gets a thread that reads its requests one at a time; the handlers
     /// run on a pool of `min(concurrent_requests, 2 × cores)` worker threads shared by all
-    /// connections, so at most that many run at once. A handler that returns an error or
+    /// connections, so at most that many run at once. A response above the connection's
+    /// `max_message_size` less one byte (the reply's status byte) fails its request with an
+    /// error reply. A handler that returns an error or
     /// panics becomes an error reply for that request only. A client that fails its
     /// handshake or dies is dropped without affecting the others. For thousands of
     /// clients, prefer [`AsyncServer::serve`](crate::tokio::AsyncServer::serve): it needs no
@@ -379,7 +381,7 @@ fn serve_connection(connection: &mut Connection, pool: &WorkerPool) {
             return;
         }
         let Ok(result) = replies.recv() else { return };
-        let message = crate::reply::encode_reply(result);
+        let message = crate::reply::encode_reply_within(result, connection.max_message_size());
         if connection
             .send_with_correlation(&message, request.correlation)
             .is_err()

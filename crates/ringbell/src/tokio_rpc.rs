@@ -27,7 +27,7 @@ use super::{AsyncConnection, AsyncServer};
 use crate::config::ClientConfig;
 use crate::conn::{Pushed, SendProgress};
 use crate::error::Error;
-use crate::reply::{decode_reply, encode_reply};
+use crate::reply::{decode_reply, encode_reply_within};
 
 /// Default bound on a [`Client`]'s outstanding calls.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -114,6 +114,7 @@ impl<T> InFlight<T> {
 pub struct Client {
     calls: mpsc::Sender<Call>,
     in_flight: Arc<Semaphore>,
+    max_message_size: usize,
 }
 
 impl Client {
@@ -133,8 +134,10 @@ impl Client {
     pub fn new(connection: AsyncConnection, max_in_flight: usize) -> Client {
         let max_in_flight = max_in_flight.max(1);
         let (calls, queue) = mpsc::channel(max_in_flight);
+        let max_message_size = connection.get_ref().max_message_size();
         ::tokio::spawn(drive_client(connection, queue));
         Client {
+            max_message_size,
             calls,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
         }
@@ -150,6 +153,12 @@ impl Client {
     /// goes on); [`Error::PeerDied`] or [`Error::Corrupted`] if the connection ended;
     /// [`Error::TooLarge`] if the request exceeds the connection's maximum.
     pub async fn call(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
+        if request.len() > self.max_message_size {
+            return Err(Error::TooLarge {
+                len: request.len(),
+                max: self.max_message_size,
+            });
+        }
         let permit = self
             .in_flight
             .clone()
@@ -319,7 +328,10 @@ impl AsyncServer {
     ///
     /// Each connection runs up to [`ServerConfig::concurrent_requests`] handlers at once, as
     /// tokio tasks; past that the connection's requests wait in its ring, and its client
-    /// feels backpressure. A handler that returns an error or panics becomes an
+    /// feels backpressure. A response can be at most the connection's
+    /// `max_message_size` less one byte (the reply's status byte); a larger one fails its
+    /// call with an [`Error::Handler`] that says so. A handler that returns an error or
+    /// panics becomes an
     /// [`Error::Handler`] reply for that request only. A client that fails its handshake
     /// or dies is dropped without affecting the others.
     ///
@@ -429,6 +441,7 @@ async fn drive_server<H, F, E>(
     E: std::fmt::Display + Send + 'static,
 {
     let mut handlers: JoinSet<Result<Vec<u8>, String>> = JoinSet::new();
+    let max = connection.get_ref().max_message_size();
     let mut ids: HashMap<TaskId, u64> = HashMap::new();
     let mut outbox = Outbox::default();
     let mut buf = Vec::new();
@@ -441,7 +454,9 @@ async fn drive_server<H, F, E>(
             Err(error) => (error.id(), Err("the handler panicked".to_owned())),
         };
         if let Some(id) = ids.remove(&task) {
-            outbox.queue.push_back((id, encode_reply(result)));
+            outbox
+                .queue
+                .push_back((id, encode_reply_within(result, max)));
         }
     };
     // Once the server shuts down: no new requests, finish the ones under way.

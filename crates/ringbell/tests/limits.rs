@@ -534,14 +534,11 @@ fn a_client_out_of_fds_fails_to_connect_and_keeps_its_connections() {
 /// out of fds is told so: the error says it is out of file descriptors, not that the
 /// server misbehaved.
 ///
-/// Ignored until fixed. The kernel sets `MSG_CTRUNC` both when a peer attaches more fds
+/// The kernel sets `MSG_CTRUNC` both when a peer attaches more fds
 /// than the control buffer holds and when it cannot install them in this process
 /// (`EMFILE`); `recv_with_fds` gives room for `MAX_FDS`, so `MSG_CTRUNC` with fewer than
 /// `MAX_FDS` fds received means the latter.
 #[test]
-#[ignore = "library bug: a client out of fds is told \"the peer attached too many fds\" \
-            (recv_with_fds takes MSG_CTRUNC for a hostile peer; here the kernel could not \
-            install the fds: EMFILE)"]
 fn a_client_out_of_fds_is_told_it_is_out_of_fds() {
     let _test = shared_test("client_out_of_fds_told");
     let (outcomes, _) = run_fd_starved_client("client_out_of_fds_told");
@@ -639,13 +636,10 @@ mod rpc {
 /// documents), and the connection goes on: calls made before and after it, and one in
 /// flight at the same time, are answered. Against both servers.
 ///
-/// Ignored until fixed: the client's driver pushes requests with `push_some`, which does not
-/// check the size (`check_sendable` does), so `call` should check it before queueing.
+/// (The client's driver pushes requests with `push_some`, which does not check the size, so
+/// `call` checks it before queueing.)
 #[cfg(feature = "tokio")]
 #[test]
-#[ignore = "library bug: Client::call sends a request above max_message_size without checking \
-            it; the server takes it for corruption and drops the connection, so that call and \
-            every other call on the connection fail with PeerDied"]
 fn a_request_above_the_maximum_fails_only_its_call() {
     let _test = shared_test("rpc_request_too_large");
     let mut failures = Vec::new();
@@ -693,13 +687,10 @@ fn a_request_above_the_maximum_fails_only_its_call() {
 /// does) fails that call only, with `Error::Handler` (as the servers document for a failing
 /// handler), and the connection goes on: the next call is answered. Against both servers.
 ///
-/// Ignored until fixed: both servers send `encode_reply(result)` whatever its size; a reply
-/// above the maximum should become an error reply (itself cut to the maximum).
+/// (Both servers turn a reply above the maximum into an error reply, itself cut to the
+/// maximum.)
 #[cfg(feature = "tokio")]
 #[test]
-#[ignore = "library bug: a reply above max_message_size ends the whole connection (AsyncServer: \
-            the client reads it as Corrupted; Server::serve: the connection's thread quits and \
-            the client gets PeerDied) instead of failing one call"]
 fn a_response_above_the_maximum_fails_only_its_call() {
     let _test = shared_test("rpc_response_too_large");
     let mut failures = Vec::new();

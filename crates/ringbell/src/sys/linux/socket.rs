@@ -378,6 +378,11 @@ impl ControlStream {
                 fds.extend(received_fds);
             }
         }
+        if received.flags.contains(ReturnFlags::CTRUNC) && fds.len() < MAX_FDS {
+            // Room for MAX_FDS was given, yet fewer arrived: the kernel could not install
+            // them here (this process is out of fds), not a peer sending too many.
+            return Err(io_error(Errno::MFILE));
+        }
         if received.flags.contains(ReturnFlags::CTRUNC) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

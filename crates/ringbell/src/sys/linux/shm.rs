@@ -109,3 +109,47 @@ impl Drop for SharedRegion {
         let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An fd a hostile server might pass instead of a proper segment.
+    fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
+        let fd = fs::memfd_create("test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        fs::ftruncate(&fd, len).unwrap();
+        if !seals.is_empty() {
+            fs::fcntl_add_seals(&fd, seals).unwrap();
+        }
+        fd
+    }
+
+    fn refusal(fd: &OwnedFd, len: usize) -> String {
+        match SharedRegion::open(fd, len) {
+            Ok(_) => panic!("a bad segment was mapped"),
+            Err(error) => {
+                assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+                error.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn a_proper_segment_opens() {
+        let (_region, fd) = SharedRegion::create(8192).unwrap();
+        assert_eq!(SharedRegion::open(&fd, 8192).unwrap().len(), 8192);
+    }
+
+    /// A peer that could shrink the object after we mapped it would turn our reads into
+    /// `SIGBUS`: unsealed, partly sealed, wrongly sized and non-memfd objects are refused
+    /// before mapping.
+    #[test]
+    fn unsafe_segments_are_refused_before_mapping() {
+        assert!(refusal(&memfd(8192, SealFlags::empty()), 8192).contains("not sealed"));
+        let grow_only = SealFlags::GROW | SealFlags::SEAL;
+        assert!(refusal(&memfd(8192, grow_only), 8192).contains("not sealed"));
+        assert!(refusal(&memfd(4096, required_seals()), 8192).contains("size differs"));
+        let dev_null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        assert!(refusal(&dev_null, 8192).contains("not a sealable memfd"));
+    }
+}

@@ -26,8 +26,8 @@ use crate::serve::ServeMode;
 use crate::stats::{
     format_count, format_ratio, print_table, LatencyRun, LatencySummary, ThroughputRun,
 };
+use crate::stream::{self, StreamChannel, StreamKind};
 use crate::temp_dir::TempDir;
-use crate::unix_socket::UnixSocketChannel;
 use crate::{WaitArgs, WaitKind};
 
 /// Bytes per message in every measurement.
@@ -307,26 +307,8 @@ impl Demo {
         )
     }
 
-    fn unix_socket_peer(
-        &self,
-        mode: ServeMode,
-    ) -> Result<(PeerProcess, UnixSocketChannel), CliError> {
-        let socket = self
-            .workspace
-            .path()
-            .join(format!("unix-{}.sock", mode.arg()));
-        let peer = PeerProcess::spawn_listening(
-            "unix socket peer",
-            self.launcher.command(&[
-                "__uds-peer".into(),
-                socket.clone().into(),
-                "--mode".into(),
-                mode.arg().into(),
-            ]),
-            LISTEN_TIMEOUT,
-        )?;
-        let channel = UnixSocketChannel::connect(&socket)?;
-        Ok((peer, channel))
+    fn unix_socket_peer(&self, mode: ServeMode) -> Result<(PeerProcess, StreamChannel), CliError> {
+        stream::start_peer(&self.launcher, StreamKind::Uds, mode)
     }
 }
 

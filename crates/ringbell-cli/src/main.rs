@@ -6,7 +6,8 @@
 //!   Unix socket), all measured in the same run.
 //! * `stress` starts a server and many client processes, makes every client call it many
 //!   times with checked random payloads, and compares ringbell with Unix sockets.
-//! * The hidden `__shm-peer` and `__uds-peer` are the demo's baseline peers;
+//! * The hidden `__shm-peer` and `__stream-peer` are the baseline peers of `demo` and
+//!   `bench`;
 //!   `__stress-server` and `__stress-client` are the stress test's processes.
 //!
 //! `main` parses the command line and prints errors; each module does one command.
@@ -24,9 +25,9 @@ mod ping;
 mod serve;
 mod shm;
 mod stats;
+mod stream;
 mod stress;
 mod temp_dir;
-mod unix_socket;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,9 +96,10 @@ enum Command {
     /// Baseline peer of `demo`: answers a raw ping-pong on an inherited memfd.
     #[command(name = "__shm-peer", hide = true)]
     ShmPeer(ShmPeerArgs),
-    /// Baseline peer of `demo`: a Unix-socket echo or sink server for one client.
-    #[command(name = "__uds-peer", hide = true)]
-    UdsPeer(UdsPeerArgs),
+    /// Baseline peer of `demo` and `bench`: an echo or sink server on one byte stream (a
+    /// Unix socket, pipes or TCP).
+    #[command(name = "__stream-peer", hide = true)]
+    StreamPeer(StreamPeerArgs),
 }
 
 /// How this side waits for a message.
@@ -251,14 +253,39 @@ struct ShmPeerArgs {
 }
 
 #[derive(Debug, Args)]
-struct UdsPeerArgs {
-    /// Socket path to listen on.
-    path: PathBuf,
+struct StreamPeerArgs {
+    /// Which stream it is.
+    #[arg(long, value_enum)]
+    kind: stream::StreamKind,
     /// What to do with each message.
     #[arg(long, value_enum)]
     mode: ServeMode,
+    /// The inherited socket-pair end (uds), or the pipe to read from (pipe).
+    #[arg(long, value_name = "N")]
+    fd: Option<i32>,
+    /// The inherited pipe to write to (pipe).
+    #[arg(long, value_name = "N")]
+    write_fd: Option<i32>,
+    /// The address to connect to (tcp).
+    #[arg(long, value_name = "ADDRESS")]
+    connect: Option<std::net::SocketAddr>,
     #[command(flatten)]
     process: ProcessArgs,
+}
+
+impl StreamPeerArgs {
+    fn end(&self) -> Result<stream::PeerEnd, CliError> {
+        use stream::{PeerEnd, StreamKind};
+        let missing = |what: &str| CliError::new(format!("__stream-peer needs {what}"));
+        Ok(match self.kind {
+            StreamKind::Uds => PeerEnd::Unix(self.fd.ok_or_else(|| missing("--fd"))?),
+            StreamKind::Pipe => PeerEnd::Pipes(
+                self.fd.ok_or_else(|| missing("--fd"))?,
+                self.write_fd.ok_or_else(|| missing("--write-fd"))?,
+            ),
+            StreamKind::Tcp => PeerEnd::Tcp(self.connect.ok_or_else(|| missing("--connect"))?),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -321,9 +348,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let parent = args.process.apply()?;
             baseline::run_peer(args.fd, args.mode, args.count, parent)
         }
-        Command::UdsPeer(args) => {
+        Command::StreamPeer(args) => {
             args.process.apply()?;
-            unix_socket::run_peer(&args.path, args.mode)
+            stream::run_peer(args.end()?, args.mode)
         }
     }
 }

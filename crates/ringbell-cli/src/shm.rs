@@ -70,18 +70,10 @@ impl SharedPage {
         Ok((page, fd))
     }
 
-    /// Maps the memfd the demo left open for this process as fd number `raw_fd`, after
+    /// Maps the memfd the parent left open for this process as fd number `raw_fd`, after
     /// checking that it is sealed and large enough, and closes the fd.
     pub fn open_inherited(raw_fd: RawFd) -> Result<SharedPage, CliError> {
-        if raw_fd <= 2 {
-            return Err(CliError::new(format!(
-                "fd {raw_fd} is a standard stream or invalid, not the baseline memfd"
-            )));
-        }
-        // SAFETY: `__shm-peer` is started only by `ringbell demo`, which clears
-        // close-on-exec on its memfd just for this child and passes its number, so the fd is
-        // open here; nothing else in this process knows the number, so this is its only owner.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw_fd) };
+        let fd = take_inherited_fd(raw_fd, "the baseline memfd")?;
         let seals = fcntl_get_seals(&fd).context(format_args!("fd {raw_fd} is not a memfd"))?;
         if !seals.contains(required_seals()) {
             return Err(CliError::new(format!(
@@ -137,4 +129,27 @@ impl Drop for SharedPage {
         // Failing to unmap our own mapping would only leak address space.
         let _ = result;
     }
+}
+
+/// Takes ownership of fd number `raw_fd`, which the parent process (`ringbell demo` or
+/// `ringbell bench`) left open for this child: it clears close-on-exec on exactly that fd
+/// for this one spawn and passes its number on the command line. `what` names it in
+/// errors.
+pub fn take_inherited_fd(raw_fd: RawFd, what: &str) -> Result<OwnedFd, CliError> {
+    if raw_fd <= 2 {
+        return Err(CliError::new(format!(
+            "fd {raw_fd} is a standard stream or invalid, not {what}"
+        )));
+    }
+    // Refuse a number that is not open here, rather than own (and later close) nothing.
+    rustix::io::fcntl_getfd(
+        // SAFETY: borrowed only for this call, to ask the kernel whether it is open.
+        unsafe { BorrowedFd::borrow_raw(raw_fd) },
+    )
+    .context(format_args!(
+        "fd {raw_fd} ({what}) is not open in this process"
+    ))?;
+    // SAFETY: the parent passed this number for this process alone and it is open (checked
+    // above); nothing else in this process knows the number, so this is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw_fd) })
 }

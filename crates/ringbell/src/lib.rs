@@ -77,6 +77,11 @@ pub mod tokio;
 #[doc(hidden)]
 pub mod fuzz_api;
 
+// Not a stable API: the ring and the frame header, wrapped for the criterion benchmarks in
+// `benches/`. Always compiled, so that `cargo bench` needs no feature.
+#[doc(hidden)]
+pub mod bench_api;
+
 pub use config::{ClientConfig, ServerConfig, WaitStrategy};
 #[cfg(not(loom))]
 pub use conn::{Connection, IpcTransport};

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use ringbell::{ClientConfig, Connection, WaitStrategy};
+use ringbell::{Connection, WaitStrategy};
 
 use crate::affinity::{allowed_cpus, pin_to_cpu};
 use crate::baseline::{self, ShmMode};
@@ -28,13 +28,10 @@ use crate::stats::{
 };
 use crate::stream::{self, StreamChannel, StreamKind};
 use crate::temp_dir::TempDir;
-use crate::{WaitArgs, WaitKind};
+use crate::WaitKind;
 
 /// Bytes per message in every measurement.
 const MESSAGE_SIZE: usize = 64;
-
-/// How long a server or peer may take to start listening.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Row names: one per measurement.
 const RINGBELL_SPIN: &str = "ringbell spin";
@@ -270,26 +267,7 @@ impl Demo {
         kind: WaitKind,
         mode: ServeMode,
     ) -> Result<(PeerProcess, Connection), CliError> {
-        let socket =
-            self.workspace
-                .path()
-                .join(format!("ringbell-{}-{}.sock", kind.arg(), mode.arg()));
-        let server = PeerProcess::spawn_listening(
-            &format!("ringbell serve --wait {}", kind.arg()),
-            self.launcher.command(&[
-                "serve".into(),
-                socket.clone().into(),
-                "--wait".into(),
-                kind.arg().into(),
-                "--mode".into(),
-                mode.arg().into(),
-            ]),
-            LISTEN_TIMEOUT,
-        )?;
-        let config = ClientConfig::default().wait(WaitArgs::of_kind(kind).strategy());
-        // The library's errors name the path already.
-        let connection = Connection::connect(&socket, config)?;
-        Ok((server, connection))
+        crate::serve::start_local(&self.launcher, self.workspace.path(), kind, mode)
     }
 
     fn unix_socket_latency(&self, warmup: u64, count: u64) -> Result<LatencyRun, CliError> {

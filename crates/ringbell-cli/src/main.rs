@@ -16,11 +16,13 @@
 
 mod affinity;
 mod baseline;
+mod bench;
 mod child;
 mod demo;
 mod error;
 mod idle;
 mod measure;
+mod peers;
 mod ping;
 mod serve;
 mod shm;
@@ -87,6 +89,16 @@ enum Command {
     /// over Unix sockets, and prints their ratios. Exits non-zero if any request failed,
     /// was lost, duplicated or corrupted.
     Stress(stress::StressArgs),
+    /// Measure ringbell against raw baselines and peer libraries (iceoryx2, ipc-channel,
+    /// tokio), all in this run.
+    ///
+    /// Round-trip latency at 64 B to 1 MiB with each wait strategy, one-way throughput,
+    /// request/response with 1 to 1,000 clients, idle CPU and memory per connection, each
+    /// beside the floors (shared-memory spin, futex, eventfd), the byte streams (Unix
+    /// socket, pipe, TCP loopback), memcpy, and the peers, with ratios and the targets met
+    /// or missed. Sides run as separate processes pinned to two CPUs. Takes several
+    /// minutes; --quick, well under one.
+    Bench(bench::BenchArgs),
     /// Server process of `stress`.
     #[command(name = "__stress-server", hide = true)]
     StressServer(StressServerArgs),
@@ -96,6 +108,12 @@ enum Command {
     /// Baseline peer of `demo`: answers a raw ping-pong on an inherited memfd.
     #[command(name = "__shm-peer", hide = true)]
     ShmPeer(ShmPeerArgs),
+    /// Peer-library end of a `bench` channel (iceoryx2, ipc-channel, tokio).
+    #[command(name = "__peer-lib", hide = true)]
+    PeerLib(PeerLibArgs),
+    /// Baseline peer of `bench`: answers wake-ups on two inherited eventfds.
+    #[command(name = "__eventfd-peer", hide = true)]
+    EventfdPeer(EventfdPeerArgs),
     /// Baseline peer of `demo` and `bench`: an echo or sink server on one byte stream (a
     /// Unix socket, pipes or TCP).
     #[command(name = "__stream-peer", hide = true)]
@@ -253,6 +271,40 @@ struct ShmPeerArgs {
 }
 
 #[derive(Debug, Args)]
+struct PeerLibArgs {
+    /// Which peer library.
+    #[arg(long, value_parser = parse_peer)]
+    peer: peers::PeerKind,
+    /// What to do with each message.
+    #[arg(long, value_enum)]
+    mode: ServeMode,
+    #[command(flatten)]
+    process: ProcessArgs,
+    /// The library's own connection arguments, from the parent.
+    #[arg(last = true)]
+    setup: Vec<String>,
+}
+
+fn parse_peer(arg: &str) -> Result<peers::PeerKind, String> {
+    peers::PeerKind::from_arg(arg).ok_or_else(|| format!("unknown peer library {arg}"))
+}
+
+#[derive(Debug, Args)]
+struct EventfdPeerArgs {
+    /// The inherited eventfd to wait on.
+    #[arg(long, value_name = "N")]
+    ping_fd: i32,
+    /// The inherited eventfd to answer on.
+    #[arg(long, value_name = "N")]
+    pong_fd: i32,
+    /// Wake-ups to answer before exiting (warm-up included).
+    #[arg(long, value_name = "K")]
+    count: u64,
+    #[command(flatten)]
+    process: ProcessArgs,
+}
+
+#[derive(Debug, Args)]
 struct StreamPeerArgs {
     /// Which stream it is.
     #[arg(long, value_enum)]
@@ -336,6 +388,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Demo(args) => demo::run(args.quick),
         Command::Stress(args) => stress::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::PeerLib(args) => {
+            args.process.apply()?;
+            peers::run_child(args.peer, args.mode, &args.setup)
+        }
         Command::StressServer(args) => {
             args.process.apply()?;
             stress::run_server(&args.server)
@@ -347,6 +404,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::ShmPeer(args) => {
             let parent = args.process.apply()?;
             baseline::run_peer(args.fd, args.mode, args.count, parent)
+        }
+        Command::EventfdPeer(args) => {
+            let parent = args.process.apply()?;
+            baseline::run_eventfd_peer(args.ping_fd, args.pong_fd, args.count, parent)
         }
         Command::StreamPeer(args) => {
             args.process.apply()?;

@@ -9,8 +9,40 @@ use std::time::Duration;
 use clap::ValueEnum;
 use ringbell::{Error, IpcTransport, Server, ServerConfig};
 
-use crate::child::LISTENING_PREFIX;
+use crate::child::{PeerLauncher, PeerProcess, LISTENING_PREFIX};
 use crate::error::{CliError, Context};
+use crate::{WaitArgs, WaitKind};
+
+/// How long a server started by `demo` or `bench` may take to start listening.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts a `ringbell serve` child in `mode` at `dir/<name>.sock`, both sides waiting with
+/// `kind`, and connects to it. The server is killed when the returned process is dropped;
+/// drop the connection first, so that the server sees a clean goodbye.
+pub fn start_local(
+    launcher: &PeerLauncher,
+    dir: &Path,
+    kind: WaitKind,
+    mode: ServeMode,
+) -> Result<(PeerProcess, ringbell::Connection), CliError> {
+    let socket = dir.join(format!("ringbell-{}-{}.sock", kind.arg(), mode.arg()));
+    let server = PeerProcess::spawn_listening(
+        &format!("ringbell serve --wait {}", kind.arg()),
+        launcher.command(&[
+            "serve".into(),
+            socket.clone().into(),
+            "--wait".into(),
+            kind.arg().into(),
+            "--mode".into(),
+            mode.arg().into(),
+        ]),
+        LISTEN_TIMEOUT,
+    )?;
+    let config = ringbell::ClientConfig::default().wait(WaitArgs::of_kind(kind).strategy());
+    // The library's errors name the path already.
+    let connection = ringbell::Connection::connect(&socket, config)?;
+    Ok((server, connection))
+}
 
 /// What a server does with the messages it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,18 +1,18 @@
 //! Micro-benchmarks of the ring and its framing, in one thread, through
 //! `ringbell::bench_api` (the crate's own `Producer` and `Consumer` over heap memory, with
-//! every check a connection makes), and one in-process round trip through the public API.
+//! every check a connection makes).
 //!
 //! `cargo bench -p ringbell --bench ring`; what each group measures, and figures, are in
-//! `docs/MICROBENCHMARKS.md`. The cross-process latency and throughput figures come from
-//! `ringbell demo` instead (README, "Figures").
+//! `docs/MICROBENCHMARKS.md`. Round trips between two spinning sides are not here: they
+//! need two idle cores, and with one of them busy the figure measures the scheduler (see
+//! that file). `ringbell demo` measures them across processes, on pinned cores, beside
+//! its baselines (README, "Figures").
 
 use std::hint::black_box;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringbell::bench_api::{decode_frame_header, encode_frame_header, FrameKind, HeapRing};
-use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
 
 /// The ring size of the ring benchmarks: 128 KiB, the default `ServerConfig` capacity.
 const RING_CAPACITY: usize = 128 << 10;
@@ -99,57 +99,5 @@ fn ring_batch(c: &mut Criterion) {
     group.finish();
 }
 
-/// A 64-byte round trip through `Connection::send` and `recv` to an echo thread in the
-/// same process, both sides spinning: the ring cost plus the connection's own checks and
-/// wake-up bookkeeping, plus two cache-line handoffs between cores. It needs two idle
-/// cores; with only one free, the two spinners take turns on it and the figure measures
-/// the scheduler instead.
-fn round_trip_in_process(c: &mut Criterion) {
-    let path = std::env::temp_dir().join(format!(
-        "ringbell-bench-round-trip-{}.sock",
-        std::process::id()
-    ));
-    let server = Server::bind(&path, ServerConfig::default().wait(WaitStrategy::Spin))
-        .expect("binding the benchmark's socket");
-    let echo = thread::spawn(move || {
-        let mut conn = server.accept().expect("accepting the benchmark's client");
-        let mut buf = Vec::new();
-        loop {
-            match conn.recv(&mut buf, None) {
-                Ok(len) => conn.send(&buf[..len]).expect("echoing"),
-                Err(Error::PeerDied) => break,
-                Err(other) => panic!("echo thread: {other}"),
-            }
-        }
-    });
-    let mut conn = Connection::connect(&path, ClientConfig::default().wait(WaitStrategy::Spin))
-        .expect("connecting to the benchmark's server");
-    // A lost echo fails the benchmark after this instead of hanging it.
-    let patience = Some(Duration::from_secs(10));
-
-    let mut group = c.benchmark_group("round_trip_in_process");
-    group.throughput(Throughput::Elements(1));
-    let msg = [0xa5_u8; 64];
-    let mut buf = Vec::with_capacity(msg.len());
-    group.bench_function("spin_64", |b| {
-        b.iter(|| {
-            conn.send(black_box(&msg)).expect("sending");
-            conn.recv(black_box(&mut buf), patience).expect("the echo")
-        })
-    });
-    group.finish();
-
-    drop(conn);
-    echo.join()
-        .expect("the echo thread ends when the client leaves");
-    let _ = std::fs::remove_file(&path);
-}
-
-criterion_group!(
-    benches,
-    frame_header,
-    ring_push_pop,
-    ring_batch,
-    round_trip_in_process
-);
+criterion_group!(benches, frame_header, ring_push_pop, ring_batch);
 criterion_main!(benches);

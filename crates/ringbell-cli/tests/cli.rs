@@ -17,7 +17,7 @@ use rustix::process::{kill_process, Pid, Signal};
 const RINGBELL: &str = env!("CARGO_BIN_EXE_ringbell");
 
 /// Far longer than any of these tests takes, even on a loaded 2-core machine.
-const WATCHDOG_LIMIT: Duration = Duration::from_secs(120);
+const WATCHDOG_LIMIT: Duration = Duration::from_secs(240);
 
 /// Kills the test's children and aborts the test binary if the test outlives
 /// [`WATCHDOG_LIMIT`]. Dropping it (the test finished) stops it.
@@ -244,5 +244,140 @@ fn errors_exit_non_zero_with_a_message() {
         stderr.contains("ringbell: error:") && stderr.contains("/nonexistent-ringbell-dir"),
         "{}",
         describe(&output)
+    );
+}
+
+#[test]
+fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
+    let watchdog = Watchdog::start("ringbell bench --quick");
+    let dir = TestDir::new("bench");
+    let json = dir.0.join("bench.json");
+    let plots = dir.0.join("plots");
+    let child = Command::new(RINGBELL)
+        .args(["bench", "--quick", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plots)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    watchdog.watch(&child);
+    let bench_pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("met?"),
+        "no target table\n{}",
+        describe(&output)
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["machine"]["cpus"].as_u64().unwrap() >= 2);
+    assert!(!report["machine"]["kernel"].as_str().unwrap().is_empty());
+    let skipped = report["skipped"].as_array().unwrap();
+    assert!(skipped.is_empty(), "measurements were skipped: {skipped:?}");
+    let peers: Vec<(String, bool)> = report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|peer| {
+            (
+                peer["name"].as_str().unwrap().to_owned(),
+                peer["streams"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!peers.is_empty(), "no peer library was measured");
+
+    // Every subject at every size, with figures that are numbers above zero.
+    let rows = |section: &str| report[section].as_array().unwrap().clone();
+    let has = |section: &str, name: &str, size: u64, figure: &str| {
+        rows(section).iter().any(|row| {
+            row["name"] == name
+                && row["size"].as_u64() == Some(size)
+                && row[figure].as_f64().is_some_and(|value| value > 0.0)
+        })
+    };
+    for floor in ["raw spin (floor)", "raw futex (floor)", "eventfd (floor)"] {
+        assert!(has("latency", floor, 64, "p50_us"), "no {floor}");
+    }
+    for size in [64, 1 << 10, 64 << 10, 1 << 20] {
+        let mut names: Vec<String> = [
+            "ringbell spin",
+            "ringbell adaptive",
+            "ringbell block",
+            "unix socket",
+            "pipe",
+            "tcp loopback",
+        ]
+        .map(String::from)
+        .to_vec();
+        names.extend(peers.iter().map(|(name, _)| name.clone()));
+        for name in names {
+            assert!(
+                has("latency", &name, size, "p99_us"),
+                "no latency for {name} at {size} B"
+            );
+        }
+    }
+    for size in [64, 4 << 10, 64 << 10, 1 << 20] {
+        let mut names: Vec<String> = [
+            "memcpy (ceiling)",
+            "ringbell adaptive",
+            "unix socket",
+            "pipe",
+            "tcp loopback",
+        ]
+        .map(String::from)
+        .to_vec();
+        names.extend(
+            peers
+                .iter()
+                .filter(|(_, streams)| *streams)
+                .map(|(name, _)| name.clone()),
+        );
+        for name in names {
+            assert!(
+                has("throughput", &name, size, "messages_per_second"),
+                "no throughput for {name} at {size} B"
+            );
+        }
+    }
+    for clients in [1, 10, 100] {
+        for name in ["ringbell AsyncServer", "tokio UnixStream"] {
+            assert!(
+                rows("load").iter().any(|row| row["name"] == name
+                    && row["clients"].as_u64() == Some(clients)
+                    && row["requests_per_second"]
+                        .as_f64()
+                        .is_some_and(|rate| rate > 0.0)),
+                "no request/response figure for {name} with {clients} clients"
+            );
+        }
+    }
+    assert!(report["idle"]["seconds"].as_f64().unwrap() > 0.0);
+
+    for plot in [
+        "latency-64B.svg",
+        "latency-1KiB.svg",
+        "latency-64KiB.svg",
+        "latency-1MiB.svg",
+        "throughput.svg",
+    ] {
+        let svg = std::fs::read_to_string(plots.join(plot)).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.contains("ringbell"),
+            "{plot} is not a plot"
+        );
+    }
+    let workspace = std::env::temp_dir().join(format!("ringbell-bench-{bench_pid}"));
+    assert!(
+        !workspace.exists(),
+        "bench left {} behind",
+        workspace.display()
     );
 }

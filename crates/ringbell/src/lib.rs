@@ -48,6 +48,8 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod config;
+#[cfg(any(feature = "tokio", loom))]
+mod in_flight;
 mod layout;
 mod ring;
 mod sync;

@@ -27,6 +27,7 @@ use super::{AsyncConnection, AsyncServer};
 use crate::config::ClientConfig;
 use crate::conn::{Pushed, SendProgress};
 use crate::error::Error;
+use crate::in_flight::InFlight;
 use crate::reply::{decode_reply, encode_reply_within};
 
 /// Default bound on a [`Client`]'s outstanding calls.
@@ -49,51 +50,6 @@ struct Call {
 struct Pending {
     reply: oneshot::Sender<Result<Vec<u8>, Error>>,
     _permit: OwnedSemaphorePermit,
-}
-
-/// The calls sent and waiting for replies, by correlation id: the client's in-flight table.
-/// Ids are never 0 and never reused while their call waits, so a reply reaches exactly the
-/// call that was sent with its id, or nobody (a reply with an unknown id is dropped).
-#[derive(Debug)]
-struct InFlight<T> {
-    waiting: HashMap<u64, T>,
-    next_id: u64,
-}
-
-impl<T> Default for InFlight<T> {
-    fn default() -> Self {
-        InFlight {
-            waiting: HashMap::new(),
-            next_id: 1,
-        }
-    }
-}
-
-impl<T> InFlight<T> {
-    /// Records a call and returns its correlation id.
-    fn admit(&mut self, call: T) -> u64 {
-        let mut id = self.next_id;
-        while id == 0 || self.waiting.contains_key(&id) {
-            id = id.wrapping_add(1);
-        }
-        self.next_id = id.wrapping_add(1);
-        self.waiting.insert(id, call);
-        id
-    }
-
-    /// The call a reply with `id` answers, if it still waits.
-    fn complete(&mut self, id: u64) -> Option<T> {
-        self.waiting.remove(&id)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    /// Every waiting call, for failing them all when the connection ends.
-    fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
-        self.waiting.drain().map(|(_, call)| call)
-    }
 }
 
 /// A request/response client over one connection. Cheap to clone; every clone calls
@@ -511,74 +467,4 @@ async fn drive_server<H, F, E>(
     .await;
     // The client is gone or broke the protocol: its handlers' work is for nobody.
     handlers.abort_all();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[derive(Debug, Clone)]
-    enum Step {
-        /// A new call.
-        Call,
-        /// The reply to the n-th waiting call (modulo how many wait).
-        Reply(usize),
-        /// A reply with an id nobody was given.
-        Stray(u64),
-    }
-
-    fn step() -> impl Strategy<Value = Step> {
-        prop_oneof![
-            3 => Just(Step::Call),
-            3 => any::<usize>().prop_map(Step::Reply),
-            1 => any::<u64>().prop_map(Step::Stray),
-        ]
-    }
-
-    proptest! {
-        /// Against a model of which call holds which id: every reply, in any order, reaches
-        /// exactly its own call once; stray ids reach nobody; ids are never 0 or shared.
-        #[test]
-        fn replies_reach_exactly_their_calls(
-            start in prop_oneof![Just(1u64), Just(u64::MAX - 3), any::<u64>()],
-            steps in proptest::collection::vec(step(), 1..300),
-        ) {
-            let mut table = InFlight { waiting: HashMap::new(), next_id: start };
-            let mut model: Vec<(u64, u32)> = Vec::new(); // (id, call number)
-            let mut calls = 0u32;
-            for step in steps {
-                match step {
-                    Step::Call => {
-                        let id = table.admit(calls);
-                        prop_assert_ne!(id, 0);
-                        prop_assert!(model.iter().all(|(other, _)| *other != id));
-                        model.push((id, calls));
-                        calls += 1;
-                    }
-                    Step::Reply(pick) if !model.is_empty() => {
-                        let (id, call) = model.remove(pick % model.len());
-                        prop_assert_eq!(table.complete(id), Some(call));
-                        prop_assert_eq!(table.complete(id), None);
-                    }
-                    Step::Reply(_) => {}
-                    Step::Stray(id) => {
-                        let expected = model.iter().position(|(other, _)| *other == id);
-                        match expected {
-                            Some(index) => {
-                                let (_, call) = model.remove(index);
-                                prop_assert_eq!(table.complete(id), Some(call));
-                            }
-                            None => prop_assert_eq!(table.complete(id), None),
-                        }
-                    }
-                }
-            }
-            let mut left: Vec<u32> = table.drain().collect();
-            left.sort_unstable();
-            let mut expected: Vec<u32> = model.into_iter().map(|(_, call)| call).collect();
-            expected.sort_unstable();
-            prop_assert_eq!(left, expected);
-        }
-    }
 }

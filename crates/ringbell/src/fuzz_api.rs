@@ -9,10 +9,10 @@
 //! invariants it can check from the outside, so that a broken invariant is a crash the
 //! fuzzer reports, not a silent wrong answer:
 //!
-//! * [`frame_header`]: what [`FrameHeader::decode`] accepts, it reads back byte for byte.
+//! * [`frame_header`]: what `ring::FrameHeader::decode` accepts, it reads back byte for byte.
 //! * [`handshake`]: the handshake decoders accept only well-formed messages of the
 //!   expected kind, and what they accept re-encodes to the same bytes.
-//! * [`hostile_ring`]: a [`Consumer`] over a ring whose indices and bytes a hostile
+//! * [`hostile_ring`]: a `ring::Consumer` over a ring whose indices and bytes a hostile
 //!   producer wrote hands out only frames that lie inside the ring and inside what was
 //!   published, in order, and runs dry or fails within a bounded number of steps.
 //! * `codec` (feature `codec`): typed decoding fails cleanly or yields a value that
@@ -135,7 +135,7 @@ where
     assert_eq!(crate::codec::decode::<T>(&encoded).ok(), Some(value));
 }
 
-/// Runs a [`Consumer`] against a hostile producer scripted by the input.
+/// Runs a `ring::Consumer` against a hostile producer scripted by the input.
 ///
 /// The script, in fixed-width little-endian fields (reading as zero past the input's end,
 /// so that every input is a whole script):

@@ -2,9 +2,13 @@
 # The project's one test command (the README's second command; .ci/run calls it too).
 #
 # 1. Every unit, property, doc and cross-process integration test of the workspace.
-# 2. The loom models of the ring and the sleep/wake protocol. loom replaces the atomics
-#    through `--cfg loom`, which rebuilds the crate and its dependencies, so it gets a
-#    target directory of its own and does not invalidate the normal build.
+# 2. The loom models of the ring, the sleep/wake protocol and the in-flight table. loom
+#    replaces the atomics through `--cfg loom`, which rebuilds the crate and its
+#    dependencies, so it gets a target directory of its own and does not invalidate the
+#    normal build.
+# 3. Miri over the ring's unsafe code on heap memory and over the fuzz corpus, when a
+#    nightly toolchain is installed (it is added to the nightly if missing). Without one,
+#    this step says loudly that it did not run; it is never reported as passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +18,19 @@ cargo test --workspace --all-features --locked
 echo "== loom models (RUSTFLAGS=--cfg loom)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \
     cargo test -p ringbell --release --locked --lib loom
+
+echo "== Miri: the ring over heap memory, and the fuzz corpus"
+if rustup toolchain list 2>/dev/null | grep -q '^nightly' &&
+    { cargo +nightly miri --version >/dev/null 2>&1 ||
+        rustup component add miri --toolchain nightly >/dev/null 2>&1; }; then
+    # Isolation off: proptest looks up its regression files. Few cases: Miri is ~1000x
+    # slower than native code, and the point is the checks on each access, not the count.
+    export MIRIFLAGS="-Zmiri-disable-isolation" PROPTEST_CASES=8
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/miri"
+    cargo +nightly miri test -p ringbell --locked --lib ring::
+    cargo +nightly miri test -p ringbell --locked --no-default-features --features codec \
+        --test fuzz_corpus
+else
+    echo "!! Miri NOT RUN: no nightly toolchain with Miri here (see docs/FUZZING.md)."
+    echo "!! Everything above passed; this step did not run and is not counted."
+fi

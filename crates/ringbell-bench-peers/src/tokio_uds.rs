@@ -3,14 +3,14 @@
 //! connection task would; messages are a 4-byte little-endian length and the payload.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 
-use crate::{bad_args, Channel, ChildSetup, Pending};
+use crate::{bad_args, inherited_fd, Channel, ChildSetup, Pending};
 
 struct TokioChannel {
     runtime: Runtime,
@@ -104,23 +104,9 @@ pub(crate) fn connect_child(args: &[String]) -> io::Result<Box<dyn Channel>> {
     let [fd, max_message] = args else {
         return Err(bad_args("expected: <socket fd> <max message>"));
     };
-    let fd: i32 = fd.parse().map_err(|_| bad_args("the fd is not a number"))?;
     let max_message = max_message
         .parse()
         .map_err(|_| bad_args("the maximum message size is not a number"))?;
-    if fd <= 2 || rustix_like_fd_is_open(fd).is_err() {
-        return Err(bad_args("the socket fd is not open in this process"));
-    }
-    // SAFETY: the parent passed this fd number for this process alone, left open across
-    // exec (checked open above); nothing else here knows the number, so we own it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = inherited_fd(fd)?;
     Ok(Box::new(TokioChannel::new(fd.into(), max_message)?))
-}
-
-/// Whether `fd` is open in this process (`fcntl(F_GETFD)`), without taking it over.
-fn rustix_like_fd_is_open(fd: i32) -> io::Result<()> {
-    // `File::from_raw_fd` would own it; a duplicate tells the same and is closed at once.
-    // SAFETY: borrowed only for this call.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    borrowed.try_clone_to_owned().map(drop)
 }

@@ -176,7 +176,7 @@ fn spin_until(
     while word.load(Ordering::Acquire) != target {
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
-        if spins % SPINS_PER_LIVENESS_CHECK == 0 {
+        if spins.is_multiple_of(SPINS_PER_LIVENESS_CHECK) {
             other_side_alive()?;
         }
     }

@@ -183,6 +183,21 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or_else(|error| panic!("reading /proc/{pid}/fd: {error}"))
 }
 
+/// How many fds process `pid` has open once the count stops moving: a server that has just
+/// started may still have a file open for a moment (the blocking server reads cgroup files
+/// to size its worker pool).
+fn settled_fds(pid: u32) -> usize {
+    let mut last = open_fds(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = open_fds(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Polls until process `pid` has at most `target` fds open; panics after [`PATIENCE`].
 fn wait_for_fds_at_most(pid: u32, target: usize, what: &str) {
     let start = Instant::now();
@@ -213,7 +228,7 @@ fn flood(kind: &str) {
     // still in progress, which the fd count below checks.
     let handshake = Duration::from_secs(20);
     let (_server, pid) = spawn_server(&socket, kind, STALLED + 1_000, handshake);
-    let baseline = open_fds(pid);
+    let baseline = settled_fds(pid);
 
     let mut staller = ChildProcess::spawn(
         "staller",
@@ -273,11 +288,15 @@ fn flood(kind: &str) {
 /// Polls until process `pid` has at least `target` fds open; panics after [`PATIENCE`].
 fn wait_for_fds_at_least(pid: u32, target: usize) {
     let start = Instant::now();
-    while open_fds(pid) < target {
+    loop {
+        let open = open_fds(pid);
+        if open >= target {
+            return;
+        }
         assert!(
             start.elapsed() < PATIENCE,
-            "the server accepted only {} of the stalled connections",
-            open_fds(pid).saturating_sub(target)
+            "the server has {open} fds open, not the {target} expected with every stalled \
+             connection accepted"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -324,7 +343,7 @@ fn connection_limit(kind: &str) {
     const LIMIT: usize = 10;
     let socket = SocketPath::new(&format!("limit-{kind}"));
     let (_server, pid) = spawn_server(&socket, kind, LIMIT, Duration::from_millis(500));
-    let baseline = open_fds(pid);
+    let baseline = settled_fds(pid);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         // Established connections fill the limit; the next client is told why it is
@@ -345,10 +364,13 @@ fn connection_limit(kind: &str) {
         // stalled connections take all the places until their handshakes time out.
         drop(clients);
         wait_for_fds_at_most(pid, baseline, "after the clients closed");
+        // Counted again: the first count may have caught a file the server had open for a
+        // moment while starting (the blocking server reads cgroup files to size its pool).
+        let idle = open_fds(pid);
         let stalled: Vec<UnixStream> = (0..LIMIT)
             .map(|_| UnixStream::connect(socket.path()).unwrap())
             .collect();
-        wait_for_fds_at_least(pid, baseline + LIMIT);
+        wait_for_fds_at_least(pid, idle + LIMIT);
         let refusal = Client::connect(socket.path(), ClientConfig::default())
             .await
             .map(|_| ())

@@ -256,8 +256,9 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     // Before any child or thread exists, so that all of ours stay on this core.
     pin_to_cpu(*first)?;
     println!("pinning: this process on CPU {first}, each peer process on CPU {second}");
-    let bench = Bench {
+    let mut bench = Bench {
         plan,
+        quick: args.quick,
         launcher: PeerLauncher::new(Some(*second))?,
         workspace: TempDir::create("ringbell-bench")?,
         peers: if args.no_peers {
@@ -265,10 +266,10 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         } else {
             peers::PeerKind::ALL.to_vec()
         },
+        // Drawn once the number of steps is known, which depends on the rest.
         progress: ProgressBar::hidden(),
         skipped: std::cell::RefCell::new(Vec::new()),
     };
-    let mut bench = bench;
     bench.progress = progress_bar(bench.steps());
     let report = bench.measure_all(machine)?;
     bench.progress.finish_and_clear();
@@ -300,6 +301,7 @@ fn progress_bar(steps: u64) -> ProgressBar {
 
 struct Bench {
     plan: Plan,
+    quick: bool,
     launcher: PeerLauncher,
     workspace: TempDir,
     peers: Vec<peers::PeerKind>,
@@ -481,7 +483,7 @@ impl Bench {
         let idle = self.step("idle CPU of a connected pair", || self.idle())?;
         Ok(Report {
             command: std::env::args().collect::<Vec<_>>().join(" "),
-            quick: self.plan.spin_round_trips == Plan::QUICK.spin_round_trips,
+            quick: self.quick,
             machine,
             latency,
             throughput,

@@ -89,7 +89,7 @@ pub fn start(
 ) -> Result<(PeerProcess, PeerTransport), CliError> {
     let (setup, pending) = ringbell_bench_peers::listen(peer, MAX_MESSAGE)
         .context(format_args!("setting up {}", peer.name()))?;
-    let mut args: Vec<std::ffi::OsString> = vec![
+    let args: [std::ffi::OsString; 5] = [
         "__peer-lib".into(),
         "--peer".into(),
         peer.arg().into(),
@@ -100,15 +100,15 @@ pub fn start(
     for fd in &setup.inherited {
         fcntl_setfd(fd, FdFlags::empty()).context("letting the peer inherit its fds")?;
     }
+    // The library's own arguments go last, after `--`, past the launcher's options.
     let mut command = launcher.command(&args);
-    args.clear();
-    command.arg("--");
-    command.args(&setup.args);
+    command.arg("--").args(&setup.args);
     let mut process = PeerProcess::spawn(&format!("{} peer", peer.name()), command)?;
     drop(setup);
     let channel = pending
         .accept(CONNECT_TIMEOUT)
         .context(format_args!("waiting for the {} peer", peer.name()));
+    // If the child died, say so rather than report the timeout it caused.
     process.check_alive()?;
     Ok((process, PeerTransport { channel: channel? }))
 }

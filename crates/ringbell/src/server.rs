@@ -77,7 +77,9 @@ impl ConnectionSlots {
     /// One place under the limit, or `None` if all are taken.
     fn try_take(&self) -> Option<ConnectionSlot> {
         self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            // SYNC: a count only; nothing is published through it, so Relaxed suffices:
+            // the read-modify-write alone keeps takers from overshooting the limit.
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
                 (held < self.limit).then_some(held + 1)
             })
             .ok()
@@ -96,7 +98,8 @@ pub(crate) struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.held.fetch_sub(1, Ordering::AcqRel);
+        // SYNC: as in `try_take`, a count only.
+        self.held.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

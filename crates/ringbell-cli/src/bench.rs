@@ -522,31 +522,14 @@ impl Bench {
         warmup: u64,
         count: u64,
     ) -> Result<LatencyRun, CliError> {
-        match subject {
-            Subject::Ringbell(kind) => {
-                let (server, mut connection) = crate::serve::start_local(
-                    &self.launcher,
-                    self.workspace.path(),
-                    kind,
-                    ServeMode::Echo,
-                )?;
-                let run = measure::round_trips(&mut connection, size, warmup, count);
-                // Hang up first, so that the server sees a clean goodbye before it is killed.
-                drop(connection);
-                drop(server);
-                run
-            }
-            Subject::Stream(kind) => {
-                let (_peer, mut channel) =
-                    stream::start_peer(&self.launcher, kind, ServeMode::Echo)?;
-                measure::round_trips(&mut channel, size, warmup, count)
-            }
-            Subject::Peer(peer) => {
-                let (_process, mut transport) =
-                    peers::start(peer, &self.launcher, ServeMode::Echo)?;
-                measure::round_trips(&mut transport, size, warmup, count)
-            }
-        }
+        self.against(
+            subject,
+            RoundTrips {
+                size,
+                warmup,
+                count,
+            },
+        )
     }
 
     fn throughput_of(
@@ -556,28 +539,40 @@ impl Bench {
         warmup: u64,
         count: u64,
     ) -> Result<ThroughputRun, CliError> {
+        self.against(
+            subject,
+            OneWay {
+                size,
+                warmup,
+                count,
+            },
+        )
+    }
+
+    /// Starts `subject`'s other side in the mode `measurement` needs, and runs it there.
+    fn against<M: Measurement>(
+        &self,
+        subject: Subject,
+        measurement: M,
+    ) -> Result<M::Run, CliError> {
+        let mode = M::MODE;
         match subject {
             Subject::Ringbell(kind) => {
-                let (server, mut connection) = crate::serve::start_local(
-                    &self.launcher,
-                    self.workspace.path(),
-                    kind,
-                    ServeMode::Sink,
-                )?;
-                let run = measure::one_way(&mut connection, size, warmup, count);
+                let (server, mut connection) =
+                    crate::serve::start_local(&self.launcher, self.workspace.path(), kind, mode)?;
+                let run = measurement.run(&mut connection);
+                // Hang up first, so that the server sees a clean goodbye before it is killed.
                 drop(connection);
                 drop(server);
                 run
             }
             Subject::Stream(kind) => {
-                let (_peer, mut channel) =
-                    stream::start_peer(&self.launcher, kind, ServeMode::Sink)?;
-                measure::one_way(&mut channel, size, warmup, count)
+                let (_peer, mut channel) = stream::start_peer(&self.launcher, kind, mode)?;
+                measurement.run(&mut channel)
             }
             Subject::Peer(peer) => {
-                let (_process, mut transport) =
-                    peers::start(peer, &self.launcher, ServeMode::Sink)?;
-                measure::one_way(&mut transport, size, warmup, count)
+                let (_process, mut transport) = peers::start(peer, &self.launcher, mode)?;
+                measurement.run(&mut transport)
             }
         }
     }
@@ -600,6 +595,44 @@ impl Bench {
             client_percent_of_a_core: run.client_percent,
             resolution_percent: run.resolution_percent,
         })
+    }
+}
+
+/// A timed loop over any transport (statically dispatched: the loop is what is timed), and
+/// the mode its other side must serve.
+trait Measurement {
+    const MODE: ServeMode;
+    type Run;
+    fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<Self::Run, CliError>;
+}
+
+/// Round trips against an echo.
+struct RoundTrips {
+    size: usize,
+    warmup: u64,
+    count: u64,
+}
+
+impl Measurement for RoundTrips {
+    const MODE: ServeMode = ServeMode::Echo;
+    type Run = LatencyRun;
+    fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<LatencyRun, CliError> {
+        measure::round_trips(transport, self.size, self.warmup, self.count)
+    }
+}
+
+/// A one-way stream to a sink.
+struct OneWay {
+    size: usize,
+    warmup: u64,
+    count: u64,
+}
+
+impl Measurement for OneWay {
+    const MODE: ServeMode = ServeMode::Sink;
+    type Run = ThroughputRun;
+    fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<ThroughputRun, CliError> {
+        measure::one_way(transport, self.size, self.warmup, self.count)
     }
 }
 

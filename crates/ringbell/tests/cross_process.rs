@@ -66,15 +66,6 @@ const HONEST_MESSAGES: u64 = 300;
 /// machine's load: about 5–10 s each when idle, 36 s for `Spin` with four CPU hogs on two
 /// cores (a spinning waiter needs its peer on the other core at the same time).
 const ECHO_WATCHDOG_LIMIT: Duration = Duration::from_secs(300);
-/// Every wait strategy, with the default spin budget for `Adaptive`.
-const ALL_WAITS: [WaitStrategy; 3] = [
-    WaitStrategy::Spin,
-    WaitStrategy::Adaptive {
-        spin: WaitStrategy::DEFAULT_SPIN,
-    },
-    WaitStrategy::Block,
-];
-
 /// Where a ring's consumer index sits in its control block (the segment's layout is in
 /// `common`).
 const HEAD_IN_CONTROL: usize = 128;
@@ -477,7 +468,7 @@ fn echo_100k_random_messages_block() {
 #[test]
 fn recv_timeout_leaves_the_connection_usable() {
     let _test = shared_test("recv_timeout");
-    for wait in ALL_WAITS {
+    for wait in common::ALL_WAITS {
         let socket = SocketPath::new("recv_timeout");
         let mut server = spawn_server(
             "echo_server",
@@ -594,7 +585,7 @@ fn send_timeout_delivers_nothing_of_the_timed_out_message() {
 #[test]
 fn killed_client_wakes_a_server_blocked_in_recv() {
     let _test = shared_test("killed_client_recv");
-    for wait in ALL_WAITS {
+    for wait in common::ALL_WAITS {
         let socket = SocketPath::new("killed_client_recv");
         let server = Server::bind(&socket, ServerConfig::default().wait(wait)).expect("binding");
         let mut client = ChildProcess::spawn("idle_client", &[("RB_PATH", socket.param())]);
@@ -636,7 +627,7 @@ fn killed_client_wakes_a_server_blocked_in_recv() {
 #[test]
 fn killed_client_wakes_a_server_blocked_in_send() {
     let _test = shared_test("killed_client_send");
-    for wait in ALL_WAITS {
+    for wait in common::ALL_WAITS {
         let socket = SocketPath::new("killed_client_send");
         let config = ServerConfig::default().wait(wait).ring_capacity(4096);
         let server = Server::bind(&socket, config).expect("binding");
@@ -664,7 +655,7 @@ fn killed_client_wakes_a_server_blocked_in_send() {
 #[test]
 fn killed_server_wakes_a_client_blocked_in_recv() {
     let _test = shared_test("killed_server_recv");
-    for wait in ALL_WAITS {
+    for wait in common::ALL_WAITS {
         let socket = SocketPath::new("killed_server_recv");
         let mut server = spawn_server(
             "hello_server",
@@ -963,19 +954,6 @@ impl ProcessResources {
     }
 }
 
-/// Lines only in `before` (-) or only in `after` (+).
-fn difference(before: &[String], after: &[String]) -> String {
-    let removed = before
-        .iter()
-        .filter(|line| !after.contains(line))
-        .map(|line| format!("- {line}\n"));
-    let added = after
-        .iter()
-        .filter(|line| !before.contains(line))
-        .map(|line| format!("+ {line}\n"));
-    removed.chain(added).collect()
-}
-
 /// Runs `failed` handshakes that fail after the server set up the segment, then `cycles`
 /// connect / send / echo / close cycles, with the server in its own thread; returns the
 /// server once that thread has ended.
@@ -1041,19 +1019,19 @@ fn connect_close_cycles_leak_no_fds_or_mappings() {
         after.segment_mappings(),
         0,
         "segments still mapped:\n{}",
-        difference(&before.maps, &after.maps)
+        common::difference(&before.maps, &after.maps)
     );
     assert_eq!(
         before.fds.len(),
         after.fds.len(),
         "open fds changed over 1,000 connections:\n{}",
-        difference(&before.fds, &after.fds)
+        common::difference(&before.fds, &after.fds)
     );
     assert_eq!(
         before.maps.len(),
         after.maps.len(),
         "mappings changed over 1,000 connections:\n{}",
-        difference(&before.maps, &after.maps)
+        common::difference(&before.maps, &after.maps)
     );
 }
 

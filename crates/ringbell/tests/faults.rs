@@ -1075,8 +1075,8 @@ impl ServerProbe {
                      the steady clients connected.\nfds:\n{}segment mappings:\n{}",
                     now.summary(),
                     baseline.summary(),
-                    difference(&baseline.fds, &now.fds),
-                    difference(&baseline.segments, &now.segments),
+                    common::difference(&baseline.fds, &now.fds),
+                    common::difference(&baseline.segments, &now.segments),
                 );
             }
             thread::sleep(Duration::from_millis(5));
@@ -1093,19 +1093,6 @@ impl ServerProbe {
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("no {field} in the server's status"))
     }
-}
-
-/// Lines only in `before` (-) or only in `after` (+).
-fn difference(before: &[String], after: &[String]) -> String {
-    let removed = before
-        .iter()
-        .filter(|line| !after.contains(line))
-        .map(|line| format!("- {line}\n"));
-    let added = after
-        .iter()
-        .filter(|line| !before.contains(line))
-        .map(|line| format!("+ {line}\n"));
-    removed.chain(added).collect()
 }
 
 /// How a test's server is configured.

@@ -23,16 +23,7 @@ use common::{
     accept_from, expect_parent_line, number_param, param, random_bytes, report, shared_test,
     wait_from_name, wait_name, ChildProcess, Context, SocketPath, PATIENCE,
 };
-use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
-
-/// Every wait strategy, with the default spin budget for `Adaptive`.
-const ALL_WAITS: [WaitStrategy; 3] = [
-    WaitStrategy::Spin,
-    WaitStrategy::Adaptive {
-        spin: WaitStrategy::DEFAULT_SPIN,
-    },
-    WaitStrategy::Block,
-];
+use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig};
 
 // =======================================================================================
 // The child side.
@@ -212,7 +203,7 @@ fn fill_stall_and_resume(conn: &mut Connection, reader: &mut ChildProcess, what:
 #[test]
 fn a_server_sending_to_a_stalled_client_times_out_and_loses_nothing() {
     let _test = shared_test("stalled_client");
-    for wait in ALL_WAITS {
+    for wait in common::ALL_WAITS {
         let socket = SocketPath::new("stalled_client");
         let config = ServerConfig::default()
             .wait(wait)
@@ -238,7 +229,7 @@ fn a_server_sending_to_a_stalled_client_times_out_and_loses_nothing() {
 #[test]
 fn a_client_sending_to_a_stalled_server_times_out_and_loses_nothing() {
     let _test = shared_test("stalled_server");
-    for wait in ALL_WAITS {
+    for wait in common::ALL_WAITS {
         let socket = SocketPath::new("stalled_server");
         let mut reader = ChildProcess::spawn(
             "stalled_reader",

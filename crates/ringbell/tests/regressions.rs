@@ -25,7 +25,7 @@ use common::{
     SocketPath, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN,
     SERVER_TO_CLIENT, WATCHDOG_LIMIT,
 };
-use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
+use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig};
 use rustix::fs::OFlags;
 use rustix::net::Shutdown;
 
@@ -40,15 +40,6 @@ const SLEEP_DOORBELL: u32 = 2;
 const KIND_FIRST: u8 = 2;
 const KIND_MIDDLE: u8 = 3;
 const KIND_LAST: u8 = 4;
-
-/// Every wait strategy, with the default spin budget for `Adaptive`.
-const ALL_WAITS: [WaitStrategy; 3] = [
-    WaitStrategy::Spin,
-    WaitStrategy::Adaptive {
-        spin: WaitStrategy::DEFAULT_SPIN,
-    },
-    WaitStrategy::Block,
-];
 
 // =======================================================================================
 // The child side.
@@ -376,7 +367,7 @@ const MAX_SHORT_WAITS: u32 = 2_000;
 #[test]
 fn regress_short_timeouts_still_notice_a_killed_peer() {
     let _test = shared_test("regress_short_timeouts");
-    for wait in ALL_WAITS {
+    for wait in common::ALL_WAITS {
         let socket = SocketPath::new("short_timeouts");
         let server = Server::bind(&socket, ServerConfig::default().wait(wait)).expect("binding");
         let mut client = ChildProcess::spawn("idle_client", &[("RB_PATH", socket.param())]);

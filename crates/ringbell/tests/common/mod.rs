@@ -642,6 +642,29 @@ pub fn wait_name(wait: WaitStrategy) -> &'static str {
     }
 }
 
+/// Every wait strategy, with the default spin budget for `Adaptive`.
+pub const ALL_WAITS: [WaitStrategy; 3] = [
+    WaitStrategy::Spin,
+    WaitStrategy::Adaptive {
+        spin: WaitStrategy::DEFAULT_SPIN,
+    },
+    WaitStrategy::Block,
+];
+
+/// Lines only in `before` (-) or only in `after` (+): what changed in a list of fds or
+/// mappings, for a failure message.
+pub fn difference(before: &[String], after: &[String]) -> String {
+    let removed = before
+        .iter()
+        .filter(|line| !after.contains(line))
+        .map(|line| format!("- {line}\n"));
+    let added = after
+        .iter()
+        .filter(|line| !before.contains(line))
+        .map(|line| format!("+ {line}\n"));
+    removed.chain(added).collect()
+}
+
 pub fn wait_from_name(name: &str) -> WaitStrategy {
     match name {
         "spin" => WaitStrategy::Spin,

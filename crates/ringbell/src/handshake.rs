@@ -323,21 +323,23 @@ impl ServerHandshake {
         self.deadline
     }
 
-    /// The error for a client that did not finish by its deadline; drop the handshake.
-    pub(crate) fn timed_out(&self) -> Error {
-        handshake_timeout(match self.stage {
+    /// What the handshake waits for, for its errors.
+    fn waiting_for(&self) -> &'static str {
+        match self.stage {
             Stage::Hello => "waiting for the client's hello",
             Stage::Ack(_) => "waiting for the client's ack",
-        })
+        }
+    }
+
+    /// The error for a client that did not finish by its deadline; drop the handshake.
+    pub(crate) fn timed_out(&self) -> Error {
+        handshake_timeout(self.waiting_for())
     }
 
     /// Makes all the progress the bytes already received allow, without waiting.
     pub(crate) fn advance(mut self, config: &ServerConfig, own_uid: u32) -> Result<Step, Error> {
         loop {
-            let step = match self.stage {
-                Stage::Hello => "waiting for the client's hello",
-                Stage::Ack(_) => "waiting for the client's ack",
-            };
+            let step = self.waiting_for();
             match self.control.try_read(&mut self.message[self.received..]) {
                 Ok(None) => return Ok(Step::Waiting(self)),
                 Ok(Some(0)) if self.received == 0 && matches!(self.stage, Stage::Hello) => {

@@ -385,6 +385,18 @@ impl Connection {
         }
     }
 
+    /// Whether the announcement made by [`arm_doorbell`](Self::arm_doorbell) still stands:
+    /// `false` once the peer took it down to ring (or we withdrew it). One load.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn doorbell_armed(&self) -> bool {
+        // SYNC: Relaxed: a stale `true` only delays the sweep that follows the ring, which
+        // the doorbell's wake-up then triggers; nothing is read on the strength of it.
+        rx_readable(&self.segment, self.side)
+            .sleeping
+            .load(Ordering::Relaxed)
+            != 0
+    }
+
     /// The settings this connection waits with.
     #[cfg(feature = "tokio")]
     pub(crate) fn wait_strategy(&self) -> WaitStrategy {

@@ -24,6 +24,8 @@ use crate::config::{ClientConfig, ServerConfig, WaitStrategy};
 
 #[path = "tokio_rpc.rs"]
 mod rpc;
+#[path = "tokio_serve.rs"]
+mod serve;
 use crate::conn::{Connection, Pushed, SendProgress};
 use crate::error::Error;
 use crate::handshake::{ServerHandshake, Step};
@@ -375,11 +377,17 @@ impl AsyncServer {
     ///
     /// As [`Server::accept`]: errors about one client leave the server usable.
     pub async fn accept(&mut self) -> Result<AsyncConnection, Error> {
+        AsyncConnection::from_connection(self.accept_connection().await?)
+    }
+
+    /// [`accept`](Self::accept), returning the connection before it is registered with
+    /// the runtime, for [`serve`](Self::serve)'s sweeper, which watches its fds itself.
+    async fn accept_connection(&mut self) -> Result<Connection, Error> {
         loop {
             ::tokio::select! {
                 Some(joined) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
                     match joined {
-                        Ok(Ok(Some(connection))) => return AsyncConnection::from_connection(connection),
+                        Ok(Ok(Some(connection))) => return Ok(connection),
                         Ok(Ok(None)) => continue,
                         Ok(Err(error)) => return Err(error),
                         Err(error) => {

@@ -1,34 +1,33 @@
 //! Request/response over one [`AsyncConnection`]: a [`Client`] handle that many tasks can
-//! clone and call through at once, and [`AsyncServer::serve`], which runs a handler for
-//! every request.
+//! clone and call through at once. The server's side, [`AsyncServer::serve`], is in
+//! `tokio_serve.rs`.
+//!
+//! [`AsyncServer::serve`]: super::AsyncServer::serve
 //!
 //! On the wire a request is a message tagged with a correlation id (never 0), and its reply
 //! is a message with the same id whose first byte says whether the handler succeeded
 //! (`0`, the response follows) or failed (`1`, its error message follows). Replies may
 //! come in any order.
 //!
-//! Each connection is driven by one task that never blocks: it moves queued messages into
-//! the ring while they fit, takes whatever has arrived, and otherwise waits on the doorbell
-//! together with its own queues. Bounds everywhere: a client has at most `max_in_flight`
-//! calls outstanding (more callers wait for a slot), and a server runs at most
-//! `concurrent_requests` handlers per connection (past that it stops reading, the ring
-//! fills, and the client's sends wait).
+//! Each client connection is driven by one task that never blocks: it moves queued
+//! messages into the ring while they fit, takes whatever has arrived, and otherwise waits
+//! on the doorbell together with its own queues. A client has at most `max_in_flight`
+//! calls outstanding: more callers wait for a slot.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use ::tokio::task::{Id as TaskId, JoinSet};
+use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::{AsyncConnection, AsyncServer};
+use super::AsyncConnection;
 use crate::config::ClientConfig;
+use crate::conn::Connection;
 use crate::conn::{Pushed, SendProgress};
 use crate::error::Error;
 use crate::in_flight::InFlight;
-use crate::reply::{decode_reply, encode_reply_within};
+use crate::reply::decode_reply;
 
 /// Default bound on a [`Client`]'s outstanding calls.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -145,25 +144,28 @@ impl Client {
 
 /// Messages waiting for room in the ring, in order, and how far the first one has got.
 #[derive(Default)]
-struct Outbox {
-    queue: VecDeque<(u64, Vec<u8>)>,
+pub(super) struct Outbox {
+    pub(super) queue: VecDeque<(u64, Vec<u8>)>,
     progress: SendProgress,
 }
 
 impl Outbox {
     /// Moves messages into the ring while they fit. Returns whether any went, and the size
     /// of the frame that did not fit, if one is waiting.
-    fn flush(&mut self, connection: &mut AsyncConnection) -> Result<(bool, Option<usize>), Error> {
+    pub(super) fn flush(
+        &mut self,
+        connection: &mut Connection,
+    ) -> Result<(bool, Option<usize>), Error> {
         let mut moved = false;
         while let Some((id, message)) = self.queue.front() {
-            match connection.inner.push_some(message, *id, &mut self.progress) {
+            match connection.push_some(message, *id, &mut self.progress) {
                 Ok(Pushed::Done) => {
                     self.queue.pop_front();
                     self.progress = SendProgress::default();
                     moved = true;
                 }
                 Ok(Pushed::Full { payload }) => return Ok((moved, Some(payload))),
-                Err(error) => return Err(connection.inner.fail(error)),
+                Err(error) => return Err(connection.fail(error)),
             }
         }
         Ok((moved, None))
@@ -231,7 +233,7 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
                 accept(call, &mut pending, &mut outbox);
                 progressed = true;
             }
-            let (moved, blocked) = outbox.flush(&mut connection)?;
+            let (moved, blocked) = outbox.flush(&mut connection.inner)?;
             progressed |= moved;
             // A syscall to check the peer only after its control socket stirred; the check
             // runs when the ring is found empty, so the flag stays up until that happens.
@@ -275,196 +277,4 @@ async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver
             let _ = call.reply.send(Err(copy_of(&error)));
         }
     }
-}
-
-impl AsyncServer {
-    /// Serves every client with `handler`: each request is passed to it, and what it
-    /// returns is the reply. Runs until its future is dropped, which closes every
-    /// connection it serves (their clients' calls then fail with [`Error::PeerDied`]).
-    ///
-    /// Each connection runs up to [`ServerConfig::concurrent_requests`] handlers at once, as
-    /// tokio tasks; past that the connection's requests wait in its ring, and its client
-    /// feels backpressure. A response can be at most the connection's
-    /// `max_message_size` less one byte (the reply's status byte); a larger one fails its
-    /// call with an [`Error::Handler`] that says so. A handler that returns an error or
-    /// panics becomes an
-    /// [`Error::Handler`] reply for that request only. A client that fails its handshake
-    /// or dies is dropped without affecting the others.
-    ///
-    /// [`ServerConfig::concurrent_requests`]: crate::ServerConfig::concurrent_requests
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), ringbell::Error> {
-    /// use ringbell::tokio::AsyncServer;
-    /// use ringbell::ServerConfig;
-    ///
-    /// let server = AsyncServer::bind("/tmp/app.sock", ServerConfig::default())?;
-    /// server
-    ///     .serve(|request: Vec<u8>| async move {
-    ///         Ok::<_, std::io::Error>(request.into_iter().rev().collect())
-    ///     })
-    ///     .await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn serve<H, F, E>(self, handler: H)
-    where
-        H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
-    {
-        self.serve_until(handler, std::future::pending(), Duration::MAX)
-            .await
-    }
-
-    /// [`serve`](Self::serve) with a graceful shutdown: when `shutdown` completes, the
-    /// server stops accepting (its socket file is removed), stops reading new requests,
-    /// lets the handlers under way finish and sends their replies, for at most `grace`;
-    /// then it closes every connection. A client's calls that were not taken up get
-    /// [`Error::PeerDied`] as soon as its connection closes, never a hang.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), ringbell::Error> {
-    /// use ringbell::tokio::AsyncServer;
-    /// use ringbell::ServerConfig;
-    /// use std::time::Duration;
-    ///
-    /// let server = AsyncServer::bind("/tmp/app.sock", ServerConfig::default())?;
-    /// let ctrl_c = async { tokio::signal::ctrl_c().await.ok(); };
-    /// server
-    ///     .serve_until(
-    ///         |request: Vec<u8>| async move { Ok::<_, std::io::Error>(request) },
-    ///         ctrl_c,
-    ///         Duration::from_secs(5),
-    ///     )
-    ///     .await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn serve_until<H, F, E>(
-        mut self,
-        handler: H,
-        shutdown: impl Future<Output = ()>,
-        grace: Duration,
-    ) where
-        H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        let limit = self.server.config().concurrent_requests;
-        let (stop, stopping) = watch::channel(false);
-        // The connections' drivers belong to this future: dropping it ends them all.
-        let mut connections = JoinSet::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            ::tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.accept() => match accepted {
-                    Ok(connection) => {
-                        let driver = drive_server(connection, handler.clone(), limit, stopping.clone());
-                        connections.spawn(driver);
-                    }
-                    Err(Error::Io(_)) => {
-                        // About the listening socket (out of fds, say): pause instead of
-                        // spinning, and keep serving the connections we have.
-                        ::tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    // About one client only.
-                    Err(_) => {}
-                },
-                Some(_finished) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        // Stop accepting: the socket file goes, new clients get "connection refused".
-        drop(self);
-        let _ = stop.send(true);
-        let drained = async { while connections.join_next().await.is_some() {} };
-        let _ = ::tokio::time::timeout(grace, drained).await;
-        // Whatever is left past the grace period is cut off when `connections` drops.
-    }
-}
-
-/// The server's driver for one connection.
-async fn drive_server<H, F, E>(
-    mut connection: AsyncConnection,
-    handler: Arc<H>,
-    limit: usize,
-    mut stopping: watch::Receiver<bool>,
-) where
-    H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    let mut handlers: JoinSet<Result<Vec<u8>, String>> = JoinSet::new();
-    let max = connection.get_ref().max_message_size();
-    let mut ids: HashMap<TaskId, u64> = HashMap::new();
-    let mut outbox = Outbox::default();
-    let mut buf = Vec::new();
-    let mut peer_stirred = false;
-    let reply = |joined: Result<(TaskId, Result<Vec<u8>, String>), ::tokio::task::JoinError>,
-                 ids: &mut HashMap<TaskId, u64>,
-                 outbox: &mut Outbox| {
-        let (task, result) = match joined {
-            Ok((task, result)) => (task, result),
-            Err(error) => (error.id(), Err("the handler panicked".to_owned())),
-        };
-        if let Some(id) = ids.remove(&task) {
-            outbox
-                .queue
-                .push_back((id, encode_reply_within(result, max)));
-        }
-    };
-    // Once the server shuts down: no new requests, finish the ones under way.
-    let mut draining = *stopping.borrow();
-    let _ended: Result<(), Error> = async {
-        loop {
-            let mut progressed = false;
-            while !draining && handlers.len() < limit {
-                // As in the client's driver: the peer check runs when the ring is empty.
-                let Some(received) = connection.inner.try_recv_tagged(&mut buf, peer_stirred)?
-                else {
-                    peer_stirred = false;
-                    break;
-                };
-                let work = handler(std::mem::take(&mut buf));
-                let task =
-                    handlers.spawn(async move { work.await.map_err(|error| error.to_string()) });
-                ids.insert(task.id(), received.correlation);
-                progressed = true;
-            }
-            while let Some(joined) = handlers.try_join_next_with_id() {
-                reply(joined, &mut ids, &mut outbox);
-                progressed = true;
-            }
-            let (moved, blocked) = outbox.flush(&mut connection)?;
-            progressed |= moved;
-            if progressed {
-                continue;
-            }
-            if draining && handlers.is_empty() && outbox.queue.is_empty() {
-                return Ok(());
-            }
-            let receiving = !draining && handlers.len() < limit;
-            if !arm(&mut connection, receiving, blocked)? {
-                continue;
-            }
-            ::tokio::select! {
-                rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
-                    peer_stirred |= after_ring(&mut connection, rung?, blocked)?;
-                }
-                Some(joined) = handlers.join_next_with_id(), if !handlers.is_empty() => {
-                    connection.inner.settle_doorbell(false);
-                    reply(joined, &mut ids, &mut outbox);
-                }
-                _ = stopping.changed(), if !draining => {
-                    connection.inner.settle_doorbell(false);
-                    draining = true;
-                }
-            }
-        }
-    }
-    .await;
-    // The client is gone or broke the protocol: its handlers' work is for nobody.
-    handlers.abort_all();
 }

@@ -22,6 +22,10 @@
 //!   `bind(path)` (owner-only, replaces a dead server's socket file, refuses a live one
 //!   with `AddrInUse`), `accept()`, `connect(path)`, `send_with_fds`, `recv_with_fds`,
 //!   `peer_uid()`, `peer_gone()`; the listener removes its socket file on drop.
+//! * `Poller` (for the tokio feature) — one pollable fd standing for many: `add(fd, key)`
+//!   watches an fd for readability and hang-up, edge-triggered; `remove(fd)`;
+//!   `drain(each)` reports, without waiting, every fd that stirred since the last call,
+//!   by key. A server's sweeper sleeps on it for all its connections at once.
 //! * `current_uid()`, and `raise_open_files_limit()` (to the hard limit, for servers).
 //!
 //! Linux is the only backend today; macOS and Windows follow behind the same contract.

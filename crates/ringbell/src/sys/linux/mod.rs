@@ -5,11 +5,15 @@
 
 mod doorbell;
 mod futex;
+#[cfg(feature = "tokio")]
+mod poller;
 mod shm;
 mod socket;
 
 pub(crate) use doorbell::{doorbell_pair, Doorbell, DoorbellRinger};
 pub(crate) use futex::OsFutex;
+#[cfg(feature = "tokio")]
+pub(crate) use poller::{Poller, Stirred};
 pub(crate) use shm::SharedRegion;
 pub(crate) use socket::{is_out_of_fds, poll_readable, ControlListener, ControlStream};
 

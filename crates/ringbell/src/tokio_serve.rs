@@ -1,0 +1,590 @@
+//! [`AsyncServer::serve`]: one *sweeper* task serves every connection.
+//!
+//! A task per connection, each sleeping on its own doorbell, makes every request cost a
+//! doorbell ring, a wake-up and a read, the price of a Unix socket. The sweeper instead
+//! holds all the connections and sweeps their rings in turn: it takes each request,
+//! runs the handler, and puts the reply in the ring. While any ring has work it does not
+//! sleep, so its announcement stays down and clients send without a syscall. Only when a
+//! sweep finds nothing for the spin budget of [`ServerConfig::wait`] does it announce
+//! that it sleeps, on every connection that is not announced already, and wait on one
+//! [`Poller`] that holds every connection's doorbell and control socket. It wakes when any
+//! of them stirs, and sweeps again. A connection it has armed and that has not rung is
+//! skipped by the sweep, so an idle client costs nothing.
+//!
+//! A handler's future is polled once, in the sweep, as it is made. If it finishes then
+//! (most handlers never wait for anything), its reply goes out at once, with no task
+//! spawned; if it waits, it becomes a task of its own, and the sweeper collects its reply
+//! when it ends. Panics are caught either way and become an error reply.
+//!
+//! Bounds: a connection has at most [`ServerConfig::concurrent_requests`] requests taken
+//! and not yet answered (handlers running, plus replies waiting for room in its ring).
+//! Past that the sweeper stops reading it, its ring fills, and its client's calls wait.
+//!
+//! [`ServerConfig::wait`]: crate::ServerConfig::wait
+//! [`ServerConfig::concurrent_requests`]: crate::ServerConfig::concurrent_requests
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use ::tokio::io::unix::AsyncFd;
+use ::tokio::sync::{mpsc, watch};
+use ::tokio::task::{AbortHandle, Id as TaskId, JoinError, JoinSet};
+
+use super::rpc::Outbox;
+use super::{register, AsyncServer, FdRef};
+use crate::config::WaitStrategy;
+use crate::conn::Connection;
+use crate::error::Error;
+use crate::reply::encode_reply_within;
+use crate::sys::{Poller, Stirred};
+
+/// Sweeps between two yields to the runtime while there is work, so that handler tasks
+/// and the accepting loop run even while the sweeper never runs out of work.
+const SWEEPS_PER_YIELD: u32 = 4;
+
+/// What the handler made of one request: the response, or the error to reply with.
+type Outcome = Result<Vec<u8>, String>;
+
+impl AsyncServer {
+    /// Serves every client with `handler`: each request is passed to it, and what it
+    /// returns is the reply. Runs until its future is dropped, which closes every
+    /// connection it serves (their clients' calls then fail with [`Error::PeerDied`]).
+    ///
+    /// One sweeper task serves all the connections (see the [module docs](self) for how
+    /// it waits). Each handler's future is first polled within the sweep; one that has to
+    /// wait becomes a tokio task of its own. So a handler should not block or compute for
+    /// long before its first `.await`: that holds up every connection. Use
+    /// `tokio::task::spawn_blocking` for such work.
+    ///
+    /// Each connection has up to [`ServerConfig::concurrent_requests`] requests under way
+    /// at once; past that its requests wait in its ring, and its client feels
+    /// backpressure. A response can be at most the connection's `max_message_size` less
+    /// one byte (the reply's status byte); a larger one fails its call with an
+    /// [`Error::Handler`] that says so. A handler that returns an error or panics becomes
+    /// an [`Error::Handler`] reply for that request only. A client that fails its
+    /// handshake, breaks the protocol or dies is dropped without affecting the others.
+    ///
+    /// [`ServerConfig::concurrent_requests`]: crate::ServerConfig::concurrent_requests
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::AsyncServer;
+    /// use ringbell::ServerConfig;
+    ///
+    /// let server = AsyncServer::bind("/tmp/app.sock", ServerConfig::default())?;
+    /// server
+    ///     .serve(|request: Vec<u8>| async move {
+    ///         Ok::<_, std::io::Error>(request.into_iter().rev().collect())
+    ///     })
+    ///     .await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn serve<H, F, E>(self, handler: H)
+    where
+        H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.serve_until(handler, std::future::pending(), Duration::MAX)
+            .await
+    }
+
+    /// [`serve`](Self::serve) with a graceful shutdown: when `shutdown` completes, the
+    /// server stops accepting (its socket file is removed), stops reading new requests,
+    /// lets the handlers under way finish and sends their replies, for at most `grace`;
+    /// then it closes every connection. A client's calls that were not taken up get
+    /// [`Error::PeerDied`] as soon as its connection closes, never a hang.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::AsyncServer;
+    /// use ringbell::ServerConfig;
+    /// use std::time::Duration;
+    ///
+    /// let server = AsyncServer::bind("/tmp/app.sock", ServerConfig::default())?;
+    /// let ctrl_c = async { tokio::signal::ctrl_c().await.ok(); };
+    /// server
+    ///     .serve_until(
+    ///         |request: Vec<u8>| async move { Ok::<_, std::io::Error>(request) },
+    ///         ctrl_c,
+    ///         Duration::from_secs(5),
+    ///     )
+    ///     .await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn serve_until<H, F, E>(
+        mut self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) where
+        H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let config = self.server.config();
+        let sweeper = match Sweeper::new(Arc::new(handler), config.concurrent_requests, config.wait)
+        {
+            Ok(sweeper) => sweeper,
+            Err(error) => {
+                tracing::error!("ringbell: cannot serve: {error}");
+                return;
+            }
+        };
+        let (stop, stopping) = watch::channel(false);
+        // A bounded hand-over: if the sweeper falls behind, accepting waits for it.
+        let (arrive, arrivals) = mpsc::channel(64);
+        // The sweeper belongs to this future: dropping it closes every connection.
+        let mut sweeping = JoinSet::new();
+        sweeping.spawn(sweeper.run(arrivals, stopping));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            ::tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.accept_connection() => match accepted {
+                    Ok(connection) => {
+                        if arrive.send(connection).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(Error::Io(_)) => {
+                        // About the listening socket (out of fds, say): pause instead of
+                        // spinning, and keep serving the connections we have.
+                        ::tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    // About one client only.
+                    Err(_) => {}
+                },
+                Some(ended) = sweeping.join_next() => {
+                    if let Err(error) = ended {
+                        tracing::error!("ringbell: the server's sweeper failed: {error}");
+                    }
+                    break;
+                }
+            }
+        }
+        // Stop accepting: the socket file goes, new clients get "connection refused".
+        drop(self);
+        drop(arrive);
+        let _ = stop.send(true);
+        let drained = async { while sweeping.join_next().await.is_some() {} };
+        let _ = ::tokio::time::timeout(grace, drained).await;
+        // Whatever is left past the grace period is cut off when `sweeping` drops.
+    }
+}
+
+/// One connection in the sweeper's care.
+struct Served {
+    connection: Connection,
+    /// Tells this connection from an earlier one in the same slot, for handler tasks that
+    /// finish after their connection has gone.
+    generation: u64,
+    /// Replies waiting for room in the ring.
+    outbox: Outbox,
+    /// The frame size the outbox waits to fit, if the ring was full at the last flush.
+    blocked: Option<usize>,
+    /// Handlers of this connection running as tasks.
+    handling: usize,
+    /// Its control socket reported something (usually the peer's death): the next
+    /// receive that finds the ring empty checks the peer with a syscall.
+    peer_stirred: bool,
+    /// Announced asleep with nothing under way: the sweep skips it until it rings.
+    asleep: bool,
+}
+
+impl Served {
+    /// Requests taken and not yet answered.
+    fn under_way(&self) -> usize {
+        self.handling + self.outbox.queue.len()
+    }
+}
+
+/// A handler task's connection and request.
+struct Running {
+    slot: usize,
+    generation: u64,
+    correlation: u64,
+    abort: AbortHandle,
+}
+
+/// The connections of one server and everything under way on them.
+struct Sweeper<H> {
+    handler: Arc<H>,
+    /// Requests of one connection under way at once.
+    limit: usize,
+    wait: WaitStrategy,
+    /// Readiness of `poller` through the runtime. Declared before `poller`, which owns
+    /// its fd.
+    readiness: AsyncFd<FdRef>,
+    poller: Poller,
+    /// Connections by slot; a slot's index is its key in the poller (times two, plus one
+    /// for the control socket).
+    slots: Vec<Option<Served>>,
+    free: Vec<usize>,
+    generations: u64,
+    handlers: JoinSet<Outcome>,
+    running: HashMap<TaskId, Running>,
+    buf: Vec<u8>,
+}
+
+/// Poller keys: which of a connection's fds stirred.
+fn doorbell_key(slot: usize) -> u64 {
+    (slot as u64) << 1
+}
+
+fn control_key(slot: usize) -> u64 {
+    ((slot as u64) << 1) | 1
+}
+
+impl<H, F, E> Sweeper<H>
+where
+    H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    fn new(handler: Arc<H>, limit: usize, wait: WaitStrategy) -> Result<Self, Error> {
+        let poller = Poller::new().map_err(|error| Error::io("creating an epoll set", error))?;
+        // SAFETY: `poller` owns the fd and is declared after `readiness` in `Sweeper`, so
+        // the registration is dropped first; the poller is never replaced.
+        let readiness = unsafe { register(poller.as_fd().as_raw_fd())? };
+        Ok(Sweeper {
+            handler,
+            limit,
+            wait,
+            readiness,
+            poller,
+            slots: Vec::new(),
+            free: Vec::new(),
+            generations: 0,
+            handlers: JoinSet::new(),
+            running: HashMap::new(),
+            buf: Vec::new(),
+        })
+    }
+
+    async fn run(
+        mut self,
+        mut arrivals: mpsc::Receiver<Connection>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let mut draining = *stopping.borrow();
+        let mut accepting = true;
+        let mut idle_since: Option<Instant> = None;
+        let mut sweeps: u32 = 0;
+        loop {
+            let mut progressed = false;
+            while accepting {
+                match arrivals.try_recv() {
+                    Ok(connection) => {
+                        self.admit(connection);
+                        progressed = true;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => accepting = false,
+                }
+            }
+            while let Some(joined) = self.handlers.try_join_next_with_id() {
+                self.finish(joined);
+                progressed = true;
+            }
+            progressed |= self.sweep(draining);
+            if draining && self.running.is_empty() && self.outboxes_empty() {
+                // Every reply is in its ring; dropping the sweeper closes the connections.
+                return;
+            }
+            sweeps = sweeps.wrapping_add(1);
+            if progressed {
+                idle_since = None;
+                if sweeps % SWEEPS_PER_YIELD == 0 {
+                    ::tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            // Nothing to do: spin for the budget (sweeping again, and letting the runtime
+            // run other tasks meanwhile), then sleep.
+            let budget = match self.wait {
+                WaitStrategy::Spin => None,
+                WaitStrategy::Adaptive { spin } => Some(spin),
+                WaitStrategy::Block => Some(Duration::ZERO),
+            };
+            let now = Instant::now();
+            let idle_for = now - *idle_since.get_or_insert(now);
+            if budget.is_none_or(|budget| idle_for < budget) {
+                ::tokio::task::yield_now().await;
+                continue;
+            }
+            if !self.arm_all(draining) {
+                continue;
+            }
+            ::tokio::select! {
+                guard = self.readiness.readable() => match guard {
+                    Ok(mut guard) => {
+                        guard.clear_ready();
+                        self.take_events();
+                    }
+                    Err(error) => {
+                        tracing::error!("ringbell: the server cannot wait for its clients: {error}");
+                        return;
+                    }
+                },
+                arrived = arrivals.recv(), if accepting => match arrived {
+                    Some(connection) => self.admit(connection),
+                    None => accepting = false,
+                },
+                Some(joined) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => {
+                    self.finish(joined);
+                }
+                _ = stopping.changed(), if !draining => draining = true,
+            }
+            idle_since = None;
+        }
+    }
+
+    /// Takes a new connection into a free slot, watching its doorbell and control socket.
+    fn admit(&mut self, connection: Connection) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let watched = self
+            .poller
+            .add(connection.doorbell_fd(), doorbell_key(slot))
+            .and_then(|()| self.poller.add(connection.control_fd(), control_key(slot)));
+        if let Err(error) = watched {
+            tracing::warn!("ringbell: dropping a new client: cannot watch its connection: {error}");
+            self.poller.remove(connection.doorbell_fd());
+            self.free.push(slot);
+            return;
+        }
+        self.generations += 1;
+        self.slots[slot] = Some(Served {
+            connection,
+            generation: self.generations,
+            outbox: Outbox::default(),
+            blocked: None,
+            handling: 0,
+            // Its first requests may have arrived before it was watched.
+            peer_stirred: true,
+            asleep: false,
+        });
+    }
+
+    /// Drops the connection in `slot` (its client has gone or broke the protocol), and
+    /// cancels its handlers: their work is for nobody.
+    fn drop_connection(&mut self, slot: usize, why: &Error) {
+        let Some(served) = self.slots[slot].take() else {
+            return;
+        };
+        tracing::debug!("ringbell: closing a connection: {why}");
+        self.poller.remove(served.connection.doorbell_fd());
+        self.poller.remove(served.connection.control_fd());
+        self.running.retain(|_, running| {
+            let orphan = running.slot == slot && running.generation == served.generation;
+            if orphan {
+                running.abort.abort();
+            }
+            !orphan
+        });
+        self.free.push(slot);
+    }
+
+    /// One pass over every connection that may have work. Returns whether anything moved.
+    fn sweep(&mut self, draining: bool) -> bool {
+        let mut progressed = false;
+        for slot in 0..self.slots.len() {
+            match self.serve_one(slot, draining) {
+                Ok(moved) => progressed |= moved,
+                Err(error) => {
+                    self.drop_connection(slot, &error);
+                    progressed = true;
+                }
+            }
+        }
+        progressed
+    }
+
+    /// Takes the requests of the connection in `slot` while it may have more under way,
+    /// starts their handlers, and moves its replies into its ring.
+    fn serve_one(&mut self, slot: usize, draining: bool) -> Result<bool, Error> {
+        let Some(served) = self.slots[slot].as_mut() else {
+            return Ok(false);
+        };
+        if served.asleep {
+            if served.connection.doorbell_armed() {
+                return Ok(false);
+            }
+            // It rang (the ringer took our announcement down).
+            served.asleep = false;
+        }
+        let mut progressed = false;
+        while !draining && served.under_way() < self.limit {
+            let check_peer = served.peer_stirred;
+            let Some(received) = served
+                .connection
+                .try_recv_tagged(&mut self.buf, check_peer)?
+            else {
+                served.peer_stirred = false;
+                break;
+            };
+            progressed = true;
+            let request = std::mem::take(&mut self.buf);
+            match first_poll(&*self.handler, request) {
+                Ok(outcome) => {
+                    let reply = encode_reply_within(outcome, served.connection.max_message_size());
+                    served.outbox.queue.push_back((received.correlation, reply));
+                }
+                Err(waiting) => {
+                    let task = self.handlers.spawn(waiting);
+                    served.handling += 1;
+                    self.running.insert(
+                        task.id(),
+                        Running {
+                            slot,
+                            generation: served.generation,
+                            correlation: received.correlation,
+                            abort: task,
+                        },
+                    );
+                }
+            }
+        }
+        let (moved, blocked) = served.outbox.flush(&mut served.connection)?;
+        served.blocked = blocked;
+        Ok(progressed || moved)
+    }
+
+    /// Queues the reply of a handler task that ended.
+    fn finish(&mut self, joined: Result<(TaskId, Outcome), JoinError>) {
+        let (task, outcome) = match joined {
+            Ok((task, outcome)) => (task, outcome),
+            // Aborted tasks were removed from `running` when they were aborted.
+            Err(error) => (error.id(), Err("the handler panicked".to_owned())),
+        };
+        let Some(running) = self.running.remove(&task) else {
+            return;
+        };
+        let Some(served) = self.slots[running.slot]
+            .as_mut()
+            .filter(|served| served.generation == running.generation)
+        else {
+            return;
+        };
+        served.handling -= 1;
+        let reply = encode_reply_within(outcome, served.connection.max_message_size());
+        served.outbox.queue.push_back((running.correlation, reply));
+        served.asleep = false;
+    }
+
+    fn outboxes_empty(&self) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .all(|served| served.outbox.queue.is_empty())
+    }
+
+    /// Announces, on every connection not announced already, that the sweeper is going to
+    /// sleep: for its next request if it may take one, for room if a reply waits for it.
+    /// Returns `false` if one of them turned out to have work: sweep again, do not sleep.
+    fn arm_all(&mut self, draining: bool) -> bool {
+        let mut all_quiet = true;
+        for slot in 0..self.slots.len() {
+            let Some(served) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            if served.asleep {
+                continue;
+            }
+            let receiving = !draining && served.under_way() < self.limit;
+            let armed = (|| -> Result<bool, Error> {
+                if receiving && !served.connection.arm_doorbell()? {
+                    return Ok(false);
+                }
+                if let Some(payload) = served.blocked {
+                    if !served.connection.arm_send_doorbell(payload)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })();
+            match armed {
+                Ok(true) => served.asleep = receiving && served.blocked.is_none(),
+                Ok(false) => all_quiet = false,
+                Err(error) => {
+                    self.drop_connection(slot, &error);
+                    all_quiet = false;
+                }
+            }
+        }
+        all_quiet
+    }
+
+    /// Handles what the poller reported after a sleep: resets the doorbells that rang, and
+    /// has the connections whose control socket stirred check their peer.
+    fn take_events(&mut self) {
+        let mut stirred = Vec::new();
+        if let Err(error) = self.poller.drain(|event| stirred.push(event)) {
+            tracing::warn!("ringbell: reading the server's epoll set: {error}");
+        }
+        for Stirred { key, hung_up, .. } in stirred {
+            let slot = (key >> 1) as usize;
+            let Some(served) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            served.asleep = false;
+            if key & 1 == 0 {
+                served.connection.settle_doorbell(true);
+                if !hung_up {
+                    continue;
+                }
+            }
+            served.connection.settle_doorbell(false);
+            served.peer_stirred = true;
+            // A peer that is gone will never make room for the replies still waiting.
+            if served.blocked.is_some() {
+                if let Err(error) = served.connection.ensure_peer_alive() {
+                    self.drop_connection(slot, &error);
+                }
+            }
+        }
+    }
+}
+
+/// Makes the handler's future for `request` and polls it once. Returns its outcome if it
+/// finished, or the future (for a task of its own) if it waits. A panic, in the handler
+/// or in that first poll, is an outcome too.
+#[allow(clippy::type_complexity)]
+fn first_poll<H, F, E>(
+    handler: &H,
+    request: Vec<u8>,
+) -> Result<Outcome, Pin<Box<dyn Future<Output = Outcome> + Send>>>
+where
+    H: Fn(Vec<u8>) -> F,
+    F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let attempt = catch_unwind(AssertUnwindSafe(|| {
+        let mut work = Box::pin(handler(request));
+        // Anything the future registers this waker with is registered again with the
+        // task's own when the task polls it, which it does as soon as it is spawned.
+        let mut context = Context::from_waker(Waker::noop());
+        match work.as_mut().poll(&mut context) {
+            Poll::Ready(result) => Ok(result.map_err(|error| error.to_string())),
+            Poll::Pending => Err(work),
+        }
+    }));
+    match attempt {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(work)) => Err(Box::pin(async move {
+            work.await.map_err(|error| error.to_string())
+        })),
+        Err(_panic) => Ok(Err("the handler panicked".to_owned())),
+    }
+}

@@ -82,7 +82,10 @@ impl ServerConfig {
     /// Default time a client has to complete the handshake: 2 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-    /// How the server's side of each connection waits.
+    /// How the server's side of each connection waits. For
+    /// [`AsyncServer::serve`](crate::tokio::AsyncServer::serve), how long its sweeper keeps
+    /// sweeping after it last found work before it sleeps (`Spin`: never sleeps; `Block`:
+    /// sleeps at once). While it sweeps, clients send without a syscall.
     pub fn wait(mut self, strategy: WaitStrategy) -> Self {
         self.wait = strategy;
         self
@@ -127,9 +130,11 @@ impl ServerConfig {
         self
     }
 
-    /// How many requests of one connection `AsyncServer::serve` handles at once (default
-    /// 64). Past that it stops reading the connection's requests, its ring fills, and the
-    /// client's calls wait: backpressure, with no task pile-up.
+    /// How many requests of one connection `AsyncServer::serve` has under way at once
+    /// (default 64): handlers running, plus replies waiting for room in the connection's
+    /// ring. Past that it stops reading the connection's requests, its ring fills, and the
+    /// client's calls wait: backpressure, with no task pile-up, even for a client that
+    /// never reads its replies.
     pub fn concurrent_requests(mut self, requests: usize) -> Self {
         self.concurrent_requests = requests.max(1);
         self

@@ -8,7 +8,9 @@
 //!
 //! [`AsyncServer`] accepts connections without blocking the runtime: each handshake is a
 //! task that waits on its client's socket, all of them at once, so a client that stalls
-//! its handshake delays nobody else.
+//! its handshake delays nobody else. [`AsyncServer::serve`] runs a handler for every
+//! request of every client from one *sweeper* task, which sweeps all the rings while any
+//! has work and sleeps on one epoll set when none has (see `tokio_serve.rs`).
 
 #![allow(unsafe_code)]
 

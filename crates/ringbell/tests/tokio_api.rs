@@ -184,7 +184,13 @@ fn spawn_rpc_server(path: &std::path::Path, concurrent: usize) -> tokio::task::J
     tokio::spawn(server.serve(|request: Vec<u8>| async move {
         match request.as_slice() {
             b"fail" => return Err("asked to fail".to_owned()),
+            // In the handler's first poll, which the server runs within its sweep.
             b"panic" => panic!("asked to panic"),
+            // After an await, once the handler runs as a task of its own.
+            b"panic later" => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                panic!("asked to panic later");
+            }
             _ => {}
         }
         let delay = request.first().copied().unwrap_or(0) % 8;
@@ -240,11 +246,13 @@ async fn a_failing_or_panicking_handler_fails_only_its_own_request() {
             matches!(&failed, Err(Error::Handler { message }) if message.contains("asked to fail")),
             "{failed:?}"
         );
-        let panicked = client.call(b"panic").await;
-        assert!(
-            matches!(panicked, Err(Error::Handler { .. })),
-            "{panicked:?}"
-        );
+        for request in [&b"panic"[..], b"panic later"] {
+            let panicked = client.call(request).await;
+            assert!(
+                matches!(&panicked, Err(Error::Handler { message }) if message.contains("panicked")),
+                "{panicked:?}"
+            );
+        }
         assert_eq!(client.call(b"\x01abc").await.unwrap(), b"cba\x01");
     };
     tokio::time::timeout(WATCHDOG, check)
@@ -459,4 +467,114 @@ async fn the_blocking_server_serves_async_clients() {
     tokio::time::timeout(WATCHDOG, check)
         .await
         .expect("watchdog");
+}
+
+/// The server's sweeper sleeps whenever a sweep finds nothing (`WaitStrategy::Block`: no
+/// spinning), so here it sleeps and is woken between nearly every pair of calls, by a
+/// different client each time: a lost wake-up, or an armed connection skipped after it
+/// rang, hangs a call until the watchdog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_wakes_for_each_of_many_intermittent_clients() {
+    let path = socket_path("sweeper-intermittent");
+    let config = ServerConfig::default()
+        .ring_capacity(4096)
+        .wait(WaitStrategy::Block);
+    let server = AsyncServer::bind(&path, config).unwrap();
+    let serving = tokio::spawn(
+        server.serve(|request: Vec<u8>| async move { Ok::<_, String>(reversed(&request)) }),
+    );
+    let check = async {
+        let mut clients = Vec::new();
+        for _ in 0..64 {
+            let config = ClientConfig::default().wait(WaitStrategy::Block);
+            clients.push(Client::connect(&path, config).await.unwrap());
+        }
+        let callers: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(index, client)| {
+                tokio::spawn(async move {
+                    for call in 0..20usize {
+                        // Pauses of 0 to 3 ms, different per client, so the sweeper
+                        // often finds every ring empty and sleeps.
+                        let pause = (index * 7 + call * 13) % 4;
+                        tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+                        let request = message(index * 100 + call, 1 + (index + call) % 300);
+                        let reply = client.call(&request).await.unwrap();
+                        assert_eq!(reply, reversed(&request), "client {index}, call {call}");
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog: a call hung");
+    serving.abort();
+}
+
+/// A client that sends requests and never reads the replies fills its own ring; the
+/// sweeper stops taking its requests at the bound and keeps serving everyone else. Once
+/// it goes, its place under the connection limit comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_replies_holds_up_only_itself() {
+    let path = socket_path("sweeper-stuck-reader");
+    let config = ServerConfig::default()
+        .ring_capacity(4096)
+        .concurrent_requests(4)
+        .max_connections(2);
+    let server = AsyncServer::bind(&path, config).unwrap();
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = handled.clone();
+    let serving = tokio::spawn(server.serve(move |request: Vec<u8>| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move { Ok::<_, String>(request) }
+    }));
+    let check = async {
+        let mut stuck = AsyncConnection::connect(&path, ClientConfig::default())
+            .await
+            .unwrap();
+        // Far more than its ring, the server's bound and the reply ring hold together:
+        // its sends stall once all three are full.
+        let flood = async {
+            for i in 0..10_000usize {
+                stuck.send(&message(i, 1000)).await.unwrap();
+            }
+        };
+        let sent_everything = tokio::time::timeout(Duration::from_millis(300), flood).await;
+        assert!(
+            sent_everything.is_err(),
+            "the server took 10,000 requests from a client that reads no replies"
+        );
+        let taken = handled.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(taken < 100, "{taken} requests taken past the bound");
+
+        let client = Client::connect(&path, ClientConfig::default())
+            .await
+            .unwrap();
+        for call in 0..200usize {
+            let request = message(call, 1 + call % 500);
+            assert_eq!(client.call(&request).await.unwrap(), request, "call {call}");
+        }
+
+        // The limit of two is full; once the stuck client goes, its place comes back.
+        drop(stuck);
+        loop {
+            match Client::connect(&path, ClientConfig::default()).await {
+                Ok(third) => {
+                    assert_eq!(third.call(b"after").await.unwrap(), b"after");
+                    break;
+                }
+                Err(Error::ServerBusy { .. }) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(other) => panic!("connecting after the stuck client left: {other}"),
+            }
+        }
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+    serving.abort();
 }

@@ -149,6 +149,11 @@ pub struct Connection {
     peer_check_due: Option<Instant>,
     /// On a server, this connection's place under its connection limit, freed on drop.
     slot: Option<ConnectionSlot>,
+    /// Doorbell rings are recorded in `ring_owed` instead of made (a server's sweeper
+    /// makes them after its sweep, once per doorbell).
+    defer_rings: bool,
+    /// A deferred ring not made yet. Atomic only so that `Connection` stays `Sync`.
+    ring_owed: std::sync::atomic::AtomicBool,
 }
 
 impl Connection {
@@ -175,6 +180,8 @@ impl Connection {
             broken: None,
             peer_check_due: None,
             slot: None,
+            defer_rings: false,
+            ring_owed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -195,7 +202,12 @@ impl Connection {
     /// compatible ringbell server, sends a malformed or unsafe segment, or does not answer
     /// within [`ClientConfig::connect_timeout`].
     pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Connection, Error> {
-        crate::handshake::connect(path.as_ref(), &config)
+        crate::handshake::connect(
+            path.as_ref(),
+            &config,
+            #[cfg(feature = "tokio")]
+            None,
+        )
     }
 
     /// Sends one message, waiting while the ring is full.
@@ -558,10 +570,7 @@ impl Connection {
         {
             return Ok(false);
         }
-        wake(
-            &rings(&self.segment, self.side).tx.readable,
-            &self.peer_doorbell,
-        );
+        self.wake_peer(&rings(&self.segment, self.side).tx.readable);
         Ok(true)
     }
 
@@ -787,10 +796,48 @@ impl Connection {
 
     /// Wakes the peer if it sleeps waiting for room in the ring we consume.
     fn wake_writer(&self) {
-        wake(
-            &rings(&self.segment, self.side).rx.writable,
-            &self.peer_doorbell,
-        );
+        self.wake_peer(&rings(&self.segment, self.side).rx.writable);
+    }
+
+    /// The waker's half of the protocol on `cell`, then the wake-up it asks for: a futex
+    /// wake at once, a doorbell ring at once or, if rings are deferred, owed.
+    fn wake_peer(&self, cell: &WaitCell) {
+        let wake = wait::notify(cell);
+        if wake.futex {
+            OsFutex.wake(&cell.seq);
+        }
+        if wake.doorbell {
+            if self.defer_rings {
+                self.ring_owed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                self.peer_doorbell.ring();
+            }
+        }
+    }
+
+    /// From now on, a doorbell ring this connection's sends and receives would make is
+    /// only recorded, for the caller to make with [`ring_owed`](Self::ring_owed) and
+    /// [`ring_peer`](Self::ring_peer): a server that replies to many connections of one
+    /// client in a sweep rings that client's shared doorbell once.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn defer_doorbell_rings(&mut self) {
+        self.defer_rings = true;
+    }
+
+    /// Takes the ring owed since the last call: `Some(doorbell id)` if there is one.
+    /// Connections whose peers share a doorbell return the same id.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ring_owed(&self) -> Option<u64> {
+        self.ring_owed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.peer_doorbell.id())
+    }
+
+    /// Rings the peer's doorbell.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ring_peer(&self) {
+        self.peer_doorbell.ring();
     }
 }
 
@@ -814,7 +861,7 @@ fn rx_readable(segment: &Segment, side: Side) -> &WaitCell {
     &rings(segment, side).rx.readable
 }
 
-/// The waker's half of the protocol, followed by the syscalls it asks for.
+/// The waker's half of the protocol, followed by the syscalls it asks for, at once.
 fn wake(cell: &WaitCell, peer_doorbell: &DoorbellRinger) {
     let wake = wait::notify(cell);
     if wake.futex {

@@ -9,7 +9,14 @@
 //!                           + SCM_RIGHTS [memfd, server's doorbell ringer, client's doorbell]
 //!   check seals + size, map, check header
 //!   Ack ───────────────────────────────────▶ connection ready on both sides
+//!          [+ SCM_RIGHTS [client's own doorbell ringer]]
 //! ```
+//!
+//! A client whose connections share one doorbell (a
+//! [`ClientGroup`](crate::tokio::ClientGroup)) attaches that doorbell's ringer to its Ack;
+//! the server then rings it instead of the doorbell it made, so that one wake-up of the
+//! group's task serves all its connections, and a server that replies to many of them in
+//! one sweep rings it once (see `tokio_serve.rs`).
 //!
 //! Every message starts with the same 16-byte prefix, little-endian:
 //! `magic "RINGBELL" (8) | version u16 | kind u16 | status u32`, so that a peer of another
@@ -30,7 +37,8 @@ use crate::sys::{self, ControlStream, Doorbell, DoorbellRinger, SharedRegion};
 /// The first bytes of every handshake message.
 pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 /// The handshake protocol version this build speaks.
-pub(crate) const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: the Ack may carry the client's own doorbell ringer.
+pub(crate) const PROTOCOL_VERSION: u16 = 2;
 /// Length of the common prefix, and of Hello and Ack.
 pub(crate) const PREFIX_LEN: usize = 16;
 /// Length of a Welcome.
@@ -260,6 +268,8 @@ pub(crate) struct ServerHandshake {
     /// This handshake's place under the server's connection limit, passed on to the
     /// connection it makes.
     slot: ConnectionSlot,
+    /// The doorbell ringer the client attached to its Ack, if it did.
+    client_ringer: Option<OwnedFd>,
 }
 
 impl std::os::fd::AsRawFd for ServerHandshake {
@@ -310,6 +320,7 @@ impl ServerHandshake {
             received: 0,
             stage: Stage::Hello,
             slot,
+            client_ringer: None,
         }
     }
 
@@ -340,13 +351,21 @@ impl ServerHandshake {
     pub(crate) fn advance(mut self, config: &ServerConfig, own_uid: u32) -> Result<Step, Error> {
         loop {
             let step = self.waiting_for();
-            match self.control.try_read(&mut self.message[self.received..]) {
+            match self
+                .control
+                .try_read_with_fds(&mut self.message[self.received..])
+            {
                 Ok(None) => return Ok(Step::Waiting(self)),
-                Ok(Some(0)) if self.received == 0 && matches!(self.stage, Stage::Hello) => {
+                Ok(Some((0, _))) if self.received == 0 && matches!(self.stage, Stage::Hello) => {
                     return Ok(Step::Probe)
                 }
-                Ok(Some(0)) => return Err(handshake_error(format!("the peer hung up {step}"))),
-                Ok(Some(read)) => self.received += read,
+                Ok(Some((0, _))) => {
+                    return Err(handshake_error(format!("the peer hung up {step}")))
+                }
+                Ok(Some((read, fds))) => {
+                    self.received += read;
+                    self.take_fds(fds)?;
+                }
                 Err(error) => return Err(socket_error(step, error)),
             }
             if self.received < PREFIX_LEN {
@@ -360,7 +379,7 @@ impl ServerHandshake {
                 }
                 Stage::Ack(half) => {
                     decode_prefix(&self.message, Kind::Ack)?;
-                    return Ok(Step::Done(Box::new(self.finish(*half, config))));
+                    return Ok(Step::Done(Box::new(self.finish(*half, config)?)));
                 }
             }
         }
@@ -444,8 +463,31 @@ impl ServerHandshake {
         })
     }
 
+    /// Keeps the fds a client attached: only its doorbell ringer, once, with its Ack.
+    fn take_fds(&mut self, mut fds: Vec<OwnedFd>) -> Result<(), Error> {
+        if fds.is_empty() {
+            return Ok(());
+        }
+        if !matches!(self.stage, Stage::Ack(_)) {
+            return Err(handshake_error("the client attached fds to its hello"));
+        }
+        if fds.len() > 1 || self.client_ringer.is_some() {
+            return Err(handshake_error(
+                "the client attached more than one fd to its ack",
+            ));
+        }
+        self.client_ringer = fds.pop();
+        Ok(())
+    }
+
     /// The connection, once the client's Ack has arrived.
-    fn finish(self, half: ServerHalf, config: &ServerConfig) -> Connection {
+    fn finish(mut self, half: ServerHalf, config: &ServerConfig) -> Result<Connection, Error> {
+        // The client's own doorbell, if it sent one, replaces the one made for it.
+        let ring_client = match self.client_ringer.take() {
+            Some(fd) => DoorbellRinger::from_peer(fd)
+                .map_err(|error| socket_error("checking the client's doorbell", error))?,
+            None => half.ring_client,
+        };
         // Clearing the deadline only resets socket timeouts; a failure would leave a bound
         // on blocking socket calls, which the connection no longer makes.
         let _ = self.control.set_deadline(None);
@@ -454,7 +496,7 @@ impl ServerHandshake {
             Side::Server,
             self.control,
             half.own_doorbell,
-            half.ring_client,
+            ring_client,
             Settings {
                 wait: config.wait,
                 max_message_size: config.max_message_size,
@@ -462,12 +504,28 @@ impl ServerHandshake {
             },
         );
         connection.hold_slot(self.slot);
-        connection
+        Ok(connection)
     }
 }
 
-/// Connects to the server at `path` and runs the client's side of the handshake.
-pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<Connection, Error> {
+/// A doorbell that several client connections share: each gets a duplicate of `bell`,
+/// and the server of each rings `ringer`.
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub(crate) struct SharedDoorbell {
+    pub(crate) bell: Doorbell,
+    pub(crate) ringer: DoorbellRinger,
+}
+
+/// Connects to the server at `path` and runs the client's side of the handshake. With
+/// `shared`, the connection's doorbell is that one.
+pub(crate) fn connect(
+    path: &std::path::Path,
+    config: &ClientConfig,
+    #[cfg(feature = "tokio")] shared: Option<&SharedDoorbell>,
+) -> Result<Connection, Error> {
+    #[cfg(not(feature = "tokio"))]
+    let shared: Option<&std::convert::Infallible> = None;
     let deadline = handshake_deadline(config.connect_timeout);
     let control = ControlStream::connect(path, deadline).map_err(|error| match error.kind() {
         // The socket file is owner-only unless the server allows other uids.
@@ -540,11 +598,31 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
     let segment = Segment::open(region, capacity).map_err(handshake_error)?;
     let ring_server = DoorbellRinger::from_peer(ring_server)
         .map_err(|error| socket_error("checking the server's doorbell", error))?;
-    let own = Doorbell::from_peer(client_doorbell)
-        .map_err(|error| socket_error("checking the client's doorbell", error))?;
-    control
-        .write_all(&encode_prefix(Kind::Ack, Status::Accepted))
-        .map_err(|error| socket_error("sending the ack", error))?;
+    let ack = encode_prefix(Kind::Ack, Status::Accepted);
+    let own = match shared {
+        None => {
+            control
+                .write_all(&ack)
+                .map_err(|error| socket_error("sending the ack", error))?;
+            Doorbell::from_peer(client_doorbell)
+                .map_err(|error| socket_error("checking the client's doorbell", error))?
+        }
+        #[cfg(feature = "tokio")]
+        Some(shared) => {
+            // The doorbell the server made for us is not needed: it will ring ours.
+            drop(client_doorbell);
+            let own = shared
+                .bell
+                .try_clone()
+                .map_err(|error| Error::io("sharing the doorbell", error))?;
+            control
+                .send_with_fds(&ack, &[shared.ringer.as_fd()])
+                .map_err(|error| socket_error("sending the ack", error))?;
+            own
+        }
+        #[cfg(not(feature = "tokio"))]
+        Some(never) => match *never {},
+    };
     control
         .set_deadline(None)
         .map_err(|error| Error::io("clearing the handshake deadline", error))?;

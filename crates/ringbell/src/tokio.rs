@@ -32,7 +32,7 @@ use crate::conn::{Connection, Pushed, SendProgress};
 use crate::error::Error;
 use crate::handshake::{ServerHandshake, Step};
 use crate::server::Server;
-pub use rpc::{Client, DEFAULT_MAX_IN_FLIGHT};
+pub use rpc::{Client, ClientGroup, DEFAULT_MAX_IN_FLIGHT};
 
 /// Checks between two yields to the runtime while spinning.
 const SPINS_PER_YIELD: u32 = 64;
@@ -208,6 +208,18 @@ impl AsyncConnection {
     /// The blocking connection inside, for its accessors (`max_message_size`, ...).
     pub fn get_ref(&self) -> &Connection {
         &self.inner
+    }
+
+    /// The blocking connection inside, no longer registered with the runtime.
+    pub fn into_inner(self) -> Connection {
+        let AsyncConnection {
+            doorbell,
+            control,
+            inner,
+        } = self;
+        // Deregistered before `inner` could close the fds.
+        drop((doorbell, control));
+        inner
     }
 }
 

@@ -1,6 +1,6 @@
-//! Request/response over one [`AsyncConnection`]: a [`Client`] handle that many tasks can
-//! clone and call through at once. The server's side, [`AsyncServer::serve`], is in
-//! `tokio_serve.rs`.
+//! Request/response: a [`Client`] handle that many tasks can clone and call through at
+//! once, and [`ClientGroup`], whose clients share one driver task and one doorbell. The
+//! server's side, [`AsyncServer::serve`], is in `tokio_serve.rs`.
 //!
 //! [`AsyncServer::serve`]: super::AsyncServer::serve
 //!
@@ -9,25 +9,37 @@
 //! (`0`, the response follows) or failed (`1`, its error message follows). Replies may
 //! come in any order.
 //!
-//! Each client connection is driven by one task that never blocks: it moves queued
-//! messages into the ring while they fit, takes whatever has arrived, and otherwise waits
-//! on the doorbell together with its own queues. A client has at most `max_in_flight`
-//! calls outstanding: more callers wait for a slot.
+//! The connections of a group are driven by one task that never blocks: it moves queued
+//! requests into their rings while they fit, takes whatever replies have arrived, and
+//! otherwise sleeps on one [`Poller`] holding the group's doorbell and every connection's
+//! control socket, together with its queue of calls. A [`Client`] made on its own is a
+//! group of one. Each client has at most `max_in_flight` calls outstanding: more callers
+//! wait for a slot.
+//!
+//! Why groups: a process that holds many connections (to many servers, or many to one)
+//! would otherwise have one task and one doorbell per connection, and a server that
+//! answers many of them at once would ring and wake each. With one doorbell for the
+//! group, the server rings it once per sweep (see `tokio_serve.rs`) and the group's task
+//! wakes once for all the replies.
 
-use std::collections::VecDeque;
-use std::path::Path;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::tokio::io::unix::AsyncFd;
 use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::AsyncConnection;
+use super::{register, AsyncConnection, FdRef};
 use crate::config::ClientConfig;
-use crate::conn::Connection;
-use crate::conn::{Pushed, SendProgress};
+use crate::conn::{Connection, Pushed, SendProgress};
 use crate::error::Error;
+use crate::handshake::SharedDoorbell;
 use crate::in_flight::InFlight;
 use crate::reply::decode_reply;
+use crate::sys::{self, Poller};
 
 /// Default bound on a [`Client`]'s outstanding calls.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -53,6 +65,7 @@ struct Pending {
 
 /// A request/response client over one connection. Cheap to clone; every clone calls
 /// through the same connection, with up to `max_in_flight` calls outstanding at once.
+/// The connection closes when the last clone is dropped and its calls have ended.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), ringbell::Error> {
@@ -67,35 +80,44 @@ struct Pending {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    calls: mpsc::Sender<Call>,
+    handle: Arc<Membership>,
     in_flight: Arc<Semaphore>,
     max_message_size: usize,
 }
 
+/// A client's place in its group; the last clone to go tells the driver.
+#[derive(Debug)]
+struct Membership {
+    id: u64,
+    driver: mpsc::UnboundedSender<ToDriver>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let _ = self.driver.send(ToDriver::Leave { id: self.id });
+    }
+}
+
 impl Client {
-    /// Connects to the server at `path` and starts the connection's driver task, with the
-    /// default bound of outstanding calls.
+    /// Connects to the server at `path`, in a group of its own, with the default bound of
+    /// outstanding calls. Must be called within a tokio runtime.
     ///
     /// # Errors
     ///
     /// As [`AsyncConnection::connect`].
     pub async fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Client, Error> {
-        let connection = AsyncConnection::connect(path, config).await?;
-        Ok(Client::new(connection, DEFAULT_MAX_IN_FLIGHT))
+        ClientGroup::new()?.connect(path, config).await
     }
 
-    /// Starts a driver task for `connection` (on the current tokio runtime) and returns a
-    /// client that allows `max_in_flight` outstanding calls (at least 1).
-    pub fn new(connection: AsyncConnection, max_in_flight: usize) -> Client {
-        let max_in_flight = max_in_flight.max(1);
-        let (calls, queue) = mpsc::channel(max_in_flight);
-        let max_message_size = connection.get_ref().max_message_size();
-        ::tokio::spawn(drive_client(connection, queue));
-        Client {
-            max_message_size,
-            calls,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-        }
+    /// Drives `connection` from a task of its own (on the current tokio runtime) and
+    /// returns a client that allows `max_in_flight` outstanding calls (at least 1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the driver cannot set up its epoll set.
+    pub fn new(connection: AsyncConnection, max_in_flight: usize) -> Result<Client, Error> {
+        let group = ClientGroup::new()?;
+        Ok(group.adopt(connection.into_inner(), false, max_in_flight))
     }
 
     /// Sends `request` and waits for its reply. If all slots are taken, waits for one
@@ -126,7 +148,11 @@ impl Client {
             reply,
             permit,
         };
-        self.calls.send(call).await.map_err(|_| Error::PeerDied)?;
+        let id = self.handle.id;
+        self.handle
+            .driver
+            .send(ToDriver::Call { id, call })
+            .map_err(|_| Error::PeerDied)?;
         answer.await.map_err(|_| Error::PeerDied)?
     }
 
@@ -172,109 +198,456 @@ impl Outbox {
     }
 }
 
-/// Arms the doorbell for incoming messages (if `receiving`) and for room (if `blocked`).
-/// Returns `false` if either condition already holds: do not wait, look again.
-fn arm(
-    connection: &mut AsyncConnection,
-    receiving: bool,
-    blocked: Option<usize>,
-) -> Result<bool, Error> {
-    if receiving && !connection.inner.arm_doorbell()? {
-        return Ok(false);
+/// Clients whose connections share one driver task and one doorbell: for a process that
+/// holds many connections at once. Cheap to clone; the group's task ends when the group
+/// and all its clients have been dropped and their calls have ended.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), ringbell::Error> {
+/// use ringbell::tokio::ClientGroup;
+/// use ringbell::ClientConfig;
+///
+/// let group = ClientGroup::new()?;
+/// let index = group.connect("/tmp/index.sock", ClientConfig::default()).await?;
+/// let model = group.connect("/tmp/model.sock", ClientConfig::default()).await?;
+/// let (a, b) = tokio::join!(index.call(b"lookup"), model.call(b"complete"));
+/// # let _ = (a, b);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientGroup {
+    shared: Arc<GroupShared>,
+}
+
+#[derive(Debug)]
+struct GroupShared {
+    /// The doorbell every connection of the group gives its server.
+    doorbell: Arc<SharedDoorbell>,
+    driver: mpsc::UnboundedSender<ToDriver>,
+    next_id: AtomicU64,
+}
+
+/// What the clients of a group tell its driver.
+enum ToDriver {
+    /// A new connection, whose doorbell is the group's (`shared_bell`) or its own.
+    Join {
+        id: u64,
+        connection: Box<Connection>,
+        shared_bell: bool,
+    },
+    Call {
+        id: u64,
+        call: Call,
+    },
+    /// Every clone of this client is gone: close it once its calls have ended.
+    Leave {
+        id: u64,
+    },
+}
+
+impl ClientGroup {
+    /// A new group, with its driver task spawned on the current tokio runtime (so it must
+    /// be called within one).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the group's doorbell or epoll set cannot be created (out of fds,
+    /// usually).
+    pub fn new() -> Result<ClientGroup, Error> {
+        let (bell, ringer) =
+            sys::doorbell_pair().map_err(|error| Error::io("creating a doorbell", error))?;
+        let doorbell = Arc::new(SharedDoorbell { bell, ringer });
+        let (driver, messages) = mpsc::unbounded_channel();
+        let task = GroupDriver::new(doorbell.clone())?;
+        ::tokio::spawn(task.run(messages));
+        Ok(ClientGroup {
+            shared: Arc::new(GroupShared {
+                doorbell,
+                driver,
+                next_id: AtomicU64::new(0),
+            }),
+        })
     }
-    if let Some(payload) = blocked {
-        if !connection.inner.arm_send_doorbell(payload)? {
-            return Ok(false);
+
+    /// Connects to the server at `path` as a member of this group, with the default bound
+    /// of outstanding calls ([`DEFAULT_MAX_IN_FLIGHT`]). The handshake runs on tokio's
+    /// blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncConnection::connect`].
+    pub async fn connect(
+        &self,
+        path: impl AsRef<Path>,
+        config: ClientConfig,
+    ) -> Result<Client, Error> {
+        self.connect_bounded(path, config, DEFAULT_MAX_IN_FLIGHT)
+            .await
+    }
+
+    /// [`connect`](Self::connect), allowing `max_in_flight` outstanding calls (at least 1).
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncConnection::connect`].
+    pub async fn connect_bounded(
+        &self,
+        path: impl AsRef<Path>,
+        config: ClientConfig,
+        max_in_flight: usize,
+    ) -> Result<Client, Error> {
+        let path: PathBuf = path.as_ref().to_path_buf();
+        let doorbell = self.shared.doorbell.clone();
+        let connection = ::tokio::task::spawn_blocking(move || {
+            crate::handshake::connect(&path, &config, Some(&doorbell))
+        })
+        .await
+        .map_err(|error| Error::io("running the handshake", std::io::Error::other(error)))??;
+        Ok(self.adopt(connection, true, max_in_flight))
+    }
+
+    /// Hands `connection` to the driver and returns its client.
+    fn adopt(&self, connection: Connection, shared_bell: bool, max_in_flight: usize) -> Client {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let max_message_size = connection.max_message_size();
+        // If the driver has gone (its runtime is shutting down), the connection is
+        // dropped with the message, and the client's calls fail with `PeerDied`.
+        let _ = self.shared.driver.send(ToDriver::Join {
+            id,
+            connection: Box::new(connection),
+            shared_bell,
+        });
+        Client {
+            handle: Arc::new(Membership {
+                id,
+                driver: self.shared.driver.clone(),
+            }),
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            max_message_size,
         }
     }
-    Ok(true)
 }
 
-/// What a driver does after its wait ended on `rung`: resets the doorbell if it rang, and
-/// returns whether the control socket stirred, so that the next receive checks the peer.
-/// (That receive reports the peer's end after every message it sent before it; but a peer
-/// that is gone will never make room for what we still have to send, so a blocked sender
-/// checks at once.)
-fn after_ring(
-    connection: &mut AsyncConnection,
-    rung: super::Rung,
+/// Poller key of the group's shared doorbell; a member's keys are its slot times two
+/// (its own doorbell, if it has one) and that plus one (its control socket).
+const SHARED_DOORBELL_KEY: u64 = u64::MAX;
+
+/// Yield to the runtime after this many passes in a row that found work.
+const PASSES_PER_YIELD: u32 = 4;
+
+/// One connection of a group.
+struct Member {
+    id: u64,
+    connection: Connection,
+    /// Whether its doorbell is the group's (else its own, watched under its slot's key).
+    shared_bell: bool,
+    pending: InFlight<Pending>,
+    outbox: Outbox,
     blocked: Option<usize>,
-) -> Result<bool, Error> {
-    connection
-        .inner
-        .settle_doorbell(rung == super::Rung::Doorbell);
-    if rung == super::Rung::Doorbell {
-        return Ok(false);
-    }
-    if blocked.is_some() {
-        connection.inner.ensure_peer_alive()?;
-    }
-    Ok(true)
+    /// Its control socket stirred: the next receive that finds the ring empty checks
+    /// the peer with a syscall.
+    peer_stirred: bool,
+    /// Its clients are gone: close it once nothing is under way.
+    left: bool,
 }
 
-/// The client's driver: one task per connection.
-async fn drive_client(mut connection: AsyncConnection, mut calls: mpsc::Receiver<Call>) {
-    let mut pending: InFlight<Pending> = InFlight::default();
-    let mut outbox = Outbox::default();
-    let mut buf = Vec::new();
-    let mut callers_left = true;
-    let mut peer_stirred = false;
-    let accept = |call: Call, pending: &mut InFlight<Pending>, outbox: &mut Outbox| {
-        let id = pending.admit(Pending {
-            reply: call.reply,
-            _permit: call.permit,
-        });
-        outbox.queue.push_back((id, call.request));
-    };
-    let ended: Result<(), Error> = async {
+/// The task that drives every connection of a group.
+struct GroupDriver {
+    /// Readiness of `poller` through the runtime. Declared before `poller`, which owns
+    /// its fd.
+    readiness: AsyncFd<FdRef>,
+    poller: Poller,
+    doorbell: Arc<SharedDoorbell>,
+    members: Vec<Option<Member>>,
+    free: Vec<usize>,
+    slot_of: HashMap<u64, usize>,
+    /// The errors that ended connections whose clients are still around, for their
+    /// later calls.
+    ended: HashMap<u64, Error>,
+    buf: Vec<u8>,
+}
+
+impl GroupDriver {
+    fn new(doorbell: Arc<SharedDoorbell>) -> Result<GroupDriver, Error> {
+        let poller = Poller::new().map_err(|error| Error::io("creating an epoll set", error))?;
+        poller
+            .add(doorbell.bell.as_fd(), SHARED_DOORBELL_KEY)
+            .map_err(|error| Error::io("watching the group's doorbell", error))?;
+        // SAFETY: `poller` owns the fd and is declared after `readiness` in `GroupDriver`,
+        // so the registration is dropped first; the poller is never replaced.
+        let readiness = unsafe { register(poller.as_fd().as_raw_fd())? };
+        Ok(GroupDriver {
+            readiness,
+            poller,
+            doorbell,
+            members: Vec::new(),
+            free: Vec::new(),
+            slot_of: HashMap::new(),
+            ended: HashMap::new(),
+            buf: Vec::new(),
+        })
+    }
+
+    async fn run(mut self, mut messages: mpsc::UnboundedReceiver<ToDriver>) {
+        let mut open = true;
+        let mut passes: u32 = 0;
         loop {
             let mut progressed = false;
-            while let Ok(call) = calls.try_recv() {
-                accept(call, &mut pending, &mut outbox);
-                progressed = true;
-            }
-            let (moved, blocked) = outbox.flush(&mut connection.inner)?;
-            progressed |= moved;
-            // A syscall to check the peer only after its control socket stirred; the check
-            // runs when the ring is found empty, so the flag stays up until that happens.
-            while let Some(received) = connection.inner.try_recv_tagged(&mut buf, peer_stirred)? {
-                if let Some(waiting) = pending.complete(received.correlation) {
-                    let _ = waiting.reply.send(decode_reply(&buf));
+            while open {
+                match messages.try_recv() {
+                    Ok(message) => {
+                        self.take(message);
+                        progressed = true;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
-                progressed = true;
             }
-            peer_stirred = false;
+            for slot in 0..self.members.len() {
+                progressed |= self.drive(slot);
+            }
+            if !open && self.slot_of.is_empty() {
+                return;
+            }
+            passes = passes.wrapping_add(1);
             if progressed {
+                if passes % PASSES_PER_YIELD == 0 {
+                    ::tokio::task::yield_now().await;
+                }
                 continue;
             }
-            if !callers_left && pending.is_empty() && outbox.queue.is_empty() {
-                return Ok(());
-            }
-            if !arm(&mut connection, true, blocked)? {
+            if !self.arm_all() {
+                // Something came in as we armed: drive again, letting the runtime run
+                // first, so that no path through this loop can hold a thread for ever.
+                ::tokio::task::yield_now().await;
                 continue;
             }
             ::tokio::select! {
-                rung = super::wait_for_ring(&connection.doorbell, &connection.control) => {
-                    peer_stirred |= after_ring(&mut connection, rung?, blocked)?;
-                }
-                call = calls.recv(), if callers_left => {
-                    connection.inner.settle_doorbell(false);
-                    match call {
-                        Some(call) => accept(call, &mut pending, &mut outbox),
-                        None => callers_left = false,
+                guard = self.readiness.readable() => match guard {
+                    Ok(mut guard) => {
+                        guard.clear_ready();
+                        self.take_events();
+                    }
+                    Err(error) => {
+                        self.end_all(&Error::io("waiting for replies", error));
+                        return;
+                    }
+                },
+                message = messages.recv(), if open => match message {
+                    Some(message) => self.take(message),
+                    None => open = false,
+                },
+            }
+            self.stand_down();
+        }
+    }
+
+    fn take(&mut self, message: ToDriver) {
+        match message {
+            ToDriver::Join {
+                id,
+                connection,
+                shared_bell,
+            } => self.join(id, *connection, shared_bell),
+            ToDriver::Call { id, call } => {
+                let Some(&slot) = self.slot_of.get(&id) else {
+                    let error = self.ended.get(&id).map_or(Error::PeerDied, copy_of);
+                    let _ = call.reply.send(Err(error));
+                    return;
+                };
+                let member = self.members[slot]
+                    .as_mut()
+                    .expect("slot_of points at members");
+                let correlation = member.pending.admit(Pending {
+                    reply: call.reply,
+                    _permit: call.permit,
+                });
+                member.outbox.queue.push_back((correlation, call.request));
+            }
+            ToDriver::Leave { id } => {
+                self.ended.remove(&id);
+                if let Some(&slot) = self.slot_of.get(&id) {
+                    if let Some(member) = self.members[slot].as_mut() {
+                        member.left = true;
                     }
                 }
             }
         }
     }
-    .await;
-    if let Err(error) = ended {
-        for waiting in pending.drain() {
+
+    fn join(&mut self, id: u64, connection: Connection, shared_bell: bool) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.members.push(None);
+            self.members.len() - 1
+        });
+        let key = (slot as u64) << 1;
+        let watched = self
+            .poller
+            .add(connection.control_fd(), key | 1)
+            .and_then(|()| {
+                if shared_bell {
+                    Ok(())
+                } else {
+                    self.poller.add(connection.doorbell_fd(), key)
+                }
+            });
+        if let Err(error) = watched {
+            self.poller.remove(connection.control_fd());
+            self.free.push(slot);
+            self.ended
+                .insert(id, Error::io("watching a new connection", error));
+            return;
+        }
+        self.slot_of.insert(id, slot);
+        self.members[slot] = Some(Member {
+            id,
+            connection,
+            shared_bell,
+            pending: InFlight::default(),
+            outbox: Outbox::default(),
+            blocked: None,
+            peer_stirred: false,
+            left: false,
+        });
+    }
+
+    /// Moves the member's requests into its ring and its replies to their callers.
+    /// Returns whether anything moved.
+    fn drive(&mut self, slot: usize) -> bool {
+        let Some(member) = self.members[slot].as_mut() else {
+            return false;
+        };
+        let buf = &mut self.buf;
+        let result = (|| -> Result<bool, Error> {
+            let (moved, blocked) = member.outbox.flush(&mut member.connection)?;
+            member.blocked = blocked;
+            let mut progressed = moved;
+            // A syscall to check the peer only after its control socket stirred; the
+            // check runs when the ring is found empty.
+            let check_peer = member.peer_stirred;
+            while let Some(received) = member.connection.try_recv_tagged(buf, check_peer)? {
+                if let Some(waiting) = member.pending.complete(received.correlation) {
+                    let _ = waiting.reply.send(decode_reply(buf));
+                }
+                progressed = true;
+            }
+            member.peer_stirred = false;
+            Ok(progressed)
+        })();
+        match result {
+            Ok(progressed) => {
+                if member.left && member.pending.is_empty() && member.outbox.queue.is_empty() {
+                    self.remove(slot, None);
+                }
+                progressed
+            }
+            Err(error) => {
+                self.remove(slot, Some(error));
+                true
+            }
+        }
+    }
+
+    /// Closes the member in `slot`. With an error, its calls under way fail with it, and
+    /// so will its later ones.
+    fn remove(&mut self, slot: usize, error: Option<Error>) {
+        let Some(mut member) = self.members[slot].take() else {
+            return;
+        };
+        self.poller.remove(member.connection.control_fd());
+        if !member.shared_bell {
+            self.poller.remove(member.connection.doorbell_fd());
+        }
+        self.slot_of.remove(&member.id);
+        self.free.push(slot);
+        let error = error.unwrap_or(Error::PeerDied);
+        for waiting in member.pending.drain() {
             let _ = waiting.reply.send(Err(copy_of(&error)));
         }
-        calls.close();
-        while let Ok(call) = calls.try_recv() {
-            let _ = call.reply.send(Err(copy_of(&error)));
+        if !member.left {
+            self.ended.insert(member.id, error);
+        }
+    }
+
+    fn end_all(&mut self, error: &Error) {
+        for slot in 0..self.members.len() {
+            self.remove(slot, Some(copy_of(error)));
+        }
+    }
+
+    /// Announces on every member that the driver is going to sleep: for replies, and for
+    /// room if a request waits for it. Returns `false` if one of them turned out to have
+    /// something: drive again, do not sleep.
+    fn arm_all(&mut self) -> bool {
+        let mut all_quiet = true;
+        for slot in 0..self.members.len() {
+            let Some(member) = self.members[slot].as_mut() else {
+                continue;
+            };
+            let armed = (|| -> Result<bool, Error> {
+                if !member.connection.arm_doorbell()? {
+                    return Ok(false);
+                }
+                if let Some(payload) = member.blocked {
+                    if !member.connection.arm_send_doorbell(payload)? {
+                        // Room, or the peer has gone, and then nothing will ever make
+                        // room: find out which (one syscall, and only here).
+                        member.connection.ensure_peer_alive()?;
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })();
+            match armed {
+                Ok(true) => {}
+                Ok(false) => all_quiet = false,
+                Err(error) => {
+                    self.remove(slot, Some(error));
+                    all_quiet = false;
+                }
+            }
+        }
+        all_quiet
+    }
+
+    /// After a sleep: resets the doorbells that rang, and has the members whose control
+    /// socket stirred check their peer.
+    fn take_events(&mut self) {
+        let mut stirred = Vec::new();
+        if let Err(error) = self.poller.drain(|event| stirred.push(event)) {
+            tracing::warn!("ringbell: reading a client group's epoll set: {error}");
+        }
+        for event in stirred {
+            if event.key == SHARED_DOORBELL_KEY {
+                self.doorbell.bell.drain();
+                continue;
+            }
+            let slot = (event.key >> 1) as usize;
+            let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if event.key & 1 == 0 {
+                member.connection.settle_doorbell(true);
+                if !event.hung_up {
+                    continue;
+                }
+            }
+            member.peer_stirred = true;
+            // A peer that is gone will never make room for what we still have to send.
+            if member.blocked.is_some() {
+                if let Err(error) = member.connection.ensure_peer_alive() {
+                    self.remove(slot, Some(error));
+                }
+            }
+        }
+    }
+
+    /// After a sleep: takes down every announcement, so that servers stop ringing while
+    /// the driver is awake and looks at every ring anyway.
+    fn stand_down(&mut self) {
+        for member in self.members.iter_mut().flatten() {
+            member.connection.settle_doorbell(false);
         }
     }
 }

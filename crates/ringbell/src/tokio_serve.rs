@@ -11,6 +11,10 @@
 //! of them stirs, and sweeps again. A connection it has armed and that has not rung is
 //! skipped by the sweep, so an idle client costs nothing.
 //!
+//! Doorbell rings are deferred to the end of each sweep and made once per doorbell: the
+//! connections of a [`ClientGroup`](super::ClientGroup) share one, so a sweep that answers
+//! a hundred of a client process's calls wakes that process once, not a hundred times.
+//!
 //! A handler's future is polled once, in the sweep, as it is made. If it finishes then
 //! (most handlers never wait for anything), its reply goes out at once, with no task
 //! spawned; if it waits, it becomes a task of its own, and the sweeper collects its reply
@@ -56,9 +60,14 @@ impl AsyncServer {
     /// returns is the reply. Runs until its future is dropped, which closes every
     /// connection it serves (their clients' calls then fail with [`Error::PeerDied`]).
     ///
-    /// One sweeper task serves all the connections (see the [module docs](self) for how
-    /// it waits). Each handler's future is first polled within the sweep; one that has to
-    /// wait becomes a tokio task of its own. So a handler should not block or compute for
+    /// One sweeper task serves all the connections. While any of them has a request, it
+    /// sweeps their rings without sleeping, so clients send without a syscall; after the
+    /// spin budget of [`ServerConfig::wait`](crate::ServerConfig::wait) with nothing to
+    /// do, it sleeps on one epoll set that holds them all. Doorbell rings are made once
+    /// per sweep and doorbell, so the connections of one
+    /// [`ClientGroup`](super::ClientGroup) cost one wake-up per sweep. Each handler's
+    /// future is first polled within the sweep; one that has to wait becomes a tokio task
+    /// of its own. So a handler should not block or compute for
     /// long before its first `.await`: that holds up every connection. Use
     /// `tokio::task::spawn_blocking` for such work.
     ///
@@ -233,6 +242,9 @@ struct Sweeper<H> {
     handlers: JoinSet<Outcome>,
     running: HashMap<TaskId, Running>,
     buf: Vec<u8>,
+    /// Doorbell rings owed by this sweep, by doorbell id: which connection (slot and
+    /// generation) to ring it through.
+    rings_due: HashMap<u64, (usize, u64)>,
 }
 
 /// Poller keys: which of a connection's fds stirred.
@@ -267,6 +279,7 @@ where
             handlers: JoinSet::new(),
             running: HashMap::new(),
             buf: Vec::new(),
+            rings_due: HashMap::new(),
         })
     }
 
@@ -300,6 +313,7 @@ where
                 // Every reply is in its ring; dropping the sweeper closes the connections.
                 return;
             }
+            self.ring_due();
             sweeps = sweeps.wrapping_add(1);
             if progressed {
                 idle_since = None;
@@ -321,7 +335,12 @@ where
                 ::tokio::task::yield_now().await;
                 continue;
             }
-            if !self.arm_all(draining) {
+            let quiet = self.arm_all(draining);
+            self.ring_due();
+            if !quiet {
+                // Something came in as we armed: sweep again, letting the runtime run
+                // first, so that no path through this loop can hold a thread for ever.
+                ::tokio::task::yield_now().await;
                 continue;
             }
             ::tokio::select! {
@@ -349,7 +368,8 @@ where
     }
 
     /// Takes a new connection into a free slot, watching its doorbell and control socket.
-    fn admit(&mut self, connection: Connection) {
+    fn admit(&mut self, mut connection: Connection) {
+        connection.defer_doorbell_rings();
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -458,7 +478,25 @@ where
         }
         let (moved, blocked) = served.outbox.flush(&mut served.connection)?;
         served.blocked = blocked;
+        if let Some(doorbell) = served.connection.ring_owed() {
+            self.rings_due
+                .entry(doorbell)
+                .or_insert((slot, served.generation));
+        }
         Ok(progressed || moved)
+    }
+
+    /// Makes the doorbell rings this sweep owes, one per doorbell.
+    fn ring_due(&mut self) {
+        for (_, (slot, generation)) in self.rings_due.drain() {
+            // A connection dropped since rang its peer itself as it closed.
+            if let Some(served) = self.slots[slot]
+                .as_ref()
+                .filter(|served| served.generation == generation)
+            {
+                served.connection.ring_peer();
+            }
+        }
     }
 
     /// Queues the reply of a handler task that ended.
@@ -509,11 +547,20 @@ where
                 }
                 if let Some(payload) = served.blocked {
                     if !served.connection.arm_send_doorbell(payload)? {
+                        // Room, or the peer has gone, and then nothing will ever make
+                        // room: find out which (one syscall, and only here).
+                        served.connection.ensure_peer_alive()?;
                         return Ok(false);
                     }
                 }
                 Ok(true)
             })();
+            // Arming hands back the space of what we received, which may owe a ring.
+            if let Some(doorbell) = served.connection.ring_owed() {
+                self.rings_due
+                    .entry(doorbell)
+                    .or_insert((slot, served.generation));
+            }
             match armed {
                 Ok(true) => served.asleep = receiving && served.blocked.is_none(),
                 Ok(false) => all_quiet = false,

@@ -818,6 +818,8 @@ enum BadClient {
     HangsUpBeforeAck,
     /// Says hello, reads the welcome, never acks.
     StallsBeforeAck,
+    /// Acks with a file attached as its doorbell, which must be a socket.
+    AcksWithAFileForADoorbell,
 }
 
 impl BadClient {
@@ -839,7 +841,7 @@ impl BadClient {
             }
             BadClient::TruncatedHello => {
                 stream
-                    .write_all(&hello(1)[..5])
+                    .write_all(&hello(common::PROTOCOL_VERSION)[..5])
                     .expect("writing part of a hello");
                 return;
             }
@@ -860,8 +862,33 @@ impl BadClient {
                     "the server accepted a client of protocol version 99"
                 );
             }
+            BadClient::AcksWithAFileForADoorbell => {
+                stream
+                    .write_all(&hello(common::PROTOCOL_VERSION))
+                    .expect("writing a hello");
+                stream
+                    .read_exact(&mut welcome)
+                    .expect("reading the welcome");
+                let file = fs::File::open("/dev/null").expect("opening /dev/null");
+                let fds = [std::os::fd::AsFd::as_fd(&file)];
+                let mut space =
+                    [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+                assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+                let mut ack = hello(common::PROTOCOL_VERSION);
+                ack[10..12].copy_from_slice(&3u16.to_le_bytes());
+                rustix::net::sendmsg(
+                    &stream,
+                    &[std::io::IoSlice::new(&ack)],
+                    &mut control,
+                    rustix::net::SendFlags::NOSIGNAL,
+                )
+                .expect("sending the ack with a file");
+            }
             BadClient::HangsUpBeforeAck | BadClient::StallsBeforeAck => {
-                stream.write_all(&hello(1)).expect("writing a hello");
+                stream
+                    .write_all(&hello(common::PROTOCOL_VERSION))
+                    .expect("writing a hello");
                 // The fds attached to the welcome are discarded: we read without a buffer
                 // for them.
                 stream
@@ -878,13 +905,14 @@ impl BadClient {
     }
 }
 
-const BAD_CLIENTS: [BadClient; 6] = [
+const BAD_CLIENTS: [BadClient; 7] = [
     BadClient::Garbage,
     BadClient::TruncatedHello,
     BadClient::Silent,
     BadClient::WrongVersion,
     BadClient::HangsUpBeforeAck,
     BadClient::StallsBeforeAck,
+    BadClient::AcksWithAFileForADoorbell,
 ];
 
 /// Each bad client makes `accept` return `Error::Handshake` (a timeout for the silent and

@@ -636,7 +636,7 @@ fn role_hostile(runtime: &Runtime) -> Result<(), String> {
         .try_clone_to_owned()
         .context("duplicating the control socket")?;
     let _entered = runtime.enter();
-    let client = Client::new(conn, 16);
+    let client = Client::new(conn, 16).expect("starting the client driver");
     let outcome = Arc::new(HostileOutcome::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = JoinSet::new();

@@ -76,7 +76,7 @@ fn role_server() -> Result<(), String> {
 fn role_staller() -> Result<(), String> {
     let stalled: usize = number_param("RB_STALLED");
     raise_open_files_limit(stalled + 64)?;
-    let half_hello = &common::hello(1)[..8];
+    let half_hello = &common::hello(common::PROTOCOL_VERSION)[..8];
     let mut streams = Vec::with_capacity(stalled);
     for index in 0..stalled {
         let mut stream = UnixStream::connect(param("RB_SOCKET"))

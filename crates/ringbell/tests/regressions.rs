@@ -472,7 +472,7 @@ const TRICKLE_PAUSE: Duration = Duration::from_millis(100);
 fn trickle_hello(path: &Path) -> usize {
     let mut stream = UnixStream::connect(path).expect("connecting a raw stream");
     let mut written = 0;
-    for byte in hello(1) {
+    for byte in hello(common::PROTOCOL_VERSION) {
         if written > 0 {
             thread::sleep(TRICKLE_PAUSE);
         }
@@ -515,7 +515,7 @@ fn regress_trickled_hello_cannot_stretch_the_handshake() {
     drop(result);
     let written = trickler.join().expect("the trickling thread panicked");
     assert!(
-        written < hello(1).len(),
+        written < hello(common::PROTOCOL_VERSION).len(),
         "the trickler wrote all {written} bytes of its hello before the server hung up: \
          each byte gave the handshake more time"
     );

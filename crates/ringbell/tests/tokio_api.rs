@@ -578,3 +578,105 @@ async fn a_client_that_reads_no_replies_holds_up_only_itself() {
         .expect("watchdog");
     serving.abort();
 }
+
+/// One `ClientGroup` drives connections to two servers through one task and one
+/// doorbell: every call gets its own reply; when one server goes, only its clients' calls
+/// fail, with `PeerDied`; and clients that are dropped close their connections, which the
+/// server then counts no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_group_serves_two_servers_and_outlives_one() {
+    use ringbell::tokio::ClientGroup;
+    let (first_path, second_path) = (socket_path("group-first"), socket_path("group-second"));
+    let config = ServerConfig::default()
+        .ring_capacity(4096)
+        .wait(WaitStrategy::Block)
+        .max_connections(20);
+    let reverse = |request: Vec<u8>| async move { Ok::<_, String>(reversed(&request)) };
+    let first = tokio::spawn(
+        AsyncServer::bind(&first_path, config.clone())
+            .unwrap()
+            .serve(reverse),
+    );
+    let second = tokio::spawn(
+        AsyncServer::bind(&second_path, config)
+            .unwrap()
+            .serve(reverse),
+    );
+    let check = async {
+        let group = ClientGroup::new().unwrap();
+        let client_config = ClientConfig::default().wait(WaitStrategy::Block);
+        let mut firsts = Vec::new();
+        let mut seconds = Vec::new();
+        for _ in 0..20 {
+            firsts.push(
+                group
+                    .connect(&first_path, client_config.clone())
+                    .await
+                    .unwrap(),
+            );
+            seconds.push(
+                group
+                    .connect_bounded(&second_path, client_config.clone(), 4)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Calls on all 40 at once, with pauses that let the driver and the servers sleep.
+        let callers: Vec<_> = firsts
+            .iter()
+            .chain(&seconds)
+            .cloned()
+            .enumerate()
+            .map(|(index, client)| {
+                tokio::spawn(async move {
+                    for call in 0..30usize {
+                        if (index + call) % 3 == 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        let request = message(index * 1000 + call, 1 + (index * 31 + call) % 900);
+                        let reply = client.call(&request).await.unwrap();
+                        assert_eq!(reply, reversed(&request), "client {index}, call {call}");
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
+
+        // The second server goes: its clients' calls fail; the first's go on.
+        second.abort();
+        for (index, client) in seconds.iter().enumerate() {
+            let failed = loop {
+                match client.call(b"still there?").await {
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    Err(error) => break error,
+                }
+            };
+            assert!(
+                matches!(failed, Error::PeerDied),
+                "client {index}: {failed:?}"
+            );
+        }
+        for (index, client) in firsts.iter().enumerate() {
+            assert_eq!(client.call(b"abc").await.unwrap(), b"cba", "client {index}");
+        }
+
+        // The first server is at its limit of 20; dropping the clients frees it.
+        drop(firsts);
+        loop {
+            match group.connect(&first_path, client_config.clone()).await {
+                Ok(late) => {
+                    assert_eq!(late.call(b"late").await.unwrap(), b"etal");
+                    break;
+                }
+                Err(Error::ServerBusy { .. }) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(other) => panic!("connecting after the clients were dropped: {other}"),
+            }
+        }
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+    first.abort();
+}

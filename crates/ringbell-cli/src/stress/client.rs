@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ringbell::tokio::{AsyncConnection, Client};
+use ringbell::tokio::{Client, ClientGroup};
 use ringbell::{ClientConfig, Error};
 use tokio::io::BufReader;
 use tokio::net::unix::OwnedReadHalf;
@@ -137,18 +137,28 @@ async fn connect_all(
     args: &ClientArgs,
     duplicated: &Arc<AtomicU64>,
 ) -> Result<Vec<StressConnection>, CliError> {
+    // All of this process's ringbell connections share one driver task and doorbell.
+    let group = match args.transport {
+        Transport::Ringbell => Some(ClientGroup::new().context("starting the client group")?),
+        Transport::Uds => None,
+    };
     let mut under_way = JoinSet::new();
     let mut connected = Vec::with_capacity(args.connections as usize);
     let mut next: u64 = 0;
     while connected.len() < args.connections as usize {
         while next < args.connections && under_way.len() < CONCURRENT_CONNECTS {
-            let (path, transport, duplicated) =
-                (args.path.clone(), args.transport, duplicated.clone());
+            let (path, transport, duplicated, group) = (
+                args.path.clone(),
+                args.transport,
+                duplicated.clone(),
+                group.clone(),
+            );
             let concurrency = args.concurrency as usize;
             let index = next;
             under_way.spawn(async move {
                 let connection =
-                    StressConnection::connect(&path, transport, concurrency, duplicated).await;
+                    StressConnection::connect(&path, transport, concurrency, duplicated, group)
+                        .await;
                 (index, connection)
             });
             next += 1;
@@ -263,19 +273,19 @@ impl StressConnection {
         transport: Transport,
         concurrency: usize,
         duplicated: Arc<AtomicU64>,
+        group: Option<ClientGroup>,
     ) -> Result<StressConnection, String> {
-        match transport {
-            Transport::Ringbell => {
+        match (transport, group) {
+            (Transport::Ringbell, Some(group)) => {
                 let config = ClientConfig::default().connect_timeout(CONNECT_TIMEOUT);
-                let connection = AsyncConnection::connect(path, config)
+                group
+                    .connect_bounded(path, config, concurrency)
                     .await
-                    .map_err(|error| error.to_string())?;
-                Ok(StressConnection::Ringbell(Client::new(
-                    connection,
-                    concurrency,
-                )))
+                    .map(StressConnection::Ringbell)
+                    .map_err(|error| error.to_string())
             }
-            Transport::Uds => UnixSocketClient::connect(path, duplicated)
+            (Transport::Ringbell, None) => unreachable!("ringbell clients have a group"),
+            (Transport::Uds, _) => UnixSocketClient::connect(path, duplicated)
                 .await
                 .map(StressConnection::Uds)
                 .map_err(|error| format!("connecting to {}: {error}", path.display())),

@@ -621,6 +621,10 @@ pub fn frame_header(len: u32, kind: u8) -> [u8; 16] {
     header
 }
 
+/// The handshake protocol version of this build (`PROTOCOL_VERSION` in
+/// `src/handshake.rs`).
+pub const PROTOCOL_VERSION: u16 = 2;
+
 /// A hello of protocol `version`, as `src/handshake.rs` encodes it: magic, version u16 LE,
 /// kind 1 (hello) u16 LE, status 0 u32 LE.
 pub fn hello(version: u16) -> [u8; 16] {

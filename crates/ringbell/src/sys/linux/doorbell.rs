@@ -33,6 +33,9 @@ pub(crate) struct Doorbell {
 #[derive(Debug)]
 pub(crate) struct DoorbellRinger {
     fd: OwnedFd,
+    /// The socket's inode number: the same for every fd of this socket, whichever process
+    /// passed it, and different for every other socket.
+    id: u64,
 }
 
 /// A new doorbell and its ringer, not rung.
@@ -44,12 +47,13 @@ pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
         None,
     )
     .map_err(io_error)?;
-    Ok((Doorbell { fd: bell }, DoorbellRinger { fd: ringer }))
+    let id = fstat(&ringer).map_err(io_error)?.st_ino;
+    Ok((Doorbell { fd: bell }, DoorbellRinger { fd: ringer, id }))
 }
 
-/// Checks that an fd received from the peer is a socket; nothing else may serve as a
-/// doorbell end.
-fn check_socket(fd: &OwnedFd) -> io::Result<()> {
+/// Checks that an fd received from the peer is a socket, nothing else may serve as a
+/// doorbell end, and returns its inode number.
+fn check_socket(fd: &OwnedFd) -> io::Result<u64> {
     let stat = fstat(fd).map_err(io_error)?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
         return Err(io::Error::new(
@@ -57,7 +61,7 @@ fn check_socket(fd: &OwnedFd) -> io::Result<()> {
             "a doorbell fd passed by the peer is not a socket",
         ));
     }
-    Ok(())
+    Ok(stat.st_ino)
 }
 
 impl Doorbell {
@@ -65,6 +69,14 @@ impl Doorbell {
     pub(crate) fn from_peer(fd: OwnedFd) -> io::Result<Doorbell> {
         check_socket(&fd)?;
         Ok(Doorbell { fd })
+    }
+
+    /// Another fd for the same doorbell (`dup`), for a connection that shares it.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_clone(&self) -> io::Result<Doorbell> {
+        Ok(Doorbell {
+            fd: self.fd.try_clone()?,
+        })
     }
 
     /// Resets the doorbell after a wake-up. Never blocks: reads until nothing is left,
@@ -84,8 +96,14 @@ impl Doorbell {
 impl DoorbellRinger {
     /// Adopts a ringer end received from the peer.
     pub(crate) fn from_peer(fd: OwnedFd) -> io::Result<DoorbellRinger> {
-        check_socket(&fd)?;
-        Ok(DoorbellRinger { fd })
+        let id = check_socket(&fd)?;
+        Ok(DoorbellRinger { fd, id })
+    }
+
+    /// Which doorbell this rings: equal for two ringers of the same socket.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Wakes whoever polls the other end. Never blocks; a full socket buffer means the

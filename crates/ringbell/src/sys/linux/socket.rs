@@ -292,17 +292,43 @@ impl ControlStream {
         }
     }
 
-    /// One read that never waits (`MSG_DONTWAIT`): `Ok(None)` if nothing is queued,
-    /// `Ok(Some(0))` at end of file. Any fds a peer attaches are discarded by the kernel.
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        loop {
-            match rustix::net::recv(&self.stream, &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((read, _)) => return Ok(Some(read)),
+    /// [`try_read`](Self::try_read), also returning the fds attached to the bytes read
+    /// (marked close-on-exec). More than [`MAX_FDS`] is an `InvalidData` error, as for
+    /// [`recv_with_fds`](Self::recv_with_fds).
+    pub(crate) fn try_read_with_fds(
+        &self,
+        buf: &mut [u8],
+    ) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = loop {
+            let mut iov = [io::IoSliceMut::new(buf)];
+            match recvmsg(
+                &self.stream,
+                &mut iov,
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            ) {
+                Ok(received) => break received,
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => return Ok(None),
                 Err(errno) => return Err(io_error(errno)),
             }
+        };
+        let mut fds = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received_fds) = message {
+                fds.extend(received_fds);
+            }
         }
+        if received.flags.contains(ReturnFlags::CTRUNC) {
+            return Err(if fds.len() < MAX_FDS {
+                io_error(Errno::MFILE)
+            } else {
+                io::Error::new(io::ErrorKind::InvalidData, "the peer attached too many fds")
+            });
+        }
+        Ok(Some((received.bytes, fds)))
     }
 
     /// Sends `bytes` if the socket buffer takes them all at once, without waiting, and

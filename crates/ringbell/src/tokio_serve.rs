@@ -52,6 +52,10 @@ use crate::sys::{Poller, Stirred};
 /// and the accepting loop run even while the sweeper never runs out of work.
 const SWEEPS_PER_YIELD: u32 = 4;
 
+/// Idle sweeps between two yields to the runtime while spinning: a few microseconds
+/// with a thousand connections, longer with few.
+const SPINS_PER_YIELD: u32 = 256;
+
 /// What the handler made of one request: the response, or the error to reply with.
 type Outcome = Result<Vec<u8>, String>;
 
@@ -332,7 +336,19 @@ where
             let now = Instant::now();
             let idle_for = now - *idle_since.get_or_insert(now);
             if budget.is_none_or(|budget| idle_for < budget) {
-                ::tokio::task::yield_now().await;
+                // Spin on this thread rather than yield: a yield to a multi-threaded
+                // runtime wakes an idle worker to steal the task, which costs a wake-up
+                // per turn and takes the CPU from the very clients we wait for (measured:
+                // one client's p99 round trip 66 µs with yields, against 17 µs before the
+                // sweeper). The runtime still gets the thread every few sweeps, below.
+                // And give the CPU to any other thread that waits for it (`sched_yield`):
+                // with as few cores as clients, the client we wait for may be queued
+                // behind this very spin (measured: one client's p99 went from 16 to 60 µs
+                // without it, on 2 cores).
+                std::thread::yield_now();
+                if sweeps % SPINS_PER_YIELD == 0 {
+                    ::tokio::task::yield_now().await;
+                }
                 continue;
             }
             let quiet = self.arm_all(draining);

@@ -34,7 +34,8 @@ pub(crate) struct Doorbell {
 pub(crate) struct DoorbellRinger {
     fd: OwnedFd,
     /// The socket's inode number: the same for every fd of this socket, whichever process
-    /// passed it, and different for every other socket.
+    /// passed it, and different for every other socket. Read by the tokio server only.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     id: u64,
 }
 

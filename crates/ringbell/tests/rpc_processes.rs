@@ -13,8 +13,8 @@ use common::{
     exclusive_test, number_param, param, report, shared_test, sleep_until_killed, ChildProcess,
     SocketPath,
 };
-use ringbell::tokio::{AsyncServer, Client};
-use ringbell::{ClientConfig, Error, ServerConfig};
+use ringbell::tokio::{AsyncServer, Client, ClientGroup};
+use ringbell::{ClientConfig, Error, ServerConfig, WaitStrategy};
 
 const WATCHDOG: Duration = Duration::from_secs(120);
 
@@ -28,6 +28,7 @@ fn run_role(role: &str) -> Result<(), String> {
     match role {
         "rpc_caller" => runtime.block_on(role_rpc_caller()),
         "rpc_server" => runtime.block_on(role_rpc_server()),
+        "group_lifecycle" => runtime.block_on(role_group_lifecycle()),
         other => Err(format!("unknown role {other}")),
     }
 }
@@ -63,6 +64,78 @@ async fn role_rpc_server() -> Result<(), String> {
         })
         .await;
     Ok(())
+}
+
+/// In a process of its own, so that its fd count is its own: a server, then a client
+/// group of 10 connections and a lone client that make calls and are dropped. Reports
+/// `settled` once the process holds exactly the fds it held before the clients came (the
+/// group's task gone with its doorbell and epoll set, the server's sweeper has dropped
+/// every connection), or fails after 20 s with both counts.
+async fn role_group_lifecycle() -> Result<(), String> {
+    let path = param("RB_SOCKET");
+    let config = ServerConfig::default()
+        .ring_capacity(4096)
+        .wait(WaitStrategy::Block);
+    let server = AsyncServer::bind(&path, config).map_err(|error| error.to_string())?;
+    let serving = tokio::spawn(
+        server.serve(|request: Vec<u8>| async move { Ok::<_, String>(request) }),
+    );
+    // The sweeper's epoll set exists once it has started.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = open_fds();
+    {
+        let group = ClientGroup::new().map_err(|error| error.to_string())?;
+        let mut clients = Vec::new();
+        for _ in 0..10 {
+            clients.push(
+                group
+                    .connect(&path, ClientConfig::default())
+                    .await
+                    .map_err(|error| error.to_string())?,
+            );
+        }
+        clients.push(
+            Client::connect(&path, ClientConfig::default())
+                .await
+                .map_err(|error| error.to_string())?,
+        );
+        for (index, client) in clients.iter().enumerate() {
+            for call in 0..20u8 {
+                let request = [index as u8, call];
+                let reply = client.call(&request).await.map_err(|error| error.to_string())?;
+                if reply != request {
+                    return Err(format!("client {index}, call {call}: wrong reply {reply:?}"));
+                }
+            }
+        }
+        if open_fds() <= before {
+            return Err("the clients hold no fds: the count is not measuring them".into());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = open_fds();
+        if now == before {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{now} fds open 20 s after the clients went, {before} before"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    report("settled");
+    serving.abort();
+    Ok(())
+}
+
+/// Dropping a client group and its clients closes everything they held, on both sides.
+#[test]
+fn a_dropped_client_group_leaves_no_fds_behind() {
+    let _test = shared_test("dropped_client_group");
+    let socket = SocketPath::new("rpc-group-lifecycle");
+    let mut child = ChildProcess::spawn("group_lifecycle", &[("RB_SOCKET", socket.param())]);
+    child.expect_line("settled");
+    child.assert_success();
 }
 
 fn open_fds() -> usize {

@@ -150,8 +150,9 @@ pub struct StressArgs {
 
 const STRESS_NOTES: &str = "\
 Limits: a ringbell connection holds 3 file descriptors in the server and 3 in its client \
-process (control socket, own doorbell, the peer's doorbell); a Unix-socket connection 1 \
-on each side. Server and clients raise their soft RLIMIT_NOFILE to the hard limit, so the \
+process (control socket, own doorbell, the peer's doorbell), and each client process's \
+ClientGroup 3 more (its doorbell pair and epoll set); a Unix-socket connection 1 on each \
+side. Server and clients raise their soft RLIMIT_NOFILE to the hard limit, so the \
 server serves about (hard limit - 10) / 3 ringbell clients: 10,000 clients need a hard \
 limit above 30,010. To raise it, as root: `ulimit -Hn 65536; ulimit -Sn 65536` in the \
 shell that then runs ringbell, `prlimit --nofile=65536`, LimitNOFILE= for a systemd unit, \

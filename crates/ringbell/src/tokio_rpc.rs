@@ -100,7 +100,9 @@ impl Drop for Membership {
 
 impl Client {
     /// Connects to the server at `path`, in a group of its own, with the default bound of
-    /// outstanding calls. Must be called within a tokio runtime.
+    /// outstanding calls. Must be called within a tokio runtime. It holds six fds: three
+    /// for the connection and three for its group (use one [`ClientGroup`] for many
+    /// connections: three fds each, plus the group's three).
     ///
     /// # Errors
     ///
@@ -200,7 +202,9 @@ impl Outbox {
 
 /// Clients whose connections share one driver task and one doorbell: for a process that
 /// holds many connections at once. Cheap to clone; the group's task ends when the group
-/// and all its clients have been dropped and their calls have ended.
+/// and all its clients have been dropped and their calls have ended, and every fd goes
+/// with it. The group holds three fds (its doorbell pair and an epoll set), and each of
+/// its connections three (control socket, a copy of the doorbell, the server's ringer).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), ringbell::Error> {

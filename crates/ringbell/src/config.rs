@@ -134,7 +134,9 @@ impl ServerConfig {
     /// (default 64): handlers running, plus replies waiting for room in the connection's
     /// ring. Past that it stops reading the connection's requests, its ring fills, and the
     /// client's calls wait: backpressure, with no task pile-up, even for a client that
-    /// never reads its replies.
+    /// never reads its replies. So a client must read replies to go on sending: one that
+    /// pipelines more than this bound plus a ringful of requests before it reads waits
+    /// for ever (or until its send timeout). `tokio::Client` always reads.
     pub fn concurrent_requests(mut self, requests: usize) -> Self {
         self.concurrent_requests = requests.max(1);
         self

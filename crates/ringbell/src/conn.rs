@@ -202,12 +202,7 @@ impl Connection {
     /// compatible ringbell server, sends a malformed or unsafe segment, or does not answer
     /// within [`ClientConfig::connect_timeout`].
     pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Connection, Error> {
-        crate::handshake::connect(
-            path.as_ref(),
-            &config,
-            #[cfg(feature = "tokio")]
-            None,
-        )
+        crate::handshake::connect(path.as_ref(), &config)
     }
 
     /// Sends one message, waiting while the ring is full.

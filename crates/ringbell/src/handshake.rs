@@ -12,7 +12,7 @@
 //!          [+ SCM_RIGHTS [client's own doorbell ringer]]
 //! ```
 //!
-//! A client whose connections share one doorbell (a
+//! A client whose connections to one server share one doorbell (a
 //! [`ClientGroup`](crate::tokio::ClientGroup)) attaches that doorbell's ringer to its Ack;
 //! the server then rings it instead of the doorbell it made, so that one wake-up of the
 //! group's task serves all its connections, and a server that replies to many of them in
@@ -508,8 +508,10 @@ impl ServerHandshake {
     }
 }
 
-/// A doorbell that several client connections share: each gets a duplicate of `bell`,
-/// and the server of each rings `ringer`.
+/// A doorbell that several client connections to one server process share: each gets a
+/// duplicate of `bell`, and the server rings `ringer`. Shared by one server's connections
+/// only: a server can shut the ringer's socket down (it holds it), which silences the
+/// doorbell for everyone who rings it, so it must not be another server's.
 #[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub(crate) struct SharedDoorbell {
@@ -517,15 +519,52 @@ pub(crate) struct SharedDoorbell {
     pub(crate) ringer: DoorbellRinger,
 }
 
+/// Picks the shared doorbell for the connections to the server process with this pid.
+#[cfg(feature = "tokio")]
+pub(crate) type DoorbellFor<'a> =
+    &'a (dyn Fn(u32) -> Result<std::sync::Arc<SharedDoorbell>, Error> + Sync);
+
 /// Connects to the server at `path` and runs the client's side of the handshake. With
-/// `shared`, the connection's doorbell is that one.
-pub(crate) fn connect(
+/// `shared`, the connection's doorbell is the one it picks for the server's pid, which is
+/// returned with the connection.
+#[cfg(feature = "tokio")]
+pub(crate) fn connect_sharing(
     path: &std::path::Path,
     config: &ClientConfig,
-    #[cfg(feature = "tokio")] shared: Option<&SharedDoorbell>,
+    shared: DoorbellFor<'_>,
+) -> Result<(Connection, std::sync::Arc<SharedDoorbell>), Error> {
+    let mut chosen = None;
+    let connection = connect_with(
+        path,
+        config,
+        Some(&mut |pid| {
+            let doorbell = shared(pid)?;
+            chosen = Some(doorbell.clone());
+            Ok(doorbell)
+        }),
+    )?;
+    Ok((
+        connection,
+        chosen.expect("a shared doorbell was picked for the connection"),
+    ))
+}
+
+/// Connects to the server at `path` and runs the client's side of the handshake.
+pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<Connection, Error> {
+    connect_with(path, config, None)
+}
+
+/// What `connect_with` asks for the doorbell to share with the server of a given pid.
+#[cfg(feature = "tokio")]
+type PickDoorbell<'a> = &'a mut dyn FnMut(u32) -> Result<std::sync::Arc<SharedDoorbell>, Error>;
+#[cfg(not(feature = "tokio"))]
+type PickDoorbell<'a> = &'a mut std::convert::Infallible;
+
+fn connect_with(
+    path: &std::path::Path,
+    config: &ClientConfig,
+    shared: Option<PickDoorbell<'_>>,
 ) -> Result<Connection, Error> {
-    #[cfg(not(feature = "tokio"))]
-    let shared: Option<&std::convert::Infallible> = None;
     let deadline = handshake_deadline(config.connect_timeout);
     let control = ControlStream::connect(path, deadline).map_err(|error| match error.kind() {
         // The socket file is owner-only unless the server allows other uids.
@@ -608,9 +647,13 @@ pub(crate) fn connect(
                 .map_err(|error| socket_error("checking the client's doorbell", error))?
         }
         #[cfg(feature = "tokio")]
-        Some(shared) => {
+        Some(pick) => {
             // The doorbell the server made for us is not needed: it will ring ours.
             drop(client_doorbell);
+            let server_pid = control
+                .peer_pid()
+                .map_err(|error| Error::io("reading the server's credentials", error))?;
+            let shared = pick(server_pid)?;
             let own = shared
                 .bell
                 .try_clone()

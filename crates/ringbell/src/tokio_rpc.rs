@@ -1,5 +1,6 @@
 //! Request/response: a [`Client`] handle that many tasks can clone and call through at
-//! once, and [`ClientGroup`], whose clients share one driver task and one doorbell. The
+//! once, and [`ClientGroup`], whose clients share one driver task, and one doorbell per
+//! server process. The
 //! server's side, [`AsyncServer::serve`], is in `tokio_serve.rs`.
 //!
 //! [`AsyncServer::serve`]: super::AsyncServer::serve
@@ -11,23 +12,25 @@
 //!
 //! The connections of a group are driven by one task that never blocks: it moves queued
 //! requests into their rings while they fit, takes whatever replies have arrived, and
-//! otherwise sleeps on one [`Poller`] holding the group's doorbell and every connection's
+//! otherwise sleeps on one [`Poller`] holding the group's doorbells and every connection's
 //! control socket, together with its queue of calls. A [`Client`] made on its own is a
 //! group of one. Each client has at most `max_in_flight` calls outstanding: more callers
 //! wait for a slot.
 //!
 //! Why groups: a process that holds many connections (to many servers, or many to one)
 //! would otherwise have one task and one doorbell per connection, and a server that
-//! answers many of them at once would ring and wake each. With one doorbell for the
-//! group, the server rings it once per sweep (see `tokio_serve.rs`) and the group's task
-//! wakes once for all the replies.
+//! answers many of them at once would ring and wake each. With one doorbell for all the
+//! group's connections to a server, the server rings it once per sweep (see
+//! `tokio_serve.rs`) and the group's task wakes once for all the replies. Not one for
+//! the whole group: a server holds its doorbell's ringer and could silence it for
+//! everyone who rings it, so servers never share one.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use ::tokio::io::unix::AsyncFd;
 use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -40,6 +43,7 @@ use crate::handshake::SharedDoorbell;
 use crate::in_flight::InFlight;
 use crate::reply::decode_reply;
 use crate::sys::{self, Poller};
+use crate::wait::PEER_CHECK_INTERVAL;
 
 /// Default bound on a [`Client`]'s outstanding calls.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -119,7 +123,7 @@ impl Client {
     /// [`Error::Io`] if the driver cannot set up its epoll set.
     pub fn new(connection: AsyncConnection, max_in_flight: usize) -> Result<Client, Error> {
         let group = ClientGroup::new()?;
-        Ok(group.adopt(connection.into_inner(), false, max_in_flight))
+        Ok(group.adopt(connection.into_inner(), None, max_in_flight))
     }
 
     /// Sends `request` and waits for its reply. If all slots are taken, waits for one
@@ -200,11 +204,12 @@ impl Outbox {
     }
 }
 
-/// Clients whose connections share one driver task and one doorbell: for a process that
-/// holds many connections at once. Cheap to clone; the group's task ends when the group
-/// and all its clients have been dropped and their calls have ended, and every fd goes
-/// with it. The group holds three fds (its doorbell pair and an epoll set), and each of
-/// its connections three (control socket, a copy of the doorbell, the server's ringer).
+/// Clients whose connections share one driver task, and one doorbell per server process:
+/// for a process that holds many connections at once. Cheap to clone; the group's task
+/// ends when the group and all its clients have been dropped and their calls have ended,
+/// and every fd goes with it. The group holds an epoll set and a doorbell pair per server
+/// process it talks to, and each of its connections three fds (control socket, a copy of
+/// its doorbell, the server's ringer).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), ringbell::Error> {
@@ -226,19 +231,44 @@ pub struct ClientGroup {
 
 #[derive(Debug)]
 struct GroupShared {
-    /// The doorbell every connection of the group gives its server.
-    doorbell: Arc<SharedDoorbell>,
+    /// The doorbell the group's connections to each server process give that server, by
+    /// the server's pid. One per server, not one for the group: a server holds the ringer
+    /// of its doorbell and could silence it (`shutdown(2)`) for everyone who rings it, so
+    /// one server must not share a doorbell with another. Weak: the driver and the
+    /// connections keep a doorbell alive while it serves any.
+    doorbells: Mutex<HashMap<u32, Weak<SharedDoorbell>>>,
     driver: mpsc::UnboundedSender<ToDriver>,
     next_id: AtomicU64,
 }
 
+impl GroupShared {
+    /// The doorbell for the connections to the server process `pid`: the one they share
+    /// already, or a new one.
+    fn doorbell_for(&self, pid: u32) -> Result<Arc<SharedDoorbell>, Error> {
+        let mut doorbells = self
+            .doorbells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(doorbell) = doorbells.get(&pid).and_then(Weak::upgrade) {
+            return Ok(doorbell);
+        }
+        let (bell, ringer) =
+            sys::doorbell_pair().map_err(|error| Error::io("creating a doorbell", error))?;
+        let doorbell = Arc::new(SharedDoorbell { bell, ringer });
+        doorbells.retain(|_, doorbell| doorbell.strong_count() > 0);
+        doorbells.insert(pid, Arc::downgrade(&doorbell));
+        Ok(doorbell)
+    }
+}
+
 /// What the clients of a group tell its driver.
 enum ToDriver {
-    /// A new connection, whose doorbell is the group's (`shared_bell`) or its own.
+    /// A new connection, whose doorbell is shared with the group's other connections to
+    /// the same server, or (`None`) its own.
     Join {
         id: u64,
         connection: Box<Connection>,
-        shared_bell: bool,
+        shared: Option<Arc<SharedDoorbell>>,
     },
     Call {
         id: u64,
@@ -256,18 +286,14 @@ impl ClientGroup {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the group's doorbell or epoll set cannot be created (out of fds,
-    /// usually).
+    /// [`Error::Io`] if the group's epoll set cannot be created (out of fds, usually).
     pub fn new() -> Result<ClientGroup, Error> {
-        let (bell, ringer) =
-            sys::doorbell_pair().map_err(|error| Error::io("creating a doorbell", error))?;
-        let doorbell = Arc::new(SharedDoorbell { bell, ringer });
         let (driver, messages) = mpsc::unbounded_channel();
-        let task = GroupDriver::new(doorbell.clone())?;
+        let task = GroupDriver::new()?;
         ::tokio::spawn(task.run(messages));
         Ok(ClientGroup {
             shared: Arc::new(GroupShared {
-                doorbell,
+                doorbells: Mutex::new(HashMap::new()),
                 driver,
                 next_id: AtomicU64::new(0),
             }),
@@ -302,17 +328,22 @@ impl ClientGroup {
         max_in_flight: usize,
     ) -> Result<Client, Error> {
         let path: PathBuf = path.as_ref().to_path_buf();
-        let doorbell = self.shared.doorbell.clone();
-        let connection = ::tokio::task::spawn_blocking(move || {
-            crate::handshake::connect(&path, &config, Some(&doorbell))
+        let shared = self.shared.clone();
+        let (connection, doorbell) = ::tokio::task::spawn_blocking(move || {
+            crate::handshake::connect_sharing(&path, &config, &|pid| shared.doorbell_for(pid))
         })
         .await
         .map_err(|error| Error::io("running the handshake", std::io::Error::other(error)))??;
-        Ok(self.adopt(connection, true, max_in_flight))
+        Ok(self.adopt(connection, Some(doorbell), max_in_flight))
     }
 
     /// Hands `connection` to the driver and returns its client.
-    fn adopt(&self, connection: Connection, shared_bell: bool, max_in_flight: usize) -> Client {
+    fn adopt(
+        &self,
+        connection: Connection,
+        shared: Option<Arc<SharedDoorbell>>,
+        max_in_flight: usize,
+    ) -> Client {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let max_message_size = connection.max_message_size();
         // If the driver has gone (its runtime is shutting down), the connection is
@@ -320,7 +351,7 @@ impl ClientGroup {
         let _ = self.shared.driver.send(ToDriver::Join {
             id,
             connection: Box::new(connection),
-            shared_bell,
+            shared,
         });
         Client {
             handle: Arc::new(Membership {
@@ -333,19 +364,23 @@ impl ClientGroup {
     }
 }
 
-/// Poller key of the group's shared doorbell; a member's keys are its slot times two
-/// (its own doorbell, if it has one) and that plus one (its control socket).
-const SHARED_DOORBELL_KEY: u64 = u64::MAX;
+/// Poller keys: a member's are its slot times two (its own doorbell, if it has one) and
+/// that plus one (its control socket); a shared doorbell's, its index with this bit set.
+const SHARED_DOORBELL_BIT: u64 = 1 << 63;
 
 /// Yield to the runtime after this many passes in a row that found work.
 const PASSES_PER_YIELD: u32 = 4;
+
+/// Passes between two looks at the clock for [`PEER_CHECK_INTERVAL`].
+const EVENT_CHECK_PASSES: u32 = 64;
 
 /// One connection of a group.
 struct Member {
     id: u64,
     connection: Connection,
-    /// Whether its doorbell is the group's (else its own, watched under its slot's key).
-    shared_bell: bool,
+    /// The index of its shared doorbell in `GroupDriver::doorbells`; `None`: its own,
+    /// watched under its slot's key.
+    doorbell: Option<usize>,
     pending: InFlight<Pending>,
     outbox: Outbox,
     blocked: Option<usize>,
@@ -362,7 +397,9 @@ struct GroupDriver {
     /// its fd.
     readiness: AsyncFd<FdRef>,
     poller: Poller,
-    doorbell: Arc<SharedDoorbell>,
+    /// The shared doorbells the members use, each with how many members use it; watched
+    /// while any does.
+    doorbells: Vec<Option<(Arc<SharedDoorbell>, usize)>>,
     members: Vec<Option<Member>>,
     free: Vec<usize>,
     slot_of: HashMap<u64, usize>,
@@ -373,18 +410,15 @@ struct GroupDriver {
 }
 
 impl GroupDriver {
-    fn new(doorbell: Arc<SharedDoorbell>) -> Result<GroupDriver, Error> {
+    fn new() -> Result<GroupDriver, Error> {
         let poller = Poller::new().map_err(|error| Error::io("creating an epoll set", error))?;
-        poller
-            .add(doorbell.bell.as_fd(), SHARED_DOORBELL_KEY)
-            .map_err(|error| Error::io("watching the group's doorbell", error))?;
         // SAFETY: `poller` owns the fd and is declared after `readiness` in `GroupDriver`,
         // so the registration is dropped first; the poller is never replaced.
         let readiness = unsafe { register(poller.as_fd().as_raw_fd())? };
         Ok(GroupDriver {
             readiness,
             poller,
-            doorbell,
+            doorbells: Vec::new(),
             members: Vec::new(),
             free: Vec::new(),
             slot_of: HashMap::new(),
@@ -396,8 +430,15 @@ impl GroupDriver {
     async fn run(mut self, mut messages: mpsc::UnboundedReceiver<ToDriver>) {
         let mut open = true;
         let mut passes: u32 = 0;
+        let mut events_due = Instant::now() + PEER_CHECK_INTERVAL;
         loop {
             let mut progressed = false;
+            // The epoll set is looked at while busy too, so that a server that died
+            // without a word fails its calls even while other members keep us busy.
+            if passes % EVENT_CHECK_PASSES == 0 && Instant::now() >= events_due {
+                self.take_events();
+                events_due = Instant::now() + PEER_CHECK_INTERVAL;
+            }
             while open {
                 match messages.try_recv() {
                     Ok(message) => {
@@ -452,8 +493,8 @@ impl GroupDriver {
             ToDriver::Join {
                 id,
                 connection,
-                shared_bell,
-            } => self.join(id, *connection, shared_bell),
+                shared,
+            } => self.join(id, *connection, shared),
             ToDriver::Call { id, call } => {
                 let Some(&slot) = self.slot_of.get(&id) else {
                     let error = self.ended.get(&id).map_or(Error::PeerDied, copy_of);
@@ -480,40 +521,82 @@ impl GroupDriver {
         }
     }
 
-    fn join(&mut self, id: u64, connection: Connection, shared_bell: bool) {
+    fn join(&mut self, id: u64, connection: Connection, shared: Option<Arc<SharedDoorbell>>) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.members.push(None);
             self.members.len() - 1
         });
         let key = (slot as u64) << 1;
-        let watched = self
-            .poller
-            .add(connection.control_fd(), key | 1)
-            .and_then(|()| {
-                if shared_bell {
-                    Ok(())
-                } else {
-                    self.poller.add(connection.doorbell_fd(), key)
-                }
-            });
-        if let Err(error) = watched {
-            self.poller.remove(connection.control_fd());
-            self.free.push(slot);
-            self.ended
-                .insert(id, Error::io("watching a new connection", error));
-            return;
-        }
+        let watched =
+            self.poller
+                .add(connection.control_fd(), key | 1)
+                .and_then(|()| match &shared {
+                    Some(doorbell) => self.watch_doorbell(doorbell).map(Some),
+                    None => self
+                        .poller
+                        .add(connection.doorbell_fd(), key)
+                        .map(|()| None),
+                });
+        let doorbell = match watched {
+            Ok(doorbell) => doorbell,
+            Err(error) => {
+                self.poller.remove(connection.control_fd());
+                self.free.push(slot);
+                self.ended
+                    .insert(id, Error::io("watching a new connection", error));
+                return;
+            }
+        };
         self.slot_of.insert(id, slot);
         self.members[slot] = Some(Member {
             id,
             connection,
-            shared_bell,
+            doorbell,
             pending: InFlight::default(),
             outbox: Outbox::default(),
             blocked: None,
             peer_stirred: false,
             left: false,
         });
+    }
+
+    /// Counts one more member on `doorbell`, watching it if it is new; returns its index.
+    fn watch_doorbell(&mut self, doorbell: &Arc<SharedDoorbell>) -> std::io::Result<usize> {
+        let known = self.doorbells.iter().position(|entry| {
+            entry
+                .as_ref()
+                .is_some_and(|(known, _)| Arc::ptr_eq(known, doorbell))
+        });
+        if let Some(index) = known {
+            if let Some((_, members)) = self.doorbells[index].as_mut() {
+                *members += 1;
+            }
+            return Ok(index);
+        }
+        let index = self
+            .doorbells
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or_else(|| {
+                self.doorbells.push(None);
+                self.doorbells.len() - 1
+            });
+        self.poller
+            .add(doorbell.bell.as_fd(), SHARED_DOORBELL_BIT | index as u64)?;
+        self.doorbells[index] = Some((doorbell.clone(), 1));
+        Ok(index)
+    }
+
+    /// Counts one member less on the doorbell at `index`; the last one unwatches it.
+    fn unwatch_doorbell(&mut self, index: usize) {
+        let Some((doorbell, members)) = self.doorbells[index].as_mut() else {
+            return;
+        };
+        *members -= 1;
+        if *members == 0 {
+            self.poller.remove(doorbell.bell.as_fd());
+            self.doorbells[index] = None;
+        }
     }
 
     /// Moves the member's requests into its ring and its replies to their callers.
@@ -560,8 +643,9 @@ impl GroupDriver {
             return;
         };
         self.poller.remove(member.connection.control_fd());
-        if !member.shared_bell {
-            self.poller.remove(member.connection.doorbell_fd());
+        match member.doorbell {
+            Some(index) => self.unwatch_doorbell(index),
+            None => self.poller.remove(member.connection.doorbell_fd()),
         }
         self.slot_of.remove(&member.id);
         self.free.push(slot);
@@ -623,8 +707,11 @@ impl GroupDriver {
             tracing::warn!("ringbell: reading a client group's epoll set: {error}");
         }
         for event in stirred {
-            if event.key == SHARED_DOORBELL_KEY {
-                self.doorbell.bell.drain();
+            if event.key & SHARED_DOORBELL_BIT != 0 {
+                let index = (event.key & !SHARED_DOORBELL_BIT) as usize;
+                if let Some(Some((doorbell, _))) = self.doorbells.get(index) {
+                    doorbell.bell.drain();
+                }
                 continue;
             }
             let slot = (event.key >> 1) as usize;

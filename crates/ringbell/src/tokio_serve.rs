@@ -47,14 +47,18 @@ use crate::conn::Connection;
 use crate::error::Error;
 use crate::reply::encode_reply_within;
 use crate::sys::{Poller, Stirred};
+use crate::wait::PEER_CHECK_INTERVAL;
 
 /// Sweeps between two yields to the runtime while there is work, so that handler tasks
 /// and the accepting loop run even while the sweeper never runs out of work.
 const SWEEPS_PER_YIELD: u32 = 4;
 
-/// Idle sweeps between two yields to the runtime while spinning: a few microseconds
-/// with a thousand connections, longer with few.
+/// Idle sweeps between two yields to the runtime while spinning (each sweep also gives
+/// the CPU to other threads with `sched_yield`).
 const SPINS_PER_YIELD: u32 = 256;
+
+/// Sweeps between two looks at the clock for [`PEER_CHECK_INTERVAL`].
+const EVENT_CHECK_SWEEPS: u32 = 64;
 
 /// What the handler made of one request: the response, or the error to reply with.
 type Outcome = Result<Vec<u8>, String>;
@@ -246,9 +250,10 @@ struct Sweeper<H> {
     handlers: JoinSet<Outcome>,
     running: HashMap<TaskId, Running>,
     buf: Vec<u8>,
-    /// Doorbell rings owed by this sweep, by doorbell id: which connection (slot and
-    /// generation) to ring it through.
-    rings_due: HashMap<u64, (usize, u64)>,
+    /// Doorbell rings owed by this sweep: (doorbell id, slot, generation) of every
+    /// connection that owes one. Each doorbell is rung once, through any of its
+    /// connections still open.
+    rings_due: Vec<(u64, usize, u64)>,
 }
 
 /// Poller keys: which of a connection's fds stirred.
@@ -283,7 +288,7 @@ where
             handlers: JoinSet::new(),
             running: HashMap::new(),
             buf: Vec::new(),
-            rings_due: HashMap::new(),
+            rings_due: Vec::new(),
         })
     }
 
@@ -296,8 +301,21 @@ where
         let mut accepting = true;
         let mut idle_since: Option<Instant> = None;
         let mut sweeps: u32 = 0;
+        let mut events_due = Instant::now() + PEER_CHECK_INTERVAL;
         loop {
             let mut progressed = false;
+            // Looked at on every pass, not only when asleep: a sweeper that always has
+            // work must still shut down when asked.
+            if !draining && *stopping.borrow() {
+                draining = true;
+            }
+            // Likewise the epoll set, for the control sockets of clients that died
+            // without a word: their connections are dropped even while others keep the
+            // sweeper busy.
+            if sweeps % EVENT_CHECK_SWEEPS == 0 && Instant::now() >= events_due {
+                self.take_events();
+                events_due = Instant::now() + PEER_CHECK_INTERVAL;
+            }
             while accepting {
                 match arrivals.try_recv() {
                     Ok(connection) => {
@@ -313,11 +331,11 @@ where
                 progressed = true;
             }
             progressed |= self.sweep(draining);
+            self.ring_due();
             if draining && self.running.is_empty() && self.outboxes_empty() {
                 // Every reply is in its ring; dropping the sweeper closes the connections.
                 return;
             }
-            self.ring_due();
             sweeps = sweeps.wrapping_add(1);
             if progressed {
                 idle_since = None;
@@ -495,24 +513,33 @@ where
         let (moved, blocked) = served.outbox.flush(&mut served.connection)?;
         served.blocked = blocked;
         if let Some(doorbell) = served.connection.ring_owed() {
-            self.rings_due
-                .entry(doorbell)
-                .or_insert((slot, served.generation));
+            self.rings_due.push((doorbell, slot, served.generation));
         }
         Ok(progressed || moved)
     }
 
     /// Makes the doorbell rings this sweep owes, one per doorbell.
     fn ring_due(&mut self) {
-        for (_, (slot, generation)) in self.rings_due.drain() {
-            // A connection dropped since rang its peer itself as it closed.
+        if self.rings_due.is_empty() {
+            return;
+        }
+        self.rings_due.sort_unstable();
+        let mut rung: Option<u64> = None;
+        for &(doorbell, slot, generation) in &self.rings_due {
+            if rung == Some(doorbell) {
+                continue;
+            }
+            // A connection dropped since then cannot ring; another owner of the same
+            // doorbell, if there is one, will.
             if let Some(served) = self.slots[slot]
                 .as_ref()
                 .filter(|served| served.generation == generation)
             {
                 served.connection.ring_peer();
+                rung = Some(doorbell);
             }
         }
+        self.rings_due.clear();
     }
 
     /// Queues the reply of a handler task that ended.
@@ -573,9 +600,7 @@ where
             })();
             // Arming hands back the space of what we received, which may owe a ring.
             if let Some(doorbell) = served.connection.ring_owed() {
-                self.rings_due
-                    .entry(doorbell)
-                    .or_insert((slot, served.generation));
+                self.rings_due.push((doorbell, slot, served.generation));
             }
             match armed {
                 Ok(true) => served.asleep = receiving && served.blocked.is_none(),

@@ -77,9 +77,8 @@ async fn role_group_lifecycle() -> Result<(), String> {
         .ring_capacity(4096)
         .wait(WaitStrategy::Block);
     let server = AsyncServer::bind(&path, config).map_err(|error| error.to_string())?;
-    let serving = tokio::spawn(
-        server.serve(|request: Vec<u8>| async move { Ok::<_, String>(request) }),
-    );
+    let serving =
+        tokio::spawn(server.serve(|request: Vec<u8>| async move { Ok::<_, String>(request) }));
     // The sweeper's epoll set exists once it has started.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = open_fds();
@@ -102,9 +101,14 @@ async fn role_group_lifecycle() -> Result<(), String> {
         for (index, client) in clients.iter().enumerate() {
             for call in 0..20u8 {
                 let request = [index as u8, call];
-                let reply = client.call(&request).await.map_err(|error| error.to_string())?;
+                let reply = client
+                    .call(&request)
+                    .await
+                    .map_err(|error| error.to_string())?;
                 if reply != request {
-                    return Err(format!("client {index}, call {call}: wrong reply {reply:?}"));
+                    return Err(format!(
+                        "client {index}, call {call}: wrong reply {reply:?}"
+                    ));
                 }
             }
         }
@@ -119,7 +123,9 @@ async fn role_group_lifecycle() -> Result<(), String> {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("{now} fds open 20 s after the clients went, {before} before"));
+            return Err(format!(
+                "{now} fds open 20 s after the clients went, {before} before"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -33,8 +33,9 @@ pub(crate) struct Doorbell {
 #[derive(Debug)]
 pub(crate) struct DoorbellRinger {
     fd: OwnedFd,
-    /// The socket's inode number: the same for every fd of this socket, whichever process
-    /// passed it, and different for every other socket. Read by the tokio server only.
+    /// The socket's identity (device and inode): the same for every fd of this socket,
+    /// whichever process passed it, and different for every other open socket. Read by
+    /// the tokio server only.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     id: u64,
 }
@@ -48,21 +49,37 @@ pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
         None,
     )
     .map_err(io_error)?;
-    let id = fstat(&ringer).map_err(io_error)?.st_ino;
+    let id = identity(&fstat(&ringer).map_err(io_error)?);
     Ok((Doorbell { fd: bell }, DoorbellRinger { fd: ringer, id }))
 }
 
-/// Checks that an fd received from the peer is a socket, nothing else may serve as a
-/// doorbell end, and returns its inode number.
+/// A socket's identity: device and inode of its sockfs inode, unique among open sockets.
+fn identity(stat: &rustix::fs::Stat) -> u64 {
+    // Sockets all live on the one sockfs device; mixing the device in keeps a file of
+    // another file system, with a chosen inode number, from passing for a given socket.
+    stat.st_ino ^ stat.st_dev.rotate_left(40)
+}
+
+/// Checks that an fd received from the peer is a Unix stream socket, as every doorbell
+/// end is (not merely something whose mode says socket, such as an `O_PATH` fd of a
+/// socket file, which would fail every ring), and returns its identity.
 fn check_socket(fd: &OwnedFd) -> io::Result<u64> {
     let stat = fstat(fd).map_err(io_error)?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
-        return Err(io::Error::new(
+    let not_a_doorbell = || {
+        io::Error::new(
             io::ErrorKind::InvalidData,
-            "a doorbell fd passed by the peer is not a socket",
-        ));
+            "a doorbell fd passed by the peer is not a Unix stream socket",
+        )
+    };
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
+        return Err(not_a_doorbell());
     }
-    Ok(stat.st_ino)
+    let domain = rustix::net::sockopt::socket_domain(fd).map_err(|_| not_a_doorbell())?;
+    let kind = rustix::net::sockopt::socket_type(fd).map_err(|_| not_a_doorbell())?;
+    if domain != AddressFamily::UNIX || kind != SocketType::STREAM {
+        return Err(not_a_doorbell());
+    }
+    Ok(identity(&stat))
 }
 
 impl Doorbell {

@@ -430,6 +430,16 @@ impl ControlStream {
             .as_raw())
     }
 
+    /// The pid of the process at the other end, as the kernel recorded it at connect time.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn peer_pid(&self) -> io::Result<u32> {
+        Ok(sockopt::socket_peercred(&self.stream)
+            .map_err(io_error)?
+            .pid
+            .as_raw_nonzero()
+            .get() as u32)
+    }
+
     /// Whether the peer has closed its end (or its process died). One non-blocking
     /// `poll(2)` for `POLLRDHUP`, which is reported even when unread bytes are queued, so
     /// a peer cannot hide its death by writing to the control socket first.

@@ -144,6 +144,45 @@ fn a_dropped_client_group_leaves_no_fds_behind() {
     child.assert_success();
 }
 
+/// A client killed while the server's sweeper never sleeps (`WaitStrategy::Spin`) is
+/// still dropped, and its place under `max_connections` comes back: the sweeper used to
+/// read its epoll set, where the control socket reports the death, only when it slept.
+#[test]
+fn regress_a_busy_sweeper_drops_a_killed_client() {
+    let _test = shared_test("busy_sweeper_killed_client");
+    let socket = SocketPath::new("rpc-busy-sweeper");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = ServerConfig::default()
+            .wait(WaitStrategy::Spin)
+            .max_connections(1);
+        let server = AsyncServer::bind(socket.path(), config).unwrap();
+        let serving =
+            tokio::spawn(server.serve(|request: Vec<u8>| async move { Ok::<_, String>(request) }));
+        let mut caller = ChildProcess::spawn("rpc_caller", &[("RB_SOCKET", socket.param())]);
+        tokio::task::block_in_place(|| caller.expect_line("calling"));
+        tokio::task::block_in_place(|| caller.kill());
+        let reconnect = async {
+            loop {
+                match Client::connect(socket.path(), ClientConfig::default()).await {
+                    Ok(client) => {
+                        assert_eq!(client.call(b"after").await.unwrap(), b"after");
+                        break;
+                    }
+                    Err(Error::ServerBusy { .. }) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(other) => panic!("connecting after the kill: {other}"),
+                }
+            }
+        };
+        tokio::time::timeout(WATCHDOG, reconnect)
+            .await
+            .expect("watchdog: the killed client's place never came back");
+        serving.abort();
+    });
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
 }

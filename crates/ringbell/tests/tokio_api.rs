@@ -680,3 +680,35 @@ async fn a_client_group_serves_two_servers_and_outlives_one() {
         .expect("watchdog");
     first.abort();
 }
+
+/// A sweeper that never sleeps (`WaitStrategy::Spin`) still notices the shutdown: it
+/// used to look only when it slept, so `serve_until` ran to the end of its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regress_a_spinning_sweeper_shuts_down_when_asked() {
+    let path = socket_path("sweeper-spin-shutdown");
+    let config = ServerConfig::default().wait(WaitStrategy::Spin);
+    let server = AsyncServer::bind(&path, config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // A grace period far beyond the watchdog: only a sweeper that drains and ends can
+    // finish in time.
+    let serving = tokio::spawn(server.serve_until(
+        |request: Vec<u8>| async move { Ok::<_, String>(request) },
+        async move {
+            let _ = stopped.await;
+        },
+        WATCHDOG * 10,
+    ));
+    let check = async {
+        let client = Client::connect(&path, ClientConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(client.call(b"ping").await.unwrap(), b"ping");
+        stop.send(()).unwrap();
+        serving.await.unwrap();
+        let after = client.call(b"late").await;
+        assert!(matches!(after, Err(Error::PeerDied)), "{after:?}");
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog: the sweeper did not shut down");
+}

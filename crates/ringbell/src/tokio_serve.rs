@@ -12,8 +12,9 @@
 //! skipped by the sweep, so an idle client costs nothing.
 //!
 //! Doorbell rings are deferred to the end of each sweep and made once per doorbell: the
-//! connections of a [`ClientGroup`](super::ClientGroup) share one, so a sweep that answers
-//! a hundred of a client process's calls wakes that process once, not a hundred times.
+//! connections of a [`ClientGroup`](super::ClientGroup) to one server share one, so a sweep
+//! that answers a hundred of a client process's calls wakes that process once, not a
+//! hundred times.
 //!
 //! A handler's future is polled once, in the sweep, as it is made. If it finishes then
 //! (most handlers never wait for anything), its reply goes out at once, with no task
@@ -354,15 +355,13 @@ where
             let now = Instant::now();
             let idle_for = now - *idle_since.get_or_insert(now);
             if budget.is_none_or(|budget| idle_for < budget) {
-                // Spin on this thread rather than yield: a yield to a multi-threaded
-                // runtime wakes an idle worker to steal the task, which costs a wake-up
-                // per turn and takes the CPU from the very clients we wait for (measured:
-                // one client's p99 round trip 66 µs with yields, against 17 µs before the
-                // sweeper). The runtime still gets the thread every few sweeps, below.
-                // And give the CPU to any other thread that waits for it (`sched_yield`):
-                // with as few cores as clients, the client we wait for may be queued
-                // behind this very spin (measured: one client's p99 went from 16 to 60 µs
-                // without it, on 2 cores).
+                // Spin on this thread, giving the CPU to any other thread that waits for
+                // it (`sched_yield`), rather than yield to tokio on every turn: a yield to
+                // a multi-threaded runtime wakes an idle worker to steal the task, and the
+                // client we wait for may be queued on this very CPU. Measured on 2 cores
+                // (`bench --quick`): one client's p99 round trip was 66 µs with tokio
+                // yields, 15 µs with this, 17 µs before the sweeper. The runtime still
+                // gets the thread every `SPINS_PER_YIELD` turns, below.
                 std::thread::yield_now();
                 if sweeps % SPINS_PER_YIELD == 0 {
                     ::tokio::task::yield_now().await;

@@ -74,10 +74,11 @@ impl AsyncServer {
     /// spin budget of [`ServerConfig::wait`](crate::ServerConfig::wait) with nothing to
     /// do, it sleeps on one epoll set that holds them all. Doorbell rings are made once
     /// per sweep and doorbell, so the connections of one
-    /// [`ClientGroup`](super::ClientGroup) cost one wake-up per sweep. Each handler's
-    /// future is first polled within the sweep; one that has to wait becomes a tokio task
-    /// of its own. So a handler should not block or compute for
-    /// long before its first `.await`: that holds up every connection. Use
+    /// [`ClientGroup`](super::ClientGroup) to this server cost one wake-up per sweep.
+    ///
+    /// Each handler's future is first polled within the sweep; one that has to wait
+    /// becomes a tokio task of its own. So a handler should not block or compute for long
+    /// before its first `.await`: that holds up every connection. Use
     /// `tokio::task::spawn_blocking` for such work.
     ///
     /// Each connection has up to [`ServerConfig::concurrent_requests`] requests under way

@@ -398,6 +398,8 @@ impl Connection {
     pub(crate) fn doorbell_armed(&self) -> bool {
         // SYNC: Relaxed: a stale `true` only delays the sweep that follows the ring, which
         // the doorbell's wake-up then triggers; nothing is read on the strength of it.
+        // The peer can write this word: one that keeps it set only goes unswept until its
+        // control socket stirs, which affects its own connection alone.
         rx_readable(&self.segment, self.side)
             .sleeping
             .load(Ordering::Relaxed)

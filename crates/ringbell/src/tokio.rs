@@ -14,7 +14,7 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 use std::time::Instant;
 
@@ -32,6 +32,7 @@ use crate::conn::{Connection, Pushed, SendProgress};
 use crate::error::Error;
 use crate::handshake::{ServerHandshake, Step};
 use crate::server::Server;
+use crate::sys::{Poller, Stirred};
 pub use rpc::{Client, ClientGroup, DEFAULT_MAX_IN_FLIGHT};
 
 /// Checks between two yields to the runtime while spinning.
@@ -266,6 +267,84 @@ async fn spin(
             ::tokio::task::yield_now().await;
         }
     }
+}
+
+/// A [`Poller`] that the runtime watches: what a server's sweeper and a client group's
+/// driver sleep on, for all their connections at once.
+#[derive(Debug)]
+struct WatchedPoller {
+    /// Readiness of `poller` through the runtime. Declared before `poller`, which owns
+    /// its fd, so that the registration is dropped first.
+    readiness: AsyncFd<FdRef>,
+    poller: Poller,
+    /// The events of the last [`take`](Self::take), kept to reuse the allocation.
+    events: Vec<Stirred>,
+}
+
+impl WatchedPoller {
+    /// An empty poller, registered with the current runtime.
+    fn new() -> Result<WatchedPoller, Error> {
+        let poller = Poller::new().map_err(|error| Error::io("creating an epoll set", error))?;
+        // SAFETY: `poller` owns the fd and is declared after `readiness`, so the
+        // registration is dropped first; the poller is never replaced.
+        let readiness = unsafe { register(poller.as_fd().as_raw_fd())? };
+        Ok(WatchedPoller {
+            readiness,
+            poller,
+            events: Vec::new(),
+        })
+    }
+
+    fn add(&self, fd: BorrowedFd<'_>, key: u64) -> std::io::Result<()> {
+        self.poller.add(fd, key)
+    }
+
+    fn remove(&self, fd: BorrowedFd<'_>) {
+        self.poller.remove(fd);
+    }
+
+    /// Waits until a watched fd has stirred; [`take`](Self::take) then says which.
+    async fn stirred(&self) -> std::io::Result<()> {
+        self.readiness.readable().await?.clear_ready();
+        Ok(())
+    }
+
+    /// Every event since the last call, without waiting. Hand the vector back with
+    /// [`give_back`](Self::give_back) to reuse it.
+    fn take(&mut self) -> Vec<Stirred> {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        if let Err(error) = self.poller.drain(|event| events.push(event)) {
+            tracing::warn!("ringbell: reading an epoll set: {error}");
+        }
+        events
+    }
+
+    fn give_back(&mut self, events: Vec<Stirred>) {
+        self.events = events;
+    }
+}
+
+/// Announces on `connection` that its driver is going to sleep: for the next message if
+/// it is `receiving`, for room if a frame of `blocked` bytes waits for it. Returns `false`
+/// if that has come already: look again, do not sleep.
+fn arm(
+    connection: &mut Connection,
+    receiving: bool,
+    blocked: Option<usize>,
+) -> Result<bool, Error> {
+    if receiving && !connection.arm_doorbell()? {
+        return Ok(false);
+    }
+    if let Some(payload) = blocked {
+        if !connection.arm_send_doorbell(payload)? {
+            // Room, or the peer has gone, and then nothing will ever make room: find out
+            // which (one syscall, and only here).
+            connection.ensure_peer_alive()?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Which fd ended a wait.

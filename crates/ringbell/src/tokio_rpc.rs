@@ -26,23 +26,22 @@
 //! everyone who rings it, so servers never share one.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use ::tokio::io::unix::AsyncFd;
 use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::{register, AsyncConnection, FdRef};
+use super::{arm, AsyncConnection, WatchedPoller};
 use crate::config::ClientConfig;
 use crate::conn::{Connection, Pushed, SendProgress};
 use crate::error::Error;
 use crate::handshake::SharedDoorbell;
 use crate::in_flight::InFlight;
 use crate::reply::decode_reply;
-use crate::sys::{self, Poller};
+use crate::sys;
 use crate::wait::PEER_CHECK_INTERVAL;
 
 /// Default bound on a [`Client`]'s outstanding calls.
@@ -393,10 +392,8 @@ struct Member {
 
 /// The task that drives every connection of a group.
 struct GroupDriver {
-    /// Readiness of `poller` through the runtime. Declared before `poller`, which owns
-    /// its fd.
-    readiness: AsyncFd<FdRef>,
-    poller: Poller,
+    /// The shared doorbells, the members' own doorbells and every control socket.
+    poller: WatchedPoller,
     /// The shared doorbells the members use, each with how many members use it; watched
     /// while any does.
     doorbells: Vec<Option<(Arc<SharedDoorbell>, usize)>>,
@@ -411,13 +408,8 @@ struct GroupDriver {
 
 impl GroupDriver {
     fn new() -> Result<GroupDriver, Error> {
-        let poller = Poller::new().map_err(|error| Error::io("creating an epoll set", error))?;
-        // SAFETY: `poller` owns the fd and is declared after `readiness` in `GroupDriver`,
-        // so the registration is dropped first; the poller is never replaced.
-        let readiness = unsafe { register(poller.as_fd().as_raw_fd())? };
         Ok(GroupDriver {
-            readiness,
-            poller,
+            poller: WatchedPoller::new()?,
             doorbells: Vec::new(),
             members: Vec::new(),
             free: Vec::new(),
@@ -469,11 +461,8 @@ impl GroupDriver {
                 continue;
             }
             ::tokio::select! {
-                guard = self.readiness.readable() => match guard {
-                    Ok(mut guard) => {
-                        guard.clear_ready();
-                        self.take_events();
-                    }
+                stirred = self.poller.stirred() => match stirred {
+                    Ok(()) => self.take_events(),
                     Err(error) => {
                         self.end_all(&Error::io("waiting for replies", error));
                         return;
@@ -673,21 +662,7 @@ impl GroupDriver {
             let Some(member) = self.members[slot].as_mut() else {
                 continue;
             };
-            let armed = (|| -> Result<bool, Error> {
-                if !member.connection.arm_doorbell()? {
-                    return Ok(false);
-                }
-                if let Some(payload) = member.blocked {
-                    if !member.connection.arm_send_doorbell(payload)? {
-                        // Room, or the peer has gone, and then nothing will ever make
-                        // room: find out which (one syscall, and only here).
-                        member.connection.ensure_peer_alive()?;
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            })();
-            match armed {
+            match arm(&mut member.connection, true, member.blocked) {
                 Ok(true) => {}
                 Ok(false) => all_quiet = false,
                 Err(error) => {
@@ -702,11 +677,8 @@ impl GroupDriver {
     /// After a sleep: resets the doorbells that rang, and has the members whose control
     /// socket stirred check their peer.
     fn take_events(&mut self) {
-        let mut stirred = Vec::new();
-        if let Err(error) = self.poller.drain(|event| stirred.push(event)) {
-            tracing::warn!("ringbell: reading a client group's epoll set: {error}");
-        }
-        for event in stirred {
+        let mut stirred = self.poller.take();
+        for event in stirred.drain(..) {
             if event.key & SHARED_DOORBELL_BIT != 0 {
                 let index = (event.key & !SHARED_DOORBELL_BIT) as usize;
                 if let Some(Some((doorbell, _))) = self.doorbells.get(index) {
@@ -732,6 +704,7 @@ impl GroupDriver {
                 }
             }
         }
+        self.poller.give_back(stirred);
     }
 
     /// After a sleep: takes down every announcement, so that servers stop ringing while

@@ -30,24 +30,22 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use ::tokio::io::unix::AsyncFd;
 use ::tokio::sync::{mpsc, watch};
 use ::tokio::task::{AbortHandle, Id as TaskId, JoinError, JoinSet};
 
 use super::rpc::Outbox;
-use super::{register, AsyncServer, FdRef};
+use super::{arm, AsyncServer, WatchedPoller};
 use crate::config::WaitStrategy;
 use crate::conn::Connection;
 use crate::error::Error;
 use crate::reply::encode_reply_within;
-use crate::sys::{Poller, Stirred};
+use crate::sys::Stirred;
 use crate::wait::PEER_CHECK_INTERVAL;
 
 /// Sweeps between two yields to the runtime while there is work, so that handler tasks
@@ -240,10 +238,8 @@ struct Sweeper<H> {
     /// Requests of one connection under way at once.
     limit: usize,
     wait: WaitStrategy,
-    /// Readiness of `poller` through the runtime. Declared before `poller`, which owns
-    /// its fd.
-    readiness: AsyncFd<FdRef>,
-    poller: Poller,
+    /// Every connection's doorbell and control socket.
+    poller: WatchedPoller,
     /// Connections by slot; a slot's index is its key in the poller (times two, plus one
     /// for the control socket).
     slots: Vec<Option<Served>>,
@@ -274,15 +270,11 @@ where
     E: std::fmt::Display + Send + 'static,
 {
     fn new(handler: Arc<H>, limit: usize, wait: WaitStrategy) -> Result<Self, Error> {
-        let poller = Poller::new().map_err(|error| Error::io("creating an epoll set", error))?;
-        // SAFETY: `poller` owns the fd and is declared after `readiness` in `Sweeper`, so
-        // the registration is dropped first; the poller is never replaced.
-        let readiness = unsafe { register(poller.as_fd().as_raw_fd())? };
+        let poller = WatchedPoller::new()?;
         Ok(Sweeper {
             handler,
             limit,
             wait,
-            readiness,
             poller,
             slots: Vec::new(),
             free: Vec::new(),
@@ -378,11 +370,8 @@ where
                 continue;
             }
             ::tokio::select! {
-                guard = self.readiness.readable() => match guard {
-                    Ok(mut guard) => {
-                        guard.clear_ready();
-                        self.take_events();
-                    }
+                stirred = self.poller.stirred() => match stirred {
+                    Ok(()) => self.take_events(),
                     Err(error) => {
                         tracing::error!("ringbell: the server cannot wait for its clients: {error}");
                         return;
@@ -584,20 +573,7 @@ where
                 continue;
             }
             let receiving = !draining && served.under_way() < self.limit;
-            let armed = (|| -> Result<bool, Error> {
-                if receiving && !served.connection.arm_doorbell()? {
-                    return Ok(false);
-                }
-                if let Some(payload) = served.blocked {
-                    if !served.connection.arm_send_doorbell(payload)? {
-                        // Room, or the peer has gone, and then nothing will ever make
-                        // room: find out which (one syscall, and only here).
-                        served.connection.ensure_peer_alive()?;
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            })();
+            let armed = arm(&mut served.connection, receiving, served.blocked);
             // Arming hands back the space of what we received, which may owe a ring.
             if let Some(doorbell) = served.connection.ring_owed() {
                 self.rings_due.push((doorbell, slot, served.generation));
@@ -617,11 +593,8 @@ where
     /// Handles what the poller reported after a sleep: resets the doorbells that rang, and
     /// has the connections whose control socket stirred check their peer.
     fn take_events(&mut self) {
-        let mut stirred = Vec::new();
-        if let Err(error) = self.poller.drain(|event| stirred.push(event)) {
-            tracing::warn!("ringbell: reading the server's epoll set: {error}");
-        }
-        for Stirred { key, hung_up, .. } in stirred {
+        let mut stirred = self.poller.take();
+        for Stirred { key, hung_up, .. } in stirred.drain(..) {
             let slot = (key >> 1) as usize;
             let Some(served) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
@@ -642,6 +615,7 @@ where
                 }
             }
         }
+        self.poller.give_back(stirred);
     }
 }
 

@@ -17,8 +17,8 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
-use crate::layout::{RingControl, DATA_OFFSET};
-use crate::ring::{
+use crate::core::layout::{RingControl, DATA_OFFSET};
+use crate::core::ring::{
     self, max_frame_payload, valid_capacity, Consumer, FrameHeader, Producer, RawRing,
     FRAME_HEADER_LEN,
 };

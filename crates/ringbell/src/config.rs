@@ -162,13 +162,15 @@ impl ServerConfig {
             .is_some_and(|uids| !uids.is_empty())
     }
 
-    /// Whether `uid` may connect.
-    pub(crate) fn admits(&self, uid: u32, own_uid: u32) -> bool {
-        uid == own_uid
-            || self
-                .allowed_uids
-                .as_ref()
-                .is_some_and(|uids| uids.contains(&uid))
+    /// Whether a client running as `user` may connect to a server running as `own`.
+    #[cfg(not(loom))]
+    pub(crate) fn admits(&self, user: crate::sys::User, own: crate::sys::User) -> bool {
+        user == own
+            || user.uid().is_some_and(|uid| {
+                self.allowed_uids
+                    .as_ref()
+                    .is_some_and(|uids| uids.contains(&uid))
+            })
     }
 }
 
@@ -239,9 +241,14 @@ impl ClientConfig {
         self
     }
 
-    /// Whether a server running as `uid` may be talked to by a client running as `own_uid`.
-    pub(crate) fn trusts_server(&self, uid: u32, own_uid: u32) -> bool {
-        uid == own_uid || uid == 0 || self.trusted_server_uids.contains(&uid)
+    /// Whether a server running as `server` may be talked to by a client running as `own`.
+    #[cfg(not(loom))]
+    pub(crate) fn trusts_server(&self, server: crate::sys::User, own: crate::sys::User) -> bool {
+        server == own
+            || server.is_administrator()
+            || server
+                .uid()
+                .is_some_and(|uid| self.trusted_server_uids.contains(&uid))
     }
 }
 

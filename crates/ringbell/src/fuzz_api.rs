@@ -22,16 +22,16 @@
 
 use std::ptr;
 
-use crate::handshake::{
-    decode_prefix, decode_welcome, encode_prefix, encode_welcome, Kind, Status, PREFIX_LEN,
-    WELCOME_LEN,
-};
-use crate::layout::RingControl;
-use crate::ring::{
+use crate::core::layout::RingControl;
+use crate::core::ring::{
     frame_size, max_frame_payload, Consumer, Frame, FrameHeader, FrameKind, Producer, RawRing,
     RingError, FRAME_HEADER_LEN, MIN_CAPACITY,
 };
-use crate::sync::Ordering;
+use crate::core::sync::Ordering;
+use crate::handshake::wire::{
+    decode_prefix, decode_welcome, encode_prefix, encode_welcome, Kind, Status, PREFIX_LEN,
+    WELCOME_LEN,
+};
 
 /// Decodes the input as a run of 16-byte frame headers (the last one zero-padded) and
 /// checks each verdict against the format in `ring.rs`.

@@ -3,8 +3,9 @@
 //! Fast, safe inter-process communication on one machine. A [`Connection`] is a pair of
 //! lock-free single-producer single-consumer rings in a shared-memory segment; a side
 //! waiting for a message spins briefly, then sleeps on a shared futex (or, in an event
-//! loop, on a doorbell fd); a Unix-socket handshake passes the segment and the
-//! doorbells as file descriptors and stays open to report a peer's death.
+//! loop or where the OS has no shared futex, on a doorbell); a handshake over a local
+//! socket passes the segment and the doorbells to the peer and stays open to report the
+//! peer's death.
 //!
 //! ```no_run
 //! use ringbell::{ClientConfig, Connection, Server, ServerConfig};
@@ -33,27 +34,26 @@
 //!   out-of-bounds access or a hang on this side.
 //! * A peer that closes or dies is reported as [`Error::PeerDied`] within about 50 ms,
 //!   after the messages it sent before.
-//! * Nothing outlives the connection: the memory is an anonymous memfd, and every fd is
-//!   closed when the [`Connection`] drops.
+//! * Nothing outlives the connection: the memory has no name in any file system (a memfd
+//!   on Linux; an object unlinked as soon as it is made elsewhere), and every fd is closed
+//!   when the [`Connection`] drops.
 //!
-//! ## Layout of the crate
+//! ## Platforms
 //!
-//! `ring` is the byte ring and framing (pure algorithm, no syscalls), `layout` the shared
-//! header, `wait` the sleep/wake protocol and the [`WaitStrategy`] loop, `conn` the
-//! [`Connection`], `handshake` and `server` the set-up, and `sys` everything that names an
-//! OS call.
+//! Linux, with its own backend (memfd, shared futex, epoll). The POSIX backend, which
+//! macOS will use, also runs on Linux with `RUSTFLAGS="--cfg ringbell_force_posix"`, and
+//! CI runs every test on both. macOS and Windows backends are planned. The API is the same
+//! everywhere; the few OS-specific accessors are in [`os`].
+//!
+//! How the crate is built inside is in `ARCHITECTURE.md` at the root of the repository.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod config;
-#[cfg(any(feature = "tokio", loom))]
-mod in_flight;
-mod layout;
-mod ring;
-mod sync;
-mod wait;
+// Platform-free: the ring, the layout, the wait protocol (loom-checked).
+mod core;
 
 #[cfg(all(feature = "codec", not(loom)))]
 mod codec;
@@ -64,23 +64,24 @@ mod error;
 #[cfg(not(loom))]
 mod handshake;
 #[cfg(not(loom))]
-mod reply;
-#[cfg(not(loom))]
-mod segment;
+pub mod os;
 #[cfg(not(loom))]
 mod server;
+// The platform contract and its backends: the only place that names an OS call.
 #[cfg(not(loom))]
 mod sys;
 #[cfg(all(feature = "tokio", not(loom)))]
 pub mod tokio;
 
-// Not a stable API: entry points for the fuzz targets and their corpus replay test.
-#[cfg(not(loom))]
+// Not a stable API: entry points for the fuzz targets and their corpus replay test, behind
+// the `__test-api` feature so that nobody comes to depend on them by accident.
+#[cfg(all(feature = "__test-api", not(loom)))]
 #[doc(hidden)]
 pub mod fuzz_api;
 
 // Not a stable API: the ring and the frame header, wrapped for the criterion benchmarks in
-// `benches/`. Always compiled, so that `cargo bench` needs no feature.
+// `benches/` (which require the `__test-api` feature).
+#[cfg(feature = "__test-api")]
 #[doc(hidden)]
 pub mod bench_api;
 
@@ -91,6 +92,19 @@ pub use conn::{Connection, IpcTransport};
 pub use error::Error;
 #[cfg(not(loom))]
 pub use server::Server;
+
+/// The name of the platform backend this build of the crate uses: `"linux"` (memfd,
+/// shared futex, epoll) or `"posix"` (`shm_open`, doorbell sleeps; what macOS runs, and
+/// what Linux runs when built with `RUSTFLAGS="--cfg ringbell_force_posix"`). Both ends of
+/// a connection must use the same backend. For reports and diagnostics.
+///
+/// ```
+/// assert!(["linux", "posix"].contains(&ringbell::backend()));
+/// ```
+#[cfg(not(loom))]
+pub fn backend() -> &'static str {
+    sys::BACKEND
+}
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

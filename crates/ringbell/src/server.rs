@@ -1,17 +1,14 @@
 //! [`Server`]: a listening socket that hands out [`Connection`]s.
 
-use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::ServerConfig;
-use crate::conn::Connection;
+use crate::conn::{Connection, ConnectionSlots};
+use crate::core::ring;
 use crate::error::Error;
 use crate::handshake::{self, ServerHandshake, Step};
-use crate::ring;
-use crate::sys::ControlListener;
+use crate::sys::{self, ControlListener, User};
 
 /// Listens on a Unix socket path and sets up a shared-memory [`Connection`] for each client.
 ///
@@ -52,55 +49,11 @@ use crate::sys::ControlListener;
 pub struct Server {
     listener: ControlListener,
     config: ServerConfig,
-    own_uid: u32,
+    own_user: User,
     /// Connections and handshakes in progress, against `config.max_connections`.
     slots: ConnectionSlots,
     /// The handshakes the blocking `accept` carries between calls.
     pending: std::sync::Mutex<Vec<ServerHandshake>>,
-}
-
-/// A server's count of connections and handshakes in progress, under its limit.
-#[derive(Debug)]
-struct ConnectionSlots {
-    held: Arc<AtomicUsize>,
-    limit: usize,
-}
-
-impl ConnectionSlots {
-    fn new(limit: usize) -> ConnectionSlots {
-        ConnectionSlots {
-            held: Arc::new(AtomicUsize::new(0)),
-            limit,
-        }
-    }
-
-    /// One place under the limit, or `None` if all are taken.
-    fn try_take(&self) -> Option<ConnectionSlot> {
-        self.held
-            // SYNC: a count only; nothing is published through it, so Relaxed suffices:
-            // the read-modify-write alone keeps takers from overshooting the limit.
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                (held < self.limit).then_some(held + 1)
-            })
-            .ok()
-            .map(|_| ConnectionSlot {
-                held: self.held.clone(),
-            })
-    }
-}
-
-/// One connection's (or handshake's) place under its server's connection limit, given
-/// back when dropped, that is when the connection or the failed handshake is dropped.
-#[derive(Debug)]
-pub(crate) struct ConnectionSlot {
-    held: Arc<AtomicUsize>,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        // SYNC: as in `try_take`, a count only.
-        self.held.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Server {
@@ -130,7 +83,7 @@ impl Server {
         }
         // Each connection holds three fds here; the usual soft limit of 1,024 would stop a
         // server near 300 clients, long before the hard limit does.
-        crate::sys::raise_open_files_limit();
+        sys::raise_resource_limit();
         let listener =
             ControlListener::bind(path, config.admits_other_users()).map_err(|error| {
                 if error.kind() == std::io::ErrorKind::AddrInUse {
@@ -149,7 +102,7 @@ impl Server {
             listener,
             slots: ConnectionSlots::new(config.max_connections),
             config,
-            own_uid: handshake::own_uid(),
+            own_user: sys::current_user(),
             pending: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -186,10 +139,14 @@ impl Server {
             }
             let first_deadline = pending.iter().map(ServerHandshake::deadline).min();
             let ready = {
-                let mut fds = Vec::with_capacity(pending.len() + 1);
-                fds.push(AsFd::as_fd(&self.listener));
-                fds.extend(pending.iter().map(ServerHandshake::fd));
-                crate::sys::poll_readable(&fds, first_deadline.map(|deadline| deadline - now))
+                let mut sources: Vec<&dyn sys::Source> = Vec::with_capacity(pending.len() + 1);
+                sources.push(&self.listener);
+                sources.extend(
+                    pending
+                        .iter()
+                        .map(|handshake| handshake.control() as &dyn sys::Source),
+                );
+                sys::wait_readable(&sources, first_deadline.map(|deadline| deadline - now))
                     .map_err(|error| Error::io("waiting for clients", error))?
             };
             // Backwards, so that `swap_remove` only moves handshakes already looked at.
@@ -198,7 +155,7 @@ impl Server {
                     continue;
                 }
                 let handshake = pending.swap_remove(index);
-                match handshake.advance(&self.config, self.own_uid)? {
+                match handshake.advance(&self.config, self.own_user)? {
                     Step::Waiting(handshake) => pending.push(handshake),
                     Step::Probe => {}
                     Step::Done(connection) => return Ok(*connection),
@@ -242,16 +199,22 @@ impl Server {
         Ok(Some(ServerHandshake::start(control, &self.config, slot)))
     }
 
-    /// The listening socket, for an event loop to poll.
+    /// The listening socket, for an event loop to register and await.
     #[cfg(feature = "tokio")]
-    pub(crate) fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        AsFd::as_fd(&self.listener)
+    pub(crate) fn listener_mut(&mut self) -> &mut ControlListener {
+        &mut self.listener
     }
 
-    /// This server's uid, admitted by default.
+    /// The listening socket.
     #[cfg(feature = "tokio")]
-    pub(crate) fn own_uid(&self) -> u32 {
-        self.own_uid
+    pub(crate) fn listener(&self) -> &ControlListener {
+        &self.listener
+    }
+
+    /// This server's user, admitted by default.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn own_user(&self) -> User {
+        self.own_user
     }
 
     /// Serves every client with `handler`, for programs without an async runtime: each
@@ -301,15 +264,16 @@ impl Server {
     /// Turns a failed `accept(2)` into an error, after telling one waiting client that we
     /// are out of fds (if that is the reason) rather than leaving it to time out.
     fn accept_failed(&self, error: std::io::Error) -> Error {
-        if crate::sys::is_out_of_fds(&error) {
+        if sys::is_resource_exhaustion(&error) {
             let refused = self
                 .listener
-                .refuse_one(&handshake::out_of_resources_refusal());
+                .refuse_one(&handshake::wire::out_of_resources_refusal());
             tracing::warn!(
                 path = %self.path().display(),
                 refused_a_client = refused,
-                "out of file descriptors: refusing new clients, serving the connected ones; \
-                 raise RLIMIT_NOFILE to serve more"
+                "{}: refusing new clients, serving the connected ones; {}",
+                sys::OUT_OF_HANDLES,
+                sys::RAISE_LIMIT_HINT
             );
         }
         Error::io("accepting a connection", error)
@@ -384,7 +348,8 @@ fn serve_connection(connection: &mut Connection, pool: &WorkerPool) {
             return;
         }
         let Ok(result) = replies.recv() else { return };
-        let message = crate::reply::encode_reply_within(result, connection.max_message_size());
+        let message =
+            crate::core::reply::encode_reply_within(result, connection.max_message_size());
         if connection
             .send_with_correlation(&message, request.correlation)
             .is_err()

@@ -1,5 +1,6 @@
-//! Cross-process integration tests: two real processes talking through a real memfd
-//! segment, real shared futexes, real socket-pair doorbells and a real Unix control socket.
+//! Cross-process integration tests: two real processes talking through a real shared-memory
+//! segment, real shared futexes (or, on the POSIX backend, real doorbell sleeps), real
+//! socket-pair doorbells and a real Unix control socket.
 //!
 //! # How the second process is made
 //!
@@ -51,6 +52,7 @@ use common::{
     wait_name, Checksum, ChildProcess, Context, Scribbler, SocketPath, CLIENT_TO_SERVER,
     DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN, SERVER_TO_CLIENT, WATCHDOG_LIMIT,
 };
+use ringbell::os::unix::ConnectionExt;
 use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
 use rustix::event::{poll, PollFd, PollFlags};
 
@@ -977,7 +979,7 @@ impl ProcessResources {
     fn segment_mappings(&self) -> usize {
         self.maps
             .iter()
-            .filter(|line| line.contains("memfd:ringbell"))
+            .filter(|line| common::is_segment_mapping(line))
             .count()
     }
 }

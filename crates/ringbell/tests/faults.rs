@@ -54,6 +54,7 @@ use common::{
     Context, Scribbler, XorShift64, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET,
     RING_CONTROL_LEN, SERVER_TO_CLIENT,
 };
+use ringbell::os::unix::ConnectionExt;
 use ringbell::tokio::{AsyncConnection, AsyncServer, Client};
 use ringbell::{ClientConfig, Connection, Error, ServerConfig, WaitStrategy};
 use tokio::runtime::Runtime;
@@ -993,9 +994,8 @@ struct ServerProbe {
     pid: u32,
 }
 
-/// A server's open fds (`number -> target`) and its mappings of ringbell segments. The
-/// memfd is named "ringbell" (`src/sys/linux/shm.rs`), so its mappings show as
-/// `/memfd:ringbell (deleted)`.
+/// A server's open fds (`number -> target`) and its mappings of ringbell segments (see
+/// `common::is_segment_mapping`).
 #[derive(Debug, Clone)]
 struct Resources {
     fds: Vec<String>,
@@ -1035,7 +1035,7 @@ impl ServerProbe {
         let segments = fs::read_to_string(format!("/proc/{}/maps", self.pid))
             .unwrap_or_default()
             .lines()
-            .filter(|line| line.contains("memfd:ringbell"))
+            .filter(|line| common::is_segment_mapping(line))
             .map(str::to_owned)
             .collect();
         Resources { fds, segments }

@@ -25,6 +25,7 @@ use common::{
     SocketPath, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN,
     SERVER_TO_CLIENT, WATCHDOG_LIMIT,
 };
+use ringbell::os::unix::ConnectionExt;
 use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig};
 use rustix::fs::OFlags;
 use rustix::net::Shutdown;

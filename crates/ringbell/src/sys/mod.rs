@@ -1,39 +1,100 @@
-//! The platform contract. Everything that names an OS call lives below this module; the
-//! rest of the crate is portable and talks to these types only.
+//! The platform contract. Everything that names an OS type or call lives below this module
+//! (and in `crate::os`, the per-OS extension traits); the rest of the crate is portable
+//! and holds only the opaque values defined here. A new OS is a new folder here that
+//! provides the names below; nothing above `sys` changes.
 //!
+//! The contract speaks of concepts, not of file descriptors, because not every OS has them
+//! (Windows has handles, which travel by `DuplicateHandle` rather than over a socket).
 //! Every backend provides:
 //!
-//! * `SharedRegion` — a mapping of a shared-memory object that the creator can pass to a
-//!   peer as an fd: `create(len) -> (SharedRegion, OwnedFd)` makes a zeroed, size-sealed
-//!   object and maps it; `open(fd, len)` checks that a received object is sealed against
-//!   resizing and has exactly `len` bytes *before* mapping it (a peer that could shrink
-//!   the object would make every access a potential `SIGBUS`); `as_ptr()`, `len()`; the
-//!   mapping is removed on drop, and no name is left in any file system.
-//! * `OsFutex` — implements [`crate::wait::Futex`] on a word in shared memory, waking
-//!   sleepers in *other processes* (so never a process-private futex), with an absolute
-//!   monotonic deadline.
-//! * `doorbell_pair() -> (Doorbell, DoorbellRinger)` — an fd a waiter can poll in an
-//!   event loop, and the other end that wakes it: `Doorbell::drain()` and
-//!   `DoorbellRinger::ring()` never block, whatever the peer does to its own end (so an
-//!   fd shared with the peer, such as an eventfd, does not qualify); both have
-//!   `from_peer(fd)` (checks what it received) and `as_fd()`.
-//! * `ControlListener` / `ControlStream` — the local stream socket that carries the
-//!   handshake and the fds, and whose end-of-file tells a side that its peer is gone:
-//!   `bind(path)` (owner-only, replaces a dead server's socket file, refuses a live one
-//!   with `AddrInUse`), `accept()`, `connect(path)`, `send_with_fds`, `recv_with_fds`,
-//!   `peer_uid()`, `peer_gone()`; the listener removes its socket file on drop.
-//! * `Poller` (for the tokio feature) — one pollable fd standing for many: `add(fd, key)`
-//!   watches an fd for readability and hang-up, edge-triggered; `remove(fd)`;
-//!   `drain(each)` reports, without waiting, every fd that stirred since the last call,
-//!   by key. A server's sweeper sleeps on it for all its connections at once.
-//! * `current_uid()`, and `raise_open_files_limit()` (to the hard limit, for servers).
+//! * **`SharedRegion`**: a read-write mapping of a shared-memory object.
+//!   `create(len) -> (SharedRegion, Grant)` makes a zeroed object of `len` bytes that its
+//!   peer cannot resize, maps it, and returns the grant to send; `adopt(grant, len)`
+//!   checks a region received from the peer (what kind of object it is, who owns it, its
+//!   size) *before* mapping it, because a peer that could shrink the object would make
+//!   every access a potential `SIGBUS`; `as_ptr()`, `len()`. The mapping goes on drop, and
+//!   no name is left behind in any file system.
+//! * **`Grant`**: an OS object on its way to the peer or just received from it: a region,
+//!   a doorbell end, later a process handle. The handshake sends and receives grants and
+//!   does not know what they are made of (on Unix an fd passed with `SCM_RIGHTS`).
+//! * **`SharedWait`** and **`shared_wait()`**: a sleep on a word in shared memory that the
+//!   peer process can wake (`crate::core::wait::Sleeper`, plus `wake(word)`), with an
+//!   absolute deadline; on Linux the shared futex. `shared_wait()` is `None` on a backend
+//!   without one: a blocking connection then sleeps on its doorbell instead
+//!   (`SLEEP_DOORBELL` in `core/wait.rs`), which every backend has.
+//! * **`Doorbell`** and **`DoorbellRinger`**, from `doorbell_pair()`: what a waiter sleeps
+//!   on when it cannot sleep on shared memory (an event loop, or a backend without
+//!   `SharedWait`), and the other end, which wakes it. `drain()` and `ring()` never block,
+//!   whatever the peer does to its own end; `into_grant()` and `adopt(grant)` (which
+//!   checks what it received) move an end to the peer; `sleep_until_rung(doorbell,
+//!   control, deadline)` is the blocking wait, which also ends when the peer dies.
+//! * **`ControlListener`** and **`ControlStream`**: the local channel of the handshake,
+//!   which stays open for the connection's life so that its end means "the peer is gone".
+//!   `bind(path)` (owner-only; replaces a dead server's address, refuses a live one with
+//!   `AddrInUse`), `accept()`, `connect(path, deadline)`, `send_with_grants` and
+//!   `recv_with_grants` (at most `MAX_GRANTS` a message, more is an `InvalidData` error),
+//!   `peer_user()`, `peer_pid()`, `peer_gone()`. The listener removes its address on drop.
+//! * **`User`** and **`current_user()`**: who a peer runs as, for admission checks: a uid
+//!   on Unix (later a SID on Windows), with `Option` accessors for what an OS may lack.
+//! * **`Source`** and **`wait_readable(sources, timeout)`**: anything a thread can wait on
+//!   (the listener, a control stream), and the wait for any of several. For the
+//!   blocking server, which carries many handshakes on one thread.
+//! * With the `tokio` feature, **readiness**: a `Doorbell`, `ControlStream` and
+//!   `ControlListener` can be registered with the tokio runtime (`register()`) and awaited
+//!   (`rung()`, `stirred()`, `acceptable()`); a `Poller` is one waitable object standing
+//!   for many sources: `add(source, key)` watches one for readability and hang-up,
+//!   edge-triggered, `remove(source)`, `drain(each)` reports without waiting every source
+//!   that stirred since the last call, and `stirred()` awaits the next. A server's
+//!   sweeper sleeps on one for all its connections at once. The tokio layer above has no
+//!   `unsafe` and names no OS type.
+//! * **Resource exhaustion**: `raise_resource_limit()` (a server's handle limit, to the
+//!   most it may have), `is_resource_exhaustion(&io::Error)`, and the words that tell a
+//!   user which limit it was and how to raise it (`OUT_OF_HANDLES`, `RAISE_LIMIT_HINT`).
+//! * **`BACKEND`**: the backend's name, for reports.
 //!
-//! Linux is the only backend today; macOS and Windows follow behind the same contract.
+//! # The backends
+//!
+//! | backend | where | shared memory | sleeping | poller |
+//! |---|---|---|---|---|
+//! | `linux` | Linux | sealed memfd | shared futex | epoll (through mio) |
+//! | `posix` | macOS; Linux with `--cfg ringbell_force_posix` | `shm_open`, unlinked at once | the doorbell | mio (epoll; kqueue on macOS) |
+//!
+//! The `linux` backend is the `posix` one with two parts replaced: `linux/` holds only what
+//! differs (the memfd region and the futex), `posix/` everything the two share (sockets,
+//! doorbells, grants, credentials, the poller, readiness, limits). CI runs the whole test
+//! suite on both, so the code macOS will run is tested on Linux. Both sides of a
+//! connection must use the same backend: a memfd client refuses a `shm_open` region, and
+//! says so in its handshake error.
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
+mod posix;
+
+#[cfg(all(test, unix))]
+mod conformance;
+
+#[cfg(all(target_os = "linux", not(ringbell_force_posix)))]
 mod linux;
-#[cfg(target_os = "linux")]
-pub(crate) use linux::*;
+
+#[cfg(unix)]
+pub(crate) use posix::{
+    current_user, doorbell_pair, is_resource_exhaustion, raise_resource_limit, sleep_until_rung,
+    wait_readable, ControlListener, ControlStream, Doorbell, DoorbellRinger, Grant, Source, User,
+    OUT_OF_HANDLES, RAISE_LIMIT_HINT,
+};
+// The handshake sends fewer; the conformance suite checks the limit.
+#[cfg(all(unix, test))]
+pub(crate) use posix::MAX_GRANTS;
+#[cfg(all(unix, feature = "tokio"))]
+pub(crate) use posix::{Poller, Stirred};
+
+#[cfg(all(target_os = "linux", not(ringbell_force_posix)))]
+pub(crate) use linux::{shared_wait, SharedRegion, BACKEND};
+
+#[cfg(all(unix, any(ringbell_force_posix, not(target_os = "linux"))))]
+pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
 #[cfg(not(target_os = "linux"))]
-compile_error!("ringbell supports Linux only for now; macOS and Windows backends are planned");
+compile_error!(
+    "ringbell has backends for Linux only so far (its POSIX backend, for macOS, runs on \
+     Linux with --cfg ringbell_force_posix); the macOS and Windows backends are planned"
+);

@@ -535,7 +535,7 @@ impl Scribbler {
         let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
         let lines: Vec<&str> = maps
             .lines()
-            .filter(|line| line.contains("memfd:ringbell"))
+            .filter(|line| is_segment_mapping(line))
             .collect();
         let [line] = lines[..] else {
             return Err(format!(
@@ -657,6 +657,14 @@ pub const ALL_WAITS: [WaitStrategy; 3] = [
 
 /// Lines only in `before` (-) or only in `after` (+): what changed in a list of fds or
 /// mappings, for a failure message.
+/// Whether a line of `/proc/<pid>/maps` is a ringbell segment's mapping: a memfd named
+/// "ringbell" on the Linux backend (`src/sys/linux/memfd.rs`), shown as
+/// `/memfd:ringbell (deleted)`; an unlinked shm object named `ringbell-…` on the POSIX
+/// backend (`src/sys/posix/shm.rs`), shown as `/dev/shm/ringbell-… (deleted)`.
+pub fn is_segment_mapping(line: &str) -> bool {
+    line.contains("memfd:ringbell") || line.contains("/dev/shm/ringbell-")
+}
+
 pub fn difference(before: &[String], after: &[String]) -> String {
     let removed = before
         .iter()

@@ -8,12 +8,18 @@ use std::time::Instant;
 use rustix::thread::futex::{self, Timespec};
 use rustix::time::{clock_gettime, ClockId};
 
-use crate::sync::AtomicU32;
-use crate::wait::Futex;
+use crate::core::sync::AtomicU32;
+use crate::core::wait::{Sleeper, SLEEP_FUTEX};
 
-/// The kernel's futex.
+/// The kernel's futex, on a word in shared memory.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct OsFutex;
+pub(crate) struct SharedWait;
+
+/// Linux always has one.
+#[inline]
+pub(crate) fn shared_wait() -> Option<SharedWait> {
+    Some(SharedWait)
+}
 
 /// `FUTEX_BITSET_MATCH_ANY`: with `FUTEX_WAIT_BITSET` this is a plain wait, but one whose
 /// timeout is an absolute `CLOCK_MONOTONIC` time, so retries never stretch a deadline.
@@ -31,8 +37,10 @@ fn absolute(deadline: Instant) -> Timespec {
     }
 }
 
-impl Futex for OsFutex {
-    fn wait(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+impl Sleeper for SharedWait {
+    const ANNOUNCEMENT: u32 = SLEEP_FUTEX;
+
+    fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
         let timeout = deadline.map(absolute);
         // EAGAIN (the value changed), EINTR and ETIMEDOUT all mean "look again", which the
         // caller does; it also bounds every wait by its own deadline, so no error here can
@@ -45,8 +53,11 @@ impl Futex for OsFutex {
             MATCH_ANY,
         );
     }
+}
 
-    fn wake(&self, word: &AtomicU32) {
+impl SharedWait {
+    /// Wakes every thread, in any process, sleeping on `word`.
+    pub(crate) fn wake(&self, word: &AtomicU32) {
         let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
     }
 }

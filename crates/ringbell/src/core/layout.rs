@@ -13,7 +13,7 @@
 //! sit on different 128-byte lines (two 64-byte lines, because adjacent-line prefetch
 //! pairs them on x86), so the two sides do not false-share.
 
-use crate::sync::{AtomicU32, AtomicU64};
+use crate::core::sync::{AtomicU32, AtomicU64};
 
 /// "RINGBEL1" in little-endian: the first word of a segment, stored last by its creator.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RINGBEL1");
@@ -85,6 +85,7 @@ pub(crate) struct SegmentHeader {
 impl RingControl {
     /// A zeroed control block on the heap, for in-process tests, loom models and the fuzz
     /// targets (`fuzz_api`), which drive a ring over heap memory.
+    #[cfg(any(test, loom, feature = "__test-api"))]
     pub(crate) fn new_boxed() -> Box<Self> {
         let cell = || {
             CachePadded(WaitCell {

@@ -62,8 +62,8 @@
 
 use std::ptr;
 
-use crate::layout::RingControl;
-use crate::sync::Ordering;
+use crate::core::layout::RingControl;
+use crate::core::sync::Ordering;
 
 /// Bytes in a frame header.
 pub(crate) const FRAME_HEADER_LEN: usize = 16;
@@ -396,6 +396,7 @@ impl Consumer {
 
     /// Bytes consumed so far: released frames and skipped padding, whether published yet
     /// or not. The fuzz checks (`fuzz_api`) use it to find where each frame came from.
+    #[cfg(feature = "__test-api")]
     pub(crate) fn head(&self) -> u64 {
         self.head
     }

@@ -39,14 +39,14 @@ use std::time::{Duration, Instant};
 use ::tokio::sync::{mpsc, watch};
 use ::tokio::task::{AbortHandle, Id as TaskId, JoinError, JoinSet};
 
-use super::rpc::Outbox;
+use super::client::Outbox;
 use super::{arm, AsyncServer, WatchedPoller};
 use crate::config::WaitStrategy;
 use crate::conn::Connection;
+use crate::core::reply::encode_reply_within;
+use crate::core::wait::PEER_CHECK_INTERVAL;
 use crate::error::Error;
-use crate::reply::encode_reply_within;
 use crate::sys::Stirred;
-use crate::wait::PEER_CHECK_INTERVAL;
 
 /// Sweeps between two yields to the runtime while there is work, so that handler tasks
 /// and the accepting loop run even while the sweeper never runs out of work.
@@ -255,12 +255,12 @@ struct Sweeper<H> {
 }
 
 /// Poller keys: which of a connection's fds stirred.
-fn doorbell_key(slot: usize) -> u64 {
-    (slot as u64) << 1
+fn doorbell_key(slot: usize) -> usize {
+    slot << 1
 }
 
-fn control_key(slot: usize) -> u64 {
-    ((slot as u64) << 1) | 1
+fn control_key(slot: usize) -> usize {
+    (slot << 1) | 1
 }
 
 impl<H, F, E> Sweeper<H>
@@ -399,11 +399,11 @@ where
         });
         let watched = self
             .poller
-            .add(connection.doorbell_fd(), doorbell_key(slot))
-            .and_then(|()| self.poller.add(connection.control_fd(), control_key(slot)));
+            .add(connection.doorbell(), doorbell_key(slot))
+            .and_then(|()| self.poller.add(connection.control(), control_key(slot)));
         if let Err(error) = watched {
             tracing::warn!("ringbell: dropping a new client: cannot watch its connection: {error}");
-            self.poller.remove(connection.doorbell_fd());
+            self.poller.remove(connection.doorbell());
             self.free.push(slot);
             return;
         }
@@ -427,8 +427,8 @@ where
             return;
         };
         tracing::debug!("ringbell: closing a connection: {why}");
-        self.poller.remove(served.connection.doorbell_fd());
-        self.poller.remove(served.connection.control_fd());
+        self.poller.remove(served.connection.doorbell());
+        self.poller.remove(served.connection.control());
         self.running.retain(|_, running| {
             let orphan = running.slot == slot && running.generation == served.generation;
             if orphan {
@@ -595,7 +595,7 @@ where
     fn take_events(&mut self) {
         let mut stirred = self.poller.take();
         for Stirred { key, hung_up, .. } in stirred.drain(..) {
-            let slot = (key >> 1) as usize;
+            let slot = key >> 1;
             let Some(served) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };

@@ -1,7 +1,7 @@
 //! Request/response: a [`Client`] handle that many tasks can clone and call through at
 //! once, and [`ClientGroup`], whose clients share one driver task, and one doorbell per
 //! server process. The
-//! server's side, [`AsyncServer::serve`], is in `tokio_serve.rs`.
+//! server's side, [`AsyncServer::serve`], is in `serve.rs`.
 //!
 //! [`AsyncServer::serve`]: super::AsyncServer::serve
 //!
@@ -21,12 +21,11 @@
 //! would otherwise have one task and one doorbell per connection, and a server that
 //! answers many of them at once would ring and wake each. With one doorbell for all the
 //! group's connections to a server, the server rings it once per sweep (see
-//! `tokio_serve.rs`) and the group's task wakes once for all the replies. Not one for
+//! `serve.rs`) and the group's task wakes once for all the replies. Not one for
 //! the whole group: a server holds its doorbell's ringer and could silence it for
 //! everyone who rings it, so servers never share one.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -37,12 +36,12 @@ use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use super::{arm, AsyncConnection, WatchedPoller};
 use crate::config::ClientConfig;
 use crate::conn::{Connection, Pushed, SendProgress};
+use crate::core::in_flight::InFlight;
+use crate::core::reply::decode_reply;
+use crate::core::wait::PEER_CHECK_INTERVAL;
 use crate::error::Error;
 use crate::handshake::SharedDoorbell;
-use crate::in_flight::InFlight;
-use crate::reply::decode_reply;
 use crate::sys;
-use crate::wait::PEER_CHECK_INTERVAL;
 
 /// Default bound on a [`Client`]'s outstanding calls.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -365,7 +364,7 @@ impl ClientGroup {
 
 /// Poller keys: a member's are its slot times two (its own doorbell, if it has one) and
 /// that plus one (its control socket); a shared doorbell's, its index with this bit set.
-const SHARED_DOORBELL_BIT: u64 = 1 << 63;
+const SHARED_DOORBELL_BIT: usize = 1 << (usize::BITS - 1);
 
 /// Yield to the runtime after this many passes in a row that found work.
 const PASSES_PER_YIELD: u32 = 4;
@@ -515,21 +514,18 @@ impl GroupDriver {
             self.members.push(None);
             self.members.len() - 1
         });
-        let key = (slot as u64) << 1;
-        let watched =
-            self.poller
-                .add(connection.control_fd(), key | 1)
-                .and_then(|()| match &shared {
-                    Some(doorbell) => self.watch_doorbell(doorbell).map(Some),
-                    None => self
-                        .poller
-                        .add(connection.doorbell_fd(), key)
-                        .map(|()| None),
-                });
+        let key = slot << 1;
+        let watched = self
+            .poller
+            .add(connection.control(), key | 1)
+            .and_then(|()| match &shared {
+                Some(doorbell) => self.watch_doorbell(doorbell).map(Some),
+                None => self.poller.add(connection.doorbell(), key).map(|()| None),
+            });
         let doorbell = match watched {
             Ok(doorbell) => doorbell,
             Err(error) => {
-                self.poller.remove(connection.control_fd());
+                self.poller.remove(connection.control());
                 self.free.push(slot);
                 self.ended
                     .insert(id, Error::io("watching a new connection", error));
@@ -571,7 +567,7 @@ impl GroupDriver {
                 self.doorbells.len() - 1
             });
         self.poller
-            .add(doorbell.bell.as_fd(), SHARED_DOORBELL_BIT | index as u64)?;
+            .add(&doorbell.bell, SHARED_DOORBELL_BIT | index)?;
         self.doorbells[index] = Some((doorbell.clone(), 1));
         Ok(index)
     }
@@ -583,7 +579,7 @@ impl GroupDriver {
         };
         *members -= 1;
         if *members == 0 {
-            self.poller.remove(doorbell.bell.as_fd());
+            self.poller.remove(&doorbell.bell);
             self.doorbells[index] = None;
         }
     }
@@ -631,10 +627,10 @@ impl GroupDriver {
         let Some(mut member) = self.members[slot].take() else {
             return;
         };
-        self.poller.remove(member.connection.control_fd());
+        self.poller.remove(member.connection.control());
         match member.doorbell {
             Some(index) => self.unwatch_doorbell(index),
-            None => self.poller.remove(member.connection.doorbell_fd()),
+            None => self.poller.remove(member.connection.doorbell()),
         }
         self.slot_of.remove(&member.id);
         self.free.push(slot);
@@ -680,13 +676,13 @@ impl GroupDriver {
         let mut stirred = self.poller.take();
         for event in stirred.drain(..) {
             if event.key & SHARED_DOORBELL_BIT != 0 {
-                let index = (event.key & !SHARED_DOORBELL_BIT) as usize;
+                let index = event.key & !SHARED_DOORBELL_BIT;
                 if let Some(Some((doorbell, _))) = self.doorbells.get(index) {
                     doorbell.bell.drain();
                 }
                 continue;
             }
-            let slot = (event.key >> 1) as usize;
+            let slot = event.key >> 1;
             let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };

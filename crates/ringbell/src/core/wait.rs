@@ -8,7 +8,9 @@
 //! 1. `seen = seq.load(Acquire)`
 //! 2. `sleeping.store(SLEEP_FUTEX, SeqCst)`; `fence(SeqCst)` — "I am going to sleep"
 //! 3. re-check `ready()`; if it is now true, withdraw the announcement and return
-//! 4. `futex_wait(seq, seen)` — returns at once if `seq` moved since step 1
+//! 4. sleep: `futex_wait(seq, seen)`, which returns at once if `seq` moved since step 1;
+//!    or, on a backend without a shared-memory wait, a poll of the doorbell, which the
+//!    waker rings and which stays rung until drained, so that no wake-up is lost either
 //!
 //! Waker, after publishing (the Release store of a ring index):
 //!
@@ -27,12 +29,16 @@
 //!
 //! Futex waits may return early (`EINTR`, `EAGAIN`, spurious wakes), so every caller loops
 //! on its real condition with an absolute deadline.
+//!
+//! How a side sleeps is a [`Sleeper`]: the shared futex of `sys` where the OS has one,
+//! otherwise the connection's doorbell (`conn/wake.rs`). The announcement it makes tells
+//! the waker which wake-up to make.
 
 use std::time::{Duration, Instant};
 
 use crate::config::WaitStrategy;
-use crate::layout::WaitCell;
-use crate::sync::{fence, spin_loop, AtomicU32, Ordering};
+use crate::core::layout::WaitCell;
+use crate::core::sync::{fence, spin_loop, AtomicU32, Ordering};
 
 /// Announcement bit: the waiter sleeps on the futex word.
 pub(crate) const SLEEP_FUTEX: u32 = 1;
@@ -46,12 +52,15 @@ pub(crate) const PEER_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Spins between two looks at the clock in a spin loop.
 const SPINS_PER_CLOCK_READ: u32 = 64;
 
-/// Sleeping on a futex word, as the kernel (or a test model) provides it.
-pub(crate) trait Futex {
-    /// Sleeps while `*word == expected`, until woken or `deadline`. May return early.
-    fn wait(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>);
-    /// Wakes every thread sleeping on `word`.
-    fn wake(&self, word: &AtomicU32);
+/// A way to sleep until the waker's wake-up: a futex word, as the kernel (or a test model)
+/// provides it, or a doorbell.
+pub(crate) trait Sleeper {
+    /// What a waiter that sleeps this way announces ([`SLEEP_FUTEX`] or
+    /// [`SLEEP_DOORBELL`]), which tells the waker how to wake it.
+    const ANNOUNCEMENT: u32;
+    /// Sleeps while `*word == expected` (a doorbell sleeper: until rung), until woken or
+    /// `deadline`. May return early.
+    fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>);
 }
 
 /// What a waker must do after [`notify`].
@@ -111,20 +120,20 @@ pub(crate) fn withdraw(cell: &WaitCell) {
     cell.sleeping.store(0, Ordering::Relaxed);
 }
 
-/// One sleep on the futex: returns when woken, at `deadline`, or spuriously. Returns
-/// whether `ready()` was already true before sleeping.
-fn sleep<E>(
+/// One sleep: returns when woken, at `deadline`, or spuriously. Returns whether `ready()`
+/// was already true before sleeping.
+fn sleep<S: Sleeper, E>(
     cell: &WaitCell,
-    futex: &impl Futex,
+    sleeper: &S,
     deadline: Option<Instant>,
     ready: &mut impl FnMut() -> Result<bool, E>,
 ) -> Result<bool, E> {
     // SYNC: pairs with the Release `fetch_add` in `notify`.
     let seen = cell.seq.load(Ordering::Acquire);
-    if announce(cell, SLEEP_FUTEX, ready)? {
+    if announce(cell, S::ANNOUNCEMENT, ready)? {
         return Ok(true);
     }
-    futex.wait(&cell.seq, seen, deadline);
+    sleeper.sleep(&cell.seq, seen, deadline);
     withdraw(cell);
     Ok(false)
 }
@@ -174,7 +183,7 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 pub(crate) fn wait_until<E>(
     strategy: &WaitStrategy,
     cell: &WaitCell,
-    futex: &impl Futex,
+    sleeper: &impl Sleeper,
     deadline: Option<Instant>,
     peer_check_due: &mut Option<Instant>,
     mut ready: impl FnMut() -> Result<bool, E>,
@@ -225,7 +234,7 @@ pub(crate) fn wait_until<E>(
         }
         let check_at = peer_check_due.unwrap_or(now + PEER_CHECK_INTERVAL);
         let wake_by = deadline.map_or(check_at, |deadline| deadline.min(check_at));
-        if sleep(cell, futex, Some(wake_by), &mut ready)? {
+        if sleep(cell, sleeper, Some(wake_by), &mut ready)? {
             return Ok(Waited::Ready);
         }
     }
@@ -238,9 +247,9 @@ mod loom_tests {
     //! `RUSTFLAGS="--cfg loom" cargo test -p ringbell --release --lib loom`.
 
     use super::*;
-    use crate::layout::RingControl;
-    use crate::ring::{Consumer, FrameKind, Producer, RawRing};
-    use crate::sync::AtomicU64;
+    use crate::core::layout::RingControl;
+    use crate::core::ring::{Consumer, FrameKind, Producer, RawRing};
+    use crate::core::sync::AtomicU64;
     use loom::sync::{Arc, Condvar, Mutex};
 
     /// A futex as the kernel defines it: the value check and the enqueue happen under the
@@ -251,13 +260,18 @@ mod loom_tests {
         queue: Condvar,
     }
 
-    impl Futex for ModelFutex {
-        fn wait(&self, word: &AtomicU32, expected: u32, _deadline: Option<Instant>) {
+    impl Sleeper for ModelFutex {
+        const ANNOUNCEMENT: u32 = SLEEP_FUTEX;
+
+        fn sleep(&self, word: &AtomicU32, expected: u32, _deadline: Option<Instant>) {
             let guard = self.lock.lock().unwrap();
             if word.load(Ordering::SeqCst) == expected {
                 drop(self.queue.wait(guard).unwrap());
             }
         }
+    }
+
+    impl ModelFutex {
         fn wake(&self, _word: &AtomicU32) {
             let _guard = self.lock.lock().unwrap();
             self.queue.notify_all();

@@ -5,9 +5,9 @@
 
 #![allow(unsafe_code)]
 
-use crate::layout::{self, SegmentHeader, LAYOUT_VERSION, MAGIC};
-use crate::ring::{self, RawRing};
-use crate::sync::Ordering;
+use crate::core::layout::{self, SegmentHeader, LAYOUT_VERSION, MAGIC};
+use crate::core::ring::{self, RawRing};
+use crate::core::sync::Ordering;
 use crate::sys::SharedRegion;
 
 /// A mapped segment whose layout has been checked.

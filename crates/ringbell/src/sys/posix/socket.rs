@@ -3,13 +3,13 @@
 //!
 //! See unix(7) (`SCM_RIGHTS`, `SO_PEERCRED`), sendmsg(2), recvmsg(2).
 
-use std::cell::Cell;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -20,7 +20,29 @@ use rustix::net::{
     SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-use super::io_error;
+use super::{credentials, io_error, Grant, User};
+
+/// What a control socket is polled for to learn that its peer is gone: `POLLRDHUP`, which
+/// the kernel reports even when unread bytes are queued, and never for bytes a peer
+/// writes. (macOS has no `POLLRDHUP`; its `POLLHUP` is reported whatever one asks for.)
+pub(super) const HANG_UP: PollFlags = PollFlags::RDHUP;
+
+/// Something a thread can wait on with [`wait_readable`]: a listener, a control stream, a
+/// doorbell.
+pub(crate) trait Source {
+    /// The fd to poll.
+    fn source(&self) -> BorrowedFd<'_>;
+}
+
+/// `timeout` for poll(2), at least 1 µs (a zero timeout would not wait at all, which the
+/// caller's loop handles anyway, but a rounding to zero of a short wait would spin).
+pub(super) fn poll_timeout(timeout: Duration) -> Timespec {
+    let timeout = timeout.max(Duration::from_micros(1));
+    Timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    }
+}
 
 /// An fd to hold in reserve (see `ControlListener::spare_fd`); `None` if none is left.
 fn open_spare_fd() -> Option<OwnedFd> {
@@ -30,11 +52,6 @@ fn open_spare_fd() -> Option<OwnedFd> {
         rustix::fs::Mode::empty(),
     )
     .ok()
-}
-
-/// Whether `error` says the process or the system ran out of fds.
-pub(crate) fn is_out_of_fds(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(code) if code == Errno::MFILE.raw_os_error() || code == Errno::NFILE.raw_os_error())
 }
 
 /// The time left before `deadline`, or a `TimedOut` error.
@@ -47,20 +64,18 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
     Ok(left.max(Duration::from_micros(1)))
 }
 
-/// Waits until one of `fds` is readable (or hung up, or in error) or `timeout` passes
-/// (`None`: no bound), and returns which are: `ready[i]` is about `fds[i]`. poll(2).
-pub(crate) fn poll_readable(
-    fds: &[BorrowedFd<'_>],
+/// Waits until one of `sources` is readable (or hung up, or in error) or `timeout` passes
+/// (`None`: no bound), and returns which are: `ready[i]` is about `sources[i]`. poll(2).
+pub(crate) fn wait_readable(
+    sources: &[&dyn Source],
     timeout: Option<Duration>,
 ) -> io::Result<Vec<bool>> {
+    let fds: Vec<BorrowedFd<'_>> = sources.iter().map(|source| source.source()).collect();
     let mut polled: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|fd| PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP))
+        .map(|fd| PollFd::new(fd, PollFlags::IN | HANG_UP))
         .collect();
-    let timeout = timeout.map(|timeout| Timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    });
+    let timeout = timeout.map(poll_timeout);
     match poll(&mut polled, timeout.as_ref()) {
         Ok(_) | Err(Errno::INTR) => {}
         Err(errno) => return Err(io_error(errno)),
@@ -74,6 +89,10 @@ pub(crate) const MAX_FDS: usize = 4;
 /// A listening socket bound to a path, removed again on drop.
 #[derive(Debug)]
 pub(crate) struct ControlListener {
+    /// Its registration with the tokio runtime, if it has one; declared before the
+    /// socket, so that it is dropped first.
+    #[cfg(feature = "tokio")]
+    registration: super::readiness::Registration,
     listener: UnixListener,
     path: PathBuf,
     /// Device and inode of the socket file we created, so that drop removes only our own.
@@ -129,6 +148,8 @@ impl ControlListener {
             let _ = std::fs::remove_file(path);
         })?;
         Ok(ControlListener {
+            #[cfg(feature = "tokio")]
+            registration: Default::default(),
             listener,
             path: path.to_path_buf(),
             identity: (metadata.dev(), metadata.ino()),
@@ -179,6 +200,29 @@ impl ControlListener {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Registers the listener with the current tokio runtime, for
+    /// [`acceptable`](Self::acceptable).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn register(&mut self) -> io::Result<()> {
+        // SAFETY: the socket is owned by `self` and never replaced, and the registration
+        // is a field of `self` declared before it, so it goes first.
+        unsafe { self.registration.register(self.listener.as_fd()) }
+    }
+
+    /// Waits, in the runtime it is registered with, until a client may be waiting to be
+    /// accepted. The readiness is cleared first, so the caller must then accept until
+    /// `WouldBlock`: a client that arrives meanwhile makes the next wait return at once.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn acceptable(&self) -> io::Result<()> {
+        self.registration.readable().await.map(drop)
+    }
+}
+
+impl Source for ControlListener {
+    fn source(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
 }
 
 impl AsFd for ControlListener {
@@ -200,17 +244,25 @@ impl Drop for ControlListener {
 /// One end of a connected control socket.
 #[derive(Debug)]
 pub(crate) struct ControlStream {
+    /// Its registration with the tokio runtime, if it has one; declared before the
+    /// socket, so that it is dropped first.
+    #[cfg(feature = "tokio")]
+    registration: super::readiness::Registration,
     stream: UnixStream,
     /// While set, every read and write must complete by then (the handshake's deadline):
     /// each syscall gets the time that is left, so a peer trickling bytes cannot stretch it.
-    deadline: Cell<Option<Instant>>,
+    /// A mutex rather than a `Cell` so that the stream is `Sync` (a task awaiting it holds
+    /// a shared reference across the await); it is taken only during the handshake.
+    deadline: Mutex<Option<Instant>>,
 }
 
 impl ControlStream {
     fn from_stream(stream: UnixStream) -> ControlStream {
         ControlStream {
+            #[cfg(feature = "tokio")]
+            registration: Default::default(),
             stream,
-            deadline: Cell::new(None),
+            deadline: Mutex::new(None),
         }
     }
 
@@ -247,7 +299,7 @@ impl ControlStream {
     /// Bounds every later read and write by `deadline` (`None`: no bound). A deadline that
     /// passes surfaces as a `TimedOut` or `WouldBlock` error.
     pub(crate) fn set_deadline(&self, deadline: Option<Instant>) -> io::Result<()> {
-        self.deadline.set(deadline);
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = deadline;
         if deadline.is_none() {
             self.stream.set_read_timeout(None)?;
             self.stream.set_write_timeout(None)?;
@@ -257,7 +309,8 @@ impl ControlStream {
 
     /// Gives the next syscall the time left before the deadline, if there is one.
     fn arm(&self) -> io::Result<()> {
-        if let Some(deadline) = self.deadline.get() {
+        let deadline = *self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(deadline) = deadline {
             let left = remaining(deadline)?;
             self.stream.set_read_timeout(Some(left))?;
             self.stream.set_write_timeout(Some(left))?;
@@ -292,13 +345,13 @@ impl ControlStream {
         }
     }
 
-    /// [`try_read`](Self::try_read), also returning the fds attached to the bytes read
-    /// (marked close-on-exec). More than [`MAX_FDS`] is an `InvalidData` error, as for
-    /// [`recv_with_fds`](Self::recv_with_fds).
-    pub(crate) fn try_read_with_fds(
+    /// Reads what has arrived, without waiting (`None`: nothing has), with the grants
+    /// attached to the bytes read (fds, marked close-on-exec). More than [`MAX_FDS`] is an
+    /// `InvalidData` error, as for [`recv_with_grants`](Self::recv_with_grants).
+    pub(crate) fn try_read_with_grants(
         &self,
         buf: &mut [u8],
-    ) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    ) -> io::Result<Option<(usize, Vec<Grant>)>> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = loop {
@@ -315,17 +368,12 @@ impl ControlStream {
                 Err(errno) => return Err(io_error(errno)),
             }
         };
-        let mut fds = Vec::new();
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received_fds) = message {
-                fds.extend(received_fds);
-            }
-        }
+        let fds = received_grants(&mut control)?;
         if received.flags.contains(ReturnFlags::CTRUNC) {
             return Err(if fds.len() < MAX_FDS {
                 io_error(Errno::MFILE)
             } else {
-                io::Error::new(io::ErrorKind::InvalidData, "the peer attached too many fds")
+                too_many_fds()
             });
         }
         Ok(Some((received.bytes, fds)))
@@ -352,11 +400,14 @@ impl ControlStream {
         Ok(())
     }
 
-    /// Writes all of `bytes`, with `fds` attached to the first byte.
-    pub(crate) fn send_with_fds(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    /// Writes all of `bytes`, with `grants` attached to the first byte (the peer receives
+    /// fds of its own for them; ours stay open until the caller drops them).
+    pub(crate) fn send_with_grants(&self, bytes: &[u8], grants: &[&Grant]) -> io::Result<()> {
+        let fds: Vec<BorrowedFd<'_>> = grants.iter().map(|grant| grant.as_fd()).collect();
+        let fds = &fds[..];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "too many fds for one message",
@@ -378,10 +429,10 @@ impl ControlStream {
         self.write_all(&bytes[sent..])
     }
 
-    /// Reads exactly `buf.len()` bytes and returns the fds attached to them (marked
-    /// close-on-exec). More fds than [`MAX_FDS`] is an `InvalidData` error (the kernel
-    /// closes the ones that did not fit).
-    pub(crate) fn recv_with_fds(&self, buf: &mut [u8]) -> io::Result<Vec<OwnedFd>> {
+    /// Reads exactly `buf.len()` bytes and returns the grants attached to them (fds,
+    /// marked close-on-exec). More than [`MAX_FDS`] is an `InvalidData` error (the kernel
+    /// closes the fds that did not fit).
+    pub(crate) fn recv_with_grants(&self, buf: &mut [u8]) -> io::Result<Vec<Grant>> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = loop {
@@ -398,22 +449,14 @@ impl ControlStream {
                 Err(errno) => return Err(io_error(errno)),
             }
         };
-        let mut fds = Vec::new();
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received_fds) = message {
-                fds.extend(received_fds);
-            }
-        }
+        let fds = received_grants(&mut control)?;
         if received.flags.contains(ReturnFlags::CTRUNC) && fds.len() < MAX_FDS {
             // Room for MAX_FDS was given, yet fewer arrived: the kernel could not install
             // them here (this process is out of fds), not a peer sending too many.
             return Err(io_error(Errno::MFILE));
         }
         if received.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the peer attached too many fds",
-            ));
+            return Err(too_many_fds());
         }
         if received.bytes == 0 && !buf.is_empty() {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -422,29 +465,45 @@ impl ControlStream {
         Ok(fds)
     }
 
-    /// The uid of the process at the other end, as the kernel recorded it at connect time.
-    pub(crate) fn peer_uid(&self) -> io::Result<u32> {
-        Ok(sockopt::socket_peercred(&self.stream)
-            .map_err(io_error)?
-            .uid
-            .as_raw())
+    /// The user of the process at the other end, as the kernel recorded it at connect time.
+    pub(crate) fn peer_user(&self) -> io::Result<User> {
+        credentials::peer_user(&self.stream)
     }
 
     /// The pid of the process at the other end, as the kernel recorded it at connect time.
     #[cfg(feature = "tokio")]
     pub(crate) fn peer_pid(&self) -> io::Result<u32> {
-        Ok(sockopt::socket_peercred(&self.stream)
-            .map_err(io_error)?
-            .pid
-            .as_raw_nonzero()
-            .get() as u32)
+        credentials::peer_pid(&self.stream)
+    }
+
+    /// Registers the socket with the current tokio runtime, for
+    /// [`stirred`](Self::stirred).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn register(&mut self) -> io::Result<()> {
+        // SAFETY: the socket is owned by `self` and never replaced, and the registration
+        // is a field of `self` declared before it, so it goes first.
+        unsafe { self.registration.register(self.stream.as_fd()) }
+    }
+
+    /// Undoes [`register`](Self::register).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn deregister(&mut self) {
+        self.registration.clear();
+    }
+
+    /// Waits, in the runtime it is registered with, until the socket reports something:
+    /// after the handshake, that is the peer's hang-up, or bytes a misbehaving peer wrote.
+    /// The caller finds out which with [`peer_gone`](Self::peer_gone).
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn stirred(&self) -> io::Result<()> {
+        self.registration.readable().await.map(drop)
     }
 
     /// Whether the peer has closed its end (or its process died). One non-blocking
     /// `poll(2)` for `POLLRDHUP`, which is reported even when unread bytes are queued, so
     /// a peer cannot hide its death by writing to the control socket first.
     pub(crate) fn peer_gone(&self) -> bool {
-        let mut fds = [PollFd::new(&self.stream, PollFlags::RDHUP)];
+        let mut fds = [PollFd::new(&self.stream, HANG_UP)];
         match poll(
             &mut fds,
             Some(&Timespec {
@@ -462,8 +521,34 @@ impl ControlStream {
     }
 }
 
+impl Source for ControlStream {
+    fn source(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
 impl AsFd for ControlStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
+}
+
+/// The fds that came with a message, as grants. More than [`MAX_FDS`] is an `InvalidData`
+/// error (and the fds are closed): the buffer has room for a few more, because rustix's
+/// `cmsg_space!` pads it for alignment, but nothing we speak sends so many.
+fn received_grants(control: &mut RecvAncillaryBuffer<'_>) -> io::Result<Vec<Grant>> {
+    let mut grants = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            grants.extend(fds.map(Grant::from_fd));
+        }
+    }
+    if grants.len() > MAX_FDS {
+        return Err(too_many_fds());
+    }
+    Ok(grants)
+}
+
+fn too_many_fds() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "the peer attached too many fds")
 }

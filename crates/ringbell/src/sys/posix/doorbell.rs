@@ -10,10 +10,11 @@
 //! flags) and `MSG_NOSIGNAL` (no `SIGPIPE` when the peer has gone). A ring costs one
 //! `send(2)`, paid only when the peer sleeps in an event loop.
 //!
-//! See socketpair(2), send(2), recv(2).
+//! See socketpair(2), send(2), recv(2), poll(2).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
 use rustix::fs::{fstat, FileType};
 use rustix::io::Errno;
@@ -21,12 +22,27 @@ use rustix::net::{
     recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
 };
 
-use super::io_error;
+use super::socket::{poll_timeout, ControlStream, HANG_UP};
+use super::{io_error, Grant};
 
 /// The end a waiter polls: readable after a ring.
 #[derive(Debug)]
 pub(crate) struct Doorbell {
+    /// Its registration with the tokio runtime, if it has one. Declared before `fd`, so
+    /// that it is dropped (deregistered) before the fd is closed.
+    #[cfg(feature = "tokio")]
+    registration: super::readiness::Registration,
     fd: OwnedFd,
+}
+
+/// What ended an async wait for a doorbell.
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ring {
+    /// It was rung.
+    Rung,
+    /// The peer's end is closed: the peer is gone, and nobody will ring it again.
+    Closed,
 }
 
 /// The end the other side rings.
@@ -50,7 +66,7 @@ pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
     )
     .map_err(io_error)?;
     let id = identity(&fstat(&ringer).map_err(io_error)?);
-    Ok((Doorbell { fd: bell }, DoorbellRinger { fd: ringer, id }))
+    Ok((Doorbell::new(bell), DoorbellRinger { fd: ringer, id }))
 }
 
 /// A socket's identity: device and inode of its sockfs inode, unique among open sockets.
@@ -83,18 +99,55 @@ fn check_socket(fd: &OwnedFd) -> io::Result<u64> {
 }
 
 impl Doorbell {
-    /// Adopts a doorbell end received from the peer.
-    pub(crate) fn from_peer(fd: OwnedFd) -> io::Result<Doorbell> {
-        check_socket(&fd)?;
-        Ok(Doorbell { fd })
+    fn new(fd: OwnedFd) -> Doorbell {
+        Doorbell {
+            #[cfg(feature = "tokio")]
+            registration: Default::default(),
+            fd,
+        }
     }
 
-    /// Another fd for the same doorbell (`dup`), for a connection that shares it.
+    /// Adopts a doorbell end received from the peer, after checking what it is.
+    pub(crate) fn adopt(grant: Grant) -> io::Result<Doorbell> {
+        let fd = grant.into_fd();
+        check_socket(&fd)?;
+        Ok(Doorbell::new(fd))
+    }
+
+    /// This end, to send to the peer (which will wait on it).
+    pub(crate) fn into_grant(self) -> Grant {
+        Grant::from_fd(self.fd)
+    }
+
+    /// Another handle for the same doorbell (`dup`), for a connection that shares it.
     #[cfg(feature = "tokio")]
     pub(crate) fn try_clone(&self) -> io::Result<Doorbell> {
-        Ok(Doorbell {
-            fd: self.fd.try_clone()?,
-        })
+        Ok(Doorbell::new(self.fd.try_clone()?))
+    }
+
+    /// Registers the doorbell with the current tokio runtime, for [`rung`](Self::rung).
+    /// Does nothing if it is registered already.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn register(&mut self) -> io::Result<()> {
+        // SAFETY: `self.fd` is owned by `self` and never replaced, and the registration is
+        // a field of `self` declared before it, so it goes first.
+        unsafe { self.registration.register(self.fd.as_fd()) }
+    }
+
+    /// Undoes [`register`](Self::register).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn deregister(&mut self) {
+        self.registration.clear();
+    }
+
+    /// Waits, in the tokio runtime it is registered with, until the doorbell is rung or the
+    /// peer's end closes. The caller then [`drain`](Self::drain)s it.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn rung(&self) -> io::Result<Ring> {
+        let closed = self.registration.readable().await?;
+        // tokio never clears a read-closed readiness, so treating it as a ring would loop
+        // for ever: it is reported as the peer's end instead.
+        Ok(if closed { Ring::Closed } else { Ring::Rung })
     }
 
     /// Resets the doorbell after a wake-up. Never blocks: reads until nothing is left,
@@ -112,10 +165,23 @@ impl Doorbell {
 }
 
 impl DoorbellRinger {
-    /// Adopts a ringer end received from the peer.
-    pub(crate) fn from_peer(fd: OwnedFd) -> io::Result<DoorbellRinger> {
+    /// Adopts a ringer end received from the peer, after checking what it is.
+    pub(crate) fn adopt(grant: Grant) -> io::Result<DoorbellRinger> {
+        let fd = grant.into_fd();
         let id = check_socket(&fd)?;
         Ok(DoorbellRinger { fd, id })
+    }
+
+    /// This end, to send to the peer (which will ring it).
+    pub(crate) fn into_grant(self) -> Grant {
+        Grant::from_fd(self.fd)
+    }
+
+    /// A grant of another handle for this end (`dup`), for a peer that rings a doorbell
+    /// which others ring too.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn grant(&self) -> io::Result<Grant> {
+        Ok(Grant::from_fd(self.fd.try_clone()?))
     }
 
     /// Which doorbell this rings: equal for two ringers of the same socket.
@@ -128,6 +194,33 @@ impl DoorbellRinger {
     /// doorbell is rung already, and a peer that has gone will be noticed elsewhere.
     pub(crate) fn ring(&self) {
         let _ = send(&self.fd, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+    }
+}
+
+/// Sleeps until `doorbell` is rung, the peer at the other end of `control` is gone, or
+/// `deadline` passes (`None`: no bound); may return early. The blocking wait of a backend
+/// without a shared-memory wait; the caller drains the doorbell when it wakes. One
+/// `poll(2)`: the control socket is watched for its hang-up only, never for bytes a hostile
+/// peer might write to it, which would make every sleep return at once.
+pub(crate) fn sleep_until_rung(
+    doorbell: &Doorbell,
+    control: &ControlStream,
+    deadline: Option<Instant>,
+) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [
+        PollFd::new(&doorbell.fd, PollFlags::IN),
+        PollFd::new(control, HANG_UP),
+    ];
+    let timeout =
+        deadline.map(|deadline| poll_timeout(deadline.saturating_duration_since(Instant::now())));
+    // EINTR, ENOMEM: an early return, which the caller's loop treats as such.
+    let _ = poll(&mut fds, timeout.as_ref());
+}
+
+impl super::Source for Doorbell {
+    fn source(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

@@ -1,0 +1,309 @@
+//! [`Connection`]: two rings in a shared segment, two doorbells and a control channel.
+//!
+//! - this file: the type, its public API, and its end (`Drop`);
+//! - [`send`]: putting messages into the ring, in chunks when they are large, and waiting
+//!   for room;
+//! - [`receive`]: taking messages out, checking every frame the peer wrote, reassembling
+//!   chunks;
+//! - [`wake`]: waking the peer and being woken, the event-loop side of that (doorbells),
+//!   and noticing the peer's death;
+//! - [`segment`]: the shared segment, laid out and checked;
+//! - [`slot`]: a server's count of its connections.
+
+mod receive;
+mod segment;
+mod send;
+mod slot;
+mod wake;
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{ClientConfig, WaitStrategy};
+use crate::core::layout::{SegmentHeader, CLIENT_TO_SERVER, SERVER_TO_CLIENT};
+use crate::core::ring::{Consumer, Producer, RingError};
+use crate::core::sync::Ordering;
+use crate::error::Error;
+use crate::sys::{ControlStream, Doorbell, DoorbellRinger};
+
+use receive::{PartialMessage, Patience};
+pub(crate) use segment::Segment;
+#[cfg(feature = "tokio")]
+pub(crate) use send::{Pushed, SendProgress};
+pub(crate) use slot::{ConnectionSlot, ConnectionSlots};
+use wake::{rings, wake};
+
+/// Which end of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    /// The ring this side produces into; also its index in `SegmentHeader::closed`.
+    fn tx_index(self) -> usize {
+        match self {
+            Side::Server => SERVER_TO_CLIENT,
+            Side::Client => CLIENT_TO_SERVER,
+        }
+    }
+
+    fn rx_index(self) -> usize {
+        1 - self.tx_index()
+    }
+}
+
+/// Per-connection settings, resolved from the server's and the client's configs.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) wait: WaitStrategy,
+    pub(crate) max_message_size: usize,
+    pub(crate) send_timeout: Option<Duration>,
+}
+
+fn corrupted(error: RingError) -> Error {
+    Error::Corrupted { detail: error.0 }
+}
+
+/// A bidirectional message channel to one peer process, over shared memory.
+///
+/// Made by [`Server::accept`](crate::Server::accept) on the server and
+/// [`Connection::connect`] on the client; both ends have the same API. Messages arrive
+/// whole and in order; each `send` is one message. `send` blocks while the ring is full
+/// and never drops a message; messages larger than the ring go through in chunks.
+///
+/// A connection is one producer and one consumer: `send` and `recv` take `&mut self`.
+/// Move it to the thread that uses it (it is `Send`).
+///
+/// Dropping a connection tells the peer at once: its blocked `recv` or `send` returns
+/// [`Error::PeerDied`] after any messages already sent have been received. If the process
+/// dies instead, the peer notices within about 50 ms (a waiting side checks its peer's
+/// control channel that often).
+///
+/// For event loops of your own, [`arm_doorbell`](Self::arm_doorbell) and
+/// [`try_recv`](Self::try_recv), with the OS handles to wait on from the per-OS extension
+/// traits (on Unix, [`ConnectionExt`](crate::os::unix::ConnectionExt)).
+///
+/// # Examples
+///
+/// ```no_run
+/// use ringbell::{ClientConfig, Connection};
+/// use std::time::Duration;
+///
+/// let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
+/// conn.send(b"ping")?;
+/// let mut reply = Vec::new();
+/// let n = conn.recv(&mut reply, Some(Duration::from_secs(1)))?;
+/// assert_eq!(n, reply.len());
+/// # Ok::<(), ringbell::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    tx: Producer,
+    rx: Consumer,
+    /// Keeps the mapping that `tx` and `rx` point into alive: declared after them and never
+    /// handed out.
+    segment: Segment,
+    control: ControlStream,
+    /// Rung by the peer when this side announced that it sleeps on its doorbell (in an
+    /// event loop, or on a backend without a shared-memory wait).
+    own_doorbell: Doorbell,
+    /// Rung by us when the peer announced that it sleeps on its doorbell.
+    peer_doorbell: DoorbellRinger,
+    side: Side,
+    settings: Settings,
+    rx_partial: Option<PartialMessage>,
+    /// A chunked send timed out: the receiver must be told to drop its chunks before the
+    /// next message.
+    tx_abort_pending: bool,
+    /// Whether `arm_doorbell` announced a doorbell wait that is still outstanding.
+    doorbell_armed: bool,
+    /// The error that ended this connection, returned again by every later call.
+    broken: Option<Error>,
+    /// When a wait should next check, with a syscall, that the peer is still alive. Kept
+    /// across calls, so that a loop of short waits checks as often as one long one.
+    peer_check_due: Option<std::time::Instant>,
+    /// On a server, this connection's place under its connection limit, freed on drop.
+    slot: Option<ConnectionSlot>,
+    /// Doorbell rings are recorded in `ring_owed` instead of made (a server's sweeper
+    /// makes them after its sweep, once per doorbell).
+    defer_rings: bool,
+    /// A deferred ring not made yet. Atomic only so that `Connection` stays `Sync`.
+    ring_owed: std::sync::atomic::AtomicBool,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        segment: Segment,
+        side: Side,
+        control: ControlStream,
+        own_doorbell: Doorbell,
+        peer_doorbell: DoorbellRinger,
+        settings: Settings,
+    ) -> Connection {
+        Connection {
+            tx: Producer::new(segment.raw_ring(side.tx_index())),
+            rx: Consumer::new(segment.raw_ring(side.rx_index())),
+            segment,
+            control,
+            own_doorbell,
+            peer_doorbell,
+            side,
+            settings,
+            rx_partial: None,
+            tx_abort_pending: false,
+            doorbell_armed: false,
+            broken: None,
+            peer_check_due: None,
+            slot: None,
+            defer_rings: false,
+            ring_owed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Counts this connection under its server's limit until it is dropped.
+    pub(crate) fn hold_slot(&mut self, slot: ConnectionSlot) {
+        self.slot = Some(slot);
+    }
+
+    /// Connects to the server listening at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if nothing listens there, or if this process is out of file
+    /// descriptors (a connection takes three); [`Error::PermissionDenied`] if the server
+    /// does not admit this uid, or this client does not trust the server's
+    /// ([`ClientConfig::trust_server_uid`]); [`Error::ServerBusy`] if the server is at its
+    /// connection limit or out of fds; [`Error::Handshake`] if the other end is not a
+    /// compatible ringbell server, sends a malformed or unsafe segment, or does not answer
+    /// within [`ClientConfig::connect_timeout`].
+    pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Connection, Error> {
+        crate::handshake::connect(path.as_ref(), &config)
+    }
+
+    /// Sends one message, waiting while the ring is full.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::TooLarge`] if `msg` exceeds the connection's maximum message size (nothing
+    ///   is sent, the connection stays usable);
+    /// * [`Error::Timeout`] if a send timeout is configured and the peer did not make room
+    ///   in time (the message is not delivered, not even in part);
+    /// * [`Error::PeerDied`] if the peer closed or died;
+    /// * [`Error::Corrupted`] if the peer broke the ring's invariants.
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.send_with_correlation(msg, 0)
+    }
+
+    /// Receives the next message into `buf`, replacing its contents, and returns its
+    /// length. Waits at most `timeout` (`None`: as long as the peer lives).
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::Timeout`] if no whole message arrived in time (a message that arrived in
+    ///   part is kept and completed by the next call);
+    /// * [`Error::PeerDied`] once the peer has closed or died and every message it sent
+    ///   has been received;
+    /// * [`Error::Corrupted`] if the peer broke the protocol.
+    pub fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error> {
+        let deadline = timeout.and_then(crate::core::wait::deadline_after);
+        match self.receive(buf, Patience::Until(deadline))? {
+            Some(received) => Ok(received.len),
+            None => Err(Error::Timeout),
+        }
+    }
+
+    /// Receives the next message if one is already there, without waiting.
+    ///
+    /// Returns `Ok(None)` if none is. This is the receiving half of event-loop use, with
+    /// [`arm_doorbell`](Self::arm_doorbell).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), except that it never times out.
+    pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<Option<usize>, Error> {
+        Ok(self
+            .receive(buf, Patience::NoWait { check_peer: true })?
+            .map(|received| received.len))
+    }
+
+    /// This side's doorbell, for the per-OS extension traits and the event-loop drivers.
+    pub(crate) fn doorbell(&self) -> &Doorbell {
+        &self.own_doorbell
+    }
+
+    /// The control channel, for the per-OS extension traits and the event-loop drivers.
+    pub(crate) fn control(&self) -> &ControlStream {
+        &self.control
+    }
+
+    /// The largest message this connection carries, as decided by the server.
+    pub fn max_message_size(&self) -> usize {
+        self.settings.max_message_size
+    }
+
+    /// Bytes per ring and direction, as decided by the server.
+    pub fn ring_capacity(&self) -> usize {
+        self.segment.capacity()
+    }
+
+    /// Returns the error that ended the connection, if any.
+    fn usable(&self) -> Result<(), Error> {
+        match &self.broken {
+            Some(error) => Err(error.terminal_copy().unwrap_or(Error::PeerDied)),
+            None => Ok(()),
+        }
+    }
+
+    fn header(&self) -> &SegmentHeader {
+        self.segment.header()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SYNC: pairs with the Acquire load in `peer_closed`: everything we published
+        // before is visible to a peer that sees the flag.
+        self.header().closed[self.side.tx_index()].store(1, Ordering::Release);
+        // Wake the peer wherever it may sleep: waiting for our data or for our room.
+        wake(
+            &rings(&self.segment, self.side).tx.readable,
+            &self.peer_doorbell,
+        );
+        wake(
+            &rings(&self.segment, self.side).rx.writable,
+            &self.peer_doorbell,
+        );
+    }
+}
+
+/// The interface every ringbell transport implements: one message per `send`, whole
+/// messages in order from `recv`. [`Connection`] is the shared-memory implementation;
+/// other platforms and a TCP transport will implement the same trait.
+pub trait IpcTransport {
+    /// Sends one message. See [`Connection::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send`].
+    fn send(&mut self, msg: &[u8]) -> Result<(), Error>;
+
+    /// Receives the next message into `buf` (replacing its contents) and returns its
+    /// length, waiting at most `timeout`. See [`Connection::recv`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::recv`].
+    fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error>;
+}
+
+impl IpcTransport for Connection {
+    fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        Connection::send(self, msg)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error> {
+        Connection::recv(self, buf, timeout)
+    }
+}

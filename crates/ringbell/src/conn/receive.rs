@@ -1,0 +1,271 @@
+//! Receiving: frames out of the ring, every one checked against what the peer may
+//! legally have written, and chunks of a large message put back together.
+
+use std::time::{Duration, Instant};
+
+use super::wake::{peer_alive, peer_closed, rings, rx_readable, wait_on};
+use super::{corrupted, Connection};
+use crate::core::ring::{max_frame_payload, Frame, FrameKind};
+use crate::core::wait::{self, Waited};
+use crate::error::Error;
+
+/// A chunked message received in part when a `recv` timed out: kept so that the next
+/// `recv` continues it and nothing is lost.
+#[derive(Debug)]
+pub(super) struct PartialMessage {
+    bytes: Vec<u8>,
+    total: usize,
+    correlation: u64,
+}
+
+/// How long a receive may wait.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Patience {
+    Until(Option<Instant>),
+    /// Return at once; with `check_peer`, make the syscall that notices a peer that died
+    /// without a goodbye when nothing is waiting (an event loop that watches the control
+    /// socket itself does without it).
+    NoWait {
+        check_peer: bool,
+    },
+}
+
+/// How many frames one receive handles between two looks at its deadline.
+const FRAMES_PER_DEADLINE_CHECK: u32 = 256;
+
+/// A message received, with the correlation id it was sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub(crate) len: usize,
+    pub(crate) correlation: u64,
+}
+
+impl Connection {
+    /// Like [`recv`](Self::recv), with the correlation id the message was sent with.
+    pub(crate) fn recv_tagged(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Received, Error> {
+        let deadline = timeout.and_then(wait::deadline_after);
+        self.receive(buf, Patience::Until(deadline))?
+            .ok_or(Error::Timeout)
+    }
+
+    /// Like [`try_recv`](Self::try_recv), with the correlation id the message was sent
+    /// with, for an event-loop driver that manages the doorbell itself (see
+    /// [`settle_doorbell`](Self::settle_doorbell)) and watches the control socket: it
+    /// neither drains the doorbell nor, unless `check_peer`, polls the control socket.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_recv_tagged(
+        &mut self,
+        buf: &mut Vec<u8>,
+        check_peer: bool,
+    ) -> Result<Option<Received>, Error> {
+        self.usable()?;
+        let result = self.receive_frames(buf, Patience::NoWait { check_peer });
+        if let Err(error) = &result {
+            self.broken = error.terminal_copy();
+        }
+        result
+    }
+
+    /// The receive loop shared by `recv` and `try_recv`: returns `None` when patience ran
+    /// out with no whole message.
+    pub(super) fn receive(
+        &mut self,
+        buf: &mut Vec<u8>,
+        patience: Patience,
+    ) -> Result<Option<Received>, Error> {
+        self.usable()?;
+        if self.doorbell_armed {
+            self.doorbell_armed = false;
+            wait::withdraw(rx_readable(&self.segment, self.side));
+            self.own_doorbell.drain();
+        }
+        let result = self.receive_frames(buf, patience);
+        if let Err(error) = &result {
+            self.broken = error.terminal_copy();
+        }
+        result
+    }
+
+    fn receive_frames(
+        &mut self,
+        buf: &mut Vec<u8>,
+        patience: Patience,
+    ) -> Result<Option<Received>, Error> {
+        buf.clear();
+        // (total, correlation) of a chunked message in progress; its bytes are in `buf`.
+        let mut chunked = None;
+        if let Some(partial) = self.rx_partial.take() {
+            *buf = partial.bytes;
+            chunked = Some((partial.total, partial.correlation));
+        }
+        let max = self.settings.max_message_size;
+        let mut frames = 0u32;
+        loop {
+            let Some(frame) = self.rx.peek().map_err(corrupted)? else {
+                self.publish_received();
+                // The peer publishes its last frames before it says goodbye: after seeing the
+                // flag, look at the ring once more before reporting its death.
+                if peer_closed(self.header(), self.side) {
+                    if self.rx.has_data().map_err(corrupted)? {
+                        continue;
+                    }
+                    return Err(Error::PeerDied);
+                }
+                let waited = match patience {
+                    Patience::NoWait { check_peer } => {
+                        if let Err(gone) =
+                            peer_alive(&self.control, self.header(), self.side, check_peer)
+                        {
+                            if self.rx.has_data().map_err(corrupted)? {
+                                continue;
+                            }
+                            return Err(gone);
+                        }
+                        Waited::TimedOut
+                    }
+                    Patience::Until(deadline) => {
+                        let (rx, header, side) = (&mut self.rx, self.segment.header(), self.side);
+                        wait_on(
+                            &self.settings.wait,
+                            &rings(&self.segment, side).rx.readable,
+                            &self.own_doorbell,
+                            &self.control,
+                            deadline,
+                            &mut self.peer_check_due,
+                            || Ok(rx.has_data().map_err(corrupted)? || peer_closed(header, side)),
+                            |thorough| peer_alive(&self.control, header, side, thorough),
+                        )?
+                    }
+                };
+                if waited == Waited::TimedOut {
+                    self.keep_partial(buf, chunked);
+                    return Ok(None);
+                }
+                continue;
+            };
+            let header = frame.header;
+            let len = frame.payload_len();
+            // An honest sender fills every chunk but the last, so a message takes a bounded
+            // number of frames; a hostile one still cannot hold us past our deadline.
+            frames += 1;
+            if frames % FRAMES_PER_DEADLINE_CHECK == 0 {
+                let out_of_patience = match patience {
+                    Patience::NoWait { .. } => true,
+                    Patience::Until(deadline) => deadline.is_some_and(|d| Instant::now() >= d),
+                };
+                if out_of_patience {
+                    self.keep_partial(buf, chunked);
+                    return Ok(None);
+                }
+            }
+            let full_chunk = max_frame_payload(self.segment.capacity());
+            match (header.kind, chunked) {
+                (FrameKind::Message, None) => {
+                    if len > max {
+                        return Err(Error::Corrupted {
+                            detail: "a message exceeds the connection's maximum size",
+                        });
+                    }
+                    self.take_payload(&frame, 0, buf);
+                    return Ok(Some(Received {
+                        len,
+                        correlation: header.correlation,
+                    }));
+                }
+                (FrameKind::First, None) => {
+                    let mut total = [0u8; 8];
+                    if len != full_chunk {
+                        return Err(Error::Corrupted {
+                            detail: "a first chunk is not a full frame",
+                        });
+                    }
+                    self.rx.copy_payload(&frame, 0, &mut total);
+                    let total = u64::from_le_bytes(total);
+                    let total = usize::try_from(total)
+                        .ok()
+                        .filter(|&total| total <= max && total >= len - 8)
+                        .ok_or(Error::Corrupted {
+                            detail: "a chunked message announces a length beyond the maximum",
+                        })?;
+                    // Within max_message_size, but that may still be more than this process
+                    // can allocate; the frame stays unread, so the connection cannot go on.
+                    buf.try_reserve_exact(total).map_err(|_| Error::Corrupted {
+                        detail: "a chunked message is larger than this process could allocate",
+                    })?;
+                    self.take_payload(&frame, 8, buf);
+                    chunked = Some((total, header.correlation));
+                }
+                (FrameKind::Middle | FrameKind::Last, Some((total, correlation))) => {
+                    let sized_right = match header.kind {
+                        FrameKind::Middle => len == full_chunk,
+                        _ => len > 0,
+                    };
+                    if header.correlation != correlation || buf.len() + len > total || !sized_right
+                    {
+                        return Err(Error::Corrupted {
+                            detail: "a chunk does not belong to the message in progress",
+                        });
+                    }
+                    self.take_payload(&frame, 0, buf);
+                    if header.kind == FrameKind::Last {
+                        if buf.len() != total {
+                            return Err(Error::Corrupted {
+                                detail: "a chunked message ended short of its announced length",
+                            });
+                        }
+                        return Ok(Some(Received {
+                            len: total,
+                            correlation,
+                        }));
+                    }
+                }
+                (FrameKind::Abort, Some(_)) => {
+                    if self.rx.release(&frame) {
+                        self.wake_writer();
+                    }
+                    buf.clear();
+                    chunked = None;
+                }
+                _ => {
+                    return Err(Error::Corrupted {
+                        detail: "a frame arrived out of sequence",
+                    })
+                }
+            }
+        }
+    }
+
+    /// Keeps the part received of a chunked message in progress (its bytes are in `buf`),
+    /// so that the next receive continues it: giving up early must not lose data.
+    fn keep_partial(&mut self, buf: &mut Vec<u8>, chunked: Option<(usize, u64)>) {
+        if let Some((total, correlation)) = chunked {
+            self.rx_partial = Some(PartialMessage {
+                bytes: std::mem::take(buf),
+                total,
+                correlation,
+            });
+        }
+    }
+
+    /// Appends `frame`'s payload from `skip` on to `buf`, releases the frame, and wakes the
+    /// peer if it waits for room.
+    fn take_payload(&mut self, frame: &Frame, skip: usize, buf: &mut Vec<u8>) {
+        self.rx.append_payload(frame, skip, buf);
+        if self.rx.release(frame) {
+            self.wake_writer();
+        }
+    }
+
+    /// Hands the space of every frame received so far back to the peer, and wakes it if it
+    /// waits for room. Called before this side waits for anything: two sides that both
+    /// wait to send must not be stuck on space that one of them has freed.
+    pub(super) fn publish_received(&mut self) {
+        if self.rx.publish() {
+            self.wake_writer();
+        }
+    }
+}

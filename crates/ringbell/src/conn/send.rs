@@ -1,0 +1,174 @@
+//! Sending: a message into the ring as one frame, or as full chunks and a last one when
+//! it is larger than a frame may be; waiting for room; withdrawing a message half sent.
+
+use std::time::Instant;
+
+use super::wake::{peer_alive, peer_closed, rings, wait_on};
+use super::{corrupted, Connection};
+use crate::core::ring::{max_frame_payload, FrameKind};
+use crate::core::wait::{self, Waited};
+use crate::error::Error;
+
+/// How far a send has got: payload bytes of a chunked message already in the ring.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SendProgress {
+    bytes: usize,
+}
+
+/// What [`Connection::push_some`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// The whole message is in the ring.
+    Done,
+    /// The ring has no room for the next frame, of `payload` bytes.
+    Full { payload: usize },
+}
+
+impl Connection {
+    /// Sends one message tagged with `correlation` (request/response matching).
+    pub(crate) fn send_with_correlation(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+    ) -> Result<(), Error> {
+        self.check_sendable(msg)?;
+        let deadline = self.settings.send_timeout.and_then(wait::deadline_after);
+        let mut sent = SendProgress::default();
+        let result = loop {
+            match self.push_some(msg, correlation, &mut sent) {
+                Ok(Pushed::Done) => break Ok(()),
+                Ok(Pushed::Full { payload }) => match self.wait_for_room(payload, deadline) {
+                    Ok(Waited::Ready) => continue,
+                    Ok(Waited::TimedOut) => break Err(Error::Timeout),
+                    Err(error) => break Err(error),
+                },
+                Err(error) => break Err(error),
+            }
+        };
+        if let Err(error) = &result {
+            self.abandon_send(&sent);
+            self.broken = error.terminal_copy();
+        }
+        result
+    }
+
+    /// The checks before a send: the connection is usable, the message fits the limit, and
+    /// the peer has not said goodbye.
+    pub(crate) fn check_sendable(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.usable()?;
+        if msg.len() > self.settings.max_message_size {
+            return Err(Error::TooLarge {
+                len: msg.len(),
+                max: self.settings.max_message_size,
+            });
+        }
+        if peer_closed(self.header(), self.side) {
+            self.broken = Some(Error::PeerDied);
+            return Err(Error::PeerDied);
+        }
+        Ok(())
+    }
+
+    /// Pushes as many frames of `msg` as fit now, without waiting, continuing from `sent`.
+    /// A message that fits one frame is pushed whole or not at all; a larger one goes in
+    /// full chunks. A pending abort (see [`abandon_send`](Self::abandon_send)) goes first.
+    pub(crate) fn push_some(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+        sent: &mut SendProgress,
+    ) -> Result<Pushed, Error> {
+        if self.tx_abort_pending {
+            if !self.try_push_frame(FrameKind::Abort, 0, &[])? {
+                return Ok(Pushed::Full { payload: 0 });
+            }
+            self.tx_abort_pending = false;
+        }
+        let max_payload = max_frame_payload(self.segment.capacity());
+        if msg.len() <= max_payload {
+            return Ok(
+                if self.try_push_frame(FrameKind::Message, correlation, &[msg])? {
+                    Pushed::Done
+                } else {
+                    Pushed::Full { payload: msg.len() }
+                },
+            );
+        }
+        // Chunked: the first frame carries the total length, so the receiver can check the
+        // chunks against it and allocate once. Every chunk but the last is a full frame.
+        if sent.bytes == 0 {
+            let first = max_payload - 8;
+            let total = (msg.len() as u64).to_le_bytes();
+            if !self.try_push_frame(FrameKind::First, correlation, &[&total, &msg[..first]])? {
+                return Ok(Pushed::Full {
+                    payload: max_payload,
+                });
+            }
+            sent.bytes = first;
+        }
+        while sent.bytes < msg.len() {
+            let rest = &msg[sent.bytes..];
+            let len = rest.len().min(max_payload);
+            let kind = if len == rest.len() {
+                FrameKind::Last
+            } else {
+                FrameKind::Middle
+            };
+            if !self.try_push_frame(kind, correlation, &[&rest[..len]])? {
+                return Ok(Pushed::Full { payload: len });
+            }
+            sent.bytes += len;
+        }
+        Ok(Pushed::Done)
+    }
+
+    /// Gives up on a send after `sent`: if part of a chunked message is in the ring, the
+    /// next send withdraws it with an abort frame, so the receiver never sees half a
+    /// message.
+    pub(crate) fn abandon_send(&mut self, sent: &SendProgress) {
+        if sent.bytes > 0 {
+            self.tx_abort_pending = true;
+        }
+    }
+
+    /// Pushes one frame if it fits now, and wakes the peer if it sleeps.
+    fn try_push_frame(
+        &mut self,
+        kind: FrameKind,
+        correlation: u64,
+        parts: &[&[u8]],
+    ) -> Result<bool, Error> {
+        if !self
+            .tx
+            .try_push(kind, correlation, parts)
+            .map_err(corrupted)?
+        {
+            return Ok(false);
+        }
+        self.wake_peer(&rings(&self.segment, self.side).tx.readable);
+        Ok(true)
+    }
+
+    /// Waits under the configured strategy until a frame of `payload` bytes fits.
+    fn wait_for_room(
+        &mut self,
+        payload: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Waited, Error> {
+        self.publish_received();
+        if peer_closed(self.header(), self.side) {
+            return Err(Error::PeerDied);
+        }
+        let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
+        wait_on(
+            &self.settings.wait,
+            &rings(&self.segment, side).tx.writable,
+            &self.own_doorbell,
+            &self.control,
+            deadline,
+            &mut self.peer_check_due,
+            || Ok(tx.has_room(payload).map_err(corrupted)? || peer_closed(header, side)),
+            |thorough| peer_alive(&self.control, header, side, thorough),
+        )
+    }
+}

@@ -1,0 +1,19 @@
+//! The platform-free core: everything here is pure algorithm over memory, with no syscall
+//! and no OS type, so it can be model-checked with loom (`--cfg loom` swaps the atomics
+//! of [`sync`]) and run under Miri.
+//!
+//! - [`ring`]: the single-producer single-consumer byte ring and its frames;
+//! - [`layout`]: the `#[repr(C)]` layout of a connection's shared segment;
+//! - [`wait`]: the sleep/wake protocol and the `WaitStrategy` loop;
+//! - [`in_flight`]: the table of calls awaiting their replies;
+//! - [`reply`]: how a reply says whether its handler succeeded;
+//! - [`sync`]: the one place atomics come from.
+
+#[cfg(any(feature = "tokio", loom))]
+pub(crate) mod in_flight;
+pub(crate) mod layout;
+#[cfg(not(loom))]
+pub(crate) mod reply;
+pub(crate) mod ring;
+pub(crate) mod sync;
+pub(crate) mod wait;

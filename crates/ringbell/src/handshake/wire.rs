@@ -1,0 +1,231 @@
+//! The handshake's messages as bytes. Every message starts with the same 16-byte prefix,
+//! little-endian: `magic "RINGBELL" (8) | version u16 | kind u16 | status u32`, so that a
+//! peer of another version can still read a refusal. The Welcome adds three u64: ring
+//! capacity, maximum message size, segment length.
+
+use super::handshake_error;
+use crate::error::Error;
+
+/// The first bytes of every handshake message.
+pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
+
+/// The handshake protocol version this build speaks.
+/// Version 2: the Ack may carry the client's own doorbell ringer.
+pub(crate) const PROTOCOL_VERSION: u16 = 2;
+
+/// Length of the common prefix, and of Hello and Ack.
+pub(crate) const PREFIX_LEN: usize = 16;
+
+/// Length of a Welcome.
+pub(crate) const WELCOME_LEN: usize = PREFIX_LEN + 24;
+
+/// Which handshake message a prefix introduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Hello = 1,
+    Welcome = 2,
+    Ack = 3,
+}
+
+/// The server's verdict in a Welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Accepted = 0,
+    PermissionDenied = 1,
+    UnsupportedVersion = 2,
+    ServerError = 3,
+    /// Out of file descriptors.
+    OutOfResources = 4,
+    /// At its connection limit.
+    ServerBusy = 5,
+}
+
+impl Status {
+    fn from_u32(value: u32) -> Option<Status> {
+        Some(match value {
+            0 => Status::Accepted,
+            1 => Status::PermissionDenied,
+            2 => Status::UnsupportedVersion,
+            3 => Status::ServerError,
+            4 => Status::OutOfResources,
+            5 => Status::ServerBusy,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Prefix {
+    pub(crate) version: u16,
+    pub(crate) kind: Kind,
+    pub(crate) status: Status,
+}
+
+/// The body of a Welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Welcome {
+    pub(crate) ring_capacity: u64,
+    pub(crate) max_message_size: u64,
+    pub(crate) segment_len: u64,
+}
+
+pub(crate) fn encode_prefix(kind: Kind, status: Status) -> [u8; PREFIX_LEN] {
+    let mut bytes = [0u8; PREFIX_LEN];
+    bytes[0..8].copy_from_slice(&MAGIC);
+    bytes[8..10].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    bytes[10..12].copy_from_slice(&(kind as u16).to_le_bytes());
+    bytes[12..16].copy_from_slice(&(status as u32).to_le_bytes());
+    bytes
+}
+
+/// Decodes a prefix and checks that it is `expected`. The version is returned, not checked:
+/// the caller decides what a mismatch means.
+pub(crate) fn decode_prefix(bytes: &[u8; PREFIX_LEN], expected: Kind) -> Result<Prefix, Error> {
+    if bytes[0..8] != MAGIC {
+        return Err(handshake_error(
+            "bad magic: the peer is not a ringbell endpoint",
+        ));
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    let kind = match u16::from_le_bytes([bytes[10], bytes[11]]) {
+        1 => Kind::Hello,
+        2 => Kind::Welcome,
+        3 => Kind::Ack,
+        other => {
+            return Err(handshake_error(format!(
+                "unknown handshake message kind {other}"
+            )))
+        }
+    };
+    if kind != expected {
+        return Err(handshake_error(format!(
+            "expected a {expected:?} message, got a {kind:?}"
+        )));
+    }
+    let status_raw = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    let status = Status::from_u32(status_raw)
+        .ok_or_else(|| handshake_error(format!("unknown handshake status {status_raw}")))?;
+    Ok(Prefix {
+        version,
+        kind,
+        status,
+    })
+}
+
+pub(crate) fn encode_welcome(status: Status, welcome: &Welcome) -> [u8; WELCOME_LEN] {
+    let mut bytes = [0u8; WELCOME_LEN];
+    bytes[..PREFIX_LEN].copy_from_slice(&encode_prefix(Kind::Welcome, status));
+    bytes[16..24].copy_from_slice(&welcome.ring_capacity.to_le_bytes());
+    bytes[24..32].copy_from_slice(&welcome.max_message_size.to_le_bytes());
+    bytes[32..40].copy_from_slice(&welcome.segment_len.to_le_bytes());
+    bytes
+}
+
+/// The Welcome that refuses a client because the server is out of fds.
+pub(crate) fn out_of_resources_refusal() -> [u8; WELCOME_LEN] {
+    refusal(Status::OutOfResources)
+}
+
+/// Decodes a Welcome. Refusals become the matching error.
+pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error> {
+    let prefix_bytes: &[u8; PREFIX_LEN] = bytes[..PREFIX_LEN].try_into().expect("16 bytes");
+    let prefix = decode_prefix(prefix_bytes, Kind::Welcome)?;
+    match prefix.status {
+        Status::Accepted => {}
+        Status::PermissionDenied => {
+            return Err(Error::PermissionDenied {
+                detail: format!(
+                    "the server does not admit {} (it admits more with ServerConfig::allow_uid)",
+                    crate::sys::current_user()
+                ),
+            })
+        }
+        Status::UnsupportedVersion => {
+            return Err(handshake_error(format!(
+                "version mismatch: this client speaks protocol v{PROTOCOL_VERSION}, the server v{}",
+                prefix.version
+            )))
+        }
+        Status::ServerError => {
+            return Err(handshake_error(
+                "the server failed to set up the connection; see its log",
+            ))
+        }
+        Status::OutOfResources => {
+            return Err(Error::ServerBusy {
+                detail: format!("the server is {}", crate::sys::OUT_OF_HANDLES),
+            })
+        }
+        Status::ServerBusy => {
+            return Err(Error::ServerBusy {
+                detail: "the server is at its connection limit (ServerConfig::max_connections)"
+                    .into(),
+            })
+        }
+    }
+    if prefix.version != PROTOCOL_VERSION {
+        return Err(handshake_error(format!(
+            "version mismatch: this client speaks protocol v{PROTOCOL_VERSION}, the server v{}",
+            prefix.version
+        )));
+    }
+    let field = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Welcome {
+        ring_capacity: field(16),
+        max_message_size: field(24),
+        segment_len: field(32),
+    })
+}
+
+/// The Welcome that refuses a client with `status`.
+pub(crate) fn refusal(status: Status) -> [u8; WELCOME_LEN] {
+    encode_welcome(
+        status,
+        &Welcome {
+            ring_capacity: 0,
+            max_message_size: 0,
+            segment_len: 0,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn welcome_round_trips() {
+        let welcome = Welcome {
+            ring_capacity: 1 << 16,
+            max_message_size: 1 << 20,
+            segment_len: 4096 + (2 << 16),
+        };
+        assert_eq!(
+            decode_welcome(&encode_welcome(Status::Accepted, &welcome)).unwrap(),
+            welcome
+        );
+    }
+
+    #[test]
+    fn refusals_and_garbage_are_typed_errors() {
+        let zero = Welcome {
+            ring_capacity: 0,
+            max_message_size: 0,
+            segment_len: 0,
+        };
+        assert!(matches!(
+            decode_welcome(&encode_welcome(Status::PermissionDenied, &zero)),
+            Err(Error::PermissionDenied { .. })
+        ));
+        assert!(matches!(
+            decode_welcome(&[0xAB; WELCOME_LEN]),
+            Err(Error::Handshake { .. })
+        ));
+        let mut hello = encode_prefix(Kind::Hello, Status::Accepted);
+        assert!(decode_prefix(&hello, Kind::Hello).is_ok());
+        assert!(decode_prefix(&hello, Kind::Ack).is_err());
+        hello[12] = 9;
+        assert!(decode_prefix(&hello, Kind::Hello).is_err());
+    }
+}

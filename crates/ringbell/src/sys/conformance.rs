@@ -1,0 +1,468 @@
+//! The conformance suite of the platform contract: what every backend must do, tested
+//! through the contract's names only, so that the same tests run against whichever backend
+//! this build selected. CI runs them for each: natively, and with
+//! `RUSTFLAGS="--cfg ringbell_force_posix"` for the POSIX backend. (iceoryx2 keeps such a
+//! suite per concept; ours is one file, because the contract is one module.)
+//!
+//! These are in-process tests of the contract's parts. The whole library's cross-process
+//! suites (`tests/`) run against each backend too.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::core::sync::AtomicU32;
+use crate::core::wait::Sleeper;
+
+/// A fresh directory for socket files, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "ringbell-conformance-{}-{name}-{}",
+            std::process::id(),
+            BACKEND
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn far_deadline() -> Instant {
+    Instant::now() + Duration::from_secs(10)
+}
+
+/// A connected pair of control streams through a listener at `path`.
+fn control_pair(path: &Path) -> (ControlListener, ControlStream, ControlStream) {
+    let listener = ControlListener::bind(path, false).unwrap();
+    let client = ControlStream::connect(path, far_deadline()).unwrap();
+    let server = loop {
+        match listener.accept() {
+            Ok(stream) => break stream,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(error) => panic!("accept: {error}"),
+        }
+    };
+    (listener, client, server)
+}
+
+/// Writes `value` at `offset` of the region, and reads a byte back from `other`.
+fn write_then_read(region: &SharedRegion, other: &SharedRegion, offset: usize, value: u8) -> u8 {
+    assert!(offset < region.len() && offset < other.len());
+    // SAFETY: both are live mappings of at least `offset + 1` bytes (checked above), used
+    // by this test alone; a byte copy cannot break any invariant.
+    unsafe {
+        region.as_ptr().add(offset).write_volatile(value);
+        other.as_ptr().add(offset).read_volatile()
+    }
+}
+
+#[test]
+fn a_region_is_zeroed_and_shared_with_whoever_adopts_its_grant() {
+    let scratch = Scratch::new("region");
+    let (_listener, client, server) = control_pair(&scratch.path("control"));
+    let len = 64 * 1024;
+    let (region, grant) = SharedRegion::create(len).unwrap();
+    assert_eq!(region.len(), len);
+    // SAFETY: a live mapping of `len` bytes, read as bytes by this test alone.
+    let zeroed = unsafe { std::slice::from_raw_parts(region.as_ptr(), len) };
+    assert!(
+        zeroed.iter().all(|&byte| byte == 0),
+        "a new region is zeroed"
+    );
+
+    server.send_with_grants(b"region", &[&grant]).unwrap();
+    drop(grant);
+    let mut bytes = [0u8; 6];
+    let [received]: [Grant; 1] = client
+        .recv_with_grants(&mut bytes)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(&bytes, b"region");
+    let adopted = SharedRegion::adopt(received, len, current_user()).unwrap();
+    assert_eq!(write_then_read(&region, &adopted, 12_345, 0xA5), 0xA5);
+    assert_eq!(write_then_read(&adopted, &region, len - 1, 0x5A), 0x5A);
+}
+
+/// The defence against `SIGBUS`: a peer that holds the region (its grant) cannot shrink it
+/// under our mapping.
+#[test]
+#[cfg_attr(
+    all(target_os = "linux", ringbell_force_posix),
+    ignore = "a POSIX shm object on Linux can be resized by anyone who holds it: only the \
+              Linux backend's memfd seals (and, on macOS, its one-ftruncate rule) stop a \
+              peer from shrinking it; see src/sys/posix/shm.rs"
+)]
+fn a_peer_cannot_shrink_a_region_under_our_mapping() {
+    let len = 64 * 1024;
+    let (region, grant) = SharedRegion::create(len).unwrap();
+    let shrunk = rustix::fs::ftruncate(&grant, 4096);
+    assert!(shrunk.is_err(), "the peer shrank the region");
+    // Our mapping is whole: its last byte is still there (a shrunk object would SIGBUS).
+    // SAFETY: a live mapping of `len` bytes, read by this test alone.
+    let last = unsafe { region.as_ptr().add(len - 1).read_volatile() };
+    assert_eq!(last, 0);
+}
+
+#[test]
+fn a_region_of_another_size_is_refused_before_it_is_mapped() {
+    let scratch = Scratch::new("size");
+    let (_listener, client, server) = control_pair(&scratch.path("control"));
+    let (_region, grant) = SharedRegion::create(8192).unwrap();
+    for announced in [4096, 16384] {
+        server.send_with_grants(b"x", &[&grant]).unwrap();
+        let mut byte = [0u8; 1];
+        let [received]: [Grant; 1] = client
+            .recv_with_grants(&mut byte)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let error = SharedRegion::adopt(received, announced, current_user()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+}
+
+#[test]
+fn a_doorbell_that_is_not_one_is_refused() {
+    let scratch = Scratch::new("not-a-doorbell");
+    let (_listener, client, server) = control_pair(&scratch.path("control"));
+    // A region's grant where a doorbell end should be.
+    let (_region, grant) = SharedRegion::create(8192).unwrap();
+    server.send_with_grants(b"ab", &[&grant, &grant]).unwrap();
+    let mut bytes = [0u8; 2];
+    let [first, second]: [Grant; 2] = client
+        .recv_with_grants(&mut bytes)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(
+        Doorbell::adopt(first).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
+    assert_eq!(
+        DoorbellRinger::adopt(second).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
+}
+
+#[test]
+fn a_doorbell_wakes_its_sleeper_and_stays_rung_until_drained() {
+    let scratch = Scratch::new("doorbell");
+    let (_listener, client, _server) = control_pair(&scratch.path("control"));
+    let (bell, ringer) = doorbell_pair().unwrap();
+
+    // Rung before the sleep: the sleep returns at once (a ring is never lost), and again
+    // until drained.
+    ringer.ring();
+    sleep_until_rung(&bell, &client, Some(far_deadline()));
+    sleep_until_rung(&bell, &client, Some(far_deadline()));
+    bell.drain();
+
+    // Not rung: the sleep lasts until its deadline.
+    let start = Instant::now();
+    sleep_until_rung(&bell, &client, Some(start + Duration::from_millis(30)));
+    assert!(
+        start.elapsed() >= Duration::from_millis(25),
+        "woke without a ring"
+    );
+
+    // Rung from another thread while asleep.
+    let ringing = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        ringer.ring();
+        ringer
+    });
+    sleep_until_rung(&bell, &client, None);
+    bell.drain();
+    drop(ringing.join().unwrap());
+}
+
+#[test]
+fn ringing_never_blocks_and_a_drain_never_waits() {
+    let (bell, ringer) = doorbell_pair().unwrap();
+    // Far more rings than any socket buffer holds: a full doorbell is a rung one.
+    for _ in 0..100_000 {
+        ringer.ring();
+    }
+    bell.drain();
+    bell.drain();
+    // The ringer's peer gone: ringing is still harmless.
+    drop(bell);
+    ringer.ring();
+}
+
+#[test]
+fn a_doorbell_end_travels_and_still_rings() {
+    let scratch = Scratch::new("doorbell-grant");
+    let (_listener, client, server) = control_pair(&scratch.path("control"));
+    let (bell, ringer) = doorbell_pair().unwrap();
+    server
+        .send_with_grants(b"r", &[&ringer.into_grant()])
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let [grant]: [Grant; 1] = client
+        .recv_with_grants(&mut byte)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let ringer = DoorbellRinger::adopt(grant).unwrap();
+    ringer.ring();
+    sleep_until_rung(&bell, &client, Some(far_deadline()));
+}
+
+#[test]
+fn the_death_of_the_peer_ends_a_doorbell_sleep_and_shows_on_its_control_stream() {
+    let scratch = Scratch::new("peer-gone");
+    let (_listener, client, server) = control_pair(&scratch.path("control"));
+    let (bell, _ringer) = doorbell_pair().unwrap();
+    assert!(!client.peer_gone());
+    // Bytes from a peer are not its death.
+    server.write_all(b"noise").unwrap();
+    assert!(
+        !client.peer_gone(),
+        "bytes on the control stream read as a death"
+    );
+    let dying = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(server);
+    });
+    sleep_until_rung(&bell, &client, None);
+    dying.join().unwrap();
+    assert!(client.peer_gone());
+}
+
+#[test]
+fn a_control_stream_knows_its_peers_user() {
+    let scratch = Scratch::new("credentials");
+    let (_listener, client, server) = control_pair(&scratch.path("control"));
+    assert_eq!(client.peer_user().unwrap(), current_user());
+    assert_eq!(server.peer_user().unwrap(), current_user());
+    assert!(current_user().uid().is_some(), "Unix users have uids");
+}
+
+#[test]
+fn a_listener_refuses_a_live_address_replaces_a_dead_one_and_cleans_up() {
+    let scratch = Scratch::new("listener");
+    let path = scratch.path("control");
+    let listener = ControlListener::bind(&path, false).unwrap();
+    let error = ControlListener::bind(&path, false).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
+    drop(listener);
+    assert!(!path.exists(), "the listener's address outlived it");
+
+    // A dead server's address: a socket file nobody listens on.
+    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(stale);
+    assert!(path.exists());
+    let listener = ControlListener::bind(&path, false).unwrap();
+    drop(listener);
+
+    // Something that is not a listener's address is never touched.
+    std::fs::write(&path, b"precious").unwrap();
+    assert!(ControlListener::bind(&path, false).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+}
+
+#[test]
+fn a_listener_and_streams_can_be_waited_on_together() {
+    let scratch = Scratch::new("wait-readable");
+    let (listener, client, server) = control_pair(&scratch.path("control"));
+    let idle = wait_readable(&[&listener, &server], Some(Duration::from_millis(10))).unwrap();
+    assert_eq!(idle, [false, false]);
+    client.write_all(b"hello").unwrap();
+    let ready = wait_readable(&[&listener, &server], Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(ready, [false, true]);
+}
+
+#[test]
+fn grants_beyond_the_limit_are_refused() {
+    let scratch = Scratch::new("too-many");
+    let (_listener, client, server) = control_pair(&scratch.path("control"));
+    let grants: Vec<Grant> = (0..=MAX_GRANTS)
+        .map(|_| doorbell_pair().unwrap().0.into_grant())
+        .collect();
+    let refs: Vec<&Grant> = grants.iter().collect();
+    assert!(server.send_with_grants(b"many", &refs).is_err());
+    assert!(server
+        .send_with_grants(b"four", &refs[..MAX_GRANTS])
+        .is_ok());
+    let mut bytes = [0u8; 4];
+    assert_eq!(
+        client.recv_with_grants(&mut bytes).unwrap().len(),
+        MAX_GRANTS
+    );
+
+    // A peer that sends more anyway (not through `send_with_grants`) is refused.
+    #[cfg(unix)]
+    {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::mem::MaybeUninit;
+        use std::os::fd::{AsFd, BorrowedFd};
+        let fds: Vec<BorrowedFd<'_>> = grants.iter().map(|grant| grant.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
+        let mut ancillary = SendAncillaryBuffer::new(&mut space);
+        assert!(ancillary.push(SendAncillaryMessage::ScmRights(&fds)));
+        let bytes = [io::IoSlice::new(b"many")];
+        sendmsg(&server, &bytes, &mut ancillary, SendFlags::empty()).unwrap();
+        let mut received = [0u8; 4];
+        let error = client.recv_with_grants(&mut received).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+}
+
+#[test]
+fn the_shared_wait_wakes_a_sleeper_if_the_backend_has_one() {
+    let Some(shared) = shared_wait() else {
+        // Nothing to test: a backend without one sleeps on its doorbell, tested above.
+        return;
+    };
+    let word = std::sync::Arc::new(AtomicU32::new(0));
+    // A changed value: no sleep at all.
+    shared.sleep(&word, 1, Some(far_deadline()));
+    // A timeout ends a sleep nobody wakes.
+    let start = Instant::now();
+    shared.sleep(&word, 0, Some(start + Duration::from_millis(30)));
+    assert!(start.elapsed() >= Duration::from_millis(25));
+    // A wake from another thread ends it.
+    let waker = {
+        let word = word.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            word.store(1, crate::core::sync::Ordering::Release);
+            shared.wake(&word);
+        })
+    };
+    while word.load(crate::core::sync::Ordering::Acquire) == 0 {
+        shared.sleep(&word, 0, Some(far_deadline()));
+    }
+    waker.join().unwrap();
+}
+
+#[test]
+fn running_out_of_handles_is_recognised_and_the_limit_named() {
+    let exhausted = io::Error::from_raw_os_error(24); // EMFILE on every Unix
+    assert!(is_resource_exhaustion(&exhausted));
+    assert!(!is_resource_exhaustion(&io::Error::from(
+        io::ErrorKind::NotFound
+    )));
+    assert!(!OUT_OF_HANDLES.is_empty() && !RAISE_LIMIT_HINT.is_empty());
+    let limit = raise_resource_limit();
+    assert!(
+        limit.is_none_or(|limit| limit >= 64),
+        "a usable limit: {limit:?}"
+    );
+}
+
+#[cfg(feature = "tokio")]
+mod readiness {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_poller_reports_rings_and_hang_ups_once_each_by_key() {
+        let mut poller = Poller::new().unwrap();
+        let (bell_a, ringer_a) = doorbell_pair().unwrap();
+        let (bell_b, ringer_b) = doorbell_pair().unwrap();
+        poller.add(&bell_a, 7).unwrap();
+        poller.add(&bell_b, 9).unwrap();
+        let mut seen = Vec::new();
+        poller.drain(|stirred| seen.push(stirred)).unwrap();
+        assert!(seen.is_empty(), "nothing rang yet: {seen:?}");
+
+        ringer_a.ring();
+        poller.stirred().await.unwrap();
+        poller.drain(|stirred| seen.push(stirred)).unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(
+            (seen[0].key, seen[0].readable, seen[0].hung_up),
+            (7, true, false)
+        );
+
+        // Edge-triggered: not reported again until something changes.
+        seen.clear();
+        poller.drain(|stirred| seen.push(stirred)).unwrap();
+        assert!(seen.is_empty(), "reported twice: {seen:?}");
+
+        drop(ringer_b);
+        poller.stirred().await.unwrap();
+        poller.drain(|stirred| seen.push(stirred)).unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].key, 9);
+        assert!(seen[0].hung_up);
+
+        seen.clear();
+        poller.remove(&bell_a);
+        ringer_a.ring();
+        poller.drain(|stirred| seen.push(stirred)).unwrap();
+        assert!(seen.is_empty(), "reported after removal: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_poller_drains_more_events_than_one_call_fetches() {
+        let mut poller = Poller::new().unwrap();
+        let pairs: Vec<_> = (0..600)
+            .map(|key| {
+                let (bell, ringer) = doorbell_pair().unwrap();
+                poller.add(&bell, key).unwrap();
+                ringer.ring();
+                (bell, ringer)
+            })
+            .collect();
+        let mut keys = Vec::new();
+        poller.drain(|stirred| keys.push(stirred.key)).unwrap();
+        keys.sort_unstable();
+        assert_eq!(keys, (0..pairs.len()).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_registered_doorbell_and_control_stream_can_be_awaited() {
+        let scratch = Scratch::new("readiness");
+        let (mut listener, client, server) = control_pair(&scratch.path("control"));
+        let (mut bell, ringer) = doorbell_pair().unwrap();
+        bell.register().unwrap();
+        let mut control = client;
+        control.register().unwrap();
+        listener.register().unwrap();
+
+        ringer.ring();
+        let rung = tokio::time::timeout(Duration::from_secs(5), bell.rung()).await;
+        assert!(rung.is_ok(), "a ring was not seen");
+        bell.drain();
+
+        let _second = ControlStream::connect(&scratch.path("control"), far_deadline()).unwrap();
+        let acceptable = tokio::time::timeout(Duration::from_secs(5), listener.acceptable()).await;
+        assert!(acceptable.is_ok(), "a waiting client was not seen");
+
+        drop(server);
+        let stirred = tokio::time::timeout(Duration::from_secs(5), control.stirred()).await;
+        assert!(stirred.is_ok(), "the peer's death was not seen");
+        assert!(control.peer_gone());
+        bell.deregister();
+        control.deregister();
+    }
+
+    #[test]
+    fn registering_outside_a_runtime_is_an_error_not_a_panic() {
+        let (mut bell, _ringer) = doorbell_pair().unwrap();
+        let error = bell.register().unwrap_err();
+        assert!(error.to_string().contains("tokio runtime"), "{error}");
+        assert!(Poller::new().is_err());
+    }
+}

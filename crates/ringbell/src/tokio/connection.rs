@@ -1,0 +1,166 @@
+//! [`AsyncConnection`]: a [`Connection`] whose waits are tokio futures.
+
+use std::path::Path;
+
+use super::spin;
+use crate::config::ClientConfig;
+use crate::conn::{Connection, Pushed, SendProgress};
+use crate::error::Error;
+
+/// A message connection whose waits are tokio futures. See the [module docs](crate::tokio).
+///
+/// Made by [`AsyncConnection::connect`] or [`AsyncServer::accept`](super::AsyncServer::accept). Both must be called
+/// from within a tokio runtime with IO enabled.
+///
+/// # Cancellation
+///
+/// [`recv`](Self::recv) is cancellation-safe: if its future is dropped before it completes,
+/// no message is lost, and a message that had arrived in part is completed by the next
+/// `recv`. Dropping a [`send`](Self::send) future before it completes sends nothing of a
+/// message that fits one frame, and withdraws a larger message that was partly sent (the
+/// receiver discards the part), so the peer never sees half a message. Hence
+/// `tokio::time::timeout` works on both.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), ringbell::Error> {
+/// use ringbell::tokio::AsyncConnection;
+/// use ringbell::ClientConfig;
+///
+/// let mut conn = AsyncConnection::connect("/tmp/app.sock", ClientConfig::default()).await?;
+/// conn.send(b"ping").await?;
+/// let mut reply = Vec::new();
+/// conn.recv(&mut reply).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct AsyncConnection {
+    /// Registered with the runtime (its doorbell and control channel) while it is here.
+    inner: Connection,
+}
+
+impl AsyncConnection {
+    /// Connects to the server at `path`. The handshake runs on tokio's blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::connect`].
+    pub async fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let connection = ::tokio::task::spawn_blocking(move || Connection::connect(path, config))
+            .await
+            .map_err(|error| Error::io("running the handshake", std::io::Error::other(error)))??;
+        Self::from_connection(connection)
+    }
+
+    /// Wraps a connection made with the blocking API. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the connection's fds cannot be registered with the runtime.
+    pub fn from_connection(mut connection: Connection) -> Result<Self, Error> {
+        connection.register_with_runtime()?;
+        Ok(AsyncConnection { inner: connection })
+    }
+
+    /// Sends one message, waiting while the ring is full. See the cancellation notes above.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send`], except that there is no send timeout: wrap the future in
+    /// `tokio::time::timeout` instead.
+    pub async fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.send_with_correlation(msg, 0).await
+    }
+
+    pub(crate) async fn send_with_correlation(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+    ) -> Result<(), Error> {
+        self.inner.check_sendable(msg)?;
+        let mut attempt = SendAttempt {
+            connection: &mut self.inner,
+            sent: SendProgress::default(),
+            finished: false,
+        };
+        loop {
+            let payload = match attempt
+                .connection
+                .push_some(msg, correlation, &mut attempt.sent)
+            {
+                Ok(Pushed::Done) => {
+                    attempt.finished = true;
+                    return Ok(());
+                }
+                Ok(Pushed::Full { payload }) => payload,
+                Err(error) => return Err(attempt.connection.fail(error)),
+            };
+            let connection = &mut *attempt.connection;
+            let strategy = connection.wait_strategy();
+            if spin(strategy, || connection.has_room(payload)).await? {
+                continue;
+            }
+            if !attempt.connection.arm_send_doorbell(payload)? {
+                continue;
+            }
+            attempt.connection.wait_for_ring().await?;
+            attempt.connection.settle_doorbell(true);
+            attempt.connection.ensure_peer_alive()?;
+        }
+    }
+
+    /// Receives the next message into `buf` (replacing its contents) and returns its length.
+    /// Cancellation-safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::recv`], without `Timeout`: wrap the future in
+    /// `tokio::time::timeout` for a deadline.
+    pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, Error> {
+        loop {
+            if let Some(len) = self.inner.try_recv(buf)? {
+                return Ok(len);
+            }
+            let inner = &mut self.inner;
+            let strategy = inner.wait_strategy();
+            if spin(strategy, || inner.has_data()).await? {
+                continue;
+            }
+            if !self.inner.arm_doorbell()? {
+                continue;
+            }
+            self.inner.wait_for_ring().await?;
+            // `try_recv` above resets the doorbell and checks the peer when the ring is empty.
+        }
+    }
+
+    /// The blocking connection inside, for its accessors (`max_message_size`, ...).
+    pub fn get_ref(&self) -> &Connection {
+        &self.inner
+    }
+
+    /// The blocking connection inside, no longer registered with the runtime.
+    pub fn into_inner(mut self) -> Connection {
+        self.inner.deregister_from_runtime();
+        self.inner
+    }
+}
+
+/// A send in progress: if its future is dropped before the message is complete, the part
+/// already in the ring is withdrawn.
+struct SendAttempt<'a> {
+    connection: &'a mut Connection,
+    sent: SendProgress,
+    finished: bool,
+}
+
+impl Drop for SendAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.connection.abandon_send(&self.sent);
+        }
+    }
+}

@@ -11,6 +11,7 @@ use super::report::{
     EVENTFD, MEMCPY, RAW_FUTEX, RAW_SPIN, RINGBELL_LOAD, TOKIO_UDS_LOAD,
 };
 use super::Bench;
+use crate::args::WaitKind;
 use crate::baseline::{self, ShmMode};
 use crate::error::CliError;
 use crate::peers::{self, Describe};
@@ -18,7 +19,7 @@ use crate::serve::ServeMode;
 use crate::stats::{LatencyRun, ThroughputRun};
 use crate::stream;
 use crate::stress::{self, Transport};
-use crate::{idle, measure, WaitKind};
+use crate::{idle, measure};
 
 impl Bench {
     pub(super) fn measure_all(&self, machine: Machine) -> Result<Report, CliError> {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::report::{RINGBELL_ADAPTIVE, RINGBELL_BLOCK, RINGBELL_SPIN};
 use super::Bench;
+use crate::args::WaitKind;
 use crate::peers;
 use crate::stream::StreamKind;
-use crate::WaitKind;
 
 /// Message sizes of the latency runs.
 pub(super) const LATENCY_SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ringbell::{Connection, WaitStrategy};
 
 use crate::affinity::{allowed_cpus, pin_to_cpu};
+use crate::args::WaitKind;
 use crate::baseline::{self, ShmMode};
 use crate::child::{PeerLauncher, PeerProcess};
 use crate::error::{CliError, Context};
@@ -28,7 +29,6 @@ use crate::stats::{
 };
 use crate::stream::{self, StreamChannel, StreamKind};
 use crate::temp_dir::TempDir;
-use crate::WaitKind;
 
 /// Bytes per message in every measurement.
 const MESSAGE_SIZE: usize = 64;

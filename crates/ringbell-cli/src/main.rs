@@ -10,11 +10,13 @@
 //!   `bench`;
 //!   `__stress-server` and `__stress-client` are the stress test's processes.
 //!
-//! `main` parses the command line and prints errors; each module does one command.
+//! `main` parses the command line, dispatches and prints errors; [`args`] holds the
+//! commands' options (`stress` and `bench` keep theirs); each other module does one command.
 
 #![deny(unsafe_code)]
 
 mod affinity;
+mod args;
 mod baseline;
 mod bench;
 mod child;
@@ -31,17 +33,16 @@ mod stream;
 mod stress;
 mod temp_dir;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use ringbell::{ServerConfig, WaitStrategy};
+use clap::{Parser, Subcommand};
+use ringbell::ServerConfig;
 
-use crate::baseline::ShmMode;
-use crate::child::ParentWatch;
+use crate::args::{
+    DemoArgs, EventfdPeerArgs, PeerLibArgs, PingArgs, ServeArgs, ShmPeerArgs, StreamPeerArgs,
+    StressClientArgs, StressServerArgs,
+};
 use crate::error::CliError;
-use crate::serve::ServeMode;
 
 /// Fast shared-memory IPC between processes on Linux: servers, latency probes and a
 /// self-contained benchmark.
@@ -120,242 +121,6 @@ enum Command {
     StreamPeer(StreamPeerArgs),
 }
 
-/// How this side waits for a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum WaitKind {
-    /// Poll the ring without ever sleeping: the lowest latency, and a core burned while
-    /// waiting.
-    Spin,
-    /// Spin for --spin-us, then sleep on a futex (the library's default).
-    Adaptive,
-    /// Sleep at once: no CPU while waiting, a kernel wake-up for every message.
-    Block,
-}
-
-impl WaitKind {
-    /// The name on the command line.
-    pub fn arg(self) -> &'static str {
-        match self {
-            WaitKind::Spin => "spin",
-            WaitKind::Adaptive => "adaptive",
-            WaitKind::Block => "block",
-        }
-    }
-}
-
-/// The wait strategy options shared by `serve` and `ping`.
-#[derive(Debug, Clone, Args)]
-pub struct WaitArgs {
-    /// How this side waits for a message.
-    #[arg(long, value_enum, default_value_t = WaitKind::Adaptive)]
-    pub wait: WaitKind,
-    /// With --wait adaptive: how long to spin before sleeping, in microseconds.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = WaitStrategy::DEFAULT_SPIN.as_micros() as u64)]
-    pub spin_us: u64,
-}
-
-impl WaitArgs {
-    /// The default wait options with another kind.
-    pub fn of_kind(wait: WaitKind) -> WaitArgs {
-        WaitArgs {
-            wait,
-            spin_us: WaitStrategy::DEFAULT_SPIN.as_micros() as u64,
-        }
-    }
-
-    /// The library's strategy.
-    pub fn strategy(&self) -> WaitStrategy {
-        match self.wait {
-            WaitKind::Spin => WaitStrategy::Spin,
-            WaitKind::Adaptive => WaitStrategy::Adaptive {
-                spin: Duration::from_micros(self.spin_us),
-            },
-            WaitKind::Block => WaitStrategy::Block,
-        }
-    }
-
-    /// `spin`, `adaptive (spin 50 µs, then sleep)`, `block`.
-    pub fn describe(&self) -> String {
-        match self.wait {
-            WaitKind::Adaptive => format!("adaptive (spin {} µs, then sleep)", self.spin_us),
-            other => other.arg().to_owned(),
-        }
-    }
-}
-
-/// Process placement options shared by the commands that run as a peer.
-#[derive(Debug, Clone, Args)]
-struct ProcessArgs {
-    /// Pin the whole process (every thread) to this CPU core.
-    #[arg(long, value_name = "N")]
-    cpu: Option<usize>,
-    /// Exit when the process with this id exits (the demo ties its children to itself).
-    #[arg(long, value_name = "PID", hide = true)]
-    parent_pid: Option<u32>,
-}
-
-impl ProcessArgs {
-    /// Ties this process to its parent, then pins it. Call it before starting any thread,
-    /// so that every thread inherits the pinning.
-    fn apply(&self) -> Result<Option<ParentWatch>, CliError> {
-        let parent = self.parent_pid.map(ParentWatch::arm).transpose()?;
-        if let Some(cpu) = self.cpu {
-            affinity::pin_to_cpu(cpu)?;
-        }
-        Ok(parent)
-    }
-}
-
-#[derive(Debug, Args)]
-struct ServeArgs {
-    /// Socket path to listen on (created owner-only; replaced if a dead server left it).
-    path: PathBuf,
-    #[command(flatten)]
-    wait: WaitArgs,
-    /// Bytes per ring and direction: a power of two from 256 B to 1 GiB.
-    #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::DEFAULT_RING_CAPACITY)]
-    ring_capacity: usize,
-    /// The largest message either side may send, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::DEFAULT_MAX_MESSAGE_SIZE)]
-    max_message_size: usize,
-    /// Connections held at once, handshakes in progress included; clients past it are
-    /// refused as busy.
-    #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS)]
-    max_connections: usize,
-    /// What to do with each message.
-    #[arg(long, value_enum, default_value_t = ServeMode::Echo)]
-    mode: ServeMode,
-    #[command(flatten)]
-    process: ProcessArgs,
-}
-
-#[derive(Debug, Args)]
-struct PingArgs {
-    /// Socket path of a `ringbell serve --mode echo` server.
-    path: PathBuf,
-    /// Timed round trips.
-    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    count: u64,
-    /// Bytes per message.
-    #[arg(long, value_name = "BYTES", default_value_t = 64)]
-    size: usize,
-    /// Untimed round trips first, to warm caches, branch predictors and CPU clocks.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    warmup: u64,
-    #[command(flatten)]
-    wait: WaitArgs,
-    #[command(flatten)]
-    process: ProcessArgs,
-}
-
-#[derive(Debug, Args)]
-struct DemoArgs {
-    /// Small counts: finishes in a few seconds, with noisier percentiles (for CI).
-    #[arg(long)]
-    quick: bool,
-}
-
-#[derive(Debug, Args)]
-struct ShmPeerArgs {
-    /// The inherited memfd's number.
-    #[arg(long, value_name = "N")]
-    fd: i32,
-    /// How to wait for each ping.
-    #[arg(long, value_enum)]
-    mode: ShmMode,
-    /// Pings to answer before exiting (warm-up included).
-    #[arg(long, value_name = "K")]
-    count: u64,
-    #[command(flatten)]
-    process: ProcessArgs,
-}
-
-#[derive(Debug, Args)]
-struct PeerLibArgs {
-    /// Which peer library.
-    #[arg(long, value_parser = parse_peer)]
-    peer: peers::PeerKind,
-    /// What to do with each message.
-    #[arg(long, value_enum)]
-    mode: ServeMode,
-    #[command(flatten)]
-    process: ProcessArgs,
-    /// The library's own connection arguments, from the parent.
-    #[arg(last = true)]
-    setup: Vec<String>,
-}
-
-fn parse_peer(arg: &str) -> Result<peers::PeerKind, String> {
-    peers::PeerKind::from_arg(arg).ok_or_else(|| format!("unknown peer library {arg}"))
-}
-
-#[derive(Debug, Args)]
-struct EventfdPeerArgs {
-    /// The inherited eventfd to wait on.
-    #[arg(long, value_name = "N")]
-    ping_fd: i32,
-    /// The inherited eventfd to answer on.
-    #[arg(long, value_name = "N")]
-    pong_fd: i32,
-    /// Wake-ups to answer before exiting (warm-up included).
-    #[arg(long, value_name = "K")]
-    count: u64,
-    #[command(flatten)]
-    process: ProcessArgs,
-}
-
-#[derive(Debug, Args)]
-struct StreamPeerArgs {
-    /// Which stream it is.
-    #[arg(long, value_enum)]
-    kind: stream::StreamKind,
-    /// What to do with each message.
-    #[arg(long, value_enum)]
-    mode: ServeMode,
-    /// The inherited socket-pair end (uds), or the pipe to read from (pipe).
-    #[arg(long, value_name = "N")]
-    fd: Option<i32>,
-    /// The inherited pipe to write to (pipe).
-    #[arg(long, value_name = "N")]
-    write_fd: Option<i32>,
-    /// The address to connect to (tcp).
-    #[arg(long, value_name = "ADDRESS")]
-    connect: Option<std::net::SocketAddr>,
-    #[command(flatten)]
-    process: ProcessArgs,
-}
-
-impl StreamPeerArgs {
-    fn end(&self) -> Result<stream::PeerEnd, CliError> {
-        use stream::{PeerEnd, StreamKind};
-        let missing = |what: &str| CliError::new(format!("__stream-peer needs {what}"));
-        Ok(match self.kind {
-            StreamKind::Uds => PeerEnd::Unix(self.fd.ok_or_else(|| missing("--fd"))?),
-            StreamKind::Pipe => PeerEnd::Pipes(
-                self.fd.ok_or_else(|| missing("--fd"))?,
-                self.write_fd.ok_or_else(|| missing("--write-fd"))?,
-            ),
-            StreamKind::Tcp => PeerEnd::Tcp(self.connect.ok_or_else(|| missing("--connect"))?),
-        })
-    }
-}
-
-#[derive(Debug, Args)]
-struct StressServerArgs {
-    #[command(flatten)]
-    server: stress::ServerArgs,
-    #[command(flatten)]
-    process: ProcessArgs,
-}
-
-#[derive(Debug, Args)]
-struct StressClientArgs {
-    #[command(flatten)]
-    client: stress::ClientArgs,
-    #[command(flatten)]
-    process: ProcessArgs,
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -424,21 +189,5 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn wait_args_map_to_strategies() {
-        assert_eq!(
-            WaitArgs::of_kind(WaitKind::Spin).strategy(),
-            WaitStrategy::Spin
-        );
-        assert_eq!(
-            WaitArgs::of_kind(WaitKind::Block).strategy(),
-            WaitStrategy::Block
-        );
-        assert_eq!(
-            WaitArgs::of_kind(WaitKind::Adaptive).strategy(),
-            WaitStrategy::default()
-        );
     }
 }

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use ringbell::{ClientConfig, Connection};
 
+use crate::args::WaitArgs;
 use crate::error::CliError;
 use crate::measure;
 use crate::stats::format_count;
-use crate::WaitArgs;
 
 /// What to measure.
 #[derive(Debug, Clone)]

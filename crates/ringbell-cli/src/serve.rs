@@ -9,9 +9,9 @@ use std::time::Duration;
 use clap::ValueEnum;
 use ringbell::{Error, IpcTransport, Server, ServerConfig};
 
+use crate::args::{WaitArgs, WaitKind};
 use crate::child::{PeerLauncher, PeerProcess, LISTENING_PREFIX};
 use crate::error::{CliError, Context};
-use crate::{WaitArgs, WaitKind};
 
 /// How long a server started by `demo` or `bench` may take to start listening.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use super::{format_size, Report, LATENCY_SIZES};
+use super::plan::LATENCY_SIZES;
+use super::report::{format_size, Report};
 use crate::error::{CliError, Context};
 
 /// The quantiles recorded for the percentile curves.

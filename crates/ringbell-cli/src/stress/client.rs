@@ -24,10 +24,11 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use super::limits::raise_fd_limit;
 use super::protocol::{
     encode_frame, read_frame, verify_reply, write_frames, ClientReport, Rng, SizeRange,
 };
-use super::{raise_fd_limit, Transport};
+use super::Transport;
 use crate::error::{CliError, Context};
 use crate::stats::record;
 

@@ -25,8 +25,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use super::limits::raise_fd_limit;
 use super::protocol::{encode_frame, read_frame, reply_to, write_frames};
-use super::{raise_fd_limit, Transport};
+use super::Transport;
 use crate::error::{CliError, Context};
 use crate::serve::announce_listening;
 

@@ -1,0 +1,280 @@
+//! The measurements of `bench`, in the order of the report: the floors, round trips and
+//! one-way streams against each subject (its other side started in the mode the timed loop
+//! needs), `memcpy`, request/response with many clients (through [`crate::stress`]) and
+//! the idle CPU of a connected pair.
+
+use std::time::Instant;
+
+use super::plan::{Subject, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES};
+use super::report::{
+    format_size, latency_row, throughput_row, IdleRow, LatencyRow, LoadRow, Machine, Report,
+    EVENTFD, MEMCPY, RAW_FUTEX, RAW_SPIN, RINGBELL_LOAD, TOKIO_UDS_LOAD,
+};
+use super::Bench;
+use crate::args::WaitKind;
+use crate::baseline::{self, ShmMode};
+use crate::error::CliError;
+use crate::peers::{self, Describe};
+use crate::serve::ServeMode;
+use crate::stats::{LatencyRun, ThroughputRun};
+use crate::stream;
+use crate::stress::{self, Transport};
+use crate::{idle, measure};
+
+impl Bench {
+    pub(super) fn measure_all(&self, machine: Machine) -> Result<Report, CliError> {
+        let mut latency = self.floors()?;
+        for size in LATENCY_SIZES {
+            for subject in self.latency_subjects() {
+                let (warmup, count) = self.plan.round_trips(size, subject.sleeps());
+                let what = format!("{} round trips, {}", subject.name(), format_size(size));
+                let run = match subject {
+                    Subject::Peer(_) => {
+                        self.peer_step(what, || self.latency_of(subject, size, warmup, count))
+                    }
+                    _ => Some(self.step(&what, || self.latency_of(subject, size, warmup, count))?),
+                };
+                if let Some(run) = run {
+                    latency.push(latency_row(subject.name(), size, &run));
+                }
+            }
+        }
+
+        let mut throughput = Vec::new();
+        for size in THROUGHPUT_SIZES {
+            let (warmup, count) = self.plan.messages(size);
+            let what = format!("memcpy, {}", format_size(size));
+            let run = self.step(&what, || Ok(memcpy_bandwidth(size, count)))?;
+            throughput.push(throughput_row(MEMCPY.into(), &run));
+            for subject in self.throughput_subjects() {
+                let what = format!("{} one-way, {}", subject.name(), format_size(size));
+                let run = match subject {
+                    Subject::Peer(_) => {
+                        self.peer_step(what, || self.throughput_of(subject, size, warmup, count))
+                    }
+                    _ => {
+                        Some(self.step(&what, || self.throughput_of(subject, size, warmup, count))?)
+                    }
+                };
+                if let Some(run) = run {
+                    throughput.push(throughput_row(subject.name(), &run));
+                }
+            }
+        }
+
+        let mut load = Vec::new();
+        for &clients in self.plan.load_clients {
+            let processes = clients.min(LOAD_PROCESSES);
+            let requests = (self.plan.load_calls / clients).max(5);
+            for (name, transport) in [
+                (RINGBELL_LOAD, Transport::Ringbell),
+                (TOKIO_UDS_LOAD, Transport::Uds),
+            ] {
+                let what = format!("{name}, {clients} clients");
+                let figures = self.step(&what, || {
+                    stress::measure_load(transport, clients, processes, requests, LOAD_SIZE)
+                })?;
+                load.push(LoadRow {
+                    name: name.into(),
+                    clients,
+                    processes,
+                    calls: clients * requests,
+                    requests_per_second: figures.requests_per_second,
+                    p50_us: figures.p50_us,
+                    p99_us: figures.p99_us,
+                    server_kib_per_connection: figures
+                        .server_peak_rss_kib
+                        .saturating_sub(figures.server_rss_before_kib)
+                        as f64
+                        / clients as f64,
+                });
+            }
+        }
+
+        let idle = self.step("idle CPU of a connected pair", || self.idle())?;
+        Ok(Report {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            quick: self.quick,
+            machine,
+            latency,
+            throughput,
+            load,
+            idle: Some(idle),
+            skipped: self.skipped.borrow().clone(),
+            peers: self.peers.iter().map(|peer| peer.note()).collect(),
+        })
+    }
+
+    /// The payload-free floors, at 64 B in the tables.
+    fn floors(&self) -> Result<Vec<LatencyRow>, CliError> {
+        let (spin_warmup, spin_count) = self.plan.round_trips(64, false);
+        let (sleep_warmup, sleep_count) = self.plan.round_trips(64, true);
+        let launcher = &self.launcher;
+        let spin = self.step("raw spin round trips", || {
+            baseline::raw_ping_pong(launcher, ShmMode::Spin, spin_warmup, spin_count)
+        })?;
+        let futex = self.step("raw futex round trips", || {
+            baseline::raw_ping_pong(launcher, ShmMode::Futex, sleep_warmup, sleep_count)
+        })?;
+        let eventfd = self.step("eventfd round trips", || {
+            baseline::eventfd_ping_pong(launcher, sleep_warmup, sleep_count)
+        })?;
+        Ok(vec![
+            latency_row(RAW_SPIN.into(), 64, &spin),
+            latency_row(RAW_FUTEX.into(), 64, &futex),
+            latency_row(EVENTFD.into(), 64, &eventfd),
+        ])
+    }
+
+    fn latency_of(
+        &self,
+        subject: Subject,
+        size: usize,
+        warmup: u64,
+        count: u64,
+    ) -> Result<LatencyRun, CliError> {
+        self.against(
+            subject,
+            RoundTrips {
+                size,
+                warmup,
+                count,
+            },
+        )
+    }
+
+    fn throughput_of(
+        &self,
+        subject: Subject,
+        size: usize,
+        warmup: u64,
+        count: u64,
+    ) -> Result<ThroughputRun, CliError> {
+        self.against(
+            subject,
+            OneWay {
+                size,
+                warmup,
+                count,
+            },
+        )
+    }
+
+    /// Starts `subject`'s other side in the mode `measurement` needs, and runs it there.
+    fn against<M: Measurement>(
+        &self,
+        subject: Subject,
+        measurement: M,
+    ) -> Result<M::Run, CliError> {
+        let mode = M::MODE;
+        match subject {
+            Subject::Ringbell(kind) => {
+                let (server, mut connection) =
+                    crate::serve::start_local(&self.launcher, self.workspace.path(), kind, mode)?;
+                let run = measurement.run(&mut connection);
+                // Hang up first, so that the server sees a clean goodbye before it is killed.
+                drop(connection);
+                drop(server);
+                run
+            }
+            Subject::Stream(kind) => {
+                let (_peer, mut channel) = stream::start_peer(&self.launcher, kind, mode)?;
+                measurement.run(&mut channel)
+            }
+            Subject::Peer(peer) => {
+                let (_process, mut transport) = peers::start(peer, &self.launcher, mode)?;
+                measurement.run(&mut transport)
+            }
+        }
+    }
+
+    fn idle(&self) -> Result<IdleRow, CliError> {
+        let (server, mut connection) = crate::serve::start_local(
+            &self.launcher,
+            self.workspace.path(),
+            WaitKind::Adaptive,
+            ServeMode::Echo,
+        )?;
+        // One round trip first, so both sides have been through a full wait cycle.
+        measure::round_trips(&mut connection, 64, 0, 1)?;
+        let run = idle::measure(&mut connection, server.pid(), self.plan.idle)?;
+        drop(connection);
+        drop(server);
+        Ok(IdleRow {
+            seconds: run.elapsed.as_secs_f64(),
+            server_percent_of_a_core: run.server_percent,
+            client_percent_of_a_core: run.client_percent,
+            resolution_percent: run.resolution_percent,
+        })
+    }
+}
+
+/// A timed loop over any transport (statically dispatched: the loop is what is timed), and
+/// the mode its other side must serve.
+trait Measurement {
+    const MODE: ServeMode;
+    type Run;
+    fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<Self::Run, CliError>;
+}
+
+/// Round trips against an echo.
+struct RoundTrips {
+    size: usize,
+    warmup: u64,
+    count: u64,
+}
+
+impl Measurement for RoundTrips {
+    const MODE: ServeMode = ServeMode::Echo;
+    type Run = LatencyRun;
+    fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<LatencyRun, CliError> {
+        measure::round_trips(transport, self.size, self.warmup, self.count)
+    }
+}
+
+/// A one-way stream to a sink.
+struct OneWay {
+    size: usize,
+    warmup: u64,
+    count: u64,
+}
+
+impl Measurement for OneWay {
+    const MODE: ServeMode = ServeMode::Sink;
+    type Run = ThroughputRun;
+    fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<ThroughputRun, CliError> {
+        measure::one_way(transport, self.size, self.warmup, self.count)
+    }
+}
+
+/// Copies `count` buffers of `size` bytes from one heap buffer to another: the bandwidth
+/// of one copy in this process, which a message through shared memory pays twice (into
+/// the ring, out of it).
+fn memcpy_bandwidth(size: usize, count: u64) -> ThroughputRun {
+    let source: Vec<u8> = (0..size).map(|index| index as u8).collect();
+    let mut destination = vec![0u8; size];
+    for _ in 0..count / 20 + 1 {
+        destination.copy_from_slice(std::hint::black_box(&source));
+    }
+    let started = Instant::now();
+    for _ in 0..count {
+        destination.copy_from_slice(std::hint::black_box(&source));
+        std::hint::black_box(&mut destination);
+    }
+    ThroughputRun {
+        messages: count,
+        message_size: size,
+        elapsed: started.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memcpy_moves_what_it_counts() {
+        let run = memcpy_bandwidth(4096, 100);
+        assert_eq!((run.messages, run.message_size), (100, 4096));
+    }
+}

@@ -1,0 +1,161 @@
+//! What `bench` measures: the message sizes and client counts, how many round trips,
+//! messages and calls a full or a `--quick` run makes ([`Plan`]), the subjects of the
+//! latency and throughput runs, and how many steps that makes for the progress bar.
+
+use std::time::Duration;
+
+use super::report::{RINGBELL_ADAPTIVE, RINGBELL_BLOCK, RINGBELL_SPIN};
+use super::Bench;
+use crate::args::WaitKind;
+use crate::peers;
+use crate::stream::StreamKind;
+
+/// Message sizes of the latency runs.
+pub(super) const LATENCY_SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
+/// Message sizes of the throughput runs.
+pub(super) const THROUGHPUT_SIZES: [usize; 4] = [64, 4 << 10, 64 << 10, 1 << 20];
+/// Client counts of the request/response runs.
+const LOAD_CLIENTS: [u64; 4] = [1, 10, 100, 1000];
+/// Client processes of the request/response runs, at most.
+pub(super) const LOAD_PROCESSES: u64 = 10;
+/// Bytes per request of the request/response runs.
+pub(super) const LOAD_SIZE: usize = 64;
+
+/// How much of everything to measure.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plan {
+    /// Round trips at 64 B where both sides spin; fewer for larger messages (see
+    /// [`Plan::round_trips`]).
+    spin_round_trips: u64,
+    /// Round trips at 64 B where a side sleeps in the kernel every time.
+    sleep_round_trips: u64,
+    /// Bytes streamed in each throughput run (at least a few messages).
+    stream_bytes: u64,
+    /// Calls made over all clients in each request/response run.
+    pub(super) load_calls: u64,
+    pub(super) load_clients: &'static [u64],
+    pub(super) idle: Duration,
+}
+
+impl Plan {
+    pub(super) const FULL: Plan = Plan {
+        spin_round_trips: 200_000,
+        sleep_round_trips: 20_000,
+        stream_bytes: 2 << 30,
+        load_calls: 200_000,
+        load_clients: &LOAD_CLIENTS,
+        idle: Duration::from_secs(5),
+    };
+
+    pub(super) const QUICK: Plan = Plan {
+        spin_round_trips: 5_000,
+        sleep_round_trips: 500,
+        stream_bytes: 32 << 20,
+        load_calls: 2_000,
+        load_clients: &[1, 10, 100],
+        idle: Duration::from_secs(1),
+    };
+
+    /// Warm-up and timed round trips at `size` for a wait that spins or sleeps: the count
+    /// shrinks with the bytes moved, so that each run takes about as long.
+    pub(super) fn round_trips(&self, size: usize, sleeps: bool) -> (u64, u64) {
+        let base = if sleeps {
+            self.sleep_round_trips
+        } else {
+            self.spin_round_trips
+        };
+        // 64 B and 1 KiB cost about the same; from there on, time grows with size.
+        let scale = (size as u64 / (4 << 10)).max(1);
+        let count = (base / scale).max(200);
+        (count / 10, count)
+    }
+
+    /// Warm-up and timed messages of `size` bytes for a throughput run.
+    pub(super) fn messages(&self, size: usize) -> (u64, u64) {
+        let count = (self.stream_bytes / size as u64).clamp(200, 3_000_000);
+        (count / 20, count)
+    }
+}
+
+/// A subject of the latency and throughput runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Subject {
+    Ringbell(WaitKind),
+    Stream(StreamKind),
+    Peer(peers::PeerKind),
+}
+
+impl Subject {
+    pub(super) fn name(self) -> String {
+        match self {
+            Subject::Ringbell(WaitKind::Spin) => RINGBELL_SPIN.into(),
+            Subject::Ringbell(WaitKind::Adaptive) => RINGBELL_ADAPTIVE.into(),
+            Subject::Ringbell(WaitKind::Block) => RINGBELL_BLOCK.into(),
+            Subject::Stream(kind) => kind.label().into(),
+            Subject::Peer(peer) => peer.name().into(),
+        }
+    }
+
+    /// Whether a waiting side sleeps in the kernel (so round trips cost tens of µs).
+    pub(super) fn sleeps(self) -> bool {
+        match self {
+            Subject::Ringbell(kind) => kind == WaitKind::Block,
+            Subject::Stream(_) => true,
+            Subject::Peer(peer) => peer.sleeps(),
+        }
+    }
+}
+
+impl Bench {
+    pub(super) fn latency_subjects(&self) -> Vec<Subject> {
+        let mut subjects = vec![
+            Subject::Ringbell(WaitKind::Spin),
+            Subject::Ringbell(WaitKind::Adaptive),
+            Subject::Ringbell(WaitKind::Block),
+            Subject::Stream(StreamKind::Uds),
+            Subject::Stream(StreamKind::Pipe),
+            Subject::Stream(StreamKind::Tcp),
+        ];
+        subjects.extend(self.peers.iter().map(|&peer| Subject::Peer(peer)));
+        subjects
+    }
+
+    pub(super) fn throughput_subjects(&self) -> Vec<Subject> {
+        let mut subjects = vec![
+            Subject::Ringbell(WaitKind::Adaptive),
+            Subject::Stream(StreamKind::Uds),
+            Subject::Stream(StreamKind::Pipe),
+            Subject::Stream(StreamKind::Tcp),
+        ];
+        subjects.extend(
+            self.peers
+                .iter()
+                .filter(|peer| peer.streams())
+                .map(|&peer| Subject::Peer(peer)),
+        );
+        subjects
+    }
+
+    /// How many measurements there are, for the progress bar.
+    pub(super) fn steps(&self) -> u64 {
+        let latency = 3 + LATENCY_SIZES.len() * self.latency_subjects().len();
+        let throughput = THROUGHPUT_SIZES.len() * (self.throughput_subjects().len() + 1);
+        let load = self.plan.load_clients.len() * 2;
+        (latency + throughput + load + 1) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_shrink_with_size_but_never_vanish() {
+        let plan = Plan::FULL;
+        let (_, small) = plan.round_trips(64, false);
+        let (_, large) = plan.round_trips(1 << 20, false);
+        assert!(small > large && large >= 200, "{small} {large}");
+        let (_, messages) = plan.messages(1 << 20);
+        assert!((200..=3_000_000).contains(&messages));
+    }
+}

@@ -1,0 +1,89 @@
+//! The server's resources as `/proc` shows them: its resident memory and open fds at one
+//! moment ([`ServerSample`]), fields of its status file, and its fds, mappings and threads
+//! beside their limits for an error message.
+
+use std::fs;
+
+use crate::error::{CliError, Context};
+
+/// The server's memory and fds at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct ServerSample {
+    pub(super) rss_kib: u64,
+    pub(super) fds: u64,
+}
+
+impl ServerSample {
+    pub(super) fn read(pid: u32) -> Result<ServerSample, CliError> {
+        let status = proc_status(pid)?;
+        let rss_kib = status_field(&status, "VmRSS:")
+            .ok_or_else(|| CliError::new(format!("/proc/{pid}/status has no VmRSS")))?;
+        let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+            .context(format_args!("listing /proc/{pid}/fd"))?
+            .count() as u64;
+        Ok(ServerSample { rss_kib, fds })
+    }
+
+    pub(super) fn max(self, other: ServerSample) -> ServerSample {
+        ServerSample {
+            rss_kib: self.rss_kib.max(other.rss_kib),
+            fds: self.fds.max(other.fds),
+        }
+    }
+}
+
+fn proc_status(pid: u32) -> Result<String, CliError> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .context(format_args!("reading /proc/{pid}/status"))
+}
+
+/// The number after `key` in a /proc/<pid>/status text (`VmRSS:   1234 kB` → 1234).
+fn status_field(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// The server's fds, mappings and threads beside their limits, as one phrase.
+pub(super) fn server_limits(pid: u32) -> Option<String> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let fd_limit = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("?")
+        .to_owned();
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|maps| maps.lines().count())
+        .unwrap_or(0);
+    let max_maps = fs::read_to_string("/proc/sys/vm/max_map_count")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_else(|_| "?".to_owned());
+    let threads = proc_status(pid)
+        .ok()
+        .and_then(|status| status_field(&status, "Threads:"))
+        .unwrap_or(0);
+    Some(format!(
+        "{fds} fds open of its limit of {fd_limit} (3 per ringbell connection; \
+         `ringbell stress --help` says how to raise it), {maps} memory mappings of \
+         vm.max_map_count {max_maps}, {threads} threads"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_and_server_samples_read() {
+        let status = "Name:\tringbell\nVmRSS:\t   2048 kB\nThreads:\t3\n";
+        assert_eq!(status_field(status, "VmRSS:"), Some(2048));
+        assert_eq!(status_field(status, "Threads:"), Some(3));
+        assert_eq!(status_field(status, "VmSwap:"), None);
+        let own = ServerSample::read(std::process::id()).unwrap();
+        assert!(own.rss_kib > 0 && own.fds >= 3, "{own:?}");
+    }
+}

@@ -83,7 +83,7 @@ const RELEASE_BOUND: Duration = Duration::from_secs(10);
 /// itself stuck: the generous bound on "about 100 ms".
 const PEER_DIED_BOUND: Duration = Duration::from_secs(10);
 
-// Where things are in a segment (see `src/layout.rs`; `common` has the ring offsets).
+// Where things are in a segment (see `src/core/layout.rs`; `common` has the ring offsets).
 /// A ring's tail (producer's index) within its control block.
 const TAIL: usize = 0;
 /// A ring's head (consumer's index) within its control block.

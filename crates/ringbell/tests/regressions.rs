@@ -31,13 +31,13 @@ use rustix::fs::OFlags;
 use rustix::net::Shutdown;
 
 /// Where a ring's readable cell (its consumer's wait cell) sits in the ring's control
-/// block, and the announcement word in a wait cell (see `src/layout.rs`).
+/// block, and the announcement word in a wait cell (see `src/core/layout.rs`).
 const READABLE_IN_CONTROL: usize = 2 * 128;
 const SLEEPING_IN_CELL: usize = 4;
 /// The announcement "I wait in an event loop: ring my doorbell" (`SLEEP_DOORBELL` in
-/// `src/wait.rs`).
+/// `src/core/wait.rs`).
 const SLEEP_DOORBELL: u32 = 2;
-/// Frame kinds (see `src/ring.rs`).
+/// Frame kinds (see `src/core/ring.rs`).
 const KIND_FIRST: u8 = 2;
 const KIND_MIDDLE: u8 = 3;
 const KIND_LAST: u8 = 4;

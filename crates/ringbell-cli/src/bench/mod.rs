@@ -70,6 +70,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         "ringbell bench{}: every figure measured now, in this run, on this machine",
         if args.quick { " --quick" } else { "" }
     );
+    println!("ringbell backend: {}", machine.backend);
     println!(
         "machine: {}; {} CPUs; kernel {}{}",
         machine.cpu,

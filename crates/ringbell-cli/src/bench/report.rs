@@ -25,6 +25,8 @@ pub(super) struct Machine {
     pub(super) virtual_machine: bool,
     /// The hypervisor's vendor, from DMI, when it says.
     pub(super) vendor: Option<String>,
+    /// The ringbell platform backend measured (`ringbell::backend()`): "linux" or "posix".
+    pub(super) backend: &'static str,
 }
 
 /// One latency figure.
@@ -434,6 +436,7 @@ pub(super) fn describe_machine() -> Result<Machine, CliError> {
         virtual_machine: field("flags")
             .is_some_and(|flags| flags.split_whitespace().any(|flag| flag == "hypervisor")),
         vendor: (!vendor.is_empty()).then(|| vendor.join(" ")),
+        backend: ringbell::backend(),
     })
 }
 

@@ -1,6 +1,6 @@
 //! The client's in-flight table: which call each correlation id belongs to.
 //!
-//! Kept apart from the tokio driver that owns it (`tokio_rpc.rs`) so that it has no runtime
+//! Kept apart from the tokio driver that owns it (`tokio/client.rs`) so that it has no runtime
 //! dependency: the property test checks it against a model, and the loom model checks the
 //! correlation logic around it (calls admitted, replies arriving in any order, callers
 //! giving up) under every interleaving of the threads involved.

@@ -486,7 +486,7 @@ pub fn sleep_until_killed() -> ! {
 // ---------------------------------------------------------------------------------------
 // The shared segment, as a hostile peer sees it.
 
-/// Offsets in the shared segment (see `src/layout.rs`): the ring control blocks start at
+/// Offsets in the shared segment (see `src/core/layout.rs`): the ring control blocks start at
 /// 256, each is four 128-byte lines (tail, head, readable cell, writable cell), ring 0
 /// (client → server) is first, and ring data starts at one page.
 pub const RINGS_OFFSET: usize = 256;
@@ -612,7 +612,7 @@ impl Drop for Scribbler {
     }
 }
 
-/// A frame header as the ring writes it (see `src/ring.rs`): length u32 LE, kind byte,
+/// A frame header as the ring writes it (see `src/core/ring.rs`): length u32 LE, kind byte,
 /// flags, two reserved bytes, correlation id u64 LE.
 pub fn frame_header(len: u32, kind: u8) -> [u8; 16] {
     let mut header = [0u8; 16];
@@ -622,10 +622,10 @@ pub fn frame_header(len: u32, kind: u8) -> [u8; 16] {
 }
 
 /// The handshake protocol version of this build (`PROTOCOL_VERSION` in
-/// `src/handshake.rs`).
+/// `src/handshake/wire.rs`).
 pub const PROTOCOL_VERSION: u16 = 2;
 
-/// A hello of protocol `version`, as `src/handshake.rs` encodes it: magic, version u16 LE,
+/// A hello of protocol `version`, as `src/handshake/wire.rs` encodes it: magic, version u16 LE,
 /// kind 1 (hello) u16 LE, status 0 u32 LE.
 pub fn hello(version: u16) -> [u8; 16] {
     let mut bytes = [0u8; 16];

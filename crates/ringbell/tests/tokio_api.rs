@@ -464,9 +464,11 @@ async fn the_blocking_server_serves_async_clients() {
             client.await.unwrap();
         }
     };
-    tokio::time::timeout(WATCHDOG, check)
-        .await
-        .expect("watchdog");
+    let checked = tokio::time::timeout(WATCHDOG, check).await;
+    // `Server::serve` never returns, so its server is never dropped and would leave the
+    // socket file behind in the temporary directory when this process exits.
+    let _ = std::fs::remove_file(&path);
+    checked.expect("watchdog");
 }
 
 /// The server's sweeper sleeps whenever a sweep finds nothing (`WaitStrategy::Block`: no

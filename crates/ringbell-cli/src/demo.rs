@@ -105,7 +105,10 @@ pub fn run(quick: bool) -> Result<(), CliError> {
     );
     let cpus = allowed_cpus()?;
     print_machine(cpus.len());
-    println!("backend: {} (ringbell's platform backend in this build)", ringbell::backend());
+    println!(
+        "backend: {} (ringbell's platform backend in this build)",
+        ringbell::backend()
+    );
     let peer_cpu = match cpus.as_slice() {
         [client_cpu, peer_cpu, ..] => {
             // Before any child or thread exists, so that all of ours stay on this core.

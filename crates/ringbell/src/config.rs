@@ -125,6 +125,12 @@ impl ServerConfig {
     /// or refuses each client by its kernel-reported uid (`SO_PEERCRED`), so other users'
     /// clients get [`Error::PermissionDenied`](crate::Error::PermissionDenied) from the
     /// server rather than from the file system.
+    ///
+    /// # Platform-specific behaviour
+    ///
+    /// A Unix setting: users are uids on every Unix (the peer's comes from `SO_PEERCRED`
+    /// on Linux). Windows names users by SID, and will get a setting of its own beside this
+    /// one; uids given here will not admit anyone there.
     pub fn allow_uid(mut self, uid: u32) -> Self {
         self.allowed_uids.get_or_insert_with(Vec::new).push(uid);
         self
@@ -236,6 +242,11 @@ impl ClientConfig {
     /// hand its messages to that impostor. The server's uid is the kernel's
     /// (`SO_PEERCRED`); an untrusted server gives
     /// [`Error::PermissionDenied`](crate::Error::PermissionDenied) before a byte is sent.
+    ///
+    /// # Platform-specific behaviour
+    ///
+    /// A Unix setting, like [`ServerConfig::allow_uid`]: Windows will trust servers by SID,
+    /// with a setting of its own.
     pub fn trust_server_uid(mut self, uid: u32) -> Self {
         self.trusted_server_uids.push(uid);
         self

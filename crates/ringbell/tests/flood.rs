@@ -338,6 +338,9 @@ async fn connect_when_room(socket: &SocketPath) -> Client {
     }
 }
 
+/// Clients that `connection_limit` has connect at once past the limit.
+const REFUSED_AT_ONCE: usize = 20;
+
 fn connection_limit(kind: &str) {
     let _test = shared_test(&format!("connection_limit_{kind}"));
     const LIMIT: usize = 10;
@@ -354,6 +357,26 @@ fn connection_limit(kind: &str) {
         assert!(matches!(refusal, Error::ServerBusy { .. }), "{refusal:?}");
         for client in &clients {
             assert_eq!(client.call(b"still served").await.unwrap(), b"still served");
+        }
+        // Many refused at once: each is told so, none is left waiting in the server's
+        // queue (an accept loop that stopped at the first refusal left the rest there
+        // until their handshakes timed out, as `Error::Handshake`).
+        let at_once: Vec<_> = (0..REFUSED_AT_ONCE)
+            .map(|_| {
+                let path = socket.path().to_path_buf();
+                tokio::spawn(async move {
+                    Client::connect(&path, ClientConfig::default())
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .collect();
+        for refused in at_once {
+            let refused = refused.await.unwrap();
+            assert!(
+                matches!(refused, Err(Error::ServerBusy { .. })),
+                "{kind}: a client among {REFUSED_AT_ONCE} at once got {refused:?}"
+            );
         }
         // A closed connection gives its place back.
         clients.pop();

@@ -57,6 +57,7 @@ fn run_role(role: &str) -> Result<(), String> {
         "idle_client" => role_idle_client(),
         "last_words_client" => role_last_words_client(),
         "chunk_forging_client" => role_chunk_forging_client(),
+        "doorbell_closing_client" => role_doorbell_closing_client(),
         other => Err(format!("unknown role {other:?}")),
     }
 }
@@ -203,6 +204,44 @@ fn role_last_words_client() -> Result<(), String> {
         drop(conn);
     }
     Ok(())
+}
+
+/// Connects, sends "hello", then shuts down its end of the server's doorbell (the ringer:
+/// the one socket of the connection that is neither its own doorbell nor its control
+/// socket), reports "shut", and stays alive with its control socket open: a peer that
+/// has made itself impossible to wake.
+fn role_doorbell_closing_client() -> Result<(), String> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let mut conn =
+        Connection::connect(param("RB_PATH"), ClientConfig::default()).context("connecting")?;
+    conn.send(b"hello").context("sending hello")?;
+    let ours = [
+        conn.doorbell_fd().as_raw_fd(),
+        conn.control_fd().as_raw_fd(),
+    ];
+    let mut ringers = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").context("listing fds")? {
+        let entry = entry.context("listing fds")?;
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if is_socket && !ours.contains(&fd) {
+            ringers.push(fd);
+        }
+    }
+    let [ringer] = ringers[..] else {
+        return Err(format!(
+            "expected one other socket (the ringer), found {ringers:?}"
+        ));
+    };
+    // SAFETY: `ringer` is an fd of the connection, which is alive for the whole borrow.
+    let ringer = unsafe { BorrowedFd::borrow_raw(ringer) };
+    rustix::net::shutdown(ringer, Shutdown::Both).context("shutting the ringer down")?;
+    report("shut");
+    let _keep_open = conn;
+    sleep_until_killed()
 }
 
 /// Ring size for `regress_zero_length_middle_chunk_is_corruption`: full chunks of 1008 B.
@@ -614,4 +653,61 @@ fn regress_huge_timeout_does_not_panic() {
         Err(error) => panic!("the client failed: {error}"),
     }
     echo.join().expect("the server thread panicked");
+}
+
+// =======================================================================================
+// A peer that shuts its end of our doorbell down.
+
+/// A doorbell whose other end hung up polls readable for ever. A side that slept on it
+/// (the blocking wait of the POSIX backend, and every async wait) used to return from
+/// every sleep at once and sleep again, burning a core for as long as the peer kept its
+/// control socket open. Now the hang-up ends the connection with `PeerDied`; a blocking
+/// side of the Linux backend, which sleeps on the futex, never looks at the doorbell and
+/// times out as usual. Before the fix, the POSIX recv and the async recv below never
+/// returned, and the watchdog aborted the test.
+#[test]
+fn regress_a_closed_doorbell_ends_the_wait_instead_of_spinning() {
+    let _test = shared_test("regress_closed_doorbell");
+    let socket = SocketPath::new("closed_doorbell");
+    let server = Server::bind(&socket, ServerConfig::default()).expect("binding");
+    // A client that said hello, then shut our doorbell's other end down.
+    let doorbell_closer = || {
+        let mut client =
+            ChildProcess::spawn("doorbell_closing_client", &[("RB_PATH", socket.param())]);
+        let mut conn = accept_from(&server, &mut client);
+        let mut buf = Vec::new();
+        conn.recv(&mut buf, Some(PATIENCE))
+            .expect("receiving hello");
+        assert_eq!(buf, b"hello");
+        client.expect_line("shut");
+        (conn, client)
+    };
+
+    let mut buf = Vec::new();
+    let (mut conn, mut client) = doorbell_closer();
+    let blocking = conn.recv(&mut buf, Some(Duration::from_millis(300)));
+    match ringbell::backend() {
+        // It sleeps on its doorbell: the hang-up is the end.
+        "posix" => assert!(matches!(blocking, Err(Error::PeerDied)), "{blocking:?}"),
+        // It sleeps on the futex, which the client can still wake.
+        _ => assert!(matches!(blocking, Err(Error::Timeout)), "{blocking:?}"),
+    }
+    client.kill();
+
+    let (conn, mut client) = doorbell_closer();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let waited = runtime.block_on(async {
+        let mut conn = ringbell::tokio::AsyncConnection::from_connection(conn)
+            .expect("registering the connection");
+        let mut buf = Vec::new();
+        tokio::time::timeout(PATIENCE, conn.recv(&mut buf)).await
+    });
+    assert!(
+        matches!(waited, Ok(Err(Error::PeerDied))),
+        "the async recv gave {waited:?}"
+    );
+    client.kill();
 }

@@ -117,9 +117,13 @@ impl Connection {
                 }
                 let waited = match patience {
                     Patience::NoWait { check_peer } => {
-                        if let Err(gone) =
-                            peer_alive(&self.control, self.header(), self.side, check_peer)
-                        {
+                        if let Err(gone) = peer_alive(
+                            &self.control,
+                            &self.own_doorbell,
+                            self.header(),
+                            self.side,
+                            check_peer,
+                        ) {
                             if self.rx.has_data().map_err(corrupted)? {
                                 continue;
                             }
@@ -137,7 +141,15 @@ impl Connection {
                             deadline,
                             &mut self.peer_check_due,
                             || Ok(rx.has_data().map_err(corrupted)? || peer_closed(header, side)),
-                            |thorough| peer_alive(&self.control, header, side, thorough),
+                            |thorough| {
+                                peer_alive(
+                                    &self.control,
+                                    &self.own_doorbell,
+                                    header,
+                                    side,
+                                    thorough,
+                                )
+                            },
                         )?
                     }
                 };

@@ -168,7 +168,7 @@ impl Connection {
             deadline,
             &mut self.peer_check_due,
             || Ok(tx.has_room(payload).map_err(corrupted)? || peer_closed(header, side)),
-            |thorough| peer_alive(&self.control, header, side, thorough),
+            |thorough| peer_alive(&self.control, &self.own_doorbell, header, side, thorough),
         )
     }
 }

@@ -9,7 +9,7 @@ use super::{corrupted, Connection, Segment, Side};
 use crate::config::WaitStrategy;
 use crate::core::layout::{RingControl, SegmentHeader, WaitCell};
 use crate::core::sync::{AtomicU32, Ordering};
-use crate::core::wait::{self, Sleeper, Waited};
+use crate::core::wait::{self, Sleeper, Waited, Woke};
 use crate::error::Error;
 use crate::sys::{self, ControlStream, Doorbell, DoorbellRinger};
 
@@ -38,11 +38,10 @@ impl Connection {
     pub(crate) async fn wait_for_ring(&mut self) -> Result<(), Error> {
         let io = |error| Error::io("waiting for the doorbell", error);
         ::tokio::select! {
-            rung = self.own_doorbell.rung() => {
-                // The peer's end of the doorbell closed: it is gone, and its goodbye flag
-                // or control channel says so to the caller's next look.
-                rung.map_err(io)?;
-            }
+            // If the doorbell's other end hung up, the doorbell now says so, and the
+            // caller's next look at the peer (after taking what is in the ring) ends the
+            // connection instead of waiting on it again.
+            rung = self.own_doorbell.rung() => rung.map_err(io)?,
             stirred = self.control.stirred() => stirred.map_err(io)?,
         }
         Ok(())
@@ -95,6 +94,13 @@ impl Connection {
         Ok(armed)
     }
 
+    /// Records that a poller saw this side's doorbell hang up: the peer can no longer wake
+    /// us, and its next look at the peer (once the ring is empty) ends the connection.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn doorbell_hung_up(&self) {
+        self.own_doorbell.mark_closed();
+    }
+
     /// Whether a frame of `payload` bytes fits in the ring now (a spin-phase check).
     #[cfg(feature = "tokio")]
     pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, Error> {
@@ -111,8 +117,14 @@ impl Connection {
     #[cfg(feature = "tokio")]
     pub(crate) fn ensure_peer_alive(&mut self) -> Result<(), Error> {
         self.usable()?;
-        peer_alive(&self.control, self.header(), self.side, true)
-            .inspect_err(|error| self.broken = error.terminal_copy())
+        peer_alive(
+            &self.control,
+            &self.own_doorbell,
+            self.header(),
+            self.side,
+            true,
+        )
+        .inspect_err(|error| self.broken = error.terminal_copy())
     }
 
     /// Records `error` as the end of the connection if it is terminal, and returns it.
@@ -244,15 +256,19 @@ pub(super) fn peer_closed(header: &SegmentHeader, side: Side) -> bool {
     header.closed[side.rx_index()].load(Ordering::Acquire) != 0
 }
 
-/// `Err(PeerDied)` if the peer said goodbye (a flag in shared memory, no syscall) or, when
-/// `thorough`, if its control socket shows end-of-file (one non-blocking syscall).
+/// `Err(PeerDied)` if the peer said goodbye (a flag in shared memory, no syscall), if a
+/// wait saw the other end of our doorbell hang up (nobody can wake us any more: the peer
+/// died, or made itself impossible to wait for), or, when `thorough`, if its control
+/// socket shows end-of-file (one non-blocking syscall). Callers ask only once the ring is
+/// empty, so whatever the peer sent before is received first.
 pub(super) fn peer_alive(
     control: &ControlStream,
+    doorbell: &Doorbell,
     header: &SegmentHeader,
     side: Side,
     thorough: bool,
 ) -> Result<(), Error> {
-    if peer_closed(header, side) || (thorough && control.peer_gone()) {
+    if peer_closed(header, side) || doorbell.closed() || (thorough && control.peer_gone()) {
         return Err(Error::PeerDied);
     }
     Ok(())
@@ -280,9 +296,10 @@ struct DoorbellSleeper<'a> {
 impl Sleeper for DoorbellSleeper<'_> {
     const ANNOUNCEMENT: u32 = wait::SLEEP_DOORBELL;
 
-    fn sleep(&self, _word: &AtomicU32, _expected: u32, deadline: Option<Instant>) {
-        sys::sleep_until_rung(self.doorbell, self.control, deadline);
+    fn sleep(&self, _word: &AtomicU32, _expected: u32, deadline: Option<Instant>) -> Woke {
+        let woke = sys::sleep_until_rung(self.doorbell, self.control, deadline);
         self.doorbell.drain();
+        woke
     }
 }
 

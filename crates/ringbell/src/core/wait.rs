@@ -60,7 +60,17 @@ pub(crate) trait Sleeper {
     const ANNOUNCEMENT: u32;
     /// Sleeps while `*word == expected` (a doorbell sleeper: until rung), until woken or
     /// `deadline`. May return early.
-    fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>);
+    fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> Woke;
+}
+
+/// What ended a sleep, as far as the sleeper knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// Woken, timed out, or early: look at the condition again.
+    Maybe,
+    /// The sleeper saw the peer hang up (a doorbell sleeper watches the peer's ends):
+    /// check the peer now, not at the next periodic check.
+    PeerHungUp,
 }
 
 /// What a waker must do after [`notify`].
@@ -120,22 +130,31 @@ pub(crate) fn withdraw(cell: &WaitCell) {
     cell.sleeping.store(0, Ordering::Relaxed);
 }
 
-/// One sleep: returns when woken, at `deadline`, or spuriously. Returns whether `ready()`
+/// One sleep: returns when woken, at `deadline`, or spuriously; or at once if `ready()`
 /// was already true before sleeping.
 fn sleep<S: Sleeper, E>(
     cell: &WaitCell,
     sleeper: &S,
     deadline: Option<Instant>,
     ready: &mut impl FnMut() -> Result<bool, E>,
-) -> Result<bool, E> {
+) -> Result<Slept, E> {
     // SYNC: pairs with the Release `fetch_add` in `notify`.
     let seen = cell.seq.load(Ordering::Acquire);
     if announce(cell, S::ANNOUNCEMENT, ready)? {
-        return Ok(true);
+        return Ok(Slept::Ready);
     }
-    sleeper.sleep(&cell.seq, seen, deadline);
+    let woke = sleeper.sleep(&cell.seq, seen, deadline);
     withdraw(cell);
-    Ok(false)
+    Ok(Slept::Woke(woke))
+}
+
+/// How one [`sleep`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slept {
+    /// `ready()` was true before it slept.
+    Ready,
+    /// It slept, and woke.
+    Woke(Woke),
 }
 
 /// How a wait ended, when it did not fail.
@@ -234,8 +253,11 @@ pub(crate) fn wait_until<E>(
         }
         let check_at = peer_check_due.unwrap_or(now + PEER_CHECK_INTERVAL);
         let wake_by = deadline.map_or(check_at, |deadline| deadline.min(check_at));
-        if sleep(cell, sleeper, Some(wake_by), &mut ready)? {
-            return Ok(Waited::Ready);
+        match sleep(cell, sleeper, Some(wake_by), &mut ready)? {
+            Slept::Ready => return Ok(Waited::Ready),
+            // The next pass checks the peer thoroughly, at once.
+            Slept::Woke(Woke::PeerHungUp) => *peer_check_due = Some(Instant::now()),
+            Slept::Woke(Woke::Maybe) => {}
         }
     }
 }
@@ -263,11 +285,12 @@ mod loom_tests {
     impl Sleeper for ModelFutex {
         const ANNOUNCEMENT: u32 = SLEEP_FUTEX;
 
-        fn sleep(&self, word: &AtomicU32, expected: u32, _deadline: Option<Instant>) {
+        fn sleep(&self, word: &AtomicU32, expected: u32, _deadline: Option<Instant>) -> Woke {
             let guard = self.lock.lock().unwrap();
             if word.load(Ordering::SeqCst) == expected {
                 drop(self.queue.wait(guard).unwrap());
             }
+            Woke::Maybe
         }
     }
 

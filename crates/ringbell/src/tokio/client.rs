@@ -691,6 +691,7 @@ impl GroupDriver {
                 if !event.hung_up {
                     continue;
                 }
+                member.connection.doorbell_hung_up();
             }
             member.peer_stirred = true;
             // A peer that is gone will never make room for what we still have to send.

@@ -605,6 +605,7 @@ where
                 if !hung_up {
                     continue;
                 }
+                served.connection.doorbell_hung_up();
             }
             served.connection.settle_doorbell(false);
             served.peer_stirred = true;

@@ -43,6 +43,11 @@ pub struct AsyncServer {
     handshakes: JoinSet<Result<Option<Connection>, Error>>,
     /// The server's configuration, shared with the handshake tasks.
     config: std::sync::Arc<ServerConfig>,
+    /// Clients may still wait in the listener's queue: the last round of accepts ended on
+    /// an error (a client refused at the limit, or out of fds) before it found the queue
+    /// empty. The listener's readiness is edge-triggered and already cleared, so the next
+    /// call accepts again before it waits, or those clients would wait for a new one.
+    backlog: bool,
     /// Its listener registered with the runtime.
     pub(super) server: Server,
 }
@@ -89,6 +94,7 @@ impl AsyncServer {
             .map_err(|error| Error::io("registering the listener with the tokio runtime", error))?;
         Ok(AsyncServer {
             handshakes: JoinSet::new(),
+            backlog: false,
             config: std::sync::Arc::new(server.config().clone()),
             server,
         })
@@ -112,6 +118,9 @@ impl AsyncServer {
     /// [`accept`](Self::accept), returning the connection before it is registered with
     /// the runtime, for [`serve`](Self::serve)'s sweeper, which watches its fds itself.
     pub(super) async fn accept_connection(&mut self) -> Result<Connection, Error> {
+        if std::mem::take(&mut self.backlog) {
+            self.take_waiting_clients()?;
+        }
         loop {
             ::tokio::select! {
                 Some(joined) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
@@ -126,12 +135,31 @@ impl AsyncServer {
                 }
                 acceptable = self.server.listener().acceptable() => {
                     acceptable.map_err(|error| Error::io("waiting for clients", error))?;
-                    // The readiness is cleared: take every client that is waiting.
-                    while let Some(handshake) = self.server.start_handshake()? {
-                        let config = self.config.clone();
-                        let own_user = self.server.own_user();
-                        self.handshakes.spawn(drive_handshake(handshake, config, own_user));
-                    }
+                    self.take_waiting_clients()?;
+                }
+            }
+        }
+    }
+
+    /// Starts a handshake task for every client waiting in the listener's queue. The
+    /// listener's readiness was cleared before, so this must go on until the queue is
+    /// empty: an error about one client ends it early, and leaves [`backlog`] set for the
+    /// next call to go on.
+    ///
+    /// [`backlog`]: Self::backlog
+    fn take_waiting_clients(&mut self) -> Result<(), Error> {
+        loop {
+            match self.server.start_handshake() {
+                Ok(Some(handshake)) => {
+                    let config = self.config.clone();
+                    let own_user = self.server.own_user();
+                    self.handshakes
+                        .spawn(drive_handshake(handshake, config, own_user));
+                }
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    self.backlog = true;
+                    return Err(error);
                 }
             }
         }

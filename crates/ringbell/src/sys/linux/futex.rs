@@ -9,7 +9,7 @@ use rustix::thread::futex::{self, Timespec};
 use rustix::time::{clock_gettime, ClockId};
 
 use crate::core::sync::AtomicU32;
-use crate::core::wait::{Sleeper, SLEEP_FUTEX};
+use crate::core::wait::{Sleeper, Woke, SLEEP_FUTEX};
 
 /// The kernel's futex, on a word in shared memory.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,7 +40,7 @@ fn absolute(deadline: Instant) -> Timespec {
 impl Sleeper for SharedWait {
     const ANNOUNCEMENT: u32 = SLEEP_FUTEX;
 
-    fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+    fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> Woke {
         let timeout = deadline.map(absolute);
         // EAGAIN (the value changed), EINTR and ETIMEDOUT all mean "look again", which the
         // caller does; it also bounds every wait by its own deadline, so no error here can
@@ -52,6 +52,7 @@ impl Sleeper for SharedWait {
             timeout.as_ref(),
             MATCH_ANY,
         );
+        Woke::Maybe
     }
 }
 

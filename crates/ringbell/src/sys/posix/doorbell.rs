@@ -14,6 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rustix::fs::{fstat, FileType};
@@ -24,6 +25,7 @@ use rustix::net::{
 
 use super::socket::{poll_timeout, ControlStream, HANG_UP};
 use super::{io_error, Grant};
+use crate::core::wait::Woke;
 
 /// The end a waiter polls: readable after a ring.
 #[derive(Debug)]
@@ -33,16 +35,10 @@ pub(crate) struct Doorbell {
     #[cfg(feature = "tokio")]
     registration: super::readiness::Registration,
     fd: OwnedFd,
-}
-
-/// What ended an async wait for a doorbell.
-#[cfg(feature = "tokio")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ring {
-    /// It was rung.
-    Rung,
-    /// The peer's end is closed: the peer is gone, and nobody will ring it again.
-    Closed,
+    /// A wait saw the other end hang up (the peer closed or shut down its ringer): nobody
+    /// can ring this doorbell again, and a wait on it would return at once for ever. Its
+    /// owner treats that as the peer's death (see [`closed`](Self::closed)).
+    closed: AtomicBool,
 }
 
 /// The end the other side rings.
@@ -104,7 +100,23 @@ impl Doorbell {
             #[cfg(feature = "tokio")]
             registration: Default::default(),
             fd,
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a wait saw the other end hang up: no ring can come any more. The peer
+    /// either died (its control stream will say so) or made itself impossible to wait
+    /// for; either way its connection is over.
+    pub(crate) fn closed(&self) -> bool {
+        // SYNC: Relaxed: a flag read by the thread that set it, or by one that only closes
+        // the connection on the strength of it; it publishes nothing.
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Records that the other end hung up (for an owner that learnt it from a poller).
+    pub(crate) fn mark_closed(&self) {
+        // SYNC: as in `closed`.
+        self.closed.store(true, Ordering::Relaxed);
     }
 
     /// Adopts a doorbell end received from the peer, after checking what it is.
@@ -141,13 +153,16 @@ impl Doorbell {
     }
 
     /// Waits, in the tokio runtime it is registered with, until the doorbell is rung or the
-    /// peer's end closes. The caller then [`drain`](Self::drain)s it.
+    /// peer's end closes (then [`closed`](Self::closed) says so from here on). The caller
+    /// then [`drain`](Self::drain)s it.
     #[cfg(feature = "tokio")]
-    pub(crate) async fn rung(&self) -> io::Result<Ring> {
-        let closed = self.registration.readable().await?;
-        // tokio never clears a read-closed readiness, so treating it as a ring would loop
-        // for ever: it is reported as the peer's end instead.
-        Ok(if closed { Ring::Closed } else { Ring::Rung })
+    pub(crate) async fn rung(&self) -> io::Result<()> {
+        // tokio never clears a read-closed readiness, so every later wait would return at
+        // once: the caller must stop waiting, which `closed` tells it.
+        if self.registration.readable().await? {
+            self.mark_closed();
+        }
+        Ok(())
     }
 
     /// Resets the doorbell after a wake-up. Never blocks: reads until nothing is left,
@@ -202,20 +217,39 @@ impl DoorbellRinger {
 /// without a shared-memory wait; the caller drains the doorbell when it wakes. One
 /// `poll(2)`: the control socket is watched for its hang-up only, never for bytes a hostile
 /// peer might write to it, which would make every sleep return at once.
+///
+/// A hung-up doorbell (the peer closed or shut down its ringer) polls readable for ever,
+/// so it is recorded ([`Doorbell::closed`]) and reported, with a hung-up control stream,
+/// as [`Woke::PeerHungUp`]: the caller must check the peer at once and stop waiting,
+/// instead of spinning on a doorbell that nobody can ring.
 pub(crate) fn sleep_until_rung(
     doorbell: &Doorbell,
     control: &ControlStream,
     deadline: Option<Instant>,
-) {
+) -> Woke {
     use rustix::event::{poll, PollFd, PollFlags};
     let mut fds = [
-        PollFd::new(&doorbell.fd, PollFlags::IN),
+        PollFd::new(&doorbell.fd, PollFlags::IN | HANG_UP),
         PollFd::new(control, HANG_UP),
     ];
     let timeout =
         deadline.map(|deadline| poll_timeout(deadline.saturating_duration_since(Instant::now())));
     // EINTR, ENOMEM: an early return, which the caller's loop treats as such.
-    let _ = poll(&mut fds, timeout.as_ref());
+    if poll(&mut fds, timeout.as_ref()).is_err() {
+        return Woke::Maybe;
+    }
+    let hung_up = |fd: &PollFd<'_>| {
+        fd.revents()
+            .intersects(HANG_UP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+    };
+    if hung_up(&fds[0]) {
+        doorbell.mark_closed();
+    }
+    if hung_up(&fds[0]) || hung_up(&fds[1]) {
+        Woke::PeerHungUp
+    } else {
+        Woke::Maybe
+    }
 }
 
 impl super::Source for Doorbell {

@@ -32,7 +32,7 @@ impl crate::core::wait::Sleeper for SharedWait {
         _word: &crate::core::sync::AtomicU32,
         _expected: u32,
         _deadline: Option<std::time::Instant>,
-    ) {
+    ) -> crate::core::wait::Woke {
         match *self {}
     }
 }

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=crates/ringbell/src
-pattern='rustix|libc::|std::os::(fd|unix|windows)|OwnedFd|AsFd|BorrowedFd|RawFd|AsRawFd|AsyncFd|windows_sys|getuid|RLIMIT'
+pattern='rustix|libc::|mio::|epoll|kqueue|tokio::io::unix|std::os::(fd|unix|windows)|OwnedFd|AsFd|BorrowedFd|RawFd|AsRawFd|AsyncFd|windows_sys|getuid|RLIMIT'
 hits=$(grep -rnE "$pattern" "$src" --include='*.rs' |
     grep -vE "^$src/(sys|os)/" |
     grep -vE '^\S+:[0-9]+:\s*//' || true)

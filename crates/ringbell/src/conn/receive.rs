@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::wake::{peer_alive, peer_closed, rings, rx_readable, wait_on};
+use super::wake::{peer_alive, peer_closed, rings, wait_on};
 use super::{corrupted, Connection};
 use crate::core::ring::{max_frame_payload, Frame, FrameKind};
 use crate::core::wait::{self, Waited};
@@ -79,8 +79,7 @@ impl Connection {
     ) -> Result<Option<Received>, Error> {
         self.usable()?;
         if self.doorbell_armed {
-            self.doorbell_armed = false;
-            wait::withdraw(rx_readable(&self.segment, self.side));
+            self.disarm_doorbell();
             self.own_doorbell.drain();
         }
         let result = self.receive_frames(buf, patience);

@@ -55,7 +55,10 @@ impl Connection {
     /// whole loop.
     ///
     /// While armed, the peer's next `send` rings the doorbell (one syscall); otherwise
-    /// sends make no syscall at all. The next `try_recv` or `recv` disarms it.
+    /// sends make no syscall at all. The next `try_recv` or `recv` disarms it, and so, on a
+    /// backend without a shared-memory wait (the POSIX one, see [`crate::backend`]), does
+    /// a `send` that has to wait for room, because it sleeps on the same doorbell. So
+    /// arm again before every wait, as the loop in `ConnectionExt`'s docs does.
     ///
     /// # Errors
     ///
@@ -92,6 +95,14 @@ impl Connection {
         let armed = !wait::announce(cell, wait::SLEEP_DOORBELL, &mut ready)
             .inspect_err(|error| self.broken = error.terminal_copy())?;
         Ok(armed)
+    }
+
+    /// Takes down the announcement of [`arm_doorbell`](Self::arm_doorbell), if it stands.
+    pub(super) fn disarm_doorbell(&mut self) {
+        if self.doorbell_armed {
+            self.doorbell_armed = false;
+            wait::withdraw(rx_readable(&self.segment, self.side));
+        }
     }
 
     /// Records that a poller saw this side's doorbell hang up: the peer can no longer wake

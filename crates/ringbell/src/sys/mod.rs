@@ -9,7 +9,8 @@
 //!
 //! * **`SharedRegion`**: a read-write mapping of a shared-memory object.
 //!   `create(len) -> (SharedRegion, Grant)` makes a zeroed object of `len` bytes that its
-//!   peer cannot resize, maps it, and returns the grant to send; `adopt(grant, len)`
+//!   peer cannot resize (but on the POSIX backend on Linux, see `posix/shm.rs`), maps it,
+//!   and returns the grant to send; `adopt(grant, len)`
 //!   checks a region received from the peer (what kind of object it is, who owns it, its
 //!   size) *before* mapping it, because a peer that could shrink the object would make
 //!   every access a potential `SIGBUS`; `as_ptr()`, `len()`. The mapping goes on drop, and
@@ -57,12 +58,16 @@
 //! | backend | where | shared memory | sleeping | poller |
 //! |---|---|---|---|---|
 //! | `linux` | Linux | sealed memfd | shared futex | epoll (through mio) |
-//! | `posix` | macOS; Linux with `--cfg ringbell_force_posix` | `shm_open`, unlinked at once | the doorbell | mio (epoll; kqueue on macOS) |
+//! | `posix` | Linux with `--cfg ringbell_force_posix`; the base of the macOS backend | `shm_open`, unlinked at once | the doorbell | mio (epoll; kqueue on macOS) |
 //!
 //! The `linux` backend is the `posix` one with two parts replaced: `linux/` holds only what
 //! differs (the memfd region and the futex), `posix/` everything the two share (sockets,
 //! doorbells, grants, credentials, the poller, readiness, limits). CI runs the whole test
-//! suite on both, so the code macOS will run is tested on Linux. Both sides of a
+//! suite on both, so the code that the macOS backend will share is tested on Linux. What
+//! macOS needs beyond it (its peer credentials, socket flags where it lacks
+//! `MSG_NOSIGNAL` and `SOCK_CLOEXEC`, the page-rounded size of a shm object, a check of
+//! a received fd's kind) comes with that backend: the POSIX backend has not been compiled
+//! for macOS yet. Both sides of a
 //! connection must use the same backend: a memfd client refuses a `shm_open` region, and
 //! says so in its handshake error.
 
@@ -95,6 +100,7 @@ pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
-    "ringbell has backends for Linux only so far (its POSIX backend, for macOS, runs on \
-     Linux with --cfg ringbell_force_posix); the macOS and Windows backends are planned"
+    "ringbell has backends for Linux only so far (its POSIX backend, the base of the macOS \
+     one, runs on Linux with --cfg ringbell_force_posix); the macOS and Windows backends \
+     are planned"
 );

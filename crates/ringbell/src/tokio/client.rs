@@ -118,7 +118,7 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the driver cannot set up its epoll set.
+    /// [`Error::Io`] if the driver cannot set up its poller.
     pub fn new(connection: AsyncConnection, max_in_flight: usize) -> Result<Client, Error> {
         let group = ClientGroup::new()?;
         Ok(group.adopt(connection.into_inner(), None, max_in_flight))
@@ -205,9 +205,9 @@ impl Outbox {
 /// Clients whose connections share one driver task, and one doorbell per server process:
 /// for a process that holds many connections at once. Cheap to clone; the group's task
 /// ends when the group and all its clients have been dropped and their calls have ended,
-/// and every fd goes with it. The group holds an epoll set and a doorbell pair per server
-/// process it talks to, and each of its connections three fds (control socket, a copy of
-/// its doorbell, the server's ringer).
+/// and every fd goes with it. The group holds a poller (an epoll set on Linux) and a
+/// doorbell pair per server process it talks to, and each of its connections three fds
+/// (control socket, a copy of its doorbell, the server's ringer).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), ringbell::Error> {
@@ -284,7 +284,7 @@ impl ClientGroup {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the group's epoll set cannot be created (out of fds, usually).
+    /// [`Error::Io`] if the group's poller cannot be created (out of fds, usually).
     pub fn new() -> Result<ClientGroup, Error> {
         let (driver, messages) = mpsc::unbounded_channel();
         let task = GroupDriver::new()?;
@@ -424,7 +424,7 @@ impl GroupDriver {
         let mut events_due = Instant::now() + PEER_CHECK_INTERVAL;
         loop {
             let mut progressed = false;
-            // The epoll set is looked at while busy too, so that a server that died
+            // The poller is looked at while busy too, so that a server that died
             // without a word fails its calls even while other members keep us busy.
             if passes % EVENT_CHECK_PASSES == 0 && Instant::now() >= events_due {
                 self.take_events();

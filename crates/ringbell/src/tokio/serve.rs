@@ -70,8 +70,8 @@ impl AsyncServer {
     /// One sweeper task serves all the connections. While any of them has a request, it
     /// sweeps their rings without sleeping, so clients send without a syscall; after the
     /// spin budget of [`ServerConfig::wait`](crate::ServerConfig::wait) with nothing to
-    /// do, it sleeps on one epoll set that holds them all. Doorbell rings are made once
-    /// per sweep and doorbell, so the connections of one
+    /// do, it sleeps on one poller (an epoll set on Linux) that holds them all. Doorbell
+    /// rings are made once per sweep and doorbell, so the connections of one
     /// [`ClientGroup`](super::ClientGroup) to this server cost one wake-up per sweep.
     ///
     /// Each handler's future is first polled within the sweep; one that has to wait
@@ -303,7 +303,7 @@ where
             if !draining && *stopping.borrow() {
                 draining = true;
             }
-            // Likewise the epoll set, for the control sockets of clients that died
+            // Likewise the poller, for the control sockets of clients that died
             // without a word: their connections are dropped even while others keep the
             // sweeper busy.
             if sweeps % EVENT_CHECK_SWEEPS == 0 && Instant::now() >= events_due {

@@ -655,8 +655,6 @@ pub const ALL_WAITS: [WaitStrategy; 3] = [
     WaitStrategy::Block,
 ];
 
-/// Lines only in `before` (-) or only in `after` (+): what changed in a list of fds or
-/// mappings, for a failure message.
 /// Whether a line of `/proc/<pid>/maps` is a ringbell segment's mapping: a memfd named
 /// "ringbell" on the Linux backend (`src/sys/linux/memfd.rs`), shown as
 /// `/memfd:ringbell (deleted)`; an unlinked shm object named `ringbell-…` on the POSIX
@@ -665,6 +663,8 @@ pub fn is_segment_mapping(line: &str) -> bool {
     line.contains("memfd:ringbell") || line.contains("/dev/shm/ringbell-")
 }
 
+/// Lines only in `before` (-) or only in `after` (+): what changed in a list of fds or
+/// mappings, for a failure message.
 pub fn difference(before: &[String], after: &[String]) -> String {
     let removed = before
         .iter()

@@ -8,7 +8,7 @@ use std::io;
 
 use rustix::fs::{self, MemfdFlags, SealFlags};
 
-use super::super::posix::{current_user, Grant, SharedRegion, User};
+use super::super::posix::{check_received, invalid, Grant, SharedRegion, User};
 use super::io_error;
 
 /// The seals both sides insist on: the size can never change, and no seal can be removed
@@ -29,17 +29,17 @@ impl SharedRegion {
         Ok((region, Grant::from_fd(fd)))
     }
 
-    /// Maps a memfd received from a peer that runs as `owner`, after checking that it is a
-    /// regular file sealed against resizing, owned by `owner` (or us), and exactly
-    /// `expected_len` bytes long. A failed check gives an `InvalidData` error that says
-    /// which.
+    /// Maps a memfd received from the peer, after checking that it is sealed against
+    /// resizing, a regular file, and exactly `expected_len` bytes long. A failed check
+    /// gives an `InvalidData` error that says which. `_owner` is not checked: the seals
+    /// already make the object safe to map whoever owns it (and a server that binds as
+    /// root, then drops privileges, owns its memfds as another user than its socket says).
     pub(crate) fn adopt(
         grant: Grant,
         expected_len: usize,
-        owner: User,
+        _owner: User,
     ) -> io::Result<SharedRegion> {
         let fd = grant.into_fd();
-        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         let seals = fs::fcntl_get_seals(&fd).map_err(|_| {
             invalid(
                 "the shared-memory fd is not a sealable memfd (is the peer using another backend?)",
@@ -47,23 +47,10 @@ impl SharedRegion {
         })?;
         if !seals.contains(required_seals()) {
             return Err(invalid(
-                "the shared-memory fd is not sealed against resizing",
+                "the shared-memory fd is not sealed against resizing (is the peer using another backend?)",
             ));
         }
-        let stat = fs::fstat(&fd).map_err(io_error)?;
-        if fs::FileType::from_raw_mode(stat.st_mode) != fs::FileType::RegularFile {
-            return Err(invalid("the shared-memory fd is not a regular file"));
-        }
-        if Some(stat.st_uid) != owner.uid() && Some(stat.st_uid) != current_user().uid() {
-            return Err(invalid(
-                "the shared-memory object belongs to neither the peer's user nor ours",
-            ));
-        }
-        if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
-            return Err(invalid(
-                "the shared-memory object's size differs from the announced size",
-            ));
-        }
+        check_received(&fd, expected_len)?;
         SharedRegion::map(&fd, expected_len)
     }
 }
@@ -84,7 +71,7 @@ mod tests {
     }
 
     fn refusal(grant: Grant, len: usize) -> String {
-        match SharedRegion::adopt(grant, len, current_user()) {
+        match SharedRegion::adopt(grant, len, crate::sys::current_user()) {
             Ok(_) => panic!("a bad segment was mapped"),
             Err(error) => {
                 assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
@@ -98,7 +85,7 @@ mod tests {
         let (_region, grant) = SharedRegion::create(8192).unwrap();
         let copy = Grant::from_fd(grant.as_fd().try_clone_to_owned().unwrap());
         assert_eq!(
-            SharedRegion::adopt(copy, 8192, current_user())
+            SharedRegion::adopt(copy, 8192, crate::sys::current_user())
                 .unwrap()
                 .len(),
             8192

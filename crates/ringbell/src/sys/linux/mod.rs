@@ -3,8 +3,6 @@
 //! size a peer cannot change ([`memfd`]), and the shared futex, so that a blocking side
 //! sleeps on the ring's own word instead of on a socket ([`futex`]).
 
-#![allow(unsafe_code)]
-
 mod futex;
 mod memfd;
 

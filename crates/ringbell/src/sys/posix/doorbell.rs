@@ -12,6 +12,8 @@
 //!
 //! See socketpair(2), send(2), recv(2), poll(2).
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,10 +1,14 @@
 //! The mapping of a shared-memory object, whichever way the object was made (a memfd on
-//! Linux, `shm_open` here). See mmap(2), munmap(2).
+//! Linux, `shm_open` here), and the checks every backend makes of an object received from
+//! the peer before mapping it. See mmap(2), munmap(2), fstat(2).
+
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::AsFd;
 use std::ptr::{self, NonNull};
 
+use rustix::fs::{fstat, FileType, Stat};
 use rustix::mm::{self, MapFlags, ProtFlags};
 
 use super::io_error;
@@ -25,10 +29,37 @@ unsafe impl Send for SharedRegion {}
 // SAFETY: as above; `&SharedRegion` exposes only the pointer and the length.
 unsafe impl Sync for SharedRegion {}
 
+/// An `InvalidData` error about a received object.
+pub(in crate::sys) fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// The checks every backend makes of an object received from the peer, before it maps
+/// it: a regular file (on Linux; macOS reports no type for a shm object, and its backend
+/// checks the kind otherwise), exactly `expected_len` bytes long. Returns its `fstat`.
+pub(in crate::sys) fn check_received(object: impl AsFd, expected_len: usize) -> io::Result<Stat> {
+    let stat = fstat(object).map_err(io_error)?;
+    #[cfg(target_os = "linux")]
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(invalid("the shared-memory object is not a regular file"));
+    }
+    if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
+        return Err(invalid(
+            "the shared-memory object's size differs from the announced size",
+        ));
+    }
+    Ok(stat)
+}
+
 impl SharedRegion {
-    /// Maps the first `len` bytes of `object`, which the caller has checked are there and
-    /// will stay there.
-    pub(crate) fn map(object: impl AsFd, len: usize) -> io::Result<SharedRegion> {
+    /// Maps the first `len` bytes of `object`.
+    ///
+    /// Sound whatever `object` is: the mapping is new, at an address the kernel picks. But
+    /// an access past the end of the object raises `SIGBUS`, which kills the process, so
+    /// the callers make sure first that the object has `len` bytes and that nobody can
+    /// shrink it (the seals of `linux/memfd.rs`; macOS's one `ftruncate`); the one place
+    /// where a peer still can is the POSIX backend on Linux (see `posix/shm.rs`).
+    pub(in crate::sys) fn map(object: impl AsFd, len: usize) -> io::Result<SharedRegion> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -36,8 +67,7 @@ impl SharedRegion {
             ));
         }
         // SAFETY: a fresh mapping at an address the kernel picks cannot alias any Rust
-        // object; the caller checked that the object has `len` bytes and cannot lose
-        // them (see this function's docs).
+        // object, and is unmapped only by `drop`.
         let ptr = unsafe {
             mm::mmap(
                 ptr::null_mut(),

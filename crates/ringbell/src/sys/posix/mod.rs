@@ -1,4 +1,5 @@
-//! The POSIX backend: what every Unix shares, and all of what macOS will use.
+//! The POSIX backend: what every Unix shares, and the base of the macOS backend to come
+//! (which will add what macOS needs beyond it: see `sys/mod.rs`).
 //!
 //! - shared memory: `shm_open` with a random name, unlinked at once (`shm.rs`), mapped
 //!   by [`mapping`];
@@ -17,8 +18,6 @@
 //! be resized by anyone who holds it, so a peer of our uid could shrink the region under
 //! our mapping and turn our next access into a `SIGBUS`; macOS refuses a second
 //! `ftruncate` of a shm object, and Linux's own backend seals its memfd. See `shm.rs`.
-
-#![allow(unsafe_code)]
 
 mod credentials;
 mod doorbell;
@@ -42,6 +41,8 @@ pub(crate) use limits::{
     is_resource_exhaustion, raise_resource_limit, OUT_OF_HANDLES, RAISE_LIMIT_HINT,
 };
 pub(crate) use mapping::SharedRegion;
+#[cfg(all(target_os = "linux", not(ringbell_force_posix)))]
+pub(in crate::sys) use mapping::{check_received, invalid};
 #[cfg(any(ringbell_force_posix, not(target_os = "linux")))]
 pub(crate) use no_shared_wait::{shared_wait, BACKEND};
 #[cfg(feature = "tokio")]

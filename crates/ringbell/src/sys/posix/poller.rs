@@ -16,8 +16,10 @@
 //!
 //! See epoll(7) and kqueue(2).
 
+#![allow(unsafe_code)]
+
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -56,9 +58,10 @@ impl Poller {
     pub(crate) fn new() -> io::Result<Poller> {
         let poll = Poll::new()?;
         let mut registration = Registration::default();
-        // SAFETY: the fd is open, owned by `poll`, which becomes a field declared after
-        // `registration`, so the registration goes first; the poll is never replaced.
-        unsafe { registration.register(BorrowedFd::borrow_raw(poll.as_raw_fd()))? };
+        // SAFETY: the registry's fd is the poll's own, owned by `poll`, which becomes a
+        // field declared after `registration`, so the registration goes first; the poll
+        // is never replaced.
+        unsafe { registration.register(poll.registry().as_fd())? };
         Ok(Poller {
             registration,
             poll,

@@ -3,6 +3,8 @@
 //! holds a [`Registration`] as a field declared *before* the field that owns its fd, so
 //! the registration is dropped first, as `AsyncFd::register_with_interest` requires.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
@@ -30,7 +32,11 @@ impl Registration {
     ///
     /// # Errors
     ///
-    /// Outside a tokio runtime (with IO enabled), or if the reactor refuses the fd.
+    /// Outside a tokio runtime, or if the reactor refuses the fd.
+    ///
+    /// # Panics
+    ///
+    /// In a tokio runtime built without IO (`enable_io`), as tokio itself does.
     ///
     /// # Safety
     ///

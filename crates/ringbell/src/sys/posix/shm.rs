@@ -19,10 +19,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{fstat, ftruncate, FileType, Mode};
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{ftruncate, Mode};
 use rustix::io::Errno;
 use rustix::shm;
 
+use super::mapping::{check_received, invalid};
 use super::{io_error, Grant, SharedRegion, User};
 
 /// Names tried before giving up: a clash needs another object of the same random name.
@@ -49,62 +52,97 @@ impl SharedRegion {
     pub(crate) fn create(len: usize) -> io::Result<(SharedRegion, Grant)> {
         let mut attempts = 0;
         let fd = loop {
-            let name = random_name();
-            let flags = shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR;
-            match shm::open(name.as_str(), flags, Mode::RUSR | Mode::WUSR) {
-                Ok(fd) => {
-                    // At once: from here on, nothing can open it by name, and nothing is
-                    // left if we crash. If the name cannot go, neither can the object.
-                    shm::unlink(name.as_str()).map_err(io_error)?;
-                    break fd;
+            match open_unlinked(&random_name()) {
+                Err(error)
+                    if error.raw_os_error() == Some(Errno::EXIST.raw_os_error())
+                        && attempts < NAME_ATTEMPTS =>
+                {
+                    attempts += 1
                 }
-                Err(Errno::EXIST) if attempts < NAME_ATTEMPTS => attempts += 1,
-                Err(errno) => return Err(io_error(errno)),
+                other => break other?,
             }
         };
         // Once: macOS refuses a second `ftruncate` of a shm object.
         ftruncate(&fd, len as u64).map_err(io_error)?;
+        // On Linux the object's pages come from /dev/shm, whose size is limited (64 MiB
+        // in a default container): allocate them now, so that running out is an error
+        // here rather than a `SIGBUS` when a page is first touched.
+        #[cfg(target_os = "linux")]
+        rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len as u64)
+            .map_err(io_error)?;
         let region = SharedRegion::map(&fd, len)?;
         Ok((region, Grant::from_fd(fd)))
     }
 
-    /// Maps a shm object received from a peer that runs as `owner`, after checking that it
-    /// is a regular file, that `owner` (or we) own it, and that it is exactly
-    /// `expected_len` bytes long. A failed check gives an `InvalidData` error that says
-    /// which.
+    /// Maps a shm object received from a peer that runs as `owner`, after checking what
+    /// it is (a regular file on a tmpfs on Linux, and not another backend's sealed
+    /// memfd), that `owner` (or we) own it, and that it is exactly `expected_len` bytes
+    /// long. A failed check gives an `InvalidData` error that says which.
+    ///
+    /// The owner is checked because whoever owns the object could resize it: it must be
+    /// the peer itself, or us. A server that binds as root and drops its privileges
+    /// afterwards owns its objects as a user its socket does not show; it should bind
+    /// after dropping them.
     pub(crate) fn adopt(
         grant: Grant,
         expected_len: usize,
         owner: User,
     ) -> io::Result<SharedRegion> {
         let fd = grant.into_fd();
-        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-        let stat = fstat(&fd).map_err(io_error)?;
-        // On Linux a shm object is a tmpfs file; macOS reports no type bits for one (the
-        // macOS backend checks it with `proc_pidfdinfo` instead).
+        let stat = check_received(&fd, expected_len)?;
         #[cfg(target_os = "linux")]
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(invalid(
-                "the shared-memory object is not a regular file (is the peer using another backend?)",
-            ));
-        }
+        check_linux_shm(&fd)?;
         let ours = super::current_user();
         if Some(stat.st_uid) != owner.uid() && Some(stat.st_uid) != ours.uid() {
             return Err(invalid(
                 "the shared-memory object belongs to neither the peer's user nor ours",
             ));
         }
-        if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
-            return Err(invalid(
-                "the shared-memory object's size differs from the announced size",
-            ));
-        }
         SharedRegion::map(&fd, expected_len)
     }
 }
 
+/// Opens a new shm object named `name`, owner-only, and unlinks the name at once: from
+/// then on nothing can open it by name, and nothing is left if we crash.
+fn open_unlinked(name: &str) -> io::Result<OwnedFd> {
+    let flags = shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR;
+    let fd = shm::open(name, flags, Mode::RUSR | Mode::WUSR).map_err(io_error)?;
+    match shm::unlink(name) {
+        // ENOENT: someone of our uid unlinked it first, which leaves nothing behind either.
+        Ok(()) | Err(Errno::NOENT) => Ok(fd),
+        // The name stays, and there is nothing more to do about it than to say so.
+        Err(errno) => Err(io_error(errno)),
+    }
+}
+
+/// On Linux, what `fstat` cannot tell: the object is on a tmpfs (as `shm_open` makes
+/// them), so its pages are memory, not a file system whose reads could hang; and it is
+/// not a sealed memfd, which would mean that the peer runs the Linux backend, whose
+/// futex wake-ups this backend cannot make (both ends must use the same backend).
+#[cfg(target_os = "linux")]
+fn check_linux_shm(fd: &OwnedFd) -> io::Result<()> {
+    /// `TMPFS_MAGIC` of statfs(2).
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    let fs = rustix::fs::fstatfs(fd).map_err(io_error)?;
+    if fs.f_type as u64 != TMPFS_MAGIC {
+        return Err(invalid(
+            "the shared-memory object is not on a tmpfs (not a POSIX shm object)",
+        ));
+    }
+    let seals = rustix::fs::fcntl_get_seals(fd).unwrap_or(rustix::fs::SealFlags::empty());
+    if seals.intersects(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW) {
+        return Err(invalid(
+            "the shared-memory object is a sealed memfd: the peer uses the Linux backend, \
+             and both ends of a connection must use the same backend",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(unsafe_code)]
+
     use super::*;
 
     fn refusal(grant: Grant, len: usize) -> String {
@@ -129,14 +167,14 @@ mod tests {
         assert!(names
             .iter()
             .all(|name| name.len() <= 30 && name.starts_with(NAME_PREFIX)));
-        let (region, grant) = SharedRegion::create(8192).unwrap();
-        let listed: Vec<_> = std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .filter_map(|entry| entry.ok())
-            .filter(|entry| entry.file_name().to_string_lossy().starts_with("ringbell-"))
-            .collect();
-        assert!(listed.is_empty(), "a name was left in /dev/shm: {listed:?}");
-        drop((region, grant));
+        let name = random_name();
+        let _object = open_unlinked(&name).unwrap();
+        let reopened = shm::open(name.as_str(), shm::OFlags::RDWR, Mode::empty());
+        assert_eq!(
+            reopened.unwrap_err(),
+            Errno::NOENT,
+            "{name} was left behind"
+        );
     }
 
     #[test]
@@ -156,7 +194,34 @@ mod tests {
         let (_region, grant) = SharedRegion::create(8192).unwrap();
         assert!(refusal(dup(&grant), 4096).contains("size differs"));
         assert!(refusal(dup(&grant), 16384).contains("size differs"));
-        let dev_null: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let dev_null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
         assert!(refusal(Grant::from_fd(dev_null), 8192).contains("not a regular file"));
+        // A regular file elsewhere than on a tmpfs (the build's target directory).
+        let path = std::env::current_exe()
+            .unwrap()
+            .with_extension("region-test");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(8192).unwrap();
+        let on_tmpfs = rustix::fs::fstatfs(&file).unwrap().f_type as u64 == 0x0102_1994;
+        let on_disk = refusal(Grant::from_fd(file.into()), 8192);
+        let _ = std::fs::remove_file(&path);
+        if on_tmpfs {
+            eprintln!("note: the build directory is on a tmpfs: the non-tmpfs refusal is not checked here");
+        } else {
+            assert!(on_disk.contains("not on a tmpfs"), "{on_disk}");
+        }
+        // The Linux backend's sealed memfd.
+        let memfd = rustix::fs::memfd_create(
+            "ringbell",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        ftruncate(&memfd, 8192).unwrap();
+        rustix::fs::fcntl_add_seals(
+            &memfd,
+            rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
+        )
+        .unwrap();
+        assert!(refusal(Grant::from_fd(memfd), 8192).contains("Linux backend"));
     }
 }

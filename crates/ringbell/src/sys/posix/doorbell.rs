@@ -25,6 +25,7 @@ use rustix::net::{
     recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
 };
 
+use super::readiness::Registered;
 use super::socket::{poll_timeout, ControlStream, HANG_UP};
 use super::{io_error, Grant};
 use crate::core::wait::Woke;
@@ -32,11 +33,8 @@ use crate::core::wait::Woke;
 /// The end a waiter polls: readable after a ring.
 #[derive(Debug)]
 pub(crate) struct Doorbell {
-    /// Its registration with the tokio runtime, if it has one. Declared before `fd`, so
-    /// that it is dropped (deregistered) before the fd is closed.
-    #[cfg(feature = "tokio")]
-    registration: super::readiness::Registration,
-    fd: OwnedFd,
+    /// With its registration with the tokio runtime, if it has one.
+    fd: Registered<OwnedFd>,
     /// A wait saw the other end hang up (the peer closed or shut down its ringer): nobody
     /// can ring this doorbell again, and a wait on it would return at once for ever. Its
     /// owner treats that as the peer's death (see [`closed`](Self::closed)).
@@ -99,9 +97,7 @@ fn check_socket(fd: &OwnedFd) -> io::Result<u64> {
 impl Doorbell {
     fn new(fd: OwnedFd) -> Doorbell {
         Doorbell {
-            #[cfg(feature = "tokio")]
-            registration: Default::default(),
-            fd,
+            fd: Registered::new(fd),
             closed: AtomicBool::new(false),
         }
     }
@@ -130,7 +126,7 @@ impl Doorbell {
 
     /// This end, to send to the peer (which will wait on it).
     pub(crate) fn into_grant(self) -> Grant {
-        Grant::from_fd(self.fd)
+        Grant::from_fd(self.fd.into_inner())
     }
 
     /// Another handle for the same doorbell (`dup`), for a connection that shares it.
@@ -143,15 +139,13 @@ impl Doorbell {
     /// Does nothing if it is registered already.
     #[cfg(feature = "tokio")]
     pub(crate) fn register(&mut self) -> io::Result<()> {
-        // SAFETY: `self.fd` is owned by `self` and never replaced, and the registration is
-        // a field of `self` declared before it, so it goes first.
-        unsafe { self.registration.register(self.fd.as_fd()) }
+        self.fd.register()
     }
 
     /// Undoes [`register`](Self::register).
     #[cfg(feature = "tokio")]
     pub(crate) fn deregister(&mut self) {
-        self.registration.clear();
+        self.fd.deregister();
     }
 
     /// Waits, in the tokio runtime it is registered with, until the doorbell is rung or the
@@ -161,7 +155,7 @@ impl Doorbell {
     pub(crate) async fn rung(&self) -> io::Result<()> {
         // tokio never clears a read-closed readiness, so every later wait would return at
         // once: the caller must stop waiting, which `closed` tells it.
-        if self.registration.readable().await? {
+        if self.fd.readable().await? {
             self.mark_closed();
         }
         Ok(())

@@ -28,7 +28,6 @@ mod mapping;
 mod no_shared_wait;
 #[cfg(feature = "tokio")]
 mod poller;
-#[cfg(feature = "tokio")]
 mod readiness;
 #[cfg(any(ringbell_force_posix, not(target_os = "linux")))]
 mod shm;

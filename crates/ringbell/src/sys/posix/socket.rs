@@ -22,6 +22,7 @@ use rustix::net::{
     SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
+use super::readiness::Registered;
 use super::{credentials, io_error, Grant, User};
 
 /// What a control socket is polled for to learn that its peer is gone: `POLLRDHUP`, which
@@ -91,11 +92,8 @@ pub(crate) const MAX_FDS: usize = 4;
 /// A listening socket bound to a path, removed again on drop.
 #[derive(Debug)]
 pub(crate) struct ControlListener {
-    /// Its registration with the tokio runtime, if it has one; declared before the
-    /// socket, so that it is dropped first.
-    #[cfg(feature = "tokio")]
-    registration: super::readiness::Registration,
-    listener: UnixListener,
+    /// With its registration with the tokio runtime, if it has one.
+    listener: Registered<UnixListener>,
     path: PathBuf,
     /// Device and inode of the socket file we created, so that drop removes only our own.
     identity: (u64, u64),
@@ -150,9 +148,7 @@ impl ControlListener {
             let _ = std::fs::remove_file(path);
         })?;
         Ok(ControlListener {
-            #[cfg(feature = "tokio")]
-            registration: Default::default(),
-            listener,
+            listener: Registered::new(listener),
             path: path.to_path_buf(),
             identity: (metadata.dev(), metadata.ino()),
             spare_fd: std::sync::Mutex::new(open_spare_fd()),
@@ -207,9 +203,7 @@ impl ControlListener {
     /// [`acceptable`](Self::acceptable).
     #[cfg(feature = "tokio")]
     pub(crate) fn register(&mut self) -> io::Result<()> {
-        // SAFETY: the socket is owned by `self` and never replaced, and the registration
-        // is a field of `self` declared before it, so it goes first.
-        unsafe { self.registration.register(self.listener.as_fd()) }
+        self.listener.register()
     }
 
     /// Waits, in the runtime it is registered with, until a client may be waiting to be
@@ -217,7 +211,7 @@ impl ControlListener {
     /// `WouldBlock`: a client that arrives meanwhile makes the next wait return at once.
     #[cfg(feature = "tokio")]
     pub(crate) async fn acceptable(&self) -> io::Result<()> {
-        self.registration.readable().await.map(drop)
+        self.listener.readable().await.map(drop)
     }
 }
 
@@ -246,11 +240,8 @@ impl Drop for ControlListener {
 /// One end of a connected control socket.
 #[derive(Debug)]
 pub(crate) struct ControlStream {
-    /// Its registration with the tokio runtime, if it has one; declared before the
-    /// socket, so that it is dropped first.
-    #[cfg(feature = "tokio")]
-    registration: super::readiness::Registration,
-    stream: UnixStream,
+    /// With its registration with the tokio runtime, if it has one.
+    stream: Registered<UnixStream>,
     /// While set, every read and write must complete by then (the handshake's deadline):
     /// each syscall gets the time that is left, so a peer trickling bytes cannot stretch it.
     /// A mutex rather than a `Cell` so that the stream is `Sync` (a task awaiting it holds
@@ -261,9 +252,7 @@ pub(crate) struct ControlStream {
 impl ControlStream {
     fn from_stream(stream: UnixStream) -> ControlStream {
         ControlStream {
-            #[cfg(feature = "tokio")]
-            registration: Default::default(),
-            stream,
+            stream: Registered::new(stream),
             deadline: Mutex::new(None),
         }
     }
@@ -340,7 +329,7 @@ impl ControlStream {
     fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             self.arm()?;
-            match (&self.stream).read(buf) {
+            match (&*self.stream).read(buf) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
@@ -482,15 +471,13 @@ impl ControlStream {
     /// [`stirred`](Self::stirred).
     #[cfg(feature = "tokio")]
     pub(crate) fn register(&mut self) -> io::Result<()> {
-        // SAFETY: the socket is owned by `self` and never replaced, and the registration
-        // is a field of `self` declared before it, so it goes first.
-        unsafe { self.registration.register(self.stream.as_fd()) }
+        self.stream.register()
     }
 
     /// Undoes [`register`](Self::register).
     #[cfg(feature = "tokio")]
     pub(crate) fn deregister(&mut self) {
-        self.registration.clear();
+        self.stream.deregister();
     }
 
     /// Waits, in the runtime it is registered with, until the socket reports something:
@@ -498,7 +485,7 @@ impl ControlStream {
     /// The caller finds out which with [`peer_gone`](Self::peer_gone).
     #[cfg(feature = "tokio")]
     pub(crate) async fn stirred(&self) -> io::Result<()> {
-        self.registration.readable().await.map(drop)
+        self.stream.readable().await.map(drop)
     }
 
     /// Whether the peer has closed its end (or its process died). One non-blocking

@@ -3,7 +3,7 @@
 #
 # 1. Every unit, property, doc and cross-process integration test of the workspace, on the
 #    native backend (sys/linux).
-# 2. The same again on the POSIX backend (sys/posix, the base of the macOS one), which
+# 2. The same again on the POSIX backend (sys/posix, which macOS uses), which
 #    `--cfg ringbell_force_posix` selects on Linux. It rebuilds everything, so it gets a
 #    target directory of its own.
 # 3. The loom models of the ring, the sleep/wake protocol and the in-flight table. loom

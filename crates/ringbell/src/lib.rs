@@ -40,9 +40,10 @@
 //!
 //! ## Platforms
 //!
-//! Linux, with its own backend (memfd, shared futex, epoll). The POSIX backend, the base
-//! of the macOS one to come, also runs on Linux with
-//! `RUSTFLAGS="--cfg ringbell_force_posix"`, and CI runs every test on both. macOS and Windows backends are planned. The API is the same
+//! Linux, with its own backend (memfd, shared futex, epoll). The POSIX backend, which
+//! macOS uses, also runs on Linux with `RUSTFLAGS="--cfg ringbell_force_posix"`, and CI
+//! runs every test on both; for macOS, CI only compiles and lints the library (it has not
+//! been run on a Mac yet: `docs/MACOS.md`). Windows is planned. The API is the same
 //! everywhere; the few OS-specific accessors are in [`os`].
 //!
 //! How the crate is built inside is in `ARCHITECTURE.md` at the root of the repository.
@@ -94,10 +95,9 @@ pub use error::Error;
 pub use server::Server;
 
 /// The name of the platform backend this build of the crate uses: `"linux"` (memfd,
-/// shared futex, epoll) or `"posix"` (`shm_open`, doorbell sleeps; the base of the macOS
-/// backend to come, and what Linux runs when built with
-/// `RUSTFLAGS="--cfg ringbell_force_posix"`). Both ends of
-/// a connection must use the same backend. For reports and diagnostics.
+/// shared futex, epoll) or `"posix"` (`shm_open`, doorbell sleeps; macOS's, and what
+/// Linux runs when built with `RUSTFLAGS="--cfg ringbell_force_posix"`). Both ends of a
+/// connection must use the same backend. For reports and diagnostics.
 ///
 /// ```
 /// assert!(["linux", "posix"].contains(&ringbell::backend()));

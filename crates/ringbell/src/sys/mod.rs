@@ -58,16 +58,15 @@
 //! | backend | where | shared memory | sleeping | poller |
 //! |---|---|---|---|---|
 //! | `linux` | Linux | sealed memfd | shared futex | epoll (through mio) |
-//! | `posix` | Linux with `--cfg ringbell_force_posix`; the base of the macOS backend | `shm_open`, unlinked at once | the doorbell | mio (epoll; kqueue on macOS) |
+//! | `posix` | macOS (compiled and linted, never run yet); Linux with `--cfg ringbell_force_posix` | `shm_open`, unlinked at once | the doorbell | mio (epoll; kqueue on macOS) |
 //!
 //! The `linux` backend is the `posix` one with two parts replaced: `linux/` holds only what
 //! differs (the memfd region and the futex), `posix/` everything the two share (sockets,
 //! doorbells, grants, credentials, the poller, readiness, limits). CI runs the whole test
-//! suite on both, so the code that the macOS backend will share is tested on Linux. What
-//! macOS needs beyond it (its peer credentials, socket flags where it lacks
-//! `MSG_NOSIGNAL` and `SOCK_CLOEXEC`, the page-rounded size of a shm object, a check of
-//! a received fd's kind) comes with that backend: the POSIX backend has not been compiled
-//! for macOS yet. Both sides of a
+//! suite on both, so the code macOS runs is tested on Linux, except for its few macOS-only
+//! branches (`getpeereid`, `SO_NOSIGPIPE` and `fcntl` where macOS lacks `MSG_NOSIGNAL`
+//! and `SOCK_CLOEXEC`, sizes rounded to 16 KiB, the kind check of a shm fd), which CI
+//! only compiles and lints for both Apple targets. See `docs/MACOS.md`. Both sides of a
 //! connection must use the same backend: a memfd client refuses a `shm_open` region, and
 //! says so in its handshake error.
 
@@ -98,9 +97,8 @@ pub(crate) use linux::{shared_wait, SharedRegion, BACKEND};
 #[cfg(all(unix, any(ringbell_force_posix, not(target_os = "linux"))))]
 pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
 compile_error!(
-    "ringbell has backends for Linux only so far (its POSIX backend, the base of the macOS \
-     one, runs on Linux with --cfg ringbell_force_posix); the macOS and Windows backends \
-     are planned"
+    "ringbell has backends for Linux and macOS (the POSIX one) only so far; the Windows \
+     backend is planned"
 );

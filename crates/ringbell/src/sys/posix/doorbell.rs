@@ -7,7 +7,8 @@
 //! and fill its counter, and our next `write(2)` to it blocks for ever — one hostile
 //! client could stall a whole event loop. Each end of a socket pair is a description of
 //! its own, and every call here passes `MSG_DONTWAIT` (non-blocking per call, whatever the
-//! flags) and `MSG_NOSIGNAL` (no `SIGPIPE` when the peer has gone). A ring costs one
+//! flags), and never raises `SIGPIPE` when the peer has gone (`MSG_NOSIGNAL`, or
+//! `SO_NOSIGPIPE` on macOS: see `flags.rs`). A ring costs one
 //! `send(2)`, paid only when the peer sleeps in an event loop.
 //!
 //! See socketpair(2), send(2), recv(2), poll(2).
@@ -21,12 +22,11 @@ use std::time::Instant;
 
 use rustix::fs::{fstat, FileType};
 use rustix::io::Errno;
-use rustix::net::{
-    recv, send, socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
-};
+use rustix::net::{recv, send, AddressFamily, RecvFlags, SendFlags, SocketType};
 
+use super::flags::{self, HANG_UP, SEND};
 use super::readiness::Registered;
-use super::socket::{poll_timeout, ControlStream, HANG_UP};
+use super::socket::{poll_timeout, ControlStream};
 use super::{io_error, Grant};
 use crate::core::wait::Woke;
 
@@ -54,13 +54,7 @@ pub(crate) struct DoorbellRinger {
 
 /// A new doorbell and its ringer, not rung.
 pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
-    let (bell, ringer) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
-    .map_err(io_error)?;
+    let (bell, ringer) = flags::stream_pair(true)?;
     let id = identity(&fstat(&ringer).map_err(io_error)?);
     Ok((Doorbell::new(bell), DoorbellRinger { fd: ringer, id }))
 }
@@ -69,7 +63,10 @@ pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
 fn identity(stat: &rustix::fs::Stat) -> u64 {
     // Sockets all live on the one sockfs device; mixing the device in keeps a file of
     // another file system, with a chosen inode number, from passing for a given socket.
-    stat.st_ino ^ stat.st_dev.rotate_left(40)
+    // (Casts: the field types differ between OSes; no bit of either is lost.)
+    #[allow(clippy::unnecessary_cast)]
+    let (ino, dev) = (stat.st_ino as u64, stat.st_dev as u64);
+    ino ^ dev.rotate_left(40)
 }
 
 /// Checks that an fd received from the peer is a Unix stream socket, as every doorbell
@@ -86,7 +83,9 @@ fn check_socket(fd: &OwnedFd) -> io::Result<u64> {
     if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
         return Err(not_a_doorbell());
     }
-    let domain = rustix::net::sockopt::socket_domain(fd).map_err(|_| not_a_doorbell())?;
+    let domain = rustix::net::getsockname(fd)
+        .map_err(|_| not_a_doorbell())?
+        .address_family();
     let kind = rustix::net::sockopt::socket_type(fd).map_err(|_| not_a_doorbell())?;
     if domain != AddressFamily::UNIX || kind != SocketType::STREAM {
         return Err(not_a_doorbell());
@@ -180,6 +179,8 @@ impl DoorbellRinger {
     pub(crate) fn adopt(grant: Grant) -> io::Result<DoorbellRinger> {
         let fd = grant.into_fd();
         let id = check_socket(&fd)?;
+        // We send to it: on macOS it must not raise SIGPIPE when the peer has gone.
+        flags::no_sigpipe(&fd)?;
         Ok(DoorbellRinger { fd, id })
     }
 
@@ -204,7 +205,7 @@ impl DoorbellRinger {
     /// Wakes whoever polls the other end. Never blocks; a full socket buffer means the
     /// doorbell is rung already, and a peer that has gone will be noticed elsewhere.
     pub(crate) fn ring(&self) {
-        let _ = send(&self.fd, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        let _ = send(&self.fd, &[1], SendFlags::DONTWAIT | SEND);
     }
 }
 

@@ -17,6 +17,10 @@ impl Grant {
     pub(in crate::sys) fn into_fd(self) -> OwnedFd {
         self.fd
     }
+
+    pub(in crate::sys) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
 }
 
 impl AsFd for Grant {

@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::ptr::{self, NonNull};
 
-use rustix::fs::{fstat, FileType, Stat};
+use rustix::fs::{fstat, Stat};
 use rustix::mm::{self, MapFlags, ProtFlags};
 
 use super::io_error;
@@ -35,20 +35,47 @@ pub(in crate::sys) fn invalid(what: &str) -> io::Error {
 }
 
 /// The checks every backend makes of an object received from the peer, before it maps
-/// it: a regular file (on Linux; macOS reports no type for a shm object, and its backend
-/// checks the kind otherwise), exactly `expected_len` bytes long. Returns its `fstat`.
+/// it, as far as `fstat` tells: its kind (a regular file on Linux; on macOS a shm object,
+/// which `fstat` reports with no file-type bits at all, so that a regular file a peer
+/// could truncate later, a socket or a device is refused), and its size (see
+/// [`size_matches`]). Returns its `fstat`.
 pub(in crate::sys) fn check_received(object: impl AsFd, expected_len: usize) -> io::Result<Stat> {
     let stat = fstat(object).map_err(io_error)?;
     #[cfg(target_os = "linux")]
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(invalid("the shared-memory object is not a regular file"));
+    let (kind_ok, not_that) = (
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile,
+        "the shared-memory object is not a regular file",
+    );
+    #[cfg(not(target_os = "linux"))]
+    let (kind_ok, not_that) = (
+        u32::from(stat.st_mode) & 0o17_0000 == 0,
+        "the shared-memory fd is not a POSIX shm object (a file, socket or device instead)",
+    );
+    if !kind_ok {
+        return Err(invalid(not_that));
     }
-    if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    if !size_matches(size, expected_len as u64, SIZE_ROUNDING) {
         return Err(invalid(
             "the shared-memory object's size differs from the announced size",
         ));
     }
     Ok(stat)
+}
+
+/// The unit to which the OS may round a shm object's reported size: none on Linux; the
+/// creator's page size on macOS (16 KiB on arm64, 4 KiB under Rosetta: WebKit#6313), so
+/// creators size objects in multiples of 16 KiB there (`object_size` in `shm.rs`).
+#[cfg(target_os = "linux")]
+pub(in crate::sys) const SIZE_ROUNDING: u64 = 1;
+#[cfg(not(target_os = "linux"))]
+pub(in crate::sys) const SIZE_ROUNDING: u64 = 16 * 1024;
+
+/// Whether an object that reports `size` bytes holds the `expected` ones and no more than
+/// rounding to `rounding` explains: exactly `expected` where the OS does not round, at least
+/// `expected` and at most `expected` rounded up otherwise.
+fn size_matches(size: u64, expected: u64, rounding: u64) -> bool {
+    size >= expected && size <= expected.div_ceil(rounding) * rounding
 }
 
 impl SharedRegion {
@@ -100,5 +127,31 @@ impl Drop for SharedRegion {
         // SAFETY: we own this mapping, made by `map` with this length; everything that
         // points into it is owned by the same connection and dropped with it.
         let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_must_match_exactly_where_the_os_does_not_round() {
+        assert!(size_matches(266_240, 266_240, 1));
+        assert!(!size_matches(266_241, 266_240, 1));
+        assert!(!size_matches(266_239, 266_240, 1));
+    }
+
+    /// macOS rounds a shm object's `st_size` to the creator's page: 16 KiB on arm64,
+    /// 4 KiB under Rosetta. The default segment (4 KiB + 2 × 128 KiB) is no multiple of
+    /// either, so creators round it up to 16 KiB, and receivers accept that much more.
+    #[test]
+    fn sizes_may_be_rounded_up_to_16_kib_and_no_further() {
+        let segment = 4096 + 2 * 128 * 1024;
+        let rounded = 278_528; // 17 × 16 KiB
+        assert!(size_matches(rounded, segment, 16 * 1024));
+        assert!(size_matches(segment, segment, 16 * 1024));
+        assert!(!size_matches(rounded + 16 * 1024, segment, 16 * 1024));
+        assert!(!size_matches(segment - 1, segment, 16 * 1024));
+        assert_eq!(segment.div_ceil(16 * 1024) * 16 * 1024, rounded);
     }
 }

@@ -4,7 +4,8 @@
 //! behind. See shm_open(3), shm_unlink(3), ftruncate(2).
 //!
 //! The receiver checks the fd before mapping it: it must be a regular file where the OS
-//! says so, owned by the peer's user (or ours), and exactly the announced size.
+//! says so, owned by the peer's user (or ours), and the announced size (rounded up to 16 KiB
+//! on macOS, where the size a shm object reports is page-rounded).
 //!
 //! The weakness of this backend on Linux, which its own backend does not have: a POSIX shm
 //! object there is a tmpfs file that anyone holding an fd to it may `ftruncate`, so a peer
@@ -25,7 +26,7 @@ use rustix::fs::{ftruncate, Mode};
 use rustix::io::Errno;
 use rustix::shm;
 
-use super::mapping::{check_received, invalid};
+use super::mapping::{check_received, invalid, SIZE_ROUNDING};
 use super::{io_error, Grant, SharedRegion, User};
 
 /// Names tried before giving up: a clash needs another object of the same random name.
@@ -46,6 +47,13 @@ fn random_name() -> String {
     format!("{NAME_PREFIX}{:016x}", hasher.finish())
 }
 
+/// The size to give a new shm object that must hold `len` bytes: `len` rounded up to the
+/// unit in which the OS may round what it reports (16 KiB on macOS), so that the receiver
+/// finds exactly what it expects.
+fn object_size(len: usize) -> u64 {
+    (len as u64).div_ceil(SIZE_ROUNDING) * SIZE_ROUNDING
+}
+
 impl SharedRegion {
     /// Creates a zeroed shm object of `len` bytes, unlinks it, sizes it and maps it.
     /// Returns the mapping and the grant to pass to the peer (drop it once passed).
@@ -62,8 +70,9 @@ impl SharedRegion {
                 other => break other?,
             }
         };
-        // Once: macOS refuses a second `ftruncate` of a shm object.
-        ftruncate(&fd, len as u64).map_err(io_error)?;
+        // Once: macOS refuses a second `ftruncate` of a shm object. In whole 16 KiB there,
+        // where the size is rounded to the creator's page (see `mapping::object_size`).
+        ftruncate(&fd, object_size(len)).map_err(io_error)?;
         // On Linux the object's pages come from /dev/shm, whose size is limited (64 MiB
         // in a default container): allocate them now, so that running out is an error
         // here rather than a `SIGBUS` when a page is first touched.
@@ -145,6 +154,7 @@ mod tests {
 
     use super::*;
 
+    #[cfg(target_os = "linux")]
     fn refusal(grant: Grant, len: usize) -> String {
         match SharedRegion::adopt(grant, len, crate::sys::current_user()) {
             Ok(_) => panic!("a bad segment was mapped"),
@@ -178,6 +188,16 @@ mod tests {
     }
 
     #[test]
+    fn new_objects_are_sized_in_whole_rounding_units() {
+        let segment = 4096 + 2 * 128 * 1024;
+        #[cfg(target_os = "linux")]
+        assert_eq!(object_size(segment), 266_240);
+        #[cfg(not(target_os = "linux"))]
+        assert_eq!(object_size(segment), 278_528); // 17 × 16 KiB
+        assert_eq!(object_size(0), 0);
+    }
+
+    #[test]
     fn a_proper_segment_opens_and_is_shared() {
         let (region, grant) = SharedRegion::create(8192).unwrap();
         let other = SharedRegion::adopt(dup(&grant), 8192, crate::sys::current_user()).unwrap();
@@ -189,6 +209,9 @@ mod tests {
         }
     }
 
+    /// Linux only: what is refused there is a regular file not on a tmpfs, and the Linux
+    /// backend's memfd; on macOS, `mapping::check_received` refuses any regular file.
+    #[cfg(target_os = "linux")]
     #[test]
     fn wrong_sizes_and_kinds_are_refused_before_mapping() {
         let (_region, grant) = SharedRegion::create(8192).unwrap();

@@ -17,18 +17,14 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    connect, recvmsg, send, sendmsg, socket_with, sockopt, AddressFamily, RecvAncillaryBuffer,
-    RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    connect, recvmsg, send, sendmsg, sockopt, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
 };
 
+pub(super) use super::flags::HANG_UP;
+use super::flags::{self, RECV_FDS, SEND};
 use super::readiness::Registered;
 use super::{credentials, io_error, Grant, User};
-
-/// What a control socket is polled for to learn that its peer is gone: `POLLRDHUP`, which
-/// the kernel reports even when unread bytes are queued, and never for bytes a peer
-/// writes. (macOS has no `POLLRDHUP`; its `POLLHUP` is reported whatever one asks for.)
-pub(super) const HANG_UP: PollFlags = PollFlags::RDHUP;
 
 /// Something a thread can wait on with [`wait_readable`]: a listener, a control stream, a
 /// doorbell.
@@ -108,6 +104,7 @@ impl ControlListener {
     /// left by a dead server (nobody accepts on it) is replaced; a live server gives
     /// `AddrInUse`; a path that is not a socket is never touched.
     pub(crate) fn bind(path: &Path, other_users: bool) -> io::Result<ControlListener> {
+        flags::check_socket_path(path)?;
         let listener = match UnixListener::bind(path) {
             Ok(listener) => listener,
             Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
@@ -166,7 +163,7 @@ impl ControlListener {
     pub(crate) fn accept(&self) -> io::Result<ControlStream> {
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => return Ok(ControlStream::from_stream(stream)),
+                Ok((stream, _)) => return ControlStream::from_stream(stream),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
             }
@@ -185,7 +182,10 @@ impl ControlListener {
         }
         let refused = match self.listener.accept() {
             Ok((stream, _)) => {
-                let _ = send(&stream, refusal, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+                // Without SO_NOSIGPIPE (macOS), a client gone already would be a SIGPIPE.
+                if flags::no_sigpipe(&stream).is_ok() {
+                    let _ = send(&stream, refusal, SEND | SendFlags::DONTWAIT);
+                }
                 true
             }
             Err(_) => false,
@@ -250,24 +250,22 @@ pub(crate) struct ControlStream {
 }
 
 impl ControlStream {
-    fn from_stream(stream: UnixStream) -> ControlStream {
-        ControlStream {
+    /// A connected stream (accepted or connected; std makes both close-on-exec), set so
+    /// that a send to a peer that has gone never raises `SIGPIPE`.
+    fn from_stream(stream: UnixStream) -> io::Result<ControlStream> {
+        flags::no_sigpipe(&stream)?;
+        Ok(ControlStream {
             stream: Registered::new(stream),
             deadline: Mutex::new(None),
-        }
+        })
     }
 
     /// Connects to a listener at `path`, giving up at `deadline` (a connect waits while the
     /// listener's queue of unaccepted connections is full).
     pub(crate) fn connect(path: &Path, deadline: Instant) -> io::Result<ControlStream> {
+        flags::check_socket_path(path)?;
         let address = SocketAddrUnix::new(path).map_err(io_error)?;
-        let fd = socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io_error)?;
+        let fd = flags::stream_socket()?;
         let left = remaining(deadline)?;
         sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(left)).map_err(io_error)?;
         loop {
@@ -284,7 +282,7 @@ impl ControlStream {
             }
         }
         sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, None).map_err(io_error)?;
-        Ok(ControlStream::from_stream(UnixStream::from(fd)))
+        ControlStream::from_stream(UnixStream::from(fd))
     }
 
     /// Bounds every later read and write by `deadline` (`None`: no bound). A deadline that
@@ -314,7 +312,7 @@ impl ControlStream {
     pub(crate) fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             self.arm()?;
-            match send(&self.stream, bytes, SendFlags::NOSIGNAL) {
+            match send(&self.stream, bytes, SEND) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(sent) => bytes = &bytes[sent..],
                 Err(Errno::INTR) => continue,
@@ -351,7 +349,7 @@ impl ControlStream {
                 &self.stream,
                 &mut iov,
                 &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+                RECV_FDS | RecvFlags::DONTWAIT,
             ) {
                 Ok(received) => break received,
                 Err(Errno::INTR) => continue,
@@ -373,11 +371,7 @@ impl ControlStream {
     /// Sends `bytes` if the socket buffer takes them all at once, without waiting, and
     /// reports whether it did. For a refusal to a client that may already be gone.
     pub(crate) fn try_send(&self, bytes: &[u8]) -> bool {
-        send(
-            &self.stream,
-            bytes,
-            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-        ) == Ok(bytes.len())
+        send(&self.stream, bytes, SEND | SendFlags::DONTWAIT) == Ok(bytes.len())
     }
 
     /// Reads exactly `buf.len()` bytes.
@@ -406,12 +400,7 @@ impl ControlStream {
         }
         let sent = loop {
             self.arm()?;
-            match sendmsg(
-                &self.stream,
-                &[io::IoSlice::new(bytes)],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            ) {
+            match sendmsg(&self.stream, &[io::IoSlice::new(bytes)], &mut control, SEND) {
                 Ok(sent) => break sent,
                 Err(Errno::INTR) => continue,
                 Err(errno) => return Err(io_error(errno)),
@@ -429,12 +418,7 @@ impl ControlStream {
         let received = loop {
             self.arm()?;
             let mut iov = [io::IoSliceMut::new(buf)];
-            match recvmsg(
-                &self.stream,
-                &mut iov,
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC,
-            ) {
+            match recvmsg(&self.stream, &mut iov, &mut control, RECV_FDS) {
                 Ok(received) => break received,
                 Err(Errno::INTR) => continue,
                 Err(errno) => return Err(io_error(errno)),
@@ -503,7 +487,7 @@ impl ControlStream {
             Ok(0) => false,
             Ok(_) => fds[0]
                 .revents()
-                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+                .intersects(HANG_UP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
             Err(Errno::INTR) | Err(Errno::AGAIN) | Err(Errno::NOMEM) => false,
             Err(_) => true,
         }
@@ -534,6 +518,9 @@ fn received_grants(control: &mut RecvAncillaryBuffer<'_>) -> io::Result<Vec<Gran
     }
     if grants.len() > MAX_FDS {
         return Err(too_many_fds());
+    }
+    for grant in &grants {
+        flags::received(grant.fd())?;
     }
     Ok(grants)
 }

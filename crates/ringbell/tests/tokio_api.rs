@@ -714,3 +714,22 @@ async fn regress_a_spinning_sweeper_shuts_down_when_asked() {
         .await
         .expect("watchdog: the sweeper did not shut down");
 }
+
+/// Outside a tokio runtime, `AsyncServer::bind` and `AsyncConnection::from_connection`
+/// return an error that says so (tokio itself would panic: "there is no reactor running"),
+/// and the server's socket file does not outlive the failed bind.
+#[test]
+fn outside_a_runtime_the_async_api_errs_instead_of_panicking() {
+    let path = socket_path("no-runtime");
+    let error = AsyncServer::bind(&path, ServerConfig::default()).unwrap_err();
+    assert!(error.to_string().contains("tokio runtime"), "{error}");
+    assert!(!path.exists(), "the failed bind left its socket file");
+
+    // A blocking connection, made without a runtime, cannot be wrapped without one.
+    let server = ringbell::Server::bind(&path, ServerConfig::default()).unwrap();
+    let serving = std::thread::spawn(move || server.accept().map(drop));
+    let conn = ringbell::Connection::connect(&path, ClientConfig::default()).unwrap();
+    serving.join().unwrap().unwrap();
+    let error = AsyncConnection::from_connection(conn).unwrap_err();
+    assert!(error.to_string().contains("tokio runtime"), "{error}");
+}

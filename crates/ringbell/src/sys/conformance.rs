@@ -357,10 +357,12 @@ fn the_shared_wait_wakes_a_sleeper_if_the_backend_has_one() {
         let word = word.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
+            // SYNC: pairs with the Acquire load of the waiting loop below.
             word.store(1, crate::core::sync::Ordering::Release);
             shared.wake(&word);
         })
     };
+    // SYNC: pairs with the Release store of the waker above.
     while word.load(crate::core::sync::Ordering::Acquire) == 0 {
         shared.sleep(&word, 0, Some(far_deadline()));
     }

@@ -42,6 +42,7 @@ fn random_name() -> String {
     // varied per instance), which is enough to make names unguessable to a squatter;
     // `O_EXCL` makes a clash an error, never a shared object.
     let mut hasher = RandomState::new().build_hasher();
+    // SYNC: Relaxed: a count that only makes each name differ; nothing is published by it.
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     hasher.write_u32(std::process::id());
     format!("{NAME_PREFIX}{:016x}", hasher.finish())

@@ -95,12 +95,14 @@ pub use error::Error;
 pub use server::Server;
 
 /// The name of the platform backend this build of the crate uses: `"linux"` (memfd,
-/// shared futex, epoll) or `"posix"` (`shm_open`, doorbell sleeps; macOS's, and what
-/// Linux runs when built with `RUSTFLAGS="--cfg ringbell_force_posix"`). Both ends of a
-/// connection must use the same backend. For reports and diagnostics.
+/// shared futex, epoll), `"macos"` (`shm_open`, `os_sync_wait_on_address` from macOS 14.4
+/// or else doorbell sleeps, kqueue) or `"posix"` (`shm_open`, doorbell sleeps: what
+/// Linux runs when built with `RUSTFLAGS="--cfg ringbell_force_posix"`, to test the code
+/// macOS shares). Both ends of a connection must use the same backend. For reports and
+/// diagnostics.
 ///
 /// ```
-/// assert!(["linux", "posix"].contains(&ringbell::backend()));
+/// assert!(["linux", "macos", "posix"].contains(&ringbell::backend()));
 /// ```
 #[cfg(not(loom))]
 pub fn backend() -> &'static str {

@@ -693,6 +693,10 @@ fn killed_server_wakes_a_client_blocked_in_recv() {
 /// exiting with it open. The server, reading only after the client process is gone,
 /// still receives all three, then `PeerDied`.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn messages_sent_before_close_arrive_before_peer_died() {
     let _test = shared_test("graceful_close");
     for variant in ["drop", "exit"] {
@@ -883,7 +887,7 @@ impl BadClient {
                     &stream,
                     &[std::io::IoSlice::new(&ack)],
                     &mut control,
-                    rustix::net::SendFlags::NOSIGNAL,
+                    common::SEND_NO_SIGNAL,
                 )
                 .expect("sending the ack with a file");
             }
@@ -1033,6 +1037,10 @@ fn connect_close_cycles(
 /// 1,000 connect/close cycles (and a few handshakes failing after the server created the
 /// segment) leave the process with exactly the fds and mappings it had before.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn connect_close_cycles_leak_no_fds_or_mappings() {
     let _test = exclusive_test("no_leaks", WATCHDOG_LIMIT);
     let socket = SocketPath::new("no_leaks");

@@ -707,7 +707,7 @@ fn role_hostile(runtime: &Runtime) -> Result<(), String> {
             let _ = rustix::net::send(
                 &control,
                 b"!",
-                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+                rustix::net::SendFlags::DONTWAIT | common::SEND_NO_SIGNAL,
             );
         }
         thread::sleep(Duration::from_millis(20));
@@ -1220,6 +1220,10 @@ const BLOCKED_WAYS: usize = 4;
 /// segment mappings, with nothing new in `/dev/shm` nor in the socket's directory; at the
 /// end, every honest call must have succeeded.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn crash_matrix() {
     let form = Form::from_env();
     let limit = Duration::from_secs(90) + Duration::from_secs(form.kills as u64);
@@ -1341,6 +1345,10 @@ const BLOCKED_VARIANTS: [&str; 8] = [
 /// after the kill fails). The stale socket file stays; a new server binds the same path,
 /// and every client reconnects with the README's retry loop and is served.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn server_crash() {
     let _test = exclusive_test("server_crash", Duration::from_secs(120));
     let dir = SocketDir::new("server_crash");
@@ -1440,6 +1448,10 @@ fn address_space_slack() -> u64 {
 /// aborts it), serves a fresh client at the end, and stays within a memory bound derived
 /// from its configuration.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn hostile_peer_with_honest_clients() {
     let form = Form::from_env();
     let limit = Duration::from_secs(90) + Duration::from_secs(4 * form.hostiles as u64);

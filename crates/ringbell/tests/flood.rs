@@ -303,11 +303,19 @@ fn wait_for_fds_at_least(pid: u32, target: usize) {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn a_flood_of_stalled_handshakes_does_not_stop_the_async_server() {
     flood("async");
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn a_flood_of_stalled_handshakes_does_not_stop_the_blocking_server() {
     flood("blocking");
 }
@@ -407,11 +415,19 @@ fn connection_limit(kind: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn past_the_connection_limit_the_async_server_refuses_with_server_busy() {
     connection_limit("async");
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn past_the_connection_limit_the_blocking_server_refuses_with_server_busy() {
     connection_limit("blocking");
 }

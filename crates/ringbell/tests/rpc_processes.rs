@@ -136,6 +136,10 @@ async fn role_group_lifecycle() -> Result<(), String> {
 
 /// Dropping a client group and its clients closes everything they held, on both sides.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn a_dropped_client_group_leaves_no_fds_behind() {
     let _test = shared_test("dropped_client_group");
     let socket = SocketPath::new("rpc-group-lifecycle");
@@ -188,6 +192,10 @@ fn open_fds() -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads /proc or remaps a segment found there: Linux only so far (common::LINUX_ONLY)"
+)]
 fn a_client_killed_mid_call_is_dropped_and_the_server_serves_the_others() {
     // Alone in this process: it counts the process's fds.
     let _test = exclusive_test("a_client_killed_mid_call", WATCHDOG);

@@ -159,11 +159,10 @@ impl Connection {
         if peer_closed(self.header(), self.side) {
             return Err(Error::PeerDied);
         }
-        if self.doorbell_armed && crate::sys::shared_wait().is_none() {
-            // This wait sleeps on the doorbell and drains it, which would swallow a ring
-            // meant for the caller's event loop: disarm instead (see `arm_doorbell`).
-            self.disarm_doorbell();
-        }
+        // This wait may sleep on the doorbell and drain it (always on a backend without a
+        // shared-memory wait; on macOS when the OS refuses the word), which would swallow
+        // a ring meant for the caller's event loop: disarm instead (see `arm_doorbell`).
+        self.disarm_doorbell();
         let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
         wait_on(
             &self.settings.wait,

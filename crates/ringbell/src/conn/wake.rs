@@ -55,10 +55,10 @@ impl Connection {
     /// whole loop.
     ///
     /// While armed, the peer's next `send` rings the doorbell (one syscall); otherwise
-    /// sends make no syscall at all. The next `try_recv` or `recv` disarms it, and so, on a
-    /// backend without a shared-memory wait (the POSIX one, see [`crate::backend`]), does
-    /// a `send` that has to wait for room, because it sleeps on the same doorbell. So
-    /// arm again before every wait, as the loop in `ConnectionExt`'s docs does.
+    /// sends make no syscall at all. The next `try_recv` or `recv` disarms it, and so does
+    /// a `send` that has to wait for room, because it may sleep on the same doorbell (it
+    /// does on a backend without a shared-memory wait, see [`crate::backend`]). So arm
+    /// again before every wait, as the loop in `ConnectionExt`'s docs does.
     ///
     /// # Errors
     ///
@@ -305,7 +305,9 @@ struct DoorbellSleeper<'a> {
 }
 
 impl Sleeper for DoorbellSleeper<'_> {
-    const ANNOUNCEMENT: u32 = wait::SLEEP_DOORBELL;
+    fn announcement(&self) -> u32 {
+        wait::SLEEP_DOORBELL
+    }
 
     fn sleep(&self, _word: &AtomicU32, _expected: u32, deadline: Option<Instant>) -> Woke {
         let woke = sys::sleep_until_rung(self.doorbell, self.control, deadline);
@@ -314,8 +316,8 @@ impl Sleeper for DoorbellSleeper<'_> {
     }
 }
 
-/// [`wait::wait_until`] with the sleeper this backend has: its shared-memory wait, or the
-/// doorbell.
+/// [`wait::wait_until`] with the sleeper this backend has: its shared-memory wait (falling
+/// back to the doorbell if the OS refuses it), or the doorbell.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn wait_on<E>(
     strategy: &WaitStrategy,
@@ -331,7 +333,10 @@ pub(super) fn wait_on<E>(
         Some(shared) => wait::wait_until(
             strategy,
             cell,
-            &shared,
+            // Only a confused or hostile peer makes the OS refuse the shared wait (on
+            // macOS, by waiting on our word in another mode, which fails ours with `EDOM`);
+            // the doorbell then carries this connection's wake-ups, for this wait.
+            &wait::Fallback::new(shared, DoorbellSleeper { doorbell, control }),
             deadline,
             peer_check_due,
             ready,

@@ -55,9 +55,11 @@ const SPINS_PER_CLOCK_READ: u32 = 64;
 /// A way to sleep until the waker's wake-up: a futex word, as the kernel (or a test model)
 /// provides it, or a doorbell.
 pub(crate) trait Sleeper {
-    /// What a waiter that sleeps this way announces ([`SLEEP_FUTEX`] or
-    /// [`SLEEP_DOORBELL`]), which tells the waker how to wake it.
-    const ANNOUNCEMENT: u32;
+    /// What a waiter that is about to sleep this way announces ([`SLEEP_FUTEX`] or
+    /// [`SLEEP_DOORBELL`]), which tells the waker how to wake it. Asked before every
+    /// sleep, so a sleeper that falls back to another way after [`Woke::Unavailable`]
+    /// announces the new way from its next sleep on.
+    fn announcement(&self) -> u32;
     /// Sleeps while `*word == expected` (a doorbell sleeper: until rung), until woken or
     /// `deadline`. May return early.
     fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> Woke;
@@ -71,6 +73,52 @@ pub(crate) enum Woke {
     /// The sleeper saw the peer hang up (a doorbell sleeper watches the peer's ends):
     /// check the peer now, not at the next periodic check.
     PeerHungUp,
+    /// The sleeper could not sleep on this word at all: the OS refused the wait (macOS's
+    /// `os_sync_wait_on_address` fails with `EDOM` when the peer waits on the same word in
+    /// another mode). Nothing slept; look again, and sleep another way.
+    Unavailable,
+}
+
+/// A sleeper that sleeps the `first` way until that refuses the word
+/// ([`Woke::Unavailable`]), and the `then` way for the rest of the wait. Since the
+/// announcement is asked before every sleep, the waker learns of the switch from the next
+/// sleep on, so no wake-up goes to the way nobody sleeps on.
+#[derive(Debug)]
+pub(crate) struct Fallback<A, B> {
+    first: A,
+    then: B,
+    refused: std::cell::Cell<bool>,
+}
+
+impl<A, B> Fallback<A, B> {
+    pub(crate) fn new(first: A, then: B) -> Self {
+        Fallback {
+            first,
+            then,
+            refused: std::cell::Cell::new(false),
+        }
+    }
+}
+
+impl<A: Sleeper, B: Sleeper> Sleeper for Fallback<A, B> {
+    fn announcement(&self) -> u32 {
+        if self.refused.get() {
+            self.then.announcement()
+        } else {
+            self.first.announcement()
+        }
+    }
+
+    fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> Woke {
+        if self.refused.get() {
+            return self.then.sleep(word, expected, deadline);
+        }
+        let woke = self.first.sleep(word, expected, deadline);
+        if woke == Woke::Unavailable {
+            self.refused.set(true);
+        }
+        woke
+    }
 }
 
 /// What a waker must do after [`notify`].
@@ -140,7 +188,7 @@ fn sleep<S: Sleeper, E>(
 ) -> Result<Slept, E> {
     // SYNC: pairs with the Release `fetch_add` in `notify`.
     let seen = cell.seq.load(Ordering::Acquire);
-    if announce(cell, S::ANNOUNCEMENT, ready)? {
+    if announce(cell, sleeper.announcement(), ready)? {
         return Ok(Slept::Ready);
     }
     let woke = sleeper.sleep(&cell.seq, seen, deadline);
@@ -257,8 +305,77 @@ pub(crate) fn wait_until<E>(
             Slept::Ready => return Ok(Waited::Ready),
             // The next pass checks the peer thoroughly, at once.
             Slept::Woke(Woke::PeerHungUp) => *peer_check_due = Some(Instant::now()),
-            Slept::Woke(Woke::Maybe) => {}
+            // A sleeper that cannot sleep on the word is the first part of a [`Fallback`],
+            // which sleeps the other way from the next pass on.
+            Slept::Woke(Woke::Maybe | Woke::Unavailable) => {}
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A sleeper that records what was announced when it was asked to sleep, and answers
+    /// with `woke`.
+    struct Recording<'a> {
+        announcement: u32,
+        woke: Woke,
+        cell: &'a WaitCell,
+        seen: &'a RefCell<Vec<u32>>,
+    }
+
+    impl Sleeper for Recording<'_> {
+        fn announcement(&self) -> u32 {
+            self.announcement
+        }
+
+        fn sleep(&self, _word: &AtomicU32, _expected: u32, _deadline: Option<Instant>) -> Woke {
+            self.seen
+                .borrow_mut()
+                .push(self.cell.sleeping.load(Ordering::SeqCst));
+            self.woke
+        }
+    }
+
+    #[test]
+    fn a_refused_shared_wait_falls_back_and_the_waker_rings_instead() {
+        let cell = WaitCell {
+            seq: AtomicU32::new(0),
+            sleeping: AtomicU32::new(0),
+        };
+        let (futex_sleeps, doorbell_sleeps) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+        let refusing = Recording {
+            announcement: SLEEP_FUTEX,
+            woke: Woke::Unavailable,
+            cell: &cell,
+            seen: &futex_sleeps,
+        };
+        let doorbell = Recording {
+            announcement: SLEEP_DOORBELL,
+            woke: Woke::Maybe,
+            cell: &cell,
+            seen: &doorbell_sleeps,
+        };
+        let sleeper = Fallback::new(refusing, doorbell);
+        let mut never = || Ok::<bool, ()>(false);
+        for _ in 0..3 {
+            sleep(&cell, &sleeper, None, &mut never).unwrap();
+        }
+        // The shared wait was tried once, announced as such; the doorbell took the rest.
+        assert_eq!(*futex_sleeps.borrow(), [SLEEP_FUTEX]);
+        assert_eq!(*doorbell_sleeps.borrow(), [SLEEP_DOORBELL, SLEEP_DOORBELL]);
+        // A waker that finds the fallen-back announcement rings the doorbell only.
+        cell.sleeping
+            .store(sleeper.announcement(), Ordering::SeqCst);
+        assert_eq!(
+            notify(&cell),
+            Wake {
+                futex: false,
+                doorbell: true
+            }
+        );
     }
 }
 
@@ -283,7 +400,9 @@ mod loom_tests {
     }
 
     impl Sleeper for ModelFutex {
-        const ANNOUNCEMENT: u32 = SLEEP_FUTEX;
+        fn announcement(&self) -> u32 {
+            SLEEP_FUTEX
+        }
 
         fn sleep(&self, word: &AtomicU32, expected: u32, _deadline: Option<Instant>) -> Woke {
             let guard = self.lock.lock().unwrap();

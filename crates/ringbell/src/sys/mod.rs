@@ -58,17 +58,19 @@
 //! | backend | where | shared memory | sleeping | poller |
 //! |---|---|---|---|---|
 //! | `linux` | Linux | sealed memfd | shared futex | epoll (through mio) |
-//! | `posix` | macOS (compiled and linted, never run yet); Linux with `--cfg ringbell_force_posix` | `shm_open`, unlinked at once | the doorbell | mio (epoll; kqueue on macOS) |
+//! | `macos` | macOS (compiled and linted, never run yet) | `shm_open`, unlinked at once | `os_sync_wait_on_address` (14.4+), else the doorbell | kqueue (through mio) |
+//! | `posix` | Linux with `--cfg ringbell_force_posix`, to test what macOS runs | `shm_open`, unlinked at once | the doorbell | epoll (through mio) |
 //!
-//! The `linux` backend is the `posix` one with two parts replaced: `linux/` holds only what
-//! differs (the memfd region and the futex), `posix/` everything the two share (sockets,
-//! doorbells, grants, credentials, the poller, readiness, limits). CI runs the whole test
-//! suite on both, so the code macOS runs is tested on Linux, except for its few macOS-only
-//! branches (`getpeereid`, `SO_NOSIGPIPE` and `fcntl` where macOS lacks `MSG_NOSIGNAL`
-//! and `SOCK_CLOEXEC`, sizes rounded to 16 KiB, the kind check of a shm fd), which CI
-//! only compiles and lints for both Apple targets. See `docs/MACOS.md`. Both sides of a
-//! connection must use the same backend: a memfd client refuses a `shm_open` region, and
-//! says so in its handshake error.
+//! `posix/` holds everything the backends share (sockets, doorbells, grants, credentials,
+//! the poller, readiness, limits, and the `shm_open` region); `linux/` and `macos/` hold
+//! only what each replaces: the memfd region and the futex, and the `os_sync` wait. CI
+//! runs the whole test suite on `linux` and `posix`, so the code macOS runs is tested on
+//! Linux, except for its macOS-only parts (the `os_sync` calls, `getpeereid`,
+//! `SO_NOSIGPIPE` and `fcntl` where macOS lacks `MSG_NOSIGNAL` and `SOCK_CLOEXEC`, sizes
+//! rounded to 16 KiB, the kind check of a shm fd), which CI only compiles and lints for
+//! both Apple targets. See `docs/MACOS.md`. Both sides of a connection must use the same
+//! backend: a memfd client refuses a `shm_open` region, and says so in its handshake
+//! error.
 
 #[cfg(unix)]
 mod posix;
@@ -78,6 +80,10 @@ mod conformance;
 
 #[cfg(all(target_os = "linux", not(ringbell_force_posix)))]
 mod linux;
+
+// On other OSes for its tests: its arithmetic is platform-free.
+#[cfg(any(target_vendor = "apple", test))]
+mod macos;
 
 #[cfg(unix)]
 pub(crate) use posix::{
@@ -94,7 +100,10 @@ pub(crate) use posix::{Poller, Stirred};
 #[cfg(all(target_os = "linux", not(ringbell_force_posix)))]
 pub(crate) use linux::{shared_wait, SharedRegion, BACKEND};
 
-#[cfg(all(unix, any(ringbell_force_posix, not(target_os = "linux"))))]
+#[cfg(target_vendor = "apple")]
+pub(crate) use macos::{shared_wait, SharedRegion, BACKEND};
+
+#[cfg(all(target_os = "linux", ringbell_force_posix))]
 pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
 #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]

@@ -3,7 +3,6 @@
 //! connection's shared segment for hostile children, and deterministic test data. See the
 //! module docs of `cross_process.rs` for how they fit together.
 
-use std::ffi::c_void;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
@@ -16,8 +15,23 @@ use std::time::Duration;
 
 use ringbell::{Connection, Server, WaitStrategy};
 use rustix::io::Errno;
-use rustix::mm::MremapFlags;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+
+/// Why a test is ignored outside Linux: it reads `/proc` (a process's fds, mappings or
+/// memory), or scribbles over a segment it finds there ([`Scribbler`]). macOS has neither
+/// `/proc` nor `mremap`; those tests need its own tools (`proc_pidinfo`, a second mapping
+/// of the region) before they can run there. The tests' `ignore` attributes repeat it.
+#[cfg(not(target_os = "linux"))]
+const LINUX_ONLY: &str = "reads /proc or remaps a segment found there: Linux only so far";
+
+/// The flags for a test's own `send` on a socket whose peer may be gone: no `SIGPIPE` on
+/// Linux. macOS has no `MSG_NOSIGNAL` (the library sets `SO_NOSIGPIPE` instead); there a
+/// SIGPIPE would end the child that sends, which such tests only ever do from a child.
+#[cfg(target_os = "linux")]
+pub const SEND_NO_SIGNAL: rustix::net::SendFlags = rustix::net::SendFlags::NOSIGNAL;
+/// See above.
+#[cfg(not(target_os = "linux"))]
+pub const SEND_NO_SIGNAL: rustix::net::SendFlags = rustix::net::SendFlags::empty();
 
 /// The environment variable that turns the test binary into a child: its value is the role.
 pub const CHILD_ROLE_ENV: &str = "RINGBELL_TEST_CHILD";
@@ -425,10 +439,11 @@ pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ROLE_ENV).ok()
 }
 
-/// Bounds a child's life even if its parent dies without killing it: the kernel kills it
-/// with its parent (`PR_SET_PDEATHSIG`), and a timer thread ends it after
-/// [`CHILD_LIFETIME_LIMIT`] in any case.
+/// Bounds a child's life even if its parent dies without killing it: on Linux the kernel
+/// kills it with its parent (`PR_SET_PDEATHSIG`, which macOS lacks), and a timer thread
+/// ends it after [`CHILD_LIFETIME_LIMIT`] in any case.
 pub fn bound_child_lifetime() {
+    #[cfg(target_os = "linux")]
     let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
     thread::spawn(|| {
         thread::sleep(CHILD_LIFETIME_LIMIT);
@@ -529,8 +544,16 @@ pub struct Scribbler {
 impl Scribbler {
     /// Finds the segment of `conn` (this process's only connection) in `/proc/self/maps`
     /// and maps its pages a second time: mremap(2) with an old size of 0 does that for a
-    /// shared mapping.
+    /// shared mapping. Linux only: the tests that scribble are marked so (`LINUX_ONLY`).
+    #[cfg(not(target_os = "linux"))]
+    pub fn find(_conn: &Connection) -> Result<Scribbler, String> {
+        Err(LINUX_ONLY.to_owned())
+    }
+
+    /// See above.
+    #[cfg(target_os = "linux")]
     pub fn find(conn: &Connection) -> Result<Scribbler, String> {
+        use rustix::mm::MremapFlags;
         let expected_len = DATA_OFFSET + 2 * conn.ring_capacity();
         let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
         let lines: Vec<&str> = maps
@@ -557,7 +580,12 @@ impl Scribbler {
         // connection keeps it mapped during the call). An old size of 0 leaves it alone and
         // makes a new mapping of the same pages, which only this value unmaps.
         let base = unsafe {
-            rustix::mm::mremap(start as *mut c_void, 0, expected_len, MremapFlags::MAYMOVE)
+            rustix::mm::mremap(
+                start as *mut std::ffi::c_void,
+                0,
+                expected_len,
+                MremapFlags::MAYMOVE,
+            )
         }
         .context("mapping the segment a second time")?;
         let base = NonNull::new(base.cast::<u8>()).ok_or("mremap returned a null mapping")?;

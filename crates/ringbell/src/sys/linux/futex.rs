@@ -38,7 +38,9 @@ fn absolute(deadline: Instant) -> Timespec {
 }
 
 impl Sleeper for SharedWait {
-    const ANNOUNCEMENT: u32 = SLEEP_FUTEX;
+    fn announcement(&self) -> u32 {
+        SLEEP_FUTEX
+    }
 
     fn sleep(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> Woke {
         let timeout = deadline.map(absolute);

@@ -1,10 +1,11 @@
-//! The POSIX backend: what every Unix shares, and the backend macOS uses (its few
-//! macOS-only branches are in `flags.rs`, `credentials.rs` and `mapping.rs`; compiled and
-//! linted in CI, never run on a Mac yet).
+//! The POSIX backend: what every Unix shares, and all of macOS's backend but its wait
+//! (`sys/macos/`; its few macOS-only branches here are in `flags.rs`, `credentials.rs`,
+//! `shm.rs` and `mapping.rs`; compiled and linted in CI, never run on a Mac yet).
 //!
 //! - shared memory: `shm_open` with a random name, unlinked at once (`shm.rs`), mapped
 //!   by [`mapping`];
-//! - no shared-memory wait: a blocking side sleeps on its doorbell (`no_shared_wait.rs`);
+//! - no shared-memory wait: a blocking side sleeps on its doorbell (`no_shared_wait.rs`;
+//!   macOS 14.4 has one, in `sys/macos/`);
 //! - doorbells: Unix stream socket pairs ([`doorbell`]);
 //! - the control channel: a Unix stream socket carrying fds with `SCM_RIGHTS`
 //!   ([`socket`]), peer credentials from the kernel ([`credentials`]);
@@ -26,7 +27,7 @@ mod flags;
 mod grant;
 mod limits;
 mod mapping;
-#[cfg(any(ringbell_force_posix, not(target_os = "linux")))]
+#[cfg(all(target_os = "linux", ringbell_force_posix))]
 mod no_shared_wait;
 #[cfg(feature = "tokio")]
 mod poller;
@@ -44,7 +45,7 @@ pub(crate) use limits::{
 pub(crate) use mapping::SharedRegion;
 #[cfg(all(target_os = "linux", not(ringbell_force_posix)))]
 pub(in crate::sys) use mapping::{check_received, invalid};
-#[cfg(any(ringbell_force_posix, not(target_os = "linux")))]
+#[cfg(all(target_os = "linux", ringbell_force_posix))]
 pub(crate) use no_shared_wait::{shared_wait, BACKEND};
 #[cfg(feature = "tokio")]
 pub(crate) use poller::{Poller, Stirred};

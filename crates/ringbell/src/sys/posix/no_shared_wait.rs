@@ -6,7 +6,7 @@ pub(crate) const BACKEND: &str = "posix";
 /// POSIX has no way for a process to sleep on a word of shared memory until another
 /// process wakes it: only process-shared mutexes and condition variables, which a hostile
 /// peer could leave locked, and named semaphores, which outlive a crash. (macOS 14.4 has
-/// `os_sync_wait_on_address`, which its own backend will use.) So this backend has none,
+/// `os_sync_wait_on_address`, which its own backend uses.) So this backend has none,
 /// and a waiting side sleeps on its doorbell. Uninhabited: the code that would call it is
 /// statically dead here.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +25,9 @@ impl SharedWait {
 }
 
 impl crate::core::wait::Sleeper for SharedWait {
-    const ANNOUNCEMENT: u32 = crate::core::wait::SLEEP_FUTEX;
+    fn announcement(&self) -> u32 {
+        match *self {}
+    }
 
     fn sleep(
         &self,

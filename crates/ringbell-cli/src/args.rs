@@ -180,7 +180,13 @@ pub(crate) struct PeerLibArgs {
 }
 
 fn parse_peer(arg: &str) -> Result<peers::PeerKind, String> {
-    peers::PeerKind::from_arg(arg).ok_or_else(|| format!("unknown peer library {arg}"))
+    peers::PeerKind::from_arg(arg).ok_or_else(|| {
+        if peers::PeerKind::ALL.is_empty() {
+            peers::MISSING.to_owned()
+        } else {
+            format!("unknown peer library {arg}")
+        }
+    })
 }
 
 #[derive(Debug, Args)]

@@ -91,7 +91,7 @@ enum Command {
     /// was lost, duplicated or corrupted.
     Stress(stress::StressArgs),
     /// Measure ringbell against raw baselines and peer libraries (iceoryx2, ipc-channel,
-    /// tokio), all in this run.
+    /// tokio; built with `--features peers`), all in this run.
     ///
     /// Round-trip latency at 64 B to 1 MiB with each wait strategy, one-way throughput,
     /// request/response with 1 to 1,000 clients, idle CPU and memory per connection, each

@@ -291,7 +291,20 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
             )
         })
         .collect();
-    assert!(!peers.is_empty(), "no peer library was measured");
+    // The peers are there exactly when the `peers` feature is (scripts/test.sh turns it on).
+    if cfg!(feature = "peers") {
+        assert!(!peers.is_empty(), "no peer library was measured");
+    } else {
+        assert!(
+            peers.is_empty(),
+            "peers measured without the feature: {peers:?}"
+        );
+        assert!(
+            stdout.contains("--features peers"),
+            "no hint about the peers feature\n{}",
+            describe(&output)
+        );
+    }
 
     // Every subject at every size, with figures that are numbers above zero.
     let rows = |section: &str| report[section].as_array().unwrap().clone();

@@ -17,7 +17,8 @@
 //!   same protocol over tokio `UnixStream`s (the `stress` machinery, every reply checked).
 //! * **Idle CPU** of a connected pair, and the server's **memory per connection**.
 //!
-//! The peers are in the `ringbell-bench-peers` crate (see [`crate::peers`]).
+//! The peers are in the `ringbell-bench-peers` crate, behind the CLI's `peers` feature
+//! (see [`crate::peers`]); without it the run says how to get them.
 //!
 //! This module starts the run and holds the driver ([`Bench`]) that steps through the
 //! measurements under a progress bar; [`plan`] says what to measure, [`measure`] measures
@@ -98,6 +99,10 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     // Before any child or thread exists, so that all of ours stay on this core.
     pin_to_cpu(*first)?;
     println!("pinning: this process on CPU {first}, each peer process on CPU {second}");
+    let peers_missing = !args.no_peers && peers::PeerKind::ALL.is_empty();
+    if peers_missing {
+        println!("{}", peers::MISSING);
+    }
     let mut bench = Bench {
         plan,
         quick: args.quick,
@@ -117,6 +122,9 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     bench.progress.finish_and_clear();
     println!();
     report.print();
+    if peers_missing {
+        println!("\n{}", peers::MISSING);
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
         std::fs::write(path, json + "\n").context(format_args!("writing {}", path.display()))?;

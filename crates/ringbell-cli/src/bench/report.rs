@@ -25,7 +25,7 @@ pub(super) struct Machine {
     pub(super) virtual_machine: bool,
     /// The hypervisor's vendor, from DMI, when it says.
     pub(super) vendor: Option<String>,
-    /// The ringbell platform backend measured (`ringbell::backend()`): "linux" or "posix".
+    /// The ringbell platform backend measured (`ringbell::backend()`): "linux", "macos" or "posix".
     pub(super) backend: &'static str,
 }
 

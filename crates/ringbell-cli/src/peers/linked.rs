@@ -1,6 +1,5 @@
-//! The peer libraries of `ringbell bench` (from the `ringbell-bench-peers` crate), as
-//! [`IpcTransport`]s, so that they are timed and checked by the same loops as ringbell;
-//! and `__peer-lib`, the child process at their other end.
+//! The peer libraries, linked in (the `peers` feature): the `ringbell-bench-peers` crate's
+//! channels as [`IpcTransport`]s, and `__peer-lib`, the child process at their other end.
 
 use std::io;
 use std::time::Duration;
@@ -9,7 +8,6 @@ use ringbell::{Error, IpcTransport};
 use ringbell_bench_peers::Channel;
 pub use ringbell_bench_peers::PeerKind;
 use rustix::io::{fcntl_setfd, FdFlags};
-use serde::Serialize;
 
 use crate::child::{PeerLauncher, PeerProcess};
 use crate::error::{CliError, Context};
@@ -19,34 +17,7 @@ use crate::serve::{serve_connection, ServeMode};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The largest message any bench run sends, plus room for the sink's empty marker.
-pub const MAX_MESSAGE: usize = 1 << 20;
-
-/// How a peer is used, for the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct PeerNote {
-    pub name: String,
-    pub how: String,
-    /// The ringbell row its round trip is held against, if the targets name one.
-    pub compare_with: Option<&'static str>,
-    /// Whether it has one-way throughput rows.
-    pub streams: bool,
-}
-
-/// What the report says about each peer.
-pub trait Describe {
-    fn note(self) -> PeerNote;
-}
-
-impl Describe for PeerKind {
-    fn note(self) -> PeerNote {
-        PeerNote {
-            name: self.name().into(),
-            how: self.how().into(),
-            compare_with: self.compare_with(),
-            streams: self.streams(),
-        }
-    }
-}
+const MAX_MESSAGE: usize = 1 << 20;
 
 /// A peer library's channel end, as an [`IpcTransport`].
 pub struct PeerTransport {

@@ -69,9 +69,12 @@ impl ServeMode {
 const LISTENER_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds `path`, announces `listening on <path>` on stdout, and serves every client on
-/// its own thread until the process is stopped.
+/// its own thread until the process is stopped. Ctrl-C (SIGINT) and SIGTERM stop it
+/// cleanly ([`stop_on_signal`]).
 pub fn run(path: &Path, config: ServerConfig, mode: ServeMode) -> Result<(), CliError> {
     let server = Server::bind(path, config)?;
+    // Before the announcement, so that a signal sent as soon as it is seen is caught.
+    stop_on_signal(path)?;
     announce_listening(path)?;
     let mut connection_id: u64 = 0;
     loop {
@@ -99,6 +102,50 @@ pub fn run(path: &Path, config: ServerConfig, mode: ServeMode) -> Result<(), Cli
             Err(error) => eprintln!("ringbell serve: refused a client: {error}"),
         }
     }
+}
+
+/// From now on, SIGINT (Ctrl-C) or SIGTERM ends this process cleanly: it removes the
+/// socket file at `path` (which the server made and, while it lives, nobody else can take
+/// over), says so on stderr, and exits with status 0. Its clients see `PeerDied` at once:
+/// the kernel closes every control socket with the process, and each client watches its
+/// own. Nothing else needs undoing, since the shared memory has no name anywhere.
+///
+/// Why not drop the server and its connections instead: the connection threads are
+/// blocked in `recv` with no deadline, and unwinding them would change nothing the client
+/// can see. Signals are awaited with tokio's `signal` module on a thread of their own,
+/// rather than with a handler of our own: async-signal safety is tokio's to get right.
+fn stop_on_signal(path: &Path) -> Result<(), CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the signal watcher")?;
+    // Registered here, before returning, so that no signal slips through at start-up.
+    let (mut interrupt, mut terminate) = {
+        let _context = runtime.enter();
+        let interrupt = signal(SignalKind::interrupt()).context("watching for SIGINT")?;
+        let terminate = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
+        (interrupt, terminate)
+    };
+    let path = path.to_owned();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let name = runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => "SIGINT",
+                    _ = terminate.recv() => "SIGTERM",
+                }
+            });
+            let removed = match std::fs::remove_file(&path) {
+                Ok(()) => format!("removed {}", path.display()),
+                Err(error) => format!("could not remove {}: {error}", path.display()),
+            };
+            eprintln!("ringbell serve: stopped by {name}; {removed}");
+            std::process::exit(0);
+        })
+        .context("starting the signal watcher")?;
+    Ok(())
 }
 
 /// Prints the line a parent process waits for, and makes sure it leaves the process now.

@@ -226,6 +226,56 @@ fn ping_measures_against_serve_which_survives_a_bad_client() {
     assert_server_alive(&mut server);
 }
 
+/// `ringbell serve` stopped with SIGTERM or Ctrl-C (SIGINT) exits with status 0 and
+/// removes its socket file, and its connected client gets `PeerDied`.
+#[test]
+fn serve_stops_cleanly_on_sigterm_and_sigint() {
+    for (signal, name) in [(Signal::TERM, "SIGTERM"), (Signal::INT, "SIGINT")] {
+        let watchdog = Watchdog::start("ringbell serve, stopped by a signal");
+        let dir = TestDir::new(&format!("stop-{name}"));
+        let socket = dir.0.join("s.sock");
+        let mut server = Command::new(RINGBELL)
+            .arg("serve")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        watchdog.watch(&server);
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("listening on "), "{line:?}");
+        let mut client =
+            ringbell::Connection::connect(&socket, ringbell::ClientConfig::default()).unwrap();
+        let mut buf = Vec::new();
+        client.send(b"hello").unwrap();
+        client
+            .recv(&mut buf, Some(Duration::from_secs(30)))
+            .unwrap();
+        assert_eq!(buf, b"hello");
+
+        let pid = Pid::from_raw(server.id() as i32).unwrap();
+        kill_process(pid, signal).unwrap();
+        let status = server.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(status.success(), "{name}: {status}, stderr: {stderr}");
+        assert!(
+            stderr.contains(&format!("stopped by {name}")),
+            "{name}: {stderr}"
+        );
+        assert!(!socket.exists(), "{name}: the socket file is left behind");
+        let after = client.recv(&mut buf, Some(Duration::from_secs(30)));
+        assert!(
+            matches!(after, Err(ringbell::Error::PeerDied)),
+            "{name}: {after:?}"
+        );
+    }
+}
+
 fn assert_server_alive(server: &mut KillOnDrop) {
     assert!(
         server.0.try_wait().unwrap().is_none(),

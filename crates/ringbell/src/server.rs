@@ -225,8 +225,8 @@ impl Server {
     /// Each connection gets a thread that reads its requests one at a time; the handlers
     /// run on a pool of `min(concurrent_requests, 2 × cores)` worker threads shared by all
     /// connections, so at most that many run at once. A response above the connection's
-    /// `max_message_size` less one byte (the reply's status byte) fails its request with an
-    /// error reply. A handler that returns an error or
+    /// `max_message_size` (the reply's status byte does not count against it) fails its
+    /// request with an error reply. A handler that returns an error or
     /// panics becomes an error reply for that request only. A client that fails its
     /// handshake or dies is dropped without affecting the others. For thousands of
     /// clients, prefer [`AsyncServer::serve`](crate::tokio::AsyncServer::serve): it needs no

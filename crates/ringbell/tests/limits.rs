@@ -561,12 +561,13 @@ mod rpc {
         (len as u32).to_le_bytes().to_vec()
     }
 
-    /// What the handler answers to `request`: as many bytes as it asks for.
+    /// What the handler answers to `request`: as many bytes as a 4-byte request asks for;
+    /// any other request, echoed.
     fn respond(request: &[u8]) -> Result<Vec<u8>, String> {
-        let len: [u8; 4] = request
-            .try_into()
-            .map_err(|_| format!("a {}-byte request", request.len()))?;
-        Ok(vec![0xa5; u32::from_le_bytes(len) as usize])
+        match <[u8; 4]>::try_from(request) {
+            Ok(len) => Ok(vec![0xa5; u32::from_le_bytes(len) as usize]),
+            Err(_) => Ok(request.to_vec()),
+        }
     }
 
     /// A request/response server of `RB_KIND` (`async`: `AsyncServer::serve`; `blocking`:
@@ -673,33 +674,34 @@ fn a_request_above_the_maximum_fails_only_its_call() {
     );
 }
 
-/// A handler whose response does not fit the connection's maximum (the reply adds a status
-/// byte, so a response of exactly the maximum does not fit either, while one a byte shorter
-/// does) fails that call only, with `Error::Handler` (as the servers document for a failing
-/// handler), and the connection goes on: the next call is answered. Against both servers.
-///
-/// (Both servers turn a reply above the maximum into an error reply, itself cut to the
-/// maximum.)
+/// The limit is the payload's: a request of exactly the maximum is answered, and so is a
+/// response of exactly the maximum (the reply's status byte does not count: it used to,
+/// and the echo of a maximal request failed). A handler whose response is larger fails
+/// that call only, with `Error::Handler` (as the servers document for a failing handler),
+/// and the connection goes on: the next call is answered. Against both servers.
 #[cfg(feature = "tokio")]
 #[test]
 fn a_response_above_the_maximum_fails_only_its_call() {
     let _test = shared_test("rpc_response_too_large");
     let mut failures = Vec::new();
     for kind in ["async", "blocking"] {
-        for len in [rpc::MAX, 5 * rpc::MAX] {
+        for len in [rpc::MAX + 1, 5 * rpc::MAX] {
             let socket = SocketPath::new("rpc_response_too_large");
             let (mut server, runtime, client) = rpc::start(kind, &socket);
-            let (largest, too_large, after) = runtime.block_on(async {
-                let largest = client.call(&rpc::request_for(rpc::MAX - 1)).await;
+            let maximal = vec![0x3c; rpc::MAX];
+            let (largest, echo, too_large, after) = runtime.block_on(async {
+                let largest = client.call(&rpc::request_for(rpc::MAX)).await;
+                let echo = client.call(&maximal).await;
                 let too_large = client.call(&rpc::request_for(len)).await;
                 let after = client.call(&rpc::request_for(10)).await;
-                (largest, too_large, after)
+                (largest, echo, too_large, after)
             });
             let summary = format!(
                 "{kind}, a response of {len} bytes (maximum {}): largest that fits {}, \
-                 too large {}, after {}",
+                 echo of a maximal request {}, too large {}, after {}",
                 rpc::MAX,
                 rpc::outcome(&largest),
+                rpc::outcome(&echo),
                 rpc::outcome(&too_large),
                 rpc::outcome(&after)
             );
@@ -709,7 +711,8 @@ fn a_response_above_the_maximum_fails_only_its_call() {
             }
             let lengths = [&largest, &after].map(|result| result.as_ref().map(Vec::len).ok());
             if !matches!(&too_large, Err(Error::Handler { .. }))
-                || lengths != [Some(rpc::MAX - 1), Some(10)]
+                || lengths != [Some(rpc::MAX), Some(10)]
+                || echo.as_ref().ok() != Some(&maximal)
                 || !server.is_running()
             {
                 failures.push(summary);

@@ -243,6 +243,19 @@ impl Connection {
         self.settings.max_message_size
     }
 
+    /// The most bytes a message may carry on the wire: `max_message_size`, and for a tagged
+    /// message (request/response, `correlation != 0`) the status byte a reply adds
+    /// ([`REPLY_ROOM`](crate::core::reply::REPLY_ROOM)), so that a response may be as
+    /// large as the limit the user set.
+    pub(crate) fn wire_limit(&self, correlation: u64) -> usize {
+        let room = if correlation == 0 {
+            0
+        } else {
+            crate::core::reply::REPLY_ROOM
+        };
+        self.settings.max_message_size.saturating_add(room)
+    }
+
     /// Bytes per ring and direction, as decided by the server.
     pub fn ring_capacity(&self) -> usize {
         self.segment.capacity()

@@ -101,7 +101,6 @@ impl Connection {
             *buf = partial.bytes;
             chunked = Some((partial.total, partial.correlation));
         }
-        let max = self.settings.max_message_size;
         let mut frames = 0u32;
         loop {
             let Some(frame) = self.rx.peek().map_err(corrupted)? else {
@@ -176,7 +175,7 @@ impl Connection {
             let full_chunk = max_frame_payload(self.segment.capacity());
             match (header.kind, chunked) {
                 (FrameKind::Message, None) => {
-                    if len > max {
+                    if len > self.wire_limit(header.correlation) {
                         return Err(Error::Corrupted {
                             detail: "a message exceeds the connection's maximum size",
                         });
@@ -198,7 +197,9 @@ impl Connection {
                     let total = u64::from_le_bytes(total);
                     let total = usize::try_from(total)
                         .ok()
-                        .filter(|&total| total <= max && total >= len - 8)
+                        .filter(|&total| {
+                            total <= self.wire_limit(header.correlation) && total >= len - 8
+                        })
                         .ok_or(Error::Corrupted {
                             detail: "a chunked message announces a length beyond the maximum",
                         })?;

@@ -31,7 +31,7 @@ impl Connection {
         msg: &[u8],
         correlation: u64,
     ) -> Result<(), Error> {
-        self.check_sendable(msg)?;
+        self.check_sendable(msg, correlation)?;
         let deadline = self.settings.send_timeout.and_then(wait::deadline_after);
         let mut sent = SendProgress::default();
         let result = loop {
@@ -52,14 +52,15 @@ impl Connection {
         result
     }
 
-    /// The checks before a send: the connection is usable, the message fits the limit, and
-    /// the peer has not said goodbye.
-    pub(crate) fn check_sendable(&mut self, msg: &[u8]) -> Result<(), Error> {
+    /// The checks before a send: the connection is usable, the message fits the limit
+    /// ([`wire_limit`](Self::wire_limit)), and the peer has not said goodbye.
+    pub(crate) fn check_sendable(&mut self, msg: &[u8], correlation: u64) -> Result<(), Error> {
         self.usable()?;
-        if msg.len() > self.settings.max_message_size {
+        let max = self.wire_limit(correlation);
+        if msg.len() > max {
             return Err(Error::TooLarge {
                 len: msg.len(),
-                max: self.settings.max_message_size,
+                max,
             });
         }
         if peer_closed(self.header(), self.side) {

@@ -11,6 +11,12 @@ const REPLY_OK: u8 = 0;
 /// Reply status byte: the handler failed; its message follows.
 const REPLY_FAILED: u8 = 1;
 
+/// What the reply format adds to a response: its status byte. A tagged message (one with a
+/// correlation id) may carry this much more than `max_message_size`, so that the limit a
+/// user sets is the payload's: a handler may answer with as many bytes as a request may
+/// hold (`Connection::limit`).
+pub(crate) const REPLY_ROOM: usize = 1;
+
 #[cfg(feature = "tokio")]
 pub(crate) fn decode_reply(reply: &[u8]) -> Result<Vec<u8>, Error> {
     match reply.split_first() {
@@ -35,17 +41,17 @@ pub(crate) fn encode_reply(result: Result<Vec<u8>, String>) -> Vec<u8> {
     reply
 }
 
-/// [`encode_reply`], but a reply above `max` bytes, which the connection could not carry,
-/// becomes an error reply that says so (cut to `max`): one oversized response fails its
-/// own call, not the connection.
+/// [`encode_reply`], but a response (or error message) above `max` bytes, the
+/// connection's `max_message_size`, becomes an error reply that says so (its message cut
+/// to `max`): one oversized response fails its own call, not the connection.
 pub(crate) fn encode_reply_within(result: Result<Vec<u8>, String>, max: usize) -> Vec<u8> {
     let mut reply = encode_reply(result);
-    if reply.len() > max {
-        let len = reply.len() - 1;
+    if reply.len() > max + REPLY_ROOM {
+        let len = reply.len() - REPLY_ROOM;
         reply = encode_reply(Err(format!(
             "the handler's response of {len} bytes does not fit the connection's maximum message size of {max} bytes"
         )));
-        reply.truncate(max);
+        reply.truncate(max + REPLY_ROOM);
     }
     reply
 }

@@ -81,8 +81,8 @@ impl AsyncServer {
     ///
     /// Each connection has up to [`ServerConfig::concurrent_requests`] requests under way
     /// at once; past that its requests wait in its ring, and its client feels
-    /// backpressure. A response can be at most the connection's `max_message_size` less
-    /// one byte (the reply's status byte); a larger one fails its call with an
+    /// backpressure. A response can be as large as the connection's `max_message_size`
+    /// (the reply's status byte does not count against it); a larger one fails its call with an
     /// [`Error::Handler`] that says so. A handler that returns an error or panics becomes
     /// an [`Error::Handler`] reply for that request only. A client that fails its
     /// handshake, breaks the protocol or dies is dropped without affecting the others.

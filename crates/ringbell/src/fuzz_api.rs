@@ -29,8 +29,8 @@ use crate::core::ring::{
 };
 use crate::core::sync::Ordering;
 use crate::handshake::wire::{
-    decode_prefix, decode_welcome, encode_prefix, encode_welcome, Kind, Status, PREFIX_LEN,
-    WELCOME_LEN,
+    decode_hello, decode_prefix, decode_welcome, encode_hello, encode_prefix, encode_welcome, Kind,
+    Status, PREFIX_LEN, PROTOCOL_VERSION, WELCOME_LEN,
 };
 
 /// Decodes the input as a run of 16-byte frame headers (the last one zero-padded) and
@@ -91,7 +91,21 @@ pub fn handshake(input: &[u8]) {
         }
     }
 
-    match decode_welcome(&welcome) {
+    match decode_hello(&prefix) {
+        // A Hello of our version that says what it carries re-encodes unchanged.
+        Ok((version, Some(carries))) => {
+            assert_eq!(version, PROTOCOL_VERSION);
+            assert_eq!(
+                encode_hello(carries),
+                prefix,
+                "a decoded Hello re-encodes unchanged"
+            );
+        }
+        Ok((version, None)) => assert_ne!(version, PROTOCOL_VERSION),
+        Err(error) => assert!(!error.to_string().is_empty()),
+    }
+
+    match decode_welcome(&welcome, std::path::Path::new("fuzz.sock")) {
         // An accepted Welcome has our version and the Accepted status, so encoding it
         // again must reproduce all 40 bytes.
         Ok(decoded) => assert_eq!(

@@ -85,6 +85,9 @@ pub mod fuzz_api;
 #[cfg(feature = "__test-api")]
 #[doc(hidden)]
 pub mod bench_api;
+#[cfg(all(feature = "__test-api", feature = "tokio", not(loom)))]
+#[doc(hidden)]
+pub mod test_api;
 
 pub use config::{ClientConfig, ServerConfig, WaitStrategy};
 #[cfg(not(loom))]

@@ -7,7 +7,7 @@ use crate::config::ServerConfig;
 use crate::conn::{Connection, ConnectionSlots};
 use crate::core::ring;
 use crate::error::Error;
-use crate::handshake::{self, ServerHandshake, Step};
+use crate::handshake::{self, Carries, ServerHandshake, Step};
 use crate::sys::{self, ControlListener, User};
 
 /// Listens on a Unix socket path and sets up a shared-memory [`Connection`] for each client.
@@ -124,7 +124,17 @@ impl Server {
     /// [`Error::ServerBusy`] (the client was refused at the connection limit, and told so),
     /// and [`Error::Io`] while setting up its memory. An [`Error::Io`] about the listening
     /// socket itself (for example, out of file descriptors) is about the server.
+    ///
+    /// The connection carries plain messages: a client that makes calls (a
+    /// [`tokio::Client`](crate::tokio::Client)) is refused at its handshake, with an error
+    /// on both sides that says to use [`serve`](Self::serve) for calls.
     pub fn accept(&self) -> Result<Connection, Error> {
+        self.accept_carrying(Carries::Messages)
+    }
+
+    /// [`accept`](Self::accept) for a connection that carries `carries`. (A handshake left
+    /// pending by an earlier call goes on with what that call asked for.)
+    fn accept_carrying(&self, carries: Carries) -> Result<Connection, Error> {
         let mut pending = self
             .pending
             .lock()
@@ -162,7 +172,7 @@ impl Server {
                 }
             }
             if ready[0] {
-                while let Some(handshake) = self.start_handshake()? {
+                while let Some(handshake) = self.start_handshake(carries)? {
                     pending.push(handshake);
                 }
             }
@@ -170,13 +180,17 @@ impl Server {
     }
 
     /// Takes the next client from the listening socket's queue, without waiting, and
-    /// starts its handshake: `Ok(None)` if no client is waiting.
+    /// starts its handshake, for a connection that carries `carries`: `Ok(None)` if no
+    /// client is waiting.
     ///
     /// # Errors
     ///
     /// [`Error::ServerBusy`] if the client was refused at the connection limit (it is told
     /// so); [`Error::Io`] if accepting failed (out of fds: one client is told so).
-    pub(crate) fn start_handshake(&self) -> Result<Option<ServerHandshake>, Error> {
+    pub(crate) fn start_handshake(
+        &self,
+        carries: Carries,
+    ) -> Result<Option<ServerHandshake>, Error> {
         let control = match self.listener.accept() {
             Ok(control) => control,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
@@ -196,7 +210,12 @@ impl Server {
                 ),
             });
         };
-        Ok(Some(ServerHandshake::start(control, &self.config, slot)))
+        Ok(Some(ServerHandshake::start(
+            control,
+            &self.config,
+            slot,
+            carries,
+        )))
     }
 
     /// The listening socket, for an event loop to register and await.
@@ -248,7 +267,7 @@ impl Server {
         let workers = self.config.concurrent_requests.min(2 * cores).max(1);
         let pool = WorkerPool::start(workers, handler);
         loop {
-            match self.accept() {
+            match self.accept_carrying(Carries::Calls) {
                 Ok(mut connection) => {
                     let pool = pool.clone();
                     std::thread::spawn(move || serve_connection(&mut connection, &pool));

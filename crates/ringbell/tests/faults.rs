@@ -33,7 +33,8 @@
 //! (how long a dead connection's resources may take to be released, when a call counts as
 //! stuck) only turn a hang into a clear failure, and every test has a watchdog.
 
-#![cfg(feature = "tokio")]
+// The hostile client reaches inside its connection through `ringbell::test_api`.
+#![cfg(all(feature = "tokio", feature = "__test-api"))]
 
 #[allow(dead_code)]
 mod common;
@@ -625,19 +626,19 @@ fn role_hostile(runtime: &Runtime) -> Result<(), String> {
     let scribble_for = Duration::from_millis(number_param("RB_SCRIBBLE_MS"));
     let max_message: usize = number_param("RB_MAX_MESSAGE");
     let mut rng = XorShift64::new(seed);
-    let conn = runtime
-        .block_on(AsyncConnection::connect(&path, ClientConfig::default()))
+    // A connection for calls, reached before a client drives it (no public API hands out
+    // a client's connection).
+    let conn = ringbell::test_api::connect_for_calls(&path, ClientConfig::default())
         .context("connecting")?;
-    let segment = Scribbler::find(conn.get_ref())?;
-    let capacity = conn.get_ref().ring_capacity();
+    let segment = Scribbler::find(&conn)?;
+    let capacity = conn.ring_capacity();
     // A second handle on the control socket, to wake the server in the last step.
     let control: OwnedFd = conn
-        .get_ref()
         .control_fd()
         .try_clone_to_owned()
         .context("duplicating the control socket")?;
     let _entered = runtime.enter();
-    let client = Client::new(conn, 16).expect("starting the client driver");
+    let client = ringbell::test_api::client_from(conn, 16).expect("starting the client driver");
     let outcome = Arc::new(HostileOutcome::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = JoinSet::new();

@@ -1,7 +1,9 @@
 //! The client's side of the handshake: connect, say hello, check what the server sent
 //! (refusals become typed errors; the segment is checked before it is mapped), and ack.
 
-use super::wire::{decode_welcome, encode_prefix, Kind, Status, WELCOME_LEN};
+use super::wire::{
+    decode_welcome, encode_hello, encode_prefix, Carries, Kind, Status, WELCOME_LEN,
+};
 use super::{handshake_deadline, handshake_error, socket_error};
 use crate::config::ClientConfig;
 use crate::conn::{Connection, Segment, Settings, Side};
@@ -25,9 +27,9 @@ pub(crate) struct SharedDoorbell {
 pub(crate) type DoorbellFor<'a> =
     &'a (dyn Fn(u32) -> Result<std::sync::Arc<SharedDoorbell>, Error> + Sync);
 
-/// Connects to the server at `path` and runs the client's side of the handshake. With
-/// `shared`, the connection's doorbell is the one it picks for the server's pid, which is
-/// returned with the connection.
+/// Connects to the server at `path` for calls and runs the client's side of the
+/// handshake. The connection's doorbell is the one `shared` picks for the server's pid,
+/// which is returned with the connection.
 #[cfg(feature = "tokio")]
 pub(crate) fn connect_sharing(
     path: &std::path::Path,
@@ -38,6 +40,7 @@ pub(crate) fn connect_sharing(
     let connection = connect_with(
         path,
         config,
+        Carries::Calls,
         Some(&mut |pid| {
             let doorbell = shared(pid)?;
             chosen = Some(doorbell.clone());
@@ -50,9 +53,19 @@ pub(crate) fn connect_sharing(
     ))
 }
 
-/// Connects to the server at `path` and runs the client's side of the handshake.
+/// Connects to the server at `path` for calls, with a doorbell of its own (`test_api`).
+#[cfg(all(feature = "__test-api", feature = "tokio"))]
+pub(crate) fn connect_for_calls(
+    path: &std::path::Path,
+    config: &ClientConfig,
+) -> Result<Connection, Error> {
+    connect_with(path, config, Carries::Calls, None)
+}
+
+/// Connects to the server at `path` and runs the client's side of the handshake, for
+/// plain messages.
 pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<Connection, Error> {
-    connect_with(path, config, None)
+    connect_with(path, config, Carries::Messages, None)
 }
 
 /// What `connect_with` asks for the doorbell to share with the server of a given pid.
@@ -62,9 +75,12 @@ type PickDoorbell<'a> = &'a mut dyn FnMut(u32) -> Result<std::sync::Arc<SharedDo
 #[cfg(not(feature = "tokio"))]
 type PickDoorbell<'a> = &'a mut std::convert::Infallible;
 
+/// The client's side of the handshake, for a connection that carries `carries` (the server
+/// refuses it if it serves the other kind).
 fn connect_with(
     path: &std::path::Path,
     config: &ClientConfig,
+    carries: Carries,
     shared: Option<PickDoorbell<'_>>,
 ) -> Result<Connection, Error> {
     let deadline = handshake_deadline(config.connect_timeout);
@@ -102,20 +118,20 @@ fn connect_with(
     control
         .set_deadline(Some(deadline))
         .map_err(|error| Error::io("setting the handshake deadline", error))?;
-    let hello = control.write_all(&encode_prefix(Kind::Hello, Status::Accepted));
+    let hello = control.write_all(&encode_hello(carries));
     let mut bytes = [0u8; WELCOME_LEN];
     let received = control.recv_with_grants(&mut bytes);
     if let Err(error) = hello {
         // A server that refuses at once (at its connection limit) may close its end before
         // our Hello arrives; its refusal is still queued for us, and says more.
         if received.is_ok() {
-            decode_welcome(&bytes)?;
+            decode_welcome(&bytes, path)?;
         }
         return Err(socket_error("sending the hello", error));
     }
     let grants =
         received.map_err(|error| socket_error("waiting for the server's welcome", error))?;
-    let welcome = decode_welcome(&bytes)?;
+    let welcome = decode_welcome(&bytes, path)?;
     let [region, ring_server, client_doorbell]: [Grant; 3] =
         grants.try_into().map_err(|grants: Vec<Grant>| {
             handshake_error(format!(

@@ -12,7 +12,7 @@
 //! ```text
 //! client                                   server
 //!   connect ───────────────────────────────▶ accept; SO_PEERCRED → uid
-//!   Hello  {magic, version} ───────────────▶ check magic, version, uid
+//!   Hello  {magic, version, carries} ──────▶ check magic, version, carries, uid
 //!                                            create memfd segment (sealed), 2 doorbells
 //!          ◀─────────────── Welcome {status, capacity, max message, segment size}
 //!                           + SCM_RIGHTS [memfd, server's doorbell ringer, client's doorbell]
@@ -29,7 +29,9 @@
 //!
 //! Every message starts with the same 16-byte prefix, little-endian:
 //! `magic "RINGBELL" (8) | version u16 | kind u16 | status u32`, so that a peer of another
-//! version can still read a refusal. The Welcome adds three u64: ring capacity, maximum
+//! version can still read a refusal. In the Hello, the last field says what the client
+//! will carry, plain messages or calls (`wire::Carries`); a server that serves the other
+//! kind refuses it, and both sides get an error that says which is which. The Welcome adds three u64: ring capacity, maximum
 //! message size, segment length. The whole exchange runs under a deadline on both sides.
 
 mod client;
@@ -41,9 +43,12 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 
 pub(crate) use client::connect;
+#[cfg(all(feature = "__test-api", feature = "tokio"))]
+pub(crate) use client::connect_for_calls;
 #[cfg(feature = "tokio")]
 pub(crate) use client::{connect_sharing, SharedDoorbell};
 pub(crate) use server::{refuse_busy, ServerHandshake, Step};
+pub(crate) use wire::Carries;
 
 pub(crate) fn handshake_error(detail: impl Into<String>) -> Error {
     Error::Handshake {

@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use super::wire::{
-    decode_prefix, encode_welcome, refusal, Kind, Status, Welcome, PREFIX_LEN, PROTOCOL_VERSION,
+    decode_hello, decode_prefix, encode_welcome, refusal, Carries, Kind, Status, Welcome,
+    PREFIX_LEN, PROTOCOL_VERSION,
 };
 use super::{handshake_deadline, handshake_error, handshake_timeout, socket_error};
 use crate::config::ServerConfig;
@@ -39,6 +40,8 @@ pub(crate) struct ServerHandshake {
     slot: ConnectionSlot,
     /// The doorbell ringer the client attached to its Ack, if it did.
     client_ringer: Option<Grant>,
+    /// What this server's connections carry; a client that wants the other kind is refused.
+    carries: Carries,
 }
 
 /// What a [`ServerHandshake`] waits for.
@@ -70,11 +73,13 @@ pub(crate) enum Step {
 }
 
 impl ServerHandshake {
-    /// Starts the handshake on a freshly accepted stream, under `config.handshake_timeout`.
+    /// Starts the handshake on a freshly accepted stream, under `config.handshake_timeout`,
+    /// for a connection that carries `carries`.
     pub(crate) fn start(
         control: ControlStream,
         config: &ServerConfig,
         slot: ConnectionSlot,
+        carries: Carries,
     ) -> ServerHandshake {
         ServerHandshake {
             control,
@@ -84,6 +89,7 @@ impl ServerHandshake {
             stage: Stage::Hello,
             slot,
             client_ringer: None,
+            carries,
         }
     }
 
@@ -159,15 +165,28 @@ impl ServerHandshake {
     /// memory and doorbells, and sends the Welcome with the client's grants.
     fn welcome(&self, config: &ServerConfig, own_user: User) -> Result<ServerHalf, Error> {
         let control = &self.control;
-        let prefix = decode_prefix(&self.message, Kind::Hello)?;
+        let (version, carries) = decode_hello(&self.message)?;
         // A refusal is a courtesy: the client may be gone already.
         let refuse = |status: Status| control.try_send(&refusal(status));
-        if prefix.version != PROTOCOL_VERSION {
+        let Some(carries) = carries else {
             refuse(Status::UnsupportedVersion);
             return Err(handshake_error(format!(
-                "version mismatch: this server speaks protocol v{PROTOCOL_VERSION}, the client v{}",
-                prefix.version
+                "version mismatch: this server speaks protocol v{PROTOCOL_VERSION}, the client v{version}"
             )));
+        };
+        if carries != self.carries {
+            refuse(self.carries.refusal_status());
+            return Err(handshake_error(match self.carries {
+                Carries::Messages => {
+                    "a client asked for calls (a `tokio::Client`), but this server accepts \
+                     plain-message connections: serve calls with `AsyncServer::serve` or \
+                     `Server::serve`"
+                }
+                Carries::Calls => {
+                    "a client asked for plain messages (a `Connection` or `AsyncConnection`), \
+                     but this server serves calls: call it with `tokio::Client`"
+                }
+            }));
         }
         let user = control
             .peer_user()

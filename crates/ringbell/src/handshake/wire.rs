@@ -1,7 +1,8 @@
 //! The handshake's messages as bytes. Every message starts with the same 16-byte prefix,
 //! little-endian: `magic "RINGBELL" (8) | version u16 | kind u16 | status u32`, so that a
-//! peer of another version can still read a refusal. The Welcome adds three u64: ring
-//! capacity, maximum message size, segment length.
+//! peer of another version can still read a refusal. In a Hello, the last field is what
+//! the client will carry ([`Carries`]) rather than a status. The Welcome adds three u64:
+//! ring capacity, maximum message size, segment length.
 
 use super::handshake_error;
 use crate::error::Error;
@@ -11,7 +12,38 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 
 /// The handshake protocol version this build speaks.
 /// Version 2: the Ack may carry the client's own doorbell ringer.
-pub(crate) const PROTOCOL_VERSION: u16 = 2;
+/// Version 3: the Hello says what the client will carry ([`Carries`]), and a server that
+/// serves the other kind refuses it.
+pub(crate) const PROTOCOL_VERSION: u16 = 3;
+
+/// What a connection carries, which both ends must agree on: a client that makes calls
+/// would wait forever for replies from a server that echoes plain messages (and drop them,
+/// untagged), and a plain client would read replies' status bytes as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carries {
+    /// Plain messages: `Connection`, `AsyncConnection`, and the servers' `accept`.
+    Messages = 0,
+    /// Request/response calls: `tokio::Client` and `ClientGroup`, and the servers' `serve`.
+    Calls = 1,
+}
+
+impl Carries {
+    fn from_u32(value: u32) -> Option<Carries> {
+        match value {
+            0 => Some(Carries::Messages),
+            1 => Some(Carries::Calls),
+            _ => None,
+        }
+    }
+
+    /// The refusal a server that carries `self` sends a client that wants the other kind.
+    pub(crate) fn refusal_status(self) -> Status {
+        match self {
+            Carries::Messages => Status::ServesMessages,
+            Carries::Calls => Status::ServesCalls,
+        }
+    }
+}
 
 /// Length of the common prefix, and of Hello and Ack.
 pub(crate) const PREFIX_LEN: usize = 16;
@@ -38,6 +70,10 @@ pub(crate) enum Status {
     OutOfResources = 4,
     /// At its connection limit.
     ServerBusy = 5,
+    /// The server serves plain messages, and the client asked for calls.
+    ServesMessages = 6,
+    /// The server serves calls, and the client asked for plain messages.
+    ServesCalls = 7,
 }
 
 impl Status {
@@ -49,6 +85,8 @@ impl Status {
             3 => Status::ServerError,
             4 => Status::OutOfResources,
             5 => Status::ServerBusy,
+            6 => Status::ServesMessages,
+            7 => Status::ServesCalls,
             _ => return None,
         })
     }
@@ -77,6 +115,29 @@ pub(crate) fn encode_prefix(kind: Kind, status: Status) -> [u8; PREFIX_LEN] {
     bytes[10..12].copy_from_slice(&(kind as u16).to_le_bytes());
     bytes[12..16].copy_from_slice(&(status as u32).to_le_bytes());
     bytes
+}
+
+/// The client's Hello: a prefix whose last field says what the client will carry.
+pub(crate) fn encode_hello(carries: Carries) -> [u8; PREFIX_LEN] {
+    let mut bytes = encode_prefix(Kind::Hello, Status::Accepted);
+    bytes[12..16].copy_from_slice(&(carries as u32).to_le_bytes());
+    bytes
+}
+
+/// Decodes a Hello: the client's protocol version and, if it speaks ours, what it will
+/// carry. The version is returned, not checked, as in [`decode_prefix`].
+pub(crate) fn decode_hello(bytes: &[u8; PREFIX_LEN]) -> Result<(u16, Option<Carries>), Error> {
+    let mut prefix = *bytes;
+    // The status field of a Hello is `Carries`: decode the rest as any prefix.
+    prefix[12..16].copy_from_slice(&(Status::Accepted as u32).to_le_bytes());
+    let version = decode_prefix(&prefix, Kind::Hello)?.version;
+    let raw = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    if version != PROTOCOL_VERSION {
+        return Ok((version, None));
+    }
+    let carries = Carries::from_u32(raw)
+        .ok_or_else(|| handshake_error(format!("a hello asks to carry unknown kind {raw}")))?;
+    Ok((version, Some(carries)))
 }
 
 /// Decodes a prefix and checks that it is `expected`. The version is returned, not checked:
@@ -128,7 +189,10 @@ pub(crate) fn out_of_resources_refusal() -> [u8; WELCOME_LEN] {
 }
 
 /// Decodes a Welcome. Refusals become the matching error.
-pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error> {
+pub(crate) fn decode_welcome(
+    bytes: &[u8; WELCOME_LEN],
+    path: &std::path::Path,
+) -> Result<Welcome, Error> {
     let prefix_bytes: &[u8; PREFIX_LEN] = bytes[..PREFIX_LEN].try_into().expect("16 bytes");
     let prefix = decode_prefix(prefix_bytes, Kind::Welcome)?;
     match prefix.status {
@@ -163,6 +227,22 @@ pub(crate) fn decode_welcome(bytes: &[u8; WELCOME_LEN]) -> Result<Welcome, Error
                     .into(),
             })
         }
+        Status::ServesMessages => {
+            return Err(handshake_error(format!(
+                "the server at {} serves plain messages, not calls: talk to it with \
+                 `Connection` or `AsyncConnection`, or serve it with `AsyncServer::serve` \
+                 or `Server::serve`",
+                path.display()
+            )))
+        }
+        Status::ServesCalls => {
+            return Err(handshake_error(format!(
+                "the server at {} serves calls (request/response), not plain messages: \
+                 call it with `tokio::Client`, or accept its connections with \
+                 `Server::accept` or `AsyncServer::accept`",
+                path.display()
+            )))
+        }
     }
     if prefix.version != PROTOCOL_VERSION {
         return Err(handshake_error(format!(
@@ -194,6 +274,26 @@ pub(crate) fn refusal(status: Status) -> [u8; WELCOME_LEN] {
 mod tests {
     use super::*;
 
+    fn path() -> &'static std::path::Path {
+        std::path::Path::new("/tmp/app.sock")
+    }
+
+    #[test]
+    fn a_hello_says_what_it_carries_and_unknown_kinds_are_refused() {
+        for carries in [Carries::Messages, Carries::Calls] {
+            assert_eq!(
+                decode_hello(&encode_hello(carries)).unwrap(),
+                (PROTOCOL_VERSION, Some(carries))
+            );
+        }
+        let mut hello = encode_hello(Carries::Calls);
+        hello[12] = 9;
+        assert!(matches!(decode_hello(&hello), Err(Error::Handshake { .. })));
+        // Another version's Hello is decoded far enough to refuse it by version.
+        hello[8..10].copy_from_slice(&(PROTOCOL_VERSION - 1).to_le_bytes());
+        assert_eq!(decode_hello(&hello).unwrap(), (PROTOCOL_VERSION - 1, None));
+    }
+
     #[test]
     fn welcome_round_trips() {
         let welcome = Welcome {
@@ -202,7 +302,7 @@ mod tests {
             segment_len: 4096 + (2 << 16),
         };
         assert_eq!(
-            decode_welcome(&encode_welcome(Status::Accepted, &welcome)).unwrap(),
+            decode_welcome(&encode_welcome(Status::Accepted, &welcome), path()).unwrap(),
             welcome
         );
     }
@@ -215,13 +315,26 @@ mod tests {
             segment_len: 0,
         };
         assert!(matches!(
-            decode_welcome(&encode_welcome(Status::PermissionDenied, &zero)),
+            decode_welcome(&encode_welcome(Status::PermissionDenied, &zero), path()),
             Err(Error::PermissionDenied { .. })
         ));
         assert!(matches!(
-            decode_welcome(&[0xAB; WELCOME_LEN]),
+            decode_welcome(&[0xAB; WELCOME_LEN], path()),
             Err(Error::Handshake { .. })
         ));
+        for (status, says) in [
+            (Status::ServesMessages, "serves plain messages, not calls"),
+            (
+                Status::ServesCalls,
+                "serves calls (request/response), not plain messages",
+            ),
+        ] {
+            let error = decode_welcome(&encode_welcome(status, &zero), path()).unwrap_err();
+            assert!(
+                matches!(&error, Error::Handshake { detail } if detail.contains(says) && detail.contains("/tmp/app.sock")),
+                "{error}"
+            );
+        }
         let mut hello = encode_prefix(Kind::Hello, Status::Accepted);
         assert!(decode_prefix(&hello, Kind::Hello).is_ok());
         assert!(decode_prefix(&hello, Kind::Ack).is_err());

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::{arm, AsyncConnection, WatchedPoller};
+use super::{arm, WatchedPoller};
 use crate::config::ClientConfig;
 use crate::conn::{Connection, Pushed, SendProgress};
 use crate::core::in_flight::InFlight;
@@ -108,20 +108,21 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// As [`AsyncConnection::connect`].
+    /// As [`AsyncConnection::connect`](super::AsyncConnection::connect).
     pub async fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Client, Error> {
         ClientGroup::new()?.connect(path, config).await
     }
 
-    /// Drives `connection` from a task of its own (on the current tokio runtime) and
-    /// returns a client that allows `max_in_flight` outstanding calls (at least 1).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if the driver cannot set up its poller.
-    pub fn new(connection: AsyncConnection, max_in_flight: usize) -> Result<Client, Error> {
+    /// Drives `connection`, made for calls, from a task of its own (on the current tokio
+    /// runtime) and returns a client that allows `max_in_flight` outstanding calls (at
+    /// least 1). For `test_api`: every public way to make a client connects it for calls.
+    #[cfg(feature = "__test-api")]
+    pub(crate) fn from_connection(
+        connection: Connection,
+        max_in_flight: usize,
+    ) -> Result<Client, Error> {
         let group = ClientGroup::new()?;
-        Ok(group.adopt(connection.into_inner(), None, max_in_flight))
+        Ok(group.adopt(connection, None, max_in_flight))
     }
 
     /// Sends `request` and waits for its reply. If all slots are taken, waits for one
@@ -304,7 +305,7 @@ impl ClientGroup {
     ///
     /// # Errors
     ///
-    /// As [`AsyncConnection::connect`].
+    /// As [`AsyncConnection::connect`](super::AsyncConnection::connect).
     pub async fn connect(
         &self,
         path: impl AsRef<Path>,
@@ -318,7 +319,7 @@ impl ClientGroup {
     ///
     /// # Errors
     ///
-    /// As [`AsyncConnection::connect`].
+    /// As [`AsyncConnection::connect`](super::AsyncConnection::connect).
     pub async fn connect_bounded(
         &self,
         path: impl AsRef<Path>,

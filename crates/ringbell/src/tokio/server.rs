@@ -9,7 +9,7 @@ use super::AsyncConnection;
 use crate::config::ServerConfig;
 use crate::conn::Connection;
 use crate::error::Error;
-use crate::handshake::{ServerHandshake, Step};
+use crate::handshake::{Carries, ServerHandshake, Step};
 use crate::server::Server;
 use crate::sys::User;
 
@@ -48,6 +48,9 @@ pub struct AsyncServer {
     /// empty. The listener's readiness is edge-triggered and already cleared, so the next
     /// call accepts again before it waits, or those clients would wait for a new one.
     backlog: bool,
+    /// What the connections it makes carry: plain messages, until [`serve`](Self::serve)
+    /// turns it into a server of calls (handshakes already under way finish as they began).
+    pub(super) carries: Carries,
     /// Its listener registered with the runtime.
     pub(super) server: Server,
 }
@@ -95,6 +98,7 @@ impl AsyncServer {
         Ok(AsyncServer {
             handshakes: JoinSet::new(),
             backlog: false,
+            carries: Carries::Messages,
             config: std::sync::Arc::new(server.config().clone()),
             server,
         })
@@ -107,6 +111,10 @@ impl AsyncServer {
     /// many handshakes and connections exist at once is bounded by
     /// [`ServerConfig::max_connections`](crate::ServerConfig::max_connections).
     /// Cancellation-safe: handshakes under way carry on and are returned by a later call.
+    ///
+    /// The connection carries plain messages: a client that makes calls (a
+    /// [`Client`](super::Client)) is refused at its handshake, with an error on both sides
+    /// that says to use [`serve`](Self::serve) for calls.
     ///
     /// # Errors
     ///
@@ -149,7 +157,7 @@ impl AsyncServer {
     /// [`backlog`]: Self::backlog
     fn take_waiting_clients(&mut self) -> Result<(), Error> {
         loop {
-            match self.server.start_handshake() {
+            match self.server.start_handshake(self.carries) {
                 Ok(Some(handshake)) => {
                     let config = self.config.clone();
                     let own_user = self.server.own_user();

@@ -25,7 +25,7 @@ use crate::idle::{self, IdleRun};
 use crate::measure;
 use crate::serve::ServeMode;
 use crate::stats::{
-    format_count, format_ratio, print_table, LatencyRun, LatencySummary, ThroughputRun,
+    compare, format_count, print_table, Better, LatencyRun, LatencySummary, ThroughputRun,
 };
 use crate::stream::{self, StreamChannel, StreamKind};
 use crate::temp_dir::TempDir;
@@ -330,8 +330,8 @@ impl Report {
                     format!("{:.2}", summary.p50_us),
                     format!("{:.2}", summary.p99_us),
                     format!("{:.2}", summary.p999_us),
-                    format_ratio(summary.p50_us, raw_spin_p50),
-                    format_ratio(summary.p50_us, unix_socket_p50),
+                    compare(summary.p50_us, raw_spin_p50, Better::Faster),
+                    compare(summary.p50_us, unix_socket_p50, Better::Faster),
                 ]
             })
             .collect();
@@ -361,7 +361,7 @@ impl Report {
                     (*name).to_owned(),
                     format_count(run.messages_per_second()),
                     format!("{:.1}", run.megabytes_per_second()),
-                    format_ratio(run.messages_per_second(), unix_socket_rate),
+                    compare(run.messages_per_second(), unix_socket_rate, Better::More),
                 ]
             })
             .collect();
@@ -409,8 +409,9 @@ impl Report {
              BufReader on the receiver."
         );
         println!(
-            "\"vs\" columns: this row divided by the baseline (latency: below 1× is faster; \
-             throughput: above 1× is more). MB/s counts payload bytes, 10^6 per MB."
+            "\"vs\" columns: this row against the baseline, in words (\"42× faster\": a 42nd of \
+             its latency; \"3.0× more\": three times its messages per second). MB/s counts \
+             payload bytes, 10^6 per MB."
         );
     }
 }

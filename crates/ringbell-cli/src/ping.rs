@@ -22,6 +22,19 @@ pub fn run(path: &Path, plan: &PingPlan, wait: &WaitArgs) -> Result<(), CliError
     let config = ClientConfig::default().wait(wait.strategy());
     // The library's errors name the path already.
     let mut connection = Connection::connect(path, config)?;
+    // The library's own error would say to raise `ServerConfig::max_message_size`, which a
+    // user of the command line cannot do: name the flag instead.
+    let max = connection.max_message_size();
+    if plan.size > max {
+        return Err(CliError::new(format!(
+            "a ping of {} bytes does not fit the server's maximum message size of {max} bytes: \
+             start the server with `ringbell serve {} --max-message-size {}` (or more), or \
+             ping with a smaller --size",
+            plan.size,
+            path.display(),
+            plan.size
+        )));
+    }
     let run = measure::round_trips(&mut connection, plan.size, plan.warmup, plan.count)?;
     let summary = run.summary();
     println!(

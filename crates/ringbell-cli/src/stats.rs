@@ -82,20 +82,39 @@ fn per_second(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
 }
 
-/// `ours / baseline` as a short factor: `0.012×`, `0.45×`, `3.1×`, `42×`.
-pub fn format_ratio(ours: f64, baseline: f64) -> String {
-    if baseline.is_nan() || baseline <= 0.0 || !ours.is_finite() {
+/// Which way a figure is better, and so the words that compare two of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// A time: less is better ("42× faster", "1.3× slower").
+    Faster,
+    /// A rate: more is better ("42× more", "1.3× less").
+    More,
+    /// A cost, such as memory or fds: less is better ("2.0× less", "1.3× more").
+    Less,
+}
+
+/// How `ours` compares with `baseline`, in words for a terminal table: "42× faster",
+/// "1.3× slower", "≈ same" (within 5 %). A factor below one, such as `0.024×` for a time,
+/// reads badly as "faster"; the JSON reports keep the plain numbers.
+pub fn compare(ours: f64, baseline: f64, better: Better) -> String {
+    if !(baseline > 0.0 && ours > 0.0 && baseline.is_finite() && ours.is_finite()) {
         return "n/a".to_owned();
     }
     let ratio = ours / baseline;
-    if ratio >= 10.0 {
-        format!("{ratio:.0}×")
-    } else if ratio >= 1.0 {
-        format!("{ratio:.1}×")
-    } else if ratio >= 0.1 {
-        format!("{ratio:.2}×")
+    let (factor, word) = match better {
+        Better::Faster if ratio <= 1.0 => (1.0 / ratio, "faster"),
+        Better::Faster => (ratio, "slower"),
+        Better::More if ratio >= 1.0 => (ratio, "more"),
+        Better::More => (1.0 / ratio, "less"),
+        Better::Less if ratio <= 1.0 => (1.0 / ratio, "less"),
+        Better::Less => (ratio, "more"),
+    };
+    if factor < 1.05 {
+        "≈ same".to_owned()
+    } else if factor >= 10.0 {
+        format!("{factor:.0}× {word}")
     } else {
-        format!("{ratio:.3}×")
+        format!("{factor:.1}× {word}")
     }
 }
 
@@ -167,12 +186,21 @@ mod tests {
     }
 
     #[test]
-    fn ratios_keep_two_significant_digits_or_so() {
-        assert_eq!(format_ratio(1.0, 100.0), "0.010×");
-        assert_eq!(format_ratio(45.0, 100.0), "0.45×");
-        assert_eq!(format_ratio(3.12, 1.0), "3.1×");
-        assert_eq!(format_ratio(420.0, 10.0), "42×");
-        assert_eq!(format_ratio(1.0, 0.0), "n/a");
+    fn comparisons_say_which_way_in_words() {
+        // Times: a 0.024× latency is 42× faster.
+        assert_eq!(compare(1.0, 42.0, Better::Faster), "42× faster");
+        assert_eq!(compare(1.3, 1.0, Better::Faster), "1.3× slower");
+        // Rates.
+        assert_eq!(compare(420.0, 10.0, Better::More), "42× more");
+        assert_eq!(compare(1.0, 3.12, Better::More), "3.1× less");
+        // Costs.
+        assert_eq!(compare(50.0, 100.0, Better::Less), "2.0× less");
+        assert_eq!(compare(130.0, 100.0, Better::Less), "1.3× more");
+        // Close, or nothing to compare with.
+        assert_eq!(compare(1.02, 1.0, Better::Faster), "≈ same");
+        assert_eq!(compare(1.0, 0.0, Better::More), "n/a");
+        assert_eq!(compare(0.0, 1.0, Better::More), "n/a");
+        assert_eq!(compare(1.0, f64::NAN, Better::More), "n/a");
     }
 
     #[test]

@@ -223,6 +223,23 @@ fn ping_measures_against_serve_which_survives_a_bad_client() {
             describe(&output)
         );
     }
+
+    // A ping above the server's limit is refused with the flag that raises it, not with
+    // the library's advice (`ServerConfig::max_message_size`), which a CLI user cannot take.
+    let output = run_to_end(
+        &watchdog,
+        Command::new(RINGBELL)
+            .arg("ping")
+            .arg(&socket)
+            .args(["--size", "20000000", "--count", "1"]),
+    );
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--max-message-size 20000000") && !stderr.contains("ServerConfig"),
+        "{}",
+        describe(&output)
+    );
     assert_server_alive(&mut server);
 }
 

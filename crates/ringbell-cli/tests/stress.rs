@@ -250,6 +250,7 @@ fn bad_options_are_refused_with_a_message() {
     for args in [
         &["--size-range", "10..2"][..],
         &["--ring-capacity", "1000"],
+        // The comparison is the default; the flag that asked for it is gone.
         &["--transport", "ringbell", "--compare"],
         &["--clients", "0"],
     ] {

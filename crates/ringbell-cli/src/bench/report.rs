@@ -11,7 +11,7 @@ use super::plot;
 use crate::affinity::allowed_cpus;
 use crate::error::CliError;
 use crate::peers;
-use crate::stats::{format_count, format_ratio, print_table, LatencyRun, ThroughputRun};
+use crate::stats::{compare, format_count, print_table, Better, LatencyRun, ThroughputRun};
 use crate::stream::StreamKind;
 
 /// The machine the figures come from.
@@ -186,8 +186,8 @@ impl Report {
                         format!("{:.2}", row.p50_us),
                         format!("{:.2}", row.p99_us),
                         format!("{:.2}", row.p999_us),
-                        format_ratio(row.p50_us, uds),
-                        format_ratio(row.p50_us, spin),
+                        compare(row.p50_us, uds, Better::Faster),
+                        compare(row.p50_us, spin, Better::Faster),
                     ]
                 })
                 .collect();
@@ -220,8 +220,8 @@ impl Report {
                         row.name.clone(),
                         format_count(row.messages_per_second),
                         format!("{:.2}", row.gigabytes_per_second),
-                        format_ratio(row.messages_per_second, uds),
-                        format_ratio(row.messages_per_second, ringbell),
+                        compare(row.messages_per_second, uds, Better::More),
+                        compare(row.messages_per_second, ringbell, Better::More),
                     ]
                 })
                 .collect();
@@ -251,7 +251,7 @@ impl Report {
                     format!("{:.1}", row.p50_us),
                     format!("{:.1}", row.p99_us),
                     format!("{:.1}", row.server_kib_per_connection),
-                    format_ratio(row.requests_per_second, uds),
+                    compare(row.requests_per_second, uds, Better::More),
                 ]
             })
             .collect();

@@ -99,14 +99,10 @@ pub struct StressArgs {
     /// Draw each request's payload size at random from A to B bytes, both included.
     #[arg(long, value_name = "A..B")]
     size_range: Option<SizeRange>,
-    /// Stress only this transport. Without it, both run, ringbell then uds, and are
-    /// compared (as with --compare).
-    #[arg(long, value_enum, conflicts_with = "compare")]
+    /// Stress only this transport. Without it, both run, ringbell then uds, in this
+    /// invocation, and are printed with their ratios.
+    #[arg(long, value_enum)]
     transport: Option<Transport>,
-    /// Run ringbell, then uds, in this invocation, and print both with their ratios (the
-    /// default when --transport is not given).
-    #[arg(long)]
-    compare: bool,
     /// Calls in flight at once on each connection; also how many requests of one
     /// connection the server handles at once.
     #[arg(long, value_name = "C", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]

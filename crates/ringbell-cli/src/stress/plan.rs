@@ -141,7 +141,6 @@ mod tests {
             size: SizeRange::exactly(64),
             size_range: None,
             transport: None,
-            compare: false,
             concurrency: 1,
             ring_capacity: STRESS_RING_CAPACITY,
             rounds: 1,

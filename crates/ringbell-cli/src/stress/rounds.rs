@@ -437,19 +437,24 @@ impl<'a> TransportRun<'a> {
 }
 
 fn progress_bar(calls: u64, transport: Transport, round: u32, rounds: u32) -> ProgressBar {
-    let bar = ProgressBar::new(calls);
     let prefix = if rounds > 1 {
         format!("{} {round}/{rounds}", transport.arg())
     } else {
         transport.arg().to_owned()
     };
-    bar.set_prefix(prefix);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} {msg:<16} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} calls ({per_sec:0})",
-        )
-        .expect("the template is valid"),
-    );
+    let style = ProgressStyle::with_template(
+        "{prefix} {msg:<16} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} calls ({per_sec:0})",
+    )
+    .expect("the template is valid");
+    // Style, label and message before anything draws: setting them one by one on a bar
+    // that already shows drew a first frame in indicatif's default style, with no label
+    // and no thousands separators.
+    let bar = ProgressBar::hidden()
+        .with_style(style)
+        .with_prefix(prefix)
+        .with_message("starting");
+    bar.set_length(calls);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }

@@ -51,6 +51,7 @@ impl Connection {
     /// let (status, size): (String, u64) = conn.recv_value(&mut buf, None)?;
     /// # Ok::<(), ringbell::Error>(())
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
     pub fn send_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         let bytes = encode(value)?;
         self.send(&bytes)
@@ -62,6 +63,7 @@ impl Connection {
     ///
     /// [`Error::Codec`] if the message does not decode as a `T` (the message is consumed;
     /// the connection goes on), otherwise as [`recv`](Self::recv).
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
     pub fn recv_value<T: DeserializeOwned>(
         &mut self,
         buf: &mut Vec<u8>,
@@ -79,6 +81,7 @@ impl crate::tokio::AsyncConnection {
     /// # Errors
     ///
     /// [`Error::Codec`] if it cannot be encoded, otherwise as [`send`](Self::send).
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
     pub async fn send_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         let bytes = encode(value)?;
         self.send(&bytes).await
@@ -91,6 +94,7 @@ impl crate::tokio::AsyncConnection {
     ///
     /// [`Error::Codec`] if the message does not decode as a `T` (the connection goes on),
     /// otherwise as [`recv`](Self::recv).
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
     pub async fn recv_value<T: DeserializeOwned>(&mut self, buf: &mut Vec<u8>) -> Result<T, Error> {
         self.recv(buf).await?;
         decode(buf)
@@ -105,6 +109,45 @@ impl crate::tokio::Client {
     ///
     /// [`Error::Codec`] if the request cannot be encoded or the reply does not decode as a
     /// `Resp`, otherwise as [`call`](Self::call).
+    ///
+    /// # Examples
+    ///
+    /// A server of typed calls and its client; [`AsyncServer::serve_values`] is the
+    /// server's side.
+    ///
+    /// [`AsyncServer::serve_values`]: crate::tokio::AsyncServer::serve_values
+    ///
+    /// ```
+    /// use ringbell::tokio::{AsyncServer, Client};
+    /// use ringbell::{ClientConfig, ServerConfig};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Complete { prefix: String, max: usize }
+    ///
+    /// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    /// struct Completions(Vec<String>);
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ringbell::Error> {
+    /// # let path = std::env::temp_dir().join(format!("ringbell-doc-{}.sock", std::process::id()));
+    /// // The server: typed requests in, typed responses out.
+    /// let server = AsyncServer::bind(&path, ServerConfig::default())?;
+    /// tokio::spawn(server.serve_values(|request: Complete| async move {
+    ///     let words = ["ring", "ringbell", "rings"];
+    ///     let found = words.iter().filter(|word| word.starts_with(&request.prefix));
+    ///     Ok::<_, String>(Completions(found.take(request.max).map(|w| w.to_string()).collect()))
+    /// }));
+    ///
+    /// // The client.
+    /// let client = Client::connect(&path, ClientConfig::default()).await?;
+    /// let request = Complete { prefix: "ringb".into(), max: 5 };
+    /// let reply: Completions = client.call_value(&request).await?;
+    /// assert_eq!(reply, Completions(vec!["ringbell".into()]));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
     pub async fn call_value<Req, Resp>(&self, request: &Req) -> Result<Resp, Error>
     where
         Req: Serialize + ?Sized,
@@ -112,6 +155,97 @@ impl crate::tokio::Client {
     {
         let reply = self.call(&encode(request)?).await?;
         decode(&reply)
+    }
+}
+
+/// The rest of a typed call on the server, once its request was decoded and handed to the
+/// handler (`call`): awaits the handler and encodes its response. A request that did not
+/// decode, a handler's error and a response that cannot be encoded all fail that call
+/// alone, with an error reply that says which.
+#[cfg(feature = "tokio")]
+async fn finish_typed_call<Resp, F, E>(call: Result<F, Error>) -> Result<Vec<u8>, String>
+where
+    Resp: Serialize,
+    F: std::future::Future<Output = Result<Resp, E>>,
+    E: std::fmt::Display,
+{
+    let pending = call.map_err(|error| format!("the request does not decode: {error}"))?;
+    let response = pending.await.map_err(|error| error.to_string())?;
+    encode(&response).map_err(|error| format!("the response does not encode: {error}"))
+}
+
+#[cfg(feature = "tokio")]
+impl crate::tokio::AsyncServer {
+    /// [`serve`](Self::serve) with typed requests and responses, the server's side of
+    /// [`Client::call_value`](crate::tokio::Client::call_value) (whose example shows both).
+    /// Each request is decoded as a `Req` and its handler's response encoded, with postcard.
+    /// A request that does not decode as a `Req` fails its call with an
+    /// [`Error::Handler`] that says so, as a handler's error does; the connection goes on.
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
+    pub async fn serve_values<Req, Resp, H, F, E>(self, handler: H)
+    where
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+        H: Fn(Req) -> F + Send + Sync + 'static,
+        F: std::future::Future<Output = Result<Resp, E>> + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.serve_values_until(handler, std::future::pending(), Duration::MAX)
+            .await
+    }
+
+    /// [`serve_until`](Self::serve_until) (a graceful shutdown) with typed requests and
+    /// responses, as [`serve_values`](Self::serve_values).
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
+    pub async fn serve_values_until<Req, Resp, H, F, E>(
+        self,
+        handler: H,
+        shutdown: impl std::future::Future<Output = ()>,
+        grace: Duration,
+    ) where
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+        H: Fn(Req) -> F + Send + Sync + 'static,
+        F: std::future::Future<Output = Result<Resp, E>> + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.serve_until(
+            move |bytes: Vec<u8>| finish_typed_call(decode::<Req>(&bytes).map(&handler)),
+            shutdown,
+            grace,
+        )
+        .await
+    }
+}
+
+impl crate::Server {
+    /// [`serve`](Self::serve) with typed requests and responses, for programs without an
+    /// async runtime; its clients call it with
+    /// [`Client::call_value`](crate::tokio::Client::call_value). A request that does not
+    /// decode as a `Req` fails its call with an error reply that says so; the connection
+    /// goes on. Never returns.
+    ///
+    /// ```no_run
+    /// use ringbell::{Server, ServerConfig};
+    ///
+    /// let server = Server::bind("/tmp/app.sock", ServerConfig::default())?;
+    /// server.serve_values(|(a, b): (u64, u64)| Ok::<_, String>(a + b));
+    /// # Ok::<(), ringbell::Error>(())
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
+    pub fn serve_values<Req, Resp, H, E>(&self, handler: H) -> !
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        H: Fn(Req) -> Result<Resp, E> + Send + Sync + 'static,
+        E: std::fmt::Display,
+    {
+        self.serve(move |bytes: Vec<u8>| {
+            let request = decode::<Req>(&bytes)
+                .map_err(|error| format!("the request does not decode: {error}"))?;
+            let response = handler(request).map_err(|error| error.to_string())?;
+            encode(&response).map_err(|error| format!("the response does not encode: {error}"))
+        })
     }
 }
 

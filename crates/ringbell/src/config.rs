@@ -8,6 +8,22 @@ use std::time::Duration;
 /// 35–40 µs one way on the development machines), while a peer's store to a shared
 /// cache line is seen in well under a microsecond. Spinning therefore wins latency when
 /// the answer comes soon, and sleeping wins CPU when it does not.
+///
+/// The server's [`ServerConfig::wait`] applies to its side of every connection, the
+/// client's [`ClientConfig::wait`] to its own:
+///
+/// ```
+/// use ringbell::{ClientConfig, ServerConfig, WaitStrategy};
+/// use std::time::Duration;
+///
+/// // A latency-critical client with a core to spare: never sleep.
+/// let client = ClientConfig::default().wait(WaitStrategy::Spin);
+/// // A server with many mostly idle clients: spin briefly, then sleep.
+/// let server = ServerConfig::default().wait(WaitStrategy::Adaptive {
+///     spin: Duration::from_micros(20),
+/// });
+/// # let _ = (client, server);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WaitStrategy {
     /// Never sleep: poll the ring until the condition holds. The lowest latency, and a

@@ -9,6 +9,23 @@ use std::path::PathBuf;
 /// Errors that end a connection ([`PeerDied`](Error::PeerDied),
 /// [`Corrupted`](Error::Corrupted)) are returned again by every later call on it; drop
 /// the connection and reconnect. The others leave the connection usable.
+///
+/// ```no_run
+/// use ringbell::{ClientConfig, Connection, Error};
+/// use std::time::Duration;
+///
+/// let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
+/// let mut buf = Vec::new();
+/// loop {
+///     match conn.recv(&mut buf, Some(Duration::from_secs(1))) {
+///         Ok(len) => println!("{len} bytes"),
+///         Err(Error::Timeout) => continue, // nothing yet; the connection is fine
+///         Err(Error::PeerDied) => break,   // the server went away: reconnect, or stop
+///         Err(other) => return Err(other), // every error's message says what happened
+///     }
+/// }
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {

@@ -46,8 +46,22 @@
 //! been run on a Mac yet: `docs/MACOS.md`). Windows is planned. The API is the same
 //! everywhere; the few OS-specific accessors are in [`os`].
 //!
+//! ## Cargo features
+//!
+//! * `tokio` (default): the async API in [`tokio`]: [`AsyncConnection`](tokio::AsyncConnection),
+//!   [`AsyncServer`](tokio::AsyncServer) with its request/response
+//!   [`serve`](tokio::AsyncServer::serve), and the [`Client`](tokio::Client) that calls it.
+//! * `codec`: typed messages with serde, encoded with postcard:
+//!   [`Connection::send_value`] and [`recv_value`](Connection::recv_value), their async
+//!   twins, and [`Client::call_value`](tokio::Client::call_value).
+//!
+//! Items that need a feature say so in these docs ("Available on crate feature ... only").
+//!
 //! How the crate is built inside is in `ARCHITECTURE.md` at the root of the repository.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// `loom` is our model-checking build, not a platform: no badge for it.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(loom))))]
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
@@ -72,6 +86,7 @@ mod server;
 #[cfg(not(loom))]
 mod sys;
 #[cfg(all(feature = "tokio", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
 // Not a stable API: entry points for the fuzz targets and their corpus replay test, behind

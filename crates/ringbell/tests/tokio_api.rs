@@ -715,8 +715,8 @@ async fn regress_a_spinning_sweeper_shuts_down_when_asked() {
         .expect("watchdog: the sweeper did not shut down");
 }
 
-/// Outside a tokio runtime, `AsyncServer::bind` and `AsyncConnection::from_connection`
-/// return an error that says so (tokio itself would panic: "there is no reactor running"),
+/// Outside a tokio runtime, `AsyncServer::bind`, `AsyncConnection::from_connection` and
+/// `ClientGroup::new` return an error that says so (tokio itself would panic: "there is no reactor running"),
 /// and the server's socket file does not outlive the failed bind.
 #[test]
 fn outside_a_runtime_the_async_api_errs_instead_of_panicking() {
@@ -731,5 +731,9 @@ fn outside_a_runtime_the_async_api_errs_instead_of_panicking() {
     let conn = ringbell::Connection::connect(&path, ClientConfig::default()).unwrap();
     serving.join().unwrap().unwrap();
     let error = AsyncConnection::from_connection(conn).unwrap_err();
+    assert!(error.to_string().contains("tokio runtime"), "{error}");
+
+    // Nor can a client group start its driver task.
+    let error = ringbell::tokio::ClientGroup::new().unwrap_err();
     assert!(error.to_string().contains("tokio runtime"), "{error}");
 }

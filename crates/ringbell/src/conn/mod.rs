@@ -293,7 +293,24 @@ impl Drop for Connection {
 
 /// The interface every ringbell transport implements: one message per `send`, whole
 /// messages in order from `recv`. [`Connection`] is the shared-memory implementation;
-/// other platforms and a TCP transport will implement the same trait.
+/// other platforms and a TCP transport will implement the same trait. Code written
+/// against it works with any of them:
+///
+/// ```no_run
+/// use ringbell::{ClientConfig, Connection, Error, IpcTransport};
+///
+/// /// Sends `request` and waits for one answer, over any transport.
+/// fn ask(transport: &mut impl IpcTransport, request: &[u8]) -> Result<Vec<u8>, Error> {
+///     transport.send(request)?;
+///     let mut answer = Vec::new();
+///     transport.recv(&mut answer, None)?;
+///     Ok(answer)
+/// }
+///
+/// let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
+/// let answer = ask(&mut conn, b"status")?;
+/// # Ok::<(), Error>(())
+/// ```
 pub trait IpcTransport {
     /// Sends one message. See [`Connection::send`].
     ///

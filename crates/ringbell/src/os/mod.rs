@@ -3,4 +3,5 @@
 //! a module named after the OS family; the rest of the API is the same everywhere.
 
 #[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
 pub mod unix;

@@ -161,7 +161,24 @@ impl Client {
         answer.await.map_err(|_| Error::PeerDied)?
     }
 
-    /// [`call`](Self::call) with a deadline.
+    /// [`call`](Self::call) with a deadline. A call that times out is given up as a
+    /// dropped [`call`](Self::call) is: its reply, if it comes, is discarded.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::Client;
+    /// use ringbell::{ClientConfig, Error};
+    /// use std::time::Duration;
+    ///
+    /// let client = Client::connect("/tmp/rpc.sock", ClientConfig::default()).await?;
+    /// match client.call_timeout(b"slow question", Duration::from_millis(250)).await {
+    ///     Ok(reply) => println!("{} bytes", reply.len()),
+    ///     Err(Error::Timeout) => println!("no answer in time; the client is still usable"),
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -285,8 +302,17 @@ impl ClientGroup {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the group's poller cannot be created (out of fds, usually).
+    /// [`Error::Io`] if the group's poller cannot be created (out of fds, usually), or if
+    /// this is not called within a tokio runtime (where tokio itself would panic).
     pub fn new() -> Result<ClientGroup, Error> {
+        if ::tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::io(
+                "starting a client group",
+                std::io::Error::other(
+                    "not within a tokio runtime: call this from inside one (#[tokio::main])",
+                ),
+            ));
+        }
         let (driver, messages) = mpsc::unbounded_channel();
         let task = GroupDriver::new()?;
         ::tokio::spawn(task.run(messages));
@@ -315,7 +341,24 @@ impl ClientGroup {
             .await
     }
 
-    /// [`connect`](Self::connect), allowing `max_in_flight` outstanding calls (at least 1).
+    /// [`connect`](Self::connect), allowing `max_in_flight` outstanding calls (at least 1):
+    /// a caller past the bound waits for a slot, so a burst of calls cannot fill the ring
+    /// faster than the server answers.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::ClientGroup;
+    /// use ringbell::ClientConfig;
+    ///
+    /// let group = ClientGroup::new()?;
+    /// // Up to 4 calls in flight on this connection; the fifth caller waits.
+    /// let client = group
+    ///     .connect_bounded("/tmp/rpc.sock", ClientConfig::default(), 4)
+    ///     .await?;
+    /// let reply = client.call(b"hello").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

@@ -116,6 +116,11 @@ pub(crate) struct ServeArgs {
     /// refused as busy.
     #[arg(long, value_name = "N", default_value_t = ServerConfig::DEFAULT_MAX_CONNECTIONS)]
     pub(crate) max_connections: usize,
+    /// Also admit clients running as this user id (repeat for more). As
+    /// `ServerConfig::allow_uid`: the socket file then lets anyone connect (mode 0666), and
+    /// the server admits or refuses each client by the uid the kernel reports for it.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub(crate) allow_uids: Vec<u32>,
     /// What to do with each message.
     #[arg(long, value_enum, default_value_t = ServeMode::Echo)]
     pub(crate) mode: ServeMode,

@@ -143,6 +143,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .ring_capacity(args.ring_capacity)
                 .max_message_size(args.max_message_size)
                 .max_connections(args.max_connections);
+            let config = args
+                .allow_uids
+                .iter()
+                .fold(config, |config, &uid| config.allow_uid(uid));
             serve::run(&args.path, config, args.mode)
         }
         Command::Ping(args) => {

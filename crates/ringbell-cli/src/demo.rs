@@ -4,8 +4,9 @@
 //! Every measurement is cross-process: this process is the client, pinned to one core, and
 //! each peer is a child process started from this executable (`ringbell serve`,
 //! `ringbell __shm-peer`, `ringbell __uds-peer`), pinned to another core, in a fresh
-//! temporary directory. Each child is killed and reaped when its measurement ends, on
-//! every path, and the directory is removed at the end.
+//! temporary directory. (Where the OS cannot pin, as on macOS, nothing is pinned and the
+//! demo says so: see [`crate::affinity`].) Each child is killed and reaped when its
+//! measurement ends, on every path, and the directory is removed at the end.
 //!
 //! Absolute times drift between runs on shared machines; the ratios to the baselines
 //! measured side by side are what to compare.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ringbell::{Connection, WaitStrategy};
 
-use crate::affinity::{allowed_cpus, pin_to_cpu};
+use crate::affinity::{self, Placement};
 use crate::args::WaitKind;
 use crate::baseline::{self, ShmMode};
 use crate::child::{PeerLauncher, PeerProcess};
@@ -103,36 +104,41 @@ pub fn run(quick: bool) -> Result<(), CliError> {
          all measured now, in this run",
         if quick { " --quick" } else { "" }
     );
-    let cpus = allowed_cpus()?;
-    print_machine(cpus.len());
+    print_machine(affinity::cpu_count()?);
     println!(
         "backend: {} (ringbell's platform backend in this build)",
         ringbell::backend()
     );
-    let peer_cpu = match cpus.as_slice() {
-        [client_cpu, peer_cpu, ..] => {
-            // Before any child or thread exists, so that all of ours stay on this core.
-            pin_to_cpu(*client_cpu)?;
-            println!("pinning: this process (the client) on CPU {client_cpu}, each peer process on CPU {peer_cpu}");
-            Some(*peer_cpu)
+    // Before any child or thread exists, so that all of ours stay on this core.
+    let placement = affinity::place_beside_peer()?;
+    match placement {
+        Placement::Pinned { own, peer } => {
+            println!(
+                "pinning: this process (the client) on CPU {own}, each peer process on CPU {peer}"
+            );
         }
-        _ => {
+        Placement::OneCpu => {
             plan = plan.for_single_cpu();
             println!(
                 "note:    only one CPU is available, so nothing is pinned, and a spinning wait \
                  holds the CPU its peer needs: the spinning runs are cut to {} round trips",
                 plan.spin_round_trips
             );
-            None
         }
-    };
+        Placement::NotPinnable(why) => {
+            println!(
+                "pinning: none ({why}): the scheduler places this process (the client) and \
+                 each peer, and may move them"
+            );
+        }
+    }
     print_plan(&plan);
     println!();
 
     let workspace = TempDir::create("ringbell-demo")?;
     let demo = Demo {
         plan,
-        launcher: PeerLauncher::new(peer_cpu)?,
+        launcher: PeerLauncher::new(placement.peer_cpu())?,
         workspace,
     };
     let report = demo.measure_all()?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::plan::{LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES};
 use super::plot;
-use crate::affinity::allowed_cpus;
+use crate::affinity;
 use crate::error::CliError;
 use crate::peers;
 use crate::stats::{format_count, format_ratio, print_table, LatencyRun, ThroughputRun};
@@ -426,7 +426,7 @@ pub(super) fn describe_machine() -> Result<Machine, CliError> {
     .collect::<Vec<_>>();
     Ok(Machine {
         cpu: field("model name").unwrap_or_else(|| "unknown CPU".into()),
-        cpus: allowed_cpus()?.len(),
+        cpus: affinity::cpu_count()?,
         kernel: format!(
             "{} {} {}",
             uname.sysname().to_string_lossy(),

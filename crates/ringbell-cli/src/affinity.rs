@@ -12,6 +12,13 @@ use crate::error::CliError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
     /// This process is pinned to CPU `own`; each peer is to be pinned to CPU `peer`.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        allow(
+            dead_code,
+            reason = "only Linux can pin; the callers still handle this"
+        )
+    )]
     Pinned { own: usize, peer: usize },
     /// Only one CPU is available: nothing is pinned, and a spinning side holds the CPU
     /// its peer needs.

@@ -160,6 +160,15 @@ struct Report {
     latency: Vec<(&'static str, LatencySummary)>,
     throughput: Vec<(&'static str, ThroughputRun)>,
     idle: IdleRun,
+    /// What this OS cannot measure (nothing, on Linux).
+    left_out: Vec<LeftOut>,
+}
+
+/// A measurement this OS cannot make, and why.
+struct LeftOut {
+    name: &'static str,
+    unit: &'static str,
+    why: &'static str,
 }
 
 impl Demo {
@@ -170,6 +179,7 @@ impl Demo {
         println!("measuring:");
         let mut latency = Vec::new();
         let mut record_latency = |name, run: LatencyRun| latency.push((name, run.summary()));
+        let mut left_out = Vec::new();
 
         record_latency(
             RINGBELL_SPIN,
@@ -195,12 +205,20 @@ impl Demo {
                 baseline::raw_ping_pong(&self.launcher, ShmMode::Spin, spin_warmup, spin_count)
             })?,
         );
-        record_latency(
-            RAW_FUTEX,
-            step(RAW_FUTEX, "round trips", || {
-                baseline::raw_ping_pong(&self.launcher, ShmMode::Futex, sleep_warmup, sleep_count)
-            })?,
-        );
+        match baseline::NOT_ON_THIS_OS {
+            None => record_latency(
+                RAW_FUTEX,
+                step(RAW_FUTEX, "round trips", || {
+                    baseline::raw_ping_pong(
+                        &self.launcher,
+                        ShmMode::Futex,
+                        sleep_warmup,
+                        sleep_count,
+                    )
+                })?,
+            ),
+            Some(why) => left_out.push(skip_step(RAW_FUTEX, "round trips", why)),
+        }
         record_latency(
             UNIX_SOCKET,
             step(UNIX_SOCKET, "round trips", || {
@@ -227,6 +245,7 @@ impl Demo {
             latency,
             throughput,
             idle,
+            left_out,
         })
     }
 
@@ -317,6 +336,12 @@ fn step<T>(
     result.context(format_args!("measuring {name} ({unit})"))
 }
 
+/// The progress line of a measurement this OS cannot make, which the report explains.
+fn skip_step(name: &'static str, unit: &'static str, why: &'static str) -> LeftOut {
+    println!("  {name:<18} {unit:<17} … left out on this OS");
+    LeftOut { name, unit, why }
+}
+
 impl Report {
     fn print(&self) {
         let latency_of = |wanted: &str| {
@@ -400,6 +425,12 @@ impl Report {
             "idle CPU: utime + stime from /proc/<pid>/stat, one clock tick = {:.2} % here.",
             idle.resolution_percent
         );
+        for left_out in &self.left_out {
+            println!(
+                "left out on this OS: {} ({}): {}.",
+                left_out.name, left_out.unit, left_out.why
+            );
+        }
         println!();
         println!(
             "ringbell spin / adaptive / block: both sides wait with WaitStrategy::Spin, \
@@ -452,8 +483,14 @@ fn print_plan(plan: &Plan) {
         format_count(plan.spin_warmup as f64),
         format_count(plan.spin_round_trips as f64)
     );
+    // The futex floor only where it runs (see `baseline::NOT_ON_THIS_OS`).
+    let raw_futex = if baseline::NOT_ON_THIS_OS.is_none() {
+        "raw futex; "
+    } else {
+        ""
+    };
     println!(
-        "         sleeping waits (ringbell block; raw futex; unix socket): {} warm-up + {} round trips",
+        "         sleeping waits (ringbell block; {raw_futex}unix socket): {} warm-up + {} round trips",
         format_count(plan.sleep_warmup as f64),
         format_count(plan.sleep_round_trips as f64)
     );

@@ -181,6 +181,18 @@ impl Bench {
         result
     }
 
+    /// Accounts for a measurement, of `steps` steps, that this OS cannot make: its steps
+    /// pass, and it is reported as skipped, with why, as a failed peer is.
+    fn left_out(&self, what: &str, steps: u64, why: &str) {
+        self.progress.inc(steps);
+        let why = format!("left out on this OS: {why}");
+        self.progress.println(format!("skipped {what}: {why}"));
+        self.skipped.borrow_mut().push(Skipped {
+            name: what.to_owned(),
+            why,
+        });
+    }
+
     /// Runs one measurement of a peer library; a failure is reported and skipped, since a
     /// peer's trouble on this machine says nothing about ringbell.
     fn peer_step<T>(

@@ -159,7 +159,7 @@ struct Demo {
 struct Report {
     latency: Vec<(&'static str, LatencySummary)>,
     throughput: Vec<(&'static str, ThroughputRun)>,
-    idle: IdleRun,
+    idle: Option<IdleRun>,
     /// What this OS cannot measure (nothing, on Linux).
     left_out: Vec<LeftOut>,
 }
@@ -240,7 +240,15 @@ impl Demo {
                 })?,
             ),
         ];
-        let idle = step(RINGBELL_ADAPTIVE, "idle CPU", || self.ringbell_idle())?;
+        let idle = match idle::NOT_ON_THIS_OS {
+            None => Some(step(RINGBELL_ADAPTIVE, "idle CPU", || {
+                self.ringbell_idle()
+            })?),
+            Some(why) => {
+                left_out.push(skip_step(RINGBELL_ADAPTIVE, "idle CPU", why));
+                None
+            }
+        };
         Ok(Report {
             latency,
             throughput,
@@ -405,26 +413,30 @@ impl Report {
             ],
             rows,
         );
-        println!();
-        let idle = &self.idle;
-        print_table(
-            &[
-                "idle, connected pair",
-                "seconds",
-                "server CPU",
-                "client CPU",
-            ],
-            vec![vec![
-                RINGBELL_ADAPTIVE.to_owned(),
-                format!("{:.1}", idle.elapsed.as_secs_f64()),
-                format!("{:.2} % of a core", idle.server_percent),
-                format!("{:.2} % of a core", idle.client_percent),
-            ]],
-        );
-        println!(
-            "idle CPU: utime + stime from /proc/<pid>/stat, one clock tick = {:.2} % here.",
-            idle.resolution_percent
-        );
+        if let Some(idle) = &self.idle {
+            println!();
+            print_table(
+                &[
+                    "idle, connected pair",
+                    "seconds",
+                    "server CPU",
+                    "client CPU",
+                ],
+                vec![vec![
+                    RINGBELL_ADAPTIVE.to_owned(),
+                    format!("{:.1}", idle.elapsed.as_secs_f64()),
+                    format!("{:.2} % of a core", idle.server_percent),
+                    format!("{:.2} % of a core", idle.client_percent),
+                ]],
+            );
+            println!(
+                "idle CPU: utime + stime from /proc/<pid>/stat, one clock tick = {:.2} % here.",
+                idle.resolution_percent
+            );
+        }
+        if !self.left_out.is_empty() {
+            println!();
+        }
         for left_out in &self.left_out {
             println!(
                 "left out on this OS: {} ({}): {}.",

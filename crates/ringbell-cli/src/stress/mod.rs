@@ -161,13 +161,14 @@ process could not start, connect or finish in time.";
 
 /// Runs `ringbell stress` and prints its report.
 pub fn run(args: &StressArgs) -> Result<(), CliError> {
+    let started = Instant::now();
+    // Options first, so that a bad one gets its own message on every OS.
+    let plan = Plan::from_args(args)?;
     if let Some(why) = NOT_ON_THIS_OS {
         return Err(CliError::new(format!(
             "ringbell stress is left out on this OS: {why}"
         )));
     }
-    let started = Instant::now();
-    let plan = Plan::from_args(args)?;
     let transports = match args.transport {
         Some(transport) => vec![transport],
         None => vec![Transport::Ringbell, Transport::Uds],

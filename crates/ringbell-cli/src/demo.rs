@@ -511,8 +511,12 @@ fn print_plan(plan: &Plan) {
         format_count(plan.stream_warmup as f64),
         format_count(plan.stream_messages as f64)
     );
-    println!(
-        "         idle CPU: a connected pair left idle for {} s",
-        plan.idle.as_secs()
-    );
+    if idle::NOT_ON_THIS_OS.is_none() {
+        println!(
+            "         idle CPU: a connected pair left idle for {} s",
+            plan.idle.as_secs()
+        );
+    } else {
+        println!("         idle CPU: left out on this OS (see below)");
+    }
 }

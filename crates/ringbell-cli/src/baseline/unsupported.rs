@@ -10,8 +10,10 @@ use crate::error::CliError;
 use crate::stats::LatencyRun;
 
 /// Why the raw futex and eventfd floors are left out on this OS.
-pub const NOT_ON_THIS_OS: Option<&str> =
-    Some("they are Linux's futex(2) and eventfd(2), which this OS does not have");
+pub const NOT_ON_THIS_OS: Option<&str> = Some(
+    "the futex and eventfd floors measure Linux's futex(2) and eventfd(2), which this OS \
+     does not have",
+);
 
 fn left_out(floor: &str) -> CliError {
     let why = NOT_ON_THIS_OS.unwrap_or_default();

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use rustix::process::{getppid, set_parent_process_death_signal, Pid, Signal};
+use rustix::process::{getppid, Pid};
 
 use crate::error::{CliError, Context};
 
@@ -249,18 +249,15 @@ pub struct ParentWatch {
 }
 
 impl ParentWatch {
-    /// Asks the kernel to SIGKILL this process when its parent dies, then checks that
-    /// `parent_pid` is still the parent (it may have died before we asked).
-    ///
-    /// The kernel fires the signal when the parent *thread* that spawned us exits; the demo
-    /// spawns every child from its main thread, which lives as long as the demo.
+    /// Arranges for this process to be killed when its parent dies (see
+    /// [`exit_with_parent`]), then checks that `parent_pid` is still the parent (it may
+    /// have died before we asked).
     pub fn arm(parent_pid: u32) -> Result<ParentWatch, CliError> {
-        set_parent_process_death_signal(Some(Signal::KILL))
-            .context("asking to be stopped when the parent exits")?;
         let watch = ParentWatch {
             parent: i32::try_from(parent_pid)
                 .map_err(|_| CliError::new(format!("{parent_pid} is not a process id")))?,
         };
+        exit_with_parent(watch)?;
         if !watch.parent_alive() {
             return Err(CliError::new(format!(
                 "the parent process {parent_pid} has already exited"
@@ -282,4 +279,50 @@ impl ParentWatch {
             Err(CliError::new("the parent process exited; stopping"))
         }
     }
+}
+
+/// Asks the kernel to SIGKILL this process when its parent dies (`PR_SET_PDEATHSIG`, see
+/// prctl(2)).
+///
+/// The kernel fires the signal when the parent *thread* that spawned us exits; the demo
+/// spawns every child from its main thread, which lives as long as the demo.
+#[cfg(target_os = "linux")]
+fn exit_with_parent(_watch: ParentWatch) -> Result<(), CliError> {
+    use rustix::process::{set_parent_process_death_signal, Signal};
+    set_parent_process_death_signal(Some(Signal::KILL))
+        .context("asking to be stopped when the parent exits")
+}
+
+/// How often the stand-in for the parent-death signal looks for the parent.
+#[cfg(not(target_os = "linux"))]
+const PARENT_POLL: Duration = Duration::from_millis(100);
+
+/// Stops this process, as `SIGKILL` would, soon after its parent dies.
+///
+/// macOS has no parent-death signal, so a thread stands in for it: every
+/// [`PARENT_POLL`] it checks whether we were re-parented, and if so kills this process.
+/// The child thus outlives its parent by at most that long, and wakes ten times a second
+/// meanwhile: too little to show in a measurement, and the idle-CPU figures that could
+/// see it are left out on this OS anyway (see `crate::idle`). A kqueue `EVFILT_PROC`
+/// `NOTE_EXIT` watch on the parent would wake only once, but rustix's `kevent` is
+/// `unsafe`, and this crate keeps `unsafe` to `shm.rs`.
+///
+/// The thread starts before `ProcessArgs::apply` would pin this process, which would
+/// leave it unpinned; but nothing is pinned where this runs (see `crate::affinity`).
+#[cfg(not(target_os = "linux"))]
+fn exit_with_parent(watch: ParentWatch) -> Result<(), CliError> {
+    use rustix::process::{getpid, kill_process, Signal};
+    thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || loop {
+            thread::sleep(PARENT_POLL);
+            if !watch.parent_alive() {
+                // Like the signal Linux would send: no destructors, no exit handlers. If
+                // the kill fails there is nothing better than to exit.
+                let _ = kill_process(getpid(), Signal::KILL);
+                std::process::exit(1);
+            }
+        })
+        .map(drop)
+        .context("starting the thread that stops this process with its parent")
 }

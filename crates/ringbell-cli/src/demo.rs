@@ -4,8 +4,9 @@
 //! Every measurement is cross-process: this process is the client, pinned to one core, and
 //! each peer is a child process started from this executable (`ringbell serve`,
 //! `ringbell __shm-peer`, `ringbell __uds-peer`), pinned to another core, in a fresh
-//! temporary directory. Each child is killed and reaped when its measurement ends, on
-//! every path, and the directory is removed at the end.
+//! temporary directory. (Where the OS cannot pin, as on macOS, nothing is pinned and the
+//! demo says so: see [`crate::affinity`].) Each child is killed and reaped when its
+//! measurement ends, on every path, and the directory is removed at the end.
 //!
 //! Absolute times drift between runs on shared machines; the ratios to the baselines
 //! measured side by side are what to compare.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ringbell::{Connection, WaitStrategy};
 
-use crate::affinity::{allowed_cpus, pin_to_cpu};
+use crate::affinity::{self, Placement};
 use crate::args::WaitKind;
 use crate::baseline::{self, ShmMode};
 use crate::child::{PeerLauncher, PeerProcess};
@@ -103,36 +104,41 @@ pub fn run(quick: bool) -> Result<(), CliError> {
          all measured now, in this run",
         if quick { " --quick" } else { "" }
     );
-    let cpus = allowed_cpus()?;
-    print_machine(cpus.len());
+    print_machine(affinity::cpu_count()?);
     println!(
         "backend: {} (ringbell's platform backend in this build)",
         ringbell::backend()
     );
-    let peer_cpu = match cpus.as_slice() {
-        [client_cpu, peer_cpu, ..] => {
-            // Before any child or thread exists, so that all of ours stay on this core.
-            pin_to_cpu(*client_cpu)?;
-            println!("pinning: this process (the client) on CPU {client_cpu}, each peer process on CPU {peer_cpu}");
-            Some(*peer_cpu)
+    // Before any child or thread exists, so that all of ours stay on this core.
+    let placement = affinity::place_beside_peer()?;
+    match placement {
+        Placement::Pinned { own, peer } => {
+            println!(
+                "pinning: this process (the client) on CPU {own}, each peer process on CPU {peer}"
+            );
         }
-        _ => {
+        Placement::OneCpu => {
             plan = plan.for_single_cpu();
             println!(
                 "note:    only one CPU is available, so nothing is pinned, and a spinning wait \
                  holds the CPU its peer needs: the spinning runs are cut to {} round trips",
                 plan.spin_round_trips
             );
-            None
         }
-    };
+        Placement::NotPinnable(why) => {
+            println!(
+                "pinning: none ({why}): the scheduler places this process (the client) and \
+                 each peer, and may move them"
+            );
+        }
+    }
     print_plan(&plan);
     println!();
 
     let workspace = TempDir::create("ringbell-demo")?;
     let demo = Demo {
         plan,
-        launcher: PeerLauncher::new(peer_cpu)?,
+        launcher: PeerLauncher::new(placement.peer_cpu())?,
         workspace,
     };
     let report = demo.measure_all()?;
@@ -153,7 +159,16 @@ struct Demo {
 struct Report {
     latency: Vec<(&'static str, LatencySummary)>,
     throughput: Vec<(&'static str, ThroughputRun)>,
-    idle: IdleRun,
+    idle: Option<IdleRun>,
+    /// What this OS cannot measure (nothing, on Linux).
+    left_out: Vec<LeftOut>,
+}
+
+/// A measurement this OS cannot make, and why.
+struct LeftOut {
+    name: &'static str,
+    unit: &'static str,
+    why: &'static str,
 }
 
 impl Demo {
@@ -164,6 +179,7 @@ impl Demo {
         println!("measuring:");
         let mut latency = Vec::new();
         let mut record_latency = |name, run: LatencyRun| latency.push((name, run.summary()));
+        let mut left_out = Vec::new();
 
         record_latency(
             RINGBELL_SPIN,
@@ -189,12 +205,20 @@ impl Demo {
                 baseline::raw_ping_pong(&self.launcher, ShmMode::Spin, spin_warmup, spin_count)
             })?,
         );
-        record_latency(
-            RAW_FUTEX,
-            step(RAW_FUTEX, "round trips", || {
-                baseline::raw_ping_pong(&self.launcher, ShmMode::Futex, sleep_warmup, sleep_count)
-            })?,
-        );
+        match baseline::NOT_ON_THIS_OS {
+            None => record_latency(
+                RAW_FUTEX,
+                step(RAW_FUTEX, "round trips", || {
+                    baseline::raw_ping_pong(
+                        &self.launcher,
+                        ShmMode::Futex,
+                        sleep_warmup,
+                        sleep_count,
+                    )
+                })?,
+            ),
+            Some(why) => left_out.push(skip_step(RAW_FUTEX, "round trips", why)),
+        }
         record_latency(
             UNIX_SOCKET,
             step(UNIX_SOCKET, "round trips", || {
@@ -216,11 +240,20 @@ impl Demo {
                 })?,
             ),
         ];
-        let idle = step(RINGBELL_ADAPTIVE, "idle CPU", || self.ringbell_idle())?;
+        let idle = match idle::NOT_ON_THIS_OS {
+            None => Some(step(RINGBELL_ADAPTIVE, "idle CPU", || {
+                self.ringbell_idle()
+            })?),
+            Some(why) => {
+                left_out.push(skip_step(RINGBELL_ADAPTIVE, "idle CPU", why));
+                None
+            }
+        };
         Ok(Report {
             latency,
             throughput,
             idle,
+            left_out,
         })
     }
 
@@ -311,6 +344,12 @@ fn step<T>(
     result.context(format_args!("measuring {name} ({unit})"))
 }
 
+/// The progress line of a measurement this OS cannot make, which the report explains.
+fn skip_step(name: &'static str, unit: &'static str, why: &'static str) -> LeftOut {
+    println!("  {name:<18} {unit:<17} … left out on this OS");
+    LeftOut { name, unit, why }
+}
+
 impl Report {
     fn print(&self) {
         let latency_of = |wanted: &str| {
@@ -374,26 +413,36 @@ impl Report {
             ],
             rows,
         );
-        println!();
-        let idle = &self.idle;
-        print_table(
-            &[
-                "idle, connected pair",
-                "seconds",
-                "server CPU",
-                "client CPU",
-            ],
-            vec![vec![
-                RINGBELL_ADAPTIVE.to_owned(),
-                format!("{:.1}", idle.elapsed.as_secs_f64()),
-                format!("{:.2} % of a core", idle.server_percent),
-                format!("{:.2} % of a core", idle.client_percent),
-            ]],
-        );
-        println!(
-            "idle CPU: utime + stime from /proc/<pid>/stat, one clock tick = {:.2} % here.",
-            idle.resolution_percent
-        );
+        if let Some(idle) = &self.idle {
+            println!();
+            print_table(
+                &[
+                    "idle, connected pair",
+                    "seconds",
+                    "server CPU",
+                    "client CPU",
+                ],
+                vec![vec![
+                    RINGBELL_ADAPTIVE.to_owned(),
+                    format!("{:.1}", idle.elapsed.as_secs_f64()),
+                    format!("{:.2} % of a core", idle.server_percent),
+                    format!("{:.2} % of a core", idle.client_percent),
+                ]],
+            );
+            println!(
+                "idle CPU: utime + stime from /proc/<pid>/stat, one clock tick = {:.2} % here.",
+                idle.resolution_percent
+            );
+        }
+        if !self.left_out.is_empty() {
+            println!();
+        }
+        for left_out in &self.left_out {
+            println!(
+                "left out on this OS: {} ({}): {}.",
+                left_out.name, left_out.unit, left_out.why
+            );
+        }
         println!();
         println!(
             "ringbell spin / adaptive / block: both sides wait with WaitStrategy::Spin, \
@@ -447,8 +496,14 @@ fn print_plan(plan: &Plan) {
         format_count(plan.spin_warmup as f64),
         format_count(plan.spin_round_trips as f64)
     );
+    // The futex floor only where it runs (see `baseline::NOT_ON_THIS_OS`).
+    let raw_futex = if baseline::NOT_ON_THIS_OS.is_none() {
+        "raw futex; "
+    } else {
+        ""
+    };
     println!(
-        "         sleeping waits (ringbell block; raw futex; unix socket): {} warm-up + {} round trips",
+        "         sleeping waits (ringbell block; {raw_futex}unix socket): {} warm-up + {} round trips",
         format_count(plan.sleep_warmup as f64),
         format_count(plan.sleep_round_trips as f64)
     );
@@ -457,8 +512,12 @@ fn print_plan(plan: &Plan) {
         format_count(plan.stream_warmup as f64),
         format_count(plan.stream_messages as f64)
     );
-    println!(
-        "         idle CPU: a connected pair left idle for {} s",
-        plan.idle.as_secs()
-    );
+    if idle::NOT_ON_THIS_OS.is_none() {
+        println!(
+            "         idle CPU: a connected pair left idle for {} s",
+            plan.idle.as_secs()
+        );
+    } else {
+        println!("         idle CPU: left out on this OS (see below)");
+    }
 }

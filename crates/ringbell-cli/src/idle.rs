@@ -1,11 +1,22 @@
 //! CPU used by an idle, connected pair, read from `/proc/<pid>/stat` (user + system time,
 //! in clock ticks) before and after a quiet period.
+//!
+//! Only Linux has `/proc/<pid>/stat`. macOS would need `proc_pidinfo`
+//! (`PROC_PIDTASKINFO`), which rustix does not wrap; until then the figure is left out
+//! there, and [`NOT_ON_THIS_OS`] says why.
 
 use std::time::{Duration, Instant};
 
 use ringbell::{Connection, Error};
 
 use crate::error::CliError;
+
+/// Why the idle-CPU figures are left out on this OS; `None` where they are measured.
+pub const NOT_ON_THIS_OS: Option<&str> = if cfg!(target_os = "linux") {
+    None
+} else {
+    Some("it reads each process's CPU time from /proc/<pid>/stat, which this OS does not have")
+};
 
 /// What an idle period cost each side.
 #[derive(Debug, Clone, Copy)]

@@ -247,10 +247,8 @@ pub fn start_peer(
             ))
         }
         StreamKind::Pipe => {
-            let (from_peer, to_us) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .context("creating a pipe")?;
-            let (from_us, to_peer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .context("creating a pipe")?;
+            let (from_peer, to_us) = pipe_cloexec().context("creating a pipe")?;
+            let (from_us, to_peer) = pipe_cloexec().context("creating a pipe")?;
             args.extend([
                 "--fd".into(),
                 from_us.as_raw_fd().to_string().into(),
@@ -269,6 +267,25 @@ pub fn start_peer(
             Ok((peer, StreamChannel::tcp(stream).context("setting up TCP")?))
         }
     }
+}
+
+/// A pipe whose two ends are closed on `exec`, as every fd of ours is until
+/// [`spawn_inheriting`] lets one cross for one spawn. See pipe(2).
+#[cfg(target_os = "linux")]
+fn pipe_cloexec() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+}
+
+/// A pipe whose two ends are closed on `exec`. macOS has no `pipe2`, so the flag is set
+/// with `fcntl` just after `pipe`. A process started by another thread between the two
+/// calls would inherit the ends; no other thread of ours starts processes (the invariant
+/// [`spawn_inheriting`] relies on too), so none can.
+#[cfg(not(target_os = "linux"))]
+fn pipe_cloexec() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe()?;
+    fcntl_setfd(&read, FdFlags::CLOEXEC)?;
+    fcntl_setfd(&write, FdFlags::CLOEXEC)?;
+    Ok((read, write))
 }
 
 /// Spawns the peer with exactly `inherited` crossing `exec` (their close-on-exec flag is

@@ -117,6 +117,10 @@ fn table_rows_named<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "expects the raw futex and idle-CPU rows, which only Linux has so far"
+)]
 fn demo_quick_reports_every_measurement_and_cleans_up() {
     let watchdog = Watchdog::start("ringbell demo --quick");
     let child = Command::new(RINGBELL)
@@ -315,6 +319,11 @@ fn errors_exit_non_zero_with_a_message() {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "expects the futex and eventfd floors, request/response and idle-CPU rows, \
+              which only Linux has so far"
+)]
 fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
     let watchdog = Watchdog::start("ringbell bench --quick");
     let dir = TestDir::new("bench");

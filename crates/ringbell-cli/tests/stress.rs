@@ -77,6 +77,10 @@ fn assert_all_completed(output: &Output, transport: &str, calls: u64) {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn ringbell_100_clients_over_4_processes() {
     let output = stress(&[
         "--clients",
@@ -92,6 +96,10 @@ fn ringbell_100_clients_over_4_processes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn unix_sockets_100_clients_over_4_processes() {
     let output = stress(&[
         "--clients",
@@ -108,6 +116,10 @@ fn unix_sockets_100_clients_over_4_processes() {
 
 /// The bounded CI run: 1,000 ringbell clients over 10 processes, 20 calls each.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn ringbell_1000_clients_over_10_processes() {
     let output = stress(&[
         "--clients",
@@ -125,6 +137,10 @@ fn ringbell_1000_clients_over_10_processes() {
 /// Without --transport both run and are compared; also varied sizes, several calls in
 /// flight per connection (replies out of order), and rounds against one server.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn default_compares_both_transports_with_varied_sizes_concurrency_and_rounds() {
     let output = stress(&[
         "--clients",
@@ -160,6 +176,10 @@ fn default_compares_both_transports_with_varied_sizes_concurrency_and_rounds() {
 
 /// A payload larger than a ring goes through in chunks, and is checked like any other.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn payloads_larger_than_the_ring_are_delivered_and_checked() {
     let output = stress(&[
         "--clients",
@@ -181,6 +201,10 @@ fn payloads_larger_than_the_ring_are_delivered_and_checked() {
 /// `--timeout` stops a run that cannot finish: non-zero exit, a clear message, and no
 /// process or socket directory left behind.
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn timeout_kills_everything_and_fails() {
     let started = Instant::now();
     let child = Command::new(RINGBELL)
@@ -315,12 +339,20 @@ fn assert_fault_result(
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn corrupted_replies_fail_the_run() {
     assert_fault_is_caught("ringbell", "corrupt", "completed=35 failed=0 corrupted=5");
     assert_fault_is_caught("uds", "corrupt", "completed=35 failed=0 corrupted=5");
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn failed_calls_fail_the_run() {
     assert_fault_is_caught(
         "ringbell",
@@ -330,11 +362,19 @@ fn failed_calls_fail_the_run() {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn lost_replies_fail_the_run() {
     assert_fault_is_caught("uds", "fail", "completed=35 failed=0 corrupted=0 lost=5");
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+)]
 fn duplicated_replies_fail_the_run() {
     // A duplicate of a client's last reply may arrive after that client has stopped
     // reading, and go unseen: 4 or 5 of the 5 are counted, never none.

@@ -62,6 +62,37 @@ impl Bench {
             }
         }
 
+        let load = match stress::NOT_ON_THIS_OS {
+            None => self.load()?,
+            Some(why) => {
+                let steps = self.plan.load_clients.len() as u64 * 2;
+                self.left_out("request/response with many clients", steps, why);
+                Vec::new()
+            }
+        };
+
+        let idle = match idle::NOT_ON_THIS_OS {
+            None => Some(self.step("idle CPU of a connected pair", || self.idle())?),
+            Some(why) => {
+                self.left_out("idle CPU of a connected pair", 1, why);
+                None
+            }
+        };
+        Ok(Report {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            quick: self.quick,
+            machine,
+            latency,
+            throughput,
+            load,
+            idle,
+            skipped: self.skipped.borrow().clone(),
+            peers: self.peers.iter().map(|peer| peer.note()).collect(),
+        })
+    }
+
+    /// Request/response with many clients, over ringbell and tokio `UnixStream`s.
+    fn load(&self) -> Result<Vec<LoadRow>, CliError> {
         let mut load = Vec::new();
         for &clients in self.plan.load_clients {
             let processes = clients.min(LOAD_PROCESSES);
@@ -90,19 +121,7 @@ impl Bench {
                 });
             }
         }
-
-        let idle = self.step("idle CPU of a connected pair", || self.idle())?;
-        Ok(Report {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
-            quick: self.quick,
-            machine,
-            latency,
-            throughput,
-            load,
-            idle: Some(idle),
-            skipped: self.skipped.borrow().clone(),
-            peers: self.peers.iter().map(|peer| peer.note()).collect(),
-        })
+        Ok(load)
     }
 
     /// The payload-free floors, at 64 B in the tables.
@@ -113,6 +132,11 @@ impl Bench {
         let spin = self.step("raw spin round trips", || {
             baseline::raw_ping_pong(launcher, ShmMode::Spin, spin_warmup, spin_count)
         })?;
+        if let Some(why) = baseline::NOT_ON_THIS_OS {
+            self.left_out("raw futex round trips", 1, why);
+            self.left_out("eventfd round trips", 1, why);
+            return Ok(vec![latency_row(RAW_SPIN.into(), 64, &spin)]);
+        }
         let futex = self.step("raw futex round trips", || {
             baseline::raw_ping_pong(launcher, ShmMode::Futex, sleep_warmup, sleep_count)
         })?;

@@ -3,7 +3,7 @@
 //!
 //! Every measurement is cross-process, as in `demo`: this process is one side, pinned to
 //! the first allowed CPU; the other side is a child process started from this executable,
-//! pinned to the second. What is measured:
+//! pinned to the second (where the OS can pin: see [`crate::affinity`]). What is measured:
 //!
 //! * **Round-trip latency** (HDR histograms of every round trip, each echo checked byte
 //!   for byte) at 64 B, 1 KiB, 64 KiB and 1 MiB: ringbell with each wait strategy, the
@@ -32,7 +32,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use self::plan::Plan;
 use self::report::{describe_machine, Skipped};
-use crate::affinity::{allowed_cpus, pin_to_cpu};
+use crate::affinity::{self, Placement};
 use crate::child::PeerLauncher;
 use crate::error::{CliError, Context};
 use crate::peers;
@@ -90,15 +90,24 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             String::new()
         }
     );
-    let cpus = allowed_cpus()?;
-    let [first, second, ..] = cpus.as_slice() else {
-        return Err(CliError::new(
-            "ringbell bench needs two CPUs: each side of every measurement gets its own",
-        ));
-    };
     // Before any child or thread exists, so that all of ours stay on this core.
-    pin_to_cpu(*first)?;
-    println!("pinning: this process on CPU {first}, each peer process on CPU {second}");
+    let placement = affinity::place_beside_peer()?;
+    match placement {
+        Placement::Pinned { own, peer } => {
+            println!("pinning: this process on CPU {own}, each peer process on CPU {peer}");
+        }
+        Placement::OneCpu => {
+            return Err(CliError::new(
+                "ringbell bench needs two CPUs: each side of every measurement gets its own",
+            ));
+        }
+        Placement::NotPinnable(why) => {
+            println!(
+                "pinning: none ({why}): the scheduler places this process and each peer \
+                 process, and may move them"
+            );
+        }
+    }
     let peers_missing = !args.no_peers && peers::PeerKind::ALL.is_empty();
     if peers_missing {
         println!("{}", peers::MISSING);
@@ -106,7 +115,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     let mut bench = Bench {
         plan,
         quick: args.quick,
-        launcher: PeerLauncher::new(Some(*second))?,
+        launcher: PeerLauncher::new(placement.peer_cpu())?,
         workspace: TempDir::create("ringbell-bench")?,
         peers: if args.no_peers {
             Vec::new()
@@ -170,6 +179,18 @@ impl Bench {
         let result = measurement().context(format_args!("measuring {what}"));
         self.progress.inc(1);
         result
+    }
+
+    /// Accounts for a measurement, of `steps` steps, that this OS cannot make: its steps
+    /// pass, and it is reported as skipped, with why, as a failed peer is.
+    fn left_out(&self, what: &str, steps: u64, why: &str) {
+        self.progress.inc(steps);
+        let why = format!("left out on this OS: {why}");
+        self.progress.println(format!("skipped {what}: {why}"));
+        self.skipped.borrow_mut().push(Skipped {
+            name: what.to_owned(),
+            why,
+        });
     }
 
     /// Runs one measurement of a peer library; a failure is reported and skipped, since a

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::plan::{LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES};
 use super::plot;
-use crate::affinity::allowed_cpus;
+use crate::affinity;
 use crate::error::CliError;
 use crate::peers;
 use crate::stats::{compare, format_count, print_table, Better, LatencyRun, ThroughputRun};
@@ -236,37 +236,41 @@ impl Report {
                 rows,
             );
         }
-        println!();
-        let rows = self
-            .load
-            .iter()
-            .map(|row| {
-                let uds = self
-                    .load(TOKIO_UDS_LOAD, row.clients)
-                    .map_or(f64::NAN, |uds| uds.requests_per_second);
-                vec![
-                    row.name.clone(),
-                    format_count(row.clients as f64),
-                    format_count(row.requests_per_second),
-                    format!("{:.1}", row.p50_us),
-                    format!("{:.1}", row.p99_us),
-                    format!("{:.1}", row.server_kib_per_connection),
-                    compare(row.requests_per_second, uds, Better::More),
-                ]
-            })
-            .collect();
-        print_table(
-            &[
-                &format!("request/response, {LOAD_SIZE} B"),
-                "clients",
-                "req/s",
-                "p50 µs",
-                "p99 µs",
-                "server KiB/conn",
-                "vs tokio UnixStream",
-            ],
-            rows,
-        );
+        // Left out where this OS cannot run it (see `Bench::left_out`), rather than an
+        // empty table.
+        if !self.load.is_empty() {
+            println!();
+            let rows = self
+                .load
+                .iter()
+                .map(|row| {
+                    let uds = self
+                        .load(TOKIO_UDS_LOAD, row.clients)
+                        .map_or(f64::NAN, |uds| uds.requests_per_second);
+                    vec![
+                        row.name.clone(),
+                        format_count(row.clients as f64),
+                        format_count(row.requests_per_second),
+                        format!("{:.1}", row.p50_us),
+                        format!("{:.1}", row.p99_us),
+                        format!("{:.1}", row.server_kib_per_connection),
+                        compare(row.requests_per_second, uds, Better::More),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    &format!("request/response, {LOAD_SIZE} B"),
+                    "clients",
+                    "req/s",
+                    "p50 µs",
+                    "p99 µs",
+                    "server KiB/conn",
+                    "vs tokio UnixStream",
+                ],
+                rows,
+            );
+        }
         if let Some(idle) = &self.idle {
             println!();
             println!(
@@ -426,7 +430,7 @@ pub(super) fn describe_machine() -> Result<Machine, CliError> {
     .collect::<Vec<_>>();
     Ok(Machine {
         cpu: field("model name").unwrap_or_else(|| "unknown CPU".into()),
-        cpus: allowed_cpus()?.len(),
+        cpus: affinity::cpu_count()?,
         kernel: format!(
             "{} {} {}",
             uname.sysname().to_string_lossy(),

@@ -20,6 +20,8 @@
 //! prints it, [`rounds`] drives a server and its rounds of clients, [`sample`] reads the
 //! server's resources from `/proc`, [`report`] holds and prints the results, [`limits`]
 //! bounds the run and raises the fd limit, and [`load`] is the quiet round `bench` uses.
+//!
+//! Having no `/proc`, other OSes than Linux cannot run it yet: [`NOT_ON_THIS_OS`].
 
 mod client;
 mod limits;
@@ -42,6 +44,7 @@ use self::plan::{print_plan, Plan};
 use self::protocol::SizeRange;
 use self::report::{print_comparison, TransportResult};
 use self::rounds::TransportRun;
+pub use self::sample::NOT_ON_THIS_OS;
 use self::server::Fault;
 pub use self::server::{run as run_server, ServerArgs};
 use crate::child::PeerLauncher;
@@ -155,7 +158,13 @@ process could not start, connect or finish in time.";
 /// Runs `ringbell stress` and prints its report.
 pub fn run(args: &StressArgs) -> Result<(), CliError> {
     let started = Instant::now();
+    // Options first, so that a bad one gets its own message on every OS.
     let plan = Plan::from_args(args)?;
+    if let Some(why) = NOT_ON_THIS_OS {
+        return Err(CliError::new(format!(
+            "ringbell stress is left out on this OS: {why}"
+        )));
+    }
     let transports = match args.transport {
         Some(transport) => vec![transport],
         None => vec![Transport::Ringbell, Transport::Uds],

@@ -203,11 +203,9 @@ impl Connection {
                         .ok_or(Error::Corrupted {
                             detail: "a chunked message announces a length beyond the maximum",
                         })?;
-                    // Within max_message_size, but that may still be more than this process
-                    // can allocate; the frame stays unread, so the connection cannot go on.
-                    buf.try_reserve_exact(total).map_err(|_| Error::Corrupted {
-                        detail: "a chunked message is larger than this process could allocate",
-                    })?;
+                    // Room for this chunk only, not for the announced total: see
+                    // `grow_for_chunk`.
+                    grow_for_chunk(buf, len - 8, total)?;
                     self.take_payload(&frame, 8, buf);
                     chunked = Some((total, header.correlation));
                 }
@@ -222,6 +220,7 @@ impl Connection {
                             detail: "a chunk does not belong to the message in progress",
                         });
                     }
+                    grow_for_chunk(buf, len, total)?;
                     self.take_payload(&frame, 0, buf);
                     if header.kind == FrameKind::Last {
                         if buf.len() != total {
@@ -279,5 +278,59 @@ impl Connection {
         if self.rx.publish() {
             self.wake_writer();
         }
+    }
+}
+
+/// Makes room in `buf` for `incoming` more bytes of a chunked message that announced
+/// `total`: at least doubling what it holds, never past `total`. So what a receiver holds
+/// follows what the peer actually sent, for which the peer pays in ring bandwidth; a peer
+/// that announces the maximum and then stalls costs one chunk, not the maximum (which,
+/// over thousands of connections, would have been committed memory on an OS without
+/// overcommit). An honest message costs a logarithmic number of moves, and none at all
+/// into a buffer reused from an earlier message of the same size.
+///
+/// A failed allocation is the peer's doing (it chose the size, within the limit) and
+/// leaves the frame unread, so the connection cannot go on: [`Error::Corrupted`].
+fn grow_for_chunk(buf: &mut Vec<u8>, incoming: usize, total: usize) -> Result<(), Error> {
+    let needed = buf.len() + incoming;
+    if needed <= buf.capacity() {
+        return Ok(());
+    }
+    let target = buf.capacity().saturating_mul(2).min(total).max(needed);
+    buf.try_reserve_exact(target - buf.len())
+        .map_err(|_| Error::Corrupted {
+            detail: "a chunked message is larger than this process could allocate",
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grow_for_chunk;
+
+    #[test]
+    fn a_chunked_message_is_held_as_it_arrives_doubling_up_to_its_total() {
+        let total = 16 << 20;
+        let chunk = 32 << 10;
+        let mut buf = Vec::new();
+        grow_for_chunk(&mut buf, chunk - 8, total).unwrap();
+        // A first chunk's worth, not the 16 MiB announced.
+        assert!(buf.capacity() < 2 * chunk, "{}", buf.capacity());
+        // Then doubling as the chunks arrive, capped at the total.
+        let mut moves = 0;
+        while buf.len() < total {
+            let incoming = chunk.min(total - buf.len());
+            let before = buf.capacity();
+            grow_for_chunk(&mut buf, incoming, total).unwrap();
+            moves += usize::from(buf.capacity() != before);
+            assert!(buf.capacity() <= total && buf.capacity() >= buf.len() + incoming);
+            buf.resize(buf.len() + incoming, 0);
+        }
+        assert_eq!(buf.capacity(), total);
+        assert!(moves <= 10, "{moves} moves for 512 chunks");
+        // A buffer reused for a message of the same size grows no more.
+        buf.clear();
+        let capacity = buf.capacity();
+        grow_for_chunk(&mut buf, chunk, total).unwrap();
+        assert_eq!(buf.capacity(), capacity);
     }
 }

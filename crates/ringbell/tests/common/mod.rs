@@ -210,6 +210,12 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
+    /// The child's process id.
+    #[allow(dead_code)] // Only the suites that read a child's `/proc/<pid>` use it.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Re-executes this test binary to run only `child_entry`, which runs `role` with
     /// `params` as environment variables. stdin and stdout are pipes for the line protocol
     /// ([`next_line`](Self::next_line), [`send_line`](Self::send_line)); stderr is

@@ -105,8 +105,9 @@ pub fn run(path: &Path, config: ServerConfig, mode: ServeMode) -> Result<(), Cli
 }
 
 /// From now on, SIGINT (Ctrl-C) or SIGTERM ends this process cleanly: it removes the
-/// socket file at `path` (which the server made and, while it lives, nobody else can take
-/// over), says so on stderr, and exits with status 0. Its clients see `PeerDied` at once:
+/// socket file at `path` if it is still the one the server made (someone may have
+/// unlinked it and another server bound the path since: that one is left alone, as the
+/// library's own listener does on drop), says so on stderr, and exits with status 0. Its clients see `PeerDied` at once:
 /// the kernel closes every control socket with the process, and each client watches its
 /// own. Nothing else needs undoing, since the shared memory has no name anywhere.
 ///
@@ -128,6 +129,8 @@ fn stop_on_signal(path: &Path) -> Result<(), CliError> {
         (interrupt, terminate)
     };
     let path = path.to_owned();
+    // Which file is ours: the one the server just bound.
+    let ours = file_identity(&path).context("looking at the socket file")?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -137,15 +140,27 @@ fn stop_on_signal(path: &Path) -> Result<(), CliError> {
                     _ = terminate.recv() => "SIGTERM",
                 }
             });
-            let removed = match std::fs::remove_file(&path) {
-                Ok(()) => format!("removed {}", path.display()),
-                Err(error) => format!("could not remove {}: {error}", path.display()),
+            let removed = match file_identity(&path) {
+                Ok(now) if now == ours => match std::fs::remove_file(&path) {
+                    Ok(()) => format!("removed {}", path.display()),
+                    Err(error) => format!("could not remove {}: {error}", path.display()),
+                },
+                Ok(_) => format!("left {}: another server's socket now", path.display()),
+                Err(_) => format!("{} was already gone", path.display()),
             };
             eprintln!("ringbell serve: stopped by {name}; {removed}");
             std::process::exit(0);
         })
         .context("starting the signal watcher")?;
     Ok(())
+}
+
+/// The device and inode of the file at `path` (not following a symlink): what tells one
+/// socket file from another bound at the same path later.
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::symlink_metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
 }
 
 /// Prints the line a parent process waits for, and makes sure it leaves the process now.

@@ -274,14 +274,20 @@ fn bad_options_are_refused_with_a_message() {
     for args in [
         &["--size-range", "10..2"][..],
         &["--ring-capacity", "1000"],
-        // The comparison is the default; the flag that asked for it is gone.
-        &["--transport", "ringbell", "--compare"],
         &["--clients", "0"],
     ] {
         let output = stress(args);
         assert!(!output.status.success(), "{args:?}: {}", describe(&output));
         assert!(!output.stderr.is_empty(), "{args:?}: {}", describe(&output));
     }
+    // The comparison is the default; the flag that asked for it is gone, not ignored.
+    let output = stress(&["--compare"]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("unexpected argument '--compare'"),
+        "{}",
+        describe(&output)
+    );
 }
 
 /// Runs a small stress with a fault the server injects on every 7th request, and checks

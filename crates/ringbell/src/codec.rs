@@ -169,9 +169,19 @@ where
     F: std::future::Future<Output = Result<Resp, E>>,
     E: std::fmt::Display,
 {
-    let pending = call.map_err(|error| format!("the request does not decode: {error}"))?;
+    let pending = call.map_err(undecodable_request)?;
     let response = pending.await.map_err(|error| error.to_string())?;
-    encode(&response).map_err(|error| format!("the response does not encode: {error}"))
+    encode(&response).map_err(unencodable_response)
+}
+
+/// The error reply to a request that does not decode as the handler's type.
+fn undecodable_request(error: Error) -> String {
+    format!("the request does not decode: {error}")
+}
+
+/// The error reply for a response that cannot be encoded.
+fn unencodable_response(error: Error) -> String {
+    format!("the response does not encode: {error}")
 }
 
 #[cfg(feature = "tokio")]
@@ -241,10 +251,9 @@ impl crate::Server {
         E: std::fmt::Display,
     {
         self.serve(move |bytes: Vec<u8>| {
-            let request = decode::<Req>(&bytes)
-                .map_err(|error| format!("the request does not decode: {error}"))?;
+            let request = decode::<Req>(&bytes).map_err(undecodable_request)?;
             let response = handler(request).map_err(|error| error.to_string())?;
-            encode(&response).map_err(|error| format!("the response does not encode: {error}"))
+            encode(&response).map_err(unencodable_response)
         })
     }
 }

@@ -132,8 +132,8 @@ impl Server {
         self.accept_carrying(Carries::Messages)
     }
 
-    /// [`accept`](Self::accept) for a connection that carries `carries`. (A handshake left
-    /// pending by an earlier call goes on with what that call asked for.)
+    /// [`accept`](Self::accept) for a connection that carries `carries`. Handshakes left
+    /// pending by an earlier call go on under this one's `carries`.
     fn accept_carrying(&self, carries: Carries) -> Result<Connection, Error> {
         let mut pending = self
             .pending
@@ -165,14 +165,20 @@ impl Server {
                     continue;
                 }
                 let handshake = pending.swap_remove(index);
-                match handshake.advance(&self.config, self.own_user)? {
+                match handshake.advance(&self.config, self.own_user, carries)? {
                     Step::Waiting(handshake) => pending.push(handshake),
                     Step::Probe => {}
+                    // Welcomed by an earlier call that served the other kind: its client
+                    // speaks that kind, which this caller would misread. It sees the
+                    // connection end, as after any server's restart.
+                    Step::Done(connection) if connection.carries() != carries => {
+                        tracing::debug!("dropped a connection made for another kind of use");
+                    }
                     Step::Done(connection) => return Ok(*connection),
                 }
             }
             if ready[0] {
-                while let Some(handshake) = self.start_handshake(carries)? {
+                while let Some(handshake) = self.start_handshake()? {
                     pending.push(handshake);
                 }
             }
@@ -180,17 +186,13 @@ impl Server {
     }
 
     /// Takes the next client from the listening socket's queue, without waiting, and
-    /// starts its handshake, for a connection that carries `carries`: `Ok(None)` if no
-    /// client is waiting.
+    /// starts its handshake: `Ok(None)` if no client is waiting.
     ///
     /// # Errors
     ///
     /// [`Error::ServerBusy`] if the client was refused at the connection limit (it is told
     /// so); [`Error::Io`] if accepting failed (out of fds: one client is told so).
-    pub(crate) fn start_handshake(
-        &self,
-        carries: Carries,
-    ) -> Result<Option<ServerHandshake>, Error> {
+    pub(crate) fn start_handshake(&self) -> Result<Option<ServerHandshake>, Error> {
         let control = match self.listener.accept() {
             Ok(control) => control,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
@@ -210,12 +212,7 @@ impl Server {
                 ),
             });
         };
-        Ok(Some(ServerHandshake::start(
-            control,
-            &self.config,
-            slot,
-            carries,
-        )))
+        Ok(Some(ServerHandshake::start(control, &self.config, slot)))
     }
 
     /// The listening socket, for an event loop to register and await.

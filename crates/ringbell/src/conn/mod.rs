@@ -24,6 +24,7 @@ use crate::core::layout::{SegmentHeader, CLIENT_TO_SERVER, SERVER_TO_CLIENT};
 use crate::core::ring::{Consumer, Producer, RingError};
 use crate::core::sync::Ordering;
 use crate::error::Error;
+use crate::handshake::Carries;
 use crate::sys::{ControlStream, Doorbell, DoorbellRinger};
 
 use receive::{PartialMessage, Patience};
@@ -60,6 +61,34 @@ pub(crate) struct Settings {
     pub(crate) wait: WaitStrategy,
     pub(crate) max_message_size: usize,
     pub(crate) send_timeout: Option<Duration>,
+    /// What the connection carries, as agreed in the handshake.
+    pub(crate) carries: Carries,
+}
+
+/// Which way a message goes, seen from one side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Sending,
+    Receiving,
+}
+
+/// The most bytes a message may carry on the wire: `max_message_size`, and on a connection
+/// of calls, for the replies (sent by the server, received by the client), the status
+/// byte a reply adds ([`REPLY_ROOM`](crate::core::reply::REPLY_ROOM)), so that a response
+/// may be as large as the limit the user set. Nothing else gets the room: a request, or
+/// any plain message, above `max_message_size` is still refused on both ends.
+fn wire_limit(settings: &Settings, side: Side, direction: Direction) -> usize {
+    let carries_replies = settings.carries == Carries::Calls
+        && matches!(
+            (side, direction),
+            (Side::Server, Direction::Sending) | (Side::Client, Direction::Receiving)
+        );
+    let room = if carries_replies {
+        crate::core::reply::REPLY_ROOM
+    } else {
+        0
+    };
+    settings.max_message_size.saturating_add(room)
 }
 
 fn corrupted(error: RingError) -> Error {
@@ -243,17 +272,19 @@ impl Connection {
         self.settings.max_message_size
     }
 
-    /// The most bytes a message may carry on the wire: `max_message_size`, and for a tagged
-    /// message (request/response, `correlation != 0`) the status byte a reply adds
-    /// ([`REPLY_ROOM`](crate::core::reply::REPLY_ROOM)), so that a response may be as
-    /// large as the limit the user set.
-    pub(crate) fn wire_limit(&self, correlation: u64) -> usize {
-        let room = if correlation == 0 {
-            0
-        } else {
-            crate::core::reply::REPLY_ROOM
-        };
-        self.settings.max_message_size.saturating_add(room)
+    /// What the connection carries, as agreed in the handshake.
+    pub(crate) fn carries(&self) -> Carries {
+        self.settings.carries
+    }
+
+    /// The most bytes a message this side sends may carry on the wire.
+    pub(crate) fn send_limit(&self) -> usize {
+        wire_limit(&self.settings, self.side, Direction::Sending)
+    }
+
+    /// The most bytes a message this side receives may carry on the wire.
+    pub(crate) fn receive_limit(&self) -> usize {
+        wire_limit(&self.settings, self.side, Direction::Receiving)
     }
 
     /// Bytes per ring and direction, as decided by the server.
@@ -335,5 +366,34 @@ impl IpcTransport for Connection {
 
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error> {
         Connection::recv(self, buf, timeout)
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn only_replies_get_room_for_their_status_byte() {
+        let settings = |carries| Settings {
+            wait: WaitStrategy::default(),
+            max_message_size: 1000,
+            send_timeout: None,
+            carries,
+        };
+        let calls = settings(Carries::Calls);
+        // The server's replies, as sent and as received.
+        assert_eq!(wire_limit(&calls, Side::Server, Direction::Sending), 1001);
+        assert_eq!(wire_limit(&calls, Side::Client, Direction::Receiving), 1001);
+        // Requests: a hostile client's tagged 1001 bytes are refused by the server.
+        assert_eq!(wire_limit(&calls, Side::Client, Direction::Sending), 1000);
+        assert_eq!(wire_limit(&calls, Side::Server, Direction::Receiving), 1000);
+        // Plain messages, either way.
+        let plain = settings(Carries::Messages);
+        for side in [Side::Server, Side::Client] {
+            for direction in [Direction::Sending, Direction::Receiving] {
+                assert_eq!(wire_limit(&plain, side, direction), 1000);
+            }
+        }
     }
 }

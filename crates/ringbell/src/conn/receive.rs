@@ -175,7 +175,7 @@ impl Connection {
             let full_chunk = max_frame_payload(self.segment.capacity());
             match (header.kind, chunked) {
                 (FrameKind::Message, None) => {
-                    if len > self.wire_limit(header.correlation) {
+                    if len > self.receive_limit() {
                         return Err(Error::Corrupted {
                             detail: "a message exceeds the connection's maximum size",
                         });
@@ -197,9 +197,7 @@ impl Connection {
                     let total = u64::from_le_bytes(total);
                     let total = usize::try_from(total)
                         .ok()
-                        .filter(|&total| {
-                            total <= self.wire_limit(header.correlation) && total >= len - 8
-                        })
+                        .filter(|&total| total <= self.receive_limit() && total >= len - 8)
                         .ok_or(Error::Corrupted {
                             detail: "a chunked message announces a length beyond the maximum",
                         })?;

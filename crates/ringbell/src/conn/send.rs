@@ -31,7 +31,7 @@ impl Connection {
         msg: &[u8],
         correlation: u64,
     ) -> Result<(), Error> {
-        self.check_sendable(msg, correlation)?;
+        self.check_sendable(msg)?;
         let deadline = self.settings.send_timeout.and_then(wait::deadline_after);
         let mut sent = SendProgress::default();
         let result = loop {
@@ -53,10 +53,10 @@ impl Connection {
     }
 
     /// The checks before a send: the connection is usable, the message fits the limit
-    /// ([`wire_limit`](Self::wire_limit)), and the peer has not said goodbye.
-    pub(crate) fn check_sendable(&mut self, msg: &[u8], correlation: u64) -> Result<(), Error> {
+    /// ([`send_limit`](Self::send_limit)), and the peer has not said goodbye.
+    pub(crate) fn check_sendable(&mut self, msg: &[u8]) -> Result<(), Error> {
         self.usable()?;
-        let max = self.wire_limit(correlation);
+        let max = self.send_limit();
         if msg.len() > max {
             return Err(Error::TooLarge {
                 len: msg.len(),

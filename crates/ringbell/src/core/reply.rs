@@ -11,10 +11,10 @@ const REPLY_OK: u8 = 0;
 /// Reply status byte: the handler failed; its message follows.
 const REPLY_FAILED: u8 = 1;
 
-/// What the reply format adds to a response: its status byte. A tagged message (one with a
-/// correlation id) may carry this much more than `max_message_size`, so that the limit a
-/// user sets is the payload's: a handler may answer with as many bytes as a request may
-/// hold (`Connection::limit`).
+/// What the reply format adds to a response: its status byte. A reply may carry this much
+/// more than `max_message_size` on the wire, so that the limit a user sets is the
+/// payload's: a handler may answer with as many bytes as a request may hold (see
+/// `wire_limit` in `conn/mod.rs`).
 pub(crate) const REPLY_ROOM: usize = 1;
 
 #[cfg(feature = "tokio")]

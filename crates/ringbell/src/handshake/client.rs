@@ -201,6 +201,7 @@ fn connect_with(
             wait: config.wait,
             max_message_size,
             send_timeout: config.send_timeout,
+            carries,
         },
     ))
 }

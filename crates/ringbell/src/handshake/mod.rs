@@ -31,8 +31,9 @@
 //! `magic "RINGBELL" (8) | version u16 | kind u16 | status u32`, so that a peer of another
 //! version can still read a refusal. In the Hello, the last field says what the client
 //! will carry, plain messages or calls (`wire::Carries`); a server that serves the other
-//! kind refuses it, and both sides get an error that says which is which. The Welcome adds three u64: ring capacity, maximum
-//! message size, segment length. The whole exchange runs under a deadline on both sides.
+//! kind refuses it, and both sides get an error that says which is which. The Welcome adds
+//! three u64: ring capacity, maximum message size, segment length. The whole exchange runs
+//! under a deadline on both sides.
 
 mod client;
 mod server;

@@ -40,8 +40,6 @@ pub(crate) struct ServerHandshake {
     slot: ConnectionSlot,
     /// The doorbell ringer the client attached to its Ack, if it did.
     client_ringer: Option<Grant>,
-    /// What this server's connections carry; a client that wants the other kind is refused.
-    carries: Carries,
 }
 
 /// What a [`ServerHandshake`] waits for.
@@ -58,6 +56,8 @@ struct ServerHalf {
     segment: Segment,
     own_doorbell: Doorbell,
     ring_client: DoorbellRinger,
+    /// What the connection carries, agreed when the Welcome went out.
+    carries: Carries,
 }
 
 /// What one [`ServerHandshake::advance`] achieved.
@@ -73,13 +73,11 @@ pub(crate) enum Step {
 }
 
 impl ServerHandshake {
-    /// Starts the handshake on a freshly accepted stream, under `config.handshake_timeout`,
-    /// for a connection that carries `carries`.
+    /// Starts the handshake on a freshly accepted stream, under `config.handshake_timeout`.
     pub(crate) fn start(
         control: ControlStream,
         config: &ServerConfig,
         slot: ConnectionSlot,
-        carries: Carries,
     ) -> ServerHandshake {
         ServerHandshake {
             control,
@@ -89,7 +87,6 @@ impl ServerHandshake {
             stage: Stage::Hello,
             slot,
             client_ringer: None,
-            carries,
         }
     }
 
@@ -124,7 +121,14 @@ impl ServerHandshake {
     }
 
     /// Makes all the progress the bytes already received allow, without waiting.
-    pub(crate) fn advance(mut self, config: &ServerConfig, own_user: User) -> Result<Step, Error> {
+    /// A client that asks to carry something other than `carries` (what the caller serves)
+    /// is refused, and told what this server serves.
+    pub(crate) fn advance(
+        mut self,
+        config: &ServerConfig,
+        own_user: User,
+        carries: Carries,
+    ) -> Result<Step, Error> {
         loop {
             let step = self.waiting_for();
             match self
@@ -150,7 +154,7 @@ impl ServerHandshake {
             self.received = 0;
             match std::mem::replace(&mut self.stage, Stage::Hello) {
                 Stage::Hello => {
-                    let half = self.welcome(config, own_user)?;
+                    let half = self.welcome(config, own_user, carries)?;
                     self.stage = Stage::Ack(Box::new(half));
                 }
                 Stage::Ack(half) => {
@@ -161,9 +165,15 @@ impl ServerHandshake {
         }
     }
 
-    /// Checks the Hello in `self.message` and the client's user, sets up the connection's
-    /// memory and doorbells, and sends the Welcome with the client's grants.
-    fn welcome(&self, config: &ServerConfig, own_user: User) -> Result<ServerHalf, Error> {
+    /// Checks the Hello in `self.message` (its version, and that it carries what this
+    /// server serves, `serves`) and the client's user, sets up the connection's memory and
+    /// doorbells, and sends the Welcome with the client's grants.
+    fn welcome(
+        &self,
+        config: &ServerConfig,
+        own_user: User,
+        serves: Carries,
+    ) -> Result<ServerHalf, Error> {
         let control = &self.control;
         let (version, carries) = decode_hello(&self.message)?;
         // A refusal is a courtesy: the client may be gone already.
@@ -174,20 +184,6 @@ impl ServerHandshake {
                 "version mismatch: this server speaks protocol v{PROTOCOL_VERSION}, the client v{version}"
             )));
         };
-        if carries != self.carries {
-            refuse(self.carries.refusal_status());
-            return Err(handshake_error(match self.carries {
-                Carries::Messages => {
-                    "a client asked for calls (a `tokio::Client`), but this server accepts \
-                     plain-message connections: serve calls with `AsyncServer::serve` or \
-                     `Server::serve`"
-                }
-                Carries::Calls => {
-                    "a client asked for plain messages (a `Connection` or `AsyncConnection`), \
-                     but this server serves calls: call it with `tokio::Client`"
-                }
-            }));
-        }
         let user = control
             .peer_user()
             .map_err(|error| Error::io("reading the client's credentials", error))?;
@@ -198,6 +194,21 @@ impl ServerHandshake {
                     "a client running as {user} was refused (admit it with ServerConfig::allow_uid)"
                 ),
             });
+        }
+        // After the uid check: a client that is not admitted learns nothing of what we serve.
+        if carries != serves {
+            refuse(serves.refusal_status());
+            return Err(handshake_error(match serves {
+                Carries::Messages => {
+                    "a client asked for calls (a `tokio::Client`), but this server accepts \
+                     plain-message connections: serve calls with `AsyncServer::serve` or \
+                     `Server::serve`"
+                }
+                Carries::Calls => {
+                    "a client asked for plain messages (a `Connection` or `AsyncConnection`), \
+                     but this server serves calls: call it with `tokio::Client`"
+                }
+            }));
         }
 
         let capacity = config.ring_capacity;
@@ -260,6 +271,7 @@ impl ServerHandshake {
             segment,
             own_doorbell,
             ring_client,
+            carries,
         })
     }
 
@@ -303,6 +315,7 @@ impl ServerHandshake {
                 wait: config.wait,
                 max_message_size: config.max_message_size,
                 send_timeout: config.send_timeout,
+                carries: half.carries,
             },
         );
         connection.hold_slot(self.slot);

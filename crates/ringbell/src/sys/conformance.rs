@@ -350,10 +350,19 @@ fn the_shared_wait_wakes_a_sleeper_if_the_backend_has_one() {
         return;
     };
     let word = std::sync::Arc::new(AtomicU32::new(0));
+    // Every sleep below must be one the OS agreed to: `Unavailable` would mean it refused
+    // the word, and an honest waiter would fall back to its doorbell every time. (That
+    // the wake, not a timeout, ends the last sleep is not checked: no test looks at a time.
+    // On Linux a lost wake would hang it until the watchdog; on macOS each sleep is capped
+    // at a second, so a lost wake would only slow it.)
+    let sleep = |expected: u32, deadline: Instant| {
+        let woke = shared.sleep(&word, expected, Some(deadline));
+        assert_eq!(woke, Woke::Maybe, "the OS refused the shared wait");
+    };
     // A changed value: no sleep at all.
-    shared.sleep(&word, 1, Some(far_deadline()));
+    sleep(1, far_deadline());
     // A timeout ends a sleep nobody wakes (it may end early: callers loop).
-    shared.sleep(&word, 0, Some(Instant::now() + Duration::from_millis(30)));
+    sleep(0, Instant::now() + Duration::from_millis(30));
     // A wake from another thread ends it.
     let waker = {
         let word = word.clone();
@@ -366,7 +375,7 @@ fn the_shared_wait_wakes_a_sleeper_if_the_backend_has_one() {
     };
     // SYNC: pairs with the Release store of the waker above.
     while word.load(crate::core::sync::Ordering::Acquire) == 0 {
-        shared.sleep(&word, 0, Some(far_deadline()));
+        sleep(0, far_deadline());
     }
     waker.join().unwrap();
 }

@@ -80,7 +80,7 @@ impl AsyncConnection {
         msg: &[u8],
         correlation: u64,
     ) -> Result<(), Error> {
-        self.inner.check_sendable(msg, correlation)?;
+        self.inner.check_sendable(msg)?;
         let mut attempt = SendAttempt {
             connection: &mut self.inner,
             sent: SendProgress::default(),

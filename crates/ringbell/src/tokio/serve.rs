@@ -147,7 +147,7 @@ impl AsyncServer {
         F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        self.carries = crate::handshake::Carries::Calls;
+        self.serve_calls();
         let config = self.server.config();
         let sweeper = match Sweeper::new(Arc::new(handler), config.concurrent_requests, config.wait)
         {

@@ -49,8 +49,8 @@ pub struct AsyncServer {
     /// call accepts again before it waits, or those clients would wait for a new one.
     backlog: bool,
     /// What the connections it makes carry: plain messages, until [`serve`](Self::serve)
-    /// turns it into a server of calls (handshakes already under way finish as they began).
-    pub(super) carries: Carries,
+    /// turns it into a server of calls ([`serve_calls`](Self::serve_calls)).
+    carries: Carries,
     /// Its listener registered with the runtime.
     pub(super) server: Server,
 }
@@ -61,12 +61,13 @@ async fn drive_handshake(
     mut handshake: ServerHandshake,
     config: std::sync::Arc<ServerConfig>,
     own_user: User,
+    carries: Carries,
 ) -> Result<Option<Connection>, Error> {
     handshake
         .register_with_runtime()
         .map_err(|error| Error::io("registering a client with the tokio runtime", error))?;
     loop {
-        let waiting = match handshake.advance(&config, own_user)? {
+        let waiting = match handshake.advance(&config, own_user, carries)? {
             Step::Waiting(waiting) => waiting,
             Step::Probe => return Ok(None),
             // The connection's control channel is no longer registered: whoever drives
@@ -149,6 +150,15 @@ impl AsyncServer {
         }
     }
 
+    /// From now on, the connections this server makes carry calls. Handshakes that an
+    /// earlier, cancelled [`accept`](Self::accept) left under way were for plain messages:
+    /// they are dropped, and their clients see the handshake end (as after a restart).
+    pub(super) fn serve_calls(&mut self) {
+        self.carries = Carries::Calls;
+        // Dropping a join set aborts its tasks, and nothing reports them.
+        self.handshakes = JoinSet::new();
+    }
+
     /// Starts a handshake task for every client waiting in the listener's queue. The
     /// listener's readiness was cleared before, so this must go on until the queue is
     /// empty: an error about one client ends it early, and leaves [`backlog`] set for the
@@ -157,12 +167,16 @@ impl AsyncServer {
     /// [`backlog`]: Self::backlog
     fn take_waiting_clients(&mut self) -> Result<(), Error> {
         loop {
-            match self.server.start_handshake(self.carries) {
+            match self.server.start_handshake() {
                 Ok(Some(handshake)) => {
                     let config = self.config.clone();
                     let own_user = self.server.own_user();
-                    self.handshakes
-                        .spawn(drive_handshake(handshake, config, own_user));
+                    self.handshakes.spawn(drive_handshake(
+                        handshake,
+                        config,
+                        own_user,
+                        self.carries,
+                    ));
                 }
                 Ok(None) => return Ok(()),
                 Err(error) => {

@@ -20,10 +20,19 @@ use super::timeout::timeout_ns;
 use crate::core::sync::AtomicU32;
 use crate::core::wait::{Sleeper, Woke, SLEEP_FUTEX};
 
-/// `os_sync_wait_on_address_with_timeout(addr, value, size, flags, clockid, timeout_ns)`.
-type WaitWithTimeout = unsafe extern "C" fn(*mut c_void, u64, usize, u32, u32, u64) -> c_int;
+/// `os_sync_wait_on_address_with_timeout(addr, value, size, flags, clockid, timeout_ns)`,
+/// in the `libc` crate's own types for it.
+type WaitWithTimeout = unsafe extern "C" fn(
+    *mut c_void,
+    u64,
+    libc::size_t,
+    libc::os_sync_wait_on_address_flags_t,
+    libc::os_clockid_t,
+    u64,
+) -> c_int;
 /// `os_sync_wake_by_address_all(addr, size, flags)`.
-type WakeAll = unsafe extern "C" fn(*mut c_void, usize, u32) -> c_int;
+type WakeAll =
+    unsafe extern "C" fn(*mut c_void, libc::size_t, libc::os_sync_wake_by_address_flags_t) -> c_int;
 
 /// The size of every word we wait on: the `seq` of a `WaitCell`. Both ends must pass the
 /// same size and flags for a word, or the kernel refuses the second with `EDOM`.
@@ -92,12 +101,14 @@ impl Sleeper for SharedWait {
             return Woke::Maybe;
         }
         match io::Error::last_os_error().raw_os_error() {
-            // Timed out, interrupted, the value had changed, or a transient failure: the
-            // caller looks at its condition again and bounds every wait by its deadline.
-            Some(libc::ETIMEDOUT | libc::EINTR | libc::EFAULT | libc::ENOMEM) => Woke::Maybe,
+            // Timed out or interrupted: the caller looks at its condition again, and bounds
+            // every wait by its own deadline.
+            Some(libc::ETIMEDOUT | libc::EINTR) => Woke::Maybe,
             // `EDOM`: someone waits on this word with another size or mode (only a confused
-            // or hostile peer would); `EINVAL` and the rest: this OS will not do it. Sleep
-            // on the doorbell instead (`core::wait::Fallback`); never a panic.
+            // or hostile peer would); `EINVAL`, `EFAULT`, `ENOMEM` and the rest: this OS
+            // will not do it now, and might not on the next try either, which would make
+            // the wait a busy loop. Sleep on the doorbell instead, for the rest of this
+            // wait (`core::wait::Fallback`); never a panic.
             _ => Woke::Unavailable,
         }
     }

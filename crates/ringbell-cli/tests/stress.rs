@@ -162,7 +162,7 @@ fn default_compares_both_transports_with_varied_sizes_concurrency_and_rounds() {
     assert_all_completed(&output, "uds", 3_600);
     let stdout = String::from_utf8_lossy(&output.stdout);
     for label in [
-        "| ringbell ÷ uds ",
+        "| ringbell vs uds ",
         "server after round 2 → round 3",
         "idle clients cost the server",
     ] {

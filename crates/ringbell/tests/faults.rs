@@ -262,7 +262,7 @@ fn role_victim(runtime: &Runtime) -> Result<(), String> {
         "connecting" => {
             report("connecting");
             loop {
-                let _ = Connection::connect(&path, ClientConfig::default());
+                let _ = connect_raw(&path, ClientConfig::default());
             }
         }
         // Requests of 256 KiB, three at a time, each going through the ring in 64 chunks
@@ -286,8 +286,7 @@ fn role_victim(runtime: &Runtime) -> Result<(), String> {
         // One request of 256 KiB, then never a read: the server's reply fills the ring,
         // and the server waits for room. Reported once the ring is at least half full.
         "server_writing" => {
-            let mut conn =
-                Connection::connect(&path, ClientConfig::default()).context("connecting")?;
+            let mut conn = connect_raw(&path, ClientConfig::default()).context("connecting")?;
             conn.send(&random_bytes(seed, BIG))
                 .context("sending the request")?;
             let segment = Scribbler::find(&conn)?;
@@ -314,14 +313,14 @@ fn role_victim(runtime: &Runtime) -> Result<(), String> {
                     } else {
                         WaitStrategy::Block
                     };
-                    let mut conn = Connection::connect(&path, ClientConfig::default().wait(wait))
+                    let mut conn = connect_raw(&path, ClientConfig::default().wait(wait))
                         .context("connecting")?;
                     report("blocking");
                     let result = conn.recv(&mut buf, None);
                     Err(format!("recv returned {result:?}"))
                 }
                 2 => runtime.block_on(async {
-                    let mut conn = AsyncConnection::connect(&path, ClientConfig::default())
+                    let mut conn = connect_raw_async(&path, ClientConfig::default())
                         .await
                         .context("connecting")?;
                     report("blocking");
@@ -425,8 +424,7 @@ fn wait_named(variant: &str) -> WaitStrategy {
 /// The blocking API's waits: in `recv`, or in `send` on a ring the server stopped reading
 /// (its handlers are all busy with requests it never answers).
 fn blocked_sync(path: &Path, variant: &str, wait: WaitStrategy) -> Result<(Error, u64), String> {
-    let mut conn =
-        Connection::connect(path, ClientConfig::default().wait(wait)).context("connecting")?;
+    let mut conn = connect_raw(path, ClientConfig::default().wait(wait)).context("connecting")?;
     let mut buf = Vec::new();
     let result = match variant {
         "recv_adaptive" | "recv_block" => {
@@ -460,7 +458,7 @@ fn blocked_sync(path: &Path, variant: &str, wait: WaitStrategy) -> Result<(Error
 async fn blocked_async(path: &Path, variant: &str) -> Result<(Error, u64), String> {
     let result = match variant {
         "async_recv" | "async_send_full" => {
-            let mut conn = AsyncConnection::connect(path, ClientConfig::default())
+            let mut conn = connect_raw_async(path, ClientConfig::default())
                 .await
                 .context("connecting")?;
             if variant == "async_recv" {
@@ -516,6 +514,21 @@ async fn blocked_async(path: &Path, variant: &str) -> Result<(Error, u64), Strin
     }
 }
 
+/// A connection for calls, made by hand: every server in this suite serves calls, which it
+/// refuses to a plain `Connection`, and these clients drive their rings themselves.
+fn connect_raw(path: impl AsRef<Path>, config: ClientConfig) -> Result<Connection, Error> {
+    ringbell::test_api::connect_for_calls(path, config)
+}
+
+/// [`connect_raw`], as an `AsyncConnection` (the handshake blocks this task's thread, as
+/// a test child may).
+async fn connect_raw_async(
+    path: impl AsRef<Path>,
+    config: ClientConfig,
+) -> Result<AsyncConnection, Error> {
+    AsyncConnection::from_connection(connect_raw(path, config)?)
+}
+
 /// The README's reconnect recipe ("Reconnecting after `PeerDied`"), as the tests run it:
 /// retries while no server answers at `path` yet, with a growing pause, for at most
 /// `give_up`. Counts the attempts in `attempts`.
@@ -529,7 +542,7 @@ fn connect_with_retry(
     let mut pause = Duration::from_millis(10);
     loop {
         *attempts += 1;
-        match Connection::connect(path, config.clone()) {
+        match connect_raw(path, config.clone()) {
             Ok(conn) => return Ok(conn),
             // No server yet (no socket file, or a stale one: connection refused), or one
             // that died or was busy in the handshake: worth another try.

@@ -6,11 +6,13 @@
 # 2. The same again on the POSIX backend (sys/posix, which macOS uses), which
 #    `--cfg ringbell_force_posix` selects on Linux. It rebuilds everything, so it gets a
 #    target directory of its own.
-# 3. The loom models of the ring, the sleep/wake protocol and the in-flight table. loom
+# 3. The CLI's bench once more, built without its optional `peers` feature, as the README's
+#    first command builds it.
+# 4. The loom models of the ring, the sleep/wake protocol and the in-flight table. loom
 #    replaces the atomics through `--cfg loom`, which rebuilds the crate and its
 #    dependencies, so it gets a target directory of its own and does not invalidate the
 #    normal build.
-# 4. Miri over the ring's unsafe code on heap memory and over the fuzz corpus, when a
+# 5. Miri over the ring's unsafe code on heap memory and over the fuzz corpus, when a
 #    nightly toolchain is installed (it is added to the nightly if missing). Without one,
 #    this step says loudly that it did not run; it is never reported as passed.
 set -euo pipefail
@@ -22,6 +24,11 @@ cargo test --workspace --all-features --locked
 echo "== cargo test --workspace --all-features (backend: posix, RUSTFLAGS=--cfg ringbell_force_posix)"
 RUSTFLAGS="--cfg ringbell_force_posix" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/posix" \
     cargo test --workspace --all-features --locked
+
+# The runs above enable every feature. The README's first command builds the CLI without
+# its `peers` feature: check that `bench` then says how to get the peers, rather than fail.
+echo "== the CLI's bench without its optional peers feature"
+cargo test -p ringbell-cli --locked --test cli bench_quick
 
 echo "== loom models (RUSTFLAGS=--cfg loom)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \

@@ -1099,13 +1099,7 @@ impl ServerProbe {
 
     /// A field of `/proc/<pid>/status` in KiB (`VmHWM`, `VmPeak`, ...).
     fn status_kib(&self, field: &str) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .expect("reading the server's status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in the server's status"))
+        common::status_kib(self.pid, field)
     }
 }
 

@@ -18,9 +18,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    exclusive_test, frame_header, param, report, sleep_until_killed, ChildProcess, Context,
-    Scribbler, SocketPath, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN,
-    SEND_NO_SIGNAL, WATCHDOG_LIMIT,
+    exclusive_test, frame_header, param, report, sleep_until_killed, status_kib, ChildProcess,
+    Context, Scribbler, SocketPath, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET,
+    RING_CONTROL_LEN, SEND_NO_SIGNAL, WATCHDOG_LIMIT,
 };
 use ringbell::os::unix::ConnectionExt;
 use ringbell::tokio::{AsyncServer, Client};
@@ -100,17 +100,6 @@ fn role_stalling_announcer() -> Result<(), String> {
     report("taken");
     let _keep_open = conn;
     sleep_until_killed()
-}
-
-/// A field of process `pid`'s `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("reading the server's status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in the server's status"))
 }
 
 #[test]

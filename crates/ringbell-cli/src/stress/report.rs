@@ -291,6 +291,13 @@ pub(super) fn print_comparison(plan: &Plan, ringbell: &TransportResult, uds: &Tr
         ]
     };
     let (ringbell_peak, uds_peak) = (ringbell.peak(), uds.peak());
+    let latency_vs_uds = |quantile: f64| {
+        compare(
+            micros(&ringbell_total, quantile),
+            micros(&uds_total, quantile),
+            Better::Faster,
+        )
+    };
     let ratios = vec![
         "ringbell vs uds".to_owned(),
         compare(
@@ -298,21 +305,9 @@ pub(super) fn print_comparison(plan: &Plan, ringbell: &TransportResult, uds: &Tr
             uds.requests_per_second(),
             Better::More,
         ),
-        compare(
-            micros(&ringbell_total, 0.50),
-            micros(&uds_total, 0.50),
-            Better::Faster,
-        ),
-        compare(
-            micros(&ringbell_total, 0.99),
-            micros(&uds_total, 0.99),
-            Better::Faster,
-        ),
-        compare(
-            micros(&ringbell_total, 0.999),
-            micros(&uds_total, 0.999),
-            Better::Faster,
-        ),
+        latency_vs_uds(0.50),
+        latency_vs_uds(0.99),
+        latency_vs_uds(0.999),
         compare(
             ringbell_peak.rss_kib as f64,
             uds_peak.rss_kib as f64,

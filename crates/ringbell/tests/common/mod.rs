@@ -458,6 +458,18 @@ pub fn bound_child_lifetime() {
     });
 }
 
+/// A field of process `pid`'s `/proc/<pid>/status` in KiB (`VmData`, `VmRSS`, `VmHWM`...).
+#[allow(dead_code)] // Only the suites that measure a server from outside use it.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|error| panic!("reading /proc/{pid}/status: {error}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// A required parameter of the child's role.
 pub fn param(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("child parameter {name} is missing"))

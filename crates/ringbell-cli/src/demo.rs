@@ -41,6 +41,13 @@ const RINGBELL_BLOCK: &str = "ringbell block";
 const RAW_SPIN: &str = "raw spin";
 const RAW_FUTEX: &str = "raw futex";
 const UNIX_SOCKET: &str = "unix socket";
+/// The throughput rows that send [`BATCH`] messages at a time (`send_batch`; for the
+/// socket, one write of them all).
+const RINGBELL_BATCHED: &str = "ringbell, batches";
+const UNIX_SOCKET_BATCHED: &str = "unix socket, batches";
+/// Messages per batch in the batched rows: enough to show what one publish and one
+/// wake-up per batch saves, few enough to fit the rings many times over.
+const BATCH: usize = 64;
 
 /// How many messages each measurement uses.
 #[derive(Debug, Clone, Copy)]
@@ -239,6 +246,18 @@ impl Demo {
                     self.unix_socket_throughput()
                 })?,
             ),
+            (
+                RINGBELL_BATCHED,
+                step(RINGBELL_BATCHED, "one-way messages", || {
+                    self.ringbell_batched_throughput()
+                })?,
+            ),
+            (
+                UNIX_SOCKET_BATCHED,
+                step(UNIX_SOCKET_BATCHED, "one-way messages", || {
+                    self.unix_socket_batched_throughput()
+                })?,
+            ),
         ];
         let idle = match idle::NOT_ON_THIS_OS {
             None => Some(step(RINGBELL_ADAPTIVE, "idle CPU", || {
@@ -286,6 +305,22 @@ impl Demo {
         run
     }
 
+    /// [`ringbell_throughput`](Self::ringbell_throughput), [`BATCH`] messages per
+    /// `send_batch`.
+    fn ringbell_batched_throughput(&self) -> Result<ThroughputRun, CliError> {
+        let (server, mut connection) = self.ringbell_server(WaitKind::Adaptive, ServeMode::Sink)?;
+        let run = measure::one_way_batched(
+            &mut connection,
+            MESSAGE_SIZE,
+            self.plan.stream_warmup,
+            self.plan.stream_messages,
+            BATCH,
+        );
+        drop(connection);
+        drop(server);
+        run
+    }
+
     /// CPU used by a connected, idle pair with the default wait strategy: the server waits
     /// for a request, the client for a message, neither comes.
     fn ringbell_idle(&self) -> Result<IdleRun, CliError> {
@@ -319,6 +354,17 @@ impl Demo {
             MESSAGE_SIZE,
             self.plan.stream_warmup,
             self.plan.stream_messages,
+        )
+    }
+
+    fn unix_socket_batched_throughput(&self) -> Result<ThroughputRun, CliError> {
+        let (_peer, mut channel) = self.unix_socket_peer(ServeMode::Sink)?;
+        measure::one_way_batched(
+            &mut channel,
+            MESSAGE_SIZE,
+            self.plan.stream_warmup,
+            self.plan.stream_messages,
+            BATCH,
         )
     }
 
@@ -387,11 +433,14 @@ impl Report {
         );
         println!();
 
-        let unix_socket_rate = self
-            .throughput
-            .iter()
-            .find(|(name, _)| *name == UNIX_SOCKET)
-            .map_or(f64::NAN, |(_, run)| run.messages_per_second());
+        let rate_of = |wanted: &str| {
+            self.throughput
+                .iter()
+                .find(|(name, _)| *name == wanted)
+                .map_or(f64::NAN, |(_, run)| run.messages_per_second())
+        };
+        let (unix_socket_rate, batched_socket_rate) =
+            (rate_of(UNIX_SOCKET), rate_of(UNIX_SOCKET_BATCHED));
         let rows = self
             .throughput
             .iter()
@@ -401,6 +450,7 @@ impl Report {
                     format_count(run.messages_per_second()),
                     format!("{:.1}", run.megabytes_per_second()),
                     compare(run.messages_per_second(), unix_socket_rate, Better::More),
+                    compare(run.messages_per_second(), batched_socket_rate, Better::More),
                 ]
             })
             .collect();
@@ -410,6 +460,7 @@ impl Report {
                 "msgs/s",
                 "MB/s",
                 "vs unix socket",
+                "vs unix socket, batches",
             ],
             rows,
         );
@@ -456,6 +507,11 @@ impl Report {
         println!(
             "unix socket: std UnixStream, 4-byte length prefix, one write per message, \
              BufReader on the receiver."
+        );
+        println!(
+            "batches: {BATCH} messages a time, with send_batch (one publish and at most one \
+             wake-up per batch); for the socket, one write of all {BATCH} frames. Nothing \
+             waits for a batch to fill: each call sends what it is given."
         );
         println!(
             "\"vs\" columns: this row against the baseline, in words (\"42× faster\": a 42nd of \

@@ -59,6 +59,38 @@ pub fn one_way<T: IpcTransport>(
     warmup: u64,
     count: u64,
 ) -> Result<ThroughputRun, CliError> {
+    one_way_in(transport, size, warmup, count, Sending::OneByOne)
+}
+
+/// [`one_way`], the messages sent `batch` at a time with
+/// [`send_batch`](IpcTransport::send_batch) (the last batch may be shorter).
+pub fn one_way_batched<T: IpcTransport>(
+    transport: &mut T,
+    size: usize,
+    warmup: u64,
+    count: u64,
+    batch: usize,
+) -> Result<ThroughputRun, CliError> {
+    if batch == 0 {
+        return Err(CliError::new("a batch needs at least one message"));
+    }
+    one_way_in(transport, size, warmup, count, Sending::Batches(batch))
+}
+
+/// How [`one_way_in`] sends.
+#[derive(Debug, Clone, Copy)]
+enum Sending {
+    OneByOne,
+    Batches(usize),
+}
+
+fn one_way_in<T: IpcTransport>(
+    transport: &mut T,
+    size: usize,
+    warmup: u64,
+    count: u64,
+    sending: Sending,
+) -> Result<ThroughputRun, CliError> {
     if size == 0 {
         return Err(CliError::new(
             "one-way messages need at least 1 byte: an empty message asks the sink for its count",
@@ -67,10 +99,10 @@ pub fn one_way<T: IpcTransport>(
     let message = patterned_message(size);
     let mut reply = Vec::with_capacity(8);
     if warmup > 0 {
-        stream_and_confirm(transport, &message, warmup, &mut reply)?;
+        stream_and_confirm(transport, &message, warmup, sending, &mut reply)?;
     }
     let started = Instant::now();
-    stream_and_confirm(transport, &message, count, &mut reply)?;
+    stream_and_confirm(transport, &message, count, sending, &mut reply)?;
     Ok(ThroughputRun {
         messages: count,
         message_size: size,
@@ -82,11 +114,34 @@ fn stream_and_confirm<T: IpcTransport>(
     transport: &mut T,
     message: &[u8],
     count: u64,
+    sending: Sending,
     reply: &mut Vec<u8>,
 ) -> Result<(), CliError> {
-    for _ in 0..count {
-        transport.send(message)?;
+    match sending {
+        Sending::OneByOne => {
+            for _ in 0..count {
+                transport.send(message)?;
+            }
+        }
+        Sending::Batches(batch) => {
+            let full: Vec<&[u8]> = vec![message; batch];
+            let mut left = count;
+            while left > 0 {
+                let now = left.min(batch as u64) as usize;
+                transport.send_batch(&full[..now])?;
+                left -= now as u64;
+            }
+        }
     }
+    confirm_count(transport, count, reply)
+}
+
+/// Asks the sink for its count (an empty message) and checks it is `count`.
+fn confirm_count<T: IpcTransport>(
+    transport: &mut T,
+    count: u64,
+    reply: &mut Vec<u8>,
+) -> Result<(), CliError> {
     transport.send(&[])?;
     // The sink has at most a ring (or socket buffer) full left to count when the last send
     // returns, so a bounded wait costs nothing and catches a server in the wrong mode.

@@ -463,6 +463,77 @@ fn echo_100k_random_messages_block() {
     echo_100k(WaitStrategy::Block, "echo_block");
 }
 
+/// Batches (`send_batch`, and `feed` with no `flush`) reach a server in another process
+/// whole and in order, for every wait strategy: small messages, and messages chunked
+/// across several frames, in batches of 1 to 40 that together fit both rings (the echo
+/// server echoes each as it comes, and this client reads the echoes only after a batch,
+/// so a batch larger than the rings would stall both sides, as plain sends would).
+#[test]
+fn batches_arrive_whole_and_in_order() {
+    let _test = shared_test("batches");
+    const RING: usize = 64 << 10;
+    for wait in common::ALL_WAITS {
+        let socket = SocketPath::new("batches");
+        let mut server = spawn_server(
+            "echo_server",
+            &socket,
+            &[
+                ("RB_WAIT", wait_name(wait).into()),
+                ("RB_RING", RING.to_string()),
+                ("RB_MAX", (1 << 20).to_string()),
+                ("RB_GATED", "0".into()),
+            ],
+        );
+        let mut conn =
+            Connection::connect(&socket, ClientConfig::default().wait(wait)).expect("connecting");
+        server.expect_line("accepted");
+        let mut rng = common::XorShift64::new(17);
+        let mut buf = Vec::new();
+        let mut index = 0u64;
+        for batch in 0..300u64 {
+            let count = 1 + (rng.next_u64() % 40) as usize;
+            let mut budget = RING / 2;
+            let mut messages = Vec::new();
+            for _ in 0..count {
+                // Mostly small; now and then larger than a frame (a quarter of the ring).
+                let len = if rng.next_u64() % 8 == 0 {
+                    RING / 4 + (rng.next_u64() % (RING as u64 / 8)) as usize
+                } else {
+                    (rng.next_u64() % 200) as usize
+                };
+                if len > budget {
+                    break;
+                }
+                budget -= len;
+                messages.push(random_bytes(index, len));
+                index += 1;
+            }
+            let parts: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+            if batch % 2 == 0 {
+                conn.send_batch(&parts).expect("sending a batch");
+            } else {
+                // Fed and never flushed: the receive below must publish them first.
+                for part in &parts {
+                    conn.feed(part).expect("feeding a message");
+                }
+            }
+            for (position, message) in messages.iter().enumerate() {
+                conn.recv(&mut buf, Some(PATIENCE)).unwrap_or_else(|error| {
+                    panic!("{wait:?}: batch {batch}, echo {position}: {error}")
+                });
+                assert!(
+                    buf == *message,
+                    "{wait:?}: batch {batch}, echo {position} differs ({} bytes, expected {})",
+                    buf.len(),
+                    message.len()
+                );
+            }
+        }
+        drop(conn);
+        server.expect_line(&format!("count {index}"));
+    }
+}
+
 // =======================================================================================
 // 2. Timeouts.
 

@@ -40,6 +40,37 @@ fn spawn_echo_server(mut server: AsyncServer) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// `AsyncConnection::send_batch` delivers every message whole and in order, small and
+/// chunked ones mixed, each batch fitting both rings (the server echoes as it reads, and
+/// the client reads only after each batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_batches_arrive_whole_and_in_order() {
+    let path = socket_path("async-batches");
+    let config = ServerConfig::default().ring_capacity(16 << 10);
+    let server = spawn_echo_server(AsyncServer::bind(&path, config).unwrap());
+    let check = async {
+        let mut conn = AsyncConnection::connect(&path, ClientConfig::default())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        for batch in 0..200usize {
+            let messages: Vec<Vec<u8>> = (0..1 + batch % 17)
+                .map(|i| message(batch * 100 + i, if i == 3 { 5_000 } else { i * 7 }))
+                .collect();
+            let parts: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+            conn.send_batch(&parts).await.unwrap();
+            for (i, expected) in messages.iter().enumerate() {
+                conn.recv(&mut buf).await.unwrap();
+                assert_eq!(&buf, expected, "batch {batch}, message {i}");
+            }
+        }
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_async_clients_echo_small_and_chunked_messages() {
     for wait in [WaitStrategy::Block, WaitStrategy::default()] {

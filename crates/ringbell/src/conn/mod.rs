@@ -29,6 +29,7 @@ use crate::sys::{ControlStream, Doorbell, DoorbellRinger};
 
 use receive::{PartialMessage, Patience};
 pub(crate) use segment::Segment;
+pub(crate) use send::Publish;
 #[cfg(feature = "tokio")]
 pub(crate) use send::{Pushed, SendProgress};
 pub(crate) use slot::{ConnectionSlot, ConnectionSlots};
@@ -225,6 +226,57 @@ impl Connection {
         self.send_with_correlation(msg, 0)
     }
 
+    /// Sends every message of `msgs`, in order, as [`feed`](Self::feed) each and then
+    /// [`flush`](Self::flush): the peer is shown them with one store of the ring's tail
+    /// and woken at most once, instead of once per message. Nothing waits for a batch to
+    /// fill: what is written is sent when this returns.
+    ///
+    /// ```no_run
+    /// # use ringbell::{ClientConfig, Connection};
+    /// # let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
+    /// let tokens: [&[u8]; 3] = [b"Hel", b"lo", b"!"];
+    /// conn.send_batch(&tokens)?;
+    /// # Ok::<(), ringbell::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), for the first message that fails; the messages before it
+    /// are sent.
+    pub fn send_batch(&mut self, msgs: &[&[u8]]) -> Result<(), Error> {
+        let fed = msgs.iter().try_for_each(|msg| self.feed(msg));
+        self.flush()?;
+        fed
+    }
+
+    /// Writes one message into the ring without showing it to the peer yet, as a
+    /// `futures` `Sink`'s `feed` does; [`flush`](Self::flush) shows it, with everything
+    /// fed before, at the cost of one message. Waits, like [`send`](Self::send), while the
+    /// ring is full, and then shows the peer what it has so far, so that it can make room.
+    ///
+    /// A message fed and not flushed is still sent: by the next [`send`](Self::send) or
+    /// `flush`, by any receive or wait on this connection (so a request fed and then
+    /// waited for cannot hang), or when the connection is dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn feed(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.send_framed(msg, 0, Publish::Later)
+    }
+
+    /// Shows the peer every message [`feed`](Self::feed) wrote, and wakes it if it sleeps.
+    /// One store of the ring's tail, and at most one wake-up, whatever their number.
+    ///
+    /// # Errors
+    ///
+    /// The error that ended the connection earlier, if one did.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.usable()?;
+        self.publish_sent();
+        Ok(())
+    }
+
     /// Receives the next message into `buf`, replacing its contents, and returns its
     /// length. Waits at most `timeout` (`None`: as long as the peer lives).
     ///
@@ -307,6 +359,8 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        // Messages fed and not flushed are sent, before the goodbye.
+        self.tx.publish();
         // SYNC: pairs with the Acquire load in `peer_closed`: everything we published
         // before is visible to a peer that sees the flag.
         self.header().closed[self.side.tx_index()].store(1, Ordering::Release);
@@ -357,11 +411,26 @@ pub trait IpcTransport {
     ///
     /// As [`Connection::recv`].
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error>;
+
+    /// Sends every message of `msgs`, in order. See [`Connection::send_batch`], which
+    /// shows them to the peer at once; this default sends them one by one.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), for the first message that fails; the messages before it
+    /// are sent.
+    fn send_batch(&mut self, msgs: &[&[u8]]) -> Result<(), Error> {
+        msgs.iter().try_for_each(|msg| self.send(msg))
+    }
 }
 
 impl IpcTransport for Connection {
     fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
         Connection::send(self, msg)
+    }
+
+    fn send_batch(&mut self, msgs: &[&[u8]]) -> Result<(), Error> {
+        Connection::send_batch(self, msgs)
     }
 
     fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error> {

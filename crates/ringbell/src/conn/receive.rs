@@ -63,6 +63,7 @@ impl Connection {
         check_peer: bool,
     ) -> Result<Option<Received>, Error> {
         self.usable()?;
+        self.publish_sent();
         let result = self.receive_frames(buf, Patience::NoWait { check_peer });
         if let Err(error) = &result {
             self.broken = error.terminal_copy();
@@ -78,6 +79,7 @@ impl Connection {
         patience: Patience,
     ) -> Result<Option<Received>, Error> {
         self.usable()?;
+        self.publish_sent();
         if self.doorbell_armed {
             self.disarm_doorbell();
             self.own_doorbell.drain();

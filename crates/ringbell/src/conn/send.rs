@@ -15,6 +15,15 @@ pub(crate) struct SendProgress {
     bytes: usize,
 }
 
+/// When the frames a send writes are shown to the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publish {
+    /// At once, each with a wake-up if the peer sleeps: `send`.
+    Now,
+    /// At the next [`publish_sent`](Connection::publish_sent): `feed`, then `flush`.
+    Later,
+}
+
 /// What [`Connection::push_some`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -31,11 +40,22 @@ impl Connection {
         msg: &[u8],
         correlation: u64,
     ) -> Result<(), Error> {
+        self.send_framed(msg, correlation, Publish::Now)
+    }
+
+    /// Writes one message tagged with `correlation`, waiting for room, and shows it to the
+    /// peer as `publish` says.
+    pub(crate) fn send_framed(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+        publish: Publish,
+    ) -> Result<(), Error> {
         self.check_sendable(msg)?;
         let deadline = self.settings.send_timeout.and_then(wait::deadline_after);
         let mut sent = SendProgress::default();
         let result = loop {
-            match self.push_some(msg, correlation, &mut sent) {
+            match self.push_some(msg, correlation, &mut sent, publish) {
                 Ok(Pushed::Done) => break Ok(()),
                 Ok(Pushed::Full { payload }) => match self.wait_for_room(payload, deadline) {
                     Ok(Waited::Ready) => continue,
@@ -78,9 +98,10 @@ impl Connection {
         msg: &[u8],
         correlation: u64,
         sent: &mut SendProgress,
+        publish: Publish,
     ) -> Result<Pushed, Error> {
         if self.tx_abort_pending {
-            if !self.try_push_frame(FrameKind::Abort, 0, &[])? {
+            if !self.try_push_frame(FrameKind::Abort, 0, &[], publish)? {
                 return Ok(Pushed::Full { payload: 0 });
             }
             self.tx_abort_pending = false;
@@ -88,7 +109,7 @@ impl Connection {
         let max_payload = max_frame_payload(self.segment.capacity());
         if msg.len() <= max_payload {
             return Ok(
-                if self.try_push_frame(FrameKind::Message, correlation, &[msg])? {
+                if self.try_push_frame(FrameKind::Message, correlation, &[msg], publish)? {
                     Pushed::Done
                 } else {
                     Pushed::Full { payload: msg.len() }
@@ -100,7 +121,12 @@ impl Connection {
         if sent.bytes == 0 {
             let first = max_payload - 8;
             let total = (msg.len() as u64).to_le_bytes();
-            if !self.try_push_frame(FrameKind::First, correlation, &[&total, &msg[..first]])? {
+            if !self.try_push_frame(
+                FrameKind::First,
+                correlation,
+                &[&total, &msg[..first]],
+                publish,
+            )? {
                 return Ok(Pushed::Full {
                     payload: max_payload,
                 });
@@ -115,7 +141,7 @@ impl Connection {
             } else {
                 FrameKind::Middle
             };
-            if !self.try_push_frame(kind, correlation, &[&rest[..len]])? {
+            if !self.try_push_frame(kind, correlation, &[&rest[..len]], publish)? {
                 return Ok(Pushed::Full { payload: len });
             }
             sent.bytes += len;
@@ -132,13 +158,21 @@ impl Connection {
         }
     }
 
-    /// Pushes one frame if it fits now, and wakes the peer if it sleeps.
+    /// Pushes one frame if it fits now, and wakes the peer if it sleeps; with
+    /// `Publish::Later`, only writes it (see [`publish_sent`](Self::publish_sent)).
     fn try_push_frame(
         &mut self,
         kind: FrameKind,
         correlation: u64,
         parts: &[&[u8]],
+        publish: Publish,
     ) -> Result<bool, Error> {
+        if publish == Publish::Later {
+            return self
+                .tx
+                .try_write(kind, correlation, parts)
+                .map_err(corrupted);
+        }
         if !self
             .tx
             .try_push(kind, correlation, parts)
@@ -150,12 +184,23 @@ impl Connection {
         Ok(true)
     }
 
+    /// Shows the peer the frames written and not yet published (by [`feed`](Self::feed)),
+    /// and wakes it if it sleeps. Called before every wait and every receive, so that no
+    /// side ever waits on messages that only it can see.
+    pub(crate) fn publish_sent(&mut self) {
+        if self.tx.publish() {
+            self.wake_peer(&rings(&self.segment, self.side).tx.readable);
+        }
+    }
+
     /// Waits under the configured strategy until a frame of `payload` bytes fits.
     fn wait_for_room(
         &mut self,
         payload: usize,
         deadline: Option<Instant>,
     ) -> Result<Waited, Error> {
+        // The room we wait for is taken by what we wrote: the peer must see it to free it.
+        self.publish_sent();
         self.publish_received();
         if peer_closed(self.header(), self.side) {
             return Err(Error::PeerDied);

@@ -66,6 +66,8 @@ impl Connection {
     /// ended the connection earlier.
     pub fn arm_doorbell(&mut self) -> Result<bool, Error> {
         self.usable()?;
+        // Before any wait: what we fed, the peer must see (see `feed`).
+        self.publish_sent();
         self.publish_received();
         let (rx, header, side) = (&mut self.rx, self.segment.header(), self.side);
         let mut ready = || -> Result<bool, Error> {
@@ -86,6 +88,7 @@ impl Connection {
     #[cfg(feature = "tokio")]
     pub(crate) fn arm_send_doorbell(&mut self, payload: usize) -> Result<bool, Error> {
         self.usable()?;
+        self.publish_sent();
         self.publish_received();
         let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
         let mut ready = || -> Result<bool, Error> {

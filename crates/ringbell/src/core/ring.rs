@@ -234,8 +234,11 @@ impl RawRing {
 #[derive(Debug)]
 pub(crate) struct Producer {
     ring: RawRing,
-    /// Our own count of bytes published; the shared `tail` is a copy we never read back.
+    /// Our own count of bytes written; the shared `tail` is a copy we never read back.
     tail: u64,
+    /// How much of `tail` the consumer has been shown: less than `tail` while frames
+    /// written with [`try_write`](Producer::try_write) wait for [`publish`](Producer::publish).
+    published: u64,
     /// The consumer's `head` as last loaded and validated.
     cached_head: u64,
 }
@@ -251,6 +254,7 @@ impl Producer {
         Producer {
             ring,
             tail: 0,
+            published: 0,
             cached_head: 0,
         }
     }
@@ -277,7 +281,8 @@ impl Producer {
         // SYNC: pairs with the Release store of `head` in `Consumer::release`: the consumer
         // has finished copying out the bytes before we may overwrite them.
         let head = self.ring.control().head.load(Ordering::Acquire);
-        if head < self.cached_head || head > self.tail {
+        // Never past what we published: frames written and not yet published are ours.
+        if head < self.cached_head || head > self.published {
             return Err(RingError(
                 "the consumer's head index moved backwards or past the tail",
             ));
@@ -297,12 +302,30 @@ impl Producer {
         Ok(self.free_with(self.cached_head) >= needed)
     }
 
-    /// Writes one frame whose payload is the concatenation of `parts`, and publishes it.
-    /// Returns `false`, writing nothing, if there is no room yet.
+    /// Writes one frame whose payload is the concatenation of `parts`, and publishes it
+    /// (with every frame written before it). Returns `false`, writing nothing, if there is
+    /// no room yet.
     ///
     /// The total payload must be at most [`max_frame_payload`] (checked by the caller;
     /// a debug assertion here).
     pub(crate) fn try_push(
+        &mut self,
+        kind: FrameKind,
+        correlation: u64,
+        parts: &[&[u8]],
+    ) -> Result<bool, RingError> {
+        let written = self.try_write(kind, correlation, parts)?;
+        if written {
+            self.publish();
+        }
+        Ok(written)
+    }
+
+    /// [`try_push`](Self::try_push) without publishing: the frame is in the ring but the
+    /// consumer cannot see it until [`publish`](Self::publish), so that many frames cost
+    /// one store of the shared tail (one cache line handed to the consumer) instead of one
+    /// each. The room the frame takes is taken, whether published or not.
+    pub(crate) fn try_write(
         &mut self,
         kind: FrameKind,
         correlation: u64,
@@ -345,10 +368,20 @@ impl Producer {
         }
         tail += frame_size(payload) as u64;
         self.tail = tail;
-        // SYNC: pairs with the Acquire load of `tail` in `Consumer::reload_tail`: the frame's
-        // bytes are visible before the consumer can see that they were published.
-        self.ring.control().tail.store(tail, Ordering::Release);
         Ok(true)
+    }
+
+    /// Shows the consumer every frame written so far. Returns whether there was anything
+    /// new to show.
+    pub(crate) fn publish(&mut self) -> bool {
+        if self.published == self.tail {
+            return false;
+        }
+        self.published = self.tail;
+        // SYNC: pairs with the Acquire load of `tail` in `Consumer::reload_tail`: the frames'
+        // bytes are visible before the consumer can see that they were published.
+        self.ring.control().tail.store(self.tail, Ordering::Release);
+        true
     }
 }
 
@@ -625,6 +658,44 @@ mod tests {
         assert!(producer
             .try_push(FrameKind::Message, 0, &[&payload])
             .unwrap());
+    }
+
+    #[test]
+    fn written_frames_are_unseen_until_published_and_take_their_room() {
+        let mut heap = HeapRing::new(256);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        // 48-byte payloads make 64-byte frames: four fill the ring.
+        for byte in 0..4u8 {
+            assert!(producer
+                .try_write(FrameKind::Message, byte.into(), &[&[byte; 48]])
+                .unwrap());
+        }
+        // Written, not published: the consumer sees nothing, and the room is taken.
+        assert_eq!(consumer.peek().unwrap(), None);
+        assert!(!producer.has_room(48).unwrap());
+        // A consumer claiming to have released what it could not see is refused.
+        heap.control.head.store(64, Ordering::Release);
+        assert!(producer.has_room(48).is_err());
+        heap.control.head.store(0, Ordering::Release);
+        let mut producer = Producer::new(heap.raw());
+        for byte in 0..4u8 {
+            assert!(producer
+                .try_write(FrameKind::Message, byte.into(), &[&[byte; 48]])
+                .unwrap());
+        }
+        // One publish shows all four, in order.
+        assert!(producer.publish());
+        assert!(!producer.publish(), "nothing new to publish");
+        for byte in 0..4u8 {
+            let frame = consumer.peek().unwrap().expect("a published frame");
+            assert_eq!(frame.header.correlation, u64::from(byte));
+            let mut out = Vec::new();
+            consumer.append_payload(&frame, 0, &mut out);
+            assert_eq!(out, [byte; 48]);
+            consumer.release(&frame);
+        }
+        assert_eq!(consumer.peek().unwrap(), None);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{arm, WatchedPoller};
 use crate::config::ClientConfig;
-use crate::conn::{Connection, Pushed, SendProgress};
+use crate::conn::{Connection, Publish, Pushed, SendProgress};
 use crate::core::in_flight::InFlight;
 use crate::core::reply::decode_reply;
 use crate::core::wait::PEER_CHECK_INTERVAL;
@@ -206,7 +206,7 @@ impl Outbox {
     ) -> Result<(bool, Option<usize>), Error> {
         let mut moved = false;
         while let Some((id, message)) = self.queue.front() {
-            match connection.push_some(message, *id, &mut self.progress) {
+            match connection.push_some(message, *id, &mut self.progress, Publish::Now) {
                 Ok(Pushed::Done) => {
                     self.queue.pop_front();
                     self.progress = SendProgress::default();

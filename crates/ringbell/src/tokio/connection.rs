@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::spin;
 use crate::config::ClientConfig;
-use crate::conn::{Connection, Pushed, SendProgress};
+use crate::conn::{Connection, Publish, Pushed, SendProgress};
 use crate::error::Error;
 
 /// A message connection whose waits are tokio futures. See the [module docs](crate::tokio).
@@ -80,6 +80,41 @@ impl AsyncConnection {
         msg: &[u8],
         correlation: u64,
     ) -> Result<(), Error> {
+        self.send_framed(msg, correlation, Publish::Now).await
+    }
+
+    /// Sends every message of `msgs`, in order, and shows them to the peer at once, with
+    /// one store of the ring's tail and at most one wake-up: [`Connection::send_batch`],
+    /// awaiting room instead of blocking. Nothing waits for a batch to fill.
+    ///
+    /// If the future is dropped, the whole messages it wrote are still sent (the next
+    /// operation on the connection, or its drop, shows them to the peer), and a message it
+    /// cut in the middle is withdrawn, as with [`send`](Self::send).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), for the first message that fails; the messages before it
+    /// are sent.
+    pub async fn send_batch(&mut self, msgs: &[&[u8]]) -> Result<(), Error> {
+        let mut fed = Ok(());
+        for msg in msgs {
+            fed = self.send_framed(msg, 0, Publish::Later).await;
+            if fed.is_err() {
+                break;
+            }
+        }
+        self.inner.flush()?;
+        fed
+    }
+
+    /// Writes one message with `correlation`, awaiting room, shown to the peer as
+    /// `publish` says.
+    async fn send_framed(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+        publish: Publish,
+    ) -> Result<(), Error> {
         self.inner.check_sendable(msg)?;
         let mut attempt = SendAttempt {
             connection: &mut self.inner,
@@ -87,17 +122,20 @@ impl AsyncConnection {
             finished: false,
         };
         loop {
-            let payload = match attempt
-                .connection
-                .push_some(msg, correlation, &mut attempt.sent)
-            {
-                Ok(Pushed::Done) => {
-                    attempt.finished = true;
-                    return Ok(());
-                }
-                Ok(Pushed::Full { payload }) => payload,
-                Err(error) => return Err(attempt.connection.fail(error)),
-            };
+            let payload =
+                match attempt
+                    .connection
+                    .push_some(msg, correlation, &mut attempt.sent, publish)
+                {
+                    Ok(Pushed::Done) => {
+                        attempt.finished = true;
+                        return Ok(());
+                    }
+                    Ok(Pushed::Full { payload }) => payload,
+                    Err(error) => return Err(attempt.connection.fail(error)),
+                };
+            // The room we wait for is taken by what we wrote: the peer must see it.
+            attempt.connection.publish_sent();
             let connection = &mut *attempt.connection;
             let strategy = connection.wait_strategy();
             if spin(strategy, || connection.has_room(payload)).await? {

@@ -173,23 +173,31 @@ impl PushedHandle {
     /// Closes the pushed handle in the peer's process (`DUPLICATE_CLOSE_SOURCE`), for a
     /// push the peer will never hear of. Needs the `PROCESS_DUP_HANDLE` right on `peer`
     /// that the push needed.
+    ///
+    /// The handle comes back into this process on its way out, and is closed here too:
+    /// Windows also takes a null target process for a plain close, but Wine 8 refuses one
+    /// (`ERROR_INVALID_HANDLE`), and this way works on both.
     pub(crate) fn retract(self, peer: &PeerProcess) -> io::Result<()> {
+        let mut ours: HANDLE = ptr::null_mut();
         // SAFETY: this closes a handle in the peer's table, which `self` says we put
-        // there; no handle of ours is created (no target process) or closed.
+        // there, and makes one in ours (the out-pointer points at a live local), which
+        // nothing else owns.
         let closed = unsafe {
             DuplicateHandle(
                 peer.handle.as_raw_handle(),
                 self.value as i64 as isize as HANDLE,
-                ptr::null_mut(),
-                ptr::null_mut(),
+                GetCurrentProcess(),
+                &mut ours,
                 0,
                 FALSE,
-                DUPLICATE_CLOSE_SOURCE,
+                DUPLICATE_CLOSE_SOURCE | DUPLICATE_SAME_ACCESS,
             )
         };
         if closed == 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: the handle just made, owned here alone; dropping it closes it.
+        drop(unsafe { OwnedHandle::from_raw_handle(ours) });
         Ok(())
     }
 }
@@ -305,7 +313,9 @@ pub(in crate::sys) fn check_object(
 }
 
 /// The rights and counts of a handle (`NtQueryObject`, `ObjectBasicInformation`).
-fn basic_information(handle: BorrowedHandle<'_>) -> io::Result<PUBLIC_OBJECT_BASIC_INFORMATION> {
+pub(super) fn basic_information(
+    handle: BorrowedHandle<'_>,
+) -> io::Result<PUBLIC_OBJECT_BASIC_INFORMATION> {
     let mut info = MaybeUninit::<PUBLIC_OBJECT_BASIC_INFORMATION>::zeroed();
     let mut returned = 0u32;
     // SAFETY: the buffer is a live, writable `PUBLIC_OBJECT_BASIC_INFORMATION`, whose size

@@ -34,6 +34,7 @@
 //! The guard also gives each test its turn: most tests run side by side, but the echo
 //! tests (two processes that may spin on a two-core machine) and the fd-leak test (which
 //! counts the whole process's fds and mappings) run alone.
+
 // Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
 #![cfg(not(windows))]
 

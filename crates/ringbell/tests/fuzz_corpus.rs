@@ -3,6 +3,7 @@
 //! found interesting, and every crash once fixed, stays a regression test.
 //!
 //! Fuzzing itself needs nightly and cargo-fuzz; see `docs/FUZZING.md`.
+
 // Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
 #![cfg(not(windows))]
 

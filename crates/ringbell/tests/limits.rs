@@ -11,6 +11,7 @@
 //! Children are this test binary run again (see `common::ChildProcess`); every test holds a
 //! watchdog, waits that should succeed are bounded by a minute, and no test asserts on how
 //! long anything took.
+
 // Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
 #![cfg(not(windows))]
 

@@ -7,6 +7,7 @@
 //! binary run again as children (see `cross_process.rs` for the machinery), and the server
 //! is measured from outside through `/proc/<pid>/status`, so that this process's own
 //! threads (one per child, reading its stderr) do not count. No assertion looks at a time.
+
 // Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
 #![cfg(not(windows))]
 #![cfg(all(feature = "tokio", feature = "__test-api"))]

@@ -7,6 +7,7 @@
 //! `role_*` functions below; every test holds a watchdog that kills the children and
 //! aborts the process if the test hangs (a hang is how some of these bugs show); and no
 //! test asserts on how long anything took.
+
 // Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
 #![cfg(not(windows))]
 

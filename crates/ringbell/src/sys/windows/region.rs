@@ -103,7 +103,12 @@ impl SharedRegion {
             "the shared region",
         )?;
         // The whole section (length 0), so that what the view spans is the section's size.
-        let view = map(&section, 0)?;
+        // A section too large to map is no region of ours either.
+        let view = map(&section, 0).map_err(|error| {
+            invalid(format!(
+                "the shared-memory section cannot be mapped whole: {error}"
+            ))
+        })?;
         // From here `region` owns the view, and unmaps it if a check fails.
         let region = SharedRegion {
             view,

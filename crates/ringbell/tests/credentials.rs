@@ -28,6 +28,9 @@
 //! then executes it, and a child forked meanwhile by a concurrent test would inherit the
 //! open copy, making the exec fail with `ETXTBSY`.
 
+// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+#![cfg(not(windows))]
+
 #[allow(dead_code)]
 mod common;
 

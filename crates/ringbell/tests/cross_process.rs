@@ -35,6 +35,9 @@
 //! tests (two processes that may spin on a two-core machine) and the fd-leak test (which
 //! counts the whole process's fds and mappings) run alone.
 
+// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+#![cfg(not(windows))]
+
 mod common;
 
 use std::fs;

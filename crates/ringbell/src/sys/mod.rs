@@ -60,6 +60,7 @@
 //! | `linux` | Linux | sealed memfd | shared futex | epoll (through mio) |
 //! | `macos` | macOS (compiled and linted, never run yet) | `shm_open`, unlinked at once | `os_sync_wait_on_address` (14.4+), else the doorbell | kqueue (through mio) |
 //! | `posix` | Linux with `--cfg ringbell_force_posix`, to test what macOS runs | `shm_open`, unlinked at once | the doorbell | epoll (through mio) |
+//! | `windows` | Windows (step 1 of `docs/WINDOWS.md`, tested under Wine only) | an unnamed `SEC_COMMIT` section | the doorbell: an auto-reset event (waits end with the peer's process) | not yet |
 //!
 //! `posix/` holds everything the backends share (sockets, doorbells, grants, credentials,
 //! the poller, readiness, limits, and the `shm_open` region); `linux/` and `macos/` hold
@@ -71,6 +72,11 @@
 //! both Apple targets. See `docs/MACOS.md`. Both sides of a connection must use the same
 //! backend: a memfd client refuses a `shm_open` region, and says so in its handshake
 //! error.
+//!
+//! `windows/` is the Windows backend, built in the steps of `docs/WINDOWS.md`. It has, so
+//! far, the region, grants (handles pushed with `DuplicateHandle`, and the checks of a
+//! received handle value), doorbells and users, tested under Wine in CI with real
+//! processes; the control channel, readiness, the poller and the limits come next.
 
 #[cfg(unix)]
 mod posix;
@@ -106,8 +112,20 @@ pub(crate) use macos::{shared_wait, SharedRegion, BACKEND};
 #[cfg(all(target_os = "linux", ringbell_force_posix))]
 pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
-#[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
-compile_error!(
-    "ringbell has backends for Linux and macOS (the POSIX one) only so far; the Windows \
-     backend is planned"
-);
+// Windows: step 1 of docs/WINDOWS.md, the region, grants, doorbells and users. The
+// control channel and what needs it come next; until then the modules above `sys` that
+// use the rest of the contract are left out of Windows builds (`cfg_full_contract!` in
+// lib.rs), and `sleep_until_rung` takes the peer's process instead of a `ControlStream`.
+#[cfg(windows)]
+mod windows;
+
+// Unused above `sys` until the modules that need the control channel are built there.
+#[cfg(windows)]
+#[allow(unused_imports)]
+pub(crate) use windows::{
+    current_user, doorbell_pair, sleep_until_rung, Doorbell, DoorbellRinger, Grant, PeerProcess,
+    PushedHandle, Rang, SharedRegion, User, BACKEND,
+};
+
+#[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]
+compile_error!("ringbell has backends for Linux, macOS (the POSIX one) and, in part, Windows only");

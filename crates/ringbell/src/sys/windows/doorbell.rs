@@ -1,0 +1,238 @@
+//! Doorbells on Windows: one auto-reset event per doorbell. The waiter waits on it
+//! ([`Doorbell`]); the other side sets it ([`DoorbellRinger`]) when the waiter announced
+//! that it sleeps. A set event stays set until a wait consumes it, so a ring that comes
+//! before the wait is not lost; a stray `SetEvent` from a hostile peer is only a spurious
+//! wake, as a ring without pause would be.
+//!
+//! Rights: the waiter's handle needs `SYNCHRONIZE`, the ringer's `EVENT_MODIFY_STATE`, and
+//! each is pushed with no more. The ringer gets no `SYNCHRONIZE` (the design first gave it
+//! one): a wait on an auto-reset event consumes the ring, so a ringer that could wait
+//! could swallow the rings meant for the waiter, and with a doorbell shared by several
+//! connections, rings from other peers too.
+//!
+//! One difference from the Unix doorbell, for step 2's conformance suite: a wait that ends
+//! because the event was set also resets it (auto-reset), where a Unix doorbell stays
+//! readable until drained. The contract's users drain after every wake and then look at
+//! their condition again, so both behave the same for them; only a test that expects a
+//! second wait to return at once without a drain tells them apart.
+//!
+//! See CreateEventW, SetEvent, WaitForMultipleObjects (learn.microsoft.com).
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
+use std::ptr;
+use std::time::Instant;
+
+use windows_sys::Win32::Foundation::{
+    DuplicateHandle, FALSE, HANDLE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+};
+use windows_sys::Win32::System::Threading::{
+    CreateEventW, GetCurrentProcess, SetEvent, WaitForMultipleObjects, WaitForSingleObject,
+    EVENT_MODIFY_STATE, INFINITE, SYNCHRONIZATION_SYNCHRONIZE,
+};
+
+use super::handle::check_object;
+use super::{Grant, PeerProcess};
+
+/// What the waiter's handle needs, and all a pushed one gets: to wait.
+const WAITER_ACCESS: u32 = SYNCHRONIZATION_SYNCHRONIZE;
+/// What the ringer's handle needs, and all a pushed one gets: to set the event.
+const RINGER_ACCESS: u32 = EVENT_MODIFY_STATE;
+
+/// The end a waiter waits on: set by a ring, reset by the wait that sees it.
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    event: OwnedHandle,
+}
+
+/// The end the other side rings: a handle to the same event that can only set it.
+#[derive(Debug)]
+pub(crate) struct DoorbellRinger {
+    event: OwnedHandle,
+}
+
+/// How a [`sleep_until_rung`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rang {
+    /// The doorbell was rung (before the sleep or during it); the wait reset it.
+    Rung,
+    /// The deadline passed.
+    TimedOut,
+    /// The peer's process has ended (and the doorbell was not rung).
+    PeerEnded,
+}
+
+/// A new doorbell and its ringer, not rung.
+pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
+    // SAFETY: no pointer is passed but nulls (no security attributes, no name); a null
+    // result is an error, checked below.
+    let raw = unsafe { CreateEventW(ptr::null(), FALSE, FALSE, ptr::null()) };
+    if raw.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `CreateEventW` returned a new handle, which nothing else owns.
+    let event = unsafe { OwnedHandle::from_raw_handle(raw) };
+    let ringer = duplicate_here(&event, RINGER_ACCESS)?;
+    Ok((Doorbell { event }, DoorbellRinger { event: ringer }))
+}
+
+/// Another handle of this process to the object of `handle`, with `access` only.
+fn duplicate_here(handle: &OwnedHandle, access: u32) -> io::Result<OwnedHandle> {
+    let mut raw: HANDLE = ptr::null_mut();
+    // SAFETY: the source handle is owned by the caller and the process pseudo-handle is
+    // always valid; the out-pointer points at a live local, which receives a new handle
+    // that nothing else owns.
+    let made = unsafe {
+        DuplicateHandle(
+            GetCurrentProcess(),
+            handle.as_raw_handle(),
+            GetCurrentProcess(),
+            &mut raw,
+            access,
+            FALSE,
+            0,
+        )
+    };
+    if made == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above: a new handle, owned from here on by the result alone.
+    Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
+}
+
+impl Doorbell {
+    /// Adopts a doorbell end received from the peer, after checking that it is an event
+    /// this handle may wait on.
+    pub(crate) fn adopt(grant: Grant) -> io::Result<Doorbell> {
+        let event = grant.into_handle();
+        check_object(event.as_handle(), "Event", WAITER_ACCESS, "a doorbell")?;
+        Ok(Doorbell { event })
+    }
+
+    /// This end, to push to the peer (which will wait on it): `SYNCHRONIZE` only.
+    pub(crate) fn into_grant(self) -> Grant {
+        Grant::new(self.event, WAITER_ACCESS)
+    }
+
+    /// Resets the doorbell after a wake-up: a zero-timeout wait, which consumes a ring
+    /// that came since. Never blocks.
+    pub(crate) fn drain(&self) {
+        // SAFETY: a zero-timeout wait on an event handle we own.
+        let _ = unsafe { WaitForSingleObject(self.event.as_raw_handle(), 0) };
+    }
+}
+
+impl DoorbellRinger {
+    /// Adopts a ringer end received from the peer, after checking that it is an event
+    /// this handle may set.
+    pub(crate) fn adopt(grant: Grant) -> io::Result<DoorbellRinger> {
+        let event = grant.into_handle();
+        check_object(
+            event.as_handle(),
+            "Event",
+            RINGER_ACCESS,
+            "a doorbell's ringer",
+        )?;
+        Ok(DoorbellRinger { event })
+    }
+
+    /// This end, to push to the peer (which will ring it): `EVENT_MODIFY_STATE` only.
+    pub(crate) fn into_grant(self) -> Grant {
+        Grant::new(self.event, RINGER_ACCESS)
+    }
+
+    /// Wakes whoever waits on the other end. Never blocks; a doorbell rung already stays
+    /// rung once, and a peer that has gone will be noticed elsewhere.
+    pub(crate) fn ring(&self) {
+        // SAFETY: sets an event through a handle we own; no memory is involved.
+        let _ = unsafe { SetEvent(self.event.as_raw_handle()) };
+    }
+}
+
+/// Sleeps until `doorbell` is rung, `peer`'s process ends, or `deadline` passes (`None`:
+/// no bound), and says which; a ring wins over the peer's end when both happened, so that
+/// a ring is never lost. One `WaitForMultipleObjects` on the event and the process, whose
+/// timeout is recomputed from the deadline on every pass (a wait's timeout may end early,
+/// and does not count time the machine slept).
+///
+/// The contract's difference, for step 2 to reconcile: the Unix `sleep_until_rung` takes
+/// the connection's `ControlStream` and learns the peer's death from its hang-up, and
+/// returns the platform-free `Woke`. Here the peer's death is its process handle (the
+/// server's own, pushed to the client; the client's, opened by the server), since there is
+/// no control channel yet; and the result says more than `Woke` does (`Rung` and
+/// `TimedOut` would both be `Woke::Maybe`, `PeerEnded` `Woke::PeerHungUp`). The named pipe
+/// of step 2 need not be watched at all: the process handle ends the wait at once.
+pub(crate) fn sleep_until_rung(
+    doorbell: &Doorbell,
+    peer: &PeerProcess,
+    deadline: Option<Instant>,
+) -> io::Result<Rang> {
+    let handles = [
+        doorbell.event.as_raw_handle(),
+        peer.as_handle().as_raw_handle(),
+    ];
+    loop {
+        let timeout = match deadline {
+            None => INFINITE,
+            Some(deadline) => wait_millis(deadline.saturating_duration_since(Instant::now())),
+        };
+        // SAFETY: both handles are owned by the callers' values, borrowed for the call;
+        // the array and its length match.
+        let status = unsafe {
+            WaitForMultipleObjects(handles.len() as u32, handles.as_ptr(), FALSE, timeout)
+        };
+        match status {
+            WAIT_OBJECT_0 => return Ok(Rang::Rung),
+            status if status == WAIT_OBJECT_0 + 1 => return Ok(Rang::PeerEnded),
+            WAIT_TIMEOUT => {
+                // Early, or cut short by the longest timeout a wait takes: wait again for
+                // what is left, if anything is.
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    return Ok(Rang::TimedOut);
+                }
+            }
+            WAIT_FAILED => return Err(io::Error::last_os_error()),
+            other => {
+                return Err(io::Error::other(format!(
+                    "WaitForMultipleObjects returned {other:#x}"
+                )))
+            }
+        }
+    }
+}
+
+/// A wait's timeout for `left`: whole milliseconds, rounded up so that a wait does not end
+/// before the deadline, and below `INFINITE`, which would never end.
+fn wait_millis(left: std::time::Duration) -> u32 {
+    let millis = left.as_nanos().div_ceil(1_000_000);
+    u32::try_from(millis).unwrap_or(u32::MAX).min(INFINITE - 1)
+}
+
+impl AsHandle for Doorbell {
+    fn as_handle(&self) -> BorrowedHandle<'_> {
+        self.event.as_handle()
+    }
+}
+
+impl AsHandle for DoorbellRinger {
+    fn as_handle(&self) -> BorrowedHandle<'_> {
+        self.event.as_handle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn wait_timeouts_round_up_and_stay_finite() {
+        assert_eq!(wait_millis(Duration::ZERO), 0);
+        assert_eq!(wait_millis(Duration::from_nanos(1)), 1);
+        assert_eq!(wait_millis(Duration::from_millis(5)), 5);
+        assert_eq!(wait_millis(Duration::from_micros(5_001)), 6);
+        assert_eq!(wait_millis(Duration::from_secs(u64::MAX)), INFINITE - 1);
+    }
+}

@@ -1,0 +1,41 @@
+//! The Windows backend, step 1 of `docs/WINDOWS.md`: the parts of the platform contract
+//! that need no control channel, built on `windows-sys` and tested under Wine (never on
+//! real Windows yet).
+//!
+//! - shared memory: an unnamed, pagefile-backed `SEC_COMMIT` section, whose size is fixed
+//!   at creation and which dies with its last handle and view ([`region`]);
+//! - grants: handles, pushed into the peer with `DuplicateHandle` and reduced rights, and
+//!   received as integer values that are checked before use ([`handle`]);
+//! - doorbells: one auto-reset event, and a blocking wait that also ends when the peer's
+//!   process does ([`doorbell`]);
+//! - users: the SID of a process's token ([`user`]).
+//!
+//! Not here yet, and so not compiled for Windows above `sys` (see `lib.rs`): the control
+//! channel (named pipes), the handshake that pushes these grants, readiness for tokio, the
+//! poller, and the resource limits. Until the control channel exists, the blocking wait
+//! takes the peer's process handle ([`PeerProcess`]) where the Unix one takes a
+//! `ControlStream`: see [`sleep_until_rung`].
+//!
+//! There is no `SharedWait`: `WaitOnAddress` wakes only threads of its own process, and
+//! across processes it hangs silently, so a blocking side will sleep on its doorbell, as
+//! on the POSIX backend.
+
+mod doorbell;
+mod handle;
+mod region;
+#[cfg(test)]
+mod tests;
+mod user;
+
+pub(crate) use doorbell::{doorbell_pair, sleep_until_rung, Doorbell, DoorbellRinger, Rang};
+pub(crate) use handle::{Grant, PeerProcess, PushedHandle};
+pub(crate) use region::SharedRegion;
+pub(crate) use user::{current_user, User};
+
+/// This backend's name, for reports.
+pub(crate) const BACKEND: &str = "windows";
+
+/// An `InvalidData` error about an object received from the peer.
+fn invalid(what: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.into())
+}

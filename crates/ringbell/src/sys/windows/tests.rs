@@ -1,0 +1,710 @@
+//! The Windows backend's tests, run under Wine in CI (never on real Windows yet): what
+//! step 1 of `docs/WINDOWS.md` built, between real processes where a peer matters.
+//!
+//! # How the peer process is made
+//!
+//! As in `tests/common/mod.rs` for Unix: a test re-executes this test binary
+//! ([`std::env::current_exe`]) with `--exact sys::windows::tests::child_entry --nocapture
+//! --test-threads=1` and the environment variable [`ROLE`] naming what the child does (one
+//! of the `role_*` functions). In the child, libtest runs only [`child_entry`], which runs
+//! the role and ends the process: 0 if it succeeded, 1 after its panic message if not.
+//! Run normally, `child_entry` is an empty test.
+//!
+//! The parent pushes handles into the child (`Grant::push_to`, as the server will) and
+//! sends their values, with its other parameters, as one line of `name=value` pairs on the
+//! child's stdin; the child reports lines containing [`MARKER`] on its stdout. libtest
+//! writes its own text on the same line as the child's first one, so the parent looks for
+//! the marker anywhere in a line.
+//!
+//! Every test has a watchdog that aborts the process after 60 s, and no test asserts how
+//! long anything took: a wait that must end by the peer's death has a deadline ten
+//! minutes away.
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::windows::io::{AsHandle, AsRawHandle, FromRawHandle, OwnedHandle};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use windows_sys::Wdk::System::SystemInformation::NtQuerySystemInformation;
+use windows_sys::Win32::Foundation::{
+    GetLastError, ERROR_ACCESS_DENIED, INVALID_HANDLE_VALUE, STATUS_INFO_LENGTH_MISMATCH,
+    WAIT_FAILED,
+};
+use windows_sys::Win32::System::Memory::{
+    CreateFileMappingW, FILE_MAP_READ, FILE_MAP_WRITE, PAGE_READWRITE, SECTION_QUERY, SEC_RESERVE,
+};
+use windows_sys::Win32::System::Threading::{
+    WaitForSingleObject, EVENT_MODIFY_STATE, PROCESS_SYNCHRONIZE, SYNCHRONIZATION_SYNCHRONIZE,
+};
+
+use super::handle::basic_information;
+use super::*;
+
+/// The environment variable that makes this test binary a child in a role.
+const ROLE: &str = "RINGBELL_WINDOWS_TEST_CHILD";
+
+/// What starts every line a child reports to its parent.
+const MARKER: &str = "ringbell-child:";
+
+/// A deadline that no test reaches: a wait that ends did so for another reason.
+fn far_deadline() -> Instant {
+    Instant::now() + Duration::from_secs(600)
+}
+
+/// Aborts the process if it is still alive 60 s after this was made, unless dropped first:
+/// a test that hangs fails instead of stalling CI.
+struct Watchdog {
+    _cancel: mpsc::Sender<()>,
+}
+
+fn watchdog(what: &'static str) -> Watchdog {
+    let (cancel, cancelled) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) =
+            cancelled.recv_timeout(Duration::from_secs(60))
+        {
+            // Past libtest's capture of `eprintln!`, which would die with the process.
+            let _ = writeln!(
+                io::stderr(),
+                "watchdog: {what} still running after 60 s: aborting"
+            );
+            std::process::abort();
+        }
+    });
+    Watchdog { _cancel: cancel }
+}
+
+// ---------------------------------------------------------------------------------------
+// The child processes.
+
+/// A child process running a role, killed on drop if it is still running.
+struct ChildProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ChildProcess {
+    fn spawn(role: &str) -> ChildProcess {
+        let test_name = concat!(module_path!(), "::child_entry")
+            .split_once("::")
+            .expect("a module path has the crate's name first")
+            .1;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+            .env(ROLE, role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the test binary re-executes itself");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        ChildProcess {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The child's process, opened as a server opens its client's.
+    fn open(&self) -> PeerProcess {
+        PeerProcess::open(self.child.id()).expect("OpenProcess on our own child")
+    }
+
+    /// Sends the child one line of `name=value` pairs.
+    fn send(&mut self, pairs: &[(&str, u64)]) {
+        let line: Vec<String> = pairs
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        writeln!(stdin, "{}", line.join(" ")).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line the child reports, after the marker.
+    fn report(&mut self) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = self.stdout.read_line(&mut line).unwrap();
+            assert!(read > 0, "the child ended without reporting");
+            // libtest may have written its own text before ours on this line.
+            if let Some((_, report)) = line.split_once(MARKER) {
+                return report.trim().to_string();
+            }
+        }
+    }
+
+    /// Waits for the child to end, and checks that its role succeeded.
+    fn succeeds(mut self) {
+        self.stdin = None;
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the child failed: {status}");
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The entry point of every child role; an empty test when run normally.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let _watchdog = watchdog("a child role");
+    let outcome = std::panic::catch_unwind(|| match role.as_str() {
+        "share" => role_share(),
+        "ring-and-exit" => role_ring_and_exit(),
+        "sleep" => role_sleep(),
+        "idle" => role_idle(),
+        "count-own-handles" => role_count_own_handles(),
+        other => panic!("unknown role {other}"),
+    });
+    // Exit here, so that libtest does not go on to report (or run) anything else.
+    std::process::exit(if outcome.is_ok() { 0 } else { 1 });
+}
+
+/// Reports a line to the parent.
+fn report(what: &str) {
+    println!("{MARKER} {what}");
+}
+
+/// The parent's line of `name=value` pairs.
+fn parameters() -> HashMap<String, u64> {
+    let mut line = String::new();
+    io::stdin().read_line(&mut line).unwrap();
+    line.split_whitespace()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').expect("name=value");
+            (name.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The grant whose value the parent sent as `name`.
+fn received(parameters: &HashMap<String, u64>, name: &str) -> Grant {
+    Grant::from_peer_value(parameters[name]).expect("the parent pushed a handle")
+}
+
+/// The rights a handle carries.
+fn rights(handle: &impl AsHandle) -> u32 {
+    basic_information(handle.as_handle()).unwrap().GrantedAccess
+}
+
+/// Whether a zero-timeout wait on `handle` is refused for want of `SYNCHRONIZE`.
+fn wait_is_denied(handle: &impl AsHandle) -> bool {
+    // SAFETY: a zero-timeout wait on a handle the caller owns; no memory is involved.
+    let status = unsafe { WaitForSingleObject(handle.as_handle().as_raw_handle(), 0) };
+    // SAFETY: reads this thread's last error, set by the wait just made.
+    status == WAIT_FAILED && unsafe { GetLastError() } == ERROR_ACCESS_DENIED
+}
+
+/// The byte at `offset` of the test pattern that `who` writes.
+fn pattern(who: u8, offset: usize) -> u8 {
+    (offset as u8).wrapping_mul(31).wrapping_add(who)
+}
+
+const PARENT: u8 = 1;
+const CHILD: u8 = 2;
+/// Where in the region each side writes its pattern: the parent at the start, the child
+/// at the end, so that both the first and the last page are shown to be shared.
+const PATTERN_LEN: usize = 4096;
+
+/// Child: adopts the region, a ringer, a doorbell and the parent's process, checks each
+/// handle's rights, reads the parent's pattern and writes its own, rings the parent, and
+/// waits for the parent's ring (or death).
+fn role_share() {
+    let parameters = parameters();
+    let len = parameters["len"] as usize;
+
+    let region_grant = received(&parameters, "region");
+    assert_eq!(
+        rights(&region_grant),
+        FILE_MAP_READ | FILE_MAP_WRITE | SECTION_QUERY,
+        "the section came with other rights than the peer's (never SECTION_EXTEND_SIZE)"
+    );
+    let region = SharedRegion::adopt(region_grant, len, current_user()).unwrap();
+    assert_eq!(region.len(), len);
+
+    let ringer_grant = received(&parameters, "ringer");
+    assert_eq!(rights(&ringer_grant), EVENT_MODIFY_STATE);
+    assert!(
+        wait_is_denied(&ringer_grant),
+        "a ringer can wait on its doorbell, and so swallow its rings"
+    );
+    let ringer = DoorbellRinger::adopt(ringer_grant).unwrap();
+
+    let doorbell_grant = received(&parameters, "doorbell");
+    assert_eq!(rights(&doorbell_grant), SYNCHRONIZATION_SYNCHRONIZE);
+    let doorbell = Doorbell::adopt(doorbell_grant).unwrap();
+
+    let parent_grant = received(&parameters, "parent");
+    assert_eq!(rights(&parent_grant), PROCESS_SYNCHRONIZE);
+    let parent = PeerProcess::adopt(parent_grant).unwrap();
+
+    // SAFETY: the region is a live mapping of `len` bytes, which the parent does not touch
+    // until it is rung; byte reads and writes cannot break any invariant.
+    unsafe {
+        for offset in 0..PATTERN_LEN {
+            assert_eq!(
+                region.as_ptr().add(offset).read_volatile(),
+                pattern(PARENT, offset)
+            );
+        }
+        for offset in len - PATTERN_LEN..len {
+            region
+                .as_ptr()
+                .add(offset)
+                .write_volatile(pattern(CHILD, offset));
+        }
+    }
+    ringer.ring();
+    assert_eq!(
+        sleep_until_rung(&doorbell, &parent, Some(far_deadline())).unwrap(),
+        Rang::Rung
+    );
+    report(&format!("done user={}", current_user()));
+}
+
+/// Child: adopts a ringer, rings it once, and exits.
+fn role_ring_and_exit() {
+    let parameters = parameters();
+    DoorbellRinger::adopt(received(&parameters, "ringer"))
+        .unwrap()
+        .ring();
+}
+
+/// Child: adopts a doorbell and the parent's process, says so, and sleeps on the doorbell
+/// (which nobody rings) until the parent kills it, or dies itself.
+fn role_sleep() {
+    let parameters = parameters();
+    let doorbell = Doorbell::adopt(received(&parameters, "doorbell")).unwrap();
+    let parent = PeerProcess::adopt(received(&parameters, "parent")).unwrap();
+    report("asleep");
+    let rang = sleep_until_rung(&doorbell, &parent, None).unwrap();
+    assert_eq!(rang, Rang::PeerEnded, "nobody rings this doorbell");
+}
+
+/// Child: says it is ready and waits for its stdin to close, holding still, so that its
+/// parent can count its handles.
+fn role_idle() {
+    report("ready");
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {}
+}
+
+/// Child: lists its own handles around making and dropping one of everything, in a
+/// process where nothing else runs.
+fn role_count_own_handles() {
+    let make_all = || {
+        let (region, grant) = SharedRegion::create(64 * 1024).unwrap();
+        let (doorbell, ringer) = doorbell_pair().unwrap();
+        let me = PeerProcess::open(std::process::id()).unwrap();
+        let own = PeerProcess::grant_of_this_process().unwrap();
+        // A region pushed to ourselves and adopted: its section handle is closed once it
+        // is mapped, as the peer's would be.
+        let adopted = SharedRegion::adopt(
+            Grant::from_peer_value(grant.push_to(&me).unwrap().value()).unwrap(),
+            64 * 1024,
+            current_user(),
+        )
+        .unwrap();
+        // The section, the event twice (doorbell and ringer), our process as a peer, and
+        // our process to grant: five handles; the adopted region holds a view, not a
+        // handle.
+        let values = [
+            value_of(&grant),
+            value_of(&doorbell),
+            value_of(&ringer),
+            value_of(&me),
+            value_of(&own),
+        ];
+        ((region, grant, doorbell, ringer, me, own, adopted), values)
+    };
+    // Once first, so that whatever Wine makes on first use is there before counting.
+    drop(make_all());
+    let pid = std::process::id();
+    let before = handles_of(pid);
+    let (everything, values) = make_all();
+    let during = handles_of(pid);
+    drop(everything);
+    let after = handles_of(pid);
+    for value in values {
+        assert!(!before.contains(&value), "{value:#x} was open before");
+        assert!(
+            during.contains(&value),
+            "{value:#x} is not in the handle table"
+        );
+        assert!(
+            !after.contains(&value),
+            "{value:#x} is still open after drop"
+        );
+    }
+    assert_eq!(during.len(), before.len() + 5, "handles while alive");
+    assert_eq!(after.len(), before.len(), "handles left after drop");
+    report(&format!(
+        "counted {} {} {}",
+        before.len(),
+        during.len(),
+        after.len()
+    ));
+}
+
+/// The value of a handle of this process.
+fn value_of(handle: &impl AsHandle) -> u64 {
+    handle.as_handle().as_raw_handle() as u64
+}
+
+// ---------------------------------------------------------------------------------------
+// Counting handles.
+
+/// One entry of the system handle table (`SYSTEM_HANDLE_TABLE_ENTRY_INFO`, for
+/// `NtQuerySystemInformation` class 16), whose owner's pid is cut to 16 bits.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HandleEntry {
+    owner_pid: u16,
+    creator_back_trace_index: u16,
+    object_type_index: u8,
+    attributes: u8,
+    value: u16,
+    object: *mut std::ffi::c_void,
+    granted_access: u32,
+}
+
+/// `SystemHandleInformation`.
+const SYSTEM_HANDLE_INFORMATION: i32 = 16;
+
+/// The values of the handles the process `pid` holds, from the system handle table:
+/// Wine's `GetProcessHandleCount` succeeds and always answers 0. The table gives 16 bits
+/// of each owner's pid and of each value, which is enough under Wine, whose pids and
+/// handle values are small.
+fn handles_of(pid: u32) -> Vec<u64> {
+    let mut buffer: Vec<u64> = vec![0; 64 * 1024];
+    loop {
+        let size = buffer.len() * 8;
+        let mut returned = 0u32;
+        // SAFETY: the buffer is live, writable and `size` bytes long.
+        let status = unsafe {
+            NtQuerySystemInformation(
+                SYSTEM_HANDLE_INFORMATION,
+                buffer.as_mut_ptr().cast(),
+                size as u32,
+                &mut returned,
+            )
+        };
+        if status == STATUS_INFO_LENGTH_MISMATCH {
+            buffer.resize(buffer.len() * 2, 0);
+            continue;
+        }
+        assert!(status >= 0, "NtQuerySystemInformation: {status:#x}");
+        // The count (a u32, padded to 8 bytes), then the entries.
+        let count = buffer[0] as u32 as usize;
+        let room = (size - 8) / size_of::<HandleEntry>();
+        assert!(count <= room, "the handle table overflows its buffer");
+        // SAFETY: `count` entries follow the count, inside the buffer (checked above),
+        // 8-aligned; the struct is plain data, valid for any bits.
+        let entries = unsafe {
+            std::slice::from_raw_parts(buffer.as_ptr().add(1).cast::<HandleEntry>(), count)
+        };
+        return entries
+            .iter()
+            .filter(|entry| entry.owner_pid == pid as u16)
+            .map(|entry| u64::from(entry.value))
+            .collect();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn a_region_and_doorbells_pushed_into_a_child_carry_its_writes_and_its_ring() {
+    let _watchdog = watchdog("the region test");
+    let len = 64 * 1024;
+    let (region, region_grant) = SharedRegion::create(len).unwrap();
+    assert_eq!(region.len(), len);
+    // SAFETY: a live mapping of `len` bytes, which the child does not touch until it has
+    // the parameters; byte reads and writes cannot break any invariant.
+    unsafe {
+        let bytes = std::slice::from_raw_parts(region.as_ptr(), len);
+        assert!(
+            bytes.iter().all(|&byte| byte == 0),
+            "a new region is zeroed"
+        );
+        for offset in 0..PATTERN_LEN {
+            region
+                .as_ptr()
+                .add(offset)
+                .write_volatile(pattern(PARENT, offset));
+        }
+    }
+    let (ours, ringer_for_child) = doorbell_pair().unwrap();
+    let (doorbell_for_child, ringer) = doorbell_pair().unwrap();
+
+    let mut child = ChildProcess::spawn("share");
+    let peer = child.open();
+    let pushed = [
+        ("region", region_grant.push_to(&peer).unwrap()),
+        (
+            "ringer",
+            ringer_for_child.into_grant().push_to(&peer).unwrap(),
+        ),
+        (
+            "doorbell",
+            doorbell_for_child.into_grant().push_to(&peer).unwrap(),
+        ),
+        (
+            "parent",
+            PeerProcess::grant_of_this_process()
+                .unwrap()
+                .push_to(&peer)
+                .unwrap(),
+        ),
+    ];
+    // Our own handles to what we pushed go now (the doorbell's and the ringer's with the
+    // temporaries above): the child's keep the objects alive.
+    drop(region_grant);
+    let mut line: Vec<(&str, u64)> = pushed.iter().map(|(n, h)| (*n, h.value())).collect();
+    line.push(("len", len as u64));
+    child.send(&line);
+
+    assert_eq!(
+        sleep_until_rung(&ours, &peer, Some(far_deadline())).unwrap(),
+        Rang::Rung,
+        "the child rings once it has written"
+    );
+    // SAFETY: as above; the child wrote its part before ringing and writes nothing since.
+    unsafe {
+        for offset in len - PATTERN_LEN..len {
+            assert_eq!(
+                region.as_ptr().add(offset).read_volatile(),
+                pattern(CHILD, offset)
+            );
+        }
+    }
+    ringer.ring();
+    let done = child.report();
+    assert_eq!(done, format!("done user={}", current_user()), "same user");
+    child.succeeds();
+}
+
+#[test]
+fn a_ring_is_latched_until_a_wait_takes_it_even_after_the_ringer_exits() {
+    let _watchdog = watchdog("the latched ring test");
+    // In one process: a ring before the wait is not lost, and rings before one wait are
+    // one ring (a zero timeout, so the second wait only looks).
+    let (doorbell, ringer) = doorbell_pair().unwrap();
+    let me = PeerProcess::open(std::process::id()).unwrap();
+    ringer.ring();
+    ringer.ring();
+    let now = Some(Instant::now());
+    assert_eq!(sleep_until_rung(&doorbell, &me, now).unwrap(), Rang::Rung);
+    assert_eq!(
+        sleep_until_rung(&doorbell, &me, now).unwrap(),
+        Rang::TimedOut
+    );
+    ringer.ring();
+    doorbell.drain();
+    assert_eq!(
+        sleep_until_rung(&doorbell, &me, now).unwrap(),
+        Rang::TimedOut,
+        "drained"
+    );
+
+    // Across processes: the child rings and exits before we wait. The ring is still there,
+    // and wins over the child's end; the next wait sees the end.
+    let mut child = ChildProcess::spawn("ring-and-exit");
+    let peer = child.open();
+    let pushed = ringer.into_grant().push_to(&peer).unwrap();
+    child.send(&[("ringer", pushed.value())]);
+    let status = child.child.wait().unwrap();
+    assert!(status.success(), "the child failed: {status}");
+    assert!(peer.has_ended());
+    let far = Some(far_deadline());
+    assert_eq!(sleep_until_rung(&doorbell, &peer, far).unwrap(), Rang::Rung);
+    assert_eq!(
+        sleep_until_rung(&doorbell, &peer, far).unwrap(),
+        Rang::PeerEnded
+    );
+}
+
+#[test]
+fn a_wait_ends_when_the_peer_process_is_killed() {
+    let _watchdog = watchdog("the killed peer test");
+    let (ours, _never_rung) = doorbell_pair().unwrap();
+    let (doorbell_for_child, _never_rung_either) = doorbell_pair().unwrap();
+    let mut child = ChildProcess::spawn("sleep");
+    let peer = child.open();
+    let doorbell = doorbell_for_child.into_grant().push_to(&peer).unwrap();
+    let parent = PeerProcess::grant_of_this_process()
+        .unwrap()
+        .push_to(&peer)
+        .unwrap();
+    child.send(&[("doorbell", doorbell.value()), ("parent", parent.value())]);
+    assert_eq!(child.report(), "asleep");
+    assert!(!peer.has_ended());
+
+    // Killed while we wait, most likely (if before, the wait ends at once just the same).
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        child.child.kill().unwrap();
+        child
+    });
+    assert_eq!(
+        sleep_until_rung(&ours, &peer, Some(far_deadline())).unwrap(),
+        Rang::PeerEnded
+    );
+    let mut child = killer.join().unwrap();
+    assert!(!child.child.wait().unwrap().success());
+}
+
+#[test]
+fn values_that_cannot_be_pushed_handles_are_refused() {
+    let refused = |value: u64| match Grant::from_peer_value(value) {
+        Ok(grant) => panic!("{value:#x} was taken for a handle: {grant:?}"),
+        Err(error) => {
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+            error.to_string()
+        }
+    };
+    assert!(refused(0).contains("null"));
+    for pseudo in -12i64..=-1 {
+        assert!(refused(pseudo as u64).contains("pseudo-handle"), "{pseudo}");
+    }
+    // Not a multiple of 4 (the OS would ignore the low bits and find another handle), out
+    // of the range of handle values, or naming no open handle.
+    assert!(refused(0x45).contains("not a handle value"));
+    assert!(refused(1 << 40).contains("not a handle value"));
+    assert!(refused(-13i64 as u64).contains("not a handle value"));
+    assert!(refused(0x7FFF_FFF0).contains("no open handle"));
+}
+
+/// A second grant for the object of `grant`, the way a peer's would arrive: pushed into a
+/// process (ours) and taken back from its value.
+fn pushed_to_ourselves(grant: &Grant) -> Grant {
+    let me = PeerProcess::open(std::process::id()).unwrap();
+    Grant::from_peer_value(grant.push_to(&me).unwrap().value()).unwrap()
+}
+
+fn refusal<T: std::fmt::Debug>(adopted: io::Result<T>) -> String {
+    let error = adopted.expect_err("a wrong object was adopted");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    error.to_string()
+}
+
+#[test]
+fn a_region_of_another_size_or_kind_is_refused_before_it_is_used() {
+    let user = current_user();
+    let (_region, grant) = SharedRegion::create(8192).unwrap();
+    let adopted = SharedRegion::adopt(pushed_to_ourselves(&grant), 8192, user).unwrap();
+    assert_eq!(adopted.len(), 8192);
+    for announced in [4096, 12288, 16384, 1 << 30] {
+        let refused = refusal(SharedRegion::adopt(
+            pushed_to_ourselves(&grant),
+            announced,
+            user,
+        ));
+        assert!(refused.contains("size differs"), "{announced}: {refused}");
+    }
+    assert!(refusal(SharedRegion::adopt(pushed_to_ourselves(&grant), 0, user)).contains("empty"));
+
+    // An event where a section should be.
+    let (doorbell, _ringer) = doorbell_pair().unwrap();
+    let event = doorbell.into_grant();
+    let refused = refusal(SharedRegion::adopt(pushed_to_ourselves(&event), 8192, user));
+    assert!(refused.contains("of type Event, not Section"), "{refused}");
+
+    // A section made with SEC_RESERVE, whose pages are not committed and would fault.
+    // SAFETY: no pointer is passed but nulls; the handle is checked and owned below.
+    let reserved = unsafe {
+        CreateFileMappingW(
+            INVALID_HANDLE_VALUE,
+            std::ptr::null(),
+            PAGE_READWRITE | SEC_RESERVE,
+            0,
+            8192,
+            std::ptr::null(),
+        )
+    };
+    assert!(!reserved.is_null());
+    // SAFETY: a new handle, which nothing else owns.
+    let reserved = Grant::new(
+        unsafe { OwnedHandle::from_raw_handle(reserved) },
+        FILE_MAP_READ | FILE_MAP_WRITE | SECTION_QUERY,
+    );
+    let refused = refusal(SharedRegion::adopt(
+        pushed_to_ourselves(&reserved),
+        8192,
+        user,
+    ));
+    assert!(refused.contains("not committed"), "{refused}");
+}
+
+#[test]
+fn a_doorbell_or_a_process_that_is_not_one_is_refused() {
+    let (_region, section) = SharedRegion::create(8192).unwrap();
+    let refused = refusal(Doorbell::adopt(pushed_to_ourselves(&section)));
+    assert!(refused.contains("of type Section, not Event"), "{refused}");
+    let refused = refusal(DoorbellRinger::adopt(pushed_to_ourselves(&section)));
+    assert!(refused.contains("of type Section, not Event"), "{refused}");
+    let refused = refusal(PeerProcess::adopt(pushed_to_ourselves(&section)));
+    assert!(
+        refused.contains("of type Section, not Process"),
+        "{refused}"
+    );
+
+    // A ringer's handle can set the event, not wait on it: it is no doorbell.
+    let (_doorbell, ringer) = doorbell_pair().unwrap();
+    let refused = refusal(Doorbell::adopt(pushed_to_ourselves(&ringer.into_grant())));
+    assert!(refused.contains("lacks the rights"), "{refused}");
+    // And a doorbell's handle can wait, not ring.
+    let (doorbell, _ringer) = doorbell_pair().unwrap();
+    let refused = refusal(DoorbellRinger::adopt(pushed_to_ourselves(
+        &doorbell.into_grant(),
+    )));
+    assert!(refused.contains("lacks the rights"), "{refused}");
+}
+
+#[test]
+fn a_handle_pushed_into_a_child_is_closed_there_when_retracted() {
+    let _watchdog = watchdog("the retract test");
+    let mut child = ChildProcess::spawn("idle");
+    assert_eq!(child.report(), "ready");
+    let peer = child.open();
+    let pid = child.child.id();
+    let (_region, grant) = SharedRegion::create(8192).unwrap();
+    let pushed = grant.push_to(&peer).unwrap();
+    // The child's table itself, not its size: the child may make and close handles of its
+    // own meanwhile (a count taken under load once found one more after the retraction).
+    assert!(
+        handles_of(pid).contains(&pushed.value()),
+        "the push made the child a handle"
+    );
+    pushed.retract(&peer).unwrap();
+    assert!(
+        !handles_of(pid).contains(&pushed.value()),
+        "the retraction closed it"
+    );
+    child.succeeds();
+}
+
+#[test]
+fn dropping_everything_closes_every_handle_it_made() {
+    let _watchdog = watchdog("the handle count test");
+    let mut child = ChildProcess::spawn("count-own-handles");
+    let counted = child.report();
+    assert!(counted.starts_with("counted "), "{counted}");
+    child.succeeds();
+}

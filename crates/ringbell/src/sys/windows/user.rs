@@ -1,0 +1,150 @@
+//! Who a process runs as on Windows: the SID of its token's user
+//! (`GetTokenInformation(TokenUser)`). Two SIDs are the same user when their bytes are
+//! equal, which is what `EqualSid` compares. The peer's SID (`OpenProcess` →
+//! `OpenProcessToken`) comes with the control channel, in step 2.
+//!
+//! See GetTokenInformation, TOKEN_USER, SID (learn.microsoft.com).
+
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+use std::ptr;
+
+use windows_sys::Win32::Security::{
+    GetLengthSid, GetTokenInformation, TokenUser, SECURITY_MAX_SID_SIZE, TOKEN_QUERY, TOKEN_USER,
+};
+use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+
+/// The SID of `LocalSystem` (S-1-5-18), the account services run as: the administrator a
+/// client may trust, as root on Unix.
+const LOCAL_SYSTEM: [u8; 12] = [1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0];
+
+/// A user as the OS identifies it: a SID here, kept by value (at most 68 bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct User {
+    sid: [u8; SECURITY_MAX_SID_SIZE as usize],
+    len: u8,
+}
+
+impl User {
+    /// The uid: none on Windows, which has SIDs instead.
+    pub(crate) fn uid(&self) -> Option<u32> {
+        None
+    }
+
+    /// Whether this is `LocalSystem`, whom a client may trust as it trusts root on Unix.
+    pub(crate) fn is_administrator(&self) -> bool {
+        self.bytes() == LOCAL_SYSTEM
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.sid[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Display for User {
+    /// The SID's usual text form, `S-1-5-21-…`: revision, authority, sub-authorities.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.bytes();
+        let Some((header, rest)) = bytes.split_first_chunk::<8>() else {
+            return write!(f, "SID {bytes:02x?}");
+        };
+        let mut authority = [0u8; 8];
+        authority[2..].copy_from_slice(&header[2..8]);
+        write!(f, "S-{}-{}", header[0], u64::from_be_bytes(authority))?;
+        for sub in rest.chunks_exact(4) {
+            write!(
+                f,
+                "-{}",
+                u32::from_le_bytes([sub[0], sub[1], sub[2], sub[3]])
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "User({self})")
+    }
+}
+
+/// The user of this process's token.
+///
+/// # Panics
+///
+/// If the OS will not tell a process its own token's user, which needs no privilege and
+/// cannot fail on a working system (without it, no admission check could be made).
+pub(crate) fn current_user() -> User {
+    token_user().unwrap_or_else(|error| panic!("the process's own user cannot be read: {error}"))
+}
+
+fn token_user() -> std::io::Result<User> {
+    let mut raw = ptr::null_mut();
+    // SAFETY: the current-process pseudo-handle is always valid, and the out-pointer
+    // points at a live local.
+    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut raw) } == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `OpenProcessToken` returned a new handle, which nothing else owns.
+    let token = unsafe { OwnedHandle::from_raw_handle(raw) };
+    // A TOKEN_USER (a SID pointer and attributes) followed by the SID it points at: 16 +
+    // 68 bytes at most. u64s for the pointer's alignment.
+    let mut buffer = [0u64; 16];
+    let size = size_of_val(&buffer) as u32;
+    let mut needed = 0u32;
+    // SAFETY: the buffer is live, writable and `size` bytes long; the token handle is ours.
+    let ok = unsafe {
+        GetTokenInformation(
+            token.as_raw_handle(),
+            TokenUser,
+            buffer.as_mut_ptr().cast(),
+            size,
+            &mut needed,
+        )
+    };
+    if ok == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the call filled the buffer, which starts with a TOKEN_USER (8-aligned).
+    let sid = unsafe { buffer.as_ptr().cast::<TOKEN_USER>().read() }
+        .User
+        .Sid;
+    // SAFETY: `sid` points at a valid SID the call wrote into `buffer`, still alive.
+    let len = unsafe { GetLengthSid(sid) } as usize;
+    let mut user = User {
+        sid: [0; SECURITY_MAX_SID_SIZE as usize],
+        len: 0,
+    };
+    if len == 0 || len > user.sid.len() {
+        return Err(std::io::Error::other(
+            "the token's SID has an impossible length",
+        ));
+    }
+    // SAFETY: `len` bytes at `sid` are the SID, inside `buffer` (GetLengthSid read its
+    // sub-authority count from it), and `user.sid` has room for them.
+    unsafe { ptr::copy_nonoverlapping(sid.cast::<u8>(), user.sid.as_mut_ptr(), len) };
+    user.len = len as u8;
+    Ok(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sids_print_in_their_usual_form() {
+        let mut system = User {
+            sid: [0; SECURITY_MAX_SID_SIZE as usize],
+            len: LOCAL_SYSTEM.len() as u8,
+        };
+        system.sid[..LOCAL_SYSTEM.len()].copy_from_slice(&LOCAL_SYSTEM);
+        assert_eq!(system.to_string(), "S-1-5-18");
+        assert!(system.is_administrator());
+        let own = current_user();
+        assert!(own.to_string().starts_with("S-1-5-"), "{own}");
+        assert_eq!(own, current_user());
+        assert_eq!(own.uid(), None);
+    }
+}

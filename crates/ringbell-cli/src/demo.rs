@@ -237,25 +237,25 @@ impl Demo {
             (
                 RINGBELL_ADAPTIVE,
                 step(RINGBELL_ADAPTIVE, "one-way messages", || {
-                    self.ringbell_throughput()
+                    self.ringbell_throughput(None)
                 })?,
             ),
             (
                 UNIX_SOCKET,
                 step(UNIX_SOCKET, "one-way messages", || {
-                    self.unix_socket_throughput()
+                    self.unix_socket_throughput(None)
                 })?,
             ),
             (
                 RINGBELL_BATCHED,
                 step(RINGBELL_BATCHED, "one-way messages", || {
-                    self.ringbell_batched_throughput()
+                    self.ringbell_throughput(Some(BATCH))
                 })?,
             ),
             (
                 UNIX_SOCKET_BATCHED,
                 step(UNIX_SOCKET_BATCHED, "one-way messages", || {
-                    self.unix_socket_batched_throughput()
+                    self.unix_socket_throughput(Some(BATCH))
                 })?,
             ),
         ];
@@ -291,34 +291,27 @@ impl Demo {
         run
     }
 
-    /// One-way messages to a `ringbell serve --mode sink`, both sides with the default wait.
-    fn ringbell_throughput(&self) -> Result<ThroughputRun, CliError> {
+    /// One-way messages to a `ringbell serve --mode sink`, both sides with the default wait,
+    /// one `send` each or, with `batch`, that many per `send_batch`.
+    fn ringbell_throughput(&self, batch: Option<usize>) -> Result<ThroughputRun, CliError> {
         let (server, mut connection) = self.ringbell_server(WaitKind::Adaptive, ServeMode::Sink)?;
-        let run = measure::one_way(
-            &mut connection,
-            MESSAGE_SIZE,
-            self.plan.stream_warmup,
-            self.plan.stream_messages,
-        );
+        let run = self.one_way(&mut connection, batch);
         drop(connection);
         drop(server);
         run
     }
 
-    /// [`ringbell_throughput`](Self::ringbell_throughput), [`BATCH`] messages per
-    /// `send_batch`.
-    fn ringbell_batched_throughput(&self) -> Result<ThroughputRun, CliError> {
-        let (server, mut connection) = self.ringbell_server(WaitKind::Adaptive, ServeMode::Sink)?;
-        let run = measure::one_way_batched(
-            &mut connection,
-            MESSAGE_SIZE,
-            self.plan.stream_warmup,
-            self.plan.stream_messages,
-            BATCH,
-        );
-        drop(connection);
-        drop(server);
-        run
+    /// The one-way measurement of this plan, one message per send or `batch` per batch.
+    fn one_way<T: ringbell::IpcTransport>(
+        &self,
+        transport: &mut T,
+        batch: Option<usize>,
+    ) -> Result<ThroughputRun, CliError> {
+        let (warmup, count) = (self.plan.stream_warmup, self.plan.stream_messages);
+        match batch {
+            None => measure::one_way(transport, MESSAGE_SIZE, warmup, count),
+            Some(batch) => measure::one_way_batched(transport, MESSAGE_SIZE, warmup, count, batch),
+        }
     }
 
     /// CPU used by a connected, idle pair with the default wait strategy: the server waits
@@ -347,25 +340,9 @@ impl Demo {
         measure::round_trips(&mut channel, MESSAGE_SIZE, warmup, count)
     }
 
-    fn unix_socket_throughput(&self) -> Result<ThroughputRun, CliError> {
+    fn unix_socket_throughput(&self, batch: Option<usize>) -> Result<ThroughputRun, CliError> {
         let (_peer, mut channel) = self.unix_socket_peer(ServeMode::Sink)?;
-        measure::one_way(
-            &mut channel,
-            MESSAGE_SIZE,
-            self.plan.stream_warmup,
-            self.plan.stream_messages,
-        )
-    }
-
-    fn unix_socket_batched_throughput(&self) -> Result<ThroughputRun, CliError> {
-        let (_peer, mut channel) = self.unix_socket_peer(ServeMode::Sink)?;
-        measure::one_way_batched(
-            &mut channel,
-            MESSAGE_SIZE,
-            self.plan.stream_warmup,
-            self.plan.stream_messages,
-            BATCH,
-        )
+        self.one_way(&mut channel, batch)
     }
 
     fn unix_socket_peer(&self, mode: ServeMode) -> Result<(PeerProcess, StreamChannel), CliError> {

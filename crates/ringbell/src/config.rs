@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub(crate) allowed_uids: Option<Vec<u32>>,
     pub(crate) concurrent_requests: usize,
     pub(crate) max_connections: usize,
+    pub(crate) memory_budget: Option<usize>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) stall_timeout: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -97,6 +100,17 @@ impl ServerConfig {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
     /// Default time a client has to complete the handshake: 2 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default time a client may stop in the middle of a message before it is closed: 60 s.
+    ///
+    /// Why: an honest sender never pauses inside a message. Its `send` writes chunk after
+    /// chunk as room appears, and when it is our side that does not read, its next chunk
+    /// waits in the ring, which does not count as a stall. So only a peer that stopped
+    /// (hostile, or suspended in a debugger) is cut, while what it holds (a reservation
+    /// of the [`memory_budget`](Self::memory_budget) for the whole message) comes back.
+    /// Sixty seconds is nginx's `client_body_timeout`, the same rule for HTTP bodies.
+    pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+    /// The memory budget's floor when it is derived from the other settings: 64 MiB.
+    pub const MIN_DEFAULT_MEMORY_BUDGET: usize = 64 << 20;
 
     /// How the server's side of each connection waits. For
     /// [`AsyncServer::serve`](crate::tokio::AsyncServer::serve), how long its sweeper keeps
@@ -176,6 +190,88 @@ impl ServerConfig {
         self
     }
 
+    /// The most bytes the server holds at once, across all its connections, for messages
+    /// in transit. Default: 16 × [`max_message_size`](Self::max_message_size), and at
+    /// least [`MIN_DEFAULT_MEMORY_BUDGET`](Self::MIN_DEFAULT_MEMORY_BUDGET) (256 MiB with
+    /// the default 16 MiB messages). It must be at least `max_message_size`, or a largest
+    /// message could never be received: [`Server::bind`](crate::Server::bind) refuses a
+    /// smaller one.
+    ///
+    /// What counts:
+    ///
+    /// - a message larger than one frame (a quarter of the ring) being received: its
+    ///   announced length, reserved when its first chunk is taken, and given back when
+    ///   the message is delivered, withdrawn, or its connection closes. Only the count is
+    ///   reserved: memory is allocated as the bytes arrive;
+    /// - in [`AsyncServer::serve`](crate::tokio::AsyncServer::serve), each call under way:
+    ///   its request while its handler runs, and its reply until the reply is in the ring.
+    ///
+    /// A connection whose next message does not fit waits: its chunks stay in its ring,
+    /// and its sender waits for room as it would for a slow reader. Nothing is lost and
+    /// nobody errs; the message goes on when other messages have been delivered.
+    /// Likewise, while the budget is spent, `serve` takes no more requests from a client
+    /// that already has calls under way (a client with none still gets one, so that
+    /// every client makes progress). Honest clients under the budget never wait for it.
+    ///
+    /// Backpressure rather than a refusal, because a plain connection has no reply to
+    /// carry a refusal in: the receiver would have to drop a message its sender believes
+    /// sent. A peer that holds a reservation and stalls is closed at the
+    /// [`stall_timeout`](Self::stall_timeout).
+    ///
+    /// Not counted: messages of one frame (the ring bounds them), what your own code
+    /// holds after `recv` returns, and the shared rings (bounded by
+    /// [`max_connections`](Self::max_connections) × 2 × [`ring_capacity`](Self::ring_capacity)).
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// The memory budget in force: the one set, or the default derived from
+    /// `max_message_size`.
+    pub(crate) fn effective_memory_budget(&self) -> usize {
+        self.memory_budget.unwrap_or_else(|| {
+            self.max_message_size
+                .saturating_mul(16)
+                .max(Self::MIN_DEFAULT_MEMORY_BUDGET)
+        })
+    }
+
+    /// Closes a connection that has moved no frame in either direction for `timeout`,
+    /// with nothing under way: no call of it being handled, no frame of it waiting in its
+    /// ring for us to read. Default: `None`, never, for every kind of server.
+    ///
+    /// On our side, a blocking or async `recv` waiting on such a connection returns
+    /// [`Error::Idle`](crate::Error::Idle), and the connection is closed: the peer's next
+    /// call returns [`Error::PeerDied`](crate::Error::PeerDied).
+    /// [`AsyncServer::serve`](crate::tokio::AsyncServer::serve) drops it and logs why.
+    /// The timeout is a timer, not a poll: an idle server still uses no CPU.
+    ///
+    /// Why it is off by default, even for `serve`: users keep connections idle for hours
+    /// (an editor and its back-end between two keystrokes), and a
+    /// [`Client`](crate::tokio::Client) does not reconnect by itself, so closing an idle
+    /// one would turn its next call into an error. What an idle connection holds is
+    /// bounded anyway: a place under `max_connections`, its three fds and its rings. Set
+    /// it when your clients reconnect, or to reclaim those from peers that stopped
+    /// answering: for instance a hostile peer that erased its own waiter word, after which
+    /// both sides wait on each other for ever.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection whose client stops for `timeout` in the middle of a message
+    /// (a chunked message begun, and nothing more of it in the ring). Default
+    /// [`DEFAULT_STALL_TIMEOUT`](Self::DEFAULT_STALL_TIMEOUT) (60 s); `None` turns it off,
+    /// which lets a stalled client hold its message's reservation of the
+    /// [`memory_budget`](Self::memory_budget) until it dies.
+    ///
+    /// Our side's `recv` then returns [`Error::Idle`](crate::Error::Idle) (with
+    /// `mid_message` set), the part received is dropped, and the connection is closed.
+    pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
     /// Whether uids other than the server's own may be admitted, so that the socket file
     /// must let other users connect.
     pub(crate) fn admits_other_users(&self) -> bool {
@@ -207,6 +303,9 @@ impl Default for ServerConfig {
             allowed_uids: None,
             concurrent_requests: Self::DEFAULT_CONCURRENT_REQUESTS,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            memory_budget: None,
+            idle_timeout: None,
+            stall_timeout: Some(Self::DEFAULT_STALL_TIMEOUT),
         }
     }
 }
@@ -227,6 +326,7 @@ pub struct ClientConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) send_timeout: Option<Duration>,
     pub(crate) trusted_server_uids: Vec<u32>,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -249,6 +349,17 @@ impl ClientConfig {
     /// as the peer lives.
     pub fn send_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.send_timeout = timeout;
+        self
+    }
+
+    /// Closes the connection when it has moved no frame in either direction for
+    /// `timeout`, with no frame waiting in its ring for us to read: the twin of
+    /// [`ServerConfig::idle_timeout`]. A `recv` waiting then returns
+    /// [`Error::Idle`](crate::Error::Idle). Default `None`, never. The calls of a
+    /// [`Client`](crate::tokio::Client) are not covered: give each call its own timeout
+    /// ([`Client::call_timeout`](crate::tokio::Client::call_timeout)).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -286,6 +397,7 @@ impl Default for ClientConfig {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             send_timeout: None,
             trusted_server_uids: Vec::new(),
+            idle_timeout: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What went wrong, and what to do about it.
 ///
@@ -40,6 +41,19 @@ pub enum Error {
     Corrupted {
         /// Which invariant was broken.
         detail: &'static str,
+    },
+    /// This side closed the connection because its peer moved nothing for the idle
+    /// timeout ([`ServerConfig::idle_timeout`](crate::ServerConfig::idle_timeout),
+    /// [`ClientConfig::idle_timeout`](crate::ClientConfig::idle_timeout)), or, with
+    /// `mid_message`, stopped in the middle of a message for the
+    /// [`stall_timeout`](crate::ServerConfig::stall_timeout) (the part received is
+    /// dropped). The connection is unusable, like after `PeerDied`; the peer's next call
+    /// gets `PeerDied`.
+    Idle {
+        /// How long nothing moved.
+        after: Duration,
+        /// Whether the peer stopped in the middle of a message.
+        mid_message: bool,
     },
     /// A message is larger than the connection's `max_message_size`. Nothing was sent.
     TooLarge {
@@ -107,6 +121,16 @@ impl fmt::Display for Error {
                 f,
                 "the peer broke the protocol ({detail}); the connection is closed, reconnect"
             ),
+            Error::Idle { after, mid_message: false } => write!(
+                f,
+                "the connection moved nothing for {after:?} (its idle_timeout) and was closed; \
+                 reconnect to continue"
+            ),
+            Error::Idle { after, mid_message: true } => write!(
+                f,
+                "the peer stopped in the middle of a message for {after:?} (the stall_timeout); \
+                 the part received was dropped and the connection closed"
+            ),
             Error::TooLarge { len, max } => write!(
                 f,
                 "message of {len} bytes exceeds the connection's maximum of {max} bytes; \
@@ -165,6 +189,10 @@ impl Error {
         match self {
             Error::PeerDied => Some(Error::PeerDied),
             Error::Corrupted { detail } => Some(Error::Corrupted { detail }),
+            Error::Idle { after, mid_message } => Some(Error::Idle {
+                after: *after,
+                mid_message: *mid_message,
+            }),
             _ => None,
         }
     }

@@ -62,7 +62,8 @@ impl Server {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] if the ring capacity is not a power of two between 256 B
-    /// and 1 GiB or the maximum message size is 0; [`Error::AddressInUse`] if a live
+    /// and 1 GiB, the maximum message size is 0, or the memory budget is below it;
+    /// [`Error::AddressInUse`] if a live
     /// server listens at `path`; [`Error::Io`] if the path cannot be bound (a missing
     /// directory, a path too long for a socket, a non-socket file in the way).
     pub fn bind(path: impl AsRef<Path>, config: ServerConfig) -> Result<Server, Error> {
@@ -79,6 +80,16 @@ impl Server {
         if config.max_message_size == 0 || config.max_message_size > isize::MAX as usize {
             return Err(Error::InvalidConfig {
                 detail: "max_message_size must be at least 1 byte".into(),
+            });
+        }
+        if config.effective_memory_budget() < config.max_message_size {
+            return Err(Error::InvalidConfig {
+                detail: format!(
+                    "memory_budget ({} bytes) must be at least max_message_size ({} bytes), \
+                     or a largest message could never be received",
+                    config.effective_memory_budget(),
+                    config.max_message_size
+                ),
             });
         }
         // Each connection holds three fds here; the usual soft limit of 1,024 would stop a
@@ -100,7 +111,7 @@ impl Server {
             .map_err(|error| Error::io("making the listening socket non-blocking", error))?;
         Ok(Server {
             listener,
-            slots: ConnectionSlots::new(config.max_connections),
+            slots: ConnectionSlots::new(config.max_connections, config.effective_memory_budget()),
             config,
             own_user: sys::current_user(),
             pending: std::sync::Mutex::new(Vec::new()),

@@ -10,6 +10,7 @@
 //! - [`segment`]: the shared segment, laid out and checked;
 //! - [`slot`]: a server's count of its connections.
 
+mod budget;
 mod receive;
 mod segment;
 mod send;
@@ -27,7 +28,9 @@ use crate::error::Error;
 use crate::handshake::Carries;
 use crate::sys::{ControlStream, Doorbell, DoorbellRinger};
 
-use receive::{PartialMessage, Patience};
+use receive::{PartialMessage, Patience, Quiet};
+#[cfg(feature = "tokio")]
+pub(crate) use budget::{Budget, Charge};
 pub(crate) use segment::Segment;
 pub(crate) use send::Publish;
 #[cfg(feature = "tokio")]
@@ -64,6 +67,10 @@ pub(crate) struct Settings {
     pub(crate) send_timeout: Option<Duration>,
     /// What the connection carries, as agreed in the handshake.
     pub(crate) carries: Carries,
+    /// Close the connection after this long with nothing moving and nothing under way.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Close the connection after this long stopped in the middle of a message.
+    pub(crate) stall_timeout: Option<Duration>,
 }
 
 /// Which way a message goes, seen from one side.
@@ -161,6 +168,11 @@ pub struct Connection {
     defer_rings: bool,
     /// A deferred ring not made yet. Atomic only so that `Connection` stays `Sync`.
     ring_owed: std::sync::atomic::AtomicBool,
+    /// The last receive left a chunked message's first chunk in the ring for want of room
+    /// in the server's memory budget.
+    awaiting_budget: bool,
+    /// For the idle and stall timeouts: when the indices last moved.
+    quiet: Quiet,
 }
 
 impl Connection {
@@ -189,7 +201,14 @@ impl Connection {
             slot: None,
             defer_rings: false,
             ring_owed: std::sync::atomic::AtomicBool::new(false),
+            awaiting_budget: false,
+            quiet: Quiet::new(),
         }
+    }
+
+    /// The server's memory budget, on a server's connection.
+    pub(crate) fn budget(&self) -> Option<&std::sync::Arc<budget::Budget>> {
+        self.slot.as_ref().map(ConnectionSlot::budget)
     }
 
     /// Counts this connection under its server's limit until it is dropped.
@@ -286,7 +305,14 @@ impl Connection {
     ///   part is kept and completed by the next call);
     /// * [`Error::PeerDied`] once the peer has closed or died and every message it sent
     ///   has been received;
-    /// * [`Error::Corrupted`] if the peer broke the protocol.
+    /// * [`Error::Corrupted`] if the peer broke the protocol;
+    /// * [`Error::Idle`] if the connection's idle timeout
+    ///   ([`ServerConfig::idle_timeout`](crate::ServerConfig::idle_timeout),
+    ///   [`ClientConfig::idle_timeout`]) or a server's stall timeout passed with nothing
+    ///   moving; the connection is then closed.
+    ///
+    /// On a server, a message larger than one frame also waits for room in the server's
+    /// [`memory_budget`](crate::ServerConfig::memory_budget), within the same timeout.
     pub fn recv(&mut self, buf: &mut Vec<u8>, timeout: Option<Duration>) -> Result<usize, Error> {
         let deadline = timeout.and_then(crate::core::wait::deadline_after);
         match self.receive(buf, Patience::Until(deadline))? {
@@ -359,6 +385,14 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.say_goodbye();
+    }
+}
+
+impl Connection {
+    /// Tells the peer this side is done: whatever it sleeps on, it wakes and sees the
+    /// goodbye flag. Done on drop, or earlier by a side that gives up on the connection.
+    fn say_goodbye(&mut self) {
         // Messages fed and not flushed are sent, before the goodbye.
         self.tx.publish();
         // SYNC: pairs with the Acquire load in `peer_closed`: everything we published
@@ -449,6 +483,8 @@ mod limit_tests {
             max_message_size: 1000,
             send_timeout: None,
             carries,
+            idle_timeout: None,
+            stall_timeout: None,
         };
         let calls = settings(Carries::Calls);
         // The server's replies, as sent and as received.

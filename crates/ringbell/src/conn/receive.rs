@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use super::budget::Charge;
 use super::wake::{peer_alive, peer_closed, rings, wait_on};
 use super::{corrupted, Connection};
 use crate::core::ring::{max_frame_payload, Frame, FrameKind};
-use crate::core::wait::{self, Waited};
+use crate::core::wait::{self, Waited, PEER_CHECK_INTERVAL};
 use crate::error::Error;
 
 /// A chunked message received in part when a `recv` timed out: kept so that the next
@@ -14,8 +15,35 @@ use crate::error::Error;
 #[derive(Debug)]
 pub(super) struct PartialMessage {
     bytes: Vec<u8>,
+    message: InProgress,
+}
+
+/// The chunked message being received; its bytes so far are in the receive buffer.
+#[derive(Debug)]
+struct InProgress {
     total: usize,
     correlation: u64,
+    /// Its reservation of the server's memory budget (none on a client), given back when
+    /// this is dropped: delivered, withdrawn, or its connection gone.
+    _charge: Option<Charge>,
+}
+
+/// Where this side's indices stood when it last saw them move, and since when: for the
+/// idle and stall timeouts. Looked at only when a receive is about to wait, so the hot
+/// path pays nothing for it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Quiet {
+    mark: (u64, u64),
+    since: Instant,
+}
+
+impl Quiet {
+    pub(super) fn new() -> Quiet {
+        Quiet {
+            mark: (0, 0),
+            since: Instant::now(),
+        }
+    }
 }
 
 /// How long a receive may wait.
@@ -97,11 +125,12 @@ impl Connection {
         patience: Patience,
     ) -> Result<Option<Received>, Error> {
         buf.clear();
-        // (total, correlation) of a chunked message in progress; its bytes are in `buf`.
-        let mut chunked = None;
+        self.awaiting_budget = false;
+        // The chunked message in progress; its bytes are in `buf`.
+        let mut chunked: Option<InProgress> = None;
         if let Some(partial) = self.rx_partial.take() {
             *buf = partial.bytes;
-            chunked = Some((partial.total, partial.correlation));
+            chunked = Some(partial.message);
         }
         let mut frames = 0u32;
         loop {
@@ -132,13 +161,19 @@ impl Connection {
                         Waited::TimedOut
                     }
                     Patience::Until(deadline) => {
+                        let quiet = self.quiet_deadline(chunked.is_some());
+                        let quiet_at = quiet.as_ref().map(|(at, _)| *at);
+                        let until = match (deadline, quiet_at) {
+                            (Some(deadline), Some(quiet)) => Some(deadline.min(quiet)),
+                            (deadline, quiet) => deadline.or(quiet),
+                        };
                         let (rx, header, side) = (&mut self.rx, self.segment.header(), self.side);
-                        wait_on(
+                        let waited = wait_on(
                             &self.settings.wait,
                             &rings(&self.segment, side).rx.readable,
                             &self.own_doorbell,
                             &self.control,
-                            deadline,
+                            until,
                             &mut self.peer_check_due,
                             || Ok(rx.has_data().map_err(corrupted)? || peer_closed(header, side)),
                             |thorough| {
@@ -150,7 +185,19 @@ impl Connection {
                                     thorough,
                                 )
                             },
-                        )?
+                        )?;
+                        if waited == Waited::TimedOut {
+                            if let Some((quiet, idle)) = quiet {
+                                if Instant::now() >= quiet {
+                                    return Err(self.close_idle(idle));
+                                }
+                            }
+                            if deadline.is_none_or(|deadline| Instant::now() < deadline) {
+                                // Neither deadline has passed yet: wait again.
+                                continue;
+                            }
+                        }
+                        waited
                     }
                 };
                 if waited == Waited::TimedOut {
@@ -175,7 +222,7 @@ impl Connection {
                 }
             }
             let full_chunk = max_frame_payload(self.segment.capacity());
-            match (header.kind, chunked) {
+            match (header.kind, &chunked) {
                 (FrameKind::Message, None) => {
                     if len > self.receive_limit() {
                         return Err(Error::Corrupted {
@@ -203,13 +250,57 @@ impl Connection {
                         .ok_or(Error::Corrupted {
                             detail: "a chunked message announces a length beyond the maximum",
                         })?;
+                    // The whole length is reserved in the budget before the first byte is
+                    // taken (see `conn/budget.rs` for why), or the chunk waits in the ring.
+                    let charge = match self.budget().cloned() {
+                        None => None,
+                        Some(budget) => match budget.try_charge(total) {
+                            Some(charge) => Some(charge),
+                            None => {
+                                // Hand back what we took so far, so the peer is not stuck.
+                                self.publish_received();
+                                match patience {
+                                    Patience::NoWait { .. } => {
+                                        self.awaiting_budget = true;
+                                        return Ok(None);
+                                    }
+                                    Patience::Until(deadline) => {
+                                        let check = Instant::now() + PEER_CHECK_INTERVAL;
+                                        let until = deadline.map_or(check, |d| d.min(check));
+                                        match budget.charge_within(total, until) {
+                                            Some(charge) => Some(charge),
+                                            None => {
+                                                if deadline.is_some_and(|d| Instant::now() >= d) {
+                                                    return Ok(None);
+                                                }
+                                                // A message it can never finish.
+                                                peer_alive(
+                                                    &self.control,
+                                                    &self.own_doorbell,
+                                                    self.segment.header(),
+                                                    self.side,
+                                                    true,
+                                                )?;
+                                                continue;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        },
+                    };
                     // Room for this chunk only, not for the announced total: see
                     // `grow_for_chunk`.
                     grow_for_chunk(buf, len - 8, total)?;
                     self.take_payload(&frame, 8, buf);
-                    chunked = Some((total, header.correlation));
+                    chunked = Some(InProgress {
+                        total,
+                        correlation: header.correlation,
+                        _charge: charge,
+                    });
                 }
-                (FrameKind::Middle | FrameKind::Last, Some((total, correlation))) => {
+                (FrameKind::Middle | FrameKind::Last, Some(message)) => {
+                    let (total, correlation) = (message.total, message.correlation);
                     let sized_right = match header.kind {
                         FrameKind::Middle => len == full_chunk,
                         _ => len > 0,
@@ -252,14 +343,65 @@ impl Connection {
 
     /// Keeps the part received of a chunked message in progress (its bytes are in `buf`),
     /// so that the next receive continues it: giving up early must not lose data.
-    fn keep_partial(&mut self, buf: &mut Vec<u8>, chunked: Option<(usize, u64)>) {
-        if let Some((total, correlation)) = chunked {
+    fn keep_partial(&mut self, buf: &mut Vec<u8>, chunked: Option<InProgress>) {
+        if let Some(message) = chunked {
             self.rx_partial = Some(PartialMessage {
                 bytes: std::mem::take(buf),
-                total,
-                correlation,
+                message,
             });
         }
+    }
+
+    /// Whether the last receive left a chunked message waiting for room in the server's
+    /// memory budget (its first chunk is still in the ring): an event-loop driver then
+    /// waits for a release of the budget, not for the doorbell.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn awaiting_budget(&self) -> Option<std::sync::Arc<super::budget::Budget>> {
+        if self.awaiting_budget {
+            self.budget().cloned()
+        } else {
+            None
+        }
+    }
+
+    /// When this connection, about to wait with its ring empty, times out for having
+    /// moved nothing (`mid_message`: stopped inside a chunked message, the stall timeout;
+    /// else the idle timeout), with the error it then ends with. `None` if no timeout
+    /// applies.
+    pub(crate) fn quiet_deadline(&mut self, mid_message: bool) -> Option<(Instant, Error)> {
+        let (timeout, mid_message) = match (mid_message, self.settings.stall_timeout) {
+            (true, Some(stall)) => (stall, true),
+            _ => (self.settings.idle_timeout?, false),
+        };
+        let mark = (self.rx.head(), self.tx.tail());
+        if mark != self.quiet.mark {
+            self.quiet = Quiet {
+                mark,
+                since: Instant::now(),
+            };
+        }
+        let error = Error::Idle {
+            after: timeout,
+            mid_message,
+        };
+        Some((self.quiet.since + timeout, error))
+    }
+
+    /// [`quiet_deadline`](Self::quiet_deadline) for a driver that receives without
+    /// waiting: the chunked message in progress is the one kept between receives.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn quiet_deadline_now(&mut self) -> Option<(Instant, Error)> {
+        self.quiet_deadline(self.rx_partial.is_some())
+    }
+
+    /// Ends the connection for having moved nothing: tells the peer at once (as a drop
+    /// would), drops a message received in part, and returns the error, which every
+    /// later call returns again.
+    pub(crate) fn close_idle(&mut self, error: Error) -> Error {
+        self.rx_partial = None;
+        self.say_goodbye();
+        self.broken = error.terminal_copy();
+        error
     }
 
     /// Appends `frame`'s payload from `skip` on to `buf`, releases the frame, and wakes the

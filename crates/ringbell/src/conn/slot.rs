@@ -1,22 +1,28 @@
 //! A server's count of its connections and handshakes in progress, under its limit
 //! (`ServerConfig::max_connections`). A [`ConnectionSlot`] travels from the handshake to
-//! the connection it makes, and gives its place back when dropped.
+//! the connection it makes, and gives its place back when dropped. It also carries the
+//! server's memory [`Budget`], which all its connections share.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use super::budget::Budget;
 
 /// A server's count of connections and handshakes in progress, under its limit.
 #[derive(Debug)]
 pub(crate) struct ConnectionSlots {
     held: Arc<AtomicUsize>,
     limit: usize,
+    budget: Arc<Budget>,
 }
 
 impl ConnectionSlots {
-    pub(crate) fn new(limit: usize) -> ConnectionSlots {
+    /// `limit` connections, sharing `budget` bytes for messages in transit.
+    pub(crate) fn new(limit: usize, budget: usize) -> ConnectionSlots {
         ConnectionSlots {
             held: Arc::new(AtomicUsize::new(0)),
             limit,
+            budget: Budget::new(budget),
         }
     }
 
@@ -31,6 +37,7 @@ impl ConnectionSlots {
             .ok()
             .map(|_| ConnectionSlot {
                 held: self.held.clone(),
+                budget: self.budget.clone(),
             })
     }
 }
@@ -40,6 +47,14 @@ impl ConnectionSlots {
 #[derive(Debug)]
 pub(crate) struct ConnectionSlot {
     held: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
+}
+
+impl ConnectionSlot {
+    /// The server's memory budget.
+    pub(crate) fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
 }
 
 impl Drop for ConnectionSlot {

@@ -291,6 +291,11 @@ impl Producer {
         Ok(())
     }
 
+    /// Bytes written so far, published or not.
+    pub(crate) fn tail(&self) -> u64 {
+        self.tail
+    }
+
     /// Whether a frame of `payload` bytes fits now. Reloads the consumer's index if the
     /// cached one says no.
     pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, RingError> {
@@ -428,8 +433,8 @@ impl Consumer {
     }
 
     /// Bytes consumed so far: released frames and skipped padding, whether published yet
-    /// or not. The fuzz checks (`fuzz_api`) use it to find where each frame came from.
-    #[cfg(feature = "__test-api")]
+    /// or not. The fuzz checks (`fuzz_api`) use it to find where each frame came from, and
+    /// a connection to see whether anything moved.
     pub(crate) fn head(&self) -> u64 {
         self.head
     }

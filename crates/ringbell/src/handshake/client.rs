@@ -202,6 +202,9 @@ fn connect_with(
             max_message_size,
             send_timeout: config.send_timeout,
             carries,
+            idle_timeout: config.idle_timeout,
+            // Stalls mid-message guard a server's budget; a client has none.
+            stall_timeout: None,
         },
     ))
 }

@@ -316,6 +316,8 @@ impl ServerHandshake {
                 max_message_size: config.max_message_size,
                 send_timeout: config.send_timeout,
                 carries: half.carries,
+                idle_timeout: config.idle_timeout,
+                stall_timeout: config.stall_timeout,
             },
         );
         connection.hold_slot(self.slot);

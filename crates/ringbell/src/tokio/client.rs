@@ -195,9 +195,22 @@ impl Client {
 pub(super) struct Outbox {
     pub(super) queue: VecDeque<(u64, Vec<u8>)>,
     progress: SendProgress,
+    /// The bytes of the messages in `queue`.
+    bytes: usize,
 }
 
 impl Outbox {
+    /// Queues `message`, to go with `id`.
+    pub(super) fn push(&mut self, id: u64, message: Vec<u8>) {
+        self.bytes += message.len();
+        self.queue.push_back((id, message));
+    }
+
+    /// The bytes of the messages waiting.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Moves messages into the ring while they fit. Returns whether any went, and the size
     /// of the frame that did not fit, if one is waiting.
     pub(super) fn flush(
@@ -208,6 +221,7 @@ impl Outbox {
         while let Some((id, message)) = self.queue.front() {
             match connection.push_some(message, *id, &mut self.progress, Publish::Now) {
                 Ok(Pushed::Done) => {
+                    self.bytes -= message.len();
                     self.queue.pop_front();
                     self.progress = SendProgress::default();
                     moved = true;
@@ -540,7 +554,7 @@ impl GroupDriver {
                     reply: call.reply,
                     _permit: call.permit,
                 });
-                member.outbox.queue.push_back((correlation, call.request));
+                member.outbox.push(correlation, call.request);
             }
             ToDriver::Leave { id } => {
                 self.ended.remove(&id);

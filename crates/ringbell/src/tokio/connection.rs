@@ -5,6 +5,7 @@ use std::path::Path;
 use super::spin;
 use crate::config::ClientConfig;
 use crate::conn::{Connection, Publish, Pushed, SendProgress};
+use crate::core::wait::PEER_CHECK_INTERVAL;
 use crate::error::Error;
 
 /// A message connection whose waits are tokio futures. See the [module docs](crate::tokio).
@@ -156,11 +157,26 @@ impl AsyncConnection {
     /// # Errors
     ///
     /// As [`Connection::recv`], without `Timeout`: wrap the future in
-    /// `tokio::time::timeout` for a deadline.
+    /// `tokio::time::timeout` for a deadline. [`Error::Idle`] if the connection's idle or
+    /// stall timeout passed with nothing moving (see
+    /// [`ServerConfig::idle_timeout`](crate::ServerConfig::idle_timeout)).
     pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, Error> {
         loop {
             if let Some(len) = self.inner.try_recv(buf)? {
                 return Ok(len);
+            }
+            if let Some(budget) = self.inner.awaiting_budget() {
+                // A chunked message waits in the ring for room in the server's memory
+                // budget: wait for the next release. Registered before the retry, so no
+                // release is missed; bounded, so that the peer's death is still noticed.
+                let notice = budget.notice();
+                if let Some(len) = self.inner.try_recv(buf)? {
+                    return Ok(len);
+                }
+                if self.inner.awaiting_budget().is_some() {
+                    let _ = ::tokio::time::timeout(PEER_CHECK_INTERVAL, notice.wait()).await;
+                }
+                continue;
             }
             let inner = &mut self.inner;
             let strategy = inner.wait_strategy();
@@ -170,7 +186,21 @@ impl AsyncConnection {
             if !self.inner.arm_doorbell()? {
                 continue;
             }
-            self.inner.wait_for_ring().await?;
+            match self.inner.quiet_deadline_now() {
+                None => self.inner.wait_for_ring().await?,
+                Some((quiet, idle)) => {
+                    let deadline = ::tokio::time::Instant::from_std(quiet);
+                    let waited = ::tokio::time::timeout_at(deadline, self.inner.wait_for_ring());
+                    if waited.await.is_err() {
+                        // Nothing moved for the idle or stall timeout; but a message that
+                        // came in just now is still taken first.
+                        if let Some(len) = self.inner.try_recv(buf)? {
+                            return Ok(len);
+                        }
+                        return Err(self.inner.close_idle(idle));
+                    }
+                }
+            }
             // `try_recv` above resets the doorbell and checks the peer when the ring is empty.
         }
     }

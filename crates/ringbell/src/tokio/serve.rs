@@ -42,7 +42,7 @@ use ::tokio::task::{AbortHandle, Id as TaskId, JoinError, JoinSet};
 use super::client::Outbox;
 use super::{arm, AsyncServer, WatchedPoller};
 use crate::config::WaitStrategy;
-use crate::conn::Connection;
+use crate::conn::{Budget, Charge, Connection};
 use crate::core::reply::encode_reply_within;
 use crate::core::wait::PEER_CHECK_INTERVAL;
 use crate::error::Error;
@@ -216,12 +216,35 @@ struct Served {
     peer_stirred: bool,
     /// Announced asleep with nothing under way: the sweep skips it until it rings.
     asleep: bool,
+    /// The bytes of the requests its handler tasks hold.
+    handling_bytes: usize,
+    /// What its calls under way hold (requests being handled, replies waiting for room),
+    /// charged to the server's memory budget.
+    charge: Option<Charge>,
+    /// A chunked request of it waits in its ring for room in the memory budget.
+    awaiting_budget: bool,
 }
 
 impl Served {
     /// Requests taken and not yet answered.
     fn under_way(&self) -> usize {
         self.handling + self.outbox.queue.len()
+    }
+
+    /// Whether it may take another request: below the connection's bound and, while the
+    /// server's memory budget is spent, only if it has none under way (so that every
+    /// client still makes progress, one call at a time).
+    fn may_take(&self, limit: usize) -> bool {
+        let under_way = self.under_way();
+        under_way < limit
+            && (under_way == 0 || !self.connection.budget().is_some_and(|budget| budget.spent()))
+    }
+
+    /// Brings its charge to what its calls under way hold now.
+    fn recharge(&mut self) {
+        if let Some(charge) = &mut self.charge {
+            charge.resize(self.outbox.bytes() + self.handling_bytes);
+        }
     }
 }
 
@@ -230,6 +253,8 @@ struct Running {
     slot: usize,
     generation: u64,
     correlation: u64,
+    /// The length of its request, charged to its connection.
+    request_bytes: usize,
     abort: AbortHandle,
 }
 
@@ -309,6 +334,9 @@ where
             // sweeper busy.
             if sweeps % EVENT_CHECK_SWEEPS == 0 && Instant::now() >= events_due {
                 self.take_events();
+                // And the idle and stall timeouts, which a busy sweeper would otherwise
+                // never look at.
+                self.reap_quiet();
                 events_due = Instant::now() + PEER_CHECK_INTERVAL;
             }
             while accepting {
@@ -370,7 +398,31 @@ where
                 ::tokio::task::yield_now().await;
                 continue;
             }
+            // Timers, not polls: the next idle or stall deadline, and, if a request waits
+            // for room in the memory budget, the next release (with a backstop, for
+            // releases made outside this task: connections accepted before `serve`).
+            let quiet_due = self.reap_quiet();
+            let budget = self.budget_waited();
+            let notice = budget.as_ref().map(|budget| budget.notice());
+            let budget_released = async {
+                match notice {
+                    Some(notice) => {
+                        let _ = ::tokio::time::timeout(PEER_CHECK_INTERVAL, notice.wait()).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let quiet_timer = async {
+                match quiet_due {
+                    Some(at) => ::tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             ::tokio::select! {
+                () = budget_released => {}
+                () = quiet_timer => {
+                    self.reap_quiet();
+                }
                 stirred = self.poller.stirred() => match stirred {
                     Ok(()) => self.take_events(),
                     Err(error) => {
@@ -409,6 +461,7 @@ where
             return;
         }
         self.generations += 1;
+        let charge = connection.budget().map(|budget| budget.charge(0));
         self.slots[slot] = Some(Served {
             connection,
             generation: self.generations,
@@ -418,6 +471,9 @@ where
             // Its first requests may have arrived before it was watched.
             peer_stirred: true,
             asleep: false,
+            handling_bytes: 0,
+            charge,
+            awaiting_budget: false,
         });
     }
 
@@ -469,39 +525,47 @@ where
             served.asleep = false;
         }
         let mut progressed = false;
-        while !draining && served.under_way() < self.limit {
+        served.awaiting_budget = false;
+        while !draining && served.may_take(self.limit) {
             let check_peer = served.peer_stirred;
             let Some(received) = served
                 .connection
                 .try_recv_tagged(&mut self.buf, check_peer)?
             else {
                 served.peer_stirred = false;
+                served.awaiting_budget = served.connection.awaiting_budget().is_some();
                 break;
             };
             progressed = true;
             let request = std::mem::take(&mut self.buf);
+            let request_bytes = request.len();
             match first_poll(&*self.handler, request) {
                 Ok(outcome) => {
                     let reply = encode_reply_within(outcome, served.connection.max_message_size());
-                    served.outbox.queue.push_back((received.correlation, reply));
+                    served.outbox.push(received.correlation, reply);
                 }
                 Err(waiting) => {
                     let task = self.handlers.spawn(waiting);
                     served.handling += 1;
+                    served.handling_bytes += request_bytes;
                     self.running.insert(
                         task.id(),
                         Running {
                             slot,
                             generation: served.generation,
                             correlation: received.correlation,
+                            request_bytes,
                             abort: task,
                         },
                     );
                 }
             }
+            // Before the next look at the budget.
+            served.recharge();
         }
         let (moved, blocked) = served.outbox.flush(&mut served.connection)?;
         served.blocked = blocked;
+        served.recharge();
         if let Some(doorbell) = served.connection.ring_owed() {
             self.rings_due.push((doorbell, slot, served.generation));
         }
@@ -549,9 +613,52 @@ where
             return;
         };
         served.handling -= 1;
+        served.handling_bytes -= running.request_bytes;
         let reply = encode_reply_within(outcome, served.connection.max_message_size());
-        served.outbox.queue.push_back((running.correlation, reply));
+        served.outbox.push(running.correlation, reply);
+        served.recharge();
         served.asleep = false;
+    }
+
+    /// The memory budget, if a connection's request waits for room in it.
+    fn budget_waited(&self) -> Option<Arc<Budget>> {
+        self.slots
+            .iter()
+            .flatten()
+            .find(|served| served.awaiting_budget)
+            .and_then(|served| served.connection.budget().cloned())
+    }
+
+    /// Closes the connections whose idle or stall timeout has passed, and returns the
+    /// next such deadline. A connection counts as quiet only with its ring empty (a frame
+    /// waiting there is ours to take, not the peer's stall) and not waiting for budget;
+    /// for the idle timeout, also with no handler of it running. Replies waiting for room
+    /// do not keep it open: a peer that does not read them is the one that stopped.
+    fn reap_quiet(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for slot in 0..self.slots.len() {
+            let Some(served) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            if served.awaiting_budget || served.connection.has_data().unwrap_or(true) {
+                continue;
+            }
+            let Some((at, idle)) = served.connection.quiet_deadline_now() else {
+                continue;
+            };
+            let mid_message = matches!(idle, Error::Idle { mid_message: true, .. });
+            if !mid_message && served.handling > 0 {
+                continue;
+            }
+            if now >= at {
+                let error = served.connection.close_idle(idle);
+                self.drop_connection(slot, &error);
+                continue;
+            }
+            next = Some(next.map_or(at, |next| next.min(at)));
+        }
+        next
     }
 
     fn outboxes_empty(&self) -> bool {
@@ -573,7 +680,9 @@ where
             if served.asleep {
                 continue;
             }
-            let receiving = !draining && served.under_way() < self.limit;
+            // A request waiting for budget room is not ours to take yet: the sweeper waits
+            // for a release (`budget_waiter`), not for this connection's doorbell.
+            let receiving = !draining && served.may_take(self.limit) && !served.awaiting_budget;
             let armed = arm(&mut served.connection, receiving, served.blocked);
             // Arming hands back the space of what we received, which may owe a ring.
             if let Some(doorbell) = served.connection.ring_owed() {

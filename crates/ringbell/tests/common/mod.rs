@@ -550,6 +550,16 @@ impl HeaderAtomic for AtomicU64 {
     }
 }
 
+/// This process's ringbell segment mappings, as lines of `/proc/self/maps`.
+pub fn segment_mappings() -> Result<Vec<String>, String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
+    Ok(maps
+        .lines()
+        .filter(|line| is_segment_mapping(line))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Write access to a connection's shared segment, as a hostile peer would use it: a
 /// mapping of its own of the same pages, so that it stays valid whatever the connection
 /// does (the connection can be used, even mutably, meanwhile).
@@ -571,12 +581,27 @@ impl Scribbler {
     /// See above.
     #[cfg(target_os = "linux")]
     pub fn find(conn: &Connection) -> Result<Scribbler, String> {
+        Self::find_new(conn, &[])
+    }
+
+    /// Like [`find`](Self::find), for a process with several connections: the segment of
+    /// `conn` is the one mapping not in `before` ([`segment_mappings`] taken just before
+    /// `conn` connected).
+    #[cfg(not(target_os = "linux"))]
+    pub fn find_new(_conn: &Connection, _before: &[String]) -> Result<Scribbler, String> {
+        Err(LINUX_ONLY.to_owned())
+    }
+
+    /// See above.
+    #[cfg(target_os = "linux")]
+    pub fn find_new(conn: &Connection, before: &[String]) -> Result<Scribbler, String> {
         use rustix::mm::MremapFlags;
         let expected_len = DATA_OFFSET + 2 * conn.ring_capacity();
-        let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
-        let lines: Vec<&str> = maps
-            .lines()
-            .filter(|line| is_segment_mapping(line))
+        let mappings = segment_mappings()?;
+        let lines: Vec<&str> = mappings
+            .iter()
+            .filter(|line| !before.contains(line))
+            .map(String::as_str)
             .collect();
         let [line] = lines[..] else {
             return Err(format!(

@@ -116,15 +116,17 @@ pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 // control channel and what needs it come next; until then the modules above `sys` that
 // use the rest of the contract are left out of Windows builds (`cfg_full_contract!` in
 // lib.rs), and `sleep_until_rung` takes the peer's process instead of a `ControlStream`.
-#[cfg(windows)]
+// On other OSes for its tests: its framing and address rule are platform-free.
+#[cfg(any(windows, test))]
 mod windows;
 
 // Unused above `sys` until the modules that need the control channel are built there.
 #[cfg(windows)]
 #[allow(unused_imports)]
 pub(crate) use windows::{
-    current_user, doorbell_pair, sleep_until_rung, Doorbell, DoorbellRinger, Grant, PeerProcess,
-    PushedHandle, Rang, SharedRegion, User, BACKEND,
+    current_user, doorbell_pair, sleep_until_rung, ControlListener, ControlStream, Doorbell,
+    DoorbellRinger, Grant, PeerProcess, PushedHandle, Rang, SharedRegion, User, BACKEND,
+    MAX_GRANTS,
 };
 
 #[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]

@@ -20,19 +20,39 @@
 //! across processes it hangs silently, so a blocking side will sleep on its doorbell, as
 //! on the POSIX backend.
 
+// Compiled on every OS for their tests (like `sys/macos/timeout.rs`): the framing and the
+// address rule are platform-free; the rest is Windows calls.
+#[cfg(windows)]
 mod doorbell;
+#[cfg_attr(not(windows), allow(dead_code))]
+mod frame;
+#[cfg(windows)]
 mod handle;
+#[cfg(windows)]
+mod pipe;
+mod pipe_name;
+#[cfg(windows)]
 mod region;
-#[cfg(test)]
+#[cfg(all(test, windows))]
 mod tests;
+#[cfg(windows)]
 mod user;
 
+#[cfg(windows)]
 pub(crate) use doorbell::{doorbell_pair, sleep_until_rung, Doorbell, DoorbellRinger, Rang};
+#[cfg(windows)]
+pub(crate) use frame::MAX_GRANTS;
+#[cfg(windows)]
 pub(crate) use handle::{Grant, PeerProcess, PushedHandle};
+#[cfg(windows)]
+pub(crate) use pipe::{ControlListener, ControlStream};
+#[cfg(windows)]
 pub(crate) use region::SharedRegion;
+#[cfg(windows)]
 pub(crate) use user::{current_user, User};
 
 /// This backend's name, for reports.
+#[cfg(windows)]
 pub(crate) const BACKEND: &str = "windows";
 
 /// An `InvalidData` error about an object received from the peer.

@@ -1032,6 +1032,43 @@ fn a_live_name_is_refused_and_a_dead_servers_name_is_free_again() {
 }
 
 #[test]
+fn a_client_that_finds_every_instance_busy_waits_for_the_next_accept() {
+    let _watchdog = watchdog("the busy instance test");
+    let address = address("busy");
+    let listener = ControlListener::bind(&address, false).unwrap();
+    // The one pending instance is taken; until an accept makes the next, others wait.
+    let first = ControlStream::connect(&address, far_deadline()).unwrap();
+    let soon = Instant::now() + Duration::from_millis(50);
+    let error = ControlStream::connect(&address, soon).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    let waiting = {
+        let address = address.clone();
+        std::thread::spawn(move || ControlStream::connect(&address, far_deadline()).unwrap())
+    };
+    let first_accepted = listener.accept().unwrap();
+    let second_accepted = listener.accept().unwrap();
+    let second = waiting.join().unwrap();
+    first.write_all(b"1").unwrap();
+    second.write_all(b"2").unwrap();
+    let mut buf = [0u8; 1];
+    first_accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"1");
+    second_accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"2");
+    // Non-blocking, with nobody waiting.
+    listener.set_nonblocking().unwrap();
+    let error = listener.accept().unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::WouldBlock, "{error}");
+    let third = ControlStream::connect(&address, far_deadline()).unwrap();
+    let third_accepted = listener
+        .accept()
+        .expect("a connected client is accepted at once");
+    third.write_all(b"3").unwrap();
+    third_accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"3");
+}
+
+#[test]
 fn the_pipe_is_owner_only() {
     use windows_sys::Win32::Foundation::LocalFree;
     use windows_sys::Win32::Security::Authorization::{

@@ -11,12 +11,13 @@
 //! process, thread or token), and each adopting type checks the object's kind and the
 //! rights the handle carries before using it (`check_object`).
 //!
-//! The trust this rests on (for step 2, the handshake): a value names a slot of *our*
-//! table, whoever sent it, so a peer could name a handle that we own elsewhere, and no
-//! check can tell a pushed handle from one of ours of the same kind. So only the server,
-//! which the client has identified (its SID), pushes; the server never adopts a value a
-//! client sends, but pulls what it needs from the client (`DuplicateHandle` *from* the
-//! client's process), which always makes a fresh handle. The checks here are the defence
+//! The trust this rests on: a value names a slot of *our* table, whoever sent it, so a
+//! peer could name a handle that we own elsewhere, and no check can tell a pushed handle
+//! from one of ours of the same kind. So only the server, which the client has identified
+//! (its SID), pushes; the server never adopts a value a client sends, but pulls what it
+//! needs from the client ([`Grant::pull_from`], `DuplicateHandle` *from* the client's
+//! process), which always makes a fresh handle. The control pipe (`pipe.rs`) holds to
+//! this by which end a stream is, never by what the peer writes. The checks here are the defence
 //! in depth behind that rule: a confused or hostile server cannot make a client map a
 //! region of the wrong size, wait on a section, or ring a process.
 //!

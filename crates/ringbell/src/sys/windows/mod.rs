@@ -1,20 +1,27 @@
-//! The Windows backend, step 1 of `docs/WINDOWS.md`: the parts of the platform contract
-//! that need no control channel, built on `windows-sys` and tested under Wine (never on
-//! real Windows yet).
+//! The Windows backend, steps 1 and 2a of `docs/WINDOWS.md`: the platform contract but for
+//! readiness, the poller and the limits, built on `windows-sys` and tested under Wine
+//! (never on real Windows yet).
 //!
 //! - shared memory: an unnamed, pagefile-backed `SEC_COMMIT` section, whose size is fixed
 //!   at creation and which dies with its last handle and view ([`region`]);
-//! - grants: handles, pushed into the peer with `DuplicateHandle` and reduced rights, and
-//!   received as integer values that are checked before use ([`handle`]);
+//! - grants: handles, pushed into the peer with `DuplicateHandle` and reduced rights, or
+//!   pulled from it, and received as integer values that are checked before use
+//!   ([`handle`]);
 //! - doorbells: one auto-reset event, and a blocking wait that also ends when the peer's
 //!   process does ([`doorbell`]);
-//! - users: the SID of a process's token ([`user`]).
+//! - users: the SID of a process's token ([`user`]);
+//! - the control channel: named pipes, owner-only, in byte mode with frames that carry
+//!   handle values beside the bytes; the server pushes its grants (and its own process
+//!   handle, for the client's waits), the client offers its own for the server to pull
+//!   ([`pipe`]; the frames in [`frame`] and the address rule in [`pipe_name`], both
+//!   platform-free and tested on every OS).
 //!
-//! Not here yet, and so not compiled for Windows above `sys` (see `lib.rs`): the control
-//! channel (named pipes), the handshake that pushes these grants, readiness for tokio, the
-//! poller, and the resource limits. Until the control channel exists, the blocking wait
-//! takes the peer's process handle ([`PeerProcess`]) where the Unix one takes a
-//! `ControlStream`: see [`sleep_until_rung`].
+//! Not here yet, and so not compiled for Windows above `sys` (see `lib.rs`): the
+//! contract's use of all this by the handshake, `Connection` and `Server` (step 2b),
+//! readiness for tokio, `wait_readable`, the poller, and the resource limits. Until step
+//! 2b, the blocking wait takes the peer's process handle ([`PeerProcess`]) where the Unix
+//! one takes a `ControlStream`: see [`sleep_until_rung`]; a `ControlStream` now carries
+//! that process (`ControlStream::peer_process`).
 //!
 //! There is no `SharedWait`: `WaitOnAddress` wakes only threads of its own process, and
 //! across processes it hangs silently, so a blocking side will sleep on its doorbell, as

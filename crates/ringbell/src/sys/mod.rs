@@ -60,7 +60,7 @@
 //! | `linux` | Linux | sealed memfd | shared futex | epoll (through mio) |
 //! | `macos` | macOS (compiled and linted, never run yet) | `shm_open`, unlinked at once | `os_sync_wait_on_address` (14.4+), else the doorbell | kqueue (through mio) |
 //! | `posix` | Linux with `--cfg ringbell_force_posix`, to test what macOS runs | `shm_open`, unlinked at once | the doorbell | epoll (through mio) |
-//! | `windows` | Windows (step 1 of `docs/WINDOWS.md`, tested under Wine only) | an unnamed `SEC_COMMIT` section | the doorbell: an auto-reset event (waits end with the peer's process) | not yet |
+//! | `windows` | Windows (steps 1 and 2a of `docs/WINDOWS.md`, tested under Wine only) | an unnamed `SEC_COMMIT` section | the doorbell: an auto-reset event (waits end with the peer's process) | not yet |
 //!
 //! `posix/` holds everything the backends share (sockets, doorbells, grants, credentials,
 //! the poller, readiness, limits, and the `shm_open` region); `linux/` and `macos/` hold
@@ -74,9 +74,12 @@
 //! error.
 //!
 //! `windows/` is the Windows backend, built in the steps of `docs/WINDOWS.md`. It has, so
-//! far, the region, grants (handles pushed with `DuplicateHandle`, and the checks of a
-//! received handle value), doorbells and users, tested under Wine in CI with real
-//! processes; the control channel, readiness, the poller and the limits come next.
+//! far, the region, grants (handles pushed with `DuplicateHandle` or pulled from the
+//! client, and the checks of a received handle value), doorbells, users and the control
+//! channel (named pipes, whose frames carry handle values beside the bytes), tested under
+//! Wine in CI with real processes; its use above `sys` (step 2b), readiness, the poller
+//! and the limits come next. Its framing and address rule are platform-free and tested on
+//! every OS.
 
 #[cfg(unix)]
 mod posix;
@@ -112,19 +115,21 @@ pub(crate) use macos::{shared_wait, SharedRegion, BACKEND};
 #[cfg(all(target_os = "linux", ringbell_force_posix))]
 pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
-// Windows: step 1 of docs/WINDOWS.md, the region, grants, doorbells and users. The
-// control channel and what needs it come next; until then the modules above `sys` that
-// use the rest of the contract are left out of Windows builds (`cfg_full_contract!` in
-// lib.rs), and `sleep_until_rung` takes the peer's process instead of a `ControlStream`.
-#[cfg(windows)]
+// Windows: steps 1 and 2a of docs/WINDOWS.md, the region, grants, doorbells, users and
+// the control channel. Until step 2b the modules above `sys` that use the contract are
+// left out of Windows builds (`cfg_full_contract!` in lib.rs), and `sleep_until_rung`
+// takes the peer's process instead of a `ControlStream`.
+// On other OSes for its tests: its framing and address rule are platform-free.
+#[cfg(any(windows, test))]
 mod windows;
 
 // Unused above `sys` until the modules that need the control channel are built there.
 #[cfg(windows)]
 #[allow(unused_imports)]
 pub(crate) use windows::{
-    current_user, doorbell_pair, sleep_until_rung, Doorbell, DoorbellRinger, Grant, PeerProcess,
-    PushedHandle, Rang, SharedRegion, User, BACKEND,
+    current_user, doorbell_pair, sleep_until_rung, ControlListener, ControlStream, Doorbell,
+    DoorbellRinger, Grant, PeerProcess, PushedHandle, Rang, SharedRegion, User, BACKEND,
+    MAX_GRANTS,
 };
 
 #[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]

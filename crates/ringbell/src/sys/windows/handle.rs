@@ -11,12 +11,13 @@
 //! process, thread or token), and each adopting type checks the object's kind and the
 //! rights the handle carries before using it (`check_object`).
 //!
-//! The trust this rests on (for step 2, the handshake): a value names a slot of *our*
-//! table, whoever sent it, so a peer could name a handle that we own elsewhere, and no
-//! check can tell a pushed handle from one of ours of the same kind. So only the server,
-//! which the client has identified (its SID), pushes; the server never adopts a value a
-//! client sends, but pulls what it needs from the client (`DuplicateHandle` *from* the
-//! client's process), which always makes a fresh handle. The checks here are the defence
+//! The trust this rests on: a value names a slot of *our* table, whoever sent it, so a
+//! peer could name a handle that we own elsewhere, and no check can tell a pushed handle
+//! from one of ours of the same kind. So only the server, which the client has identified
+//! (its SID), pushes; the server never adopts a value a client sends, but pulls what it
+//! needs from the client ([`Grant::pull_from`], `DuplicateHandle` *from* the client's
+//! process), which always makes a fresh handle. The control pipe (`pipe.rs`) holds to
+//! this by which end a stream is, never by what the peer writes. The checks here are the defence
 //! in depth behind that rule: a confused or hostile server cannot make a client map a
 //! region of the wrong size, wait on a section, or ring a process.
 //!
@@ -35,11 +36,13 @@ use windows_sys::Win32::Foundation::{
     WAIT_OBJECT_0,
 };
 use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, OpenProcess, WaitForSingleObject, PROCESS_DUP_HANDLE, PROCESS_SYNCHRONIZE,
+    GetCurrentProcess, OpenProcess, WaitForSingleObject, PROCESS_DUP_HANDLE,
+    PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE,
 };
 use windows_sys::Win32::System::WindowsProgramming::PUBLIC_OBJECT_BASIC_INFORMATION;
 
-use super::invalid;
+use super::user::user_of_process;
+use super::{invalid, User};
 
 /// An OS object on its way to the peer, or just received from it: here, a handle of this
 /// process, and the rights a copy pushed to the peer is to have.
@@ -121,22 +124,7 @@ impl Grant {
     /// a value that names no open handle here. What the object is, and whether the handle
     /// has the rights its use needs, the adopting type checks (`check_object`).
     pub(crate) fn from_peer_value(value: u64) -> io::Result<Grant> {
-        let signed = value as i64;
-        if signed == 0 {
-            return Err(invalid("the peer sent a null handle"));
-        }
-        if PSEUDO_HANDLES.contains(&signed) {
-            return Err(invalid(format!(
-                "the peer sent a pseudo-handle ({signed}), which would name one of this \
-                 process's own objects"
-            )));
-        }
-        if !(4..=MAX_HANDLE_VALUE).contains(&signed) || signed % 4 != 0 {
-            return Err(invalid(format!(
-                "the peer sent {value:#x}, which is not a handle value"
-            )));
-        }
-        let raw = signed as isize as HANDLE;
+        let raw = handle_of_value(value)?;
         // Whether it names an open handle, before anything takes ownership of it (closing
         // a value that names nothing would be an error, and under a debugger an exception).
         // SAFETY: the value is only passed to a query that checks it; no handle is created
@@ -150,6 +138,100 @@ impl Grant {
         // SAFETY: the value names an open handle of this process, which the peer pushed
         // for us to own (see the module's note on trust); from here on only this grant
         // closes it.
+        let handle = unsafe { OwnedHandle::from_raw_handle(raw) };
+        Ok(Grant {
+            handle,
+            peer_access: None,
+        })
+    }
+}
+
+/// The handle a value a peer sent may stand for: not null, not a pseudo-handle (−1 …
+/// −12, which would name the receiver's own process, thread or token), and a multiple of 4
+/// in the range of handle values. Whether it names an open handle, and in whose table, is
+/// the caller's to check.
+fn handle_of_value(value: u64) -> io::Result<HANDLE> {
+    let signed = value as i64;
+    if signed == 0 {
+        return Err(invalid("the peer sent a null handle"));
+    }
+    if PSEUDO_HANDLES.contains(&signed) {
+        return Err(invalid(format!(
+            "the peer sent a pseudo-handle ({signed}), which would name one of this \
+             process's own objects"
+        )));
+    }
+    if !(4..=MAX_HANDLE_VALUE).contains(&signed) || signed % 4 != 0 {
+        return Err(invalid(format!(
+            "the peer sent {value:#x}, which is not a handle value"
+        )));
+    }
+    Ok(signed as isize as HANDLE)
+}
+
+impl Grant {
+    /// A new handle of this process to this grant's object, with the rights a peer's copy
+    /// is to have: what a client offers its server to pull ([`pull_from`](Self::pull_from)),
+    /// since a client never pushes. The caller keeps it open until the server has pulled
+    /// it.
+    pub(in crate::sys) fn offer(&self) -> io::Result<OwnedHandle> {
+        let (access, options) = match self.peer_access {
+            Some(access) => (access, 0),
+            None => (0, DUPLICATE_SAME_ACCESS),
+        };
+        let mut raw: HANDLE = ptr::null_mut();
+        // SAFETY: the source handle is owned by `self`, the process pseudo-handle is always
+        // valid, and the out-pointer points at a live local, which receives a new handle
+        // that nothing else owns.
+        let made = unsafe {
+            DuplicateHandle(
+                GetCurrentProcess(),
+                self.handle.as_raw_handle(),
+                GetCurrentProcess(),
+                &mut raw,
+                access,
+                FALSE,
+                options,
+            )
+        };
+        if made == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `DuplicateHandle` made a new handle, which nothing else owns.
+        Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
+    }
+
+    /// Pulls the handle `value` of `peer`'s table into ours (`DuplicateHandle` *from* the
+    /// peer, with the rights it has there): how a server takes what its client offers.
+    /// Unlike adopting a value, this always makes a fresh handle of our own, so a client
+    /// can name only objects it holds itself, never one of ours. The pseudo-handles are
+    /// refused (they would name the client's own process or thread); the adopting type
+    /// checks the object's kind and rights as for any grant.
+    pub(in crate::sys) fn pull_from(peer: &PeerProcess, value: u64) -> io::Result<Grant> {
+        let source = handle_of_value(value)?;
+        let mut raw: HANDLE = ptr::null_mut();
+        // SAFETY: the peer's process handle is owned by `peer` (opened with
+        // PROCESS_DUP_HANDLE) and `source` is only a value in its table, which the call
+        // checks; the out-pointer points at a live local, which receives a new handle of
+        // ours that nothing else owns.
+        let pulled = unsafe {
+            DuplicateHandle(
+                peer.handle.as_raw_handle(),
+                source,
+                GetCurrentProcess(),
+                &mut raw,
+                0,
+                FALSE,
+                DUPLICATE_SAME_ACCESS,
+            )
+        };
+        if pulled == 0 {
+            let error = io::Error::last_os_error();
+            return Err(invalid(format!(
+                "the peer offered {value:#x}, which cannot be taken from it: {error}"
+            )));
+        }
+        // SAFETY: as above: a new handle, owned from here on by the grant alone.
         let handle = unsafe { OwnedHandle::from_raw_handle(raw) };
         Ok(Grant {
             handle,
@@ -211,12 +293,15 @@ pub(crate) struct PeerProcess {
 
 impl PeerProcess {
     /// Opens the process `pid` with the rights a server needs on its client: to push
-    /// handles into it (`PROCESS_DUP_HANDLE`) and to wait for its end (`SYNCHRONIZE`).
-    /// A pid may have been reused by the time it is opened: the handshake (step 2) checks
-    /// the opened process's user before pushing anything.
+    /// handles into it and pull them from it (`PROCESS_DUP_HANDLE`), to wait for its end
+    /// (`SYNCHRONIZE`), and to read its token's user (`PROCESS_QUERY_LIMITED_INFORMATION`),
+    /// so that the user checked and the process pushed into are one object. A pid may have
+    /// been reused by the time it is opened: the server checks the opened process's user
+    /// ([`user`](Self::user)) before pushing anything.
     pub(crate) fn open(pid: u32) -> io::Result<PeerProcess> {
+        let access = PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION;
         // SAFETY: no pointer is involved; a null result is an error, checked below.
-        let raw = unsafe { OpenProcess(PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE, FALSE, pid) };
+        let raw = unsafe { OpenProcess(access, FALSE, pid) };
         if raw.is_null() {
             return Err(io::Error::last_os_error());
         }
@@ -262,6 +347,12 @@ impl PeerProcess {
         // SAFETY: `DuplicateHandle` made a new handle, which nothing else owns.
         let handle = unsafe { OwnedHandle::from_raw_handle(raw) };
         Ok(Grant::new(handle, PROCESS_SYNCHRONIZE))
+    }
+
+    /// The user of the process's token. Needs a process [`open`](Self::open)ed here (an
+    /// adopted one has `SYNCHRONIZE` only).
+    pub(crate) fn user(&self) -> io::Result<User> {
+        user_of_process(self.handle.as_handle())
     }
 
     /// Whether the process has ended. Never blocks.

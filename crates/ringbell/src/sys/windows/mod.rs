@@ -1,38 +1,65 @@
-//! The Windows backend, step 1 of `docs/WINDOWS.md`: the parts of the platform contract
-//! that need no control channel, built on `windows-sys` and tested under Wine (never on
-//! real Windows yet).
+//! The Windows backend, steps 1 and 2a of `docs/WINDOWS.md`: the platform contract but for
+//! readiness, the poller and the limits, built on `windows-sys` and tested under Wine
+//! (never on real Windows yet).
 //!
 //! - shared memory: an unnamed, pagefile-backed `SEC_COMMIT` section, whose size is fixed
 //!   at creation and which dies with its last handle and view ([`region`]);
-//! - grants: handles, pushed into the peer with `DuplicateHandle` and reduced rights, and
-//!   received as integer values that are checked before use ([`handle`]);
+//! - grants: handles, pushed into the peer with `DuplicateHandle` and reduced rights, or
+//!   pulled from it, and received as integer values that are checked before use
+//!   ([`handle`]);
 //! - doorbells: one auto-reset event, and a blocking wait that also ends when the peer's
 //!   process does ([`doorbell`]);
-//! - users: the SID of a process's token ([`user`]).
+//! - users: the SID of a process's token ([`user`]);
+//! - the control channel: named pipes, owner-only, in byte mode with frames that carry
+//!   handle values beside the bytes; the server pushes its grants (and its own process
+//!   handle, for the client's waits), the client offers its own for the server to pull
+//!   ([`pipe`]; the frames in [`frame`] and the address rule in [`pipe_name`], both
+//!   platform-free and tested on every OS).
 //!
-//! Not here yet, and so not compiled for Windows above `sys` (see `lib.rs`): the control
-//! channel (named pipes), the handshake that pushes these grants, readiness for tokio, the
-//! poller, and the resource limits. Until the control channel exists, the blocking wait
-//! takes the peer's process handle ([`PeerProcess`]) where the Unix one takes a
-//! `ControlStream`: see [`sleep_until_rung`].
+//! Not here yet, and so not compiled for Windows above `sys` (see `lib.rs`): the
+//! contract's use of all this by the handshake, `Connection` and `Server` (step 2b),
+//! readiness for tokio, `wait_readable`, the poller, and the resource limits. Until step
+//! 2b, the blocking wait takes the peer's process handle ([`PeerProcess`]) where the Unix
+//! one takes a `ControlStream`: see [`sleep_until_rung`]; a `ControlStream` now carries
+//! that process (`ControlStream::peer_process`).
 //!
 //! There is no `SharedWait`: `WaitOnAddress` wakes only threads of its own process, and
 //! across processes it hangs silently, so a blocking side will sleep on its doorbell, as
 //! on the POSIX backend.
 
+// Compiled on every OS for their tests (like `sys/macos/timeout.rs`): the framing and the
+// address rule are platform-free; the rest is Windows calls.
+#[cfg(windows)]
 mod doorbell;
+#[cfg_attr(not(windows), allow(dead_code))]
+mod frame;
+#[cfg(windows)]
 mod handle;
+#[cfg(windows)]
+mod pipe;
+mod pipe_name;
+#[cfg(windows)]
 mod region;
-#[cfg(test)]
+#[cfg(all(test, windows))]
 mod tests;
+#[cfg(windows)]
 mod user;
 
+#[cfg(windows)]
 pub(crate) use doorbell::{doorbell_pair, sleep_until_rung, Doorbell, DoorbellRinger, Rang};
+#[cfg(windows)]
+pub(crate) use frame::MAX_GRANTS;
+#[cfg(windows)]
 pub(crate) use handle::{Grant, PeerProcess, PushedHandle};
+#[cfg(windows)]
+pub(crate) use pipe::{ControlListener, ControlStream};
+#[cfg(windows)]
 pub(crate) use region::SharedRegion;
+#[cfg(windows)]
 pub(crate) use user::{current_user, User};
 
 /// This backend's name, for reports.
+#[cfg(windows)]
 pub(crate) const BACKEND: &str = "windows";
 
 /// An `InvalidData` error about an object received from the peer.

@@ -1,5 +1,8 @@
 //! The Windows backend's tests, run under Wine in CI (never on real Windows yet): what
-//! step 1 of `docs/WINDOWS.md` built, between real processes where a peer matters.
+//! steps 1 and 2a of `docs/WINDOWS.md` built (regions, grants, doorbells, users, the
+//! control pipe), between real processes where a peer matters. The pipe's framing and
+//! address rule have platform-free tests of their own (`frame.rs`, `pipe_name.rs`), which
+//! run on Linux too.
 //!
 //! # How the peer process is made
 //!
@@ -10,9 +13,10 @@
 //! the role and ends the process: 0 if it succeeded, 1 after its panic message if not.
 //! Run normally, `child_entry` is an empty test.
 //!
-//! The parent pushes handles into the child (`Grant::push_to`, as the server will) and
+//! The parent pushes handles into the child (`Grant::push_to`, as the server does) and
 //! sends their values, with its other parameters, as one line of `name=value` pairs on the
-//! child's stdin; the child reports lines containing [`MARKER`] on its stdout. libtest
+//! child's stdin (a pipe test's child gets its listener's address in [`PIPE`] and speaks
+//! over the pipe instead); the child reports lines containing [`MARKER`] on its stdout. libtest
 //! writes its own text on the same line as the child's first one, so the parent looks for
 //! the marker anywhere in a line.
 //!
@@ -46,6 +50,9 @@ use super::*;
 
 /// The environment variable that makes this test binary a child in a role.
 const ROLE: &str = "RINGBELL_WINDOWS_TEST_CHILD";
+
+/// The environment variable that tells a child the address of a control pipe.
+const PIPE: &str = "RINGBELL_WINDOWS_TEST_PIPE";
 
 /// What starts every line a child reports to its parent.
 const MARKER: &str = "ringbell-child:";
@@ -90,6 +97,11 @@ struct ChildProcess {
 
 impl ChildProcess {
     fn spawn(role: &str) -> ChildProcess {
+        ChildProcess::spawn_at(role, "")
+    }
+
+    /// A child whose role uses the control pipe at `address` (in [`PIPE`]).
+    fn spawn_at(role: &str, address: &str) -> ChildProcess {
         let test_name = concat!(module_path!(), "::child_entry")
             .split_once("::")
             .expect("a module path has the crate's name first")
@@ -97,6 +109,7 @@ impl ChildProcess {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
             .env(ROLE, role)
+            .env(PIPE, address)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -169,6 +182,11 @@ fn child_entry() {
         "sleep" => role_sleep(),
         "idle" => role_idle(),
         "count-own-handles" => role_count_own_handles(),
+        "pipe-client" => role_pipe_client(),
+        "pipe-server" => role_pipe_server(),
+        "pipe-server-once" => role_pipe_server_once(),
+        "pipe-idle-client" => role_pipe_idle_client(),
+        "count-pipe-handles" => role_count_pipe_handles(),
         other => panic!("unknown role {other}"),
     });
     // Exit here, so that libtest does not go on to report (or run) anything else.
@@ -704,6 +722,683 @@ fn a_handle_pushed_into_a_child_is_closed_there_when_retracted() {
 fn dropping_everything_closes_every_handle_it_made() {
     let _watchdog = watchdog("the handle count test");
     let mut child = ChildProcess::spawn("count-own-handles");
+    let counted = child.report();
+    assert!(counted.starts_with("counted "), "{counted}");
+    child.succeeds();
+}
+
+// ---------------------------------------------------------------------------------------
+// The control pipe (step 2a).
+
+/// An address for a test's listener, unique to this process and `tag` (tests run in
+/// parallel threads of one process): a Unix-style path, so that the address rule is used.
+fn address(tag: &str) -> std::path::PathBuf {
+    format!("/tmp/ringbell-test-{}-{tag}.sock", std::process::id()).into()
+}
+
+/// A listener at `address` and both ends of one connection to it, in this process: the
+/// server pushes into (and pulls from) its own process, which is its client's.
+fn control_pair(address: &std::path::Path) -> (ControlListener, ControlStream, ControlStream) {
+    let listener = ControlListener::bind(address, false).unwrap();
+    let client = ControlStream::connect(address, far_deadline()).unwrap();
+    let server = listener.accept().unwrap();
+    (listener, client, server)
+}
+
+/// The address a child was given.
+fn child_address() -> std::path::PathBuf {
+    std::env::var(PIPE).expect("the parent names a pipe").into()
+}
+
+/// Child: connects to its parent's listener and checks who serves it; offers the ringer
+/// of a doorbell of its own with its hello; adopts the region and the ringer its parent
+/// pushed with the welcome (and the parent's process, which came with them), reads the
+/// parent's pattern and writes its own, rings; sleeps until the parent rings back through
+/// the offered ringer; says goodbye.
+fn role_pipe_client() {
+    let parameters = parameters();
+    let control = ControlStream::connect(&child_address(), far_deadline()).unwrap();
+    assert_eq!(u64::from(control.peer_pid().unwrap()), parameters["server"]);
+    assert_eq!(control.peer_user().unwrap(), current_user());
+    assert!(
+        control.peer_process().is_err(),
+        "no process handle before the server's first grants"
+    );
+    let (own, ringer_for_server) = doorbell_pair().unwrap();
+    control
+        .send_with_grants(b"hello", &[&ringer_for_server.into_grant()])
+        .unwrap();
+
+    let mut welcome = [0u8; 7];
+    let grants = control.recv_with_grants(&mut welcome).unwrap();
+    assert_eq!(&welcome, b"welcome");
+    let [region, ringer]: [Grant; 2] = grants.try_into().expect("two grants");
+    let len = parameters["len"] as usize;
+    let region = SharedRegion::adopt(region, len, current_user()).unwrap();
+    let ringer = DoorbellRinger::adopt(ringer).unwrap();
+    let server = control
+        .peer_process()
+        .expect("the server's process came too");
+    assert_eq!(rights(server), PROCESS_SYNCHRONIZE, "SYNCHRONIZE only");
+    // SAFETY: a live mapping of `len` bytes, which the parent does not touch until it is
+    // rung; byte reads and writes cannot break any invariant.
+    unsafe {
+        for offset in 0..PATTERN_LEN {
+            assert_eq!(
+                region.as_ptr().add(offset).read_volatile(),
+                pattern(PARENT, offset)
+            );
+        }
+        for offset in len - PATTERN_LEN..len {
+            region
+                .as_ptr()
+                .add(offset)
+                .write_volatile(pattern(CHILD, offset));
+        }
+    }
+    ringer.ring();
+    assert_eq!(
+        sleep_until_rung(&own, server, Some(far_deadline())).unwrap(),
+        Rang::Rung
+    );
+    control.write_all(b"bye").unwrap();
+    report("done");
+    // Wait for the parent's hang-up, so that our goodbye is read before we exit.
+    let mut more = [0u8; 1];
+    let end = control.read_exact(&mut more).unwrap_err();
+    assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof, "{end}");
+}
+
+/// Child: listens at the address it was given, says so, and holds still until its stdin
+/// closes or it is killed.
+fn role_pipe_server() {
+    let _listener = ControlListener::bind(&child_address(), false).unwrap();
+    report("listening");
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {}
+}
+
+/// Child: listens, accepts one client, pushes it a doorbell (and so its process), writes
+/// bytes the client will not read yet, says so, and holds still until killed.
+fn role_pipe_server_once() {
+    let listener = ControlListener::bind(&child_address(), false).unwrap();
+    report("listening");
+    let control = listener.accept().unwrap();
+    let (doorbell, _ringer) = doorbell_pair().unwrap();
+    control
+        .send_with_grants(b"w", &[&doorbell.into_grant()])
+        .unwrap();
+    control.write_all(b"unread").unwrap();
+    report("sent");
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {}
+}
+
+/// Child: connects, says so, and holds still until its stdin closes or it is killed.
+fn role_pipe_idle_client() {
+    let _control = ControlStream::connect(&child_address(), far_deadline()).unwrap();
+    report("connected");
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {}
+}
+
+/// Child: counts its handles around many connections made, used and dropped, in a
+/// process where nothing else runs.
+fn role_count_pipe_handles() {
+    let address = address("count");
+    let cycle = |listener: &ControlListener| {
+        let client = ControlStream::connect(&address, far_deadline()).unwrap();
+        let server = listener.accept().unwrap();
+        assert_eq!(server.peer_user().unwrap(), current_user());
+        assert_eq!(client.peer_user().unwrap(), current_user());
+        // A grant each way: offered and pulled, pushed and adopted (with the process).
+        let (_doorbell, ringer) = doorbell_pair().unwrap();
+        client
+            .send_with_grants(b"hello", &[&ringer.into_grant()])
+            .unwrap();
+        let mut hello = [0u8; 5];
+        let pulled = server.recv_with_grants(&mut hello).unwrap();
+        DoorbellRinger::adopt(pulled.into_iter().next().unwrap()).unwrap();
+        let (region, grant) = SharedRegion::create(8192).unwrap();
+        server.send_with_grants(b"welcome", &[&grant]).unwrap();
+        let mut welcome = [0u8; 7];
+        let pushed = client.recv_with_grants(&mut welcome).unwrap();
+        let adopted =
+            SharedRegion::adopt(pushed.into_iter().next().unwrap(), 8192, current_user()).unwrap();
+        assert!(client.peer_process().is_ok() && !client.peer_gone());
+        // A read cut off by its deadline, and one failed connect.
+        server
+            .set_deadline(Some(Instant::now() + Duration::from_millis(1)))
+            .unwrap();
+        let mut nothing = [0u8; 1];
+        assert_eq!(
+            server.read_exact(&mut nothing).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        let nobody = ControlStream::connect(&self::address("nobody"), far_deadline());
+        assert_eq!(nobody.unwrap_err().kind(), io::ErrorKind::NotFound);
+        drop((client, server, region, grant, adopted));
+    };
+    // A listener made and dropped, then cycles on one kept: warmed up once first, so that
+    // whatever Wine makes on first use is there before counting.
+    let listener = ControlListener::bind(&address, false).unwrap();
+    cycle(&listener);
+    drop(listener);
+    let pid = std::process::id();
+    let before = handles_of(pid);
+    let listener = ControlListener::bind(&address, false).unwrap();
+    for _ in 0..50 {
+        cycle(&listener);
+    }
+    drop(listener);
+    let after = handles_of(pid);
+    let left: Vec<u64> = after
+        .iter()
+        .filter(|value| !before.contains(value))
+        .copied()
+        .collect();
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "handles left after 50 connections: {left:x?}"
+    );
+    report(&format!("counted {} {}", before.len(), after.len()));
+}
+
+#[test]
+fn bytes_and_grants_cross_between_two_processes_over_the_pipe() {
+    let _watchdog = watchdog("the pipe round trip test");
+    let address = address("round-trip");
+    let listener = ControlListener::bind(&address, false).unwrap();
+    let mut child = ChildProcess::spawn_at("pipe-client", address.to_str().unwrap());
+    let len = 64 * 1024;
+    child.send(&[
+        ("server", u64::from(std::process::id())),
+        ("len", len as u64),
+    ]);
+    let server = listener.accept().unwrap();
+    assert_eq!(server.peer_pid().unwrap(), child.child.id());
+    assert_eq!(server.peer_user().unwrap(), current_user());
+
+    let mut hello = [0u8; 5];
+    let offered = server.recv_with_grants(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello");
+    let [ringer]: [Grant; 1] = offered.try_into().expect("one grant");
+    assert_eq!(
+        rights(&ringer),
+        EVENT_MODIFY_STATE,
+        "pulled with the rights the client offered"
+    );
+    let ring_child = DoorbellRinger::adopt(ringer).unwrap();
+
+    let (region, region_grant) = SharedRegion::create(len).unwrap();
+    // SAFETY: a live mapping of `len` bytes, which the child does not touch until it has
+    // the welcome; byte writes cannot break any invariant.
+    unsafe {
+        for offset in 0..PATTERN_LEN {
+            region
+                .as_ptr()
+                .add(offset)
+                .write_volatile(pattern(PARENT, offset));
+        }
+    }
+    let (own, ringer_for_child) = doorbell_pair().unwrap();
+    server
+        .send_with_grants(b"welcome", &[&region_grant, &ringer_for_child.into_grant()])
+        .unwrap();
+    drop(region_grant);
+    let peer = server.peer_process().unwrap();
+    assert_eq!(
+        sleep_until_rung(&own, peer, Some(far_deadline())).unwrap(),
+        Rang::Rung,
+        "the child rings once it has written"
+    );
+    // SAFETY: as above; the child wrote its part before ringing and writes nothing since.
+    unsafe {
+        for offset in len - PATTERN_LEN..len {
+            assert_eq!(
+                region.as_ptr().add(offset).read_volatile(),
+                pattern(CHILD, offset)
+            );
+        }
+    }
+    ring_child.ring();
+    let mut bye = [0u8; 3];
+    server.read_exact(&mut bye).unwrap();
+    assert_eq!(&bye, b"bye");
+    assert_eq!(child.report(), "done");
+    drop(server);
+    child.succeeds();
+}
+
+#[test]
+fn an_address_maps_to_its_pipe_name_and_either_reaches_the_listener() {
+    let _watchdog = watchdog("the address rule test");
+    let address = address("mapped");
+    let (listener, _client, _server) = control_pair(&address);
+    let expected = format!(
+        r"\\.\pipe\ringbell--tmp-ringbell-test-{}-mapped.sock",
+        std::process::id()
+    );
+    assert_eq!(listener.pipe_name(), expected);
+    // The full name reaches the same listener.
+    let full = ControlStream::connect(std::path::Path::new(&expected), far_deadline()).unwrap();
+    let accepted = listener.accept().unwrap();
+    full.write_all(b"x").unwrap();
+    let mut x = [0u8; 1];
+    accepted.read_exact(&mut x).unwrap();
+    assert_eq!(&x, b"x");
+    // A bad full name or a remote one is refused before anything is made.
+    for bad in [r"\\.\pipe\a\b", r"\\server\pipe\x"] {
+        let error = ControlListener::bind(std::path::Path::new(bad), false).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{bad}: {error}");
+    }
+}
+
+#[test]
+fn a_live_name_is_refused_and_a_dead_servers_name_is_free_again() {
+    let _watchdog = watchdog("the live name test");
+    // In this process: the second bind is refused, and the listener lives on; its next
+    // accept is the probe the refused bind made, which has hung up (as on Unix).
+    let here = address("live-here");
+    let listener = ControlListener::bind(&here, false).unwrap();
+    let error = ControlListener::bind(&here, false).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
+    let probe = listener.accept().unwrap();
+    let mut buf = [0u8; 1];
+    assert!(matches!(
+        probe.try_read_with_grants(&mut buf),
+        Ok(Some((0, _)))
+    ));
+    let client = ControlStream::connect(&here, far_deadline()).unwrap();
+    let server = listener.accept().unwrap();
+    client.write_all(b"y").unwrap();
+    server.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"y");
+    drop((probe, client, server, listener));
+    // All its instances gone, the name is free.
+    drop(ControlListener::bind(&here, false).unwrap());
+
+    // Across processes: a child's live listener, then the child killed.
+    let there = address("live-there");
+    let mut child = ChildProcess::spawn_at("pipe-server", there.to_str().unwrap());
+    assert_eq!(child.report(), "listening");
+    let error = ControlListener::bind(&there, false).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
+    let listener = ControlListener::bind(&there, false).expect("a dead server's name is free");
+    drop(listener);
+}
+
+#[test]
+fn a_client_that_finds_every_instance_busy_waits_for_the_next_accept() {
+    let _watchdog = watchdog("the busy instance test");
+    let address = address("busy");
+    let listener = ControlListener::bind(&address, false).unwrap();
+    // The one pending instance is taken; until an accept makes the next, others wait.
+    let first = ControlStream::connect(&address, far_deadline()).unwrap();
+    let soon = Instant::now() + Duration::from_millis(50);
+    let error = ControlStream::connect(&address, soon).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    let waiting = {
+        let address = address.clone();
+        std::thread::spawn(move || ControlStream::connect(&address, far_deadline()).unwrap())
+    };
+    let first_accepted = listener.accept().unwrap();
+    let second_accepted = listener.accept().unwrap();
+    let second = waiting.join().unwrap();
+    first.write_all(b"1").unwrap();
+    second.write_all(b"2").unwrap();
+    let mut buf = [0u8; 1];
+    first_accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"1");
+    second_accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"2");
+    // Non-blocking, with nobody waiting.
+    listener.set_nonblocking().unwrap();
+    let error = listener.accept().unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::WouldBlock, "{error}");
+    let third = ControlStream::connect(&address, far_deadline()).unwrap();
+    let third_accepted = listener
+        .accept()
+        .expect("a connected client is accepted at once");
+    third.write_all(b"3").unwrap();
+    third_accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"3");
+}
+
+#[test]
+fn the_pipe_is_owner_only() {
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
+        SE_KERNEL_OBJECT,
+    };
+    use windows_sys::Win32::Security::DACL_SECURITY_INFORMATION;
+
+    let listener = ControlListener::bind(&address("owner-only"), false).unwrap();
+    let text = listener.with_pending_pipe(|pipe| {
+        let mut descriptor = std::ptr::null_mut();
+        // SAFETY: the pipe handle is borrowed for the call; the out-pointers point at live
+        // locals; the descriptor is ours to free with LocalFree.
+        let status = unsafe {
+            GetSecurityInfo(
+                pipe.as_raw_handle(),
+                SE_KERNEL_OBJECT,
+                DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut descriptor,
+            )
+        };
+        assert_eq!(status, 0, "GetSecurityInfo");
+        let mut text = std::ptr::null_mut();
+        let mut len = 0u32;
+        // SAFETY: the descriptor came from GetSecurityInfo; the out-pointers point at live
+        // locals; the text is ours to free with LocalFree.
+        let ok = unsafe {
+            ConvertSecurityDescriptorToStringSecurityDescriptorW(
+                descriptor,
+                SDDL_REVISION_1,
+                DACL_SECURITY_INFORMATION,
+                &mut text,
+                &mut len,
+            )
+        };
+        assert_ne!(
+            ok, 0,
+            "ConvertSecurityDescriptorToStringSecurityDescriptorW"
+        );
+        // SAFETY: `len` UTF-16 units at `text`, written by the call (with its NUL).
+        let units = unsafe { std::slice::from_raw_parts(text, len as usize) };
+        let string = String::from_utf16_lossy(units)
+            .trim_end_matches('\0')
+            .to_string();
+        // SAFETY: both were allocated for us by the calls above, and are not used after.
+        unsafe {
+            LocalFree(text.cast());
+            LocalFree(descriptor);
+        }
+        string
+    });
+    let own = format!(";;;{})", current_user());
+    assert!(text.starts_with("D:P"), "a protected DACL: {text}");
+    assert!(text.contains(&own), "our SID is granted: {text}");
+    assert_eq!(text.matches("(A;").count(), 1, "one entry, ours: {text}");
+    for nobody in ["WD", "AN", "AU", "BU"] {
+        assert!(
+            !text.contains(&format!(";;;{nobody})")),
+            "{nobody} in {text}"
+        );
+    }
+}
+
+#[test]
+fn each_end_knows_its_peers_user_and_pid_and_sees_it_go() {
+    let _watchdog = watchdog("the peer test");
+    // In this process, the peer is ourselves.
+    let (_listener, client, server) = control_pair(&address("peer-here"));
+    assert_eq!(client.peer_user().unwrap(), current_user());
+    assert_eq!(server.peer_user().unwrap(), current_user());
+    assert_eq!(client.peer_pid().unwrap(), std::process::id());
+    assert_eq!(server.peer_pid().unwrap(), std::process::id());
+    assert!(!client.peer_gone() && !server.peer_gone());
+    // A refusal written just before the server hangs up is still read, then the end.
+    // Wine's PeekNamedPipe reports the hang-up only once the bytes before it are read (a
+    // client that has its server's process handle sees the end at once: see below).
+    assert!(server.try_send(b"refused"));
+    drop(server);
+    let mut refusal = [0u8; 7];
+    client.read_exact(&mut refusal).unwrap();
+    assert_eq!(&refusal, b"refused");
+    assert!(client.peer_gone());
+    let mut buf = [0u8; 1];
+    assert!(matches!(
+        client.try_read_with_grants(&mut buf),
+        Ok(Some((0, _)))
+    ));
+    assert_eq!(
+        client.read_exact(&mut buf).unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
+    assert_eq!(
+        client.write_all(b"late").unwrap_err().kind(),
+        io::ErrorKind::BrokenPipe
+    );
+
+    // A child client, killed.
+    let there = address("peer-there");
+    let listener = ControlListener::bind(&there, false).unwrap();
+    let mut child = ChildProcess::spawn_at("pipe-idle-client", there.to_str().unwrap());
+    let server = listener.accept().unwrap();
+    assert_eq!(child.report(), "connected");
+    assert_eq!(server.peer_pid().unwrap(), child.child.id());
+    assert_eq!(server.peer_user().unwrap(), current_user());
+    assert!(!server.peer_gone());
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
+    assert!(server.peer_gone(), "the killed client is gone");
+    assert_eq!(
+        server.read_exact(&mut buf).unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
+}
+
+#[test]
+fn a_client_sees_its_servers_death_at_once_even_with_bytes_unread() {
+    let _watchdog = watchdog("the server death test");
+    let there = address("server-death");
+    let mut child = ChildProcess::spawn_at("pipe-server-once", there.to_str().unwrap());
+    assert_eq!(child.report(), "listening");
+    let client = ControlStream::connect(&there, far_deadline()).unwrap();
+    let mut w = [0u8; 1];
+    let grants = client.recv_with_grants(&mut w).unwrap();
+    assert_eq!((&w, grants.len()), (b"w", 1));
+    assert_eq!(child.report(), "sent");
+    assert!(client.peer_process().is_ok());
+    assert!(!client.peer_gone());
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
+    assert!(
+        client.peer_gone(),
+        "the server's process has ended, though its last bytes are unread"
+    );
+    let mut unread = [0u8; 6];
+    client.read_exact(&mut unread).unwrap();
+    assert_eq!(&unread, b"unread");
+    assert_eq!(
+        client.read_exact(&mut w).unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
+}
+
+#[test]
+fn grants_beyond_the_limit_are_refused_both_ways() {
+    let _watchdog = watchdog("the grant limit test");
+    let (_listener, client, server) = control_pair(&address("too-many"));
+    let grants: Vec<Grant> = (0..=MAX_GRANTS)
+        .map(|_| doorbell_pair().unwrap().0.into_grant())
+        .collect();
+    let refs: Vec<&Grant> = grants.iter().collect();
+    for end in [&server, &client] {
+        let error = end.send_with_grants(b"many", &refs).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+        let error = end.send_with_grants(b"", &refs[..1]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+    }
+    server
+        .send_with_grants(b"four", &refs[..MAX_GRANTS])
+        .unwrap();
+    let mut four = [0u8; 4];
+    let received = client.recv_with_grants(&mut four).unwrap();
+    assert_eq!(received.len(), MAX_GRANTS);
+    for grant in received {
+        Doorbell::adopt(grant).unwrap();
+    }
+    client
+        .send_with_grants(b"four", &refs[..MAX_GRANTS])
+        .unwrap();
+    assert_eq!(
+        server.recv_with_grants(&mut four).unwrap().len(),
+        MAX_GRANTS
+    );
+
+    // Two frames of grants read as one message are more than one message may carry.
+    server.send_with_grants(b"ab", &refs[..3]).unwrap();
+    server.send_with_grants(b"cd", &refs[..3]).unwrap();
+    let error = client.recv_with_grants(&mut four).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+
+    // A peer that writes a frame with more anyway (not through `send_with_grants`).
+    let (_listener, client, server) = control_pair(&address("too-many-raw"));
+    let mut frame = vec![0xB1, 0, MAX_GRANTS as u8 + 1, 0, 1, 0, 0, 0];
+    frame.extend(std::iter::repeat_n(0u8, 8 * (MAX_GRANTS + 1) + 1));
+    client.write_raw(&frame).unwrap();
+    let error = server.recv_with_grants(&mut [0u8; 1]).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    assert!(error.to_string().contains("more than"), "{error}");
+    server.write_raw(&frame).unwrap();
+    let error = client.recv_with_grants(&mut [0u8; 1]).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+}
+
+#[test]
+fn garbage_on_the_pipe_is_invalid_data_not_a_panic() {
+    let _watchdog = watchdog("the garbage test");
+    let invalid_data = |result: io::Result<Vec<Grant>>| {
+        let error = result.expect_err("garbage was read as a message");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        error.to_string()
+    };
+    // Bytes that are no frame, on either end; and the stream stays refused.
+    let (_listener, client, server) = control_pair(&address("garbage"));
+    client.write_raw(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let refused = invalid_data(server.recv_with_grants(&mut [0u8; 4]));
+    assert!(refused.contains("where a frame begins"), "{refused}");
+    invalid_data(server.recv_with_grants(&mut [0u8; 4]));
+    assert_eq!(
+        server
+            .try_read_with_grants(&mut [0u8; 4])
+            .unwrap_err()
+            .kind(),
+        io::ErrorKind::InvalidData
+    );
+    server
+        .write_raw(&[0xB1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
+    let refused = invalid_data(client.recv_with_grants(&mut [0u8; 4]));
+    assert!(refused.contains("outside"), "{refused}");
+
+    // Values that are no handles: a pseudo-handle pushed to a client, a value naming
+    // nothing offered to a server, a process handle from a client.
+    let frame = |process: Option<u64>, grants: &[u64]| {
+        let flags = u8::from(process.is_some());
+        let mut frame = vec![0xB1, flags, grants.len() as u8, 0, 1, 0, 0, 0];
+        for value in process.iter().chain(grants) {
+            frame.extend_from_slice(&value.to_le_bytes());
+        }
+        frame.push(b'!');
+        frame
+    };
+    let (_listener, client, server) = control_pair(&address("bad-values"));
+    server.write_raw(&frame(None, &[u64::MAX])).unwrap();
+    let refused = invalid_data(client.recv_with_grants(&mut [0u8; 1]));
+    assert!(refused.contains("pseudo-handle"), "{refused}");
+    client.write_raw(&frame(None, &[0x7FFF_FFF0])).unwrap();
+    let refused = invalid_data(server.recv_with_grants(&mut [0u8; 1]));
+    assert!(refused.contains("cannot be taken"), "{refused}");
+    let (_listener, client, server) = control_pair(&address("client-process"));
+    client.write_raw(&frame(Some(0x40), &[])).unwrap();
+    let refused = invalid_data(server.recv_with_grants(&mut [0u8; 1]));
+    assert!(refused.contains("only a server sends"), "{refused}");
+
+    // A frame cut off by the peer's hang-up.
+    let (_listener, client, server) = control_pair(&address("cut-off"));
+    client
+        .write_raw(&[0xB1, 0, 0, 0, 9, 0, 0, 0, b'a'])
+        .unwrap();
+    drop(client);
+    let error = server.recv_with_grants(&mut [0u8; 9]).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+}
+
+#[test]
+fn a_read_past_its_deadline_times_out_and_leaves_the_stream_in_step() {
+    let _watchdog = watchdog("the deadline test");
+    let (_listener, client, server) = control_pair(&address("deadline"));
+    server
+        .set_deadline(Some(Instant::now() + Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    let error = server.recv_with_grants(&mut buf).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+    assert!(matches!(server.try_read_with_grants(&mut buf), Ok(None)));
+    server.set_deadline(None).unwrap();
+    // Nothing was lost or read twice by the cancelled read.
+    client.write_all(b"late").unwrap();
+    server.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"late");
+    // A large write crosses as several frames.
+    let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let writer = std::thread::spawn(move || {
+        client.write_all(&big).unwrap();
+        (client, big)
+    });
+    let mut got = vec![0u8; 100_000];
+    server.read_exact(&mut got).unwrap();
+    let (_client, big) = writer.join().unwrap();
+    assert_eq!(got, big);
+}
+
+#[test]
+fn a_push_that_fails_part_way_is_taken_back_from_the_child() {
+    let _watchdog = watchdog("the half-failed push test");
+    let there = address("half-push");
+    let listener = ControlListener::bind(&there, false).unwrap();
+    let mut child = ChildProcess::spawn_at("pipe-idle-client", there.to_str().unwrap());
+    let server = listener.accept().unwrap();
+    assert_eq!(child.report(), "connected");
+    let pid = child.child.id();
+    let (_a, first) = doorbell_pair().unwrap();
+    let (_b, second) = doorbell_pair().unwrap();
+
+    // Our process handle and the first grant reach the child, the second fails.
+    pipe::test_hooks::fail_after(2);
+    let error = server
+        .send_with_grants(b"x", &[&first.into_grant(), &second.into_grant()])
+        .unwrap_err();
+    assert!(error.to_string().contains("made to fail"), "{error}");
+    let pushed = pipe::test_hooks::take_pushed();
+    assert_eq!(pushed.len(), 2, "two pushes before the failure");
+    let table = handles_of(pid);
+    for value in &pushed {
+        assert!(!table.contains(value), "{value:#x} is still in the child");
+    }
+    // The check above can fail: a push that is not taken back stays in the child's table.
+    let (_c, third) = doorbell_pair().unwrap();
+    server
+        .send_with_grants(b"y", &[&third.into_grant()])
+        .unwrap();
+    let delivered = pipe::test_hooks::take_pushed();
+    assert_eq!(
+        delivered.len(),
+        2,
+        "the process handle again, and the grant"
+    );
+    let table = handles_of(pid);
+    for value in &delivered {
+        assert!(table.contains(value), "{value:#x} did not reach the child");
+    }
+    child.succeeds();
+}
+
+#[test]
+fn many_connections_leave_no_handle_behind() {
+    let _watchdog = watchdog("the pipe handle count test");
+    let mut child = ChildProcess::spawn("count-pipe-handles");
     let counted = child.report();
     assert!(counted.starts_with("counted "), "{counted}");
     child.succeeds();

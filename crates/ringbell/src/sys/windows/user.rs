@@ -1,20 +1,24 @@
 //! Who a process runs as on Windows: the SID of its token's user
 //! (`GetTokenInformation(TokenUser)`). Two SIDs are the same user when their bytes are
-//! equal, which is what `EqualSid` compares. The peer's SID (`OpenProcess` →
-//! `OpenProcessToken`) comes with the control channel, in step 2.
+//! equal, which is what `EqualSid` compares. A peer's SID is read the same way from its
+//! process (`OpenProcess` → `OpenProcessToken`): see `pipe.rs` for whose process that is.
 //!
 //! See GetTokenInformation, TOKEN_USER, SID (learn.microsoft.com).
 
 #![allow(unsafe_code)]
 
 use std::fmt;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+use std::io;
+use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
 use std::ptr;
 
+use windows_sys::Win32::Foundation::FALSE;
 use windows_sys::Win32::Security::{
     GetLengthSid, GetTokenInformation, TokenUser, SECURITY_MAX_SID_SIZE, TOKEN_QUERY, TOKEN_USER,
 };
-use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+use windows_sys::Win32::System::Threading::{
+    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
+};
 
 /// The SID of `LocalSystem` (S-1-5-18), the account services run as: the administrator a
 /// client may trust, as root on Unix.
@@ -80,12 +84,32 @@ pub(crate) fn current_user() -> User {
     token_user().unwrap_or_else(|error| panic!("the process's own user cannot be read: {error}"))
 }
 
-fn token_user() -> std::io::Result<User> {
+fn token_user() -> io::Result<User> {
+    // SAFETY: the current-process pseudo-handle is always valid in this process.
+    user_of_process(unsafe { BorrowedHandle::borrow_raw(GetCurrentProcess()) })
+}
+
+/// The user of the process `pid` (`PROCESS_QUERY_LIMITED_INFORMATION`, which any user may
+/// have on most processes). A pid is a hint: the caller makes sure the process it meant
+/// is still there (see `pipe.rs`).
+pub(super) fn user_of_pid(pid: u32) -> io::Result<User> {
+    // SAFETY: no pointer is involved; a null result is an error, checked below.
+    let raw = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, pid) };
+    if raw.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `OpenProcess` returned a new handle, which nothing else owns.
+    let process = unsafe { OwnedHandle::from_raw_handle(raw) };
+    user_of_process(process.as_handle())
+}
+
+/// The user of the token of `process`, a handle with `PROCESS_QUERY_LIMITED_INFORMATION`.
+pub(super) fn user_of_process(process: BorrowedHandle<'_>) -> io::Result<User> {
     let mut raw = ptr::null_mut();
-    // SAFETY: the current-process pseudo-handle is always valid, and the out-pointer
-    // points at a live local.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut raw) } == 0 {
-        return Err(std::io::Error::last_os_error());
+    // SAFETY: the process handle is borrowed for the call, and the out-pointer points at
+    // a live local.
+    if unsafe { OpenProcessToken(process.as_raw_handle(), TOKEN_QUERY, &mut raw) } == 0 {
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: `OpenProcessToken` returned a new handle, which nothing else owns.
     let token = unsafe { OwnedHandle::from_raw_handle(raw) };
@@ -105,7 +129,7 @@ fn token_user() -> std::io::Result<User> {
         )
     };
     if ok == 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: the call filled the buffer, which starts with a TOKEN_USER (8-aligned).
     let sid = unsafe { buffer.as_ptr().cast::<TOKEN_USER>().read() }
@@ -118,9 +142,7 @@ fn token_user() -> std::io::Result<User> {
         len: 0,
     };
     if len == 0 || len > user.sid.len() {
-        return Err(std::io::Error::other(
-            "the token's SID has an impossible length",
-        ));
+        return Err(io::Error::other("the token's SID has an impossible length"));
     }
     // SAFETY: `len` bytes at `sid` are the SID, inside `buffer` (GetLengthSid read its
     // sub-authority count from it), and `user.sid` has room for them.

@@ -1,0 +1,1208 @@
+//! The control channel on Windows: a named pipe, carrying the handshake and its grants,
+//! kept open for the connection's life so that its end means "the peer is gone".
+//!
+//! # The pipe
+//!
+//! - **Its name** comes from the listener's address by the rule in `pipe_name.rs`: a full
+//!   `\\.\pipe\NAME` as it is, any other path mapped to `\\.\pipe\ringbell-…`.
+//! - **Its security descriptor** is explicit and owner-only (a protected DACL with one
+//!   entry, all rights for our SID; `pipe_name.rs` writes it), where the default one lets
+//!   Everyone and Anonymous read. `PIPE_REJECT_REMOTE_CLIENTS` keeps it on this machine.
+//! - **A live server's name is refused** with `AddrInUse`: the first instance is created
+//!   with `FILE_FLAG_FIRST_PIPE_INSTANCE`, which Windows refuses where the name exists
+//!   (`ERROR_ACCESS_DENIED`); Wine 8 ignores the flag, so `bind` first connects to the name,
+//!   as the Unix backend does to a socket path, and a server that answers (or whose
+//!   instances are all busy) is live. A dead server's name needs no replacing: a pipe goes
+//!   with its last server handle, so a server that exited left nothing behind. (Unlike a
+//!   Unix socket file, a dropped listener's name lives on while connections it accepted
+//!   stay open, and a new `bind` there is refused.)
+//! - **Byte mode**, not message mode. The contract is a byte stream, which the handshake
+//!   reads in pieces as they arrive (`try_read_with_grants`), and grants need framing
+//!   inside the bytes anyway (`frame.rs`), so message boundaries would add nothing but a
+//!   second way to be out of step (`ERROR_MORE_DATA` on a short read). In byte mode
+//!   `PeekNamedPipe`'s count of waiting bytes is exactly what a read can take without
+//!   waiting, which is how a non-blocking read is made without `PIPE_NOWAIT` (deprecated).
+//! - **Overlapped handles** (`FILE_FLAG_OVERLAPPED`), on both ends. Every read, write and
+//!   connect is issued with an `OVERLAPPED` and an event of its own and waited for with
+//!   the time left before the stream's deadline (`CancelIoEx` when it passes, then a wait
+//!   for the cancelled operation to end, so no `OVERLAPPED` outlives its call). That gives
+//!   deadlines, which a synchronous pipe handle has no way to bound, and the handles are
+//!   the kind mio's and tokio's named pipes take, for step 3.
+//!
+//! # Accepting
+//!
+//! The listener keeps one pending instance, on which an overlapped `ConnectNamedPipe` is
+//! in flight; its event is set when a client connects (set by us too when the client came
+//! before the call, `ERROR_PIPE_CONNECTED`). `accept` waits for that event (blocking; after
+//! [`set_nonblocking`](ControlListener::set_nonblocking) it only looks, and says
+//! `WouldBlock`), creates the next instance, and only then hands out the connected one:
+//! so there is always an instance to connect to while the listener lives, and an instance
+//! that could not be made is an error of this `accept`, with the connected client kept for
+//! the next. The event is the readiness a later `wait_readable` or poller waits on (step
+//! 3); the rest is already non-blocking.
+//!
+//! # Grants: the server pushes, the client offers and the server pulls
+//!
+//! A handle value names a slot of its receiver's table, whoever sent it, so a receiver
+//! that adopts values trusts its sender not to name one of the receiver's own handles
+//! (`handle.rs`). Which side a stream is comes from how it was made, never from what the
+//! peer writes:
+//!
+//! - **The server** (an accepted stream) opens its client's process by the pid the pipe
+//!   recorded (`GetNamedPipeClientProcessId`), with `PROCESS_DUP_HANDLE | SYNCHRONIZE |
+//!   PROCESS_QUERY_LIMITED_INFORMATION`, and reads the client's user from *that* handle
+//!   ([`peer_user`](ControlStream::peer_user)), so the user checked is the process pushed
+//!   into. `send_with_grants` pushes each grant into it (`Grant::push_to`) and writes the
+//!   values in the frame; with its first grants it also pushes its own process handle,
+//!   `SYNCHRONIZE` only, so that the client can wait on its death. A push that fails, or a
+//!   frame that is not written whole, retracts every handle pushed for it. What the
+//!   server *receives* it never adopts: the client's values name handles in the client's
+//!   own table, which the server pulls (`Grant::pull_from`, a fresh handle of its own).
+//! - **The client** (a connected stream) adopts the values the server pushed
+//!   (`Grant::from_peer_value`; the process handle as the stream's
+//!   [`peer_process`](ControlStream::peer_process)). Its own grants it *offers*: it
+//!   duplicates each within its own process with the peer's rights and sends those
+//!   values, for the server to pull. It cannot know when the server has pulled them, so
+//!   it keeps the offered handles until the stream is dropped (the handshake offers one,
+//!   a shared doorbell's ringer, per connection).
+//!
+//! So a client never adopts anything but what a server wrote, after it read the server's
+//! user (the handshake checks it before it reads), and a server adopts nothing at all.
+//!
+//! # The peer
+//!
+//! `peer_pid` is the pid the pipe recorded (`GetNamedPipe{Client,Server}ProcessId`): a
+//! hint, as the pid may be reused once that process ends. `peer_user` opens the process by
+//! it and, once its token is read, checks that the pipe is still connected: had the peer
+//! died before the open, its end would have closed. `peer_gone` is `PeekNamedPipe` failing
+//! (`ERROR_BROKEN_PIPE`), or the peer's process, where the stream has it, having ended;
+//! it never blocks.
+//!
+//! See CreateNamedPipeW, ConnectNamedPipe, CreateFileW (`SECURITY_SQOS_PRESENT`),
+//! WaitNamedPipeW, PeekNamedPipe, GetOverlappedResult, CancelIoEx (learn.microsoft.com).
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+use windows_sys::Win32::Foundation::{
+    GetLastError, LocalFree, SetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS,
+    ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_CONNECTED,
+    ERROR_PIPE_NOT_CONNECTED, ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ, GENERIC_WRITE, HANDLE,
+    INVALID_HANDLE_VALUE, TRUE, WAIT_OBJECT_0, WAIT_TIMEOUT,
+};
+use windows_sys::Win32::Security::Authorization::{
+    ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+};
+use windows_sys::Win32::Security::{PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
+use windows_sys::Win32::Storage::FileSystem::{
+    CreateFileW, ReadFile, WriteFile, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED,
+    OPEN_EXISTING, PIPE_ACCESS_DUPLEX, SECURITY_IDENTIFICATION, SECURITY_SQOS_PRESENT,
+};
+use windows_sys::Win32::System::Pipes::{
+    ConnectNamedPipe, CreateNamedPipeW, GetNamedPipeClientProcessId, GetNamedPipeServerProcessId,
+    PeekNamedPipe, WaitNamedPipeW, PIPE_READMODE_BYTE, PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_BYTE,
+    PIPE_UNLIMITED_INSTANCES, PIPE_WAIT,
+};
+use windows_sys::Win32::System::Threading::{
+    CreateEventW, SetEvent, WaitForSingleObject, INFINITE,
+};
+use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
+
+use super::frame::{self, Inbox, MAX_GRANTS, MAX_PAYLOAD};
+use super::pipe_name::{pipe_name, security_descriptor_text};
+use super::user::user_of_pid;
+use super::{current_user, Grant, PeerProcess, PushedHandle, User};
+
+/// The size of each direction's buffer, a hint to the OS: a few frames.
+const BUFFER_SIZE: u32 = 64 * 1024;
+
+/// What a pipe name looks like to the calls: UTF-16, NUL-terminated.
+fn wide(name: &str) -> Vec<u16> {
+    name.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+/// How long an overlapped operation may take.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Until it ends.
+    Forever,
+    /// Until this instant; then it is cancelled.
+    Until(Instant),
+}
+
+impl Wait {
+    fn of(deadline: Option<Instant>) -> Wait {
+        deadline.map_or(Wait::Forever, Wait::Until)
+    }
+
+    /// The timeout for one wait: whole milliseconds, rounded up; `None` once passed.
+    fn millis(self) -> Option<u32> {
+        match self {
+            Wait::Forever => Some(INFINITE),
+            Wait::Until(deadline) => {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                let millis = left.as_nanos().div_ceil(1_000_000);
+                Some(u32::try_from(millis).unwrap_or(u32::MAX).min(INFINITE - 1))
+            }
+        }
+    }
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("deadline passed {what}"))
+}
+
+/// A new manual-reset event, not set: what an `OVERLAPPED` signals its end with.
+fn new_event() -> io::Result<OwnedHandle> {
+    // SAFETY: no pointer is passed but nulls; a null result is an error, checked below.
+    let raw = unsafe { CreateEventW(ptr::null(), TRUE, FALSE, ptr::null()) };
+    if raw.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `CreateEventW` returned a new handle, which nothing else owns.
+    Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
+}
+
+/// Runs one overlapped operation on `file` and waits for its end, at most until `wait`
+/// says: `start` issues the call with the `OVERLAPPED` it is given (whose event is
+/// `event`). Returns the bytes transferred; an operation cut off by the deadline is
+/// cancelled and waited for, and gives what it transferred before, or `TimedOut` if
+/// nothing. Every path waits for the operation's end before returning, so the
+/// `OVERLAPPED` on this stack frame is never touched after it.
+fn overlapped(
+    file: BorrowedHandle<'_>,
+    event: &OwnedHandle,
+    wait: Wait,
+    what: &str,
+    start: impl FnOnce(*mut OVERLAPPED) -> i32,
+) -> io::Result<u32> {
+    let mut overlapped = OVERLAPPED {
+        hEvent: event.as_raw_handle(),
+        ..OVERLAPPED::default()
+    };
+    let finished = start(&mut overlapped) != 0;
+    if !finished {
+        // SAFETY: reads this thread's last error, set by the call just made.
+        let error = unsafe { GetLastError() };
+        if error != ERROR_IO_PENDING {
+            // Never started: nothing refers to the OVERLAPPED.
+            return Err(io::Error::from_raw_os_error(error as i32));
+        }
+    }
+    let result = |block: i32| {
+        let mut transferred = 0u32;
+        // SAFETY: the OVERLAPPED is the one the operation was issued with, still alive;
+        // with `block` the call waits for the operation's end.
+        let done = unsafe {
+            GetOverlappedResult(file.as_raw_handle(), &overlapped, &mut transferred, block)
+        };
+        if done == 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(transferred)
+        }
+    };
+    if finished {
+        return result(FALSE);
+    }
+    while let Some(millis) = wait.millis() {
+        // SAFETY: a wait on an event handle we own.
+        match unsafe { WaitForSingleObject(event.as_raw_handle(), millis) } {
+            WAIT_OBJECT_0 => return result(FALSE),
+            WAIT_TIMEOUT => continue,
+            _ => break,
+        }
+    }
+    // The deadline passed (or the wait failed): cancel, and wait for the operation to end.
+    // SAFETY: cancels only the operation issued with this OVERLAPPED, on our handle.
+    unsafe { CancelIoEx(file.as_raw_handle(), &overlapped) };
+    match result(TRUE) {
+        Ok(0) | Err(_) => Err(timed_out(what)),
+        Ok(transferred) => Ok(transferred),
+    }
+}
+
+/// An owner-only security descriptor (`pipe_name.rs` says what it holds), made once per
+/// listener and given to every instance it creates.
+#[derive(Debug)]
+struct SecurityDescriptor {
+    descriptor: PSECURITY_DESCRIPTOR,
+}
+
+// SAFETY: the descriptor is written once, by the OS, when it is made, and only read after
+// (by the calls that create instances); LocalFree on drop is allowed from any thread.
+unsafe impl Send for SecurityDescriptor {}
+// SAFETY: as above: shared references only read it.
+unsafe impl Sync for SecurityDescriptor {}
+
+impl SecurityDescriptor {
+    fn new(owner: User, other_users: bool) -> io::Result<SecurityDescriptor> {
+        let text = wide(&security_descriptor_text(&owner.to_string(), other_users));
+        let mut descriptor: PSECURITY_DESCRIPTOR = ptr::null_mut();
+        // SAFETY: the text is NUL-terminated UTF-16, alive for the call; the out-pointer
+        // points at a live local, which receives memory we free with LocalFree.
+        let made = unsafe {
+            ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                text.as_ptr(),
+                SDDL_REVISION_1,
+                &mut descriptor,
+                ptr::null_mut(),
+            )
+        };
+        if made == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SecurityDescriptor { descriptor })
+    }
+
+    /// The attributes for a create call; they borrow the descriptor.
+    fn attributes(&self) -> SECURITY_ATTRIBUTES {
+        SECURITY_ATTRIBUTES {
+            nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: self.descriptor,
+            bInheritHandle: FALSE,
+        }
+    }
+}
+
+impl Drop for SecurityDescriptor {
+    fn drop(&mut self) {
+        // SAFETY: the memory came from ConvertStringSecurityDescriptorToSecurityDescriptorW,
+        // which says to free it with LocalFree, and nothing uses it any more.
+        unsafe { LocalFree(self.descriptor) };
+    }
+}
+
+/// Creates an instance of the pipe `name`: duplex, overlapped, byte mode, local clients
+/// only, as many instances as the OS allows. With `first`, the name must be new:
+/// `ERROR_ACCESS_DENIED` from Windows, or `ERROR_ALREADY_EXISTS` left by Wine's success,
+/// means a live server has it, an `AddrInUse` error.
+fn create_instance(
+    name: &[u16],
+    security: &SecurityDescriptor,
+    first: bool,
+) -> io::Result<OwnedHandle> {
+    let attributes = security.attributes();
+    let flags = PIPE_ACCESS_DUPLEX
+        | FILE_FLAG_OVERLAPPED
+        | if first {
+            FILE_FLAG_FIRST_PIPE_INSTANCE
+        } else {
+            0
+        };
+    let mode = PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS;
+    // SAFETY: sets this thread's last error, which the call may leave alone on success.
+    unsafe { SetLastError(0) };
+    // SAFETY: the name is NUL-terminated UTF-16 and the attributes point at the
+    // descriptor, both alive for the call; an invalid result is an error, checked below.
+    let raw = unsafe {
+        CreateNamedPipeW(
+            name.as_ptr(),
+            flags,
+            mode,
+            PIPE_UNLIMITED_INSTANCES,
+            BUFFER_SIZE,
+            BUFFER_SIZE,
+            0,
+            &attributes,
+        )
+    };
+    // SAFETY: reads this thread's last error, set (or cleared above) by the call.
+    let error = unsafe { GetLastError() };
+    if raw == INVALID_HANDLE_VALUE {
+        if first && error == ERROR_ACCESS_DENIED {
+            return Err(name_in_use(name));
+        }
+        return Err(io::Error::from_raw_os_error(error as i32));
+    }
+    // SAFETY: `CreateNamedPipeW` returned a new handle, which nothing else owns.
+    let pipe = unsafe { OwnedHandle::from_raw_handle(raw) };
+    if first && error == ERROR_ALREADY_EXISTS {
+        return Err(name_in_use(name));
+    }
+    Ok(pipe)
+}
+
+fn name_in_use(name: &[u16]) -> io::Error {
+    let name = String::from_utf16_lossy(&name[..name.len() - 1]);
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("a live server listens at {name}"),
+    )
+}
+
+/// Connects to the pipe `name` as a client: read-write, overlapped, and allowing the
+/// server to identify us but not to act as us (`SECURITY_IDENTIFICATION`). The raw error
+/// of `CreateFileW` (`ERROR_PIPE_BUSY` when every instance is taken).
+fn open_client(name: &[u16]) -> io::Result<OwnedHandle> {
+    // SAFETY: the name is NUL-terminated UTF-16, alive for the call; no other pointer is
+    // passed; an invalid result is an error, checked below.
+    let raw = unsafe {
+        CreateFileW(
+            name.as_ptr(),
+            GENERIC_READ | GENERIC_WRITE,
+            0,
+            ptr::null(),
+            OPEN_EXISTING,
+            FILE_FLAG_OVERLAPPED | SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION,
+            ptr::null_mut(),
+        )
+    };
+    if raw == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `CreateFileW` returned a new handle, which nothing else owns.
+    Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
+}
+
+/// Whether a server answers at `name`: a connection made (and closed at once, which the
+/// server sees as a probe), or every instance busy, or a server of another user whose
+/// descriptor refuses us. Wine 8 ignores `FILE_FLAG_FIRST_PIPE_INSTANCE`, so this is what
+/// keeps a second server off a live name there.
+fn server_answers(name: &[u16]) -> io::Result<bool> {
+    match open_client(name) {
+        Ok(_probe) => Ok(true),
+        Err(error) => match error.raw_os_error().map(|code| code as u32) {
+            Some(ERROR_PIPE_BUSY) | Some(ERROR_ACCESS_DENIED) => Ok(true),
+            _ if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            _ => Err(error),
+        },
+    }
+}
+
+/// The listener's next instance, with a `ConnectNamedPipe` in flight on it (or done).
+struct Pending {
+    /// `None` only once handed out by [`into_pipe`](Self::into_pipe).
+    pipe: Option<OwnedHandle>,
+    /// Set when a client has connected: the readiness to wait on.
+    event: OwnedHandle,
+    /// The connect's `OVERLAPPED`, at a fixed address while the call is in flight.
+    overlapped: Box<OVERLAPPED>,
+    /// Whether the connect has ended (a client is there, or came and went).
+    connected: bool,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("pipe", &self.pipe)
+            .field("connected", &self.connected)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the OVERLAPPED's raw pointers are the event (owned by this value) and the OS's
+// own; the OS may write it from any thread while the call is in flight, and this value
+// touches it only through the calls below, under the listener's mutex.
+unsafe impl Send for Pending {}
+
+impl Pending {
+    /// Starts waiting for a client on the instance `pipe`.
+    fn listen(pipe: OwnedHandle) -> io::Result<Pending> {
+        let event = new_event()?;
+        let mut pending = Pending {
+            overlapped: Box::new(OVERLAPPED {
+                hEvent: event.as_raw_handle(),
+                ..OVERLAPPED::default()
+            }),
+            pipe: Some(pipe),
+            event,
+            connected: false,
+        };
+        // SAFETY: the pipe handle is ours and the OVERLAPPED lives in a box that this
+        // value keeps (and does not free before the call has ended, see Drop).
+        let started =
+            unsafe { ConnectNamedPipe(pending.raw_pipe(), &mut *pending.overlapped) } != 0;
+        // SAFETY: reads this thread's last error, set by the call just made.
+        let error = unsafe { GetLastError() };
+        match (started, error) {
+            (true, _) => pending.connected = true,
+            (false, ERROR_IO_PENDING) => {}
+            // A client connected before the call (and perhaps closed again): connected,
+            // but the OS sets no event for it, so we do, for whoever waits on it.
+            (false, ERROR_PIPE_CONNECTED | ERROR_NO_DATA) => {
+                pending.connected = true;
+                // SAFETY: sets an event we own.
+                unsafe { SetEvent(pending.event.as_raw_handle()) };
+            }
+            (false, error) => {
+                pending.connected = true; // nothing in flight to cancel on drop
+                return Err(io::Error::from_raw_os_error(error as i32));
+            }
+        }
+        Ok(pending)
+    }
+
+    fn raw_pipe(&self) -> HANDLE {
+        self.pipe
+            .as_ref()
+            .expect("the pipe is there until handed out")
+            .as_raw_handle()
+    }
+
+    /// Whether a client has connected, waiting for one if `block`.
+    fn ready(&mut self, block: bool) -> io::Result<bool> {
+        if self.connected {
+            return Ok(true);
+        }
+        let millis = if block { INFINITE } else { 0 };
+        // SAFETY: a wait on an event we own.
+        match unsafe { WaitForSingleObject(self.event.as_raw_handle(), millis) } {
+            WAIT_OBJECT_0 => {}
+            WAIT_TIMEOUT => return Ok(false),
+            _ => return Err(io::Error::last_os_error()),
+        }
+        let mut transferred = 0u32;
+        // SAFETY: the OVERLAPPED the connect was issued with, alive in its box; the event
+        // is set, so the call has ended and this does not wait.
+        let done = unsafe {
+            GetOverlappedResult(self.raw_pipe(), &*self.overlapped, &mut transferred, FALSE)
+        };
+        self.connected = true;
+        if done == 0 {
+            let error = io::Error::last_os_error();
+            // A client that came and went before we looked: a connection all the same,
+            // whose first read says it has gone (as a Unix probe does).
+            if error.raw_os_error() != Some(ERROR_NO_DATA as i32) {
+                return Err(error);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The connected instance. Only once [`ready`](Self::ready) said so.
+    fn into_pipe(mut self) -> OwnedHandle {
+        debug_assert!(self.connected);
+        self.pipe.take().expect("handed out once")
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(pipe) = &self.pipe else {
+            return;
+        };
+        if !self.connected {
+            let mut transferred = 0u32;
+            // SAFETY: cancels the connect issued with this OVERLAPPED, then waits for it
+            // to end, so that the OS is done with the box before it is freed.
+            unsafe {
+                CancelIoEx(pipe.as_raw_handle(), &*self.overlapped);
+                GetOverlappedResult(
+                    pipe.as_raw_handle(),
+                    &*self.overlapped,
+                    &mut transferred,
+                    TRUE,
+                );
+            }
+        }
+    }
+}
+
+/// A named pipe's listening end: one instance awaiting a client at any time. The pipe's
+/// name goes with its last instance.
+#[derive(Debug)]
+pub(crate) struct ControlListener {
+    path: PathBuf,
+    /// The pipe's name, UTF-16 and NUL-terminated.
+    name: Vec<u16>,
+    security: SecurityDescriptor,
+    /// The next instance; `None` after an instance failed, until the next `accept`.
+    pending: Mutex<Option<Pending>>,
+    nonblocking: std::sync::atomic::AtomicBool,
+}
+
+impl ControlListener {
+    /// Binds the pipe that `path` names (the rule in `pipe_name.rs`), owner-only, or open
+    /// to Authenticated Users too if `other_users`. A live server's name is an `AddrInUse`
+    /// error.
+    pub(crate) fn bind(path: &Path, other_users: bool) -> io::Result<ControlListener> {
+        let name = wide(&pipe_name(&path.to_string_lossy())?);
+        if server_answers(&name)? {
+            return Err(name_in_use(&name));
+        }
+        let security = SecurityDescriptor::new(current_user(), other_users)?;
+        let first = create_instance(&name, &security, true)?;
+        let pending = Pending::listen(first)?;
+        Ok(ControlListener {
+            path: path.to_path_buf(),
+            name,
+            security,
+            pending: Mutex::new(Some(pending)),
+            nonblocking: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Makes [`accept`](Self::accept) return `WouldBlock` instead of waiting.
+    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
+        self.nonblocking
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The next client: waits for one to connect (after `set_nonblocking`, `WouldBlock` if
+    /// none has), makes the next instance, and returns the connected one as the server's
+    /// end of a stream.
+    pub(crate) fn accept(&self) -> io::Result<ControlStream> {
+        let block = !self.nonblocking.load(std::sync::atomic::Ordering::Relaxed);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = match pending.as_mut() {
+            Some(current) => current,
+            None => pending.insert(Pending::listen(create_instance(
+                &self.name,
+                &self.security,
+                false,
+            )?)?),
+        };
+        match current.ready(block) {
+            Ok(true) => {}
+            Ok(false) => return Err(io::ErrorKind::WouldBlock.into()),
+            Err(error) => {
+                // That instance is dead; the next accept makes another.
+                *pending = None;
+                return Err(error);
+            }
+        }
+        let next = Pending::listen(create_instance(&self.name, &self.security, false)?)?;
+        let connected = pending.replace(next).expect("checked above");
+        ControlStream::new(connected.into_pipe(), Side::Server)
+    }
+
+    /// The address the listener was bound to.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pipe's name, which the address maps to.
+    pub(crate) fn pipe_name(&self) -> String {
+        String::from_utf16_lossy(&self.name[..self.name.len() - 1])
+    }
+
+    /// The instance awaiting a client, for a test to read its security descriptor.
+    #[cfg(test)]
+    pub(super) fn with_pending_pipe<T>(&self, f: impl FnOnce(BorrowedHandle<'_>) -> T) -> T {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let pipe = pending
+            .as_ref()
+            .and_then(|p| p.pipe.as_ref())
+            .expect("a pending instance");
+        f(pipe.as_handle())
+    }
+}
+
+/// Which end of the pipe a stream is: decided by how it was made, never by the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Accepted: pushes grants into its client, pulls what the client offers.
+    Server,
+    /// Connected: adopts what its server pushed, offers its own for the server to pull.
+    Client,
+}
+
+/// The reading half's state: what has arrived and not been taken, and the event reads
+/// wait on.
+#[derive(Debug)]
+struct Reader {
+    inbox: Inbox<Grant>,
+    event: OwnedHandle,
+}
+
+/// The writing half's state.
+#[derive(Debug)]
+struct Writer {
+    event: OwnedHandle,
+    /// Set once a write stopped inside a frame: the peer is out of step, so no later
+    /// write may pretend otherwise.
+    cut_off: bool,
+    /// Whether our process handle has reached the client (server side).
+    process_sent: bool,
+    /// The handles offered to the server, kept until the stream goes (client side).
+    offered: Vec<OwnedHandle>,
+}
+
+/// One end of a connected control pipe.
+#[derive(Debug)]
+pub(crate) struct ControlStream {
+    pipe: OwnedHandle,
+    side: Side,
+    reader: Mutex<Reader>,
+    writer: Mutex<Writer>,
+    /// While set, every read and write must complete by then (the handshake's deadline).
+    deadline: Mutex<Option<Instant>>,
+    /// The peer's process: the server opens its client's; the client adopts the one its
+    /// server pushed.
+    peer: OnceLock<PeerProcess>,
+}
+
+/// How a read that may not wait ended.
+enum Filled {
+    /// A frame's payload is ready.
+    Ready,
+    /// Nothing more has arrived.
+    Nothing,
+    /// The peer hung up, between frames.
+    End,
+}
+
+impl ControlStream {
+    fn new(pipe: OwnedHandle, side: Side) -> io::Result<ControlStream> {
+        Ok(ControlStream {
+            pipe,
+            side,
+            reader: Mutex::new(Reader {
+                inbox: Inbox::default(),
+                event: new_event()?,
+            }),
+            writer: Mutex::new(Writer {
+                event: new_event()?,
+                cut_off: false,
+                process_sent: false,
+                offered: Vec::new(),
+            }),
+            deadline: Mutex::new(None),
+            peer: OnceLock::new(),
+        })
+    }
+
+    /// Connects to the listener that `path` names, giving up at `deadline`. Every instance
+    /// busy (a server between two accepts, or with a queue of clients) is waited out with
+    /// `WaitNamedPipeW`; no pipe of that name is a `NotFound` error.
+    pub(crate) fn connect(path: &Path, deadline: Instant) -> io::Result<ControlStream> {
+        let name = wide(&pipe_name(&path.to_string_lossy())?);
+        let wait = Wait::Until(deadline);
+        loop {
+            let Some(millis) = wait.millis() else {
+                return Err(timed_out("while every instance of the pipe was busy"));
+            };
+            match open_client(&name) {
+                Ok(pipe) => return ControlStream::new(pipe, Side::Client),
+                Err(error) if error.raw_os_error() == Some(ERROR_PIPE_BUSY as i32) => {}
+                Err(error) => return Err(error),
+            }
+            // SAFETY: the name is NUL-terminated UTF-16, alive for the call. A zero
+            // timeout would mean the server's default, so at least 1 ms.
+            if unsafe { WaitNamedPipeW(name.as_ptr(), millis.max(1)) } == 0 {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() != Some(ERROR_SEM_TIMEOUT as i32) {
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Bounds every later read and write by `deadline` (`None`: no bound). A deadline that
+    /// passes surfaces as a `TimedOut` error.
+    pub(crate) fn set_deadline(&self, deadline: Option<Instant>) -> io::Result<()> {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = deadline;
+        Ok(())
+    }
+
+    fn wait(&self) -> Wait {
+        Wait::of(*self.deadline.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // The peer.
+
+    /// The peer's process. The server's end opens its client's by the pid the pipe
+    /// recorded, once (and checks that the pipe is still connected after, so that the
+    /// process opened is not a later one with a reused pid); the client's end has its
+    /// server's once the server pushed it, with its first grants.
+    pub(crate) fn peer_process(&self) -> io::Result<&PeerProcess> {
+        if let Some(peer) = self.peer.get() {
+            return Ok(peer);
+        }
+        match self.side {
+            Side::Client => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the server has not sent its process handle yet (it comes with its first grants)",
+            )),
+            Side::Server => {
+                let opened = PeerProcess::open(self.peer_pid()?)?;
+                self.still_connected()?;
+                // A racing caller may have set it first: then ours is closed here.
+                let _ = self.peer.set(opened);
+                Ok(self.peer.get().expect("set above"))
+            }
+        }
+    }
+
+    /// The user of the process at the other end: the server reads it from its client's
+    /// process handle (the one it pushes into), the client from the process of the pid its
+    /// server's pipe recorded.
+    pub(crate) fn peer_user(&self) -> io::Result<User> {
+        let user = match self.side {
+            Side::Server => self.peer_process()?.user()?,
+            Side::Client => user_of_pid(self.peer_pid()?)?,
+        };
+        self.still_connected()?;
+        Ok(user)
+    }
+
+    /// The pid of the process at the other end, as the pipe recorded it: a hint.
+    pub(crate) fn peer_pid(&self) -> io::Result<u32> {
+        let mut pid = 0u32;
+        // SAFETY: the pipe handle is ours, and the out-pointer points at a live local.
+        let ok = unsafe {
+            match self.side {
+                Side::Server => GetNamedPipeClientProcessId(self.pipe.as_raw_handle(), &mut pid),
+                Side::Client => GetNamedPipeServerProcessId(self.pipe.as_raw_handle(), &mut pid),
+            }
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(pid)
+    }
+
+    /// Whether the peer has closed its end (or its process died): the pipe is broken, or
+    /// the peer's process, where this end has it, has ended (which a peer cannot hide by
+    /// writing before it dies). Never blocks.
+    pub(crate) fn peer_gone(&self) -> bool {
+        let broken = self.bytes_waiting().is_err();
+        broken || self.peer.get().is_some_and(PeerProcess::has_ended)
+    }
+
+    /// The bytes that a read could take now (`PeekNamedPipe`); an error if the pipe is
+    /// broken.
+    fn bytes_waiting(&self) -> io::Result<u32> {
+        let mut available = 0u32;
+        // SAFETY: the pipe handle is ours; no buffer is passed, only the count's out-pointer,
+        // which points at a live local.
+        let ok = unsafe {
+            PeekNamedPipe(
+                self.pipe.as_raw_handle(),
+                ptr::null_mut(),
+                0,
+                ptr::null_mut(),
+                &mut available,
+                ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(available)
+    }
+
+    fn still_connected(&self) -> io::Result<()> {
+        match self.bytes_waiting() {
+            Ok(_) => Ok(()),
+            Err(error) if is_hang_up(&error) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the peer hung up before its process could be identified",
+            )),
+            Err(error) => Err(error),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Writing.
+
+    /// Writes all of `bytes` (nothing if empty).
+    pub(crate) fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut writer = self.writer();
+        self.write_frames(&mut writer, None, &[], bytes, self.wait())
+    }
+
+    /// Writes `bytes` if the pipe takes them at once, without waiting, and reports whether
+    /// it did. For a refusal to a client that may already be gone.
+    pub(crate) fn try_send(&self, bytes: &[u8]) -> bool {
+        let mut writer = self.writer();
+        self.write_frames(&mut writer, None, &[], bytes, Wait::Until(Instant::now()))
+            .is_ok()
+    }
+
+    /// Writes all of `bytes` with `grants` attached to the first byte. The server's end
+    /// pushes each grant into its client (with its own process handle, the first time),
+    /// and takes every one back if the frame is not written whole; the client's end offers
+    /// a copy of each for the server to pull. More than [`MAX_GRANTS`], or grants without a
+    /// byte to come with, is an `InvalidInput` error, as on Unix.
+    pub(crate) fn send_with_grants(&self, bytes: &[u8], grants: &[&Grant]) -> io::Result<()> {
+        if grants.len() > MAX_GRANTS || (bytes.is_empty() && !grants.is_empty()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "at most MAX_GRANTS grants a message, and at least one byte to carry them",
+            ));
+        }
+        if grants.is_empty() {
+            return self.write_all(bytes);
+        }
+        let wait = self.wait();
+        let mut writer = self.writer();
+        match self.side {
+            Side::Server => {
+                let peer = self.peer_process()?;
+                let mut pushed = Pushed::new(peer);
+                let process = if writer.process_sent {
+                    None
+                } else {
+                    Some(pushed.push(&PeerProcess::grant_of_this_process()?)?)
+                };
+                let mut values = Vec::with_capacity(grants.len());
+                for grant in grants {
+                    values.push(pushed.push(grant)?);
+                }
+                self.write_frames(&mut writer, process, &values, bytes, wait)?;
+                pushed.delivered();
+                writer.process_sent = true;
+            }
+            Side::Client => {
+                let offers = grants
+                    .iter()
+                    .map(|grant| grant.offer())
+                    .collect::<io::Result<Vec<OwnedHandle>>>()?;
+                let values: Vec<u64> = offers
+                    .iter()
+                    .map(|offer| offer.as_raw_handle() as u64)
+                    .collect();
+                // Not written whole, the frame is never complete at the server, which
+                // therefore never pulls them: they close here.
+                self.write_frames(&mut writer, None, &values, bytes, wait)?;
+                writer.offered.extend(offers);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` as frames of at most `MAX_PAYLOAD` bytes, `process` and `values` with
+    /// the first.
+    fn write_frames(
+        &self,
+        writer: &mut Writer,
+        mut process: Option<u64>,
+        mut values: &[u64],
+        bytes: &[u8],
+        wait: Wait,
+    ) -> io::Result<()> {
+        if writer.cut_off {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier write stopped inside a frame; the stream is out of step",
+            ));
+        }
+        for chunk in bytes.chunks(MAX_PAYLOAD) {
+            let frame = frame::encode(process.take(), values, chunk)?;
+            values = &[];
+            self.write_raw_locked(writer, &frame, wait)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` as they are (a frame, or a test's garbage).
+    fn write_raw_locked(
+        &self,
+        writer: &mut Writer,
+        mut bytes: &[u8],
+        wait: Wait,
+    ) -> io::Result<()> {
+        let mut started = false;
+        while !bytes.is_empty() {
+            let len = bytes.len().min(u32::MAX as usize) as u32;
+            let written = overlapped(
+                self.pipe.as_handle(),
+                &writer.event,
+                wait,
+                "while writing to the control pipe",
+                // SAFETY: the buffer is alive and `len` bytes long until the operation
+                // ends, which `overlapped` waits for; the OVERLAPPED is its own.
+                |overlapped| unsafe {
+                    WriteFile(
+                        self.pipe.as_raw_handle(),
+                        bytes.as_ptr(),
+                        len,
+                        ptr::null_mut(),
+                        overlapped,
+                    )
+                },
+            );
+            match written {
+                Ok(0) => {
+                    writer.cut_off |= started;
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(written) => {
+                    started = true;
+                    bytes = &bytes[written as usize..];
+                }
+                Err(error) => {
+                    writer.cut_off |= started;
+                    return Err(if is_hang_up(&error) {
+                        io::Error::new(io::ErrorKind::BrokenPipe, error)
+                    } else {
+                        error
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes raw bytes, bypassing the framing: a hostile peer, for tests.
+    #[cfg(test)]
+    pub(super) fn write_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut writer = self.writer();
+        self.write_raw_locked(&mut writer, bytes, self.wait())
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Reading.
+
+    /// Reads exactly `buf.len()` bytes, closing any grants that came with them.
+    pub(crate) fn read_exact(&self, buf: &mut [u8]) -> io::Result<()> {
+        self.recv_with_grants(buf).map(drop)
+    }
+
+    /// Reads exactly `buf.len()` bytes and returns the grants that came with them. More
+    /// than [`MAX_GRANTS`] is an `InvalidData` error (and they are closed).
+    pub(crate) fn recv_with_grants(&self, buf: &mut [u8]) -> io::Result<Vec<Grant>> {
+        let mut reader = self.reader();
+        let mut grants = Vec::new();
+        let mut filled = 0;
+        while filled < buf.len() {
+            let (taken, mut came) = reader.inbox.take(&mut buf[filled..]);
+            filled += taken;
+            grants.append(&mut came);
+            if filled == buf.len() {
+                break;
+            }
+            match self.fill(&mut reader, false)? {
+                Filled::Ready => {}
+                Filled::Nothing => unreachable!("a blocking read waits"),
+                Filled::End => return Err(io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+        if grants.len() > MAX_GRANTS {
+            return Err(too_many_grants());
+        }
+        Ok(grants)
+    }
+
+    /// Reads what has arrived, without waiting (`None`: no byte has), with the grants that
+    /// came with the bytes read; `Some((0, _))` once the peer has hung up.
+    pub(crate) fn try_read_with_grants(
+        &self,
+        buf: &mut [u8],
+    ) -> io::Result<Option<(usize, Vec<Grant>)>> {
+        let mut reader = self.reader();
+        let (taken, grants) = reader.inbox.take(buf);
+        if taken > 0 || buf.is_empty() {
+            return Ok(Some((taken, grants)));
+        }
+        match self.fill(&mut reader, true)? {
+            Filled::Ready => Ok(Some(reader.inbox.take(buf))),
+            Filled::Nothing => Ok(None),
+            Filled::End => Ok(Some((0, Vec::new()))),
+        }
+    }
+
+    /// Reads from the pipe until a frame is complete (its grants made ours), or, if
+    /// `poll`, until nothing more has arrived.
+    fn fill(&self, reader: &mut Reader, poll: bool) -> io::Result<Filled> {
+        let wait = self.wait();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut wanted = reader.inbox.wanted()?.min(buf.len());
+            if wanted == 0 {
+                return Ok(Filled::Ready);
+            }
+            if poll {
+                match self.bytes_waiting() {
+                    Ok(0) => return Ok(Filled::Nothing),
+                    Ok(available) => wanted = wanted.min(available as usize),
+                    Err(error) if is_hang_up(&error) => return self.ended(reader),
+                    Err(error) => return Err(error),
+                }
+            }
+            let read = overlapped(
+                self.pipe.as_handle(),
+                &reader.event,
+                wait,
+                "while reading from the control pipe",
+                // SAFETY: the buffer is alive and `wanted` bytes long until the operation
+                // ends, which `overlapped` waits for; the OVERLAPPED is its own.
+                |overlapped| unsafe {
+                    ReadFile(
+                        self.pipe.as_raw_handle(),
+                        buf.as_mut_ptr(),
+                        wanted as u32,
+                        ptr::null_mut(),
+                        overlapped,
+                    )
+                },
+            );
+            let read = match read {
+                Ok(0) => return self.ended(reader),
+                Ok(read) => read as usize,
+                Err(error) if is_hang_up(&error) => return self.ended(reader),
+                Err(error) => return Err(error),
+            };
+            if let Some(frame) = reader.inbox.received(&buf[..read])? {
+                match self.grants_of(frame.process, &frame.grants) {
+                    Ok(grants) => reader.inbox.deliver(frame.payload, grants),
+                    Err(error) => {
+                        reader.inbox.break_with(&error);
+                        return Err(error);
+                    }
+                }
+                return Ok(Filled::Ready);
+            }
+        }
+    }
+
+    /// The peer hung up: between frames, the end of the stream; inside one, an error.
+    fn ended(&self, reader: &Reader) -> io::Result<Filled> {
+        if reader.inbox.mid_frame() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer hung up inside a frame",
+            ));
+        }
+        Ok(Filled::End)
+    }
+
+    /// The grants for a frame's values: adopted on the client's end (the server pushed
+    /// them), pulled from the client on the server's end. All or none: if one is refused,
+    /// those already made are closed.
+    fn grants_of(&self, process: Option<u64>, values: &[u64]) -> io::Result<Vec<Grant>> {
+        match self.side {
+            Side::Client => {
+                let adopted: Vec<io::Result<Grant>> = process
+                    .iter()
+                    .chain(values)
+                    .map(|&value| Grant::from_peer_value(value))
+                    .collect();
+                let mut adopted = adopted.into_iter().collect::<io::Result<Vec<Grant>>>()?;
+                if process.is_some() {
+                    let peer = PeerProcess::adopt(adopted.remove(0))?;
+                    // A second one (a confused server) is closed here.
+                    let _ = self.peer.set(peer);
+                }
+                Ok(adopted)
+            }
+            Side::Server => {
+                if process.is_some() {
+                    return Err(super::invalid(
+                        "the client sent a process handle, which only a server sends",
+                    ));
+                }
+                if values.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let peer = self.peer_process()?;
+                values
+                    .iter()
+                    .map(|&value| Grant::pull_from(peer, value))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Whether an error says the pipe's other end has gone: `ERROR_BROKEN_PIPE`, or a pipe
+/// being closed or no longer connected.
+fn is_hang_up(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error().map(|code| code as u32),
+        Some(ERROR_BROKEN_PIPE | ERROR_NO_DATA | ERROR_PIPE_NOT_CONNECTED)
+    )
+}
+
+fn too_many_grants() -> io::Error {
+    super::invalid(format!("the peer sent more than {MAX_GRANTS} grants"))
+}
+
+/// The handles pushed for one frame: taken back from the peer on drop unless
+/// [`delivered`](Self::delivered).
+struct Pushed<'a> {
+    peer: &'a PeerProcess,
+    handles: Vec<PushedHandle>,
+}
+
+impl<'a> Pushed<'a> {
+    fn new(peer: &'a PeerProcess) -> Pushed<'a> {
+        Pushed {
+            peer,
+            handles: Vec::new(),
+        }
+    }
+
+    /// Pushes `grant` into the peer and returns its value there.
+    fn push(&mut self, grant: &Grant) -> io::Result<u64> {
+        #[cfg(test)]
+        test_hooks::before_push()?;
+        let pushed = grant.push_to(self.peer)?;
+        #[cfg(test)]
+        test_hooks::pushed(pushed.value());
+        self.handles.push(pushed);
+        Ok(pushed.value())
+    }
+
+    /// The peer has the frame that names them: they are its now.
+    fn delivered(mut self) {
+        self.handles.clear();
+    }
+}
+
+impl Drop for Pushed<'_> {
+    fn drop(&mut self) {
+        for pushed in self.handles.drain(..) {
+            // If the peer is gone, so are its handles.
+            let _ = pushed.retract(self.peer);
+        }
+    }
+}
+
+/// A way for tests to make a push fail part-way, and to see what was pushed.
+#[cfg(test)]
+pub(super) mod test_hooks {
+    use std::cell::{Cell, RefCell};
+    use std::io;
+
+    thread_local! {
+        static PUSHES_LEFT: Cell<Option<usize>> = const { Cell::new(None) };
+        static PUSHED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Makes this thread's pushes fail after `pushes` more succeed.
+    pub(in crate::sys::windows) fn fail_after(pushes: usize) {
+        PUSHES_LEFT.with(|left| left.set(Some(pushes)));
+    }
+
+    /// The values this thread pushed since the last call.
+    pub(in crate::sys::windows) fn take_pushed() -> Vec<u64> {
+        PUSHED.with(|pushed| std::mem::take(&mut *pushed.borrow_mut()))
+    }
+
+    pub(super) fn before_push() -> io::Result<()> {
+        PUSHES_LEFT.with(|left| match left.get() {
+            Some(0) => {
+                left.set(None);
+                Err(io::Error::other("a push made to fail by a test"))
+            }
+            Some(n) => {
+                left.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })
+    }
+
+    pub(super) fn pushed(value: u64) {
+        PUSHED.with(|pushed| pushed.borrow_mut().push(value));
+    }
+}

@@ -455,6 +455,7 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
         "latency-1KiB.svg",
         "latency-64KiB.svg",
         "latency-1MiB.svg",
+        "latency-p50.svg",
         "throughput.svg",
     ] {
         let svg = std::fs::read_to_string(plots.join(plot)).unwrap();

@@ -11,7 +11,7 @@
 //!   the payload-free floors (a spin on one shared cache line, a shared futex, an eventfd).
 //! * **One-way throughput** at 64 B, 4 KiB, 64 KiB and 1 MiB, each stream confirmed by the
 //!   receiver's count: ringbell (default wait), the byte streams, the peers, and `memcpy`
-//!   in this process as the ceiling for large messages.
+//!   in this process as the ceiling (the best of several rounds and buffer placements).
 //! * **Request/response with many clients** (1, 10, 100, 1,000 connections over up to 10
 //!   client processes, unpinned): ringbell's `AsyncServer::serve` and `Client` against the
 //!   same protocol over tokio `UnixStream`s (the `stress` machinery, every reply checked).

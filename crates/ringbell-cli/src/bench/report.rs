@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::measure::{MEMCPY_PLACEMENTS, MEMCPY_ROUNDS};
 use super::plan::{LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES};
 use super::plot;
 use crate::affinity;
@@ -286,7 +287,11 @@ impl Report {
         println!(
             "floors: a ping-pong on one shared cache line (spin), on a shared futex, and on two \
              eventfds (poll + read, as an event loop does), with no payload. memcpy: one copy \
-             in this process; a message through shared memory is copied twice."
+             in this process, of as many messages of each size as ringbell sends, the best of \
+             {} timed rounds over {} placements of the buffers; a message through shared \
+             memory is copied twice.",
+            MEMCPY_ROUNDS * MEMCPY_PLACEMENTS.len(),
+            MEMCPY_PLACEMENTS.len()
         );
         println!(
             "streams: a 4-byte length prefix, one write per message, a 128 KiB BufReader on \

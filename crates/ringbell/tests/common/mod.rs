@@ -551,6 +551,7 @@ impl HeaderAtomic for AtomicU64 {
 }
 
 /// This process's ringbell segment mappings, as lines of `/proc/self/maps`.
+#[allow(dead_code)] // Only the suites whose hostile children hold several connections use it.
 pub fn segment_mappings() -> Result<Vec<String>, String> {
     let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
     Ok(maps
@@ -588,12 +589,14 @@ impl Scribbler {
     /// `conn` is the one mapping not in `before` ([`segment_mappings`] taken just before
     /// `conn` connected).
     #[cfg(not(target_os = "linux"))]
+    #[allow(dead_code)] // As `segment_mappings`.
     pub fn find_new(_conn: &Connection, _before: &[String]) -> Result<Scribbler, String> {
         Err(LINUX_ONLY.to_owned())
     }
 
     /// See above.
     #[cfg(target_os = "linux")]
+    #[allow(dead_code)] // As `segment_mappings`.
     pub fn find_new(conn: &Connection, before: &[String]) -> Result<Scribbler, String> {
         use rustix::mm::MremapFlags;
         let expected_len = DATA_OFFSET + 2 * conn.ring_capacity();

@@ -319,6 +319,17 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Connects an honest client, makes one checked call, and closes it.
+fn honest_call(runtime: &tokio::runtime::Runtime, socket: &SocketPath) {
+    runtime.block_on(async {
+        let client = Client::connect(socket.path(), ClientConfig::default())
+            .await
+            .expect("an honest client connecting");
+        let reply = client.call(b"still serving").await.expect("an honest call");
+        assert_eq!(reply, b"still serving");
+    })
+}
+
 /// The number in a child's "WORD N" line.
 fn counted(child: &mut ChildProcess, word: &str) -> usize {
     let line = child.next_line();
@@ -345,16 +356,7 @@ fn a_thousand_stalled_announcements_cost_what_was_sent_and_stay_within_the_budge
     let runtime = current_thread_runtime();
     // One honest call first, so that what the server sets up once exists before the
     // baseline is taken.
-    let honest_call = || {
-        runtime.block_on(async {
-            let client = Client::connect(socket.path(), ClientConfig::default())
-                .await
-                .expect("an honest client connecting");
-            let reply = client.call(b"still serving").await.expect("an honest call");
-            assert_eq!(reply, b"still serving");
-        })
-    };
-    honest_call();
+    honest_call(&runtime, &socket);
     let pid = server.pid();
     let (data_before, rss_before) = (status_kib(pid, "VmData"), status_kib(pid, "VmRSS"));
 
@@ -396,7 +398,7 @@ fn a_thousand_stalled_announcements_cost_what_was_sent_and_stay_within_the_budge
         "the server began {taken} messages of {announced_each} bytes with a budget of {budget}"
     );
     // And it still serves an honest client, whose small calls need no reservation.
-    honest_call();
+    honest_call(&runtime, &socket);
     assert!(server.is_running(), "the server died");
     for staller in &mut stallers {
         staller.kill();
@@ -513,13 +515,7 @@ fn a_client_that_stops_answering_is_closed_at_the_idle_timeout() {
     let pid = server.pid();
     // One honest call first, so that what the server sets up once (its sweeper's poller)
     // exists before the baseline is taken; then that client goes, and its fds with it.
-    let runtime = current_thread_runtime();
-    runtime.block_on(async {
-        let client = Client::connect(socket.path(), ClientConfig::default())
-            .await
-            .expect("an honest client connecting");
-        client.call(b"warm").await.expect("an honest call");
-    });
+    honest_call(&current_thread_runtime(), &socket);
     let deadline = Instant::now() + PATIENCE;
     while server_holdings(pid).1 != 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));

@@ -356,12 +356,8 @@ impl Connection {
     /// memory budget (its first chunk is still in the ring): an event-loop driver then
     /// waits for a release of the budget, not for the doorbell.
     #[cfg(feature = "tokio")]
-    pub(crate) fn awaiting_budget(&self) -> Option<std::sync::Arc<super::budget::Budget>> {
-        if self.awaiting_budget {
-            self.budget().cloned()
-        } else {
-            None
-        }
+    pub(crate) fn awaiting_budget(&self) -> bool {
+        self.awaiting_budget
     }
 
     /// When this connection, about to wait with its ring empty, times out for having

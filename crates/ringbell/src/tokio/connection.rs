@@ -165,7 +165,12 @@ impl AsyncConnection {
             if let Some(len) = self.inner.try_recv(buf)? {
                 return Ok(len);
             }
-            if let Some(budget) = self.inner.awaiting_budget() {
+            if let Some(budget) = self
+                .inner
+                .budget()
+                .filter(|_| self.inner.awaiting_budget())
+                .cloned()
+            {
                 // A chunked message waits in the ring for room in the server's memory
                 // budget: wait for the next release. Registered before the retry, so no
                 // release is missed; bounded, so that the peer's death is still noticed.
@@ -173,7 +178,7 @@ impl AsyncConnection {
                 if let Some(len) = self.inner.try_recv(buf)? {
                     return Ok(len);
                 }
-                if self.inner.awaiting_budget().is_some() {
+                if self.inner.awaiting_budget() {
                     let _ = ::tokio::time::timeout(PEER_CHECK_INTERVAL, notice.wait()).await;
                 }
                 continue;

@@ -221,8 +221,6 @@ struct Served {
     /// What its calls under way hold (requests being handled, replies waiting for room),
     /// charged to the server's memory budget.
     charge: Option<Charge>,
-    /// A chunked request of it waits in its ring for room in the memory budget.
-    awaiting_budget: bool,
 }
 
 impl Served {
@@ -473,7 +471,6 @@ where
             asleep: false,
             handling_bytes: 0,
             charge,
-            awaiting_budget: false,
         });
     }
 
@@ -525,7 +522,6 @@ where
             served.asleep = false;
         }
         let mut progressed = false;
-        served.awaiting_budget = false;
         while !draining && served.may_take(self.limit) {
             let check_peer = served.peer_stirred;
             let Some(received) = served
@@ -533,7 +529,6 @@ where
                 .try_recv_tagged(&mut self.buf, check_peer)?
             else {
                 served.peer_stirred = false;
-                served.awaiting_budget = served.connection.awaiting_budget().is_some();
                 break;
             };
             progressed = true;
@@ -625,7 +620,7 @@ where
         self.slots
             .iter()
             .flatten()
-            .find(|served| served.awaiting_budget)
+            .find(|served| served.connection.awaiting_budget())
             .and_then(|served| served.connection.budget().cloned())
     }
 
@@ -641,7 +636,7 @@ where
             let Some(served) = self.slots[slot].as_mut() else {
                 continue;
             };
-            if served.awaiting_budget || served.connection.has_data().unwrap_or(true) {
+            if served.connection.awaiting_budget() || served.connection.has_data().unwrap_or(true) {
                 continue;
             }
             let Some((at, idle)) = served.connection.quiet_deadline_now() else {
@@ -682,7 +677,8 @@ where
             }
             // A request waiting for budget room is not ours to take yet: the sweeper waits
             // for a release (`budget_waiter`), not for this connection's doorbell.
-            let receiving = !draining && served.may_take(self.limit) && !served.awaiting_budget;
+            let receiving =
+                !draining && served.may_take(self.limit) && !served.connection.awaiting_budget();
             let armed = arm(&mut served.connection, receiving, served.blocked);
             // Arming hands back the space of what we received, which may owe a ring.
             if let Some(doorbell) = served.connection.ring_owed() {

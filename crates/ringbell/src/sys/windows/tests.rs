@@ -239,6 +239,35 @@ const CHILD: u8 = 2;
 /// at the end, so that both the first and the last page are shown to be shared.
 const PATTERN_LEN: usize = 4096;
 
+/// Writes `who`'s pattern over `range` of `region`.
+///
+/// Only for bytes the peer does not touch meanwhile: every test writes its part before it
+/// rings the peer, and the peer writes only its own part.
+fn write_pattern(region: &SharedRegion, who: u8, range: std::ops::Range<usize>) {
+    assert!(range.end <= region.len(), "inside the region");
+    for offset in range {
+        // SAFETY: inside the live mapping (asserted above); a volatile byte write through
+        // a raw pointer, to bytes no one else accesses now (see above), breaks nothing.
+        unsafe {
+            region
+                .as_ptr()
+                .add(offset)
+                .write_volatile(pattern(who, offset))
+        };
+    }
+}
+
+/// Checks that `range` of `region` holds `who`'s pattern; the peer wrote it before it
+/// rang, and writes nothing there since.
+fn expect_pattern(region: &SharedRegion, who: u8, range: std::ops::Range<usize>) {
+    assert!(range.end <= region.len(), "inside the region");
+    for offset in range {
+        // SAFETY: as in `write_pattern`, a volatile byte read inside the live mapping.
+        let byte = unsafe { region.as_ptr().add(offset).read_volatile() };
+        assert_eq!(byte, pattern(who, offset), "{who}'s pattern at {offset}");
+    }
+}
+
 /// Child: adopts the region, a ringer, a doorbell and the parent's process, checks each
 /// handle's rights, reads the parent's pattern and writes its own, rings the parent, and
 /// waits for the parent's ring (or death).
@@ -271,22 +300,8 @@ fn role_share() {
     assert_eq!(rights(&parent_grant), PROCESS_SYNCHRONIZE);
     let parent = PeerProcess::adopt(parent_grant).unwrap();
 
-    // SAFETY: the region is a live mapping of `len` bytes, which the parent does not touch
-    // until it is rung; byte reads and writes cannot break any invariant.
-    unsafe {
-        for offset in 0..PATTERN_LEN {
-            assert_eq!(
-                region.as_ptr().add(offset).read_volatile(),
-                pattern(PARENT, offset)
-            );
-        }
-        for offset in len - PATTERN_LEN..len {
-            region
-                .as_ptr()
-                .add(offset)
-                .write_volatile(pattern(CHILD, offset));
-        }
-    }
+    expect_pattern(&region, PARENT, 0..PATTERN_LEN);
+    write_pattern(&region, CHILD, len - PATTERN_LEN..len);
     ringer.ring();
     assert_eq!(
         sleep_until_rung(&doorbell, &parent, Some(far_deadline())).unwrap(),
@@ -454,20 +469,13 @@ fn a_region_and_doorbells_pushed_into_a_child_carry_its_writes_and_its_ring() {
     let (region, region_grant) = SharedRegion::create(len).unwrap();
     assert_eq!(region.len(), len);
     // SAFETY: a live mapping of `len` bytes, which the child does not touch until it has
-    // the parameters; byte reads and writes cannot break any invariant.
-    unsafe {
-        let bytes = std::slice::from_raw_parts(region.as_ptr(), len);
-        assert!(
-            bytes.iter().all(|&byte| byte == 0),
-            "a new region is zeroed"
-        );
-        for offset in 0..PATTERN_LEN {
-            region
-                .as_ptr()
-                .add(offset)
-                .write_volatile(pattern(PARENT, offset));
-        }
-    }
+    // the parameters; byte reads cannot break any invariant.
+    let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len) };
+    assert!(
+        bytes.iter().all(|&byte| byte == 0),
+        "a new region is zeroed"
+    );
+    write_pattern(&region, PARENT, 0..PATTERN_LEN);
     let (ours, ringer_for_child) = doorbell_pair().unwrap();
     let (doorbell_for_child, ringer) = doorbell_pair().unwrap();
 
@@ -503,15 +511,7 @@ fn a_region_and_doorbells_pushed_into_a_child_carry_its_writes_and_its_ring() {
         Rang::Rung,
         "the child rings once it has written"
     );
-    // SAFETY: as above; the child wrote its part before ringing and writes nothing since.
-    unsafe {
-        for offset in len - PATTERN_LEN..len {
-            assert_eq!(
-                region.as_ptr().add(offset).read_volatile(),
-                pattern(CHILD, offset)
-            );
-        }
-    }
+    expect_pattern(&region, CHILD, len - PATTERN_LEN..len);
     ringer.ring();
     let done = child.report();
     assert_eq!(done, format!("done user={}", current_user()), "same user");
@@ -780,22 +780,8 @@ fn role_pipe_client() {
         .peer_process()
         .expect("the server's process came too");
     assert_eq!(rights(server), PROCESS_SYNCHRONIZE, "SYNCHRONIZE only");
-    // SAFETY: a live mapping of `len` bytes, which the parent does not touch until it is
-    // rung; byte reads and writes cannot break any invariant.
-    unsafe {
-        for offset in 0..PATTERN_LEN {
-            assert_eq!(
-                region.as_ptr().add(offset).read_volatile(),
-                pattern(PARENT, offset)
-            );
-        }
-        for offset in len - PATTERN_LEN..len {
-            region
-                .as_ptr()
-                .add(offset)
-                .write_volatile(pattern(CHILD, offset));
-        }
-    }
+    expect_pattern(&region, PARENT, 0..PATTERN_LEN);
+    write_pattern(&region, CHILD, len - PATTERN_LEN..len);
     ringer.ring();
     assert_eq!(
         sleep_until_rung(&own, server, Some(far_deadline())).unwrap(),
@@ -932,16 +918,8 @@ fn bytes_and_grants_cross_between_two_processes_over_the_pipe() {
     let ring_child = DoorbellRinger::adopt(ringer).unwrap();
 
     let (region, region_grant) = SharedRegion::create(len).unwrap();
-    // SAFETY: a live mapping of `len` bytes, which the child does not touch until it has
-    // the welcome; byte writes cannot break any invariant.
-    unsafe {
-        for offset in 0..PATTERN_LEN {
-            region
-                .as_ptr()
-                .add(offset)
-                .write_volatile(pattern(PARENT, offset));
-        }
-    }
+    // The child does not touch the region until it has the welcome.
+    write_pattern(&region, PARENT, 0..PATTERN_LEN);
     let (own, ringer_for_child) = doorbell_pair().unwrap();
     server
         .send_with_grants(b"welcome", &[&region_grant, &ringer_for_child.into_grant()])
@@ -953,15 +931,7 @@ fn bytes_and_grants_cross_between_two_processes_over_the_pipe() {
         Rang::Rung,
         "the child rings once it has written"
     );
-    // SAFETY: as above; the child wrote its part before ringing and writes nothing since.
-    unsafe {
-        for offset in len - PATTERN_LEN..len {
-            assert_eq!(
-                region.as_ptr().add(offset).read_volatile(),
-                pattern(CHILD, offset)
-            );
-        }
-    }
+    expect_pattern(&region, CHILD, len - PATTERN_LEN..len);
     ring_child.ring();
     let mut bye = [0u8; 3];
     server.read_exact(&mut bye).unwrap();

@@ -81,6 +81,7 @@ pub struct ServerConfig {
     pub(crate) memory_budget: Option<usize>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) stall_timeout: Option<Duration>,
+    pub(crate) cancel_grace: Duration,
 }
 
 impl ServerConfig {
@@ -109,6 +110,16 @@ impl ServerConfig {
     /// of the [`memory_budget`](Self::memory_budget) for the whole message) comes back.
     /// Sixty seconds is nginx's `client_body_timeout`, the same rule for HTTP bodies.
     pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default time a cancelled call's handler has to return before its future is
+    /// dropped: 1 s.
+    ///
+    /// Why: a handler that checks [`Call::is_cancelled`](crate::tokio::Call::is_cancelled)
+    /// or awaits [`Call::cancelled`](crate::tokio::Call::cancelled), or whose next
+    /// [`Call::send`](crate::tokio::Call::send) fails, returns within microseconds, and a
+    /// second leaves room for the clean-up it may owe (freeing a GPU slot, writing a log
+    /// line). A handler that ignores the cancel entirely is stopped at its next `.await`
+    /// after that, so an abandoned generation costs at most a second of work.
+    pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
     /// The memory budget's floor when it is derived from the other settings: 64 MiB.
     pub const MIN_DEFAULT_MEMORY_BUDGET: usize = 64 << 20;
 
@@ -166,13 +177,15 @@ impl ServerConfig {
         self
     }
 
-    /// How many requests of one connection `AsyncServer::serve` has under way at once
-    /// (default 64): handlers running, plus replies waiting for room in the connection's
-    /// ring. Past that it stops reading the connection's requests, its ring fills, and the
-    /// client's calls wait: backpressure, with no task pile-up, even for a client that
-    /// never reads its replies. So a client must read replies to go on sending: one that
-    /// pipelines more than this bound plus a ringful of requests before it reads waits
-    /// for ever (or until its send timeout). `tokio::Client` always reads.
+    /// How many calls of one connection `AsyncServer::serve` and `serve_calls` have under
+    /// way at once (default 64): handlers running (streams included), plus replies
+    /// waiting for room in the connection's ring. The server tells each client this bound
+    /// in the handshake, and a [`tokio::Client`](crate::tokio::Client) keeps no more
+    /// calls outstanding than it (callers past it wait in the client), so that the server
+    /// always reads the client's ring: a stream waiting for the client's credit is never
+    /// stuck behind a request the server will not take. A client that sends more anyway
+    /// (hostile, or written by hand) feels backpressure: past the bound the server stops
+    /// reading its ring, the ring fills, and its sends wait; no task piles up.
     pub fn concurrent_requests(mut self, requests: usize) -> Self {
         self.concurrent_requests = requests.max(1);
         self
@@ -272,6 +285,21 @@ impl ServerConfig {
         self
     }
 
+    /// How long the handler of a cancelled call has to return, in
+    /// [`AsyncServer::serve_calls`](crate::tokio::AsyncServer::serve_calls) and `serve`
+    /// (default [`DEFAULT_CANCEL_GRACE`](Self::DEFAULT_CANCEL_GRACE)). A call is
+    /// cancelled when its client drops it, when its deadline passes, or when its
+    /// connection ends; its handler sees it at once ([`Call::cancelled`], a failed
+    /// [`Call::send`]), nothing more of the call is sent, and a handler still running
+    /// after this grace has its future dropped. `Duration::ZERO` drops it at once.
+    ///
+    /// [`Call::cancelled`]: crate::tokio::Call::cancelled
+    /// [`Call::send`]: crate::tokio::Call::send
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
     /// Whether uids other than the server's own may be admitted, so that the socket file
     /// must let other users connect.
     pub(crate) fn admits_other_users(&self) -> bool {
@@ -306,6 +334,7 @@ impl Default for ServerConfig {
             memory_budget: None,
             idle_timeout: None,
             stall_timeout: Some(Self::DEFAULT_STALL_TIMEOUT),
+            cancel_grace: Self::DEFAULT_CANCEL_GRACE,
         }
     }
 }

@@ -106,6 +106,15 @@ pub enum Error {
         /// What the codec reported.
         detail: String,
     },
+    /// The call was cancelled: its client gave up on it (dropped its future or its
+    /// stream, or its deadline passed), or its connection ended. A handler sees it from
+    /// [`Call::send`](crate::tokio::Call::send) and should return; a client sees it when
+    /// it sends on a call that has already ended. The connection goes on.
+    Cancelled,
+    /// A message was streamed on a call that does not stream that way: a handler sent a
+    /// streamed response to a client that made a unary call (`call`, not `call_stream`
+    /// or `open`). Nothing was sent; the call goes on, and its final reply still can be.
+    NotStreaming,
     /// The operating system refused an operation; the message says which one.
     Io(io::Error),
 }
@@ -157,6 +166,13 @@ impl fmt::Display for Error {
             Error::Handler { message } => write!(
                 f,
                 "the server's handler failed for this request ({message}); other requests are unaffected"
+            ),
+            Error::Cancelled => f.write_str(
+                "the call was cancelled: its client gave up, its deadline passed, or its connection ended",
+            ),
+            Error::NotStreaming => f.write_str(
+                "the client made a unary call, which takes no streamed responses: \
+                 have it use call_stream or open, or return the whole response",
             ),
             Error::Io(error) => write!(f, "{error}"),
         }

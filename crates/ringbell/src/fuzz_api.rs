@@ -15,6 +15,9 @@
 //! * [`hostile_ring`]: a `ring::Consumer` over a ring whose indices and bytes a hostile
 //!   producer wrote hands out only frames that lie inside the ring and inside what was
 //!   published, in order, and runs dry or fails within a bounded number of steps.
+//! * [`call_messages`]: the call protocol's decoders (`core::call`), from either side,
+//!   accept only messages within its limits, and what they accept re-encodes to a message
+//!   that decodes to the same.
 //! * `codec` (feature `codec`): typed decoding fails cleanly or yields a value that
 //!   round-trips and is no larger, encoded, than the bytes it came from.
 
@@ -114,6 +117,56 @@ pub fn handshake(input: &[u8]) {
             "a decoded Welcome re-encodes unchanged"
         ),
         Err(error) => assert!(!error.to_string().is_empty()),
+    }
+}
+
+/// Decodes the input as a message of a call from the client and as one from the server,
+/// and checks each verdict against the format in `core/call.rs`: an opening's request,
+/// metadata and window within the limits, and every accepted message re-encoded to one
+/// that decodes to the same (byte for byte, for all but the opening, whose window the
+/// decoder clamps).
+pub fn call_messages(input: &[u8]) {
+    use crate::core::call::{
+        decode_from_client, decode_from_server, encode_cancel, encode_client_credit,
+        encode_data, encode_end, encode_ended, encode_item, encode_open, encode_reply,
+        encode_server_credit, FromClient, FromServer, MAX_METADATA_ENTRIES, MAX_METADATA_LEN,
+        MAX_STREAM_WINDOW,
+    };
+
+    match decode_from_client(input) {
+        Ok(FromClient::Open(open)) => {
+            assert!(open.request_len < input.len(), "the request lies inside the message");
+            assert!(open.window <= MAX_STREAM_WINDOW, "the window is clamped");
+            assert!(open.metadata.len() <= MAX_METADATA_ENTRIES);
+            let metadata_len = open
+                .metadata
+                .encoded_len()
+                .expect("decoded metadata is within the limits a client checks");
+            assert!(metadata_len <= MAX_METADATA_LEN);
+            let again = encode_open(
+                &input[..open.request_len],
+                open.mode,
+                open.window,
+                open.deadline,
+                &open.metadata,
+                metadata_len,
+            );
+            assert_eq!(decode_from_client(&again), Ok(FromClient::Open(open)));
+        }
+        Ok(FromClient::Data(len)) => assert_eq!(encode_data(&input[..len]), input),
+        Ok(FromClient::End) => assert_eq!(encode_end(), input),
+        Ok(FromClient::Cancel) => assert_eq!(encode_cancel(), input),
+        Ok(FromClient::Credit(n)) => assert_eq!(encode_client_credit(n), input),
+        Err(detail) => assert!(!detail.is_empty()),
+    }
+    match decode_from_server(input) {
+        Ok(FromServer::Reply(len)) => assert_eq!(encode_reply(Ok(input[..len].to_vec())), input),
+        // An error message need not be UTF-8 on the wire (the client reads it lossily).
+        Ok(FromServer::Failed(len)) => assert_eq!(len + 1, input.len()),
+        Ok(FromServer::Item(len)) => assert_eq!(encode_item(&input[..len]), input),
+        Ok(FromServer::Credit(n)) => assert_eq!(encode_server_credit(n), input),
+        Ok(FromServer::Ended) => assert_eq!(encode_ended(), input),
+        Err(detail) => assert!(!detail.is_empty()),
     }
 }
 

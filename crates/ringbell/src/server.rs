@@ -362,11 +362,26 @@ impl WorkerPool {
 }
 
 /// One connection's thread: requests in, through the pool, replies out, until the client
-/// leaves or breaks the protocol.
+/// leaves or breaks the protocol. Calls are taken one at a time, so the client's other
+/// messages of a call (credit, cancels, streamed messages) are for calls that have
+/// ended: a blocking handler takes no stream and streams nothing. The client's limit of
+/// outstanding calls comes from `concurrent_requests` as for the async server; the rest
+/// wait in the ring.
 fn serve_connection(connection: &mut Connection, pool: &WorkerPool) {
+    use crate::core::call::{decode_from_client, encode_reply_within, FromClient};
+
     let mut buf = Vec::new();
     let (reply, replies) = std::sync::mpsc::channel();
     while let Ok(request) = connection.recv_tagged(&mut buf, None) {
+        let open = match decode_from_client(&buf) {
+            Ok(FromClient::Open(open)) => open,
+            Ok(_) => continue,
+            Err(detail) => {
+                tracing::debug!("ringbell: closing a connection that broke the call protocol: {detail}");
+                return;
+            }
+        };
+        buf.truncate(open.request_len);
         let job = Job {
             request: std::mem::take(&mut buf),
             reply: reply.clone(),
@@ -375,8 +390,7 @@ fn serve_connection(connection: &mut Connection, pool: &WorkerPool) {
             return;
         }
         let Ok(result) = replies.recv() else { return };
-        let message =
-            crate::core::reply::encode_reply_within(result, connection.max_message_size());
+        let message = encode_reply_within(result, connection.max_message_size());
         if connection
             .send_with_correlation(&message, request.correlation)
             .is_err()

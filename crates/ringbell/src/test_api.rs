@@ -23,3 +23,39 @@ pub fn connect_for_calls(
 pub fn client_from(connection: Connection, max_in_flight: usize) -> Result<Client, Error> {
     Client::from_connection(connection, max_in_flight)
 }
+
+/// `request` as a connection of calls carries it: the opening of a unary call with no
+/// deadline and no metadata (`core/call.rs`), for a test that sends calls by hand through
+/// a connection from [`connect_for_calls`].
+pub fn request(request: &[u8]) -> Vec<u8> {
+    use crate::core::call::{encode_open, Metadata, Mode};
+    encode_open(request, Mode::Unary, 0, None, &Metadata::default(), 0)
+}
+
+/// The handler's response in a reply received by hand, or its error message; `None` if
+/// the message is not a final reply.
+pub fn reply_of(message: &[u8]) -> Option<Result<&[u8], String>> {
+    use crate::core::call::{decode_from_server, FromServer};
+    match decode_from_server(message).ok()? {
+        FromServer::Reply(len) => Some(Ok(&message[..len])),
+        FromServer::Failed(len) => Some(Err(String::from_utf8_lossy(&message[..len]).into_owned())),
+        _ => None,
+    }
+}
+
+/// Sends a call's opening of `request` (see [`request`]) tagged with `correlation`, which
+/// must differ from every other call under way on the connection: the server refuses a
+/// second call with the id of one it is handling.
+pub fn send_request(conn: &mut Connection, correlation: u64, body: &[u8]) -> Result<(), Error> {
+    conn.send_with_correlation(&request(body), correlation)
+}
+
+/// [`send_request`] on an [`AsyncConnection`](crate::tokio::AsyncConnection).
+pub async fn send_request_async(
+    conn: &mut crate::tokio::AsyncConnection,
+    correlation: u64,
+    body: &[u8],
+) -> Result<(), Error> {
+    conn.send_with_correlation(&request(body), correlation)
+        .await
+}

@@ -58,6 +58,7 @@ use common::{
     RING_CONTROL_LEN, SERVER_TO_CLIENT,
 };
 use ringbell::os::unix::ConnectionExt;
+use ringbell::test_api::{reply_of, request, send_request, send_request_async};
 use ringbell::tokio::{AsyncConnection, AsyncServer, Client};
 use ringbell::{ClientConfig, Connection, Error, ServerConfig, WaitStrategy};
 use tokio::runtime::Runtime;
@@ -289,7 +290,7 @@ fn role_victim(runtime: &Runtime) -> Result<(), String> {
         // and the server waits for room. Reported once the ring is at least half full.
         "server_writing" => {
             let mut conn = connect_raw(&path, ClientConfig::default()).context("connecting")?;
-            conn.send(&random_bytes(seed, BIG))
+            conn.send(&request(&random_bytes(seed, BIG)))
                 .context("sending the request")?;
             let segment = Scribbler::find(&conn)?;
             let tail = segment.header_word::<AtomicU64>(control_block(SERVER_TO_CLIENT) + TAIL);
@@ -400,12 +401,13 @@ fn role_blocked(runtime: &Runtime) -> Result<(), String> {
         let mut attempts = 0;
         let mut conn = connect_with_retry(&path, ClientConfig::default(), give_up, &mut attempts)
             .context("reconnecting")?;
-        conn.send(b"again").context("sending after reconnecting")?;
+        conn.send(&request(b"again"))
+            .context("sending after reconnecting")?;
         let mut reply = Vec::new();
         conn.recv(&mut reply, Some(PATIENCE))
             .context("receiving after reconnecting")?;
-        // A reply of `AsyncServer::serve` carries a status byte before the handler's answer.
-        if !reply.ends_with(b"again") {
+        // A reply of `AsyncServer::serve` ends with the byte that says it is one.
+        if reply_of(&reply) != Some(Ok(&b"again"[..])) {
             return Err(format!("the echo after reconnecting was {reply:?}"));
         }
         attempts
@@ -439,11 +441,11 @@ fn blocked_sync(path: &Path, variant: &str, wait: WaitStrategy) -> Result<(Error
                 .map(drop)
         }
         "send_full_block" => {
-            for _ in 0..SERVER_CRASH_CONCURRENT {
-                conn.send(NEVER_ANSWER).context("sending")?;
+            for call in 1..=SERVER_CRASH_CONCURRENT as u64 {
+                send_request(&mut conn, call, NEVER_ANSWER).context("sending")?;
             }
             report("blocked");
-            let filler = [7u8; 4000];
+            let filler = request(&[7u8; 4000]);
             (0..100_000).try_for_each(|_| conn.send(&filler))
         }
         other => return Err(format!("unknown variant {other:?}")),
@@ -467,11 +469,13 @@ async fn blocked_async(path: &Path, variant: &str) -> Result<(Error, u64), Strin
                 report("blocked");
                 conn.recv(&mut Vec::new()).await.map(drop)
             } else {
-                for _ in 0..SERVER_CRASH_CONCURRENT {
-                    conn.send(NEVER_ANSWER).await.context("sending")?;
+                for call in 1..=SERVER_CRASH_CONCURRENT as u64 {
+                    send_request_async(&mut conn, call, NEVER_ANSWER)
+                        .await
+                        .context("sending")?;
                 }
                 report("blocked");
-                let filler = [7u8; 4000];
+                let filler = request(&[7u8; 4000]);
                 let mut result = Ok(());
                 for _ in 0..100_000 {
                     result = conn.send(&filler).await;

@@ -50,6 +50,11 @@ fn hostile_ring_corpus() {
     replay("hostile_ring", ringbell::fuzz_api::hostile_ring);
 }
 
+#[test]
+fn call_messages_corpus() {
+    replay("call_messages", ringbell::fuzz_api::call_messages);
+}
+
 #[cfg(feature = "codec")]
 #[test]
 fn codec_corpus() {

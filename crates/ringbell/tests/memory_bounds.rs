@@ -233,9 +233,10 @@ fn role_silent_caller() -> Result<(), String> {
     let mut conn = ringbell::test_api::connect_for_calls(param("RB_PATH"), ClientConfig::default())
         .context("connecting")?;
     let segment = Scribbler::find(&conn)?;
-    let mut frame = frame_header(5, KIND_MESSAGE).to_vec();
+    let request = ringbell::test_api::request(b"hello");
+    let mut frame = frame_header(request.len() as u32, KIND_MESSAGE).to_vec();
     frame[8..16].copy_from_slice(&1u64.to_le_bytes());
-    frame.extend_from_slice(b"hello");
+    frame.extend_from_slice(&request);
     frame.resize(frame.len().next_multiple_of(8), 0);
     write_by_hand(&conn, &segment, &frame)?;
     let deadline = Instant::now() + PATIENCE;

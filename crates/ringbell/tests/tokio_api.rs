@@ -579,7 +579,10 @@ async fn a_client_that_reads_no_replies_holds_up_only_itself() {
         // its sends stall once all three are full.
         let flood = async {
             for i in 0..10_000usize {
-                stuck.send(&message(i, 1000)).await.unwrap();
+                let correlation = i as u64 + 1;
+                ringbell::test_api::send_request_async(&mut stuck, correlation, &message(i, 1000))
+                    .await
+                    .unwrap();
             }
         };
         let sent_everything = tokio::time::timeout(Duration::from_millis(300), flood).await;

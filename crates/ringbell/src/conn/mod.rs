@@ -71,6 +71,9 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     /// Close the connection after this long stopped in the middle of a message.
     pub(crate) stall_timeout: Option<Duration>,
+    /// On a connection of calls, how many the server takes at once (its
+    /// `concurrent_requests`, sent in the Welcome): a client keeps no more outstanding.
+    pub(crate) concurrent_calls: usize,
 }
 
 /// Which way a message goes, seen from one side.
@@ -81,20 +84,23 @@ enum Direction {
 }
 
 /// The most bytes a message may carry on the wire: `max_message_size`, and on a connection
-/// of calls, for the replies (sent by the server, received by the client), the status
-/// byte a reply adds ([`REPLY_ROOM`](crate::core::reply::REPLY_ROOM)), so that a response
-/// may be as large as the limit the user set. Nothing else gets the room: a request, or
-/// any plain message, above `max_message_size` is still refused on both ends.
+/// of calls what the call protocol adds to it (`core/call.rs`): a request's trailer and
+/// metadata ([`REQUEST_ROOM`](crate::core::call::REQUEST_ROOM)) towards the server, a
+/// kind byte ([`REPLY_ROOM`](crate::core::call::REPLY_ROOM)) towards the client. So the
+/// limit a user sets is the payload's: a request, a streamed message or a response may
+/// be as large as it. A plain message above `max_message_size` is refused on both ends.
 fn wire_limit(settings: &Settings, side: Side, direction: Direction) -> usize {
-    let carries_replies = settings.carries == Carries::Calls
-        && matches!(
-            (side, direction),
-            (Side::Server, Direction::Sending) | (Side::Client, Direction::Receiving)
-        );
-    let room = if carries_replies {
-        crate::core::reply::REPLY_ROOM
+    if settings.carries != Carries::Calls {
+        return settings.max_message_size;
+    }
+    let towards_server = matches!(
+        (side, direction),
+        (Side::Client, Direction::Sending) | (Side::Server, Direction::Receiving)
+    );
+    let room = if towards_server {
+        crate::core::call::REQUEST_ROOM
     } else {
-        0
+        crate::core::call::REPLY_ROOM
     };
     settings.max_message_size.saturating_add(room)
 }
@@ -355,6 +361,12 @@ impl Connection {
         self.settings.carries
     }
 
+    /// On a connection of calls, how many the server takes at once.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn concurrent_calls(&self) -> usize {
+        self.settings.concurrent_calls
+    }
+
     /// The most bytes a message this side sends may carry on the wire.
     pub(crate) fn send_limit(&self) -> usize {
         wire_limit(&self.settings, self.side, Direction::Sending)
@@ -477,7 +489,7 @@ mod limit_tests {
     use super::*;
 
     #[test]
-    fn only_replies_get_room_for_their_status_byte() {
+    fn calls_get_room_for_the_call_protocol_and_plain_messages_none() {
         let settings = |carries| Settings {
             wait: WaitStrategy::default(),
             max_message_size: 1000,
@@ -485,14 +497,16 @@ mod limit_tests {
             carries,
             idle_timeout: None,
             stall_timeout: None,
+            concurrent_calls: 1,
         };
         let calls = settings(Carries::Calls);
-        // The server's replies, as sent and as received.
+        // The server's messages, as sent and as received: a kind byte.
         assert_eq!(wire_limit(&calls, Side::Server, Direction::Sending), 1001);
         assert_eq!(wire_limit(&calls, Side::Client, Direction::Receiving), 1001);
-        // Requests: a hostile client's tagged 1001 bytes are refused by the server.
-        assert_eq!(wire_limit(&calls, Side::Client, Direction::Sending), 1000);
-        assert_eq!(wire_limit(&calls, Side::Server, Direction::Receiving), 1000);
+        // The client's: an opening's trailer and metadata.
+        let requests = 1000 + crate::core::call::REQUEST_ROOM;
+        assert_eq!(wire_limit(&calls, Side::Client, Direction::Sending), requests);
+        assert_eq!(wire_limit(&calls, Side::Server, Direction::Receiving), requests);
         // Plain messages, either way.
         let plain = settings(Carries::Messages);
         for side in [Side::Server, Side::Client] {

@@ -7,37 +7,41 @@
 
 use std::collections::HashMap;
 
-/// The calls sent and waiting for replies, by correlation id: the client's in-flight table.
-/// Ids are never 0 and never reused while their call waits, so a reply reaches exactly the
-/// call that was sent with its id, or nobody (a reply with an unknown id is dropped).
+/// The calls sent and waiting for their end, by correlation id: the client's in-flight
+/// table. Ids are chosen by the caller (a counter per connection that starts at 1 and does
+/// not wrap in practice), and the table refuses 0 and an id that is waiting already, so a
+/// message of a call reaches exactly the call that was sent with its id, or nobody (a
+/// message with an unknown id is dropped).
 #[derive(Debug)]
 pub(crate) struct InFlight<T> {
     pub(crate) waiting: HashMap<u64, T>,
-    pub(crate) next_id: u64,
 }
 
 impl<T> Default for InFlight<T> {
     fn default() -> Self {
         InFlight {
             waiting: HashMap::new(),
-            next_id: 1,
         }
     }
 }
 
 impl<T> InFlight<T> {
-    /// Records a call and returns its correlation id.
-    pub(crate) fn admit(&mut self, call: T) -> u64 {
-        let mut id = self.next_id;
-        while id == 0 || self.waiting.contains_key(&id) {
-            id = id.wrapping_add(1);
+    /// Records a call under `id`; gives it back if `id` is 0 or another call waits with it.
+    pub(crate) fn insert(&mut self, id: u64, call: T) -> Result<(), T> {
+        if id == 0 || self.waiting.contains_key(&id) {
+            return Err(call);
         }
-        self.next_id = id.wrapping_add(1);
         self.waiting.insert(id, call);
-        id
+        Ok(())
     }
 
-    /// The call a reply with `id` answers, if it still waits.
+    /// The call with `id`, if it still waits, for a message that does not end it (a
+    /// streamed response, credit).
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut T> {
+        self.waiting.get_mut(&id)
+    }
+
+    /// The call a final reply with `id` ends, if it still waits.
     pub(crate) fn complete(&mut self, id: u64) -> Option<T> {
         self.waiting.remove(&id)
     }
@@ -77,29 +81,46 @@ mod tests {
     }
 
     proptest! {
-        /// Against a model of which call holds which id: every reply, in any order, reaches
-        /// exactly its own call once; stray ids reach nobody; ids are never 0 or shared.
+        /// Against a model of which call holds which id: every message, in any order,
+        /// reaches exactly its own call, and its reply once; stray ids reach nobody; ids
+        /// are never 0 or shared.
         #[test]
         fn replies_reach_exactly_their_calls(
             start in prop_oneof![Just(1u64), Just(u64::MAX - 3), any::<u64>()],
             steps in proptest::collection::vec(step(), 1..300),
         ) {
-            let mut table = InFlight { waiting: HashMap::new(), next_id: start };
+            let mut table = InFlight { waiting: HashMap::new() };
             let mut model: Vec<(u64, u32)> = Vec::new(); // (id, call number)
             let mut calls = 0u32;
+            // The client's counter, from anywhere (wrapping, to reach 0 and reused ids).
+            let mut next_id = start;
             for step in steps {
                 match step {
                     Step::Call => {
-                        let id = table.admit(calls);
-                        prop_assert_ne!(id, 0);
-                        prop_assert!(model.iter().all(|(other, _)| *other != id));
-                        model.push((id, calls));
+                        let id = next_id;
+                        next_id = next_id.wrapping_add(1);
+                        let taken = id == 0 || model.iter().any(|(other, _)| *other == id);
+                        match table.insert(id, calls) {
+                            Ok(()) => {
+                                prop_assert!(!taken, "id {} was accepted twice", id);
+                                model.push((id, calls));
+                            }
+                            Err(call) => {
+                                prop_assert!(taken);
+                                prop_assert_eq!(call, calls);
+                            }
+                        }
                         calls += 1;
                     }
                     Step::Reply(pick) if !model.is_empty() => {
-                        let (id, call) = model.remove(pick % model.len());
+                        let index = pick % model.len();
+                        let (id, call) = model[index];
+                        // A streamed message reaches its call and leaves it waiting.
+                        prop_assert_eq!(table.get_mut(id).copied(), Some(call));
+                        model.remove(index);
                         prop_assert_eq!(table.complete(id), Some(call));
                         prop_assert_eq!(table.complete(id), None);
+                        prop_assert_eq!(table.get_mut(id), None);
                     }
                     Step::Reply(_) => {}
                     Step::Stray(id) => {
@@ -124,11 +145,15 @@ mod tests {
 }
 
 /// A loom model of the correlation logic: callers hand calls to a driver, which records
-/// them in the real [`InFlight`] table and passes them to a server; the server answers in
-/// reverse order and adds a reply with an id nobody was given; the driver routes each
-/// reply through the table. One caller waits for its reply, the other gives up at any
-/// point. Under every interleaving, the waiting caller gets its own reply and no other,
-/// the stray reply reaches nobody, and the table ends empty.
+/// them in the real [`InFlight`] table and passes them to a server; the server streams
+/// one message for each call, then its reply, in reverse order of the calls, and adds a
+/// reply with an id nobody was given; the driver routes each through the table. One
+/// caller waits for its stream and reply; the other cancels its call at any point, and
+/// its entry stays until the server's last word for it. Under every interleaving, the
+/// waiting caller gets its own message and then its own reply and nothing else, the
+/// cancelled caller gets nothing after it gave up, every reply but the stray one finds its
+/// entry, the stray reaches nobody, and the table ends empty (the cancelled call's slot
+/// comes back).
 ///
 /// This is a model of the driver (threads and channels instead of tokio tasks), around
 /// the real table: tokio itself cannot run under loom.
@@ -139,32 +164,49 @@ mod loom_model {
     use loom::sync::{Arc, Condvar, Mutex};
     use loom::thread;
 
-    /// A one-shot reply slot, as tokio's `oneshot` behaves for the driver: a send to a
-    /// caller that gave up fails and is dropped. (loom's channels do not see a dropped
+    /// What a caller received: its streamed messages, its reply, and whether it gave up.
+    #[derive(Default)]
+    struct Received {
+        messages: Vec<u8>,
+        reply: Option<u8>,
+        gave_up: bool,
+    }
+
+    /// A caller's end of a call, as tokio's channels behave for the driver: what is sent
+    /// to a caller that gave up is dropped. (loom's channels do not see a dropped
     /// receiver.)
     #[derive(Default)]
-    struct ReplySlot {
-        state: Mutex<(Option<u8>, bool)>,
+    struct CallSlot {
+        state: Mutex<Received>,
         filled: Condvar,
     }
 
-    impl ReplySlot {
-        /// Fills the slot; `false` if its caller gave up.
-        fn send(&self, response: u8) -> bool {
+    impl CallSlot {
+        fn message(&self, message: u8) {
             let mut state = self.state.lock().unwrap();
-            if state.1 {
-                return false;
+            assert!(
+                state.reply.is_none(),
+                "a message came after its call's reply"
+            );
+            if !state.gave_up {
+                state.messages.push(message);
             }
-            state.0 = Some(response);
-            self.filled.notify_one();
-            true
         }
 
-        fn recv(&self) -> u8 {
+        fn reply(&self, response: u8) {
+            let mut state = self.state.lock().unwrap();
+            if !state.gave_up {
+                state.reply = Some(response);
+                self.filled.notify_one();
+            }
+        }
+
+        /// Waits for the reply; returns the messages before it, and it.
+        fn wait(&self) -> (Vec<u8>, u8) {
             let mut state = self.state.lock().unwrap();
             loop {
-                if let Some(response) = state.0.take() {
-                    return response;
+                if let Some(reply) = state.reply {
+                    return (std::mem::take(&mut state.messages), reply);
                 }
                 state = self.filled.wait(state).unwrap();
             }
@@ -172,60 +214,67 @@ mod loom_model {
 
         fn give_up(&self) {
             let mut state = self.state.lock().unwrap();
-            state.1 = true;
-            state.0 = None;
+            state.gave_up = true;
+            state.messages.clear();
+            state.reply = None;
         }
     }
 
-    /// What reaches the driver: a new call, or a reply from the server.
+    /// What reaches the driver: from callers, a new call or a cancel; from the server, a
+    /// streamed message or a reply.
     enum Event {
-        Call { request: u8, reply: Arc<ReplySlot> },
+        Call { id: u64, slot: Arc<CallSlot> },
+        Cancel { id: u64 },
+        Message { id: u64, message: u8 },
         Reply { id: u64, response: u8 },
     }
 
     #[test]
-    fn loom_replies_reach_their_own_callers() {
+    fn loom_messages_and_replies_reach_their_own_callers() {
         loom::model(|| {
             let (events, driver_inbox) = channel::<Event>();
-            let (to_server, server_inbox) = channel::<(u64, u8)>();
+            let (to_server, server_inbox) = channel::<u64>();
 
-            // Caller 1 waits for its reply; caller 2 gives up on its call at once.
+            // Caller 1 waits for its stream and reply; caller 2 cancels its call at once.
             let waiting = {
                 let events = events.clone();
                 thread::spawn(move || {
-                    let reply = Arc::new(ReplySlot::default());
-                    let request = 1;
+                    let slot = Arc::new(CallSlot::default());
                     events
                         .send(Event::Call {
-                            request,
-                            reply: reply.clone(),
+                            id: 1,
+                            slot: slot.clone(),
                         })
                         .unwrap();
-                    reply.recv()
+                    slot.wait()
                 })
             };
-            let giving_up = {
+            let cancelling = {
                 let events = events.clone();
                 thread::spawn(move || {
-                    let reply = Arc::new(ReplySlot::default());
+                    let slot = Arc::new(CallSlot::default());
                     events
                         .send(Event::Call {
-                            request: 2,
-                            reply: reply.clone(),
+                            id: 2,
+                            slot: slot.clone(),
                         })
                         .unwrap();
-                    reply.give_up();
+                    slot.give_up();
+                    events.send(Event::Cancel { id: 2 }).unwrap();
                 })
             };
-            // The server echoes both requests, last first, then a reply to nobody.
+            // The server streams one message for each call, then replies, the last call
+            // first; then it replies to nobody.
             let server = thread::spawn(move || {
                 let first = server_inbox.recv().unwrap();
                 let second = server_inbox.recv().unwrap();
-                for (id, request) in [second, first] {
+                for id in [second, first] {
+                    let value = id as u8 * 10;
+                    events.send(Event::Message { id, message: value }).unwrap();
                     events
                         .send(Event::Reply {
                             id,
-                            response: request,
+                            response: value + 1,
                         })
                         .unwrap();
                 }
@@ -237,28 +286,40 @@ mod loom_model {
                     .unwrap();
             });
 
-            let mut table: InFlight<Arc<ReplySlot>> = InFlight::default();
-            let mut routed = 0;
-            for _ in 0..5 {
+            let mut table: InFlight<Arc<CallSlot>> = InFlight::default();
+            for _ in 0..8 {
                 match driver_inbox.recv().unwrap() {
-                    Event::Call { request, reply } => {
-                        let id = table.admit(reply);
-                        to_server.send((id, request)).unwrap();
+                    Event::Call { id, slot } => {
+                        assert!(table.insert(id, slot).is_ok());
+                        to_server.send(id).unwrap();
+                    }
+                    Event::Cancel { id } => {
+                        // The call keeps its entry, and so its slot, until the server's
+                        // last word for it (as the client's driver does: the server counts
+                        // a cancelled call until its handler ends). Its reply may have come
+                        // first: then there is nothing left.
+                        if let Some(slot) = table.get_mut(id) {
+                            assert!(slot.state.lock().unwrap().gave_up);
+                        }
+                    }
+                    Event::Message { id, message } => {
+                        if let Some(slot) = table.get_mut(id) {
+                            slot.message(message);
+                        }
                     }
                     Event::Reply { id, response } => match table.complete(id) {
-                        Some(caller) => {
-                            routed += 1;
-                            // A caller that gave up is not an error.
-                            caller.send(response);
-                        }
-                        None => assert_eq!(response, 99, "a real reply found no caller"),
+                        Some(slot) => slot.reply(response),
+                        None => assert_eq!(response, 99, "a call's reply found no entry"),
                     },
                 }
             }
-            assert_eq!(routed, 2);
             assert!(table.is_empty());
-            assert_eq!(waiting.join().unwrap(), 1, "a caller got another's reply");
-            giving_up.join().unwrap();
+            assert_eq!(
+                waiting.join().unwrap(),
+                (vec![10], 11),
+                "a caller got another's messages or reply"
+            );
+            cancelling.join().unwrap();
             server.join().unwrap();
         });
     }

@@ -6,14 +6,14 @@
 //! - [`layout`]: the `#[repr(C)]` layout of a connection's shared segment;
 //! - [`wait`]: the sleep/wake protocol and the `WaitStrategy` loop;
 //! - [`in_flight`]: the table of calls awaiting their replies;
-//! - [`reply`]: how a reply says whether its handler succeeded;
+//! - [`call`]: the call protocol: opening, streams, credit, cancellation and replies;
 //! - [`sync`]: the one place atomics come from.
 
+#[cfg(not(loom))]
+pub(crate) mod call;
 #[cfg(any(feature = "tokio", loom))]
 pub(crate) mod in_flight;
 pub(crate) mod layout;
-#[cfg(not(loom))]
-pub(crate) mod reply;
 pub(crate) mod ring;
 pub(crate) mod sync;
 pub(crate) mod wait;

@@ -205,6 +205,9 @@ fn connect_with(
             idle_timeout: config.idle_timeout,
             // Stalls mid-message guard a server's budget; a client has none.
             stall_timeout: None,
+            concurrent_calls: usize::try_from(welcome.concurrent_calls)
+                .unwrap_or(usize::MAX)
+                .max(1),
         },
     ))
 }

@@ -249,9 +249,10 @@ impl ServerHandshake {
             ring_capacity: capacity as u64,
             max_message_size: config.max_message_size as u64,
             segment_len: segment_len as u64,
+            concurrent_calls: config.concurrent_requests as u64,
         };
         // The client has sent its Hello and reads nothing else, so its socket buffer is
-        // empty and these 40 bytes go out at once; the deadline bounds the send anyway.
+        // empty and these 48 bytes go out at once; the deadline bounds the send anyway.
         control
             .set_deadline(Some(self.deadline))
             .map_err(|error| Error::io("setting the handshake deadline", error))?;
@@ -318,6 +319,7 @@ impl ServerHandshake {
                 carries: half.carries,
                 idle_timeout: config.idle_timeout,
                 stall_timeout: config.stall_timeout,
+                concurrent_calls: config.concurrent_requests,
             },
         );
         connection.hold_slot(self.slot);

@@ -1,8 +1,9 @@
 //! The handshake's messages as bytes. Every message starts with the same 16-byte prefix,
 //! little-endian: `magic "RINGBELL" (8) | version u16 | kind u16 | status u32`, so that a
 //! peer of another version can still read a refusal. In a Hello, the last field is what
-//! the client will carry ([`Carries`]) rather than a status. The Welcome adds three u64:
-//! ring capacity, maximum message size, segment length.
+//! the client will carry ([`Carries`]) rather than a status. The Welcome adds four u64:
+//! ring capacity, maximum message size, segment length, and the calls the server takes
+//! at once on the connection (`ServerConfig::concurrent_requests`).
 
 use super::handshake_error;
 use crate::error::Error;
@@ -14,7 +15,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 /// Version 2: the Ack may carry the client's own doorbell ringer.
 /// Version 3: the Hello says what the client will carry ([`Carries`]), and a server that
 /// serves the other kind refuses it.
-pub(crate) const PROTOCOL_VERSION: u16 = 3;
+/// Version 4: the call protocol of `core/call.rs` (streams, cancellation, deadlines,
+/// metadata), and the Welcome says how many calls the server takes at once.
+pub(crate) const PROTOCOL_VERSION: u16 = 4;
 
 /// What a connection carries, which both ends must agree on: a client that makes calls
 /// would wait forever for replies from a server that echoes plain messages (and drop them,
@@ -49,7 +52,7 @@ impl Carries {
 pub(crate) const PREFIX_LEN: usize = 16;
 
 /// Length of a Welcome.
-pub(crate) const WELCOME_LEN: usize = PREFIX_LEN + 24;
+pub(crate) const WELCOME_LEN: usize = PREFIX_LEN + 32;
 
 /// Which handshake message a prefix introduces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,10 @@ pub(crate) struct Welcome {
     pub(crate) ring_capacity: u64,
     pub(crate) max_message_size: u64,
     pub(crate) segment_len: u64,
+    /// The calls the server takes at once on this connection: a client keeps at most this
+    /// many outstanding, so that the server never stops reading its ring while a call
+    /// under way waits for the client's credit (`core/call.rs`).
+    pub(crate) concurrent_calls: u64,
 }
 
 pub(crate) fn encode_prefix(kind: Kind, status: Status) -> [u8; PREFIX_LEN] {
@@ -180,6 +187,7 @@ pub(crate) fn encode_welcome(status: Status, welcome: &Welcome) -> [u8; WELCOME_
     bytes[16..24].copy_from_slice(&welcome.ring_capacity.to_le_bytes());
     bytes[24..32].copy_from_slice(&welcome.max_message_size.to_le_bytes());
     bytes[32..40].copy_from_slice(&welcome.segment_len.to_le_bytes());
+    bytes[40..48].copy_from_slice(&welcome.concurrent_calls.to_le_bytes());
     bytes
 }
 
@@ -255,6 +263,7 @@ pub(crate) fn decode_welcome(
         ring_capacity: field(16),
         max_message_size: field(24),
         segment_len: field(32),
+        concurrent_calls: field(40),
     })
 }
 
@@ -266,6 +275,7 @@ pub(crate) fn refusal(status: Status) -> [u8; WELCOME_LEN] {
             ring_capacity: 0,
             max_message_size: 0,
             segment_len: 0,
+            concurrent_calls: 0,
         },
     )
 }
@@ -300,6 +310,7 @@ mod tests {
             ring_capacity: 1 << 16,
             max_message_size: 1 << 20,
             segment_len: 4096 + (2 << 16),
+            concurrent_calls: 64,
         };
         assert_eq!(
             decode_welcome(&encode_welcome(Status::Accepted, &welcome), path()).unwrap(),
@@ -313,6 +324,7 @@ mod tests {
             ring_capacity: 0,
             max_message_size: 0,
             segment_len: 0,
+            concurrent_calls: 0,
         };
         assert!(matches!(
             decode_welcome(&encode_welcome(Status::PermissionDenied, &zero), path()),

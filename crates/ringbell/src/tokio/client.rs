@@ -5,10 +5,9 @@
 //!
 //! [`AsyncServer::serve`]: super::AsyncServer::serve
 //!
-//! On the wire a request is a message tagged with a correlation id (never 0), and its reply
-//! is a message with the same id whose first byte says whether the handler succeeded
-//! (`0`, the response follows) or failed (`1`, its error message follows). Replies may
-//! come in any order.
+//! On the wire every message of a call is tagged with its correlation id (never 0, never
+//! reused), and says what it is in its last byte: an opening, a streamed message, credit,
+//! a cancel, the final reply (see `core/call.rs`). Replies may come in any order.
 //!
 //! The connections of a group are driven by one task that never blocks: it moves queued
 //! requests into their rings while they fit, takes whatever replies have arrived, and
@@ -26,18 +25,26 @@
 //! everyone who rings it, so servers never share one.
 
 use std::collections::{HashMap, VecDeque};
+#[cfg(feature = "tower")]
+use std::future::Future;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "tower")]
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::stream::{CallGuard, CallOptions, Event, RequestSender, ResponseStream};
 use super::{arm, WatchedPoller};
 use crate::config::ClientConfig;
 use crate::conn::{Connection, Publish, Pushed, SendProgress};
+use crate::core::call::{
+    decode_from_server, encode_cancel, encode_client_credit, encode_end, encode_open, FromServer,
+    Mode, REQUEST_WINDOW,
+};
 use crate::core::in_flight::InFlight;
-use crate::core::reply::decode_reply;
 use crate::core::wait::PEER_CHECK_INTERVAL;
 use crate::error::Error;
 use crate::handshake::SharedDoorbell;
@@ -51,23 +58,79 @@ fn copy_of(error: &Error) -> Error {
     error.terminal_copy().unwrap_or(Error::PeerDied)
 }
 
+/// Where a call's responses go.
+enum Sink {
+    /// A unary call's caller: the reply only.
+    Reply(oneshot::Sender<Result<Vec<u8>, Error>>),
+    /// A stream: its messages, then its end.
+    Stream(mpsc::UnboundedSender<Event>),
+    /// Nobody: the call was cancelled (or broke the protocol) and waits for the server's
+    /// word that it has ended, holding its slot until then.
+    Gone,
+}
+
 /// One call on its way to the driver.
-struct Call {
-    request: Vec<u8>,
-    reply: oneshot::Sender<Result<Vec<u8>, Error>>,
-    /// Held until the reply arrives: the in-flight bound.
+pub(super) struct NewCall {
+    correlation: u64,
+    /// Its opening, encoded.
+    message: Vec<u8>,
+    sink: Sink,
+    window: u16,
+    /// The credit of its request stream, on a two-way call.
+    send_credit: Option<Arc<Semaphore>>,
+    /// Held until the call ends: the in-flight bound.
     permit: OwnedSemaphorePermit,
 }
 
-/// A call sent and waiting for its reply.
+/// A call sent and waiting for its end.
 struct Pending {
-    reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    sink: Sink,
+    /// Streamed responses the server may still send before the client grants more.
+    credit: u32,
+    send_credit: Option<Arc<Semaphore>>,
     _permit: OwnedSemaphorePermit,
 }
 
+impl Pending {
+    /// Ends the call with `outcome`: the caller or the stream gets it, and the request
+    /// stream, if any, is closed.
+    fn end(mut self, outcome: Result<Vec<u8>, Error>) {
+        self.tell(outcome);
+    }
+
+    /// Whether someone still waits for what the call brings.
+    fn is_live(&self) -> bool {
+        !matches!(self.sink, Sink::Gone)
+    }
+
+    /// Gives the caller or the stream `outcome` and leaves nobody to tell: the call
+    /// itself may still be under way on the server.
+    fn tell(&mut self, outcome: Result<Vec<u8>, Error>) {
+        if let Some(credit) = &self.send_credit {
+            credit.close();
+        }
+        match std::mem::replace(&mut self.sink, Sink::Gone) {
+            Sink::Gone => {}
+            Sink::Reply(reply) => {
+                let _ = reply.send(outcome);
+            }
+            Sink::Stream(events) => {
+                let _ = events.send(Event::End(outcome));
+            }
+        }
+    }
+}
+
 /// A request/response client over one connection. Cheap to clone; every clone calls
-/// through the same connection, with up to `max_in_flight` calls outstanding at once.
-/// The connection closes when the last clone is dropped and its calls have ended.
+/// through the same connection, with up to `max_in_flight` calls outstanding at once
+/// (and no more than the server takes at once on a connection, which it says in the
+/// handshake). The connection closes when the last clone is dropped and its calls have
+/// ended.
+///
+/// Besides unary calls ([`call`](Self::call), [`call_with`](Self::call_with)), it makes
+/// streaming calls: [`call_stream`](Self::call_stream) (one request, streamed responses)
+/// and [`open`](Self::open) (both ways). Dropping a call's future or its
+/// [`ResponseStream`] cancels it on the server.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), ringbell::Error> {
@@ -92,6 +155,10 @@ pub struct Client {
 struct Membership {
     id: u64,
     driver: mpsc::UnboundedSender<ToDriver>,
+    /// The next call's correlation id. Ids are never 0 and never reused: a u64 counted up
+    /// from 1 does not wrap in centuries of calls, so a late reply or streamed message of
+    /// a call given up can never reach a later call.
+    next_call: AtomicU64,
 }
 
 impl Drop for Membership {
@@ -126,8 +193,9 @@ impl Client {
     }
 
     /// Sends `request` and waits for its reply. If all slots are taken, waits for one
-    /// first. Dropping the future gives up on the reply (which is then discarded when it
-    /// arrives; it never reaches another caller).
+    /// first. Dropping the future gives up on the call: the server cancels its handler,
+    /// and a reply that was already on its way is discarded (it never reaches another
+    /// caller).
     ///
     /// # Errors
     ///
@@ -135,34 +203,12 @@ impl Client {
     /// goes on); [`Error::PeerDied`] or [`Error::Corrupted`] if the connection ended;
     /// [`Error::TooLarge`] if the request exceeds the connection's maximum.
     pub async fn call(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
-        if request.len() > self.max_message_size {
-            return Err(Error::TooLarge {
-                len: request.len(),
-                max: self.max_message_size,
-            });
-        }
-        let permit = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::PeerDied)?;
-        let (reply, answer) = oneshot::channel();
-        let call = Call {
-            request: request.to_vec(),
-            reply,
-            permit,
-        };
-        let id = self.handle.id;
-        self.handle
-            .driver
-            .send(ToDriver::Call { id, call })
-            .map_err(|_| Error::PeerDied)?;
-        answer.await.map_err(|_| Error::PeerDied)?
+        self.call_with(request, CallOptions::default()).await
     }
 
-    /// [`call`](Self::call) with a deadline. A call that times out is given up as a
-    /// dropped [`call`](Self::call) is: its reply, if it comes, is discarded.
+    /// [`call`](Self::call) with a timeout, which travels with the call: when it passes,
+    /// the server cancels the handler and this returns [`Error::Timeout`]. The same as
+    /// `call_with(request, CallOptions::default().timeout(timeout))`.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), ringbell::Error> {
@@ -184,31 +230,309 @@ impl Client {
     ///
     /// As [`call`](Self::call), and [`Error::Timeout`] when `timeout` passes first.
     pub async fn call_timeout(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, Error> {
-        ::tokio::time::timeout(timeout, self.call(request))
+        self.call_with(request, CallOptions::default().timeout(timeout))
             .await
-            .map_err(|_| Error::Timeout)?
+    }
+
+    /// [`call`](Self::call) made as `options` say: a timeout that travels with it, and
+    /// metadata the handler reads with [`Call::metadata`](super::Call::metadata).
+    ///
+    /// ```no_run
+    /// # async fn run(client: ringbell::tokio::Client) -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// let options = CallOptions::default()
+    ///     .timeout(Duration::from_secs(2))
+    ///     .metadata("request-id", b"42");
+    /// let reply = client.call_with(b"req", options).await?;
+    /// # let _ = reply;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`call_timeout`](Self::call_timeout), and [`Error::InvalidConfig`] if the
+    /// metadata is over its limits ([`Metadata`](crate::tokio::Metadata)).
+    pub async fn call_with(&self, request: &[u8], options: CallOptions) -> Result<Vec<u8>, Error> {
+        let deadline = options.deadline_from_now();
+        let call = async {
+            let metadata_len = self.check(request, &options)?;
+            let permit = self.permit().await?;
+            let (reply, answer) = oneshot::channel();
+            let sink = Sink::Reply(reply);
+            let mut guard = self.send_call(
+                request,
+                &options,
+                (Mode::Unary, metadata_len, deadline),
+                sink,
+                None,
+                permit,
+            )?;
+            let outcome = answer.await.map_err(|_| Error::PeerDied);
+            guard.disarm();
+            outcome?
+        };
+        match deadline {
+            Some(at) => ::tokio::time::timeout_at(at.into(), call)
+                .await
+                .map_err(|_| Error::Timeout)?,
+            None => call.await,
+        }
+    }
+
+    /// Sends `request` and returns the stream of the handler's responses: each message
+    /// it sends with [`Call::send`](super::Call::send), then its final reply
+    /// ([`ResponseStream::reply`]). Returns once the call is sent (after waiting for a
+    /// slot, if all are taken). Dropping the stream before its end cancels the call.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call), for making the call; the stream's own errors come from
+    /// it.
+    pub async fn call_stream(&self, request: &[u8]) -> Result<ResponseStream, Error> {
+        self.call_stream_with(request, CallOptions::default()).await
+    }
+
+    /// [`call_stream`](Self::call_stream) made as `options` say (a timeout for the whole
+    /// stream, metadata, the stream's window).
+    ///
+    /// # Errors
+    ///
+    /// As [`call_with`](Self::call_with).
+    pub async fn call_stream_with(
+        &self,
+        request: &[u8],
+        options: CallOptions,
+    ) -> Result<ResponseStream, Error> {
+        let (_, stream) = self.start_stream(request, options, Mode::ServerStream).await?;
+        Ok(stream)
+    }
+
+    /// Opens a two-way call with `request` as its first message: the handler reads the
+    /// [`RequestSender`]'s messages with [`Call::recv`](super::Call::recv) and streams
+    /// its responses to the [`ResponseStream`]. The call ends when the handler returns.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ringbell::tokio::Client) -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::CallOptions;
+    ///
+    /// let (mut sender, mut stream) = client.open(b"header", CallOptions::default()).await?;
+    /// sender.send(b"more").await?;
+    /// sender.finish().await?;
+    /// while let Some(message) = stream.next().await {
+    ///     let _ = message?;
+    /// }
+    /// let reply = stream.reply().await?;
+    /// # let _ = reply;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`call_with`](Self::call_with), for making the call.
+    pub async fn open(
+        &self,
+        request: &[u8],
+        options: CallOptions,
+    ) -> Result<(RequestSender, ResponseStream), Error> {
+        let (sender, stream) = self.start_stream(request, options, Mode::TwoWay).await?;
+        Ok((sender.expect("a two-way call has a sender"), stream))
+    }
+
+    async fn start_stream(
+        &self,
+        request: &[u8],
+        options: CallOptions,
+        mode: Mode,
+    ) -> Result<(Option<RequestSender>, ResponseStream), Error> {
+        let deadline = options.deadline_from_now();
+        let metadata_len = self.check(request, &options)?;
+        let permit = match deadline {
+            Some(at) => ::tokio::time::timeout_at(at.into(), self.permit())
+                .await
+                .map_err(|_| Error::Timeout)??,
+            None => self.permit().await?,
+        };
+        let (events, stream_events) = mpsc::unbounded_channel();
+        let send_credit = mode
+            .sends_stream()
+            .then(|| Arc::new(Semaphore::new(REQUEST_WINDOW as usize)));
+        let guard = self.send_call(
+            request,
+            &options,
+            (mode, metadata_len, deadline),
+            Sink::Stream(events),
+            send_credit.clone(),
+            permit,
+        )?;
+        let sender = send_credit.map(|credit| RequestSender {
+            driver: self.handle.driver.clone(),
+            member: self.handle.id,
+            correlation: guard.correlation,
+            credit,
+            max_message_size: self.max_message_size,
+            finished: false,
+        });
+        let stream = ResponseStream::new(stream_events, guard, options.window, deadline);
+        Ok((sender, stream))
+    }
+
+    /// The checks made before a call takes a slot: its size, and its metadata's (whose
+    /// encoded length this returns).
+    fn check(&self, request: &[u8], options: &CallOptions) -> Result<usize, Error> {
+        if request.len() > self.max_message_size {
+            return Err(Error::TooLarge {
+                len: request.len(),
+                max: self.max_message_size,
+            });
+        }
+        options
+            .metadata
+            .encoded_len()
+            .map_err(|detail| Error::InvalidConfig { detail })
+    }
+
+    /// A place among the outstanding calls, waiting for one if all are taken.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        self.in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::PeerDied)
+    }
+
+    /// Hands a call to the driver; the guard cancels it if it is dropped armed.
+    fn send_call(
+        &self,
+        request: &[u8],
+        options: &CallOptions,
+        (mode, metadata_len, deadline): (Mode, usize, Option<Instant>),
+        sink: Sink,
+        send_credit: Option<Arc<Semaphore>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<CallGuard, Error> {
+        let correlation = self.handle.next_call.fetch_add(1, Ordering::Relaxed);
+        // What is left of the timeout travels: the time spent waiting for a slot is gone.
+        let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+        let message = encode_open(
+            request,
+            mode,
+            options.window,
+            left,
+            &options.metadata,
+            metadata_len,
+        );
+        let call = NewCall {
+            correlation,
+            message,
+            sink,
+            window: if mode.takes_stream() { options.window } else { 0 },
+            send_credit,
+            permit,
+        };
+        let id = self.handle.id;
+        self.handle
+            .driver
+            .send(ToDriver::Call { id, call })
+            .map_err(|_| Error::PeerDied)?;
+        Ok(CallGuard {
+            driver: self.handle.driver.clone(),
+            member: id,
+            correlation,
+            armed: true,
+        })
+    }
+}
+
+#[cfg(feature = "tower")]
+impl tower_service::Service<Vec<u8>> for Client {
+    type Response = Vec<u8>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>> + Send>>;
+
+    /// Always ready: a call past the in-flight bound waits inside its future, so tower's
+    /// concurrency limits compose with it.
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Vec<u8>) -> Self::Future {
+        let client = self.clone();
+        Box::pin(async move { client.call(&request).await })
     }
 }
 
 /// Messages waiting for room in the ring, in order, and how far the first one has got.
 #[derive(Default)]
 pub(super) struct Outbox {
-    pub(super) queue: VecDeque<(u64, Vec<u8>)>,
+    queue: VecDeque<Queued>,
     progress: SendProgress,
     /// The bytes of the messages in `queue`.
     bytes: usize,
+    /// How many of them end their call (the server's final replies).
+    finals: usize,
+}
+
+struct Queued {
+    id: u64,
+    message: Vec<u8>,
+    ends_call: bool,
 }
 
 impl Outbox {
     /// Queues `message`, to go with `id`.
     pub(super) fn push(&mut self, id: u64, message: Vec<u8>) {
+        self.queue_up(id, message, false);
+    }
+
+    /// Queues the message that ends call `id`: counted by [`finals`](Self::finals) until
+    /// it is in the ring.
+    pub(super) fn push_final(&mut self, id: u64, message: Vec<u8>) {
+        self.queue_up(id, message, true);
+    }
+
+    fn queue_up(&mut self, id: u64, message: Vec<u8>, ends_call: bool) {
         self.bytes += message.len();
-        self.queue.push_back((id, message));
+        self.finals += usize::from(ends_call);
+        self.queue.push_back(Queued {
+            id,
+            message,
+            ends_call,
+        });
     }
 
     /// The bytes of the messages waiting.
     pub(super) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The messages waiting that end their call.
+    pub(super) fn finals(&self) -> usize {
+        self.finals
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Withdraws the messages of call `id` that wait: its call was cancelled. The one
+    /// being written stays, since part of it is in the ring already; so does a final one,
+    /// which the peer counts on.
+    pub(super) fn withdraw(&mut self, id: u64) {
+        let begun = self.progress != SendProgress::default();
+        let bytes = &mut self.bytes;
+        let mut index = 0;
+        self.queue.retain(|queued| {
+            let keep = queued.id != id || queued.ends_call || (index == 0 && begun);
+            index += 1;
+            if !keep {
+                *bytes -= queued.message.len();
+            }
+            keep
+        });
     }
 
     /// Moves messages into the ring while they fit. Returns whether any went, and the size
@@ -218,10 +542,11 @@ impl Outbox {
         connection: &mut Connection,
     ) -> Result<(bool, Option<usize>), Error> {
         let mut moved = false;
-        while let Some((id, message)) = self.queue.front() {
-            match connection.push_some(message, *id, &mut self.progress, Publish::Now) {
+        while let Some(queued) = self.queue.front() {
+            match connection.push_some(&queued.message, queued.id, &mut self.progress, Publish::Now) {
                 Ok(Pushed::Done) => {
-                    self.bytes -= message.len();
+                    self.bytes -= queued.message.len();
+                    self.finals -= usize::from(queued.ends_call);
                     self.queue.pop_front();
                     self.progress = SendProgress::default();
                     moved = true;
@@ -291,8 +616,8 @@ impl GroupShared {
     }
 }
 
-/// What the clients of a group tell its driver.
-enum ToDriver {
+/// What the clients of a group, and their calls, tell its driver.
+pub(super) enum ToDriver {
     /// A new connection, whose doorbell is shared with the group's other connections to
     /// the same server, or (`None`) its own.
     Join {
@@ -302,7 +627,29 @@ enum ToDriver {
     },
     Call {
         id: u64,
-        call: Call,
+        call: NewCall,
+    },
+    /// The caller gave up on the call: cancel it on the server.
+    Cancel {
+        id: u64,
+        correlation: u64,
+    },
+    /// The stream's reader took `n` messages: the server may send as many more.
+    Credit {
+        id: u64,
+        correlation: u64,
+        n: u32,
+    },
+    /// A message of a two-way call's request stream, encoded.
+    Data {
+        id: u64,
+        correlation: u64,
+        message: Vec<u8>,
+    },
+    /// The end of a two-way call's request stream.
+    End {
+        id: u64,
+        correlation: u64,
     },
     /// Every clone of this client is gone: close it once its calls have ended.
     Leave {
@@ -402,6 +749,8 @@ impl ClientGroup {
     ) -> Client {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let max_message_size = connection.max_message_size();
+        // No more outstanding than the server takes at once: see `ServerConfig::concurrent_requests`.
+        let max_in_flight = max_in_flight.min(connection.concurrent_calls()).max(1);
         // If the driver has gone (its runtime is shutting down), the connection is
         // dropped with the message, and the client's calls fail with `PeerDied`.
         let _ = self.shared.driver.send(ToDriver::Join {
@@ -413,8 +762,9 @@ impl ClientGroup {
             handle: Arc::new(Membership {
                 id,
                 driver: self.shared.driver.clone(),
+                next_call: AtomicU64::new(1),
             }),
-            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_message_size,
         }
     }
@@ -445,6 +795,73 @@ struct Member {
     peer_stirred: bool,
     /// Its clients are gone: close it once nothing is under way.
     left: bool,
+}
+
+impl Member {
+    /// Takes one message of the call `correlation` from the server, in `buf`.
+    fn take(&mut self, correlation: u64, buf: &mut Vec<u8>) -> Result<(), Error> {
+        let message = decode_from_server(buf).map_err(|detail| Error::Corrupted { detail })?;
+        match message {
+            FromServer::Reply(len) | FromServer::Failed(len) => {
+                // Unknown: a call given up on; its reply is for nobody.
+                let Some(pending) = self.pending.complete(correlation) else {
+                    return Ok(());
+                };
+                buf.truncate(len);
+                let body = std::mem::take(buf);
+                pending.end(match message {
+                    FromServer::Reply(_) => Ok(body),
+                    _ => Err(Error::Handler {
+                        message: String::from_utf8_lossy(&body).into_owned(),
+                    }),
+                });
+            }
+            FromServer::Item(len) => {
+                let Some(pending) = self.pending.get_mut(correlation) else {
+                    return Ok(());
+                };
+                let over = match &pending.sink {
+                    // Sent before our cancel reached the server: for nobody.
+                    Sink::Gone => return Ok(()),
+                    Sink::Stream(_) if pending.credit > 0 => None,
+                    Sink::Stream(_) => Some("the server streamed more messages than the call's credit allows"),
+                    Sink::Reply(_) => Some("the server streamed a message on a unary call"),
+                };
+                if let Some(detail) = over {
+                    // This call's end, not the connection's: cancel it on the server,
+                    // whose word that it has ended frees its slot.
+                    pending.tell(Err(Error::Corrupted { detail }));
+                    self.outbox.withdraw(correlation);
+                    self.outbox.push(correlation, encode_cancel());
+                    return Ok(());
+                }
+                pending.credit -= 1;
+                buf.truncate(len);
+                if let Sink::Stream(events) = &pending.sink {
+                    // A stream dropped meanwhile has its cancel on the way.
+                    let _ = events.send(Event::Item(std::mem::take(buf)));
+                }
+            }
+            FromServer::Ended => {
+                // The server cancels a call by itself only when its deadline has passed;
+                // after our own cancel, nobody listens.
+                if let Some(pending) = self.pending.complete(correlation) {
+                    pending.end(Err(Error::Timeout));
+                }
+            }
+            FromServer::Credit(n) => {
+                if let Some(credit) = self
+                    .pending
+                    .get_mut(correlation)
+                    .and_then(|pending| pending.send_credit.as_ref())
+                {
+                    // A server cannot make a window larger than the protocol's.
+                    credit.add_permits(n.min(REQUEST_WINDOW) as usize);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The task that drives every connection of a group.
@@ -544,17 +961,80 @@ impl GroupDriver {
             ToDriver::Call { id, call } => {
                 let Some(&slot) = self.slot_of.get(&id) else {
                     let error = self.ended.get(&id).map_or(Error::PeerDied, copy_of);
-                    let _ = call.reply.send(Err(error));
+                    Pending {
+                        sink: call.sink,
+                        credit: 0,
+                        send_credit: call.send_credit,
+                        _permit: call.permit,
+                    }
+                    .end(Err(error));
                     return;
                 };
                 let member = self.members[slot]
                     .as_mut()
                     .expect("slot_of points at members");
-                let correlation = member.pending.admit(Pending {
-                    reply: call.reply,
+                let pending = Pending {
+                    sink: call.sink,
+                    credit: u32::from(call.window),
+                    send_credit: call.send_credit,
                     _permit: call.permit,
-                });
-                member.outbox.push(correlation, call.request);
+                };
+                if let Err(pending) = member.pending.insert(call.correlation, pending) {
+                    // Ids come from a counter that does not wrap in practice.
+                    pending.end(Err(Error::Corrupted {
+                        detail: "a call id was reused while its call was under way",
+                    }));
+                    return;
+                }
+                member.outbox.push(call.correlation, call.message);
+            }
+            ToDriver::Cancel { id, correlation } => {
+                let Some(member) = self.member_mut(id) else {
+                    return;
+                };
+                // The call keeps its slot until the server says it has ended (`Ended`, or
+                // its reply if that crossed our cancel): its handler may run for the
+                // grace yet, and the server counts it until then.
+                let Some(pending) = member.pending.get_mut(correlation) else {
+                    return;
+                };
+                if !pending.is_live() {
+                    return;
+                }
+                pending.tell(Err(Error::Cancelled));
+                member.outbox.withdraw(correlation);
+                member.outbox.push(correlation, encode_cancel());
+            }
+            ToDriver::Credit { id, correlation, n } => {
+                let Some(member) = self.member_mut(id) else {
+                    return;
+                };
+                if let Some(pending) = member.pending.get_mut(correlation) {
+                    if pending.is_live() {
+                        pending.credit = pending.credit.saturating_add(n);
+                        member.outbox.push(correlation, encode_client_credit(n));
+                    }
+                }
+            }
+            ToDriver::Data {
+                id,
+                correlation,
+                message,
+            } => {
+                let Some(member) = self.member_mut(id) else {
+                    return;
+                };
+                if member.pending.get_mut(correlation).is_some_and(|pending| pending.is_live()) {
+                    member.outbox.push(correlation, message);
+                }
+            }
+            ToDriver::End { id, correlation } => {
+                let Some(member) = self.member_mut(id) else {
+                    return;
+                };
+                if member.pending.get_mut(correlation).is_some_and(|pending| pending.is_live()) {
+                    member.outbox.push(correlation, encode_end());
+                }
             }
             ToDriver::Leave { id } => {
                 self.ended.remove(&id);
@@ -565,6 +1045,12 @@ impl GroupDriver {
                 }
             }
         }
+    }
+
+    /// The member whose client is `id`, if its connection is open.
+    fn member_mut(&mut self, id: u64) -> Option<&mut Member> {
+        let slot = *self.slot_of.get(&id)?;
+        self.members[slot].as_mut()
     }
 
     fn join(&mut self, id: u64, connection: Connection, shared: Option<Arc<SharedDoorbell>>) {
@@ -657,9 +1143,7 @@ impl GroupDriver {
             // check runs when the ring is found empty.
             let check_peer = member.peer_stirred;
             while let Some(received) = member.connection.try_recv_tagged(buf, check_peer)? {
-                if let Some(waiting) = member.pending.complete(received.correlation) {
-                    let _ = waiting.reply.send(decode_reply(buf));
-                }
+                member.take(received.correlation, buf)?;
                 progressed = true;
             }
             member.peer_stirred = false;
@@ -667,7 +1151,7 @@ impl GroupDriver {
         })();
         match result {
             Ok(progressed) => {
-                if member.left && member.pending.is_empty() && member.outbox.queue.is_empty() {
+                if member.left && member.pending.is_empty() && member.outbox.is_empty() {
                     self.remove(slot, None);
                 }
                 progressed
@@ -694,7 +1178,7 @@ impl GroupDriver {
         self.free.push(slot);
         let error = error.unwrap_or(Error::PeerDied);
         for waiting in member.pending.drain() {
-            let _ = waiting.reply.send(Err(copy_of(&error)));
+            waiting.end(Err(copy_of(&error)));
         }
         if !member.left {
             self.ended.insert(member.id, error);

@@ -13,13 +13,22 @@
 //! every request of every client from one *sweeper* task, which sweeps all the rings while
 //! any has work and sleeps on one poller for all of them when none has.
 //!
-//! [`Client`] makes calls (request, reply) through a connection, and a [`ClientGroup`]
-//! drives many clients' connections from one task.
+//! [`Client`] makes calls through a connection, and a [`ClientGroup`] drives many
+//! clients' connections from one task: unary calls ([`Client::call`]), calls whose
+//! responses stream ([`Client::call_stream`], a [`ResponseStream`]) and two-way calls
+//! ([`Client::open`]), each with a timeout that travels to the server and metadata
+//! ([`CallOptions`]). A server's handler gets each as a [`Call`]
+//! ([`AsyncServer::serve_calls`]). Dropping a call's future or stream cancels it on the
+//! server, where the handler learns of it at once ([`Call::cancelled`]). Every stream has
+//! a credit window both ways, so a slow reader slows its writer, never the server's
+//! memory or the connection's other calls.
 
+mod call;
 mod client;
 mod connection;
 mod serve;
 mod server;
+mod stream;
 
 use std::time::Instant;
 
@@ -28,9 +37,15 @@ use crate::conn::Connection;
 use crate::error::Error;
 use crate::sys::{Poller, Source, Stirred};
 
+pub use crate::core::call::{
+    Metadata, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_LEN, MAX_METADATA_LEN, MAX_STREAM_WINDOW,
+    REQUEST_WINDOW,
+};
+pub use call::Call;
 pub use client::{Client, ClientGroup, DEFAULT_MAX_IN_FLIGHT};
 pub use connection::AsyncConnection;
 pub use server::AsyncServer;
+pub use stream::{CallOptions, RequestSender, ResponseStream, DEFAULT_STREAM_WINDOW};
 
 /// Checks between two yields to the runtime while spinning.
 const SPINS_PER_YIELD: u32 = 64;

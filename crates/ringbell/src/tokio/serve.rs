@@ -1,15 +1,17 @@
-//! [`AsyncServer::serve`]: one *sweeper* task serves every connection.
+//! [`AsyncServer::serve_calls`] and [`AsyncServer::serve`]: one *sweeper* task serves
+//! every connection.
 //!
 //! A task per connection, each sleeping on its own doorbell, makes every request cost a
 //! doorbell ring, a wake-up and a read, the price of a Unix socket. The sweeper instead
-//! holds all the connections and sweeps their rings in turn: it takes each request,
-//! runs the handler, and puts the reply in the ring. While any ring has work it does not
-//! sleep, so its announcement stays down and clients send without a syscall. Only when a
-//! sweep finds nothing for the spin budget of [`ServerConfig::wait`] does it announce
-//! that it sleeps, on every connection that is not announced already, and wait on one
-//! [`Poller`] that holds every connection's doorbell and control socket. It wakes when any
-//! of them stirs, and sweeps again. A connection it has armed and that has not rung is
-//! skipped by the sweep, so an idle client costs nothing.
+//! holds all the connections and sweeps their rings in turn: it takes each message, starts
+//! a handler for each new call, and puts what handlers send in the ring. While any ring
+//! has work it does not sleep, so its announcement stays down and clients send without a
+//! syscall. Only when a sweep finds nothing for the spin budget of [`ServerConfig::wait`]
+//! does it announce that it sleeps, on every connection that is not announced already, and
+//! wait on one [`Poller`] that holds every connection's doorbell and control socket, and on
+//! the channel its handlers send through. It wakes when any of them stirs, and sweeps
+//! again. A connection it has armed and that has not rung is skipped by the sweep, so an
+//! idle client costs nothing.
 //!
 //! Doorbell rings are deferred to the end of each sweep and made once per doorbell: the
 //! connections of a [`ClientGroup`](super::ClientGroup) to one server share one, so a sweep
@@ -17,16 +19,30 @@
 //! hundred times.
 //!
 //! A handler's future is polled once, in the sweep, as it is made. If it finishes then
-//! (most handlers never wait for anything), its reply goes out at once, with no task
+//! (most unary handlers never wait for anything), its reply goes out at once, with no task
 //! spawned; if it waits, it becomes a task of its own, and the sweeper collects its reply
 //! when it ends. Panics are caught either way and become an error reply.
 //!
-//! Bounds: a connection has at most [`ServerConfig::concurrent_requests`] requests taken
-//! and not yet answered (handlers running, plus replies waiting for room in its ring).
-//! Past that the sweeper stops reading it, its ring fills, and its client's calls wait.
+//! Streams and cancellation (the call protocol is in `core/call.rs`): what a handler
+//! sends ([`Call::send`]) reaches the sweeper through one channel shared by every
+//! handler, in order, and the sweeper takes everything in it before it puts a call's final
+//! reply in the ring, so a reply never overtakes its call's streamed responses. A client's
+//! credit, streamed messages and cancels are taken from its ring like requests. A
+//! cancelled call (by its client, its deadline, or its connection's end) has its state
+//! flagged at once, which ends its handler's waits; what it had queued is withdrawn and
+//! nothing more of it is sent; a handler still running after
+//! [`ServerConfig::cancel_grace`] is aborted.
+//!
+//! Bounds: a connection has at most [`ServerConfig::concurrent_requests`] calls under way
+//! (handlers running, plus messages waiting for room in its ring). Past that the sweeper
+//! stops reading it, its ring fills, and its client's calls wait. A
+//! [`Client`](super::Client) keeps within the bound by itself (the handshake tells it), so
+//! that the sweeper always reads its ring, and a stream waiting for the client's credit is
+//! never stuck behind a request the sweeper will not take.
 //!
 //! [`ServerConfig::wait`]: crate::ServerConfig::wait
 //! [`ServerConfig::concurrent_requests`]: crate::ServerConfig::concurrent_requests
+//! [`ServerConfig::cancel_grace`]: crate::ServerConfig::cancel_grace
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,11 +55,14 @@ use std::time::{Duration, Instant};
 use ::tokio::sync::{mpsc, watch};
 use ::tokio::task::{AbortHandle, Id as TaskId, JoinError, JoinSet};
 
+use super::call::{Call, CallParts, CallState, Link, Outgoing, OutgoingKind};
 use super::client::Outbox;
 use super::{arm, AsyncServer, WatchedPoller};
 use crate::config::WaitStrategy;
 use crate::conn::{Budget, Charge, Connection};
-use crate::core::reply::encode_reply_within;
+use crate::core::call::{
+    decode_from_client, encode_ended, encode_reply_within, FromClient, Open, REQUEST_WINDOW,
+};
 use crate::core::wait::PEER_CHECK_INTERVAL;
 use crate::error::Error;
 use crate::sys::Stirred;
@@ -59,12 +78,127 @@ const SPINS_PER_YIELD: u32 = 256;
 /// Sweeps between two looks at the clock for [`PEER_CHECK_INTERVAL`].
 const EVENT_CHECK_SWEEPS: u32 = 64;
 
-/// What the handler made of one request: the response, or the error to reply with.
+/// What the handler made of one call: the final response, or the error to reply with.
 type Outcome = Result<Vec<u8>, String>;
 
+/// A handler's future, boxed to become a task.
+type Handling = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
 impl AsyncServer {
-    /// Serves every client with `handler`: each request is passed to it, and what it
-    /// returns is the reply. Runs until its future is dropped, which closes every
+    /// Serves every client with `handler`, which gets each [`Call`]: its request,
+    /// metadata and deadline, and the means to stream responses ([`Call::send`]), to take
+    /// the client's streamed messages ([`Call::recv`]), and to learn of its cancellation
+    /// ([`Call::cancelled`]). What the handler returns is the final reply: `Ok` the
+    /// response, `Err` an [`Error::Handler`] for the client, after any responses it
+    /// streamed. Runs until its future is dropped, which closes every connection it serves
+    /// (their clients' calls then fail with [`Error::PeerDied`]).
+    ///
+    /// One sweeper task serves all the connections (see [`serve`](Self::serve) for how
+    /// it spins and sleeps, and the bounds). A call is cancelled when its client drops
+    /// its future or stream, when its deadline passes, or when its connection ends: the
+    /// handler sees it at once, nothing more of the call is sent, and a handler that has
+    /// not returned within [`ServerConfig::cancel_grace`] has its future dropped.
+    ///
+    /// [`ServerConfig::cancel_grace`]: crate::ServerConfig::cancel_grace
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringbell::Error> {
+    /// use ringbell::tokio::{AsyncServer, Call};
+    /// use ringbell::ServerConfig;
+    ///
+    /// let server = AsyncServer::bind("/tmp/tokens.sock", ServerConfig::default())?;
+    /// server
+    ///     .serve_calls(|mut call: Call| async move {
+    ///         let prompt = call.request().to_vec();
+    ///         for word in prompt.split(|&b| b == b' ') {
+    ///             if call.is_cancelled() {
+    ///                 break; // the client pressed Escape: stop generating
+    ///             }
+    ///             call.send(word).await?; // waits while the client is behind
+    ///         }
+    ///         Ok::<_, ringbell::Error>(b"done".to_vec())
+    ///     })
+    ///     .await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn serve_calls<H, F, E>(self, handler: H)
+    where
+        H: Fn(Call) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.serve_calls_until(handler, std::future::pending(), Duration::MAX)
+            .await
+    }
+
+    /// [`serve_calls`](Self::serve_calls) with a graceful shutdown, as
+    /// [`serve_until`](Self::serve_until) has.
+    pub async fn serve_calls_until<H, F, E>(
+        mut self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) where
+        H: Fn(Call) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.carry_calls();
+        let config = self.server.config();
+        let sweeper = match Sweeper::new(Arc::new(handler), config) {
+            Ok(sweeper) => sweeper,
+            Err(error) => {
+                tracing::error!("ringbell: cannot serve: {error}");
+                return;
+            }
+        };
+        let (stop, stopping) = watch::channel(false);
+        // A bounded hand-over: if the sweeper falls behind, accepting waits for it.
+        let (arrive, arrivals) = mpsc::channel(64);
+        // The sweeper belongs to this future: dropping it closes every connection.
+        let mut sweeping = JoinSet::new();
+        sweeping.spawn(sweeper.run(arrivals, stopping));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            ::tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.accept_connection() => match accepted {
+                    Ok(connection) => {
+                        if arrive.send(connection).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(Error::Io(_)) => {
+                        // About the listening socket (out of fds, say): pause instead of
+                        // spinning, and keep serving the connections we have.
+                        ::tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    // About one client only.
+                    Err(_) => {}
+                },
+                Some(ended) = sweeping.join_next() => {
+                    if let Err(error) = ended {
+                        tracing::error!("ringbell: the server's sweeper failed: {error}");
+                    }
+                    break;
+                }
+            }
+        }
+        // Stop accepting: the socket file goes, new clients get "connection refused".
+        drop(self);
+        drop(arrive);
+        let _ = stop.send(true);
+        let drained = async { while sweeping.join_next().await.is_some() {} };
+        let _ = ::tokio::time::timeout(grace, drained).await;
+        // Whatever is left past the grace period is cut off when `sweeping` drops.
+    }
+
+    /// Serves every client with `handler`, for unary calls: each request is passed to it,
+    /// and what it returns is the reply. Sugar over [`serve_calls`](Self::serve_calls),
+    /// whose handlers can also stream, see metadata and deadlines, and learn of
+    /// cancellation; a dropped call's handler here is cancelled as there (its future
+    /// dropped after [`ServerConfig::cancel_grace`](crate::ServerConfig::cancel_grace)). Runs until its future is dropped, which closes every
     /// connection it serves (their clients' calls then fail with [`Error::PeerDied`]).
     ///
     /// One sweeper task serves all the connections. While any of them has a request, it
@@ -138,7 +272,7 @@ impl AsyncServer {
     /// # }
     /// ```
     pub async fn serve_until<H, F, E>(
-        mut self,
+        self,
         handler: H,
         shutdown: impl Future<Output = ()>,
         grace: Duration,
@@ -147,55 +281,12 @@ impl AsyncServer {
         F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        self.serve_calls();
-        let config = self.server.config();
-        let sweeper = match Sweeper::new(Arc::new(handler), config.concurrent_requests, config.wait)
-        {
-            Ok(sweeper) => sweeper,
-            Err(error) => {
-                tracing::error!("ringbell: cannot serve: {error}");
-                return;
-            }
-        };
-        let (stop, stopping) = watch::channel(false);
-        // A bounded hand-over: if the sweeper falls behind, accepting waits for it.
-        let (arrive, arrivals) = mpsc::channel(64);
-        // The sweeper belongs to this future: dropping it closes every connection.
-        let mut sweeping = JoinSet::new();
-        sweeping.spawn(sweeper.run(arrivals, stopping));
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            ::tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.accept_connection() => match accepted {
-                    Ok(connection) => {
-                        if arrive.send(connection).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(Error::Io(_)) => {
-                        // About the listening socket (out of fds, say): pause instead of
-                        // spinning, and keep serving the connections we have.
-                        ::tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    // About one client only.
-                    Err(_) => {}
-                },
-                Some(ended) = sweeping.join_next() => {
-                    if let Err(error) = ended {
-                        tracing::error!("ringbell: the server's sweeper failed: {error}");
-                    }
-                    break;
-                }
-            }
-        }
-        // Stop accepting: the socket file goes, new clients get "connection refused".
-        drop(self);
-        drop(arrive);
-        let _ = stop.send(true);
-        let drained = async { while sweeping.join_next().await.is_some() {} };
-        let _ = ::tokio::time::timeout(grace, drained).await;
-        // Whatever is left past the grace period is cut off when `sweeping` drops.
+        self.serve_calls_until(
+            move |call: Call| handler(call.into_request()),
+            shutdown,
+            grace,
+        )
+        .await
     }
 }
 
@@ -205,28 +296,52 @@ struct Served {
     /// Tells this connection from an earlier one in the same slot, for handler tasks that
     /// finish after their connection has gone.
     generation: u64,
-    /// Replies waiting for room in the ring.
+    /// Messages (replies, streamed responses, credit) waiting for room in the ring.
     outbox: Outbox,
     /// The frame size the outbox waits to fit, if the ring was full at the last flush.
     blocked: Option<usize>,
-    /// Handlers of this connection running as tasks.
-    handling: usize,
+    /// Its calls whose handlers run, by correlation id.
+    calls: HashMap<u64, Live>,
     /// Its control socket reported something (usually the peer's death): the next
     /// receive that finds the ring empty checks the peer with a syscall.
     peer_stirred: bool,
     /// Announced asleep with nothing under way: the sweep skips it until it rings.
     asleep: bool,
-    /// The bytes of the requests its handler tasks hold.
+    /// The bytes of the requests its handlers hold.
     handling_bytes: usize,
-    /// What its calls under way hold (requests being handled, replies waiting for room),
-    /// charged to the server's memory budget.
+    /// A call's opening (correlation id, message) that came while the connection had
+    /// `concurrent_requests` calls under way: started when one ends. Reading stops while
+    /// it waits, but only from then on: the credit, cancels and streamed messages of the
+    /// calls under way, which come before it, are read, or a connection whose calls all
+    /// wait for credit would never get it.
+    parked: Option<(u64, Vec<u8>)>,
+    /// What its calls under way hold (requests being handled, messages waiting for
+    /// room), charged to the server's memory budget.
     charge: Option<Charge>,
 }
 
+/// A call whose handler runs, as the sweeper tracks it.
+struct Live {
+    state: Arc<CallState>,
+    /// Where the client's streamed messages go, on a two-way call until its end.
+    inbound: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// Messages the client may still stream before we grant more.
+    client_credit: u32,
+    /// Streamed responses sent and not yet credited back by the client: with the credit
+    /// left, never more than the call's window.
+    unacknowledged: u32,
+    deadline: Option<Instant>,
+    /// Its task, once it has one (a handler that finished in its first poll never has).
+    task: Option<TaskId>,
+    request_bytes: usize,
+}
+
 impl Served {
-    /// Requests taken and not yet answered.
+    /// Calls under way, as its client counts them: handlers running (cancelled ones
+    /// too, until they end) and final replies waiting for room. The client holds a call's
+    /// slot until its final reply arrives, so it never opens more than this allows.
     fn under_way(&self) -> usize {
-        self.handling + self.outbox.queue.len()
+        self.calls.len() + self.outbox.finals()
     }
 
     /// Whether it may take another request: below the connection's bound and, while the
@@ -241,27 +356,52 @@ impl Served {
     /// Brings its charge to what its calls under way hold now.
     fn recharge(&mut self) {
         if let Some(charge) = &mut self.charge {
-            charge.resize(self.outbox.bytes() + self.handling_bytes);
+            let parked = self.parked.as_ref().map_or(0, |(_, message)| message.len());
+            charge.resize(self.outbox.bytes() + self.handling_bytes + parked);
         }
+    }
+
+    /// Cancels the call `correlation`, if it runs: its handler is told, what it queued
+    /// is withdrawn, and nothing more of it is sent. Returns its task, which must end
+    /// within the grace.
+    fn cancel(&mut self, correlation: u64) -> Option<TaskId> {
+        let live = self.calls.get_mut(&correlation)?;
+        if live.state.is_cancelled() {
+            return None;
+        }
+        live.state.cancel();
+        live.inbound = None;
+        self.outbox.withdraw(correlation);
+        live.task
+    }
+
+    /// Forgets the call `correlation`: its handler has ended.
+    fn forget(&mut self, correlation: u64) -> Option<Live> {
+        let live = self.calls.remove(&correlation)?;
+        self.handling_bytes -= live.request_bytes;
+        Some(live)
     }
 }
 
-/// A handler task's connection and request.
+/// A handler task's connection and call.
 struct Running {
     slot: usize,
     generation: u64,
     correlation: u64,
-    /// The length of its request, charged to its connection.
-    request_bytes: usize,
+    state: Arc<CallState>,
     abort: AbortHandle,
+    /// Cancelled: aborted if it has not ended by then.
+    abort_at: Option<Instant>,
 }
 
 /// The connections of one server and everything under way on them.
 struct Sweeper<H> {
     handler: Arc<H>,
-    /// Requests of one connection under way at once.
+    /// Calls of one connection under way at once.
     limit: usize,
     wait: WaitStrategy,
+    /// How long a cancelled call's handler has to return.
+    grace: Duration,
     /// Every connection's doorbell and control socket.
     poller: WatchedPoller,
     /// Connections by slot; a slot's index is its key in the poller (times two, plus one
@@ -271,6 +411,10 @@ struct Sweeper<H> {
     generations: u64,
     handlers: JoinSet<Outcome>,
     running: HashMap<TaskId, Running>,
+    /// What the handlers send (streamed responses, credit), in order; every [`Call`]
+    /// holds a sender.
+    from_handlers: mpsc::UnboundedReceiver<Outgoing>,
+    to_sweeper: mpsc::UnboundedSender<Outgoing>,
     buf: Vec<u8>,
     /// Doorbell rings owed by this sweep: (doorbell id, slot, generation) of every
     /// connection that owes one. Each doorbell is rung once, through any of its
@@ -287,24 +431,32 @@ fn control_key(slot: usize) -> usize {
     (slot << 1) | 1
 }
 
+fn broke_protocol(detail: &'static str) -> Error {
+    Error::Corrupted { detail }
+}
+
 impl<H, F, E> Sweeper<H>
 where
-    H: Fn(Vec<u8>) -> F + Send + Sync + 'static,
+    H: Fn(Call) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    fn new(handler: Arc<H>, limit: usize, wait: WaitStrategy) -> Result<Self, Error> {
+    fn new(handler: Arc<H>, config: &crate::ServerConfig) -> Result<Self, Error> {
         let poller = WatchedPoller::new()?;
+        let (to_sweeper, from_handlers) = mpsc::unbounded_channel();
         Ok(Sweeper {
             handler,
-            limit,
-            wait,
+            limit: config.concurrent_requests,
+            wait: config.wait,
+            grace: config.cancel_grace,
             poller,
             slots: Vec::new(),
             free: Vec::new(),
             generations: 0,
             handlers: JoinSet::new(),
             running: HashMap::new(),
+            from_handlers,
+            to_sweeper,
             buf: Vec::new(),
             rings_due: Vec::new(),
         })
@@ -332,9 +484,9 @@ where
             // sweeper busy.
             if sweeps % EVENT_CHECK_SWEEPS == 0 && Instant::now() >= events_due {
                 self.take_events();
-                // And the idle and stall timeouts, which a busy sweeper would otherwise
-                // never look at.
-                self.reap_quiet();
+                // And the timeouts (idle, stall, deadlines, cancel graces), which a busy
+                // sweeper would otherwise never look at.
+                self.reap();
                 events_due = Instant::now() + PEER_CHECK_INTERVAL;
             }
             while accepting {
@@ -347,6 +499,7 @@ where
                     Err(mpsc::error::TryRecvError::Disconnected) => accepting = false,
                 }
             }
+            progressed |= self.take_outgoing();
             while let Some(joined) = self.handlers.try_join_next_with_id() {
                 self.finish(joined);
                 progressed = true;
@@ -396,10 +549,11 @@ where
                 ::tokio::task::yield_now().await;
                 continue;
             }
-            // Timers, not polls: the next idle or stall deadline, and, if a request waits
-            // for room in the memory budget, the next release (with a backstop, for
-            // releases made outside this task: connections accepted before `serve`).
-            let quiet_due = self.reap_quiet();
+            // Timers, not polls: the next idle, stall, deadline or grace, and, if a
+            // request waits for room in the memory budget, the next release (with a
+            // backstop, for releases made outside this task: connections accepted before
+            // `serve`).
+            let due = self.reap();
             let budget = self.budget_waited();
             let notice = budget.as_ref().map(|budget| budget.notice());
             let budget_released = async {
@@ -410,16 +564,16 @@ where
                     None => std::future::pending().await,
                 }
             };
-            let quiet_timer = async {
-                match quiet_due {
+            let timer = async {
+                match due {
                     Some(at) => ::tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
             };
             ::tokio::select! {
                 () = budget_released => {}
-                () = quiet_timer => {
-                    self.reap_quiet();
+                () = timer => {
+                    self.reap();
                 }
                 stirred = self.poller.stirred() => match stirred {
                     Ok(()) => self.take_events(),
@@ -432,6 +586,7 @@ where
                     Some(connection) => self.admit(connection),
                     None => accepting = false,
                 },
+                Some(outgoing) = self.from_handlers.recv() => self.deliver(outgoing),
                 Some(joined) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => {
                     self.finish(joined);
                 }
@@ -465,32 +620,52 @@ where
             generation: self.generations,
             outbox: Outbox::default(),
             blocked: None,
-            handling: 0,
+            calls: HashMap::new(),
             // Its first requests may have arrived before it was watched.
             peer_stirred: true,
             asleep: false,
             handling_bytes: 0,
+            parked: None,
             charge,
         });
     }
 
     /// Drops the connection in `slot` (its client has gone or broke the protocol), and
-    /// cancels its handlers: their work is for nobody.
+    /// cancels its calls: their work is for nobody.
     fn drop_connection(&mut self, slot: usize, why: &Error) {
-        let Some(served) = self.slots[slot].take() else {
+        let Some(mut served) = self.slots[slot].take() else {
             return;
         };
         tracing::debug!("ringbell: closing a connection: {why}");
         self.poller.remove(served.connection.doorbell());
         self.poller.remove(served.connection.control());
-        self.running.retain(|_, running| {
-            let orphan = running.slot == slot && running.generation == served.generation;
-            if orphan {
-                running.abort.abort();
+        let correlations: Vec<u64> = served.calls.keys().copied().collect();
+        for correlation in correlations {
+            if let Some(task) = served.cancel(correlation) {
+                self.start_grace(task);
             }
-            !orphan
-        });
+        }
         self.free.push(slot);
+    }
+
+    /// The cancelled call's task has the grace to end; then it is aborted.
+    fn start_grace(&mut self, task: TaskId) {
+        let Some(running) = self.running.get_mut(&task) else {
+            return;
+        };
+        if self.grace.is_zero() {
+            running.abort.abort();
+            let running = self.running.remove(&task).expect("looked up");
+            self.end_aborted(&running);
+            return;
+        }
+        running.abort_at = Some(Instant::now() + self.grace);
+    }
+
+    /// Ends the cancelled call of a task that was aborted: its client learns that it is over.
+    fn end_aborted(&mut self, running: &Running) {
+        let outcome = Err(String::new());
+        self.reply(running.slot, running.generation, running.correlation, outcome);
     }
 
     /// One pass over every connection that may have work. Returns whether anything moved.
@@ -508,8 +683,10 @@ where
         progressed
     }
 
-    /// Takes the requests of the connection in `slot` while it may have more under way,
-    /// starts their handlers, and moves its replies into its ring.
+    /// Takes the messages of the connection in `slot` while it may have more calls under
+    /// way, starts their handlers, and moves what waits for its ring into it. While
+    /// draining, it still takes the client's credit, streamed messages and cancels, so that
+    /// the calls under way can finish, but starts no new call.
     fn serve_one(&mut self, slot: usize, draining: bool) -> Result<bool, Error> {
         let Some(served) = self.slots[slot].as_mut() else {
             return Ok(false);
@@ -522,7 +699,27 @@ where
             served.asleep = false;
         }
         let mut progressed = false;
-        while !draining && served.may_take(self.limit) {
+        loop {
+            let Some(served) = self.slots[slot].as_mut() else {
+                return Ok(progressed);
+            };
+            if let Some((correlation, message)) = served.parked.take() {
+                if draining {
+                    // Never started: its client gets `PeerDied` when the connection closes.
+                    continue;
+                }
+                if !served.may_take(self.limit) {
+                    served.parked = Some((correlation, message));
+                    break;
+                }
+                self.buf = message;
+                let FromClient::Open(open) = decode_from_client(&self.buf).map_err(broke_protocol)? else {
+                    unreachable!("only openings are parked");
+                };
+                self.open_call(slot, correlation, open)?;
+                progressed = true;
+                continue;
+            }
             let check_peer = served.peer_stirred;
             let Some(received) = served
                 .connection
@@ -532,32 +729,64 @@ where
                 break;
             };
             progressed = true;
-            let request = std::mem::take(&mut self.buf);
-            let request_bytes = request.len();
-            match first_poll(&*self.handler, request) {
-                Ok(outcome) => {
-                    let reply = encode_reply_within(outcome, served.connection.max_message_size());
-                    served.outbox.push(received.correlation, reply);
+            let correlation = received.correlation;
+            match decode_from_client(&self.buf).map_err(broke_protocol)? {
+                FromClient::Open(_) if draining => {
+                    // Never started: its client gets `PeerDied` when the connection closes.
                 }
-                Err(waiting) => {
-                    let task = self.handlers.spawn(waiting);
-                    served.handling += 1;
-                    served.handling_bytes += request_bytes;
-                    self.running.insert(
-                        task.id(),
-                        Running {
-                            slot,
-                            generation: served.generation,
-                            correlation: received.correlation,
-                            request_bytes,
-                            abort: task,
-                        },
-                    );
+                FromClient::Open(_) if !served.may_take(self.limit) => {
+                    served.parked = Some((correlation, std::mem::take(&mut self.buf)));
+                }
+                FromClient::Open(open) => self.open_call(slot, correlation, open)?,
+                FromClient::Data(len) => {
+                    let live = served.calls.get_mut(&correlation);
+                    let Some(live) = live.filter(|live| !live.state.is_cancelled()) else {
+                        // A call that has ended or been cancelled: its client's messages
+                        // in flight are for nobody.
+                        continue;
+                    };
+                    let inbound = live
+                        .inbound
+                        .as_ref()
+                        .ok_or(broke_protocol("a streamed message on a call that takes none"))?;
+                    if live.client_credit == 0 {
+                        return Err(broke_protocol(
+                            "the client streamed more messages than the call's credit allows",
+                        ));
+                    }
+                    live.client_credit -= 1;
+                    self.buf.truncate(len);
+                    // The handler may have dropped its `Call` and still be running.
+                    let _ = inbound.send(std::mem::take(&mut self.buf));
+                }
+                FromClient::End => {
+                    if let Some(live) = served.calls.get_mut(&correlation) {
+                        live.inbound = None;
+                    }
+                }
+                FromClient::Cancel => {
+                    if let Some(task) = served.cancel(correlation) {
+                        self.start_grace(task);
+                    }
+                }
+                FromClient::Credit(n) => {
+                    if let Some(live) = served.calls.get_mut(&correlation) {
+                        // Credit only for what was sent: a client cannot make the call's
+                        // window larger than it asked for at the opening.
+                        let n = n.min(live.unacknowledged);
+                        live.unacknowledged -= n;
+                        live.state.grant(n);
+                    }
                 }
             }
-            // Before the next look at the budget.
-            served.recharge();
+            if let Some(served) = self.slots[slot].as_mut() {
+                // Before the next look at the budget.
+                served.recharge();
+            }
         }
+        let Some(served) = self.slots[slot].as_mut() else {
+            return Ok(progressed);
+        };
         let (moved, blocked) = served.outbox.flush(&mut served.connection)?;
         served.blocked = blocked;
         served.recharge();
@@ -565,6 +794,142 @@ where
             self.rings_due.push((doorbell, slot, served.generation));
         }
         Ok(progressed || moved)
+    }
+
+    /// Starts the call `correlation` of the connection in `slot`, whose opening is in
+    /// `self.buf`: its handler is polled once, and becomes a task if it waits.
+    fn open_call(&mut self, slot: usize, correlation: u64, open: Open) -> Result<(), Error> {
+        let served = self.slots[slot].as_mut().expect("the caller looked");
+        if served.calls.contains_key(&correlation) {
+            return Err(broke_protocol("a call opened with the id of one under way"));
+        }
+        let state = CallState::new(open.window);
+        let (inbound, inbound_rx) = if open.mode.sends_stream() {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        // A deadline too far to represent is none.
+        let deadline = open
+            .deadline
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        let request_bytes = open.request_len;
+        served.calls.insert(
+            correlation,
+            Live {
+                state: state.clone(),
+                inbound,
+                client_credit: if open.mode.sends_stream() { REQUEST_WINDOW } else { 0 },
+                unacknowledged: 0,
+                deadline,
+                task: None,
+                request_bytes,
+            },
+        );
+        served.handling_bytes += request_bytes;
+        let call = Call::new(CallParts {
+            message: std::mem::take(&mut self.buf),
+            request_len: open.request_len,
+            metadata: open.metadata,
+            deadline,
+            mode: open.mode,
+            max_message_size: served.connection.max_message_size(),
+            state: state.clone(),
+            link: Link {
+                to_sweeper: self.to_sweeper.clone(),
+                slot,
+                generation: served.generation,
+                correlation,
+            },
+            inbound: inbound_rx,
+        });
+        let generation = served.generation;
+        match first_poll(&*self.handler, call) {
+            Ok(outcome) => {
+                // What it streamed first, then its reply.
+                self.take_outgoing();
+                self.reply(slot, generation, correlation, outcome);
+            }
+            Err(waiting) => {
+                let task = self.handlers.spawn(waiting);
+                if let Some(live) = self.slots[slot]
+                    .as_mut()
+                    .and_then(|served| served.calls.get_mut(&correlation))
+                {
+                    live.task = Some(task.id());
+                }
+                self.running.insert(
+                    task.id(),
+                    Running {
+                        slot,
+                        generation,
+                        correlation,
+                        state,
+                        abort: task,
+                        abort_at: None,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the call `correlation` with its handler's outcome: the reply goes in the
+    /// outbox, or, if the call was cancelled, the word that it has ended (and nothing of
+    /// the outcome).
+    fn reply(&mut self, slot: usize, generation: u64, correlation: u64, outcome: Outcome) {
+        let Some(served) = self.slots[slot]
+            .as_mut()
+            .filter(|served| served.generation == generation)
+        else {
+            return;
+        };
+        let Some(live) = served.forget(correlation) else {
+            return;
+        };
+        let last = if live.state.is_cancelled() {
+            encode_ended()
+        } else {
+            encode_reply_within(outcome, served.connection.max_message_size())
+        };
+        served.outbox.push_final(correlation, last);
+        served.recharge();
+        served.asleep = false;
+    }
+
+    /// Moves everything the handlers have sent into their connections' outboxes.
+    /// Returns whether there was anything.
+    fn take_outgoing(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(outgoing) = self.from_handlers.try_recv() {
+            self.deliver(outgoing);
+            any = true;
+        }
+        any
+    }
+
+    /// Queues one message a handler sent, unless its call has ended or been cancelled.
+    fn deliver(&mut self, outgoing: Outgoing) {
+        let Some(served) = self.slots[outgoing.slot]
+            .as_mut()
+            .filter(|served| served.generation == outgoing.generation)
+        else {
+            return;
+        };
+        let Some(live) = served.calls.get_mut(&outgoing.correlation) else {
+            return;
+        };
+        if live.state.is_cancelled() {
+            return;
+        }
+        match outgoing.kind {
+            OutgoingKind::Item => live.unacknowledged += 1,
+            OutgoingKind::Credit(n) => live.client_credit = live.client_credit.saturating_add(n),
+        }
+        served.outbox.push(outgoing.correlation, outgoing.message);
+        served.recharge();
+        served.asleep = false;
     }
 
     /// Makes the doorbell rings this sweep owes, one per doorbell.
@@ -601,18 +966,9 @@ where
         let Some(running) = self.running.remove(&task) else {
             return;
         };
-        let Some(served) = self.slots[running.slot]
-            .as_mut()
-            .filter(|served| served.generation == running.generation)
-        else {
-            return;
-        };
-        served.handling -= 1;
-        served.handling_bytes -= running.request_bytes;
-        let reply = encode_reply_within(outcome, served.connection.max_message_size());
-        served.outbox.push(running.correlation, reply);
-        served.recharge();
-        served.asleep = false;
+        // What it streamed before it ended goes before its reply.
+        self.take_outgoing();
+        self.reply(running.slot, running.generation, running.correlation, outcome);
     }
 
     /// The memory budget, if a connection's request waits for room in it.
@@ -624,10 +980,67 @@ where
             .and_then(|served| served.connection.budget().cloned())
     }
 
+    /// Everything that waits for a time: calls past their deadline are cancelled,
+    /// cancelled handlers past their grace aborted, and quiet connections closed. Returns
+    /// the next such time.
+    fn reap(&mut self) -> Option<Instant> {
+        let calls = self.reap_calls();
+        let quiet = self.reap_quiet();
+        match (calls, quiet) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Cancels the calls whose deadline has passed and aborts the cancelled handlers
+    /// whose grace has; returns the next deadline or grace.
+    fn reap_calls(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut soonest = |at: Instant| next = Some(next.map_or(at, |next: Instant| next.min(at)));
+        let mut past_deadline = Vec::new();
+        for (slot, served) in self.slots.iter_mut().enumerate() {
+            let Some(served) = served else { continue };
+            for (&correlation, live) in &served.calls {
+                match live.deadline {
+                    Some(_) if live.state.is_cancelled() => {}
+                    Some(at) if at <= now => past_deadline.push((slot, correlation)),
+                    Some(at) => soonest(at),
+                    None => {}
+                }
+            }
+        }
+        for (slot, correlation) in past_deadline {
+            let task = self.slots[slot]
+                .as_mut()
+                .and_then(|served| served.cancel(correlation));
+            if let Some(task) = task {
+                self.start_grace(task);
+            }
+        }
+        // After the deadlines, so that the graces they started count for `next`.
+        let mut overdue = Vec::new();
+        for (&task, running) in &self.running {
+            match running.abort_at {
+                Some(at) if at <= now => overdue.push(task),
+                Some(at) => soonest(at),
+                None => {}
+            }
+        }
+        for task in overdue {
+            if let Some(running) = self.running.remove(&task) {
+                running.abort.abort();
+                debug_assert!(running.state.is_cancelled());
+                self.end_aborted(&running);
+            }
+        }
+        next
+    }
+
     /// Closes the connections whose idle or stall timeout has passed, and returns the
     /// next such deadline. A connection counts as quiet only with its ring empty (a frame
     /// waiting there is ours to take, not the peer's stall) and not waiting for budget;
-    /// for the idle timeout, also with no handler of it running. Replies waiting for room
+    /// for the idle timeout, also with no handler of it running. Messages waiting for room
     /// do not keep it open: a peer that does not read them is the one that stopped.
     fn reap_quiet(&mut self) -> Option<Instant> {
         let now = Instant::now();
@@ -643,7 +1056,7 @@ where
                 continue;
             };
             let mid_message = matches!(idle, Error::Idle { mid_message: true, .. });
-            if !mid_message && served.handling > 0 {
+            if !mid_message && !served.calls.is_empty() {
                 continue;
             }
             if now >= at {
@@ -660,12 +1073,13 @@ where
         self.slots
             .iter()
             .flatten()
-            .all(|served| served.outbox.queue.is_empty())
+            .all(|served| served.outbox.is_empty())
     }
 
     /// Announces, on every connection not announced already, that the sweeper is going to
-    /// sleep: for its next request if it may take one, for room if a reply waits for it.
-    /// Returns `false` if one of them turned out to have work: sweep again, do not sleep.
+    /// sleep: for its next message if it may take one, for room if a message waits for
+    /// it. Returns `false` if one of them turned out to have work: sweep again, do not
+    /// sleep.
     fn arm_all(&mut self, draining: bool) -> bool {
         let mut all_quiet = true;
         for slot in 0..self.slots.len() {
@@ -676,9 +1090,9 @@ where
                 continue;
             }
             // A request waiting for budget room is not ours to take yet: the sweeper waits
-            // for a release (`budget_waiter`), not for this connection's doorbell.
-            let receiving =
-                !draining && served.may_take(self.limit) && !served.connection.awaiting_budget();
+            // for a release (`budget_waited`), not for this connection's doorbell.
+            let receiving = (draining || served.parked.is_none())
+                && !served.connection.awaiting_budget();
             let armed = arm(&mut served.connection, receiving, served.blocked);
             // Arming hands back the space of what we received, which may owe a ring.
             if let Some(doorbell) = served.connection.ring_owed() {
@@ -715,7 +1129,7 @@ where
             }
             served.connection.settle_doorbell(false);
             served.peer_stirred = true;
-            // A peer that is gone will never make room for the replies still waiting.
+            // A peer that is gone will never make room for the messages still waiting.
             if served.blocked.is_some() {
                 if let Err(error) = served.connection.ensure_peer_alive() {
                     self.drop_connection(slot, &error);
@@ -726,21 +1140,17 @@ where
     }
 }
 
-/// Makes the handler's future for `request` and polls it once. Returns its outcome if it
+/// Makes the handler's future for `call` and polls it once. Returns its outcome if it
 /// finished, or the future (for a task of its own) if it waits. A panic, in the handler
 /// or in that first poll, is an outcome too.
-#[allow(clippy::type_complexity)]
-fn first_poll<H, F, E>(
-    handler: &H,
-    request: Vec<u8>,
-) -> Result<Outcome, Pin<Box<dyn Future<Output = Outcome> + Send>>>
+fn first_poll<H, F, E>(handler: &H, call: Call) -> Result<Outcome, Handling>
 where
-    H: Fn(Vec<u8>) -> F,
+    H: Fn(Call) -> F,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
     let attempt = catch_unwind(AssertUnwindSafe(|| {
-        let mut work = Box::pin(handler(request));
+        let mut work = Box::pin(handler(call));
         // Anything the future registers this waker with is registered again with the
         // task's own when the task polls it, which it does as soon as it is spawned.
         let mut context = Context::from_waker(Waker::noop());

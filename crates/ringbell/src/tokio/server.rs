@@ -49,7 +49,7 @@ pub struct AsyncServer {
     /// call accepts again before it waits, or those clients would wait for a new one.
     backlog: bool,
     /// What the connections it makes carry: plain messages, until [`serve`](Self::serve)
-    /// turns it into a server of calls ([`serve_calls`](Self::serve_calls)).
+    /// turns it into a server of calls ([`carry_calls`](Self::carry_calls)).
     carries: Carries,
     /// Its listener registered with the runtime.
     pub(super) server: Server,
@@ -153,7 +153,7 @@ impl AsyncServer {
     /// From now on, the connections this server makes carry calls. Handshakes that an
     /// earlier, cancelled [`accept`](Self::accept) left under way were for plain messages:
     /// they are dropped, and their clients see the handshake end (as after a restart).
-    pub(super) fn serve_calls(&mut self) {
+    pub(super) fn carry_calls(&mut self) {
         self.carries = Carries::Calls;
         // Dropping a join set aborts its tasks, and nothing reports them.
         self.handshakes = JoinSet::new();

@@ -1,0 +1,296 @@
+//! The server's side of one call: [`Call`], what a handler of
+//! [`AsyncServer::serve_calls`](super::AsyncServer::serve_calls) gets. Its request, its
+//! metadata and deadline, the client's streamed messages, a way to stream responses, and
+//! whether the client has given up. The sweeper (`serve.rs`) holds the other end of each:
+//! it moves what the handler sends into the ring, and tells the handler of credit and
+//! cancellation through [`CallState`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::tokio::sync::{mpsc, Notify, Semaphore};
+
+use crate::core::call::{encode_item, encode_server_credit, Metadata, Mode, REQUEST_WINDOW};
+use crate::error::Error;
+
+/// What a call's handler and the sweeper share: whether the call is cancelled, and the
+/// client's credit for streamed responses.
+#[derive(Debug)]
+pub(super) struct CallState {
+    /// SYNC: set (SeqCst) before `cancel.notify_waiters()`; a waiter enables its
+    /// `Notified` before it loads the flag, so it either sees the flag or is woken.
+    cancelled: AtomicBool,
+    cancel: Notify,
+    /// Streamed responses the client takes now: the sweeper adds what the client's
+    /// credit grants, and closes it when the call is cancelled.
+    credit: Semaphore,
+}
+
+impl CallState {
+    pub(super) fn new(window: u16) -> Arc<CallState> {
+        Arc::new(CallState {
+            cancelled: AtomicBool::new(false),
+            cancel: Notify::new(),
+            credit: Semaphore::new(usize::from(window)),
+        })
+    }
+
+    /// Cancels the call: the handler's waits end, and its sends fail.
+    pub(super) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel.notify_waiters();
+        self.credit.close();
+    }
+
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The client granted `n` more streamed responses.
+    pub(super) fn grant(&self, n: u32) {
+        self.credit.add_permits(n as usize);
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.cancel.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A message a handler sends on its call, on its way to the sweeper.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    pub(super) slot: usize,
+    pub(super) generation: u64,
+    pub(super) correlation: u64,
+    pub(super) message: Vec<u8>,
+    /// A streamed response (counted against the client's credit), or a credit for the
+    /// client's stream.
+    pub(super) kind: OutgoingKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OutgoingKind {
+    Item,
+    Credit(u32),
+}
+
+/// Where a call's messages go: the sweeper, and which connection and call they are of.
+#[derive(Debug, Clone)]
+pub(super) struct Link {
+    pub(super) to_sweeper: mpsc::UnboundedSender<Outgoing>,
+    pub(super) slot: usize,
+    pub(super) generation: u64,
+    pub(super) correlation: u64,
+}
+
+impl Link {
+    fn send(&self, message: Vec<u8>, kind: OutgoingKind) -> Result<(), Error> {
+        self.to_sweeper
+            .send(Outgoing {
+                slot: self.slot,
+                generation: self.generation,
+                correlation: self.correlation,
+                message,
+                kind,
+            })
+            .map_err(|_| Error::Cancelled)
+    }
+}
+
+/// One call, as its handler sees it: see
+/// [`AsyncServer::serve_calls`](super::AsyncServer::serve_calls).
+///
+/// A call is over when its handler returns: what it returns is the final reply. Before
+/// that it may [`send`](Self::send) streamed responses, if the client asked for them
+/// ([`Client::call_stream`](super::Client::call_stream) or
+/// [`open`](super::Client::open)), and [`recv`](Self::recv) the client's streamed
+/// messages, on a two-way call ([`open`](super::Client::open)).
+#[derive(Debug)]
+pub struct Call {
+    /// The call's opening message; the request is its first `request_len` bytes.
+    message: Vec<u8>,
+    request_len: usize,
+    metadata: Metadata,
+    deadline: Option<Instant>,
+    mode: Mode,
+    max_message_size: usize,
+    state: Arc<CallState>,
+    link: Link,
+    /// The client's streamed messages, on a two-way call.
+    inbound: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
+    /// Messages of the client's stream taken since we last granted it credit.
+    taken: u32,
+}
+
+/// What the sweeper hands a new [`Call`].
+pub(super) struct CallParts {
+    pub(super) message: Vec<u8>,
+    pub(super) request_len: usize,
+    pub(super) metadata: Metadata,
+    pub(super) deadline: Option<Instant>,
+    pub(super) mode: Mode,
+    pub(super) max_message_size: usize,
+    pub(super) state: Arc<CallState>,
+    pub(super) link: Link,
+    pub(super) inbound: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
+}
+
+impl Call {
+    pub(super) fn new(parts: CallParts) -> Call {
+        Call {
+            message: parts.message,
+            request_len: parts.request_len,
+            metadata: parts.metadata,
+            deadline: parts.deadline,
+            mode: parts.mode,
+            max_message_size: parts.max_message_size,
+            state: parts.state,
+            link: parts.link,
+            inbound: parts.inbound,
+            taken: 0,
+        }
+    }
+
+    /// The request's bytes.
+    pub fn request(&self) -> &[u8] {
+        &self.message[..self.request_len]
+    }
+
+    /// The request's bytes, owned (without a copy).
+    pub fn into_request(mut self) -> Vec<u8> {
+        self.message.truncate(self.request_len);
+        std::mem::take(&mut self.message)
+    }
+
+    /// The metadata the client sent with the call.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// When the call's deadline passes, if the client gave it one
+    /// ([`CallOptions::timeout`](super::CallOptions::timeout)). It travels as a duration,
+    /// so this is the client's timeout counted from when the server took the request.
+    /// When it passes, the call is cancelled.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the client takes streamed responses: it called
+    /// [`call_stream`](super::Client::call_stream) or [`open`](super::Client::open).
+    pub fn is_streaming(&self) -> bool {
+        self.mode.takes_stream()
+    }
+
+    /// Whether the call has been cancelled: its client gave up on it (dropped its future
+    /// or stream), its deadline passed, or its connection ended. Once true, nothing more
+    /// of the call reaches the client, and the handler should return; one that has not
+    /// returned within [`ServerConfig::cancel_grace`](crate::ServerConfig::cancel_grace)
+    /// has its future dropped.
+    pub fn is_cancelled(&self) -> bool {
+        self.state.is_cancelled()
+    }
+
+    /// Completes when the call is cancelled (see [`is_cancelled`](Self::is_cancelled)),
+    /// to race against the work in a `tokio::select!`.
+    pub async fn cancelled(&self) {
+        self.state.cancelled().await;
+    }
+
+    /// Sends one streamed response. Waits while the client's credit is used up (it has
+    /// not taken the responses sent so far), so a slow reader slows the handler rather
+    /// than filling the server's memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Cancelled`] once the call is cancelled (return then);
+    /// [`Error::NotStreaming`] if the client made a unary call; [`Error::TooLarge`] if
+    /// `message` is larger than the connection's `max_message_size`. Nothing is sent
+    /// then, and the call goes on.
+    pub async fn send(&mut self, message: &[u8]) -> Result<(), Error> {
+        if !self.mode.takes_stream() {
+            return Err(Error::NotStreaming);
+        }
+        if message.len() > self.max_message_size {
+            return Err(Error::TooLarge {
+                len: message.len(),
+                max: self.max_message_size,
+            });
+        }
+        match self.state.credit.acquire().await {
+            // The credit is spent: the sweeper counts the response as sent when it takes it.
+            Ok(permit) => permit.forget(),
+            Err(_closed) => return Err(Error::Cancelled),
+        }
+        self.link.send(encode_item(message), OutgoingKind::Item)
+    }
+
+    /// The client's next streamed message, on a two-way call
+    /// ([`Client::open`](super::Client::open)). `None` once the client has finished its
+    /// stream, on a call that is not two-way, and once the call is cancelled.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        let inbound = self.inbound.as_mut()?;
+        let message = ::tokio::select! {
+            biased;
+            () = self.state.cancelled() => None,
+            message = inbound.recv() => message,
+        };
+        let Some(message) = message else {
+            self.inbound = None;
+            return None;
+        };
+        // Credit back in halves of the window: one message per half rather than per
+        // message, and the client never waits while half the window is still in flight.
+        self.taken += 1;
+        if self.taken >= REQUEST_WINDOW / 2 {
+            let taken = std::mem::take(&mut self.taken);
+            let _ = self
+                .link
+                .send(encode_server_credit(taken), OutgoingKind::Credit(taken));
+        }
+        Some(message)
+    }
+}
+
+#[cfg(feature = "codec")]
+impl Call {
+    /// [`request`](Self::request), decoded as a `T` (feature `codec`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Codec`] if the request is not a valid `T`.
+    pub fn request_value<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        crate::codec::decode(self.request())
+    }
+
+    /// [`send`](Self::send) of `value`, encoded with postcard (feature `codec`).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`Error::Codec`] if `value` cannot be encoded.
+    pub async fn send_value<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), Error> {
+        let bytes = crate::codec::encode(value)?;
+        self.send(&bytes).await
+    }
+
+    /// [`recv`](Self::recv), decoded as a `T` (feature `codec`): `None` as for `recv`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Codec`] if the message is not a valid `T`.
+    pub async fn recv_value<T: serde::de::DeserializeOwned>(&mut self) -> Option<Result<T, Error>> {
+        let message = self.recv().await?;
+        Some(crate::codec::decode(&message))
+    }
+}

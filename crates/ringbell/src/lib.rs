@@ -123,7 +123,7 @@ cfg_full_contract! {
     pub mod test_api;
 
     #[cfg(not(loom))]
-    pub use conn::{Connection, IpcTransport};
+    pub use conn::{Batch, BatchIter, Connection, IpcTransport};
     #[cfg(not(loom))]
     pub use server::Server;
 }

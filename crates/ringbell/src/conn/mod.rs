@@ -5,11 +5,13 @@
 //!   for room;
 //! - [`receive`]: taking messages out, checking every frame the peer wrote, reassembling
 //!   chunks;
+//! - [`batch`]: taking every message waiting at once, into a [`Batch`];
 //! - [`wake`]: waking the peer and being woken, the event-loop side of that (doorbells),
 //!   and noticing the peer's death;
 //! - [`segment`]: the shared segment, laid out and checked;
 //! - [`slot`]: a server's count of its connections.
 
+mod batch;
 mod budget;
 mod receive;
 mod segment;
@@ -28,6 +30,7 @@ use crate::error::Error;
 use crate::handshake::Carries;
 use crate::sys::{ControlStream, Doorbell, DoorbellRinger};
 
+pub use batch::{Batch, BatchIter};
 use receive::{PartialMessage, Patience, Quiet};
 #[cfg(feature = "tokio")]
 pub(crate) use budget::{Budget, Charge};
@@ -243,6 +246,54 @@ impl Connection {
     /// * [`Error::Corrupted`] if the peer broke the ring's invariants.
     pub fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
         self.send_with_correlation(msg, 0)
+    }
+
+    /// Sends one message of exactly `len` bytes that `fill` writes straight into the ring,
+    /// so that a serializer writes into the shared memory without a buffer of its own
+    /// (the codec's [`send_value`](Self::send_value) does). Waits, as
+    /// [`send`](Self::send) does, until the ring has room, then calls `fill` once, with
+    /// `len` zeroed bytes.
+    ///
+    /// * The length is fixed: the message is `len` bytes, and the bytes `fill` does not
+    ///   write are zero.
+    /// * If `fill` returns an error, or panics, nothing is sent and the connection stays
+    ///   usable; the error (or the panic) is passed on.
+    /// * A message larger than one frame (a quarter of the ring) cannot be written in
+    ///   place: `fill` then writes into a buffer, which is sent in chunks as
+    ///   [`send`](Self::send) sends it.
+    ///
+    /// `fill` writes into memory that the peer maps too. An honest peer never touches it
+    /// before the message is sent; a hostile one could change it under `fill`, which only
+    /// spoils the message it receives. So write the bytes; do not read back from the
+    /// slice anything you rely on.
+    ///
+    /// ```no_run
+    /// # use ringbell::{ClientConfig, Connection, Error};
+    /// # let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
+    /// let (id, name) = (7u32, "open");
+    /// conn.send_with(4 + name.len(), |buf| {
+    ///     buf[..4].copy_from_slice(&id.to_le_bytes());
+    ///     buf[4..].copy_from_slice(name.as_bytes());
+    ///     Ok::<(), Error>(())
+    /// })?;
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `fill`'s error, or, converted into `E`, those of [`send`](Self::send).
+    pub fn send_with<E: From<Error>>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.check_sendable_len(len)?;
+        if len > crate::core::ring::max_frame_payload(self.segment.capacity()) {
+            let mut buf = vec![0; len];
+            fill(&mut buf)?;
+            return Ok(self.send(&buf)?);
+        }
+        self.send_in_place(len, fill)
     }
 
     /// Sends every message of `msgs`, in order, as [`feed`](Self::feed) each and then

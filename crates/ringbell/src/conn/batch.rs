@@ -123,7 +123,9 @@ impl Connection {
     /// time. Every byte is still copied out and checked before it is handed over.
     ///
     /// A message larger than one frame (a quarter of the ring) is reassembled as `recv`
-    /// does; a batch holds at most one such message, and only as its first.
+    /// does; a batch holds at most one such message, and only as its first. So a batch
+    /// holds at most a ring's worth of bytes (the messages with their frame headers),
+    /// besides that one message, which `max_message_size` bounds.
     ///
     /// # Errors
     ///

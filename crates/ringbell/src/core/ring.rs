@@ -675,7 +675,8 @@ impl Consumer {
 
     /// Takes a run of whole-message frames at once: copies them out of the ring into
     /// `out` (appended) in a few large copies rather than a header and a payload at a
-    /// time, releases them with one move of the head, and calls `each` with each one's
+    /// time, releases them (the head is published as `release` publishes it: once an
+    /// eighth of the ring is waiting to be handed back), and calls `each` with each one's
     /// correlation id and where its payload now lies in `out`. Returns how many it took,
     /// and whether it published the head (the caller then wakes a waiting producer).
     ///
@@ -730,6 +731,7 @@ impl Consumer {
                     if available < to_end {
                         break false;
                     }
+                    published |= self.advance(to_end - consumed);
                     consumed = to_end;
                     continue;
                 }
@@ -754,6 +756,7 @@ impl Consumer {
                 let size = frame_size(len);
                 match header.kind {
                     FrameKind::Padding if size == to_end - consumed && available >= to_end => {
+                        published |= self.advance(to_end - consumed);
                         consumed = to_end;
                     }
                     FrameKind::Message
@@ -766,6 +769,10 @@ impl Consumer {
                             header.correlation,
                             at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + len,
                         );
+                        // Released frame by frame, as `release` does, so that the head is
+                        // handed back every eighth of the ring while a long run is copied
+                        // (the producer keeps writing meanwhile), not once at its end.
+                        published |= self.advance(size);
                         consumed += size;
                         kept = consumed;
                         taken += 1;
@@ -774,7 +781,6 @@ impl Consumer {
                 }
             };
             out.truncate(start + kept);
-            published |= self.advance(consumed);
             if !reached_end {
                 break;
             }

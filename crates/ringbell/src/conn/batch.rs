@@ -117,10 +117,11 @@ impl Connection {
     /// The batch never waits to fill: it holds what had arrived when it was taken, at
     /// least one message, and a sender's next messages go to the next call. So a batch
     /// adds no latency, and a receiver that keeps up gets batches of one. Taken in one
-    /// go, a run of small messages is copied out of the shared memory in a few long copies
-    /// and handed back to the sender with one update of the ring's head (at most one per
-    /// eighth of the ring), where [`recv`](Self::recv) reads a header and a payload at a
-    /// time. Every byte is still copied out and checked before it is handed over.
+    /// go, a run of small messages is copied out of the shared memory in a few long copies,
+    /// where [`recv`](Self::recv) reads a header and a payload at a time; their space is
+    /// handed back to the sender as `recv` hands it back (the ring's head is stored once
+    /// an eighth of the ring is free to return, and before this side waits). Every byte is
+    /// still copied out and checked before it is handed over.
     ///
     /// A message larger than one frame (a quarter of the ring) is reassembled as `recv`
     /// does; a batch holds at most one such message, and only as its first. So a batch

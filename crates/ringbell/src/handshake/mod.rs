@@ -44,9 +44,9 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 
 pub(crate) use client::connect;
-#[cfg(all(feature = "__test-api", feature = "tokio"))]
+#[cfg(all(feature = "__test-api", ringbell_async))]
 pub(crate) use client::connect_for_calls;
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 pub(crate) use client::{connect_sharing, SharedDoorbell};
 pub(crate) use server::{refuse_busy, ServerHandshake, Step};
 pub(crate) use wire::Carries;

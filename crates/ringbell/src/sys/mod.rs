@@ -84,7 +84,7 @@
 #[cfg(unix)]
 mod posix;
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod conformance;
 
 #[cfg(all(target_os = "linux", not(ringbell_force_posix)))]
@@ -115,22 +115,22 @@ pub(crate) use macos::{shared_wait, SharedRegion, BACKEND};
 #[cfg(all(target_os = "linux", ringbell_force_posix))]
 pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
-// Windows: steps 1 and 2a of docs/WINDOWS.md, the region, grants, doorbells, users and
-// the control channel. Until step 2b the modules above `sys` that use the contract are
-// left out of Windows builds (`cfg_full_contract!` in lib.rs), and `sleep_until_rung`
-// takes the peer's process instead of a `ControlStream`.
+// Windows: steps 1, 2a and 2b of docs/WINDOWS.md: the whole contract but readiness and
+// the poller (step 3), so the blocking API above `sys` is built there and the async one is
+// not (`ringbell_async`, set by `build.rs`, is off on Windows).
 // On other OSes for its tests: its framing and address rule are platform-free.
 #[cfg(any(windows, test))]
 mod windows;
 
-// Unused above `sys` until the modules that need the control channel are built there.
 #[cfg(windows)]
-#[allow(unused_imports)]
 pub(crate) use windows::{
-    current_user, doorbell_pair, sleep_until_rung, ControlListener, ControlStream, Doorbell,
-    DoorbellRinger, Grant, PeerProcess, PushedHandle, Rang, SharedRegion, User, BACKEND,
-    MAX_GRANTS,
+    current_user, doorbell_pair, is_resource_exhaustion, raise_resource_limit, shared_wait,
+    sleep_until_rung, wait_readable, ControlListener, ControlStream, Doorbell, DoorbellRinger,
+    Grant, SharedRegion, Source, User, BACKEND, OUT_OF_HANDLES, RAISE_LIMIT_HINT,
 };
+// The handshake sends fewer; the conformance suite checks the limit.
+#[cfg(all(windows, test))]
+pub(crate) use windows::MAX_GRANTS;
 
 #[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]
 compile_error!("ringbell has backends for Linux, macOS (the POSIX one) and, in part, Windows only");

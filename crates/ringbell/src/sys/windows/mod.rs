@@ -36,6 +36,8 @@ mod frame;
 #[cfg(windows)]
 mod handle;
 #[cfg(windows)]
+mod limits;
+#[cfg(windows)]
 mod pipe;
 mod pipe_name;
 #[cfg(windows)]
@@ -44,19 +46,30 @@ mod region;
 mod tests;
 #[cfg(windows)]
 mod user;
+#[cfg(windows)]
+mod wait;
 
 #[cfg(windows)]
-pub(crate) use doorbell::{doorbell_pair, sleep_until_rung, Doorbell, DoorbellRinger, Rang};
-#[cfg(windows)]
+pub(crate) use doorbell::{doorbell_pair, Doorbell, DoorbellRinger};
+// The form of the wait that says how it ended, for the backend's own tests.
+#[cfg(all(windows, test))]
+pub(crate) use doorbell::{sleep_until_rung_or_ended, Rang};
+#[cfg(all(windows, test))]
 pub(crate) use frame::MAX_GRANTS;
 #[cfg(windows)]
 pub(crate) use handle::{Grant, PeerProcess, PushedHandle};
 #[cfg(windows)]
-pub(crate) use pipe::{ControlListener, ControlStream};
+pub(crate) use limits::{
+    is_resource_exhaustion, raise_resource_limit, OUT_OF_HANDLES, RAISE_LIMIT_HINT,
+};
+#[cfg(windows)]
+pub(crate) use pipe::{wait_readable, ControlListener, ControlStream, Source};
 #[cfg(windows)]
 pub(crate) use region::SharedRegion;
 #[cfg(windows)]
 pub(crate) use user::{current_user, User};
+#[cfg(windows)]
+pub(crate) use wait::{shared_wait, sleep_until_rung};
 
 /// This backend's name, for reports.
 #[cfg(windows)]

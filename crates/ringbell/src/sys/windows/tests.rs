@@ -304,7 +304,7 @@ fn role_share() {
     write_pattern(&region, CHILD, len - PATTERN_LEN..len);
     ringer.ring();
     assert_eq!(
-        sleep_until_rung(&doorbell, &parent, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&doorbell, Some(&parent), Some(far_deadline())).unwrap(),
         Rang::Rung
     );
     report(&format!("done user={}", current_user()));
@@ -325,7 +325,7 @@ fn role_sleep() {
     let doorbell = Doorbell::adopt(received(&parameters, "doorbell")).unwrap();
     let parent = PeerProcess::adopt(received(&parameters, "parent")).unwrap();
     report("asleep");
-    let rang = sleep_until_rung(&doorbell, &parent, None).unwrap();
+    let rang = sleep_until_rung_or_ended(&doorbell, Some(&parent), None).unwrap();
     assert_eq!(rang, Rang::PeerEnded, "nobody rings this doorbell");
 }
 
@@ -507,7 +507,7 @@ fn a_region_and_doorbells_pushed_into_a_child_carry_its_writes_and_its_ring() {
     child.send(&line);
 
     assert_eq!(
-        sleep_until_rung(&ours, &peer, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&ours, Some(&peer), Some(far_deadline())).unwrap(),
         Rang::Rung,
         "the child rings once it has written"
     );
@@ -528,15 +528,18 @@ fn a_ring_is_latched_until_a_wait_takes_it_even_after_the_ringer_exits() {
     ringer.ring();
     ringer.ring();
     let now = Some(Instant::now());
-    assert_eq!(sleep_until_rung(&doorbell, &me, now).unwrap(), Rang::Rung);
     assert_eq!(
-        sleep_until_rung(&doorbell, &me, now).unwrap(),
+        sleep_until_rung_or_ended(&doorbell, Some(&me), now).unwrap(),
+        Rang::Rung
+    );
+    assert_eq!(
+        sleep_until_rung_or_ended(&doorbell, Some(&me), now).unwrap(),
         Rang::TimedOut
     );
     ringer.ring();
     doorbell.drain();
     assert_eq!(
-        sleep_until_rung(&doorbell, &me, now).unwrap(),
+        sleep_until_rung_or_ended(&doorbell, Some(&me), now).unwrap(),
         Rang::TimedOut,
         "drained"
     );
@@ -551,9 +554,12 @@ fn a_ring_is_latched_until_a_wait_takes_it_even_after_the_ringer_exits() {
     assert!(status.success(), "the child failed: {status}");
     assert!(peer.has_ended());
     let far = Some(far_deadline());
-    assert_eq!(sleep_until_rung(&doorbell, &peer, far).unwrap(), Rang::Rung);
     assert_eq!(
-        sleep_until_rung(&doorbell, &peer, far).unwrap(),
+        sleep_until_rung_or_ended(&doorbell, Some(&peer), far).unwrap(),
+        Rang::Rung
+    );
+    assert_eq!(
+        sleep_until_rung_or_ended(&doorbell, Some(&peer), far).unwrap(),
         Rang::PeerEnded
     );
 }
@@ -581,7 +587,7 @@ fn a_wait_ends_when_the_peer_process_is_killed() {
         child
     });
     assert_eq!(
-        sleep_until_rung(&ours, &peer, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&ours, Some(&peer), Some(far_deadline())).unwrap(),
         Rang::PeerEnded
     );
     let mut child = killer.join().unwrap();
@@ -784,7 +790,7 @@ fn role_pipe_client() {
     write_pattern(&region, CHILD, len - PATTERN_LEN..len);
     ringer.ring();
     assert_eq!(
-        sleep_until_rung(&own, server, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&own, Some(server), Some(far_deadline())).unwrap(),
         Rang::Rung
     );
     control.write_all(b"bye").unwrap();
@@ -927,7 +933,7 @@ fn bytes_and_grants_cross_between_two_processes_over_the_pipe() {
     drop(region_grant);
     let peer = server.peer_process().unwrap();
     assert_eq!(
-        sleep_until_rung(&own, peer, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&own, Some(peer), Some(far_deadline())).unwrap(),
         Rang::Rung,
         "the child rings once it has written"
     );

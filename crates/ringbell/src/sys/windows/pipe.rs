@@ -92,9 +92,9 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
     GetLastError, LocalFree, SetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS,
-    ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_CONNECTED,
-    ERROR_PIPE_NOT_CONNECTED, ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ, GENERIC_WRITE, HANDLE,
-    INVALID_HANDLE_VALUE, TRUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_NO_DATA, ERROR_OPERATION_ABORTED, ERROR_PIPE_BUSY,
+    ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED, ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ,
+    GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, TRUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Security::Authorization::{
     ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
@@ -408,9 +408,6 @@ impl Pending {
     /// connects.
     fn listen(pipe: OwnedHandle, event: &Arc<OwnedHandle>) -> io::Result<Pending> {
         let event = event.clone();
-        // SAFETY: resets an event we own; the instance it was set for has been handed out
-        // (or failed), so no operation in flight signals it.
-        unsafe { ResetEvent(event.as_raw_handle()) };
         let mut pending = Pending {
             overlapped: Box::new(OVERLAPPED {
                 hEvent: event.as_raw_handle(),
@@ -420,28 +417,42 @@ impl Pending {
             event,
             connected: false,
         };
+        pending.connect()?;
+        Ok(pending)
+    }
+
+    /// Issues the overlapped `ConnectNamedPipe` on the instance (again, after a cancelled
+    /// one), with the event reset first.
+    fn connect(&mut self) -> io::Result<()> {
+        // SAFETY: resets an event we own; no operation in flight signals it (the
+        // instance it was set for has been handed out, failed, or ended its connect).
+        unsafe { ResetEvent(self.event.as_raw_handle()) };
+        *self.overlapped = OVERLAPPED {
+            hEvent: self.event.as_raw_handle(),
+            ..OVERLAPPED::default()
+        };
+        self.connected = false;
         // SAFETY: the pipe handle is ours and the OVERLAPPED lives in a box that this
         // value keeps (and does not free before the call has ended, see Drop).
-        let started =
-            unsafe { ConnectNamedPipe(pending.raw_pipe(), &mut *pending.overlapped) } != 0;
+        let started = unsafe { ConnectNamedPipe(self.raw_pipe(), &mut *self.overlapped) } != 0;
         // SAFETY: reads this thread's last error, set by the call just made.
         let error = unsafe { GetLastError() };
         match (started, error) {
-            (true, _) => pending.connected = true,
+            (true, _) => self.connected = true,
             (false, ERROR_IO_PENDING) => {}
             // A client connected before the call (and perhaps closed again): connected,
             // but the OS sets no event for it, so we do, for whoever waits on it.
             (false, ERROR_PIPE_CONNECTED | ERROR_NO_DATA) => {
-                pending.connected = true;
+                self.connected = true;
                 // SAFETY: sets an event we own.
-                unsafe { SetEvent(pending.event.as_raw_handle()) };
+                unsafe { SetEvent(self.event.as_raw_handle()) };
             }
             (false, error) => {
-                pending.connected = true; // nothing in flight to cancel on drop
+                self.connected = true; // nothing in flight to cancel on drop
                 return Err(io::Error::from_raw_os_error(error as i32));
             }
         }
-        Ok(pending)
+        Ok(())
     }
 
     fn raw_pipe(&self) -> HANDLE {
@@ -472,10 +483,22 @@ impl Pending {
         self.connected = true;
         if done == 0 {
             let error = io::Error::last_os_error();
-            // A client that came and went before we looked: a connection all the same,
-            // whose first read says it has gone (as a Unix probe does).
-            if error.raw_os_error() != Some(ERROR_NO_DATA as i32) {
-                return Err(error);
+            match error.raw_os_error().map(|code| code as u32) {
+                // A client that came and went before we looked: a connection all the
+                // same, whose first read says it has gone (as a Unix probe does).
+                Some(ERROR_NO_DATA) => {}
+                // Windows cancels the I/O a thread issued when that thread exits: the
+                // thread that made this instance (a `bind`, or the `accept` before) has
+                // gone. No client came through it; listen again.
+                Some(ERROR_OPERATION_ABORTED) => {
+                    self.connect()?;
+                    return if self.connected || block {
+                        self.ready(block)
+                    } else {
+                        Ok(false)
+                    };
+                }
+                _ => return Err(error),
             }
         }
         Ok(true)

@@ -104,7 +104,7 @@ pub mod tokio;
 #[cfg(all(feature = "__test-api", not(loom)))]
 #[doc(hidden)]
 pub mod fuzz_api;
-#[cfg(all(feature = "__test-api", ringbell_async, not(loom)))]
+#[cfg(all(feature = "__test-api", not(loom)))]
 #[doc(hidden)]
 pub mod test_api;
 

@@ -116,6 +116,7 @@ fn run_role(role: &str) -> Result<(), String> {
         "echo_server" => role_echo_server(),
         "hello_server" => role_hello_server(),
         "doorbell_server" => role_doorbell_server(),
+        "serving_server" => role_serving_server(),
         other => Err(format!("unknown role {other:?}")),
     }
 }
@@ -358,6 +359,23 @@ fn role_doorbell_server() -> Result<(), String> {
         Err(Error::PeerDied) => Ok(()),
         other => Err(format!("expected the client to hang up, got {other:?}")),
     }
+}
+
+/// A server that binds, reports "bound", and serves calls with `Server::serve`: the
+/// request upper-cased, an error for "fail", a panic for "panic", and no answer for
+/// "hang" (until the parent kills it).
+fn role_serving_server() -> Result<(), String> {
+    let config = ServerConfig::default()
+        .wait(wait_from_name(&param("RB_WAIT")))
+        .ring_capacity(4096);
+    let server = Server::bind(param("RB_PATH"), config).context("binding")?;
+    report("bound");
+    server.serve(|request: Vec<u8>| match &request[..] {
+        b"fail" => Err("asked to fail"),
+        b"panic" => panic!("asked to panic"),
+        b"hang" => sleep_until_killed(),
+        _ => Ok(request.to_ascii_uppercase()),
+    })
 }
 
 // =======================================================================================
@@ -904,6 +922,73 @@ fn hostile_client_chunked_total_beyond_maximum() {
 #[test]
 fn hostile_client_consumer_head_past_tail() {
     hostile_client_is_reported_as_corrupted("head_past_tail");
+}
+
+// =======================================================================================
+// 5b. The blocking request/response server.
+
+/// `Server::serve` in a child answers calls from this process, with every wait strategy:
+/// small requests and ones larger than the ring, a handler's error and its panic each
+/// failing only their call; a client that goes away does not stop it (the next one is
+/// served); and a killed server ends a waiting call with `PeerDied`. The calls are made
+/// without a runtime (`test_api::call_blocking`), so this runs where the async `Client`
+/// is not built too (Windows, until step 3).
+#[cfg(feature = "__test-api")]
+#[test]
+fn serve_answers_calls_from_another_process_until_it_is_killed() {
+    use ringbell::test_api::{call_blocking, connect_for_calls};
+    let _test = shared_test("serve");
+    for wait in common::ALL_WAITS {
+        let socket = SocketPath::new("serve");
+        let mut server = spawn_server(
+            "serving_server",
+            &socket,
+            &[("RB_WAIT", wait_name(wait).into())],
+        );
+        for client in 0..2u64 {
+            let mut conn = connect_for_calls(&socket, ClientConfig::default().wait(wait))
+                .expect("connecting for calls");
+            let call = |conn: &mut Connection, id: u64, request: &[u8]| {
+                call_blocking(conn, id, request, Some(PATIENCE))
+            };
+            assert_eq!(call(&mut conn, 1, b"hello").expect("a call"), b"HELLO");
+            let large = random_bytes(client, 10 * 1024);
+            assert_eq!(
+                call(&mut conn, 2, &large).expect("a call larger than the ring"),
+                large.to_ascii_uppercase()
+            );
+            let failed = call(&mut conn, 3, b"fail");
+            assert!(
+                matches!(&failed, Err(Error::Handler { message }) if message == "asked to fail"),
+                "{wait:?}: a failing handler gave {failed:?}"
+            );
+            let panicked = call(&mut conn, 4, b"panic");
+            assert!(
+                matches!(panicked, Err(Error::Handler { .. })),
+                "{wait:?}: a panicking handler gave {panicked:?}"
+            );
+            assert_eq!(call(&mut conn, 5, b"still").expect("a call"), b"STILL");
+            // Dropped: the next client must be served all the same.
+        }
+        let mut conn = connect_for_calls(&socket, ClientConfig::default().wait(wait))
+            .expect("connecting for calls");
+        assert_eq!(
+            call_blocking(&mut conn, 1, b"last", Some(PATIENCE)).expect("a call"),
+            b"LAST"
+        );
+        let waiting = thread::spawn(move || {
+            // No reply ever comes: only the server's death ends this wait.
+            let result = call_blocking(&mut conn, 2, b"hang", None);
+            (conn, result)
+        });
+        thread::sleep(Duration::from_millis(100));
+        server.kill();
+        let (_conn, result) = waiting.join().expect("the calling thread panicked");
+        assert!(
+            matches!(result, Err(Error::PeerDied)),
+            "{wait:?}: a call to a killed server gave {result:?}"
+        );
+    }
 }
 
 // =======================================================================================

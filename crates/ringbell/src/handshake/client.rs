@@ -54,7 +54,7 @@ pub(crate) fn connect_sharing(
 }
 
 /// Connects to the server at `path` for calls, with a doorbell of its own (`test_api`).
-#[cfg(all(feature = "__test-api", ringbell_async))]
+#[cfg(feature = "__test-api")]
 pub(crate) fn connect_for_calls(
     path: &std::path::Path,
     config: &ClientConfig,

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 
 pub(crate) use client::connect;
-#[cfg(all(feature = "__test-api", ringbell_async))]
+#[cfg(feature = "__test-api")]
 pub(crate) use client::connect_for_calls;
 #[cfg(ringbell_async)]
 pub(crate) use client::{connect_sharing, SharedDoorbell};

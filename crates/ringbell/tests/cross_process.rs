@@ -992,6 +992,40 @@ fn serve_answers_calls_from_another_process_until_it_is_killed() {
 }
 
 // =======================================================================================
+// 5c. The connection limit.
+
+/// Past `max_connections`, a client is refused with `ServerBusy` on both sides (the
+/// refusal reaches it although the server hangs up at once), and once a connection ends
+/// its place serves the next client.
+#[test]
+fn past_the_connection_limit_a_client_is_refused_with_server_busy_on_both_sides() {
+    let _test = shared_test("server_busy");
+    let socket = SocketPath::new("server_busy");
+    let server =
+        Server::bind(&socket, ServerConfig::default().max_connections(1)).expect("binding");
+    let mut client = ChildProcess::spawn("idle_client", &[("RB_PATH", socket.param())]);
+    let conn = accept_from(&server, &mut client);
+    client.expect_line("ready");
+    let path = socket.path().to_path_buf();
+    let refused = thread::spawn(move || Connection::connect(&path, ClientConfig::default()));
+    let result = server.accept();
+    assert!(
+        matches!(result, Err(Error::ServerBusy { .. })),
+        "accept past the limit gave {result:?}"
+    );
+    let refused = refused
+        .join()
+        .expect("the refused client's thread panicked");
+    assert!(
+        matches!(refused, Err(Error::ServerBusy { .. })),
+        "a client past the limit was told {refused:?}"
+    );
+    drop(conn);
+    client.kill();
+    assert_server_still_serves(&server, &socket);
+}
+
+// =======================================================================================
 // 6. Handshakes from clients that are not ringbell clients.
 
 /// Ways a client can get the handshake wrong, each run on a raw Unix stream.

@@ -44,9 +44,10 @@
 //! macOS uses, also runs on Linux with `RUSTFLAGS="--cfg ringbell_force_posix"`, and CI
 //! runs every test on both; for macOS, CI only compiles and lints the library (it has not
 //! been run on a Mac yet: `docs/MACOS.md`). Windows is being built (`docs/WINDOWS.md`):
-//! for now the crate compiles there with its configs, errors and [`backend`] only, and
-//! the backend's shared memory, handles and doorbells are tested under Wine, not on real
-//! Windows. The API is the same everywhere; the few OS-specific accessors are in [`os`].
+//! the blocking API ([`Server`], [`Connection`], [`Server::serve`]) works there, over
+//! sections, event doorbells and named pipes, tested under Wine 8 only, not on real
+//! Windows; the async API (`ringbell::tokio`, with the `tokio` feature) is not built there
+//! yet. The API is the same everywhere; the few OS-specific accessors are in [`os`].
 //!
 //! ## Cargo features
 //!
@@ -127,8 +128,8 @@ pub use error::Error;
 /// shared futex, epoll), `"macos"` (`shm_open`, `os_sync_wait_on_address` from macOS 14.4
 /// or else doorbell sleeps, kqueue) or `"posix"` (`shm_open`, doorbell sleeps: what
 /// Linux runs when built with `RUSTFLAGS="--cfg ringbell_force_posix"`, to test the code
-/// macOS shares); `"windows"` for the Windows backend, which is being built (see the
-/// Platforms section). Both ends of a connection must use the same backend. For reports
+/// macOS shares); `"windows"` for the Windows backend (sections, event doorbells, named
+/// pipes; the blocking API only so far, see the Platforms section). Both ends of a connection must use the same backend. For reports
 /// and diagnostics.
 ///
 /// ```

@@ -1,6 +1,6 @@
-//! The Windows backend, steps 1 and 2a of `docs/WINDOWS.md`: the platform contract but for
-//! readiness, the poller and the limits, built on `windows-sys` and tested under Wine
-//! (never on real Windows yet).
+//! The Windows backend, steps 1 to 2b of `docs/WINDOWS.md`: the platform contract but for
+//! readiness and the poller (step 3), built on `windows-sys` and tested under Wine (never
+//! on real Windows yet). The blocking API above `sys` runs on it.
 //!
 //! - shared memory: an unnamed, pagefile-backed `SEC_COMMIT` section, whose size is fixed
 //!   at creation and which dies with its last handle and view ([`region`]);
@@ -8,24 +8,25 @@
 //!   pulled from it, and received as integer values that are checked before use
 //!   ([`handle`]);
 //! - doorbells: one auto-reset event, and a blocking wait that also ends when the peer's
-//!   process does ([`doorbell`]);
+//!   process does ([`doorbell`]); the contract's form of that wait, which takes the
+//!   peer's process from the control stream, and the absence of a shared-memory wait
+//!   ([`wait`]);
 //! - users: the SID of a process's token ([`user`]);
 //! - the control channel: named pipes, owner-only, in byte mode with frames that carry
 //!   handle values beside the bytes; the server pushes its grants (and its own process
-//!   handle, for the client's waits), the client offers its own for the server to pull
-//!   ([`pipe`]; the frames in [`frame`] and the address rule in [`pipe_name`], both
-//!   platform-free and tested on every OS).
+//!   handle, for the client's waits), the client offers its own for the server to pull;
+//!   `wait_readable` over a listener and streams ([`pipe`]; the frames in [`frame`] and
+//!   the address rule in [`pipe_name`], both platform-free and tested on every OS);
+//! - resource exhaustion: no handle limit to raise, and the errors that mean the system
+//!   ran out ([`limits`]).
 //!
-//! Not here yet, and so not compiled for Windows above `sys` (see `lib.rs`): the
-//! contract's use of all this by the handshake, `Connection` and `Server` (step 2b),
-//! readiness for tokio, `wait_readable`, the poller, and the resource limits. Until step
-//! 2b, the blocking wait takes the peer's process handle ([`PeerProcess`]) where the Unix
-//! one takes a `ControlStream`: see [`sleep_until_rung`]; a `ControlStream` now carries
-//! that process (`ControlStream::peer_process`).
+//! Not here yet, and so not compiled for Windows above `sys` (`ringbell_async`, set by
+//! `build.rs`, is off on Windows): readiness for tokio and the poller, and with them the
+//! async API and the sweeper (step 3).
 //!
 //! There is no `SharedWait`: `WaitOnAddress` wakes only threads of its own process, and
-//! across processes it hangs silently, so a blocking side will sleep on its doorbell, as
-//! on the POSIX backend.
+//! across processes it hangs silently, so a blocking side sleeps on its doorbell, as on
+//! the POSIX backend.
 
 // Compiled on every OS for their tests (like `sys/macos/timeout.rs`): the framing and the
 // address rule are platform-free; the rest is Windows calls.

@@ -38,8 +38,12 @@
 //! `WouldBlock`), creates the next instance, and only then hands out the connected one:
 //! so there is always an instance to connect to while the listener lives, and an instance
 //! that could not be made is an error of this `accept`, with the connected client kept for
-//! the next. The event is the readiness a later `wait_readable` or poller waits on (step
-//! 3); the rest is already non-blocking.
+//! the next. The event is one per listener, reset for each instance, and is what
+//! [`wait_readable`] waits on (and step 3's poller will); the rest is already
+//! non-blocking. Windows cancels the I/O a thread issued when that thread exits, so a
+//! connect issued by a thread that has gone since (the one that bound the listener, or
+//! made the last `accept`) ends with `ERROR_OPERATION_ABORTED`, with no client: the
+//! instance then listens again, issued by the thread that looks.
 //!
 //! # Grants: the server pushes, the client offers and the server pulls
 //!

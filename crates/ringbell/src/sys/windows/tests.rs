@@ -187,6 +187,7 @@ fn child_entry() {
         "pipe-server-once" => role_pipe_server_once(),
         "pipe-idle-client" => role_pipe_idle_client(),
         "count-pipe-handles" => role_count_pipe_handles(),
+        "handshake-client" => role_handshake_client(),
         other => panic!("unknown role {other}"),
     });
     // Exit here, so that libtest does not go on to report (or run) anything else.
@@ -1378,4 +1379,58 @@ fn many_connections_leave_no_handle_behind() {
     let counted = child.report();
     assert!(counted.starts_with("counted "), "{counted}");
     child.succeeds();
+}
+
+// ---------------------------------------------------------------------------------------
+// Step 2b: the handshake on the pipe.
+
+/// Child: connects with the library's client, reports whether the handshake failed, then
+/// holds still (its handle table looked at) until its stdin closes.
+fn role_handshake_client() {
+    let outcome = crate::Connection::connect(child_address(), crate::ClientConfig::default());
+    report(match &outcome {
+        Ok(_) => "connected",
+        Err(crate::Error::Handshake { .. }) => "refused",
+        Err(_) => "failed otherwise",
+    });
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {}
+}
+
+/// A welcome whose pushes fail part-way (forced by the test hook: our process handle and
+/// the region reach the client, its doorbell's ringer does not) fails that handshake, takes
+/// back from the client what it pushed (read from the client's handle table while it is
+/// still alive), and leaves the server serving: the next client is echoed.
+#[test]
+fn a_welcome_that_fails_part_way_is_taken_back_and_the_server_serves_on() {
+    let _watchdog = watchdog("the half-failed welcome test");
+    let there = address("half-welcome");
+    let server = crate::Server::bind(&there, crate::ServerConfig::default()).unwrap();
+    let mut child = ChildProcess::spawn_at("handshake-client", there.to_str().unwrap());
+    // The handshake runs on this thread, where the hook counts pushes.
+    pipe::test_hooks::fail_after(2);
+    let refused = server.accept();
+    assert!(refused.is_err(), "the half-pushed welcome was accepted");
+    assert_eq!(child.report(), "refused");
+    let pushed = pipe::test_hooks::take_pushed();
+    assert_eq!(pushed.len(), 2, "the process handle and the region, pushed");
+    let table = handles_of(child.child.id());
+    for value in &pushed {
+        assert!(!table.contains(value), "{value:#x} is still in the client");
+    }
+    child.succeeds();
+
+    let path = there.clone();
+    let client = std::thread::spawn(move || {
+        let mut conn = crate::Connection::connect(&path, crate::ClientConfig::default()).unwrap();
+        conn.send(b"after").unwrap();
+        let mut buf = Vec::new();
+        conn.recv(&mut buf, Some(Duration::from_secs(60))).unwrap();
+        buf
+    });
+    let mut conn = server.accept().unwrap();
+    let mut buf = Vec::new();
+    conn.recv(&mut buf, Some(Duration::from_secs(60))).unwrap();
+    conn.send(&buf).unwrap();
+    assert_eq!(client.join().unwrap(), b"after");
 }

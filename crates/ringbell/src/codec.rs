@@ -100,7 +100,7 @@ impl Connection {
     }
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 impl crate::tokio::AsyncConnection {
     /// Sends `value` as one message, encoded straight into the ring as
     /// [`Connection::send_value`] does.
@@ -129,7 +129,7 @@ impl crate::tokio::AsyncConnection {
     }
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 impl crate::tokio::Client {
     /// [`call`](Self::call) with typed request and response.
     ///
@@ -190,7 +190,7 @@ impl crate::tokio::Client {
 /// handler (`call`): awaits the handler and encodes its response. A request that did not
 /// decode, a handler's error and a response that cannot be encoded all fail that call
 /// alone, with an error reply that says which.
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 async fn finish_typed_call<Resp, F, E>(call: Result<F, Error>) -> Result<Vec<u8>, String>
 where
     Resp: Serialize,
@@ -212,7 +212,7 @@ fn unencodable_response(error: Error) -> String {
     format!("the response does not encode: {error}")
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 impl crate::tokio::AsyncServer {
     /// [`serve`](Self::serve) with typed requests and responses, the server's side of
     /// [`Client::call_value`](crate::tokio::Client::call_value) (whose example shows both).

@@ -1,9 +1,6 @@
 //! Both ends in one process (threads): the quickest check that the pieces fit. The
 //! cross-process suites are in `cross_process.rs`.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
-#![cfg(not(windows))]
-
 use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The async API (`ringbell::tokio`): an `AsyncServer` and `AsyncConnection`s in one tokio
 //! runtime, then a client in a child process. Every test has a watchdog timeout.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+// Not on Windows yet: the async API needs readiness, step 3 of docs/WINDOWS.md.
 #![cfg(not(windows))]
 #![cfg(feature = "tokio")]
 

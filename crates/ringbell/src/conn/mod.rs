@@ -31,12 +31,12 @@ use crate::handshake::Carries;
 use crate::sys::{ControlStream, Doorbell, DoorbellRinger};
 
 pub use batch::{Batch, BatchIter};
-use receive::{PartialMessage, Patience, Quiet};
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 pub(crate) use budget::{Budget, Charge};
+use receive::{PartialMessage, Patience, Quiet};
 pub(crate) use segment::Segment;
 pub(crate) use send::Publish;
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 pub(crate) use send::{Pushed, SendProgress};
 pub(crate) use slot::{ConnectionSlot, ConnectionSlots};
 use wake::{rings, wake};
@@ -387,11 +387,14 @@ impl Connection {
     }
 
     /// This side's doorbell, for the per-OS extension traits and the event-loop drivers.
+    /// (Windows has neither yet: step 3 of docs/WINDOWS.md.)
+    #[cfg(unix)]
     pub(crate) fn doorbell(&self) -> &Doorbell {
         &self.own_doorbell
     }
 
     /// The control channel, for the per-OS extension traits and the event-loop drivers.
+    #[cfg(unix)]
     pub(crate) fn control(&self) -> &ControlStream {
         &self.control
     }

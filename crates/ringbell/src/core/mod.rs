@@ -9,7 +9,7 @@
 //! - [`reply`]: how a reply says whether its handler succeeded;
 //! - [`sync`]: the one place atomics come from.
 
-#[cfg(any(feature = "tokio", loom))]
+#[cfg(any(ringbell_async, loom))]
 pub(crate) mod in_flight;
 pub(crate) mod layout;
 #[cfg(not(loom))]

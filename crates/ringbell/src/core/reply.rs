@@ -3,7 +3,7 @@
 //! whether the handler succeeded (its response follows) or failed (its error message
 //! follows).
 
-#[cfg(feature = "tokio")]
+#[cfg(any(ringbell_async, feature = "__test-api"))]
 use crate::error::Error;
 
 /// Reply status byte: the handler's response follows.
@@ -17,7 +17,7 @@ const REPLY_FAILED: u8 = 1;
 /// `wire_limit` in `conn/mod.rs`).
 pub(crate) const REPLY_ROOM: usize = 1;
 
-#[cfg(feature = "tokio")]
+#[cfg(any(ringbell_async, feature = "__test-api"))]
 pub(crate) fn decode_reply(reply: &[u8]) -> Result<Vec<u8>, Error> {
     match reply.split_first() {
         Some((&REPLY_OK, response)) => Ok(response.to_vec()),

@@ -235,7 +235,11 @@ impl Served {
     fn may_take(&self, limit: usize) -> bool {
         let under_way = self.under_way();
         under_way < limit
-            && (under_way == 0 || !self.connection.budget().is_some_and(|budget| budget.spent()))
+            && (under_way == 0
+                || !self
+                    .connection
+                    .budget()
+                    .is_some_and(|budget| budget.spent()))
     }
 
     /// Brings its charge to what its calls under way hold now.
@@ -642,7 +646,13 @@ where
             let Some((at, idle)) = served.connection.quiet_deadline_now() else {
                 continue;
             };
-            let mid_message = matches!(idle, Error::Idle { mid_message: true, .. });
+            let mid_message = matches!(
+                idle,
+                Error::Idle {
+                    mid_message: true,
+                    ..
+                }
+            );
             if !mid_message && served.handling > 0 {
                 continue;
             }

@@ -292,9 +292,14 @@ impl Demo {
     }
 
     /// One-way messages to a `ringbell serve --mode sink`, both sides with the default wait,
-    /// one `send` each or, with `batch`, that many per `send_batch`.
+    /// one `send` each or, with `batch`, that many per `send_batch` into a sink that takes
+    /// them with `recv_batch` (`--mode sink-batches`).
     fn ringbell_throughput(&self, batch: Option<usize>) -> Result<ThroughputRun, CliError> {
-        let (server, mut connection) = self.ringbell_server(WaitKind::Adaptive, ServeMode::Sink)?;
+        let mode = match batch {
+            None => ServeMode::Sink,
+            Some(_) => ServeMode::SinkBatches,
+        };
+        let (server, mut connection) = self.ringbell_server(WaitKind::Adaptive, mode)?;
         let run = self.one_way(&mut connection, batch);
         drop(connection);
         drop(server);
@@ -487,8 +492,9 @@ impl Report {
         );
         println!(
             "batches: {BATCH} messages a time, with send_batch (one publish and at most one \
-             wake-up per batch); for the socket, one write of all {BATCH} frames. Nothing \
-             waits for a batch to fill: each call sends what it is given."
+             wake-up per batch), taken by the server with recv_batch (everything that has \
+             arrived, in a few long copies); for the socket, one write of all {BATCH} frames. \
+             Nothing waits for a batch to fill: each call sends what it is given."
         );
         println!(
             "\"vs\" columns: this row against the baseline, in words (\"42× faster\": a 42nd of \

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use ringbell::{Error, IpcTransport, Server, ServerConfig};
+use ringbell::{Batch, Connection, Error, IpcTransport, Server, ServerConfig};
 
 use crate::args::{WaitArgs, WaitKind};
 use crate::child::{PeerLauncher, PeerProcess, LISTENING_PREFIX};
@@ -52,6 +52,9 @@ pub enum ServeMode {
     /// Count messages; on an empty message, reply with the count as a u64 little-endian
     /// and start counting again (for one-way throughput).
     Sink,
+    /// As `sink`, but a ringbell server takes the messages a batch at a time
+    /// (`recv_batch`, up to 1,024 at once); other transports receive one at a time.
+    SinkBatches,
 }
 
 impl ServeMode {
@@ -60,6 +63,7 @@ impl ServeMode {
         match self {
             ServeMode::Echo => "echo",
             ServeMode::Sink => "sink",
+            ServeMode::SinkBatches => "sink-batches",
         }
     }
 }
@@ -84,7 +88,7 @@ pub fn run(path: &Path, config: ServerConfig, mode: ServeMode) -> Result<(), Cli
                 let spawned = thread::Builder::new()
                     .name(format!("connection-{connection_id}"))
                     .spawn(move || {
-                        if let Err(error) = serve_connection(&mut connection, mode) {
+                        if let Err(error) = serve_ringbell_connection(&mut connection, mode) {
                             eprintln!("ringbell serve: connection {connection_id}: {error}");
                         }
                     });
@@ -179,6 +183,34 @@ pub fn serve_connection<T: IpcTransport>(transport: &mut T, mode: ServeMode) -> 
     }
 }
 
+/// [`serve_connection`] for a ringbell connection, which in [`ServeMode::SinkBatches`]
+/// takes its messages with `recv_batch`.
+fn serve_ringbell_connection(connection: &mut Connection, mode: ServeMode) -> Result<(), Error> {
+    if mode != ServeMode::SinkBatches {
+        return serve_connection(connection, mode);
+    }
+    let mut batch = Batch::new();
+    let mut received_since_marker: u64 = 0;
+    loop {
+        match connection.recv_batch(&mut batch, SINK_BATCH_LIMIT, None) {
+            Ok(_) => {}
+            Err(Error::PeerDied) => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        for message in &batch {
+            if message.is_empty() {
+                connection.send(&received_since_marker.to_le_bytes())?;
+                received_since_marker = 0;
+            } else {
+                received_since_marker += 1;
+            }
+        }
+    }
+}
+
+/// The most messages a [`ServeMode::SinkBatches`] server takes in one `recv_batch`.
+const SINK_BATCH_LIMIT: usize = 1024;
+
 fn serve_until_error<T: IpcTransport>(transport: &mut T, mode: ServeMode) -> Result<(), Error> {
     let mut message = Vec::new();
     let mut received_since_marker: u64 = 0;
@@ -186,11 +218,11 @@ fn serve_until_error<T: IpcTransport>(transport: &mut T, mode: ServeMode) -> Res
         let len = transport.recv(&mut message, None)?;
         match mode {
             ServeMode::Echo => transport.send(&message[..len])?,
-            ServeMode::Sink if len == 0 => {
+            ServeMode::Sink | ServeMode::SinkBatches if len == 0 => {
                 transport.send(&received_since_marker.to_le_bytes())?;
                 received_since_marker = 0;
             }
-            ServeMode::Sink => received_since_marker += 1,
+            ServeMode::Sink | ServeMode::SinkBatches => received_since_marker += 1,
         }
     }
 }

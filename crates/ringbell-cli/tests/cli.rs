@@ -436,6 +436,21 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
             );
         }
     }
+    // The batched rows, at 64 B only, with the batched targets.
+    for name in [
+        "ringbell adaptive, batches of 64",
+        "unix socket, batches of 64",
+    ] {
+        assert!(
+            has("throughput", name, 64, "messages_per_second"),
+            "no batched throughput for {name}"
+        );
+    }
+    assert!(
+        stdout.contains("one-way, 64 B, batched"),
+        "no batched target\n{}",
+        describe(&output)
+    );
     for clients in [1, 10, 100] {
         for name in ["ringbell AsyncServer", "tokio UnixStream"] {
             assert!(

@@ -16,9 +16,32 @@ use crate::error::Error;
 
 /// Encodes `value` as one message.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
-    postcard::to_allocvec(value).map_err(|error| Error::Codec {
+    postcard::to_allocvec(value).map_err(codec_error)
+}
+
+/// The encoded size of `value`: what [`encode_into`] writes.
+pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
+    postcard::experimental::serialized_size(value).map_err(codec_error)
+}
+
+/// Encodes `value` into `buf`, which must be exactly [`encoded_len`] bytes: the message a
+/// `send_with` writes straight into the ring.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<(), Error> {
+    let expected = buf.len();
+    let written = postcard::to_slice(value, buf).map_err(codec_error)?.len();
+    if written != expected {
+        // A `Serialize` impl that writes something else the second time it runs.
+        return Err(Error::Codec {
+            detail: format!("the value encoded to {written} bytes after measuring {expected}"),
+        });
+    }
+    Ok(())
+}
+
+fn codec_error(error: postcard::Error) -> Error {
+    Error::Codec {
         detail: error.to_string(),
-    })
+    }
 }
 
 /// Decodes one message as a `T`; trailing bytes are an error.
@@ -35,11 +58,14 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 }
 
 impl Connection {
-    /// Sends `value` as one message.
+    /// Sends `value` as one message. It is encoded straight into the ring
+    /// ([`send_with`](Self::send_with)), after a first pass that measures it; only a value
+    /// larger than one frame goes through a buffer.
     ///
     /// # Errors
     ///
-    /// [`Error::Codec`] if it cannot be encoded, otherwise as [`send`](Self::send).
+    /// [`Error::Codec`] if it cannot be encoded (nothing is sent), otherwise as
+    /// [`send`](Self::send).
     ///
     /// # Examples
     ///
@@ -53,8 +79,8 @@ impl Connection {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
     pub fn send_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        let bytes = encode(value)?;
-        self.send(&bytes)
+        let len = encoded_len(value)?;
+        self.send_with(len, |buf| encode_into(value, buf))
     }
 
     /// Receives the next message and decodes it as a `T`, using `buf` for the bytes.
@@ -74,17 +100,19 @@ impl Connection {
     }
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 impl crate::tokio::AsyncConnection {
-    /// Sends `value` as one message.
+    /// Sends `value` as one message, encoded straight into the ring as
+    /// [`Connection::send_value`] does.
     ///
     /// # Errors
     ///
-    /// [`Error::Codec`] if it cannot be encoded, otherwise as [`send`](Self::send).
+    /// [`Error::Codec`] if it cannot be encoded (nothing is sent), otherwise as
+    /// [`send`](Self::send).
     #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
     pub async fn send_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        let bytes = encode(value)?;
-        self.send(&bytes).await
+        let len = encoded_len(value)?;
+        self.send_with(len, |buf| encode_into(value, buf)).await
     }
 
     /// Receives the next message and decodes it as a `T`, using `buf` for the bytes.
@@ -101,7 +129,7 @@ impl crate::tokio::AsyncConnection {
     }
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 impl crate::tokio::Client {
     /// [`call`](Self::call) with typed request and response.
     ///
@@ -162,7 +190,7 @@ impl crate::tokio::Client {
 /// handler (`call`): awaits the handler and encodes its response. A request that did not
 /// decode, a handler's error and a response that cannot be encoded all fail that call
 /// alone, with an error reply that says which.
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 async fn finish_typed_call<Resp, F, E>(call: Result<F, Error>) -> Result<Vec<u8>, String>
 where
     Resp: Serialize,
@@ -184,7 +212,7 @@ fn unencodable_response(error: Error) -> String {
     format!("the response does not encode: {error}")
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 impl crate::tokio::AsyncServer {
     /// [`serve`](Self::serve) with typed requests and responses, the server's side of
     /// [`Client::call_value`](crate::tokio::Client::call_value) (whose example shows both).

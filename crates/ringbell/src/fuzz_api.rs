@@ -127,15 +127,17 @@ pub fn handshake(input: &[u8]) {
 /// decoder clamps).
 pub fn call_messages(input: &[u8]) {
     use crate::core::call::{
-        decode_from_client, decode_from_server, encode_cancel, encode_client_credit,
-        encode_data, encode_end, encode_ended, encode_item, encode_open, encode_reply,
-        encode_server_credit, FromClient, FromServer, MAX_METADATA_ENTRIES, MAX_METADATA_LEN,
-        MAX_STREAM_WINDOW,
+        decode_from_client, decode_from_server, encode_cancel, encode_client_credit, encode_data,
+        encode_end, encode_ended, encode_item, encode_open, encode_reply, encode_server_credit,
+        FromClient, FromServer, MAX_METADATA_ENTRIES, MAX_METADATA_LEN, MAX_STREAM_WINDOW,
     };
 
     match decode_from_client(input) {
         Ok(FromClient::Open(open)) => {
-            assert!(open.request_len < input.len(), "the request lies inside the message");
+            assert!(
+                open.request_len < input.len(),
+                "the request lies inside the message"
+            );
             assert!(open.window <= MAX_STREAM_WINDOW, "the window is clamped");
             assert!(open.metadata.len() <= MAX_METADATA_ENTRIES);
             let metadata_len = open
@@ -398,21 +400,99 @@ impl ConsumerChecker<'_> {
     }
 
     /// Reads frames until the consumer runs dry (`Ok`) or refuses the ring (`Err`).
+    ///
+    /// A twin of the consumer first takes the ring in a run (`take_messages`, the batch
+    /// receive), which must hand out exactly the messages that `peek` hands out before the
+    /// first frame of another kind, the first one refused, or the end; and must stop
+    /// between the end of the last of them and where `peek` found the next frame.
     fn drain(&mut self, consumer: &mut Consumer) -> Result<(), RingError> {
+        let mut twin = consumer.clone();
+        let mut run_bytes = b"kept".to_vec();
+        let mut ranges = Vec::new();
+        let taken = twin.take_messages(&mut run_bytes, usize::MAX, usize::MAX, |id, range| {
+            ranges.push((id, range))
+        });
+        assert_eq!(taken.frames, ranges.len());
+        assert_eq!(
+            run_bytes[..4],
+            *b"kept",
+            "a run overwrote what was in its buffer"
+        );
+        let run: Vec<(u64, Vec<u8>)> = ranges
+            .into_iter()
+            .map(|(id, range)| (id, run_bytes[range].to_vec()))
+            .collect();
+        let (result, low, high) = self.drain_peeking(consumer, &run);
+        assert!(
+            (low..=high).contains(&twin.head()),
+            "a run stopped at {}, outside {low}..={high}",
+            twin.head()
+        );
+        result
+    }
+
+    /// The reading of [`drain`](Self::drain) with `peek`, checked against `run`. Returns
+    /// the outcome, the consumer's head after the messages of the run, and where it found
+    /// the frame after them (or ran dry, or failed).
+    fn drain_peeking(
+        &mut self,
+        consumer: &mut Consumer,
+        run: &[(u64, Vec<u8>)],
+    ) -> (Result<(), RingError>, u64, u64) {
         let data_before = self.ring.read(0, self.ring.capacity);
         let tail_before = self.ring.control.tail.load(Ordering::Relaxed);
         // Between two stores of the tail the consumer can read at most one ring's worth,
         // and every frame takes at least a header's worth of it: more frames than that
         // would mean it reads something twice or never stops.
         let bound = self.ring.capacity / FRAME_HEADER_LEN + 1;
+        let mut low = consumer.head();
+        let mut high = None;
+        let mut matched = 0;
         let mut ran_dry = false;
         for _ in 0..bound {
-            let Some(frame) = self.next_frame(consumer)? else {
-                ran_dry = true;
-                break;
+            let frame = match self.next_frame(consumer) {
+                Ok(Some(frame)) => frame,
+                other => {
+                    assert_eq!(
+                        matched,
+                        run.len(),
+                        "a run took frames peek did not hand out"
+                    );
+                    let high = *high.get_or_insert(consumer.head());
+                    if let Err(error) = other {
+                        return (Err(error), low, high);
+                    }
+                    ran_dry = true;
+                    break;
+                }
             };
+            let in_run = matched < run.len();
+            if in_run {
+                let mut payload = Vec::new();
+                consumer.append_payload(&frame, 0, &mut payload);
+                assert_eq!(
+                    frame.header.kind,
+                    FrameKind::Message,
+                    "a run took a non-message"
+                );
+                assert!(
+                    (frame.header.correlation, payload) == run[matched],
+                    "a run's message {matched} differs from peek's"
+                );
+                matched += 1;
+            } else if high.is_none() {
+                high = Some(consumer.head());
+                assert_ne!(
+                    frame.header.kind,
+                    FrameKind::Message,
+                    "a run stopped before a message that peek handed out"
+                );
+            }
             self.check_payload(consumer, &frame);
             consumer.release(&frame);
+            if in_run {
+                low = consumer.head();
+            }
         }
         assert!(
             ran_dry,
@@ -428,7 +508,7 @@ impl ConsumerChecker<'_> {
         // The consumer only ever writes its own index: never the producer's, nor the data.
         assert_eq!(self.ring.control.tail.load(Ordering::Relaxed), tail_before);
         assert!(self.ring.read(0, self.ring.capacity) == data_before);
-        Ok(())
+        (Ok(()), low, high.unwrap_or(low))
     }
 
     /// `consumer.peek()`, with every answer checked against the ring's bytes.

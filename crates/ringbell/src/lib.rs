@@ -44,9 +44,10 @@
 //! macOS uses, also runs on Linux with `RUSTFLAGS="--cfg ringbell_force_posix"`, and CI
 //! runs every test on both; for macOS, CI only compiles and lints the library (it has not
 //! been run on a Mac yet: `docs/MACOS.md`). Windows is being built (`docs/WINDOWS.md`):
-//! for now the crate compiles there with its configs, errors and [`backend`] only, and
-//! the backend's shared memory, handles and doorbells are tested under Wine, not on real
-//! Windows. The API is the same everywhere; the few OS-specific accessors are in [`os`].
+//! the blocking API ([`Server`], [`Connection`], [`Server::serve`]) works there, over
+//! sections, event doorbells and named pipes, tested under Wine 8 only, not on real
+//! Windows; the async API (`ringbell::tokio`, with the `tokio` feature) is not built there
+//! yet. The API is the same everywhere; the few OS-specific accessors are in [`os`].
 //!
 //! ## Cargo features
 //!
@@ -62,31 +63,15 @@
 //! How the crate is built inside is in `ARCHITECTURE.md` at the root of the repository.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
-// `loom` is our model-checking build, not a platform: no badge for it.
-#![cfg_attr(docsrs, doc(auto_cfg(hide(loom))))]
+// `loom` is our model-checking build, not a platform, and `ringbell_async` is the `tokio`
+// feature (see `build.rs`): no badge for either.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(loom, ringbell_async))))]
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 // Without the `tokio` feature, the links to its items (`tokio::Client`, ...) have nothing
 // to point at; they render as plain text. CI checks every link with all features on.
-#![cfg_attr(not(feature = "tokio"), allow(rustdoc::broken_intra_doc_links))]
+#![cfg_attr(not(ringbell_async), allow(rustdoc::broken_intra_doc_links))]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
-// Windows: step 1 of docs/WINDOWS.md. The core, the configs and the backend's parts are
-// compiled (and the backend tested), but what would use them is not yet (see
-// `cfg_full_contract!`), so most of them are unused there for now.
-#![cfg_attr(windows, allow(dead_code))]
-
-/// Compiles `items` only where the backend provides the whole platform contract.
-///
-/// Windows: step 1 of docs/WINDOWS.md; these modules need the control channel, which comes
-/// next. Until then they are left out of Windows builds, here and nowhere else.
-macro_rules! cfg_full_contract {
-    ($($item:item)*) => {
-        $(
-            #[cfg(not(windows))]
-            $item
-        )*
-    };
-}
 
 mod config;
 // Platform-free: the ring, the layout, the wait protocol (loom-checked).
@@ -100,33 +85,34 @@ pub mod os;
 #[cfg(not(loom))]
 mod sys;
 
-cfg_full_contract! {
-    #[cfg(all(feature = "codec", not(loom)))]
-    mod codec;
-    #[cfg(not(loom))]
-    mod conn;
-    #[cfg(not(loom))]
-    mod handshake;
-    #[cfg(not(loom))]
-    mod server;
-    #[cfg(all(feature = "tokio", not(loom)))]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-    pub mod tokio;
+#[cfg(all(feature = "codec", not(loom)))]
+mod codec;
+#[cfg(not(loom))]
+mod conn;
+#[cfg(not(loom))]
+mod handshake;
+#[cfg(not(loom))]
+mod server;
+// `ringbell_async` is the `tokio` feature on a backend with readiness for the runtime
+// (`build.rs`): not Windows yet, where the async API is step 3 of docs/WINDOWS.md and the
+// `tokio` feature builds the blocking API only.
+#[cfg(all(ringbell_async, not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio;
 
-    // Not a stable API: entry points for the fuzz targets and their corpus replay test,
-    // behind the `__test-api` feature so that nobody comes to depend on them by accident.
-    #[cfg(all(feature = "__test-api", not(loom)))]
-    #[doc(hidden)]
-    pub mod fuzz_api;
-    #[cfg(all(feature = "__test-api", feature = "tokio", not(loom)))]
-    #[doc(hidden)]
-    pub mod test_api;
+// Not a stable API: entry points for the fuzz targets and their corpus replay test,
+// behind the `__test-api` feature so that nobody comes to depend on them by accident.
+#[cfg(all(feature = "__test-api", not(loom)))]
+#[doc(hidden)]
+pub mod fuzz_api;
+#[cfg(all(feature = "__test-api", not(loom)))]
+#[doc(hidden)]
+pub mod test_api;
 
-    #[cfg(not(loom))]
-    pub use conn::{Connection, IpcTransport};
-    #[cfg(not(loom))]
-    pub use server::Server;
-}
+#[cfg(not(loom))]
+pub use conn::{Batch, BatchIter, Connection, IpcTransport};
+#[cfg(not(loom))]
+pub use server::Server;
 
 // Not a stable API: the ring and the frame header, wrapped for the criterion benchmarks in
 // `benches/` (which require the `__test-api` feature).
@@ -142,8 +128,8 @@ pub use error::Error;
 /// shared futex, epoll), `"macos"` (`shm_open`, `os_sync_wait_on_address` from macOS 14.4
 /// or else doorbell sleeps, kqueue) or `"posix"` (`shm_open`, doorbell sleeps: what
 /// Linux runs when built with `RUSTFLAGS="--cfg ringbell_force_posix"`, to test the code
-/// macOS shares); `"windows"` for the Windows backend, which is being built (see the
-/// Platforms section). Both ends of a connection must use the same backend. For reports
+/// macOS shares); `"windows"` for the Windows backend (sections, event doorbells, named
+/// pipes; the blocking API only so far, see the Platforms section). Both ends of a connection must use the same backend. For reports
 /// and diagnostics.
 ///
 /// ```

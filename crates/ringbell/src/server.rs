@@ -227,19 +227,19 @@ impl Server {
     }
 
     /// The listening socket, for an event loop to register and await.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn listener_mut(&mut self) -> &mut ControlListener {
         &mut self.listener
     }
 
     /// The listening socket.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn listener(&self) -> &ControlListener {
         &self.listener
     }
 
     /// This server's user, admitted by default.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn own_user(&self) -> User {
         self.own_user
     }
@@ -377,7 +377,9 @@ fn serve_connection(connection: &mut Connection, pool: &WorkerPool) {
             Ok(FromClient::Open(open)) => open,
             Ok(_) => continue,
             Err(detail) => {
-                tracing::debug!("ringbell: closing a connection that broke the call protocol: {detail}");
+                tracing::debug!(
+                    "ringbell: closing a connection that broke the call protocol: {detail}"
+                );
                 return;
             }
         };

@@ -28,7 +28,8 @@
 //! then executes it, and a child forked meanwhile by a concurrent test would inherit the
 //! open copy, making the exec fail with `ETXTBSY`.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+// Unix only: its children run as other uids (setuid) and it checks SO_PEERCRED and socket
+// file modes; Windows users are SIDs, and the pipe's DACL is tested in sys/windows/tests.rs.
 #![cfg(not(windows))]
 
 #[allow(dead_code)]

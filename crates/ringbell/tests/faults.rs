@@ -33,7 +33,8 @@
 //! (how long a dead connection's resources may take to be released, when a call counts as
 //! stuck) only turn a hang into a clear failure, and every test has a watchdog.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+// Not on Windows yet: its hostile clients are async ones (`test_api` with `tokio`), and the
+// async API needs readiness, step 3 of docs/WINDOWS.md.
 #![cfg(not(windows))]
 // The hostile client reaches inside its connection through `ringbell::test_api`.
 #![cfg(all(feature = "tokio", feature = "__test-api"))]

@@ -1,7 +1,7 @@
 //! Open-file limits. Each test runs its body in a child process (this test binary, run
 //! again with `RINGBELL_FD_LIMIT_CHILD` set), because limits are per process.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+// Unix only: it lowers RLIMIT_NOFILE; Windows has no per-process handle limit to hit.
 #![cfg(not(windows))]
 
 use std::process::Command;

@@ -7,7 +7,9 @@
 //! honest clients are separate processes (children of this test binary, see
 //! `common::ChildProcess`); every test has a watchdog.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+// Not on Windows yet: its honest clients are async (`tokio::Client`), which needs
+// readiness (step 3 of docs/WINDOWS.md), and its stallers raw Unix sockets. The connection
+// limit is also checked in cross_process.rs, which runs there.
 #![cfg(not(windows))]
 #![cfg(feature = "tokio")]
 

@@ -4,9 +4,6 @@
 //!
 //! Fuzzing itself needs nightly and cargo-fuzz; see `docs/FUZZING.md`.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
-#![cfg(not(windows))]
-
 use std::fs;
 use std::path::PathBuf;
 

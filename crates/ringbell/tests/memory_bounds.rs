@@ -18,7 +18,8 @@
 //! is measured from outside through `/proc/<pid>`, so that this process's own threads do
 //! not count. No assertion looks at a time.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+// Not on Windows yet: it measures async servers (`tokio`, step 3 of docs/WINDOWS.md) and
+// reads /proc.
 #![cfg(not(windows))]
 #![cfg(all(feature = "tokio", feature = "__test-api"))]
 

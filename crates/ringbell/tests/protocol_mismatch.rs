@@ -8,7 +8,8 @@
 //! In one process, over the real socket, memory and doorbells: the mismatch is in the
 //! handshake, and one process sees both sides' errors.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+// Not on Windows yet: one side of every mismatch is async (`tokio`, step 3 of
+// docs/WINDOWS.md).
 #![cfg(not(windows))]
 #![cfg(feature = "tokio")]
 

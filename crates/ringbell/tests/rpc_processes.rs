@@ -2,7 +2,8 @@
 //! calls, and a server process killed while calls wait. Children are this test binary run
 //! again (see `common::ChildProcess`); every test has a watchdog.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
+// Not on Windows yet: async request/response (`tokio`, step 3 of docs/WINDOWS.md).
+// `Server::serve` is tested there in cross_process.rs.
 #![cfg(not(windows))]
 #![cfg(feature = "tokio")]
 

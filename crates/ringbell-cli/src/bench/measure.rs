@@ -5,10 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::plan::{Subject, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES};
+use super::plan::{
+    Subject, BATCH, BATCHED_SIZE, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES,
+};
 use super::report::{
     format_size, latency_row, throughput_row, IdleRow, LatencyRow, LoadRow, Machine, Report,
-    EVENTFD, MEMCPY, RAW_FUTEX, RAW_SPIN, RINGBELL_LOAD, TOKIO_UDS_LOAD,
+    EVENTFD, MEMCPY, RAW_FUTEX, RAW_SPIN, RINGBELL_BATCHES, RINGBELL_LOAD, TOKIO_UDS_LOAD,
+    UDS_BATCHES,
 };
 use super::Bench;
 use crate::args::WaitKind;
@@ -17,7 +20,7 @@ use crate::error::CliError;
 use crate::peers::{self, Describe};
 use crate::serve::ServeMode;
 use crate::stats::{LatencyRun, ThroughputRun};
-use crate::stream;
+use crate::stream::{self, StreamKind};
 use crate::stress::{self, Transport};
 use crate::{idle, measure};
 
@@ -60,6 +63,29 @@ impl Bench {
                     throughput.push(throughput_row(subject.name(), &run));
                 }
             }
+        }
+
+        // Batched one-way at 64 B: ringbell's `send_batch` into a `recv_batch` sink, and
+        // the Unix socket with one `write` per batch, in the 64 B table beside the rows of
+        // one message at a time.
+        let (warmup, count) = self.plan.messages(BATCHED_SIZE);
+        for (name, subject) in [
+            (RINGBELL_BATCHES, Subject::Ringbell(WaitKind::Adaptive)),
+            (UDS_BATCHES, Subject::Stream(StreamKind::Uds)),
+        ] {
+            let what = format!("{name} one-way, {}", format_size(BATCHED_SIZE));
+            let run = self.step(&what, || {
+                self.against(
+                    subject,
+                    OneWayBatched {
+                        size: BATCHED_SIZE,
+                        warmup,
+                        count,
+                        batch: BATCH,
+                    },
+                )
+            })?;
+            throughput.push(throughput_row(name.into(), &run));
         }
 
         let load = match stress::NOT_ON_THIS_OS {
@@ -268,6 +294,24 @@ impl Measurement for OneWay {
     type Run = ThroughputRun;
     fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<ThroughputRun, CliError> {
         measure::one_way(transport, self.size, self.warmup, self.count)
+    }
+}
+
+/// Messages streamed in batches of [`BATCH`], at this size.
+struct OneWayBatched {
+    size: usize,
+    warmup: u64,
+    count: u64,
+    batch: usize,
+}
+
+impl Measurement for OneWayBatched {
+    /// A ringbell sink takes its messages with `recv_batch`; a stream's reads them one at
+    /// a time from its `BufReader`, which the kernel fills in bulk.
+    const MODE: ServeMode = ServeMode::SinkBatches;
+    type Run = ThroughputRun;
+    fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<ThroughputRun, CliError> {
+        measure::one_way_batched(transport, self.size, self.warmup, self.count, self.batch)
     }
 }
 

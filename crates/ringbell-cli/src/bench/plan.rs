@@ -14,6 +14,10 @@ use crate::stream::StreamKind;
 pub(super) const LATENCY_SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
 /// Message sizes of the throughput runs.
 pub(super) const THROUGHPUT_SIZES: [usize; 4] = [64, 4 << 10, 64 << 10, 1 << 20];
+/// Messages per batch of the batched one-way runs.
+pub(super) const BATCH: usize = 64;
+/// Message size of the batched one-way runs.
+pub(super) const BATCHED_SIZE: usize = 64;
 /// Client counts of the request/response runs.
 const LOAD_CLIENTS: [u64; 4] = [1, 10, 100, 1000];
 /// Client processes of the request/response runs, at most.
@@ -139,7 +143,8 @@ impl Bench {
     /// How many measurements there are, for the progress bar.
     pub(super) fn steps(&self) -> u64 {
         let latency = 3 + LATENCY_SIZES.len() * self.latency_subjects().len();
-        let throughput = THROUGHPUT_SIZES.len() * (self.throughput_subjects().len() + 1);
+        // Each size's subjects and memcpy, then ringbell's and the socket's batches.
+        let throughput = THROUGHPUT_SIZES.len() * (self.throughput_subjects().len() + 1) + 2;
         let load = self.plan.load_clients.len() * 2;
         (latency + throughput + load + 1) as u64
     }

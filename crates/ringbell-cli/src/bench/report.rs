@@ -7,7 +7,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::measure::{MEMCPY_PLACEMENTS, MEMCPY_ROUNDS};
-use super::plan::{LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES};
+use super::plan::{
+    BATCH, BATCHED_SIZE, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES,
+};
 use super::plot;
 use crate::affinity;
 use crate::error::CliError;
@@ -108,6 +110,8 @@ pub(super) const RAW_SPIN: &str = "raw spin (floor)";
 pub(super) const RAW_FUTEX: &str = "raw futex (floor)";
 pub(super) const EVENTFD: &str = "eventfd (floor)";
 pub(super) const MEMCPY: &str = "memcpy (ceiling)";
+pub(super) const RINGBELL_BATCHES: &str = "ringbell adaptive, batches of 64";
+pub(super) const UDS_BATCHES: &str = "unix socket, batches of 64";
 pub(super) const RINGBELL_LOAD: &str = "ringbell AsyncServer";
 pub(super) const TOKIO_UDS_LOAD: &str = "tokio UnixStream";
 
@@ -294,6 +298,12 @@ impl Report {
             MEMCPY_PLACEMENTS.len()
         );
         println!(
+            "batches of {BATCH}: ringbell's send_batch (one publish and at most one wake-up \
+             per batch) into a sink that takes what has arrived with recv_batch; the unix \
+             socket writes each batch's {BATCH} length-prefixed frames with one write. \
+             Nothing waits for a batch to fill."
+        );
+        println!(
             "streams: a 4-byte length prefix, one write per message, a 128 KiB BufReader on \
              the receiver. Request/response: the `stress` protocol, {LOAD_SIZE} B random \
              payloads, every reply checked, up to {LOAD_PROCESSES} client processes, unpinned."
@@ -379,6 +389,34 @@ impl Report {
         for peer in self.peers.iter().filter(|peer| peer.streams) {
             throughput_target("one-way, 64 B", RINGBELL_ADAPTIVE, &peer.name, 64, 1.0);
         }
+        throughput_target(
+            "one-way, 64 B, batched",
+            RINGBELL_BATCHES,
+            StreamKind::Uds.label(),
+            BATCHED_SIZE,
+            50.0,
+        );
+        for peer in self.peers.iter().filter(|peer| peer.streams) {
+            let target = if peer.name.starts_with("iceoryx2 pub-sub") {
+                10.0
+            } else {
+                1.0
+            };
+            throughput_target(
+                "one-way, 64 B, batched",
+                RINGBELL_BATCHES,
+                &peer.name,
+                BATCHED_SIZE,
+                target,
+            );
+        }
+        throughput_target(
+            "one-way, 64 B, batched",
+            RINGBELL_BATCHES,
+            UDS_BATCHES,
+            BATCHED_SIZE,
+            1.0,
+        );
         throughput_target("one-way, 1 MiB", RINGBELL_ADAPTIVE, MEMCPY, 1 << 20, 0.5);
         if let Some(clients) = self.load.iter().map(|row| row.clients).max() {
             if let (Some(ours), Some(theirs)) = (

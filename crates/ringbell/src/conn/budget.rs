@@ -42,7 +42,7 @@ pub(crate) struct Budget {
     /// one between its last look and its sleep.
     releases: Mutex<u64>,
     released: Condvar,
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     notify: ::tokio::sync::Notify,
 }
 
@@ -61,7 +61,7 @@ impl Budget {
             waiting: AtomicUsize::new(0),
             releases: Mutex::new(0),
             released: Condvar::new(),
-            #[cfg(feature = "tokio")]
+            #[cfg(ringbell_async)]
             notify: ::tokio::sync::Notify::new(),
         })
     }
@@ -82,7 +82,7 @@ impl Budget {
     }
 
     /// Charges `bytes` whether or not they fit: for memory that is held already.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
         // SYNC: as in `try_charge`.
         self.used.fetch_add(bytes, Ordering::SeqCst);
@@ -93,7 +93,7 @@ impl Budget {
     }
 
     /// Whether everything is charged: no new work should be taken on.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn spent(&self) -> bool {
         // SYNC: a heuristic for the sweeper; a stale answer delays a request by one sweep.
         self.used.load(Ordering::Relaxed) >= self.limit
@@ -111,9 +111,12 @@ impl Budget {
         if self.waiting.load(Ordering::SeqCst) == 0 {
             return;
         }
-        *self.releases.lock().unwrap_or_else(|poison| poison.into_inner()) += 1;
+        *self
+            .releases
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) += 1;
         self.released.notify_all();
-        #[cfg(feature = "tokio")]
+        #[cfg(ringbell_async)]
         self.notify.notify_waiters();
     }
 
@@ -121,7 +124,10 @@ impl Budget {
     /// Returns the charge if it was made.
     pub(crate) fn charge_within(self: &Arc<Self>, bytes: usize, until: Instant) -> Option<Charge> {
         let _waiting = Waiting::new(self);
-        let mut releases = self.releases.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut releases = self
+            .releases
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         loop {
             // Looked at after `waiting` went up and with the lock held: a release after
             // this look bumps `releases` under the same lock, so the sleep below sees it.
@@ -145,7 +151,7 @@ impl Budget {
     /// A notice of the next release, registered now: make it before the last try that
     /// failed, then await it, and no release between the two is missed (tokio's
     /// `notify_waiters` reaches a `Notified` from its creation, polled or not).
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn notice(&self) -> ReleaseNotice<'_> {
         ReleaseNotice {
             _waiting: Waiting::new(self),
@@ -155,13 +161,13 @@ impl Budget {
 }
 
 /// The next release of a [`Budget`]'s bytes, awaited with [`wait`](Self::wait).
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 pub(crate) struct ReleaseNotice<'a> {
     _waiting: Waiting<'a>,
     notified: ::tokio::sync::futures::Notified<'a>,
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 impl ReleaseNotice<'_> {
     pub(crate) async fn wait(self) {
         self.notified.await;
@@ -189,11 +195,13 @@ impl Drop for Waiting<'_> {
 impl Charge {
     /// Makes this charge `bytes`, whether or not they fit (held already), releasing the
     /// difference if it shrinks.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn resize(&mut self, bytes: usize) {
         if bytes > self.bytes {
             // SYNC: as in `Budget::charge`.
-            self.budget.used.fetch_add(bytes - self.bytes, Ordering::SeqCst);
+            self.budget
+                .used
+                .fetch_add(bytes - self.bytes, Ordering::SeqCst);
         } else if bytes < self.bytes {
             self.budget.release(self.bytes - bytes);
         }

@@ -5,11 +5,13 @@
 //!   for room;
 //! - [`receive`]: taking messages out, checking every frame the peer wrote, reassembling
 //!   chunks;
+//! - [`batch`]: taking every message waiting at once, into a [`Batch`];
 //! - [`wake`]: waking the peer and being woken, the event-loop side of that (doorbells),
 //!   and noticing the peer's death;
 //! - [`segment`]: the shared segment, laid out and checked;
 //! - [`slot`]: a server's count of its connections.
 
+mod batch;
 mod budget;
 mod receive;
 mod segment;
@@ -28,12 +30,13 @@ use crate::error::Error;
 use crate::handshake::Carries;
 use crate::sys::{ControlStream, Doorbell, DoorbellRinger};
 
-use receive::{PartialMessage, Patience, Quiet};
-#[cfg(feature = "tokio")]
+pub use batch::{Batch, BatchIter};
+#[cfg(ringbell_async)]
 pub(crate) use budget::{Budget, Charge};
+use receive::{PartialMessage, Patience, Quiet};
 pub(crate) use segment::Segment;
 pub(crate) use send::Publish;
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 pub(crate) use send::{Pushed, SendProgress};
 pub(crate) use slot::{ConnectionSlot, ConnectionSlots};
 use wake::{rings, wake};
@@ -73,6 +76,8 @@ pub(crate) struct Settings {
     pub(crate) stall_timeout: Option<Duration>,
     /// On a connection of calls, how many the server takes at once (its
     /// `concurrent_requests`, sent in the Welcome): a client keeps no more outstanding.
+    /// Read by the async `Client` only (not yet on Windows).
+    #[cfg_attr(not(ringbell_async), allow(dead_code))]
     pub(crate) concurrent_calls: usize,
 }
 
@@ -251,6 +256,54 @@ impl Connection {
         self.send_with_correlation(msg, 0)
     }
 
+    /// Sends one message of exactly `len` bytes that `fill` writes straight into the ring,
+    /// so that a serializer writes into the shared memory without a buffer of its own
+    /// (the codec's [`send_value`](Self::send_value) does). Waits, as
+    /// [`send`](Self::send) does, until the ring has room, then calls `fill` once, with
+    /// `len` zeroed bytes.
+    ///
+    /// * The length is fixed: the message is `len` bytes, and the bytes `fill` does not
+    ///   write are zero.
+    /// * If `fill` returns an error, or panics, nothing is sent and the connection stays
+    ///   usable; the error (or the panic) is passed on.
+    /// * A message larger than one frame (a quarter of the ring) cannot be written in
+    ///   place: `fill` then writes into a buffer, which is sent in chunks as
+    ///   [`send`](Self::send) sends it.
+    ///
+    /// `fill` writes into memory that the peer maps too. An honest peer never touches it
+    /// before the message is sent; a hostile one could change it under `fill`, which only
+    /// spoils the message it receives. So write the bytes; do not read back from the
+    /// slice anything you rely on.
+    ///
+    /// ```no_run
+    /// # use ringbell::{ClientConfig, Connection, Error};
+    /// # let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
+    /// let (id, name) = (7u32, "open");
+    /// conn.send_with(4 + name.len(), |buf| {
+    ///     buf[..4].copy_from_slice(&id.to_le_bytes());
+    ///     buf[4..].copy_from_slice(name.as_bytes());
+    ///     Ok::<(), Error>(())
+    /// })?;
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `fill`'s error, or, converted into `E`, those of [`send`](Self::send).
+    pub fn send_with<E: From<Error>>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.check_sendable_len(len)?;
+        if len > crate::core::ring::max_frame_payload(self.segment.capacity()) {
+            let mut buf = vec![0; len];
+            fill(&mut buf)?;
+            return Ok(self.send(&buf)?);
+        }
+        self.send_in_place(len, fill)
+    }
+
     /// Sends every message of `msgs`, in order, as [`feed`](Self::feed) each and then
     /// [`flush`](Self::flush): the peer is shown them with one store of the ring's tail
     /// and woken at most once, instead of once per message. Nothing waits for a batch to
@@ -342,11 +395,14 @@ impl Connection {
     }
 
     /// This side's doorbell, for the per-OS extension traits and the event-loop drivers.
+    /// (Windows has neither yet: step 3 of docs/WINDOWS.md.)
+    #[cfg(unix)]
     pub(crate) fn doorbell(&self) -> &Doorbell {
         &self.own_doorbell
     }
 
     /// The control channel, for the per-OS extension traits and the event-loop drivers.
+    #[cfg(unix)]
     pub(crate) fn control(&self) -> &ControlStream {
         &self.control
     }
@@ -362,7 +418,7 @@ impl Connection {
     }
 
     /// On a connection of calls, how many the server takes at once.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn concurrent_calls(&self) -> usize {
         self.settings.concurrent_calls
     }
@@ -505,8 +561,14 @@ mod limit_tests {
         assert_eq!(wire_limit(&calls, Side::Client, Direction::Receiving), 1001);
         // The client's: an opening's trailer and metadata.
         let requests = 1000 + crate::core::call::REQUEST_ROOM;
-        assert_eq!(wire_limit(&calls, Side::Client, Direction::Sending), requests);
-        assert_eq!(wire_limit(&calls, Side::Server, Direction::Receiving), requests);
+        assert_eq!(
+            wire_limit(&calls, Side::Client, Direction::Sending),
+            requests
+        );
+        assert_eq!(
+            wire_limit(&calls, Side::Server, Direction::Receiving),
+            requests
+        );
         // Plain messages, either way.
         let plain = settings(Carries::Messages);
         for side in [Side::Server, Side::Client] {

@@ -84,7 +84,7 @@ impl Connection {
     /// with, for an event-loop driver that manages the doorbell itself (see
     /// [`settle_doorbell`](Self::settle_doorbell)) and watches the control socket: it
     /// neither drains the doorbell nor, unless `check_peer`, polls the control socket.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn try_recv_tagged(
         &mut self,
         buf: &mut Vec<u8>,
@@ -355,7 +355,7 @@ impl Connection {
     /// Whether the last receive left a chunked message waiting for room in the server's
     /// memory budget (its first chunk is still in the ring): an event-loop driver then
     /// waits for a release of the budget, not for the doorbell.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn awaiting_budget(&self) -> bool {
         self.awaiting_budget
     }
@@ -385,7 +385,7 @@ impl Connection {
 
     /// [`quiet_deadline`](Self::quiet_deadline) for a driver that receives without
     /// waiting: the chunked message in progress is the one kept between receives.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn quiet_deadline_now(&mut self) -> Option<(Instant, Error)> {
         self.quiet_deadline(self.rx_partial.is_some())
     }

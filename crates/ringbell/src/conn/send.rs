@@ -75,19 +75,80 @@ impl Connection {
     /// The checks before a send: the connection is usable, the message fits the limit
     /// ([`send_limit`](Self::send_limit)), and the peer has not said goodbye.
     pub(crate) fn check_sendable(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.check_sendable_len(msg.len())
+    }
+
+    /// [`check_sendable`](Self::check_sendable) for a message of `len` bytes.
+    pub(crate) fn check_sendable_len(&mut self, len: usize) -> Result<(), Error> {
         self.usable()?;
         let max = self.send_limit();
-        if msg.len() > max {
-            return Err(Error::TooLarge {
-                len: msg.len(),
-                max,
-            });
+        if len > max {
+            return Err(Error::TooLarge { len, max });
         }
         if peer_closed(self.header(), self.side) {
             self.broken = Some(Error::PeerDied);
             return Err(Error::PeerDied);
         }
         Ok(())
+    }
+
+    /// The blocking [`send_with`](Self::send_with), for a message that fits one frame
+    /// (the caller checked `len` with [`check_sendable_len`](Self::check_sendable_len)).
+    pub(crate) fn send_in_place<E: From<Error>>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let deadline = self.settings.send_timeout.and_then(wait::deadline_after);
+        let mut fill = Some(fill);
+        loop {
+            match self.try_push_in_place(len, &mut fill) {
+                Ok(Some(filled)) => return filled,
+                Ok(None) => {}
+                Err(error) => return Err(self.fail_send(error).into()),
+            }
+            match self.wait_for_room(len, deadline) {
+                Ok(Waited::Ready) => {}
+                // Nothing of the message was written: there is nothing to withdraw.
+                Ok(Waited::TimedOut) => return Err(Error::Timeout.into()),
+                Err(error) => return Err(self.fail_send(error).into()),
+            }
+        }
+    }
+
+    /// Writes the frame of a [`send_with`](Self::send_with) in place if it fits now (after
+    /// a pending abort), calling the closure in `fill` then, publishes it and wakes the
+    /// peer. `Ok(None)`: no room yet, and `fill` is untouched. `Ok(Some(Err))`: the
+    /// closure failed and nothing was sent.
+    pub(crate) fn try_push_in_place<E>(
+        &mut self,
+        len: usize,
+        fill: &mut Option<impl FnOnce(&mut [u8]) -> Result<(), E>>,
+    ) -> Result<Option<Result<(), E>>, Error> {
+        debug_assert!(len <= max_frame_payload(self.segment.capacity()));
+        if self.tx_abort_pending {
+            if !self.try_push_frame(FrameKind::Abort, 0, &[], Publish::Now)? {
+                return Ok(None);
+            }
+            self.tx_abort_pending = false;
+        }
+        let written = self
+            .tx
+            .try_write_with(FrameKind::Message, 0, len, |buf| match fill.take() {
+                Some(fill) => fill(buf),
+                None => unreachable!("a send's closure is called once"),
+            })
+            .map_err(corrupted)?;
+        if let Some(Ok(())) = written {
+            self.publish_sent();
+        }
+        Ok(written)
+    }
+
+    /// Records a terminal error of a send as the end of the connection, and returns it.
+    fn fail_send(&mut self, error: Error) -> Error {
+        self.broken = error.terminal_copy();
+        error
     }
 
     /// Pushes as many frames of `msg` as fit now, without waiting, continuing from `sent`.

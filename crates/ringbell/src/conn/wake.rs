@@ -16,7 +16,7 @@ use crate::sys::{self, ControlStream, Doorbell, DoorbellRinger};
 impl Connection {
     /// Registers this side's doorbell and control channel with the current tokio runtime,
     /// for [`wait_for_ring`](Self::wait_for_ring).
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn register_with_runtime(&mut self) -> Result<(), Error> {
         let io = |error| Error::io("registering a connection with the tokio runtime", error);
         self.own_doorbell.register().map_err(io)?;
@@ -24,7 +24,7 @@ impl Connection {
     }
 
     /// Undoes [`register_with_runtime`](Self::register_with_runtime).
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn deregister_from_runtime(&mut self) {
         self.own_doorbell.deregister();
         self.control.deregister();
@@ -34,7 +34,7 @@ impl Connection {
     /// or the control channel reports something (usually the peer's death). The caller
     /// then looks at the rings, and at the peer. `&mut`: a `Connection` is `Send` but not
     /// `Sync` (its ring ends are one producer and one consumer), and the future holds it.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) async fn wait_for_ring(&mut self) -> Result<(), Error> {
         let io = |error| Error::io("waiting for the doorbell", error);
         ::tokio::select! {
@@ -85,7 +85,7 @@ impl Connection {
 
     /// Like [`arm_doorbell`](Self::arm_doorbell), for a sender waiting for room for a
     /// frame of `payload` bytes: returns `false` if it fits already (or the peer has gone).
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn arm_send_doorbell(&mut self, payload: usize) -> Result<bool, Error> {
         self.usable()?;
         self.publish_sent();
@@ -110,25 +110,25 @@ impl Connection {
 
     /// Records that a poller saw this side's doorbell hang up: the peer can no longer wake
     /// us, and its next look at the peer (once the ring is empty) ends the connection.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn doorbell_hung_up(&self) {
         self.own_doorbell.mark_closed();
     }
 
     /// Whether a frame of `payload` bytes fits in the ring now (a spin-phase check).
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, Error> {
         self.tx.has_room(payload).map_err(corrupted)
     }
 
     /// Whether a frame is waiting to be received (a spin-phase check).
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn has_data(&mut self) -> Result<bool, Error> {
         self.rx.has_data().map_err(corrupted)
     }
 
     /// `Err(PeerDied)` if the peer closed or died (one non-blocking syscall).
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn ensure_peer_alive(&mut self) -> Result<(), Error> {
         self.usable()?;
         peer_alive(
@@ -142,7 +142,7 @@ impl Connection {
     }
 
     /// Records `error` as the end of the connection if it is terminal, and returns it.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn fail(&mut self, error: Error) -> Error {
         if self.broken.is_none() {
             self.broken = error.terminal_copy();
@@ -154,7 +154,7 @@ impl Connection {
     /// again, and, if the doorbell rang (`drain`), resets it. A doorbell left rung makes
     /// the next wait return at once, which then drains it: cheaper than a read that finds
     /// nothing after every wake-up for another reason.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn settle_doorbell(&mut self, drain: bool) {
         let rings = rings(&self.segment, self.side);
         wait::withdraw(&rings.rx.readable);
@@ -167,7 +167,7 @@ impl Connection {
 
     /// Whether the announcement made by [`arm_doorbell`](Self::arm_doorbell) still stands:
     /// `false` once the peer took it down to ring (or we withdrew it). One load.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn doorbell_armed(&self) -> bool {
         // SYNC: Relaxed: a stale `true` only delays the sweep that follows the ring, which
         // the doorbell's wake-up then triggers; nothing is read on the strength of it.
@@ -180,7 +180,7 @@ impl Connection {
     }
 
     /// The settings this connection waits with.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn wait_strategy(&self) -> WaitStrategy {
         self.settings.wait
     }
@@ -211,14 +211,14 @@ impl Connection {
     /// only recorded, for the caller to make with [`ring_owed`](Self::ring_owed) and
     /// [`ring_peer`](Self::ring_peer): a server that replies to many connections of one
     /// client in a sweep rings that client's shared doorbell once.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn defer_doorbell_rings(&mut self) {
         self.defer_rings = true;
     }
 
     /// Takes the ring owed since the last call: `Some(doorbell id)` if there is one.
     /// Connections whose peers share a doorbell return the same id.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn ring_owed(&self) -> Option<u64> {
         self.ring_owed
             .swap(false, std::sync::atomic::Ordering::Relaxed)
@@ -226,7 +226,7 @@ impl Connection {
     }
 
     /// Rings the peer's doorbell.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn ring_peer(&self) {
         self.peer_doorbell.ring();
     }

@@ -11,7 +11,7 @@
 
 #[cfg(not(loom))]
 pub(crate) mod call;
-#[cfg(any(feature = "tokio", loom))]
+#[cfg(any(ringbell_async, loom))]
 pub(crate) mod in_flight;
 pub(crate) mod layout;
 pub(crate) mod ring;

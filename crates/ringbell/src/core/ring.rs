@@ -71,6 +71,12 @@ pub(crate) const FRAME_HEADER_LEN: usize = 16;
 pub(crate) const FRAME_ALIGN: usize = 8;
 /// The smallest ring: small enough for tests, large enough for a header and a payload.
 pub(crate) const MIN_CAPACITY: usize = 256;
+/// How many bytes [`Consumer::take_messages`] copies out of the ring at a time: large
+/// enough that a run of small frames is copied in a few long copies (which the CPU
+/// streams, instead of stopping at each header to learn where the payload ends), small
+/// enough that what it copies past the last frame it takes (a chunk it leaves to `peek`)
+/// costs little.
+pub(crate) const COPY_STEP: usize = 4 << 10;
 /// The largest ring: 1 GiB, far beyond any sane use, and safely inside a u32 frame length.
 pub(crate) const MAX_CAPACITY: usize = 1 << 30;
 
@@ -376,6 +382,76 @@ impl Producer {
         Ok(true)
     }
 
+    /// Writes one frame of exactly `len` payload bytes that `fill` writes in place, in the
+    /// ring, without publishing it (as [`try_write`](Self::try_write)). `fill` gets the
+    /// payload's bytes zeroed, so what it leaves unwritten is zero.
+    ///
+    /// Returns `None`, without calling `fill`, if there is no room yet. If `fill` fails,
+    /// or panics, nothing is written: the tail does not move, so the bytes it wrote lie in
+    /// free space that the next frame overwrites.
+    ///
+    /// `len` must be at most [`max_frame_payload`] (checked by the caller; a debug
+    /// assertion here).
+    pub(crate) fn try_write_with<E>(
+        &mut self,
+        kind: FrameKind,
+        correlation: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Option<Result<(), E>>, RingError> {
+        debug_assert!(len <= max_frame_payload(self.ring.capacity));
+        if !self.has_room(len)? {
+            return Ok(None);
+        }
+        let mut pos = self.ring.position(self.tail);
+        let mut tail = self.tail;
+        let to_end = self.ring.capacity - pos;
+        let wraps = frame_size(len) > to_end;
+        if wraps {
+            tail += to_end as u64;
+            pos = 0;
+        }
+        let payload_pos = pos + FRAME_HEADER_LEN;
+        // SAFETY: `has_room` guaranteed `frame_size(len)` free bytes at `pos`, and the frame
+        // does not cross the ring's end (we wrapped to 0 if it would). The bytes between our
+        // tail and the consumer's head are the producer's by the protocol, and nothing in
+        // this process refers to them: the consumer here reads the other ring, and every
+        // other access to this one is a raw copy made by this producer, which `&mut self`
+        // holds. A hostile peer may still write them meanwhile; that can only change the
+        // bytes of the message it receives (the slice is `u8`s, valid whatever they hold),
+        // which is why the caller's docs say not to read back from it.
+        let payload = unsafe {
+            let start = self.ring.data.add(payload_pos);
+            ptr::write_bytes(start, 0, len);
+            std::slice::from_raw_parts_mut(start, len)
+        };
+        if let Err(error) = fill(payload) {
+            return Ok(Some(Err(error)));
+        }
+        if wraps && to_end >= FRAME_HEADER_LEN {
+            let padding = FrameHeader {
+                len: (to_end - FRAME_HEADER_LEN) as u32,
+                kind: FrameKind::Padding,
+                correlation: 0,
+            };
+            // SAFETY: `to_end >= FRAME_HEADER_LEN` bytes remain before the end, free (they
+            // are counted in the room `has_room` found).
+            unsafe {
+                self.ring
+                    .write_at(self.ring.capacity - to_end, &padding.encode())
+            };
+        }
+        let header = FrameHeader {
+            len: len as u32,
+            kind,
+            correlation,
+        };
+        // SAFETY: the header's 16 bytes at `pos` are inside the frame checked above.
+        unsafe { self.ring.write_at(pos, &header.encode()) };
+        self.tail = tail + frame_size(len) as u64;
+        Ok(Some(Ok(())))
+    }
+
     /// Shows the consumer every frame written so far. Returns whether there was anything
     /// new to show.
     pub(crate) fn publish(&mut self) -> bool {
@@ -406,8 +482,19 @@ impl Frame {
     }
 }
 
-/// The reading end of a ring.
+/// What [`Consumer::take_messages`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TakenRun {
+    /// Frames taken.
+    pub(crate) frames: usize,
+    /// Whether the head was published.
+    pub(crate) published: bool,
+}
+
+/// The reading end of a ring. Cloneable only for the fuzz checks, which compare two ways
+/// of reading one ring: two consumers of a real ring would hand its space back twice.
 #[derive(Debug)]
+#[cfg_attr(feature = "__test-api", derive(Clone))]
 pub(crate) struct Consumer {
     ring: RawRing,
     /// Our own count of bytes released; the shared `head` is a copy we never read back.
@@ -584,6 +671,159 @@ impl Consumer {
             // SAFETY: the `len` bytes after the current length were initialised just above.
             out.set_len(out.len() + len);
         }
+    }
+
+    /// Takes a run of whole-message frames at once: copies them out of the ring into
+    /// `out` (appended) in a few large copies rather than a header and a payload at a
+    /// time, releases them (the head is published as `release` publishes it: once an
+    /// eighth of the ring is waiting to be handed back), and calls `each` with each one's
+    /// correlation id and where its payload now lies in `out`. Returns how many it took,
+    /// and whether it published the head (the caller then wakes a waiting producer).
+    ///
+    /// It takes only what [`peek`](Self::peek) would hand out, and less: it stops, taking
+    /// nothing more, before the first frame that is not a [`FrameKind::Message`] of at
+    /// most `max_len` bytes, or that `peek` would refuse, after `max_frames` frames, and
+    /// at the end of what was published. The caller then reads the next frame with
+    /// `peek`, which reports what was wrong with it, if anything. The bytes are checked in
+    /// the private copy, so the peer cannot change a header between its check and its
+    /// use. At most [`COPY_STEP`] bytes are copied beyond the last frame taken. It never
+    /// fails: a tail index the peer broke is left for `peek` to report too, so the frames
+    /// taken before it are not lost with the error.
+    ///
+    /// Padding and the short tail of the ring are skipped as `peek` skips them, so a run
+    /// may continue from the ring's start.
+    pub(crate) fn take_messages(
+        &mut self,
+        out: &mut Vec<u8>,
+        max_frames: usize,
+        max_len: usize,
+        mut each: impl FnMut(u64, std::ops::Range<usize>),
+    ) -> TakenRun {
+        let mut taken = 0;
+        let mut published = false;
+        // A pass ends at the ring's end or at the end of what was published; the second
+        // pass can only start at position 0, so two passes take everything there is.
+        for _ in 0..2 {
+            if taken == max_frames || !matches!(self.has_data(), Ok(true)) {
+                break;
+            }
+            let available = (self.cached_tail - self.head) as usize;
+            let pos = self.ring.position(self.head);
+            let to_end = self.ring.capacity - pos;
+            let run = available.min(to_end);
+            let start = out.len();
+            // Bytes of the run copied to `out[start..]`, and consumed (taken or skipped).
+            let mut copied = 0;
+            let mut consumed = 0;
+            // Where the last frame taken ends, in the run.
+            let mut kept = 0;
+            let reached_end = loop {
+                if consumed == to_end {
+                    break true;
+                }
+                if taken == max_frames || consumed == run {
+                    break false;
+                }
+                let left = run - consumed;
+                if to_end - consumed < FRAME_HEADER_LEN {
+                    // The short tail of the ring, as `peek` skips it: only once all of it
+                    // was published.
+                    if available < to_end {
+                        break false;
+                    }
+                    published |= self.advance(to_end - consumed);
+                    consumed = to_end;
+                    continue;
+                }
+                if left < FRAME_HEADER_LEN {
+                    break false;
+                }
+                self.copy_run(
+                    out,
+                    start,
+                    pos,
+                    run,
+                    &mut copied,
+                    consumed + FRAME_HEADER_LEN,
+                );
+                let at = start + consumed;
+                let mut bytes = [0u8; FRAME_HEADER_LEN];
+                bytes.copy_from_slice(&out[at..at + FRAME_HEADER_LEN]);
+                let Some(header) = FrameHeader::decode(&bytes) else {
+                    break false;
+                };
+                let len = header.len as usize;
+                let size = frame_size(len);
+                match header.kind {
+                    FrameKind::Padding if size == to_end - consumed && available >= to_end => {
+                        published |= self.advance(to_end - consumed);
+                        consumed = to_end;
+                    }
+                    FrameKind::Message
+                        if size <= left
+                            && len <= max_frame_payload(self.ring.capacity)
+                            && len <= max_len =>
+                    {
+                        self.copy_run(out, start, pos, run, &mut copied, consumed + size);
+                        each(
+                            header.correlation,
+                            at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + len,
+                        );
+                        // Released frame by frame, as `release` does, so that the head is
+                        // handed back every eighth of the ring while a long run is copied
+                        // (the producer keeps writing meanwhile), not once at its end.
+                        published |= self.advance(size);
+                        consumed += size;
+                        kept = consumed;
+                        taken += 1;
+                    }
+                    _ => break false,
+                }
+            };
+            out.truncate(start + kept);
+            if !reached_end {
+                break;
+            }
+        }
+        TakenRun {
+            frames: taken,
+            published,
+        }
+    }
+
+    /// Copies more of the run of [`take_messages`](Self::take_messages) out of the ring,
+    /// so that at least `needed` of its `run` bytes (from ring position `pos`) are in
+    /// `out[start..]`: [`COPY_STEP`] at a time, or more when a frame needs it.
+    fn copy_run(
+        &self,
+        out: &mut Vec<u8>,
+        start: usize,
+        pos: usize,
+        run: usize,
+        copied: &mut usize,
+        needed: usize,
+    ) {
+        debug_assert!(needed <= run && out.len() == start + *copied);
+        if needed <= *copied {
+            return;
+        }
+        let upto = needed.max(*copied + COPY_STEP).min(run);
+        let len = upto - *copied;
+        out.reserve(len);
+        let spare = &mut out.spare_capacity_mut()[..len];
+        // SAFETY: `run` bytes from `pos` lie inside the ring (the caller made `run` at
+        // most the bytes to its end), and `spare` has room for `len` bytes; `u8` has no
+        // invalid bit patterns.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.ring.data.add(pos + *copied),
+                spare.as_mut_ptr().cast::<u8>(),
+                len,
+            );
+            // SAFETY: the `len` bytes after the current length were initialised just above.
+            out.set_len(out.len() + len);
+        }
+        *copied = upto;
     }
 
     /// Releases `frame`, which must be the one `peek` returned last. Returns whether the
@@ -771,6 +1011,167 @@ mod tests {
         assert!(consumer.peek().is_err());
     }
 
+    /// Everything `take_messages` takes: (correlation, payload) in order.
+    fn take_all(
+        consumer: &mut Consumer,
+        max_frames: usize,
+        max_len: usize,
+    ) -> (Vec<(u64, Vec<u8>)>, TakenRun) {
+        let mut out = vec![0xaa; 3]; // appended to, not replaced
+        let mut found = Vec::new();
+        let run = consumer.take_messages(&mut out, max_frames, max_len, |correlation, range| {
+            found.push((correlation, range))
+        });
+        assert_eq!(&out[..3], &[0xaa; 3], "what was in `out` stays");
+        let found = found
+            .into_iter()
+            .map(|(correlation, range)| (correlation, out[range].to_vec()))
+            .collect();
+        (found, run)
+    }
+
+    #[test]
+    fn a_run_is_taken_whole_across_the_ring_end_and_stops_at_a_chunk() {
+        let mut heap = HeapRing::new(1024);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        // Move to near the end, so that the run wraps: 13 frames of 64 bytes (832).
+        for _ in 0..13 {
+            assert!(producer
+                .try_push(FrameKind::Message, 0, &[&[0; 48]])
+                .unwrap());
+        }
+        assert_eq!(take_all(&mut consumer, usize::MAX, usize::MAX).0.len(), 13);
+        consumer.publish();
+        let mut expected = Vec::new();
+        for index in 0..6u64 {
+            let payload: Vec<u8> = (0..index as usize * 11).map(|i| i as u8).collect();
+            assert!(producer
+                .try_write(FrameKind::Message, index, &[&payload])
+                .unwrap());
+            expected.push((index, payload));
+        }
+        assert!(producer
+            .try_write(FrameKind::First, 9, &[&[1; 100]])
+            .unwrap());
+        producer.publish();
+        let (found, run) = take_all(&mut consumer, usize::MAX, usize::MAX);
+        assert_eq!(found, expected, "all six, in order, through the padding");
+        assert!(
+            run.published,
+            "more than an eighth of the ring was handed back"
+        );
+        // The chunk is left for `peek`.
+        let frame = consumer.peek().unwrap().unwrap();
+        assert_eq!(frame.header.kind, FrameKind::First);
+    }
+
+    #[test]
+    fn a_run_respects_its_limits() {
+        let mut heap = HeapRing::new(1024);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        for (index, len) in [3usize, 5, 200, 7].into_iter().enumerate() {
+            assert!(producer
+                .try_push(FrameKind::Message, index as u64, &[&vec![index as u8; len]])
+                .unwrap());
+        }
+        let (found, _) = take_all(&mut consumer, 1, usize::MAX);
+        assert_eq!(found, vec![(0, vec![0; 3])]);
+        // A message over the length limit stops the run before it; `peek` then has it.
+        let (found, _) = take_all(&mut consumer, usize::MAX, 100);
+        assert_eq!(found, vec![(1, vec![1; 5])]);
+        assert_eq!(consumer.peek().unwrap().unwrap().payload_len(), 200);
+        assert_eq!(take_all(&mut consumer, 0, usize::MAX).0, vec![]);
+    }
+
+    #[test]
+    fn a_broken_tail_leaves_the_run_empty_and_peek_reports_it() {
+        let mut heap = HeapRing::new(256);
+        let mut consumer = Consumer::new(heap.raw());
+        heap.control.tail.store(10_000, Ordering::Relaxed);
+        let (found, run) = take_all(&mut consumer, usize::MAX, usize::MAX);
+        assert!(found.is_empty() && !run.published);
+        assert!(consumer.peek().is_err());
+    }
+
+    #[test]
+    fn writing_in_place_zeroes_calls_once_and_commits_only_on_success() {
+        let mut heap = HeapRing::new(256);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        // Dirty the ring, then read it dry, so that zeroes come from the fill, not the ring.
+        assert!(producer
+            .try_push(FrameKind::Message, 0, &[&[0xff; 48]])
+            .unwrap());
+        assert_eq!(pop(&mut consumer).unwrap().1, [0xff; 48]);
+        // A closure that writes part: the rest is zero.
+        let written = producer
+            .try_write_with(FrameKind::Message, 5, 10, |buf| {
+                assert_eq!(buf, [0; 10]);
+                buf[..3].copy_from_slice(b"abc");
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(written, Some(Ok(())));
+        assert_eq!(consumer.peek().unwrap(), None, "written, not published");
+        producer.publish();
+        assert_eq!(pop(&mut consumer).unwrap().1, b"abc\0\0\0\0\0\0\0");
+        // A failing closure: nothing written, the tail did not move.
+        let tail = producer.tail();
+        let failed = producer
+            .try_write_with(FrameKind::Message, 0, 10, |buf| {
+                buf.fill(9);
+                Err::<(), _>("no")
+            })
+            .unwrap();
+        assert_eq!(failed, Some(Err("no")));
+        assert_eq!(producer.tail(), tail);
+        // A panicking one: the same.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            producer.try_write_with(FrameKind::Message, 0, 10, |_| -> Result<(), ()> {
+                panic!("the serializer gave up")
+            })
+        }));
+        assert!(result.is_err());
+        assert_eq!(producer.tail(), tail);
+        assert!(!producer.publish(), "nothing to publish");
+        assert_eq!(consumer.peek().unwrap(), None);
+        // No room: the closure is not called.
+        for _ in 0..3 {
+            assert!(producer
+                .try_push(FrameKind::Message, 0, &[&[1; 48]])
+                .unwrap());
+        }
+        let no_room = producer
+            .try_write_with(FrameKind::Message, 0, 48, |_| -> Result<(), ()> {
+                panic!("called without room")
+            })
+            .unwrap();
+        assert_eq!(no_room, None);
+    }
+
+    #[test]
+    fn writing_in_place_pads_the_ring_end_like_a_push() {
+        let mut heap = HeapRing::new(256);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        for round in 0..100u32 {
+            let len = [24usize, 40, 8, 0, 33][round as usize % 5];
+            let byte = round as u8;
+            let written = producer
+                .try_write_with(FrameKind::Message, round.into(), len, |buf| {
+                    buf.fill(byte);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            assert_eq!(written, Some(Ok(())));
+            producer.publish();
+            let (found, _) = take_all(&mut consumer, usize::MAX, usize::MAX);
+            assert_eq!(found, vec![(u64::from(round), vec![byte; len])]);
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Push(usize),
@@ -817,6 +1218,60 @@ mod tests {
             }
             while let Some(expected) = model.pop_front() {
                 prop_assert_eq!(pop(&mut consumer).map(|(_, bytes)| bytes), Some(expected));
+            }
+            prop_assert!(pop(&mut consumer).is_none());
+        }
+
+        /// A consumer that takes runs (`take_messages`, with random limits) and reads the
+        /// other frames with `peek` delivers what was pushed, in order: small messages,
+        /// chunk frames among them, written now and then in place, published in groups.
+        #[test]
+        fn runs_and_peeks_deliver_what_was_pushed(
+            capacity_log in 8u32..=11,
+            ops in proptest::collection::vec((0usize..=300, 0u8..8, 1usize..20), 1..300),
+        ) {
+            let capacity = 1usize << capacity_log;
+            let mut heap = HeapRing::new(capacity);
+            let mut producer = Producer::new(heap.raw());
+            let mut consumer = Consumer::new(heap.raw());
+            let mut model: VecDeque<(FrameKind, Vec<u8>)> = VecDeque::new();
+            for (index, (len, what, max_frames)) in ops.into_iter().enumerate() {
+                let len = len.min(max_frame_payload(capacity));
+                let payload: Vec<u8> = (0..len).map(|i| (i + index) as u8).collect();
+                let kind = if what == 0 { FrameKind::Middle } else { FrameKind::Message };
+                let pushed = if what == 1 {
+                    producer
+                        .try_write_with(kind, 0, len, |buf| {
+                            buf.copy_from_slice(&payload);
+                            Ok::<(), ()>(())
+                        })
+                        .unwrap()
+                        .is_some()
+                } else {
+                    producer.try_write(kind, 0, &[&payload]).unwrap()
+                };
+                if pushed {
+                    model.push_back((kind, payload));
+                }
+                if what >= 6 || !pushed {
+                    producer.publish();
+                    // Read: a run, then one frame with `peek` if the run stopped at one.
+                    let (found, _) = take_all(&mut consumer, max_frames, usize::MAX);
+                    for (_, bytes) in found {
+                        let (kind, expected) = model.pop_front().expect("a frame in the model");
+                        prop_assert_eq!(kind, FrameKind::Message);
+                        prop_assert_eq!(bytes, expected);
+                    }
+                    if let Some((kind, bytes)) = pop(&mut consumer) {
+                        let (model_kind, expected) = model.pop_front().expect("a frame in the model");
+                        prop_assert_eq!(kind, model_kind);
+                        prop_assert_eq!(bytes, expected);
+                    }
+                }
+            }
+            producer.publish();
+            while let Some((kind, expected)) = model.pop_front() {
+                prop_assert_eq!(pop(&mut consumer), Some((kind, expected)));
             }
             prop_assert!(pop(&mut consumer).is_none());
         }

@@ -15,7 +15,7 @@ use crate::sys::{self, ControlStream, Doorbell, DoorbellRinger, Grant, SharedReg
 /// duplicate of `bell`, and the server rings `ringer`. Shared by one server's connections
 /// only: a server can shut the ringer's socket down (it holds it), which silences the
 /// doorbell for everyone who rings it, so it must not be another server's.
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 #[derive(Debug)]
 pub(crate) struct SharedDoorbell {
     pub(crate) bell: Doorbell,
@@ -23,14 +23,14 @@ pub(crate) struct SharedDoorbell {
 }
 
 /// Picks the shared doorbell for the connections to the server process with this pid.
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 pub(crate) type DoorbellFor<'a> =
     &'a (dyn Fn(u32) -> Result<std::sync::Arc<SharedDoorbell>, Error> + Sync);
 
 /// Connects to the server at `path` for calls and runs the client's side of the
 /// handshake. The connection's doorbell is the one `shared` picks for the server's pid,
 /// which is returned with the connection.
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 pub(crate) fn connect_sharing(
     path: &std::path::Path,
     config: &ClientConfig,
@@ -54,7 +54,7 @@ pub(crate) fn connect_sharing(
 }
 
 /// Connects to the server at `path` for calls, with a doorbell of its own (`test_api`).
-#[cfg(all(feature = "__test-api", feature = "tokio"))]
+#[cfg(feature = "__test-api")]
 pub(crate) fn connect_for_calls(
     path: &std::path::Path,
     config: &ClientConfig,
@@ -69,10 +69,10 @@ pub(crate) fn connect(path: &std::path::Path, config: &ClientConfig) -> Result<C
 }
 
 /// What `connect_with` asks for the doorbell to share with the server of a given pid.
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 type PickDoorbell<'a> = &'a mut dyn FnMut(u32) -> Result<std::sync::Arc<SharedDoorbell>, Error>;
 
-#[cfg(not(feature = "tokio"))]
+#[cfg(not(ringbell_async))]
 type PickDoorbell<'a> = &'a mut std::convert::Infallible;
 
 /// The client's side of the handshake, for a connection that carries `carries` (the server
@@ -164,7 +164,7 @@ fn connect_with(
             Doorbell::adopt(client_doorbell)
                 .map_err(|error| socket_error("checking the client's doorbell", error))?
         }
-        #[cfg(feature = "tokio")]
+        #[cfg(ringbell_async)]
         Some(pick) => {
             // The doorbell the server made for us is not needed: it will ring ours.
             drop(client_doorbell);
@@ -185,7 +185,7 @@ fn connect_with(
                 .map_err(|error| socket_error("sending the ack", error))?;
             own
         }
-        #[cfg(not(feature = "tokio"))]
+        #[cfg(not(ringbell_async))]
         Some(never) => match *never {},
     };
     control

@@ -6,8 +6,19 @@
 //! - [`client`]: the client's side, which blocks until done or its deadline.
 //!
 //! The OS objects of a connection (its shared region and doorbell ends) travel as grants
-//! (`sys::Grant`) beside the bytes: as fds with `SCM_RIGHTS` on Unix. The handshake does
-//! not know what they are.
+//! (`sys::Grant`) beside the bytes: as fds with `SCM_RIGHTS` on Unix; on Windows as handle
+//! values in the pipe's frames, the server's pushed into the client with `DuplicateHandle`
+//! (its own process handle with them, so that the client's waits see it die) and the
+//! client's offered for the server to pull. The handshake does not know what they are.
+//!
+//! A failed handshake retracts what it pushed, where that is safe: on Windows a welcome
+//! whose frame is not written whole takes its pushed handles back from the client (the
+//! client cannot know their values), and on Unix fds never sent are closed here. Once the
+//! welcome is written whole its handles are the client's, as received fds are on Unix:
+//! taking them back then could close a handle of the client's that reused the value after
+//! the client dropped its own, so a handshake that fails later (no ack, a bad ack, a
+//! timeout) leaves them to the client, which closes them as its connect fails, or holds
+//! them until it exits.
 //!
 //! ```text
 //! client                                   server
@@ -44,9 +55,9 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 
 pub(crate) use client::connect;
-#[cfg(all(feature = "__test-api", feature = "tokio"))]
+#[cfg(feature = "__test-api")]
 pub(crate) use client::connect_for_calls;
-#[cfg(feature = "tokio")]
+#[cfg(ringbell_async)]
 pub(crate) use client::{connect_sharing, SharedDoorbell};
 pub(crate) use server::{refuse_busy, ServerHandshake, Step};
 pub(crate) use wire::Carries;

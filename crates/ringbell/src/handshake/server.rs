@@ -61,6 +61,10 @@ struct ServerHalf {
 }
 
 /// What one [`ServerHandshake::advance`] achieved.
+// `Waiting` is larger than the rest where a control stream carries its own buffers and
+// locks (Windows); it is the common step, moved straight back into the caller's list, so
+// boxing it would only add an allocation per step.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Step {
     /// The client has not sent enough yet: wait for the fd to be readable again.
@@ -97,7 +101,7 @@ impl ServerHandshake {
 
     /// Registers the control stream with the current tokio runtime, so that a task can
     /// await it (`control().stirred()`). The connection made at the end is not registered.
-    #[cfg(feature = "tokio")]
+    #[cfg(ringbell_async)]
     pub(crate) fn register_with_runtime(&mut self) -> std::io::Result<()> {
         self.control.register()
     }
@@ -304,7 +308,7 @@ impl ServerHandshake {
         // Clearing the deadline only resets socket timeouts; a failure would leave a bound
         // on blocking socket calls, which the connection no longer makes.
         let _ = self.control.set_deadline(None);
-        #[cfg(feature = "tokio")]
+        #[cfg(ringbell_async)]
         self.control.deregister();
         let mut connection = Connection::new(
             half.segment,

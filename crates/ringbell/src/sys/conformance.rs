@@ -6,6 +6,20 @@
 //!
 //! These are in-process tests of the contract's parts. The whole library's cross-process
 //! suites (`tests/`) run against each backend too.
+//!
+//! The Windows backend runs them too, under Wine in CI (`cargo test -p ringbell --lib
+//! --target x86_64-pc-windows-gnu sys::conformance`). Where it differs in kind, a test says
+//! so with `cfg!(windows)` or a `cfg` and the reason (docs/WINDOWS.md lists them):
+//!
+//! - an address is a pipe name, not a file: nothing is left in the file system to look
+//!   at, no stale socket file to replace, and a file at the path is another namespace;
+//! - a doorbell is an auto-reset event: the wait that sees a ring also resets it, and a
+//!   dropped ringer is invisible (an event has no other end to hang up);
+//! - a sleep ends with the peer's *process*, not with its end of the stream: two streams
+//!   in one process cannot show a death to a sleep (the cross-process suites and
+//!   `sys/windows/tests.rs` kill real peers), and `peer_gone` sees a hang-up once the bytes
+//!   sent before it are read;
+//! - a section cannot shrink at all, and a user has no uid.
 
 #![allow(unsafe_code)]
 
@@ -104,6 +118,10 @@ fn a_region_is_zeroed_and_shared_with_whoever_adopts_its_grant() {
 
 /// The defence against `SIGBUS`: a peer that holds the region (its grant) cannot shrink it
 /// under our mapping.
+// Unix only: it shrinks the object with ftruncate. A Windows section has no call that
+// shrinks it (its size is fixed at creation), and a pushed one lacks SECTION_EXTEND_SIZE,
+// which `sys/windows/tests.rs` checks in the child that receives it.
+#[cfg(unix)]
 #[test]
 #[cfg_attr(
     all(target_os = "linux", ringbell_force_posix),
@@ -169,11 +187,17 @@ fn a_doorbell_wakes_its_sleeper_and_stays_rung_until_drained() {
     let (_listener, client, _server) = control_pair(&scratch.path("control"));
     let (bell, ringer) = doorbell_pair().unwrap();
 
-    // Rung before the sleep: the sleep returns at once (a ring is never lost), and again
-    // until drained.
+    // Rung before the sleep: the sleep returns at once (a ring is never lost), and on Unix
+    // again until drained. On Windows the wait that sees the ring resets it (an
+    // auto-reset event), so a second sleep ends by its deadline, which is near.
     ringer.ring();
     sleep_until_rung(&bell, &client, Some(far_deadline()));
-    sleep_until_rung(&bell, &client, Some(far_deadline()));
+    let again = if cfg!(windows) {
+        Instant::now() + Duration::from_millis(30)
+    } else {
+        far_deadline()
+    };
+    sleep_until_rung(&bell, &client, Some(again));
     bell.drain();
 
     // Not rung: the sleep ends by its deadline (it may end early: callers loop).
@@ -227,6 +251,11 @@ fn a_doorbell_end_travels_and_still_rings() {
     sleep_until_rung(&bell, &client, Some(far_deadline()));
 }
 
+// Unix only: the peer here is a stream in this same process, and on Windows a sleep ends
+// with the peer's process, which does not end. `peer_gone` for a stream dropped in-process
+// is the next test; a killed peer process ending a sleep is in `sys/windows/tests.rs` and
+// the cross-process suites.
+#[cfg(unix)]
 #[test]
 fn the_death_of_the_peer_ends_a_doorbell_sleep_and_shows_on_its_control_stream() {
     let scratch = Scratch::new("peer-gone");
@@ -250,6 +279,32 @@ fn the_death_of_the_peer_ends_a_doorbell_sleep_and_shows_on_its_control_stream()
     assert!(!bell.closed(), "the doorbell's own peer end is still open");
 }
 
+/// Windows: the hang-up of a stream's peer shows on the stream once the bytes it sent
+/// before are read (`PeekNamedPipe` succeeds while some are unread), and bytes are never
+/// taken for a death.
+#[cfg(windows)]
+#[test]
+fn a_stream_whose_peer_hangs_up_shows_it_once_its_bytes_are_read() {
+    let scratch = Scratch::new("peer-gone");
+    let (_listener, client, server) = control_pair(&scratch.path("control"));
+    assert!(!client.peer_gone());
+    server.write_all(b"noise").unwrap();
+    assert!(
+        !client.peer_gone(),
+        "bytes on the control stream read as a death"
+    );
+    drop(server);
+    let mut noise = [0u8; 5];
+    client.recv_with_grants(&mut noise).unwrap();
+    assert_eq!(&noise, b"noise");
+    assert!(client.peer_gone());
+    let (bell, _ringer) = doorbell_pair().unwrap();
+    assert!(!bell.closed(), "the doorbell's own peer end is still open");
+}
+
+// Unix only: a Windows doorbell is an event, which has no other end to hang up; a dropped
+// ringer is not seen (`closed` is always false), the peer's process is.
+#[cfg(unix)]
 #[test]
 fn a_doorbell_whose_peer_end_hangs_up_says_so() {
     let scratch = Scratch::new("doorbell-hang-up");
@@ -268,7 +323,8 @@ fn a_control_stream_knows_its_peers_user() {
     let (_listener, client, server) = control_pair(&scratch.path("control"));
     assert_eq!(client.peer_user().unwrap(), current_user());
     assert_eq!(server.peer_user().unwrap(), current_user());
-    assert!(current_user().uid().is_some(), "Unix users have uids");
+    // Unix users have uids; Windows users have SIDs, and no uid.
+    assert_eq!(current_user().uid().is_some(), cfg!(unix));
 }
 
 #[test]
@@ -280,18 +336,35 @@ fn a_listener_refuses_a_live_address_replaces_a_dead_one_and_cleans_up() {
     assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
     drop(listener);
     assert!(!path.exists(), "the listener's address outlived it");
+    #[cfg(windows)]
+    {
+        // A pipe name goes with its last instance: nothing is left to replace, and the
+        // name is free again. A file at the path lives in another namespace than the
+        // pipe's name, and is never touched.
+        drop(ControlListener::bind(&path, false).unwrap());
+        std::fs::write(&path, b"precious").unwrap();
+        drop(ControlListener::bind(&path, false).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+    #[cfg(unix)]
+    {
+        a_dead_servers_socket_is_replaced_and_a_file_never_touched(&path);
+    }
+}
 
+#[cfg(unix)]
+fn a_dead_servers_socket_is_replaced_and_a_file_never_touched(path: &Path) {
     // A dead server's address: a socket file nobody listens on.
-    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let stale = std::os::unix::net::UnixListener::bind(path).unwrap();
     drop(stale);
     assert!(path.exists());
-    let listener = ControlListener::bind(&path, false).unwrap();
+    let listener = ControlListener::bind(path, false).unwrap();
     drop(listener);
 
     // Something that is not a listener's address is never touched.
-    std::fs::write(&path, b"precious").unwrap();
-    assert!(ControlListener::bind(&path, false).is_err());
-    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    std::fs::write(path, b"precious").unwrap();
+    assert!(ControlListener::bind(path, false).is_err());
+    assert_eq!(std::fs::read(path).unwrap(), b"precious");
 }
 
 #[test]
@@ -382,7 +455,8 @@ fn the_shared_wait_wakes_a_sleeper_if_the_backend_has_one() {
 
 #[test]
 fn running_out_of_handles_is_recognised_and_the_limit_named() {
-    let exhausted = io::Error::from_raw_os_error(24); // EMFILE on every Unix
+    // EMFILE on every Unix; ERROR_NO_SYSTEM_RESOURCES on Windows, which has no fd limit.
+    let exhausted = io::Error::from_raw_os_error(if cfg!(windows) { 1450 } else { 24 });
     assert!(is_resource_exhaustion(&exhausted));
     assert!(!is_resource_exhaustion(&io::Error::from(
         io::ErrorKind::NotFound
@@ -395,7 +469,8 @@ fn running_out_of_handles_is_recognised_and_the_limit_named() {
     );
 }
 
-#[cfg(feature = "tokio")]
+// Windows has no readiness yet (step 3 of docs/WINDOWS.md): `ringbell_async` is off there.
+#[cfg(ringbell_async)]
 mod readiness {
     use super::*;
 

@@ -60,7 +60,7 @@
 //! | `linux` | Linux | sealed memfd | shared futex | epoll (through mio) |
 //! | `macos` | macOS (compiled and linted, never run yet) | `shm_open`, unlinked at once | `os_sync_wait_on_address` (14.4+), else the doorbell | kqueue (through mio) |
 //! | `posix` | Linux with `--cfg ringbell_force_posix`, to test what macOS runs | `shm_open`, unlinked at once | the doorbell | epoll (through mio) |
-//! | `windows` | Windows (steps 1 and 2a of `docs/WINDOWS.md`, tested under Wine only) | an unnamed `SEC_COMMIT` section | the doorbell: an auto-reset event (waits end with the peer's process) | not yet |
+//! | `windows` | Windows (steps 1 to 2b of `docs/WINDOWS.md`, tested under Wine only) | an unnamed `SEC_COMMIT` section | the doorbell: an auto-reset event (waits end with the peer's process) | not yet (step 3) |
 //!
 //! `posix/` holds everything the backends share (sockets, doorbells, grants, credentials,
 //! the poller, readiness, limits, and the `shm_open` region); `linux/` and `macos/` hold
@@ -74,17 +74,27 @@
 //! error.
 //!
 //! `windows/` is the Windows backend, built in the steps of `docs/WINDOWS.md`. It has, so
-//! far, the region, grants (handles pushed with `DuplicateHandle` or pulled from the
-//! client, and the checks of a received handle value), doorbells, users and the control
-//! channel (named pipes, whose frames carry handle values beside the bytes), tested under
-//! Wine in CI with real processes; its use above `sys` (step 2b), readiness, the poller
-//! and the limits come next. Its framing and address rule are platform-free and tested on
-//! every OS.
+//! far, the whole contract but readiness and the poller: the region, grants (handles
+//! pushed with `DuplicateHandle` or pulled from the client, and the checks of a received
+//! handle value), doorbells, users, the control channel (named pipes, whose frames carry
+//! handle values beside the bytes), `wait_readable` and the limits, so the blocking API
+//! above `sys` is built there, and tested under Wine in CI with real processes (this
+//! conformance suite among its tests). Readiness and the poller (step 3) come next; until
+//! then `build.rs` leaves `ringbell_async`, and with it the async API, off on Windows. Its
+//! framing and address rule are platform-free and tested on every OS.
+//!
+//! Where the Windows backend differs from the Unix ones in kind, within the contract:
+//! `sleep_until_rung` learns of the peer's death from the peer's process (which the
+//! `ControlStream` holds), not from the stream's hang-up; a doorbell is reset by the wait
+//! that sees its ring, and its `closed()` is always `false` (an event has no other end);
+//! `wait_readable` waits on the listener's event and looks at streams in short pauses
+//! (a byte-mode pipe signals nothing without a read in flight); an address is a pipe
+//! name, which goes with its last instance; there is no handle limit to raise.
 
 #[cfg(unix)]
 mod posix;
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod conformance;
 
 #[cfg(all(target_os = "linux", not(ringbell_force_posix)))]
@@ -115,22 +125,22 @@ pub(crate) use macos::{shared_wait, SharedRegion, BACKEND};
 #[cfg(all(target_os = "linux", ringbell_force_posix))]
 pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
-// Windows: steps 1 and 2a of docs/WINDOWS.md, the region, grants, doorbells, users and
-// the control channel. Until step 2b the modules above `sys` that use the contract are
-// left out of Windows builds (`cfg_full_contract!` in lib.rs), and `sleep_until_rung`
-// takes the peer's process instead of a `ControlStream`.
+// Windows: steps 1, 2a and 2b of docs/WINDOWS.md: the whole contract but readiness and
+// the poller (step 3), so the blocking API above `sys` is built there and the async one is
+// not (`ringbell_async`, set by `build.rs`, is off on Windows).
 // On other OSes for its tests: its framing and address rule are platform-free.
 #[cfg(any(windows, test))]
 mod windows;
 
-// Unused above `sys` until the modules that need the control channel are built there.
 #[cfg(windows)]
-#[allow(unused_imports)]
 pub(crate) use windows::{
-    current_user, doorbell_pair, sleep_until_rung, ControlListener, ControlStream, Doorbell,
-    DoorbellRinger, Grant, PeerProcess, PushedHandle, Rang, SharedRegion, User, BACKEND,
-    MAX_GRANTS,
+    current_user, doorbell_pair, is_resource_exhaustion, raise_resource_limit, shared_wait,
+    sleep_until_rung, wait_readable, ControlListener, ControlStream, Doorbell, DoorbellRinger,
+    Grant, SharedRegion, Source, User, BACKEND, OUT_OF_HANDLES, RAISE_LIMIT_HINT,
 };
+// The handshake sends fewer; the conformance suite checks the limit.
+#[cfg(all(windows, test))]
+pub(crate) use windows::MAX_GRANTS;
 
 #[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]
 compile_error!("ringbell has backends for Linux, macOS (the POSIX one) and, in part, Windows only");

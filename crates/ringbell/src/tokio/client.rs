@@ -306,7 +306,9 @@ impl Client {
         request: &[u8],
         options: CallOptions,
     ) -> Result<ResponseStream, Error> {
-        let (_, stream) = self.start_stream(request, options, Mode::ServerStream).await?;
+        let (_, stream) = self
+            .start_stream(request, options, Mode::ServerStream)
+            .await?;
         Ok(stream)
     }
 
@@ -429,7 +431,11 @@ impl Client {
             correlation,
             message,
             sink,
-            window: if mode.takes_stream() { options.window } else { 0 },
+            window: if mode.takes_stream() {
+                options.window
+            } else {
+                0
+            },
             send_credit,
             permit,
         };
@@ -543,7 +549,8 @@ impl Outbox {
     ) -> Result<(bool, Option<usize>), Error> {
         let mut moved = false;
         while let Some(queued) = self.queue.front() {
-            match connection.push_some(&queued.message, queued.id, &mut self.progress, Publish::Now) {
+            match connection.push_some(&queued.message, queued.id, &mut self.progress, Publish::Now)
+            {
                 Ok(Pushed::Done) => {
                     self.bytes -= queued.message.len();
                     self.finals -= usize::from(queued.ends_call);
@@ -824,7 +831,9 @@ impl Member {
                     // Sent before our cancel reached the server: for nobody.
                     Sink::Gone => return Ok(()),
                     Sink::Stream(_) if pending.credit > 0 => None,
-                    Sink::Stream(_) => Some("the server streamed more messages than the call's credit allows"),
+                    Sink::Stream(_) => {
+                        Some("the server streamed more messages than the call's credit allows")
+                    }
                     Sink::Reply(_) => Some("the server streamed a message on a unary call"),
                 };
                 if let Some(detail) = over {
@@ -1024,7 +1033,11 @@ impl GroupDriver {
                 let Some(member) = self.member_mut(id) else {
                     return;
                 };
-                if member.pending.get_mut(correlation).is_some_and(|pending| pending.is_live()) {
+                if member
+                    .pending
+                    .get_mut(correlation)
+                    .is_some_and(|pending| pending.is_live())
+                {
                     member.outbox.push(correlation, message);
                 }
             }
@@ -1032,7 +1045,11 @@ impl GroupDriver {
                 let Some(member) = self.member_mut(id) else {
                     return;
                 };
-                if member.pending.get_mut(correlation).is_some_and(|pending| pending.is_live()) {
+                if member
+                    .pending
+                    .get_mut(correlation)
+                    .is_some_and(|pending| pending.is_live())
+                {
                     member.outbox.push(correlation, encode_end());
                 }
             }

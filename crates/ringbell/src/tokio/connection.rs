@@ -4,7 +4,8 @@ use std::path::Path;
 
 use super::spin;
 use crate::config::ClientConfig;
-use crate::conn::{Connection, Publish, Pushed, SendProgress};
+use crate::conn::{Batch, Connection, Publish, Pushed, SendProgress};
+use crate::core::ring::max_frame_payload;
 use crate::core::wait::PEER_CHECK_INTERVAL;
 use crate::error::Error;
 
@@ -108,6 +109,54 @@ impl AsyncConnection {
         fed
     }
 
+    /// Sends one message of exactly `len` bytes that `fill` writes straight into the ring:
+    /// [`Connection::send_with`], awaiting room instead of blocking. `fill` is called once
+    /// there is room, and runs to its end before the future can be dropped, so a
+    /// cancelled send writes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send_with`], without `Timeout`: wrap the future in
+    /// `tokio::time::timeout` for a deadline.
+    pub async fn send_with<E: From<Error>>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.inner.check_sendable_len(len)?;
+        if len > max_frame_payload(self.inner.ring_capacity()) {
+            let mut buf = vec![0; len];
+            fill(&mut buf)?;
+            return Ok(self.send(&buf).await?);
+        }
+        let mut fill = Some(fill);
+        loop {
+            match self.inner.try_push_in_place(len, &mut fill) {
+                Ok(Some(filled)) => return filled,
+                Ok(None) => {}
+                Err(error) => return Err(self.inner.fail(error).into()),
+            }
+            self.wait_for_room(len).await?;
+        }
+    }
+
+    /// Awaits room for a frame of `payload` bytes: spin, then the doorbell.
+    async fn wait_for_room(&mut self, payload: usize) -> Result<(), Error> {
+        // The room we wait for is taken by what we wrote: the peer must see it.
+        self.inner.publish_sent();
+        let connection = &mut self.inner;
+        let strategy = connection.wait_strategy();
+        if spin(strategy, || connection.has_room(payload)).await? {
+            return Ok(());
+        }
+        if !self.inner.arm_send_doorbell(payload)? {
+            return Ok(());
+        }
+        self.inner.wait_for_ring().await?;
+        self.inner.settle_doorbell(true);
+        self.inner.ensure_peer_alive()
+    }
+
     /// Writes one message with `correlation`, awaiting room, shown to the peer as
     /// `publish` says.
     async fn send_framed(
@@ -161,9 +210,34 @@ impl AsyncConnection {
     /// stall timeout passed with nothing moving (see
     /// [`ServerConfig::idle_timeout`](crate::ServerConfig::idle_timeout)).
     pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, Error> {
+        self.receive_with(|inner| inner.try_recv(buf)).await
+    }
+
+    /// Receives every message already waiting, up to `limit`, into `batch` (replacing its
+    /// contents), and returns how many: [`Connection::recv_batch`], awaiting the first
+    /// message instead of blocking. Nothing waits for the batch to fill. Cancellation-safe,
+    /// like [`recv`](Self::recv): a batch is taken whole in one step, or not at all.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub async fn recv_batch(&mut self, batch: &mut Batch, limit: usize) -> Result<usize, Error> {
+        self.receive_with(|inner| {
+            Ok(Some(inner.try_recv_batch(batch, limit)?).filter(|&taken| taken > 0))
+        })
+        .await
+    }
+
+    /// Tries `attempt` (a receive that does not wait) until it returns something, awaiting
+    /// the doorbell between tries. Cancellation-safe if `attempt` is: the future is only
+    /// ever dropped between two of them.
+    async fn receive_with<T>(
+        &mut self,
+        mut attempt: impl FnMut(&mut Connection) -> Result<Option<T>, Error>,
+    ) -> Result<T, Error> {
         loop {
-            if let Some(len) = self.inner.try_recv(buf)? {
-                return Ok(len);
+            if let Some(received) = attempt(&mut self.inner)? {
+                return Ok(received);
             }
             if let Some(budget) = self
                 .inner
@@ -175,8 +249,8 @@ impl AsyncConnection {
                 // budget: wait for the next release. Registered before the retry, so no
                 // release is missed; bounded, so that the peer's death is still noticed.
                 let notice = budget.notice();
-                if let Some(len) = self.inner.try_recv(buf)? {
-                    return Ok(len);
+                if let Some(received) = attempt(&mut self.inner)? {
+                    return Ok(received);
                 }
                 if self.inner.awaiting_budget() {
                     let _ = ::tokio::time::timeout(PEER_CHECK_INTERVAL, notice.wait()).await;
@@ -199,8 +273,8 @@ impl AsyncConnection {
                     if waited.await.is_err() {
                         // Nothing moved for the idle or stall timeout; but a message that
                         // came in just now is still taken first.
-                        if let Some(len) = self.inner.try_recv(buf)? {
-                            return Ok(len);
+                        if let Some(received) = attempt(&mut self.inner)? {
+                            return Ok(received);
                         }
                         return Err(self.inner.close_idle(idle));
                     }

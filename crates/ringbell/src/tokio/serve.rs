@@ -350,7 +350,11 @@ impl Served {
     fn may_take(&self, limit: usize) -> bool {
         let under_way = self.under_way();
         under_way < limit
-            && (under_way == 0 || !self.connection.budget().is_some_and(|budget| budget.spent()))
+            && (under_way == 0
+                || !self
+                    .connection
+                    .budget()
+                    .is_some_and(|budget| budget.spent()))
     }
 
     /// Brings its charge to what its calls under way hold now.
@@ -665,7 +669,12 @@ where
     /// Ends the cancelled call of a task that was aborted: its client learns that it is over.
     fn end_aborted(&mut self, running: &Running) {
         let outcome = Err(String::new());
-        self.reply(running.slot, running.generation, running.correlation, outcome);
+        self.reply(
+            running.slot,
+            running.generation,
+            running.correlation,
+            outcome,
+        );
     }
 
     /// One pass over every connection that may have work. Returns whether anything moved.
@@ -713,7 +722,9 @@ where
                     break;
                 }
                 self.buf = message;
-                let FromClient::Open(open) = decode_from_client(&self.buf).map_err(broke_protocol)? else {
+                let FromClient::Open(open) =
+                    decode_from_client(&self.buf).map_err(broke_protocol)?
+                else {
                     unreachable!("only openings are parked");
                 };
                 self.open_call(slot, correlation, open)?;
@@ -745,10 +756,9 @@ where
                         // in flight are for nobody.
                         continue;
                     };
-                    let inbound = live
-                        .inbound
-                        .as_ref()
-                        .ok_or(broke_protocol("a streamed message on a call that takes none"))?;
+                    let inbound = live.inbound.as_ref().ok_or(broke_protocol(
+                        "a streamed message on a call that takes none",
+                    ))?;
                     if live.client_credit == 0 {
                         return Err(broke_protocol(
                             "the client streamed more messages than the call's credit allows",
@@ -820,7 +830,11 @@ where
             Live {
                 state: state.clone(),
                 inbound,
-                client_credit: if open.mode.sends_stream() { REQUEST_WINDOW } else { 0 },
+                client_credit: if open.mode.sends_stream() {
+                    REQUEST_WINDOW
+                } else {
+                    0
+                },
                 unacknowledged: 0,
                 deadline,
                 task: None,
@@ -968,7 +982,12 @@ where
         };
         // What it streamed before it ended goes before its reply.
         self.take_outgoing();
-        self.reply(running.slot, running.generation, running.correlation, outcome);
+        self.reply(
+            running.slot,
+            running.generation,
+            running.correlation,
+            outcome,
+        );
     }
 
     /// The memory budget, if a connection's request waits for room in it.
@@ -1055,7 +1074,13 @@ where
             let Some((at, idle)) = served.connection.quiet_deadline_now() else {
                 continue;
             };
-            let mid_message = matches!(idle, Error::Idle { mid_message: true, .. });
+            let mid_message = matches!(
+                idle,
+                Error::Idle {
+                    mid_message: true,
+                    ..
+                }
+            );
             if !mid_message && !served.calls.is_empty() {
                 continue;
             }
@@ -1091,8 +1116,8 @@ where
             }
             // A request waiting for budget room is not ours to take yet: the sweeper waits
             // for a release (`budget_waited`), not for this connection's doorbell.
-            let receiving = (draining || served.parked.is_none())
-                && !served.connection.awaiting_budget();
+            let receiving =
+                (draining || served.parked.is_none()) && !served.connection.awaiting_budget();
             let armed = arm(&mut served.connection, receiving, served.blocked);
             // Arming hands back the space of what we received, which may owe a ring.
             if let Some(doorbell) = served.connection.ring_owed() {

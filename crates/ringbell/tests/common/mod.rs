@@ -14,8 +14,13 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use ringbell::{Connection, Server, WaitStrategy};
+#[cfg(unix)]
 use rustix::io::Errno;
+#[cfg(unix)]
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+
+#[cfg(windows)]
+pub mod windows;
 
 /// Why a test is ignored outside Linux: it reads `/proc` (a process's fds, mappings or
 /// memory), or scribbles over a segment it finds there ([`Scribbler`]). macOS has neither
@@ -30,7 +35,7 @@ const LINUX_ONLY: &str = "reads /proc or remaps a segment found there: Linux onl
 #[cfg(target_os = "linux")]
 pub const SEND_NO_SIGNAL: rustix::net::SendFlags = rustix::net::SendFlags::NOSIGNAL;
 /// See above.
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 pub const SEND_NO_SIGNAL: rustix::net::SendFlags = rustix::net::SendFlags::empty();
 
 /// The environment variable that turns the test binary into a child: its value is the role.
@@ -62,11 +67,21 @@ fn live_children() -> MutexGuard<'static, Vec<u32>> {
 }
 
 /// Kills every registered child (the watchdog's last act).
+#[cfg(unix)]
 fn kill_all_children() {
     for &pid in live_children().iter() {
         if let Some(pid) = Pid::from_raw(pid as i32) {
             let _ = rustix::process::kill_process(pid, Signal::KILL);
         }
+    }
+}
+
+/// See above. On Windows a pid stays the child's while its `Child` holds the process
+/// handle, so it cannot name another process here either.
+#[cfg(windows)]
+fn kill_all_children() {
+    for &pid in live_children().iter() {
+        windows::terminate(pid);
     }
 }
 
@@ -152,9 +167,17 @@ pub struct SocketPath {
 }
 
 impl SocketPath {
+    /// On Windows the address is a pipe name given in full (`\\.\pipe\…`), which a
+    /// test's raw clients open as it is; nothing is made in the file system.
     pub fn new(test: &str) -> SocketPath {
+        #[cfg(unix)]
         let path =
             std::env::temp_dir().join(format!("ringbell-xp-{}-{test}.sock", std::process::id()));
+        #[cfg(windows)]
+        let path = PathBuf::from(format!(
+            r"\\.\pipe\ringbell-xp-{}-{test}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&path);
         SocketPath { path }
     }
@@ -230,6 +253,7 @@ impl ChildProcess {
     /// user can reach: the build directory may not be. Dropping privileges needs root (or
     /// `CAP_SETUID` and `CAP_SETGID`); without them this panics saying so.
     #[allow(dead_code)] // Only the credentials suite runs children as another user.
+    #[cfg(unix)]
     pub fn spawn_as(role: &str, params: &[(&str, String)], user: &RunAs) -> ChildProcess {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(&user.exe);
@@ -374,10 +398,14 @@ impl ChildProcess {
         }
         // Wait until the child has exited but leave it a zombie (WNOWAIT): its pid cannot be
         // reused until it is reaped, so the watchdog may still signal it safely. Then
-        // unregister it, then reap it.
-        let pid = Pid::from_child(&self.child);
-        let exited = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
-        while let Err(Errno::INTR) = rustix::process::waitid(WaitId::Pid(pid), exited) {}
+        // unregister it, then reap it. (On Windows the pid stays the child's while
+        // `self.child` holds its process handle, whatever it did.)
+        #[cfg(unix)]
+        {
+            let pid = Pid::from_child(&self.child);
+            let exited = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+            while let Err(Errno::INTR) = rustix::process::waitid(WaitId::Pid(pid), exited) {}
+        }
         live_children().retain(|&live| live != self.pid);
         let status = self.child.wait().expect("reaping a child process");
         self.status = Some(status);
@@ -573,8 +601,9 @@ pub struct Scribbler {
 impl Scribbler {
     /// Finds the segment of `conn` (this process's only connection) in `/proc/self/maps`
     /// and maps its pages a second time: mremap(2) with an old size of 0 does that for a
-    /// shared mapping. Linux only: the tests that scribble are marked so (`LINUX_ONLY`).
-    #[cfg(not(target_os = "linux"))]
+    /// shared mapping. Linux and Windows only: the tests that scribble are marked so
+    /// (`LINUX_ONLY`).
+    #[cfg(not(any(target_os = "linux", windows)))]
     pub fn find(_conn: &Connection) -> Result<Scribbler, String> {
         Err(LINUX_ONLY.to_owned())
     }
@@ -583,6 +612,24 @@ impl Scribbler {
     #[cfg(target_os = "linux")]
     pub fn find(conn: &Connection) -> Result<Scribbler, String> {
         Self::find_new(conn, &[])
+    }
+
+    /// On Windows: the connection's own view of the segment, found by walking this
+    /// process's address space (`VirtualQuery`) for the one read-write mapped view that
+    /// starts with the segment's magic. No second view: the section's handle is the
+    /// library's. The view lives as long as `conn`, which a hostile role keeps open for as
+    /// long as it scribbles.
+    #[cfg(windows)]
+    pub fn find(conn: &Connection) -> Result<Scribbler, String> {
+        let len = DATA_OFFSET + 2 * conn.ring_capacity();
+        let views = windows::segment_views(len);
+        let [base] = views[..] else {
+            return Err(format!(
+                "expected one ringbell segment view, found {views:x?}"
+            ));
+        };
+        let base = NonNull::new(base as *mut u8).ok_or("a null view")?;
+        Ok(Scribbler { base, len })
     }
 
     /// Like [`find`](Self::find), for a process with several connections: the segment of
@@ -678,6 +725,8 @@ impl Scribbler {
     }
 }
 
+// On Windows the view is the connection's (see `find`): nothing to unmap.
+#[cfg(unix)]
 impl Drop for Scribbler {
     fn drop(&mut self) {
         // SAFETY: `base..base + len` is the mapping `find` made, and every reference

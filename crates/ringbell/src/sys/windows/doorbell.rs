@@ -10,11 +10,13 @@
 //! could swallow the rings meant for the waiter, and with a doorbell shared by several
 //! connections, rings from other peers too.
 //!
-//! One difference from the Unix doorbell, for step 2's conformance suite: a wait that ends
-//! because the event was set also resets it (auto-reset), where a Unix doorbell stays
-//! readable until drained. The contract's users drain after every wake and then look at
-//! their condition again, so both behave the same for them; only a test that expects a
-//! second wait to return at once without a drain tells them apart.
+//! Two differences from the Unix doorbell, which the conformance suite states per backend:
+//! a wait that ends because the event was set also resets it (auto-reset), where a Unix
+//! doorbell stays readable until drained; the contract's users drain after every wake and
+//! then look at their condition again, so both behave the same for them, and only a test
+//! that expects a second wait to return at once without a drain tells them apart. And an
+//! event has no other end that hangs up: a dropped ringer is not seen here
+//! ([`Doorbell::closed`] is always `false`), the peer's death is, through its process.
 //!
 //! See CreateEventW, SetEvent, WaitForMultipleObjects (learn.microsoft.com).
 
@@ -116,6 +118,13 @@ impl Doorbell {
         Grant::new(self.event, WAITER_ACCESS)
     }
 
+    /// Whether no ring can come any more. Never, here: an event has no other end to hang
+    /// up, and the peer's death ends a sleep through its process instead (see
+    /// [`sleep_until_rung_or_ended`]).
+    pub(crate) fn closed(&self) -> bool {
+        false
+    }
+
     /// Resets the doorbell after a wake-up: a zero-timeout wait, which consumes a ring
     /// that came since. Never blocks.
     pub(crate) fn drain(&self) {
@@ -155,34 +164,30 @@ impl DoorbellRinger {
 /// no bound), and says which; a ring wins over the peer's end when both happened, so that
 /// a ring is never lost. One `WaitForMultipleObjects` on the event and the process, whose
 /// timeout is recomputed from the deadline on every pass (a wait's timeout may end early,
-/// and does not count time the machine slept).
+/// and does not count time the machine slept). Without `peer`, the event alone.
 ///
-/// The contract's difference, for step 2 to reconcile: the Unix `sleep_until_rung` takes
-/// the connection's `ControlStream` and learns the peer's death from its hang-up, and
-/// returns the platform-free `Woke`. Here the peer's death is its process handle (the
-/// server's own, pushed to the client; the client's, opened by the server), since there is
-/// no control channel yet; and the result says more than `Woke` does (`Rung` and
-/// `TimedOut` would both be `Woke::Maybe`, `PeerEnded` `Woke::PeerHungUp`). The named pipe
-/// of step 2 need not be watched at all: the process handle ends the wait at once.
-pub(crate) fn sleep_until_rung(
+/// The contract's `sleep_until_rung` (`wait.rs`) is this with the peer's process taken
+/// from the connection's `ControlStream`, and the result as the platform-free `Woke`. The
+/// named pipe itself need not be watched: the process handle ends the wait at once.
+pub(crate) fn sleep_until_rung_or_ended(
     doorbell: &Doorbell,
-    peer: &PeerProcess,
+    peer: Option<&PeerProcess>,
     deadline: Option<Instant>,
 ) -> io::Result<Rang> {
+    // No allocation per sleep: the process, if any, in the second slot.
     let handles = [
         doorbell.event.as_raw_handle(),
-        peer.as_handle().as_raw_handle(),
+        peer.map_or(ptr::null_mut(), |peer| peer.as_handle().as_raw_handle()),
     ];
+    let count: u32 = if peer.is_some() { 2 } else { 1 };
     loop {
         let timeout = match deadline {
             None => INFINITE,
             Some(deadline) => wait_millis(deadline.saturating_duration_since(Instant::now())),
         };
-        // SAFETY: both handles are owned by the callers' values, borrowed for the call;
-        // the array and its length match.
-        let status = unsafe {
-            WaitForMultipleObjects(handles.len() as u32, handles.as_ptr(), FALSE, timeout)
-        };
+        // SAFETY: the first `count` handles are owned by the callers' values, borrowed
+        // for the call; the array holds at least `count`.
+        let status = unsafe { WaitForMultipleObjects(count, handles.as_ptr(), FALSE, timeout) };
         match status {
             WAIT_OBJECT_0 => return Ok(Rang::Rung),
             status if status == WAIT_OBJECT_0 + 1 => return Ok(Rang::PeerEnded),

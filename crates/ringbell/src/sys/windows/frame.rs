@@ -45,6 +45,8 @@ const TAG: u8 = 0xB1;
 const CARRIES_PROCESS: u8 = 1;
 
 /// The longest frame there can be.
+// The bound the inbox keeps to (see `Inbox`); only the tests need its value.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(super) const MAX_FRAME: usize = HEADER_LEN + 8 * (MAX_GRANTS + 1) + MAX_PAYLOAD;
 
 /// A frame's header, checked.

@@ -1,6 +1,6 @@
-//! The Windows backend, steps 1 and 2a of `docs/WINDOWS.md`: the platform contract but for
-//! readiness, the poller and the limits, built on `windows-sys` and tested under Wine
-//! (never on real Windows yet).
+//! The Windows backend, steps 1 to 2b of `docs/WINDOWS.md`: the platform contract but for
+//! readiness and the poller (step 3), built on `windows-sys` and tested under Wine (never
+//! on real Windows yet). The blocking API above `sys` runs on it.
 //!
 //! - shared memory: an unnamed, pagefile-backed `SEC_COMMIT` section, whose size is fixed
 //!   at creation and which dies with its last handle and view ([`region`]);
@@ -8,24 +8,25 @@
 //!   pulled from it, and received as integer values that are checked before use
 //!   ([`handle`]);
 //! - doorbells: one auto-reset event, and a blocking wait that also ends when the peer's
-//!   process does ([`doorbell`]);
+//!   process does ([`doorbell`]); the contract's form of that wait, which takes the
+//!   peer's process from the control stream, and the absence of a shared-memory wait
+//!   ([`wait`]);
 //! - users: the SID of a process's token ([`user`]);
 //! - the control channel: named pipes, owner-only, in byte mode with frames that carry
 //!   handle values beside the bytes; the server pushes its grants (and its own process
-//!   handle, for the client's waits), the client offers its own for the server to pull
-//!   ([`pipe`]; the frames in [`frame`] and the address rule in [`pipe_name`], both
-//!   platform-free and tested on every OS).
+//!   handle, for the client's waits), the client offers its own for the server to pull;
+//!   `wait_readable` over a listener and streams ([`pipe`]; the frames in [`frame`] and
+//!   the address rule in [`pipe_name`], both platform-free and tested on every OS);
+//! - resource exhaustion: no handle limit to raise, and the errors that mean the system
+//!   ran out ([`limits`]).
 //!
-//! Not here yet, and so not compiled for Windows above `sys` (see `lib.rs`): the
-//! contract's use of all this by the handshake, `Connection` and `Server` (step 2b),
-//! readiness for tokio, `wait_readable`, the poller, and the resource limits. Until step
-//! 2b, the blocking wait takes the peer's process handle ([`PeerProcess`]) where the Unix
-//! one takes a `ControlStream`: see [`sleep_until_rung`]; a `ControlStream` now carries
-//! that process (`ControlStream::peer_process`).
+//! Not here yet, and so not compiled for Windows above `sys` (`ringbell_async`, set by
+//! `build.rs`, is off on Windows): readiness for tokio and the poller, and with them the
+//! async API and the sweeper (step 3).
 //!
 //! There is no `SharedWait`: `WaitOnAddress` wakes only threads of its own process, and
-//! across processes it hangs silently, so a blocking side will sleep on its doorbell, as
-//! on the POSIX backend.
+//! across processes it hangs silently, so a blocking side sleeps on its doorbell, as on
+//! the POSIX backend.
 
 // Compiled on every OS for their tests (like `sys/macos/timeout.rs`): the framing and the
 // address rule are platform-free; the rest is Windows calls.
@@ -36,6 +37,8 @@ mod frame;
 #[cfg(windows)]
 mod handle;
 #[cfg(windows)]
+mod limits;
+#[cfg(windows)]
 mod pipe;
 mod pipe_name;
 #[cfg(windows)]
@@ -44,19 +47,30 @@ mod region;
 mod tests;
 #[cfg(windows)]
 mod user;
+#[cfg(windows)]
+mod wait;
 
 #[cfg(windows)]
-pub(crate) use doorbell::{doorbell_pair, sleep_until_rung, Doorbell, DoorbellRinger, Rang};
-#[cfg(windows)]
+pub(crate) use doorbell::{doorbell_pair, Doorbell, DoorbellRinger};
+// The form of the wait that says how it ended, for the backend's own tests.
+#[cfg(all(windows, test))]
+pub(crate) use doorbell::{sleep_until_rung_or_ended, Rang};
+#[cfg(all(windows, test))]
 pub(crate) use frame::MAX_GRANTS;
 #[cfg(windows)]
 pub(crate) use handle::{Grant, PeerProcess, PushedHandle};
 #[cfg(windows)]
-pub(crate) use pipe::{ControlListener, ControlStream};
+pub(crate) use limits::{
+    is_resource_exhaustion, raise_resource_limit, OUT_OF_HANDLES, RAISE_LIMIT_HINT,
+};
+#[cfg(windows)]
+pub(crate) use pipe::{wait_readable, ControlListener, ControlStream, Source};
 #[cfg(windows)]
 pub(crate) use region::SharedRegion;
 #[cfg(windows)]
 pub(crate) use user::{current_user, User};
+#[cfg(windows)]
+pub(crate) use wait::{shared_wait, sleep_until_rung};
 
 /// This backend's name, for reports.
 #[cfg(windows)]

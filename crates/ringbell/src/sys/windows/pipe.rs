@@ -38,8 +38,12 @@
 //! `WouldBlock`), creates the next instance, and only then hands out the connected one:
 //! so there is always an instance to connect to while the listener lives, and an instance
 //! that could not be made is an error of this `accept`, with the connected client kept for
-//! the next. The event is the readiness a later `wait_readable` or poller waits on (step
-//! 3); the rest is already non-blocking.
+//! the next. The event is one per listener, reset for each instance, and is what
+//! [`wait_readable`] waits on (and step 3's poller will); the rest is already
+//! non-blocking. Windows cancels the I/O a thread issued when that thread exits, so a
+//! connect issued by a thread that has gone since (the one that bound the listener, or
+//! made the last `accept`) ends with `ERROR_OPERATION_ABORTED`, with no client: the
+//! instance then listens again, issued by the thread that looks.
 //!
 //! # Grants: the server pushes, the client offers and the server pulls
 //!
@@ -87,14 +91,14 @@ use std::io;
 use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
     GetLastError, LocalFree, SetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS,
-    ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_CONNECTED,
-    ERROR_PIPE_NOT_CONNECTED, ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ, GENERIC_WRITE, HANDLE,
-    INVALID_HANDLE_VALUE, TRUE, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_NO_DATA, ERROR_OPERATION_ABORTED, ERROR_PIPE_BUSY,
+    ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED, ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ,
+    GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, TRUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Security::Authorization::{
     ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
@@ -110,7 +114,7 @@ use windows_sys::Win32::System::Pipes::{
     PIPE_UNLIMITED_INSTANCES, PIPE_WAIT,
 };
 use windows_sys::Win32::System::Threading::{
-    CreateEventW, SetEvent, WaitForSingleObject, INFINITE,
+    CreateEventW, ResetEvent, SetEvent, WaitForMultipleObjects, WaitForSingleObject, INFINITE,
 };
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
@@ -380,8 +384,9 @@ fn server_answers(name: &[u16]) -> io::Result<bool> {
 struct Pending {
     /// `None` only once handed out by [`into_pipe`](Self::into_pipe).
     pipe: Option<OwnedHandle>,
-    /// Set when a client has connected: the readiness to wait on.
-    event: OwnedHandle,
+    /// Set when a client has connected: the readiness to wait on. The listener's one
+    /// event, reset for each instance, so that a wait can hold it without the lock.
+    event: Arc<OwnedHandle>,
     /// The connect's `OVERLAPPED`, at a fixed address while the call is in flight.
     overlapped: Box<OVERLAPPED>,
     /// Whether the connect has ended (a client is there, or came and went).
@@ -403,9 +408,10 @@ impl std::fmt::Debug for Pending {
 unsafe impl Send for Pending {}
 
 impl Pending {
-    /// Starts waiting for a client on the instance `pipe`.
-    fn listen(pipe: OwnedHandle) -> io::Result<Pending> {
-        let event = new_event()?;
+    /// Starts waiting for a client on the instance `pipe`, signalling `event` when one
+    /// connects.
+    fn listen(pipe: OwnedHandle, event: &Arc<OwnedHandle>) -> io::Result<Pending> {
+        let event = event.clone();
         let mut pending = Pending {
             overlapped: Box::new(OVERLAPPED {
                 hEvent: event.as_raw_handle(),
@@ -415,28 +421,42 @@ impl Pending {
             event,
             connected: false,
         };
+        pending.connect()?;
+        Ok(pending)
+    }
+
+    /// Issues the overlapped `ConnectNamedPipe` on the instance (again, after a cancelled
+    /// one), with the event reset first.
+    fn connect(&mut self) -> io::Result<()> {
+        // SAFETY: resets an event we own; no operation in flight signals it (the
+        // instance it was set for has been handed out, failed, or ended its connect).
+        unsafe { ResetEvent(self.event.as_raw_handle()) };
+        *self.overlapped = OVERLAPPED {
+            hEvent: self.event.as_raw_handle(),
+            ..OVERLAPPED::default()
+        };
+        self.connected = false;
         // SAFETY: the pipe handle is ours and the OVERLAPPED lives in a box that this
         // value keeps (and does not free before the call has ended, see Drop).
-        let started =
-            unsafe { ConnectNamedPipe(pending.raw_pipe(), &mut *pending.overlapped) } != 0;
+        let started = unsafe { ConnectNamedPipe(self.raw_pipe(), &mut *self.overlapped) } != 0;
         // SAFETY: reads this thread's last error, set by the call just made.
         let error = unsafe { GetLastError() };
         match (started, error) {
-            (true, _) => pending.connected = true,
+            (true, _) => self.connected = true,
             (false, ERROR_IO_PENDING) => {}
             // A client connected before the call (and perhaps closed again): connected,
             // but the OS sets no event for it, so we do, for whoever waits on it.
             (false, ERROR_PIPE_CONNECTED | ERROR_NO_DATA) => {
-                pending.connected = true;
+                self.connected = true;
                 // SAFETY: sets an event we own.
-                unsafe { SetEvent(pending.event.as_raw_handle()) };
+                unsafe { SetEvent(self.event.as_raw_handle()) };
             }
             (false, error) => {
-                pending.connected = true; // nothing in flight to cancel on drop
+                self.connected = true; // nothing in flight to cancel on drop
                 return Err(io::Error::from_raw_os_error(error as i32));
             }
         }
-        Ok(pending)
+        Ok(())
     }
 
     fn raw_pipe(&self) -> HANDLE {
@@ -467,10 +487,22 @@ impl Pending {
         self.connected = true;
         if done == 0 {
             let error = io::Error::last_os_error();
-            // A client that came and went before we looked: a connection all the same,
-            // whose first read says it has gone (as a Unix probe does).
-            if error.raw_os_error() != Some(ERROR_NO_DATA as i32) {
-                return Err(error);
+            match error.raw_os_error().map(|code| code as u32) {
+                // A client that came and went before we looked: a connection all the
+                // same, whose first read says it has gone (as a Unix probe does).
+                Some(ERROR_NO_DATA) => {}
+                // Windows cancels the I/O a thread issued when that thread exits: the
+                // thread that made this instance (a `bind`, or the `accept` before) has
+                // gone. No client came through it; listen again.
+                Some(ERROR_OPERATION_ABORTED) => {
+                    self.connect()?;
+                    return if self.connected || block {
+                        self.ready(block)
+                    } else {
+                        Ok(false)
+                    };
+                }
+                _ => return Err(error),
             }
         }
         Ok(true)
@@ -515,6 +547,9 @@ pub(crate) struct ControlListener {
     security: SecurityDescriptor,
     /// The next instance; `None` after an instance failed, until the next `accept`.
     pending: Mutex<Option<Pending>>,
+    /// Set when a client has connected to the pending instance (each instance's connect
+    /// signals it): what `wait_readable` waits on.
+    connected: Arc<OwnedHandle>,
     nonblocking: std::sync::atomic::AtomicBool,
 }
 
@@ -529,12 +564,14 @@ impl ControlListener {
         }
         let security = SecurityDescriptor::new(current_user(), other_users)?;
         let first = create_instance(&name, &security, true)?;
-        let pending = Pending::listen(first)?;
+        let connected = Arc::new(new_event()?);
+        let pending = Pending::listen(first, &connected)?;
         Ok(ControlListener {
             path: path.to_path_buf(),
             name,
             security,
             pending: Mutex::new(Some(pending)),
+            connected,
             nonblocking: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -554,11 +591,10 @@ impl ControlListener {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let current = match pending.as_mut() {
             Some(current) => current,
-            None => pending.insert(Pending::listen(create_instance(
-                &self.name,
-                &self.security,
-                false,
-            )?)?),
+            None => pending.insert(Pending::listen(
+                create_instance(&self.name, &self.security, false)?,
+                &self.connected,
+            )?),
         };
         match current.ready(block) {
             Ok(true) => {}
@@ -569,9 +605,23 @@ impl ControlListener {
                 return Err(error);
             }
         }
-        let next = Pending::listen(create_instance(&self.name, &self.security, false)?)?;
-        let connected = pending.replace(next).expect("checked above");
-        ControlStream::new(connected.into_pipe(), Side::Server)
+        let instance = create_instance(&self.name, &self.security, false)?;
+        // Handed out before the next instance resets the shared event: its connect is
+        // over, so nothing signals the event for it any more.
+        let connected = pending.take().expect("checked above").into_pipe();
+        match Pending::listen(instance, &self.connected) {
+            Ok(next) => *pending = Some(next),
+            // The next accept makes another; this client is served all the same.
+            Err(error) => tracing::debug!("a pipe instance could not listen: {error}"),
+        }
+        ControlStream::new(connected, Side::Server)
+    }
+
+    /// Out of resources, the Unix listener spends a spare fd to tell one waiting client
+    /// why it is refused. Here there is no handle limit to hit, and an `accept` that fails
+    /// keeps its connected client for the next one, so nobody is left to refuse: `false`.
+    pub(crate) fn refuse_one(&self, _refusal: &[u8]) -> bool {
+        false
     }
 
     /// The address the listener was bound to.
@@ -580,6 +630,7 @@ impl ControlListener {
     }
 
     /// The pipe's name, which the address maps to.
+    #[cfg(test)]
     pub(crate) fn pipe_name(&self) -> String {
         String::from_utf16_lossy(&self.name[..self.name.len() - 1])
     }
@@ -962,7 +1013,9 @@ impl ControlStream {
     // -----------------------------------------------------------------------------------
     // Reading.
 
-    /// Reads exactly `buf.len()` bytes, closing any grants that came with them.
+    /// Reads exactly `buf.len()` bytes, closing any grants that came with them. (The
+    /// handshake reads with grants; the tests read without.)
+    #[cfg(test)]
     pub(crate) fn read_exact(&self, buf: &mut [u8]) -> io::Result<()> {
         self.recv_with_grants(buf).map(drop)
     }
@@ -1110,6 +1163,115 @@ impl ControlStream {
                     .collect()
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Waiting for several at once.
+
+/// Something a thread can wait on with [`wait_readable`]: a listener or a control stream.
+pub(crate) trait Source {
+    /// Whether a wait would end now: a client to accept, or bytes (or a hang-up) to read.
+    /// Never blocks.
+    fn ready_now(&self) -> bool;
+    /// An event that is set when this becomes ready, where there is one: the listener's.
+    /// A byte-mode pipe has none without a read in flight, so a stream is looked at again
+    /// instead (see [`wait_readable`]).
+    fn readiness_event(&self) -> Option<BorrowedHandle<'_>>;
+}
+
+/// The longest pause between two looks at the streams among a wait's sources.
+const LOOK_AGAIN_AT_MOST: Duration = Duration::from_millis(16);
+
+/// Waits until one of `sources` is readable (or hung up, or a client waits to be accepted)
+/// or `timeout` passes (`None`: no bound), and returns which are: `ready[i]` is about
+/// `sources[i]`.
+///
+/// The listener's event is waited on; a stream has no event to wait on (a byte-mode pipe
+/// signals nothing until a read is issued, and the stream's reads are its own), so while
+/// any stream is among the sources the wait is cut into pauses of 1 ms, doubling up to
+/// 16 ms, with a look at each stream after each. The blocking server waits this way only
+/// while handshakes are in progress, each under its deadline; with none, its wait is on
+/// the listener's event alone and costs nothing. (Step 3's readiness, reads issued ahead
+/// with their events, will replace the pauses.)
+pub(crate) fn wait_readable(
+    sources: &[&dyn Source],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let ready: Vec<bool> = sources.iter().map(|source| source.ready_now()).collect();
+        let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if ready.contains(&true) || left == Some(Duration::ZERO) {
+            return Ok(ready);
+        }
+        // At most 64 objects a wait: the blocking server has one listener.
+        let events: Vec<HANDLE> = sources
+            .iter()
+            .filter_map(|source| source.readiness_event())
+            .map(|event| event.as_raw_handle())
+            .take(64)
+            .collect();
+        let wait = if events.len() == sources.len() {
+            left
+        } else {
+            Some(left.map_or(pause, |left| left.min(pause)))
+        };
+        pause = (pause * 2).min(LOOK_AGAIN_AT_MOST);
+        if events.is_empty() {
+            std::thread::sleep(wait.unwrap_or(LOOK_AGAIN_AT_MOST));
+            continue;
+        }
+        let millis = wait.map_or(INFINITE, |wait| {
+            u32::try_from(wait.as_nanos().div_ceil(1_000_000))
+                .unwrap_or(u32::MAX)
+                .min(INFINITE - 1)
+        });
+        // SAFETY: the events are borrowed from the sources, alive for the call; the array
+        // and its length match.
+        let status =
+            unsafe { WaitForMultipleObjects(events.len() as u32, events.as_ptr(), FALSE, millis) };
+        if status == WAIT_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+    }
+}
+
+impl Source for ControlListener {
+    fn ready_now(&self) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        match pending.as_ref() {
+            // The next accept makes an instance, or says why it cannot.
+            None => true,
+            // A look at the event only: `accept` takes the connect's result.
+            Some(pending) => {
+                pending.connected
+                    // SAFETY: a zero-timeout wait on an event we own.
+                    || unsafe { WaitForSingleObject(pending.event.as_raw_handle(), 0) }
+                        != WAIT_TIMEOUT
+            }
+        }
+    }
+
+    fn readiness_event(&self) -> Option<BorrowedHandle<'_>> {
+        Some(self.connected.as_handle())
+    }
+}
+
+impl Source for ControlStream {
+    fn ready_now(&self) -> bool {
+        // Payload already taken off the pipe, or a stream out of step (whose next read
+        // says so), is ready as much as bytes in the pipe are.
+        if !matches!(self.reader().inbox.wanted(), Ok(wanted) if wanted > 0) {
+            return true;
+        }
+        !matches!(self.bytes_waiting(), Ok(0))
+            || self.peer.get().is_some_and(PeerProcess::has_ended)
+    }
+
+    fn readiness_event(&self) -> Option<BorrowedHandle<'_>> {
+        None
     }
 }
 

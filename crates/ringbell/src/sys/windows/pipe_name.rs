@@ -133,6 +133,7 @@ pub(super) const OTHER_USERS_ACCESS: u32 = 0x0012_019b;
 
 /// `FILE_CREATE_PIPE_INSTANCE`: whoever has it can create instances of the pipe, and so
 /// answer its clients.
+#[cfg(test)]
 pub(super) const CREATE_PIPE_INSTANCE: u32 = 0x4;
 
 /// The pipe's security descriptor in SDDL (see the module docs): the owner's SID in its

@@ -187,6 +187,7 @@ fn child_entry() {
         "pipe-server-once" => role_pipe_server_once(),
         "pipe-idle-client" => role_pipe_idle_client(),
         "count-pipe-handles" => role_count_pipe_handles(),
+        "handshake-client" => role_handshake_client(),
         other => panic!("unknown role {other}"),
     });
     // Exit here, so that libtest does not go on to report (or run) anything else.
@@ -304,7 +305,7 @@ fn role_share() {
     write_pattern(&region, CHILD, len - PATTERN_LEN..len);
     ringer.ring();
     assert_eq!(
-        sleep_until_rung(&doorbell, &parent, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&doorbell, Some(&parent), Some(far_deadline())).unwrap(),
         Rang::Rung
     );
     report(&format!("done user={}", current_user()));
@@ -325,7 +326,7 @@ fn role_sleep() {
     let doorbell = Doorbell::adopt(received(&parameters, "doorbell")).unwrap();
     let parent = PeerProcess::adopt(received(&parameters, "parent")).unwrap();
     report("asleep");
-    let rang = sleep_until_rung(&doorbell, &parent, None).unwrap();
+    let rang = sleep_until_rung_or_ended(&doorbell, Some(&parent), None).unwrap();
     assert_eq!(rang, Rang::PeerEnded, "nobody rings this doorbell");
 }
 
@@ -507,7 +508,7 @@ fn a_region_and_doorbells_pushed_into_a_child_carry_its_writes_and_its_ring() {
     child.send(&line);
 
     assert_eq!(
-        sleep_until_rung(&ours, &peer, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&ours, Some(&peer), Some(far_deadline())).unwrap(),
         Rang::Rung,
         "the child rings once it has written"
     );
@@ -528,15 +529,18 @@ fn a_ring_is_latched_until_a_wait_takes_it_even_after_the_ringer_exits() {
     ringer.ring();
     ringer.ring();
     let now = Some(Instant::now());
-    assert_eq!(sleep_until_rung(&doorbell, &me, now).unwrap(), Rang::Rung);
     assert_eq!(
-        sleep_until_rung(&doorbell, &me, now).unwrap(),
+        sleep_until_rung_or_ended(&doorbell, Some(&me), now).unwrap(),
+        Rang::Rung
+    );
+    assert_eq!(
+        sleep_until_rung_or_ended(&doorbell, Some(&me), now).unwrap(),
         Rang::TimedOut
     );
     ringer.ring();
     doorbell.drain();
     assert_eq!(
-        sleep_until_rung(&doorbell, &me, now).unwrap(),
+        sleep_until_rung_or_ended(&doorbell, Some(&me), now).unwrap(),
         Rang::TimedOut,
         "drained"
     );
@@ -551,9 +555,12 @@ fn a_ring_is_latched_until_a_wait_takes_it_even_after_the_ringer_exits() {
     assert!(status.success(), "the child failed: {status}");
     assert!(peer.has_ended());
     let far = Some(far_deadline());
-    assert_eq!(sleep_until_rung(&doorbell, &peer, far).unwrap(), Rang::Rung);
     assert_eq!(
-        sleep_until_rung(&doorbell, &peer, far).unwrap(),
+        sleep_until_rung_or_ended(&doorbell, Some(&peer), far).unwrap(),
+        Rang::Rung
+    );
+    assert_eq!(
+        sleep_until_rung_or_ended(&doorbell, Some(&peer), far).unwrap(),
         Rang::PeerEnded
     );
 }
@@ -581,7 +588,7 @@ fn a_wait_ends_when_the_peer_process_is_killed() {
         child
     });
     assert_eq!(
-        sleep_until_rung(&ours, &peer, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&ours, Some(&peer), Some(far_deadline())).unwrap(),
         Rang::PeerEnded
     );
     let mut child = killer.join().unwrap();
@@ -784,7 +791,7 @@ fn role_pipe_client() {
     write_pattern(&region, CHILD, len - PATTERN_LEN..len);
     ringer.ring();
     assert_eq!(
-        sleep_until_rung(&own, server, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&own, Some(server), Some(far_deadline())).unwrap(),
         Rang::Rung
     );
     control.write_all(b"bye").unwrap();
@@ -927,7 +934,7 @@ fn bytes_and_grants_cross_between_two_processes_over_the_pipe() {
     drop(region_grant);
     let peer = server.peer_process().unwrap();
     assert_eq!(
-        sleep_until_rung(&own, peer, Some(far_deadline())).unwrap(),
+        sleep_until_rung_or_ended(&own, Some(peer), Some(far_deadline())).unwrap(),
         Rang::Rung,
         "the child rings once it has written"
     );
@@ -1372,4 +1379,58 @@ fn many_connections_leave_no_handle_behind() {
     let counted = child.report();
     assert!(counted.starts_with("counted "), "{counted}");
     child.succeeds();
+}
+
+// ---------------------------------------------------------------------------------------
+// Step 2b: the handshake on the pipe.
+
+/// Child: connects with the library's client, reports whether the handshake failed, then
+/// holds still (its handle table looked at) until its stdin closes.
+fn role_handshake_client() {
+    let outcome = crate::Connection::connect(child_address(), crate::ClientConfig::default());
+    report(match &outcome {
+        Ok(_) => "connected",
+        Err(crate::Error::Handshake { .. }) => "refused",
+        Err(_) => "failed otherwise",
+    });
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {}
+}
+
+/// A welcome whose pushes fail part-way (forced by the test hook: our process handle and
+/// the region reach the client, its doorbell's ringer does not) fails that handshake, takes
+/// back from the client what it pushed (read from the client's handle table while it is
+/// still alive), and leaves the server serving: the next client is echoed.
+#[test]
+fn a_welcome_that_fails_part_way_is_taken_back_and_the_server_serves_on() {
+    let _watchdog = watchdog("the half-failed welcome test");
+    let there = address("half-welcome");
+    let server = crate::Server::bind(&there, crate::ServerConfig::default()).unwrap();
+    let mut child = ChildProcess::spawn_at("handshake-client", there.to_str().unwrap());
+    // The handshake runs on this thread, where the hook counts pushes.
+    pipe::test_hooks::fail_after(2);
+    let refused = server.accept();
+    assert!(refused.is_err(), "the half-pushed welcome was accepted");
+    assert_eq!(child.report(), "refused");
+    let pushed = pipe::test_hooks::take_pushed();
+    assert_eq!(pushed.len(), 2, "the process handle and the region, pushed");
+    let table = handles_of(child.child.id());
+    for value in &pushed {
+        assert!(!table.contains(value), "{value:#x} is still in the client");
+    }
+    child.succeeds();
+
+    let path = there.clone();
+    let client = std::thread::spawn(move || {
+        let mut conn = crate::Connection::connect(&path, crate::ClientConfig::default()).unwrap();
+        conn.send(b"after").unwrap();
+        let mut buf = Vec::new();
+        conn.recv(&mut buf, Some(Duration::from_secs(60))).unwrap();
+        buf
+    });
+    let mut conn = server.accept().unwrap();
+    let mut buf = Vec::new();
+    conn.recv(&mut buf, Some(Duration::from_secs(60))).unwrap();
+    conn.send(&buf).unwrap();
+    assert_eq!(client.join().unwrap(), b"after");
 }

@@ -184,6 +184,79 @@ impl crate::tokio::Client {
         let reply = self.call(&encode(request)?).await?;
         decode(&reply)
     }
+
+    /// [`call_stream`](Self::call_stream) with a typed request; read the stream's typed
+    /// items with [`ResponseStream::next_value`] and its typed reply with
+    /// [`ResponseStream::reply_value`]. The server's side is [`Call::request_value`] and
+    /// [`Call::send_value`].
+    ///
+    /// [`ResponseStream::next_value`]: crate::tokio::ResponseStream::next_value
+    /// [`ResponseStream::reply_value`]: crate::tokio::ResponseStream::reply_value
+    /// [`Call::request_value`]: crate::tokio::Call::request_value
+    /// [`Call::send_value`]: crate::tokio::Call::send_value
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Codec`] if the request cannot be encoded, otherwise as
+    /// [`call_stream`](Self::call_stream).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringbell::tokio::{AsyncServer, Call, Client};
+    /// use ringbell::{ClientConfig, ServerConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ringbell::Error> {
+    /// # let path = std::env::temp_dir().join(format!("ringbell-doc-stream-{}.sock", std::process::id()));
+    /// let server = AsyncServer::bind(&path, ServerConfig::default())?;
+    /// tokio::spawn(server.serve_calls(|mut call: Call| async move {
+    ///     let words: u32 = call.request_value()?;
+    ///     for index in 0..words {
+    ///         call.send_value(&format!("token {index}")).await?;
+    ///     }
+    ///     Ok::<_, ringbell::Error>(b"done".to_vec())
+    /// }));
+    ///
+    /// let client = Client::connect(&path, ClientConfig::default()).await?;
+    /// let mut stream = client.call_stream_value(&3u32).await?;
+    /// let mut tokens: Vec<String> = Vec::new();
+    /// while let Some(token) = stream.next_value().await {
+    ///     tokens.push(token?);
+    /// }
+    /// assert_eq!(tokens, ["token 0", "token 1", "token 2"]);
+    /// assert_eq!(stream.reply().await?, b"done");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
+    pub async fn call_stream_value<Req>(
+        &self,
+        request: &Req,
+    ) -> Result<crate::tokio::ResponseStream, Error>
+    where
+        Req: Serialize + ?Sized,
+    {
+        self.call_stream(&encode(request)?).await
+    }
+}
+
+#[cfg(ringbell_async)]
+impl crate::tokio::ResponseStream {
+    /// [`next`](Self::next), decoded as a `T`: `None` once the stream has ended (then
+    /// [`reply_value`](Self::reply_value) gives its reply); an item that does not decode is
+    /// an [`Error::Codec`] item, and the stream goes on.
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
+    pub async fn next_value<T: DeserializeOwned>(&mut self) -> Option<Result<T, Error>> {
+        let item = self.next().await?;
+        Some(item.and_then(|bytes| decode(&bytes)))
+    }
+
+    /// [`reply`](Self::reply), decoded as a `T`.
+    #[cfg_attr(docsrs, doc(cfg(feature = "codec")))]
+    pub async fn reply_value<T: DeserializeOwned>(self) -> Result<T, Error> {
+        decode(&self.reply().await?)
+    }
 }
 
 /// The rest of a typed call on the server, once its request was decoded and handed to the

@@ -884,3 +884,42 @@ fn outside_a_runtime_the_async_api_errs_instead_of_panicking() {
     let error = ringbell::tokio::ClientGroup::new().unwrap_err();
     assert!(error.to_string().contains("tokio runtime"), "{error}");
 }
+
+/// `serve_service` takes a tower service with tower's own layers: a timeout layer ends a
+/// slow call with an error reply that says so, the others are answered; and the `Client`
+/// is a tower service too, called through tower's `ServiceExt`.
+#[cfg(feature = "tower")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tower_service_with_layers_serves_calls_and_the_client_is_one() {
+    use ringbell::tokio::Call;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let path = socket_path("tower");
+    let server = AsyncServer::bind(&path, ServerConfig::default()).unwrap();
+    let service = ServiceBuilder::new()
+        .concurrency_limit(4)
+        .timeout(Duration::from_millis(200))
+        .service_fn(|call: Call| async move {
+            if call.request() == b"slow" {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Ok::<_, tower::BoxError>(call.into_request().to_ascii_uppercase())
+        });
+    let serving = tokio::spawn(server.serve_service(service));
+    let check = async {
+        let client = Client::connect(&path, ClientConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(client.call(b"ring").await.unwrap(), b"RING");
+        match client.call(b"slow").await {
+            Err(Error::Handler { message }) => assert!(message.contains("timed out"), "{message}"),
+            other => panic!("expected the timeout layer's error, got {other:?}"),
+        }
+        let reply = client.clone().oneshot(b"bell".to_vec()).await.unwrap();
+        assert_eq!(reply, b"BELL");
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog");
+    serving.abort();
+}

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use ringbell::tokio::{AsyncServer, Client};
+use ringbell::tokio::{AsyncServer, Call, Client};
 use ringbell::{ClientConfig, Error, Server, ServerConfig};
 
 /// Far beyond what any of these tests needs: only a hang reaches it.
@@ -80,4 +80,50 @@ fn the_blocking_server_answers_typed_calls_and_refuses_undecodable_ones() {
         .await
         .expect("the test hung");
     });
+}
+
+/// A typed stream: `call_stream_value` in, `Call::send_value` items out, decoded by
+/// `next_value`; a typed reply through `reply_value`; an item of the wrong type is a codec
+/// error for that item alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_streams_carry_typed_items_and_replies() {
+    tokio::time::timeout(WATCHDOG, async {
+        let path = socket_path("stream");
+        let server = AsyncServer::bind(&path, ServerConfig::default()).unwrap();
+        let serving = tokio::spawn(server.serve_calls(|mut call: Call| async move {
+            let (count, wrong_at): (u32, u32) = call.request_value()?;
+            for index in 0..count {
+                if index == wrong_at {
+                    call.send(&[0xff]).await?;
+                } else {
+                    call.send_value(&(index, format!("item {index}"))).await?;
+                }
+            }
+            // The reply, typed: the count, as postcard writes a u32 below 128.
+            Ok::<_, Error>(vec![count as u8])
+        }));
+        let client = Client::connect(&path, ClientConfig::default())
+            .await
+            .unwrap();
+        let mut stream = client.call_stream_value(&(5u32, 3u32)).await.unwrap();
+        let mut items = Vec::new();
+        while let Some(item) = stream.next_value::<(u32, String)>().await {
+            items.push(item);
+        }
+        assert_eq!(items.len(), 5);
+        for (index, item) in items.iter().enumerate() {
+            match item {
+                Err(Error::Codec { .. }) if index == 3 => {}
+                Ok((n, text)) if index != 3 => {
+                    assert_eq!(*n as usize, index);
+                    assert_eq!(text, &format!("item {index}"));
+                }
+                other => panic!("item {index}: {other:?}"),
+            }
+        }
+        assert_eq!(stream.reply_value::<u32>().await.unwrap(), 5);
+        serving.abort();
+    })
+    .await
+    .expect("watchdog");
 }

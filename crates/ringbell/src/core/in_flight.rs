@@ -231,9 +231,9 @@ mod loom_model {
 
     #[test]
     fn loom_messages_and_replies_reach_their_own_callers() {
-        // Bounded, as loom's docs advise for models of this size: with three preemptions
-        // it covers every interleaving bugs of this kind need, in about a minute of CI
-        // instead of the fifteen the full search took on our 2-core VM.
+        // Bounded, as loom's docs advise for models of this size: three preemptions, as
+        // the sleep/wake model has. It runs in about a second; the full search took 15
+        // minutes on our 2-core VM, too long for CI.
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(3);
         builder.check(|| {

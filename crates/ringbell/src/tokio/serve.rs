@@ -132,6 +132,60 @@ impl AsyncServer {
             .await
     }
 
+    /// Serves every call with a [`tower::Service<Call>`](tower_service::Service) (feature
+    /// `tower`), so that tower's layers (timeouts, concurrency limits, tracing, load
+    /// shedding) stack in front of the handler. Each call gets a clone of `service`, made
+    /// when it arrives, which is then polled ready and called, as tower's contract asks;
+    /// its response is the call's reply, and its error (or a readiness error) an error
+    /// reply with the error's message.
+    ///
+    /// A cancelled call drops the service's future after the grace, as for
+    /// [`serve_calls`](Self::serve_calls); a layer such as tower's `Timeout` ends it
+    /// sooner, with an error reply.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ringbell::Error> {
+    /// use std::time::Duration;
+    /// use ringbell::tokio::{AsyncServer, Call};
+    /// use ringbell::ServerConfig;
+    /// use tower::ServiceBuilder;
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     .concurrency_limit(32)
+    ///     .timeout(Duration::from_secs(5))
+    ///     .service_fn(|call: Call| async move {
+    ///         Ok::<_, tower::BoxError>(call.into_request().to_ascii_uppercase())
+    ///     });
+    /// let server = AsyncServer::bind("/tmp/app.sock", ServerConfig::default())?;
+    /// server.serve_service(service).await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tower")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+    pub async fn serve_service<S>(self, service: S)
+    where
+        S: tower_service::Service<Call, Response = Vec<u8>> + Clone + Send + 'static,
+        S::Error: std::fmt::Display + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        // The handler is shared by the sweeper and every handler task (`Sync`), which a
+        // tower service need not be: each call clones it under a lock, and the clone is
+        // the call's own.
+        let service = std::sync::Mutex::new(service);
+        self.serve_calls(move |call: Call| {
+            let mut service = service
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            async move {
+                std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                service.call(call).await
+            }
+        })
+        .await
+    }
+
     /// [`serve_calls`](Self::serve_calls) with a graceful shutdown, as
     /// [`serve_until`](Self::serve_until) has.
     pub async fn serve_calls_until<H, F, E>(

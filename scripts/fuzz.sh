@@ -19,7 +19,7 @@
 # test `cargo test -p ringbell --all-features --test fuzz_corpus` replays the corpus.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-all_targets=(frame_header handshake hostile_ring codec)
+all_targets=(frame_header handshake hostile_ring call_messages codec)
 
 cmin=false
 if [[ "${1:-}" == "--cmin" ]]; then

@@ -67,7 +67,7 @@ pub fn frame_header(input: &[u8]) {
     }
 }
 
-/// Decodes the input (zero-padded or cut to 40 bytes) as a Welcome, and its first 16
+/// Decodes the input (zero-padded or cut to 48 bytes) as a Welcome, and its first 16
 /// bytes as the prefix of each kind of handshake message.
 pub fn handshake(input: &[u8]) {
     let mut welcome = [0u8; WELCOME_LEN];
@@ -110,7 +110,7 @@ pub fn handshake(input: &[u8]) {
 
     match decode_welcome(&welcome, std::path::Path::new("fuzz.sock")) {
         // An accepted Welcome has our version and the Accepted status, so encoding it
-        // again must reproduce all 40 bytes.
+        // again must reproduce all 48 bytes.
         Ok(decoded) => assert_eq!(
             encode_welcome(Status::Accepted, &decoded),
             welcome,

@@ -23,7 +23,12 @@ const TOKEN_TIME: Duration = Duration::from_millis(150);
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", path] => serve(path).await,
         ["ask", path, prompt] => ask(path, prompt, None).await,
         ["demo"] => demo().await,
@@ -119,7 +124,12 @@ async fn demo() -> Result<(), Error> {
     let serving = tokio::spawn(server.serve_calls(generate));
     let path = path.to_string_lossy().into_owned();
     ask(&path, "streamed replies arrive token by token", None).await?;
-    ask(&path, "this one is cancelled before it ends so the server stops", Some(3)).await?;
+    ask(
+        &path,
+        "this one is cancelled before it ends so the server stops",
+        Some(3),
+    )
+    .await?;
     serving.abort();
     Ok(())
 }

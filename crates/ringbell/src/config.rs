@@ -206,9 +206,10 @@ impl ServerConfig {
     /// The most bytes the server holds at once, across all its connections, for messages
     /// in transit. Default: 16 × [`max_message_size`](Self::max_message_size), and at
     /// least [`MIN_DEFAULT_MEMORY_BUDGET`](Self::MIN_DEFAULT_MEMORY_BUDGET) (256 MiB with
-    /// the default 16 MiB messages). It must be at least `max_message_size`, or a largest
-    /// message could never be received: [`Server::bind`](crate::Server::bind) refuses a
-    /// smaller one.
+    /// the default 16 MiB messages). It must be at least `max_message_size` plus 4,110
+    /// bytes (what a call's opening carries after its request: its trailer and up to 4 KiB
+    /// of metadata), or a largest message could never be received:
+    /// [`Server::bind`](crate::Server::bind) refuses a smaller one.
     ///
     /// What counts:
     ///
@@ -224,7 +225,8 @@ impl ServerConfig {
     /// nobody errs; the message goes on when other messages have been delivered.
     /// Likewise, while the budget is spent, `serve` takes no more requests from a client
     /// that already has calls under way (a client with none still gets one, so that
-    /// every client makes progress). Honest clients under the budget never wait for it.
+    /// every client makes progress); it reads on past their openings, which wait in order,
+    /// so that the credit of the calls under way still arrives.
     ///
     /// Backpressure rather than a refusal, because a plain connection has no reply to
     /// carry a refusal in: the receiver would have to drop a message its sender believes

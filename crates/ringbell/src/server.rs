@@ -82,13 +82,20 @@ impl Server {
                 detail: "max_message_size must be at least 1 byte".into(),
             });
         }
-        if config.effective_memory_budget() < config.max_message_size {
+        // A call's opening carries its request and, after it, up to REQUEST_ROOM bytes of
+        // trailer and metadata: the largest message a server may have to receive.
+        let largest = config
+            .max_message_size
+            .saturating_add(crate::core::call::REQUEST_ROOM);
+        if config.effective_memory_budget() < largest {
             return Err(Error::InvalidConfig {
                 detail: format!(
-                    "memory_budget ({} bytes) must be at least max_message_size ({} bytes), \
-                     or a largest message could never be received",
+                    "memory_budget ({} bytes) must be at least max_message_size ({} bytes) \
+                     plus {} bytes for a call's trailer and metadata, or a largest message \
+                     could never be received",
                     config.effective_memory_budget(),
-                    config.max_message_size
+                    config.max_message_size,
+                    crate::core::call::REQUEST_ROOM
                 ),
             });
         }

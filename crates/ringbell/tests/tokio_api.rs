@@ -923,3 +923,84 @@ async fn a_tower_service_with_layers_serves_calls_and_the_client_is_one() {
         .expect("watchdog");
     serving.abort();
 }
+
+/// A call dropped before its driver sent its opening (the future polled once, then
+/// dropped, on a runtime of one thread: the driver takes the call and its cancel in one
+/// pass) gives its slot back at once: the server never heard of it, so no word of its end
+/// will come. Three such drops against a bound of two, then a call that must succeed.
+#[tokio::test]
+async fn a_call_dropped_before_it_was_sent_gives_its_slot_back() {
+    use std::future::Future;
+
+    let path = socket_path("dropped-unsent");
+    let config = ServerConfig::default().concurrent_requests(2);
+    let server = AsyncServer::bind(&path, config).unwrap();
+    let serving =
+        tokio::spawn(server.serve(|request: Vec<u8>| async move { Ok::<_, String>(request) }));
+    let check = async {
+        let client = Client::connect(&path, ClientConfig::default())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            // Polled once, then dropped.
+            let mut call = Box::pin(client.call(b"dropped"));
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(call.as_mut().poll(&mut context).is_pending());
+            drop(call);
+        }
+        assert_eq!(client.call(b"after").await.unwrap(), b"after");
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog: a dropped call kept its slot");
+    serving.abort();
+}
+
+/// While one stream's large request holds the whole memory budget, a second call's
+/// opening must wait for it; the server reads on past that opening, so the first
+/// stream's credit, which the client sends after it, still arrives and both finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_opening_does_not_hide_the_credit_behind_it() {
+    use ringbell::tokio::{Call, CallOptions};
+
+    let path = socket_path("parked-credit");
+    let config = ServerConfig::default()
+        .max_message_size(1 << 20)
+        .memory_budget((1 << 20) + 8192);
+    let server = AsyncServer::bind(&path, config).unwrap();
+    let serving = tokio::spawn(server.serve_calls(|mut call: Call| async move {
+        // As many items as the request has kilobytes, then the count.
+        let items = call.request().len() / 1024 + 1;
+        for index in 0..items {
+            call.send(&index.to_le_bytes()).await?;
+        }
+        Ok::<_, Error>(items.to_le_bytes().to_vec())
+    }));
+    let check = async {
+        let client = Client::connect(&path, ClientConfig::default())
+            .await
+            .unwrap();
+        let window = CallOptions::default().window(2);
+        let mut large = client
+            .call_stream_with(&vec![7u8; 1 << 20], window.clone())
+            .await
+            .unwrap();
+        // Its handler runs (and holds the budget) once its first item is here.
+        large.next().await.unwrap().unwrap();
+        let mut small = client.call_stream_with(b"small", window).await.unwrap();
+        let mut taken = 1;
+        while let Some(item) = large.next().await {
+            item.unwrap();
+            taken += 1;
+        }
+        assert_eq!(taken, 1025);
+        assert_eq!(large.reply().await.unwrap(), 1025usize.to_le_bytes());
+        assert_eq!(small.next().await.unwrap().unwrap(), 0usize.to_le_bytes());
+        assert!(small.next().await.is_none());
+        assert_eq!(small.reply().await.unwrap(), 1usize.to_le_bytes());
+    };
+    tokio::time::timeout(WATCHDOG, check)
+        .await
+        .expect("watchdog: the first stream's credit never arrived");
+    serving.abort();
+}

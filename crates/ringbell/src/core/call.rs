@@ -588,6 +588,12 @@ mod tests {
     }
 
     #[test]
+    fn the_room_for_an_opening_is_what_the_docs_say() {
+        // `ServerConfig::memory_budget`'s docs name this figure.
+        assert_eq!(REQUEST_ROOM, 4110);
+    }
+
+    #[test]
     fn malformed_messages_are_refused() {
         assert!(decode_from_client(&[]).is_err());
         assert!(decode_from_client(&[0x77]).is_err());

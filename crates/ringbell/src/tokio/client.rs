@@ -485,29 +485,40 @@ pub(super) struct Outbox {
 struct Queued {
     id: u64,
     message: Vec<u8>,
-    ends_call: bool,
+    role: Role,
+}
+
+/// What a queued message is to its call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The client's opening: until it is in the ring, the server knows nothing of the call.
+    Opens,
+    Other,
+    /// The server's final reply (or `ENDED`), which the client counts on.
+    Ends,
 }
 
 impl Outbox {
     /// Queues `message`, to go with `id`.
     pub(super) fn push(&mut self, id: u64, message: Vec<u8>) {
-        self.queue_up(id, message, false);
+        self.queue_up(id, message, Role::Other);
+    }
+
+    /// Queues the opening of call `id`.
+    pub(super) fn push_opening(&mut self, id: u64, message: Vec<u8>) {
+        self.queue_up(id, message, Role::Opens);
     }
 
     /// Queues the message that ends call `id`: counted by [`finals`](Self::finals) until
     /// it is in the ring.
     pub(super) fn push_final(&mut self, id: u64, message: Vec<u8>) {
-        self.queue_up(id, message, true);
+        self.queue_up(id, message, Role::Ends);
     }
 
-    fn queue_up(&mut self, id: u64, message: Vec<u8>, ends_call: bool) {
+    fn queue_up(&mut self, id: u64, message: Vec<u8>, role: Role) {
         self.bytes += message.len();
-        self.finals += usize::from(ends_call);
-        self.queue.push_back(Queued {
-            id,
-            message,
-            ends_call,
-        });
+        self.finals += usize::from(role == Role::Ends);
+        self.queue.push_back(Queued { id, message, role });
     }
 
     /// The bytes of the messages waiting.
@@ -526,19 +537,23 @@ impl Outbox {
 
     /// Withdraws the messages of call `id` that wait: its call was cancelled. The one
     /// being written stays, since part of it is in the ring already; so does a final one,
-    /// which the peer counts on.
-    pub(super) fn withdraw(&mut self, id: u64) {
+    /// which the peer counts on. Returns whether the call's opening was among them: then
+    /// the peer never hears of the call.
+    pub(super) fn withdraw(&mut self, id: u64) -> bool {
         let begun = self.progress != SendProgress::default();
         let bytes = &mut self.bytes;
         let mut index = 0;
+        let mut opening = false;
         self.queue.retain(|queued| {
-            let keep = queued.id != id || queued.ends_call || (index == 0 && begun);
+            let keep = queued.id != id || queued.role == Role::Ends || (index == 0 && begun);
             index += 1;
             if !keep {
                 *bytes -= queued.message.len();
+                opening |= queued.role == Role::Opens;
             }
             keep
         });
+        opening
     }
 
     /// Moves messages into the ring while they fit. Returns whether any went, and the size
@@ -553,7 +568,7 @@ impl Outbox {
             {
                 Ok(Pushed::Done) => {
                     self.bytes -= queued.message.len();
-                    self.finals -= usize::from(queued.ends_call);
+                    self.finals -= usize::from(queued.role == Role::Ends);
                     self.queue.pop_front();
                     self.progress = SendProgress::default();
                     moved = true;
@@ -995,7 +1010,7 @@ impl GroupDriver {
                     }));
                     return;
                 }
-                member.outbox.push(call.correlation, call.message);
+                member.outbox.push_opening(call.correlation, call.message);
             }
             ToDriver::Cancel { id, correlation } => {
                 let Some(member) = self.member_mut(id) else {
@@ -1011,8 +1026,13 @@ impl GroupDriver {
                     return;
                 }
                 pending.tell(Err(Error::Cancelled));
-                member.outbox.withdraw(correlation);
-                member.outbox.push(correlation, encode_cancel());
+                if member.outbox.withdraw(correlation) {
+                    // Its opening never left: the server knows nothing of it, and its
+                    // slot comes back now.
+                    member.pending.complete(correlation);
+                } else {
+                    member.outbox.push(correlation, encode_cancel());
+                }
             }
             ToDriver::Credit { id, correlation, n } => {
                 let Some(member) = self.member_mut(id) else {

@@ -44,7 +44,7 @@
 //! [`ServerConfig::concurrent_requests`]: crate::ServerConfig::concurrent_requests
 //! [`ServerConfig::cancel_grace`]: crate::ServerConfig::cancel_grace
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -363,12 +363,14 @@ struct Served {
     asleep: bool,
     /// The bytes of the requests its handlers hold.
     handling_bytes: usize,
-    /// A call's opening (correlation id, message) that came while the connection had
-    /// `concurrent_requests` calls under way: started when one ends. Reading stops while
-    /// it waits, but only from then on: the credit, cancels and streamed messages of the
-    /// calls under way, which come before it, are read, or a connection whose calls all
-    /// wait for credit would never get it.
-    parked: Option<(u64, Vec<u8>)>,
+    /// Calls' openings (correlation id, message) that came while the connection could
+    /// start no call (`concurrent_requests` under way, or the memory budget spent):
+    /// started in order as calls end. Reading goes on past them, so that the credit,
+    /// cancels and streamed messages of the calls under way are read, or a connection
+    /// whose calls all wait for credit would never get it. An honest client never has
+    /// more than `concurrent_requests` parked (it counts its calls as the server does);
+    /// at that many, reading stops, so a flood of openings waits in the client's ring.
+    parked: VecDeque<(u64, Vec<u8>)>,
     /// What its calls under way hold (requests being handled, messages waiting for
     /// room), charged to the server's memory budget.
     charge: Option<Charge>,
@@ -414,7 +416,7 @@ impl Served {
     /// Brings its charge to what its calls under way hold now.
     fn recharge(&mut self) {
         if let Some(charge) = &mut self.charge {
-            let parked = self.parked.as_ref().map_or(0, |(_, message)| message.len());
+            let parked: usize = self.parked.iter().map(|(_, message)| message.len()).sum();
             charge.resize(self.outbox.bytes() + self.handling_bytes + parked);
         }
     }
@@ -683,7 +685,7 @@ where
             peer_stirred: true,
             asleep: false,
             handling_bytes: 0,
-            parked: None,
+            parked: VecDeque::new(),
             charge,
         });
     }
@@ -766,15 +768,12 @@ where
             let Some(served) = self.slots[slot].as_mut() else {
                 return Ok(progressed);
             };
-            if let Some((correlation, message)) = served.parked.take() {
-                if draining {
-                    // Never started: its client gets `PeerDied` when the connection closes.
-                    continue;
-                }
-                if !served.may_take(self.limit) {
-                    served.parked = Some((correlation, message));
-                    break;
-                }
+            if draining {
+                // Never started: their client gets `PeerDied` when the connection closes.
+                served.parked.clear();
+            }
+            if !served.parked.is_empty() && served.may_take(self.limit) {
+                let (correlation, message) = served.parked.pop_front().expect("not empty");
                 self.buf = message;
                 let FromClient::Open(open) =
                     decode_from_client(&self.buf).map_err(broke_protocol)?
@@ -784,6 +783,9 @@ where
                 self.open_call(slot, correlation, open)?;
                 progressed = true;
                 continue;
+            }
+            if served.parked.len() >= self.limit {
+                break;
             }
             let check_peer = served.peer_stirred;
             let Some(received) = served
@@ -799,8 +801,12 @@ where
                 FromClient::Open(_) if draining => {
                     // Never started: its client gets `PeerDied` when the connection closes.
                 }
-                FromClient::Open(_) if !served.may_take(self.limit) => {
-                    served.parked = Some((correlation, std::mem::take(&mut self.buf)));
+                FromClient::Open(_)
+                    if !served.parked.is_empty() || !served.may_take(self.limit) =>
+                {
+                    served
+                        .parked
+                        .push_back((correlation, std::mem::take(&mut self.buf)));
                 }
                 FromClient::Open(open) => self.open_call(slot, correlation, open)?,
                 FromClient::Data(len) => {
@@ -829,7 +835,11 @@ where
                     }
                 }
                 FromClient::Cancel => {
-                    if let Some(task) = served.cancel(correlation) {
+                    if let Some(at) = served.parked.iter().position(|(id, _)| *id == correlation) {
+                        // Never started: it ends here, with its word to the client.
+                        served.parked.remove(at);
+                        served.outbox.push_final(correlation, encode_ended());
+                    } else if let Some(task) = served.cancel(correlation) {
                         self.start_grace(task);
                     }
                 }
@@ -1170,8 +1180,8 @@ where
             }
             // A request waiting for budget room is not ours to take yet: the sweeper waits
             // for a release (`budget_waited`), not for this connection's doorbell.
-            let receiving =
-                (draining || served.parked.is_none()) && !served.connection.awaiting_budget();
+            let receiving = (draining || served.parked.len() < self.limit)
+                && !served.connection.awaiting_budget();
             let armed = arm(&mut served.connection, receiving, served.blocked);
             // Arming hands back the space of what we received, which may owe a ring.
             if let Some(doorbell) = served.connection.ring_owed() {

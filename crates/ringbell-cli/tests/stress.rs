@@ -394,3 +394,28 @@ fn duplicated_replies_fail_the_run() {
         "completed=40 failed=0 corrupted=0 lost=0 duplicated=4 or 5",
     );
 }
+
+#[test]
+fn streams_with_random_cancels_are_all_checked() {
+    let output = stress(&["--pattern", "stream", "--quick", "--seed", "5"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(stdout.contains("seed 5"), "{}", describe(&output));
+    assert!(stdout.contains("streams: 64 ("), "{}", describe(&output));
+    assert!(stdout.contains("items verified: "), "{}", describe(&output));
+    assert!(stdout.contains("PASS"), "{}", describe(&output));
+}
+
+/// A server that skips or duplicates one item of stream 0 must fail the run, naming it.
+#[test]
+fn a_skipped_or_duplicated_stream_item_fails_the_run() {
+    for (fault, wanted) in [
+        ("skip", "stream 0: item 1 lost"),
+        ("duplicate", "stream 0: item 1 duplicated"),
+    ] {
+        let output = stress(&["--pattern", "stream", "--quick", "--stream-fault", fault]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{}", describe(&output));
+        assert!(stderr.contains(wanted), "{fault}: {}", describe(&output));
+    }
+}

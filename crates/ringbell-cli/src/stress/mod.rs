@@ -32,6 +32,7 @@ mod report;
 mod rounds;
 mod sample;
 mod server;
+mod stream;
 
 use std::time::Instant;
 
@@ -76,6 +77,15 @@ impl Transport {
             Transport::Uds => "uds",
         }
     }
+}
+
+/// What the stress clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Pattern {
+    /// Request/response calls, each reply checked.
+    Echo,
+    /// Many concurrent streamed calls, some cancelled at random, every item checked.
+    Stream,
 }
 
 /// `ringbell stress`'s options.
@@ -132,6 +142,16 @@ pub struct StressArgs {
     /// Seed of the random payloads; each client connection derives its own stream.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// What to stress: `echo` calls, or `stream`ed calls with random cancels (which
+    /// takes only --quick, --seed and --timeout of the other options).
+    #[arg(long, value_enum, default_value = "echo")]
+    pattern: Pattern,
+    /// With --pattern stream: 64 streams over 4 connections instead of 400 over 16.
+    #[arg(long)]
+    quick: bool,
+    /// With --pattern stream: make the server skip or duplicate an item.
+    #[arg(long, value_enum, hide = true)]
+    stream_fault: Option<self::stream::StreamFault>,
     /// Make the server inject this fault, to check that the run then fails.
     #[arg(long, value_enum, hide = true)]
     fault: Option<Fault>,
@@ -157,6 +177,16 @@ process could not start, connect or finish in time.";
 
 /// Runs `ringbell stress` and prints its report.
 pub fn run(args: &StressArgs) -> Result<(), CliError> {
+    if args.pattern == Pattern::Stream {
+        let plan = self::stream::StreamPlan::new(
+            args.quick,
+            args.seed,
+            args.stream_fault,
+            std::time::Duration::from_secs(args.timeout),
+        );
+        let _backstop = Backstop::arm(plan.timeout + BACKSTOP_GRACE);
+        return self::stream::run(&plan);
+    }
     let started = Instant::now();
     // Options first, so that a bad one gets its own message on every OS.
     let plan = Plan::from_args(args)?;

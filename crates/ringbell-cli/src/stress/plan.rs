@@ -150,6 +150,9 @@ mod tests {
             seed: 1,
             fault: None,
             fault_every: 1,
+            pattern: crate::stress::Pattern::Echo,
+            quick: false,
+            stream_fault: None,
         };
         Plan::from_args(&args).unwrap()
     }

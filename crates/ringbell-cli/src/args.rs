@@ -246,6 +246,16 @@ impl StreamPeerArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct StreamedServerArgs {
+    #[arg(long, value_enum)]
+    pub(crate) transport: crate::streamed::StreamedTransport,
+    /// Socket path to listen on.
+    pub(crate) path: PathBuf,
+    #[command(flatten)]
+    pub(crate) process: ProcessArgs,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct StressServerArgs {
     #[command(flatten)]
     pub(crate) server: stress::ServerArgs,

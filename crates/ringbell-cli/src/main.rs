@@ -30,6 +30,7 @@ mod serve;
 mod shm;
 mod stats;
 mod stream;
+mod streamed;
 mod stress;
 mod temp_dir;
 
@@ -40,7 +41,7 @@ use ringbell::ServerConfig;
 
 use crate::args::{
     DemoArgs, EventfdPeerArgs, PeerLibArgs, PingArgs, ServeArgs, ShmPeerArgs, StreamPeerArgs,
-    StressClientArgs, StressServerArgs,
+    StreamedServerArgs, StressClientArgs, StressServerArgs,
 };
 use crate::error::CliError;
 
@@ -122,6 +123,9 @@ enum Command {
     /// Unix socket, pipes or TCP).
     #[command(name = "__stream-peer", hide = true)]
     StreamPeer(StreamPeerArgs),
+    /// Server of `bench`'s streamed-call rows: 64-byte items over ringbell or a Unix socket.
+    #[command(name = "__streamed-server", hide = true)]
+    StreamedServer(StreamedServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -184,6 +188,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::StreamPeer(args) => {
             args.process.apply()?;
             stream::run_peer(args.end()?, args.mode)
+        }
+        Command::StreamedServer(args) => {
+            args.process.apply()?;
+            streamed::run_server(args.transport, &args.path)
         }
     }
 }

@@ -463,6 +463,21 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
             );
         }
     }
+    for name in ["ringbell serve_calls", "tokio UnixStream, framed"] {
+        assert!(
+            rows("streamed").iter().any(|row| row["name"] == name
+                && row["items_per_second"]
+                    .as_f64()
+                    .is_some_and(|rate| rate > 0.0)
+                && row["cancel_p99_us"].as_f64().is_some()),
+            "no streamed-call figures for {name}"
+        );
+    }
+    assert!(
+        stdout.contains("streamed calls, 64 B items"),
+        "no streamed-call table\n{}",
+        describe(&output)
+    );
     assert!(report["idle"]["seconds"].as_f64().unwrap() > 0.0);
 
     for plot in [

@@ -10,8 +10,8 @@ use super::plan::{
 };
 use super::report::{
     format_size, latency_row, throughput_row, IdleRow, LatencyRow, LoadRow, Machine, Report,
-    EVENTFD, MEMCPY, RAW_FUTEX, RAW_SPIN, RINGBELL_BATCHES, RINGBELL_LOAD, TOKIO_UDS_LOAD,
-    UDS_BATCHES,
+    StreamedRow, EVENTFD, MEMCPY, RAW_FUTEX, RAW_SPIN, RINGBELL_BATCHES, RINGBELL_LOAD,
+    RINGBELL_STREAMED, TOKIO_UDS_LOAD, TOKIO_UDS_STREAMED, UDS_BATCHES,
 };
 use super::Bench;
 use crate::args::WaitKind;
@@ -21,6 +21,7 @@ use crate::peers::{self, Describe};
 use crate::serve::ServeMode;
 use crate::stats::{LatencyRun, ThroughputRun};
 use crate::stream::{self, StreamKind};
+use crate::streamed::{self, StreamedTransport};
 use crate::stress::{self, Transport};
 use crate::{idle, measure};
 
@@ -97,6 +98,31 @@ impl Bench {
             }
         };
 
+        let mut streamed = Vec::new();
+        for (name, transport) in [
+            (RINGBELL_STREAMED, StreamedTransport::Ringbell),
+            (TOKIO_UDS_STREAMED, StreamedTransport::Uds),
+        ] {
+            let what = format!("{name} streamed calls");
+            let figures = self.step(&what, || {
+                streamed::measure(
+                    transport,
+                    self.plan.streamed,
+                    &self.launcher,
+                    self.workspace.path(),
+                )
+            })?;
+            streamed.push(StreamedRow {
+                name: name.into(),
+                items_per_second: figures.items_per_second,
+                first_item_p50_us: figures.first_item_p50_us,
+                concurrent_streams: self.plan.streamed.concurrent,
+                concurrent_items_per_second: figures.concurrent_items_per_second,
+                cancel_p50_us: figures.cancel_p50_us,
+                cancel_p99_us: figures.cancel_p99_us,
+            });
+        }
+
         let idle = match idle::NOT_ON_THIS_OS {
             None => Some(self.step("idle CPU of a connected pair", || self.idle())?),
             Some(why) => {
@@ -111,6 +137,7 @@ impl Bench {
             latency,
             throughput,
             load,
+            streamed,
             idle,
             skipped: self.skipped.borrow().clone(),
             peers: self.peers.iter().map(|peer| peer.note()).collect(),

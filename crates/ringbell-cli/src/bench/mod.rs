@@ -15,6 +15,10 @@
 //! * **Request/response with many clients** (1, 10, 100, 1,000 connections over up to 10
 //!   client processes, unpinned): ringbell's `AsyncServer::serve` and `Client` against the
 //!   same protocol over tokio `UnixStream`s (the `stress` machinery, every reply checked).
+//! * **Streamed calls** of 64-byte items ([`crate::streamed`]): one stream's items per
+//!   second and time to first item, 100 concurrent streams, and cancel latency while the
+//!   server is busy, for `serve_calls` against the same protocol framed on tokio
+//!   `UnixStream`s, the server a child pinned to the second CPU.
 //! * **Idle CPU** of a connected pair, and the server's **memory per connection**.
 //!
 //! The peers are in the `ringbell-bench-peers` crate, behind the CLI's `peers` feature

@@ -9,6 +9,7 @@ use super::Bench;
 use crate::args::WaitKind;
 use crate::peers;
 use crate::stream::StreamKind;
+use crate::streamed::StreamedPlan;
 
 /// Message sizes of the latency runs.
 pub(super) const LATENCY_SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
@@ -39,6 +40,8 @@ pub(super) struct Plan {
     pub(super) load_calls: u64,
     pub(super) load_clients: &'static [u64],
     pub(super) idle: Duration,
+    /// The streamed-call rows (see [`crate::streamed`]).
+    pub(super) streamed: StreamedPlan,
 }
 
 impl Plan {
@@ -49,6 +52,14 @@ impl Plan {
         load_calls: 200_000,
         load_clients: &LOAD_CLIENTS,
         idle: Duration::from_secs(5),
+        streamed: StreamedPlan {
+            items: 1_000_000,
+            first_item_calls: 1_000,
+            concurrent: 100,
+            concurrent_items: 10_000,
+            cancels: 1_000,
+            busy_streams: 4,
+        },
     };
 
     pub(super) const QUICK: Plan = Plan {
@@ -58,6 +69,14 @@ impl Plan {
         load_calls: 2_000,
         load_clients: &[1, 10, 100],
         idle: Duration::from_secs(1),
+        streamed: StreamedPlan {
+            items: 20_000,
+            first_item_calls: 50,
+            concurrent: 100,
+            concurrent_items: 200,
+            cancels: 50,
+            busy_streams: 4,
+        },
     };
 
     /// Warm-up and timed round trips at `size` for a wait that spins or sleeps: the count
@@ -146,7 +165,8 @@ impl Bench {
         // Each size's subjects and memcpy, then ringbell's and the socket's batches.
         let throughput = THROUGHPUT_SIZES.len() * (self.throughput_subjects().len() + 1) + 2;
         let load = self.plan.load_clients.len() * 2;
-        (latency + throughput + load + 1) as u64
+        // One step per streamed-call transport.
+        (latency + throughput + load + 1 + 2) as u64
     }
 }
 

@@ -16,6 +16,7 @@ use crate::error::CliError;
 use crate::peers;
 use crate::stats::{compare, format_count, print_table, Better, LatencyRun, ThroughputRun};
 use crate::stream::StreamKind;
+use crate::streamed::ITEM_SIZE;
 
 /// The machine the figures come from.
 #[derive(Debug, Serialize)]
@@ -72,6 +73,21 @@ pub(super) struct LoadRow {
     pub(super) server_kib_per_connection: f64,
 }
 
+/// One transport's streamed-call figures, 64-byte items.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct StreamedRow {
+    pub(super) name: String,
+    /// One stream.
+    pub(super) items_per_second: f64,
+    pub(super) first_item_p50_us: f64,
+    /// Many streams at once, items per second over all.
+    pub(super) concurrent_streams: u32,
+    pub(super) concurrent_items_per_second: f64,
+    /// From the client's cancel to the handler's observation, while the server is busy.
+    pub(super) cancel_p50_us: f64,
+    pub(super) cancel_p99_us: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct IdleRow {
     pub(super) seconds: f64,
@@ -96,6 +112,7 @@ pub(super) struct Report {
     pub(super) latency: Vec<LatencyRow>,
     pub(super) throughput: Vec<ThroughputRow>,
     pub(super) load: Vec<LoadRow>,
+    pub(super) streamed: Vec<StreamedRow>,
     pub(super) idle: Option<IdleRow>,
     pub(super) skipped: Vec<Skipped>,
     /// How each peer library is used.
@@ -114,6 +131,8 @@ pub(super) const RINGBELL_BATCHES: &str = "ringbell adaptive, batches of 64";
 pub(super) const UDS_BATCHES: &str = "unix socket, batches of 64";
 pub(super) const RINGBELL_LOAD: &str = "ringbell AsyncServer";
 pub(super) const TOKIO_UDS_LOAD: &str = "tokio UnixStream";
+pub(super) const RINGBELL_STREAMED: &str = "ringbell serve_calls";
+pub(super) const TOKIO_UDS_STREAMED: &str = "tokio UnixStream, framed";
 
 pub(super) fn latency_row(name: String, size: usize, run: &LatencyRun) -> LatencyRow {
     let micros = |quantile: f64| run.histogram.value_at_quantile(quantile) as f64 / 1_000.0;
@@ -272,6 +291,54 @@ impl Report {
                     "p99 µs",
                     "server KiB/conn",
                     "vs tokio UnixStream",
+                ],
+                rows,
+            );
+        }
+        if !self.streamed.is_empty() {
+            println!();
+            let uds = self
+                .streamed
+                .iter()
+                .find(|row| row.name == TOKIO_UDS_STREAMED);
+            let rows = self
+                .streamed
+                .iter()
+                .map(|row| {
+                    vec![
+                        row.name.clone(),
+                        format_count(row.items_per_second),
+                        compare(
+                            row.items_per_second,
+                            uds.map_or(f64::NAN, |uds| uds.items_per_second),
+                            Better::More,
+                        ),
+                        format!("{:.1}", row.first_item_p50_us),
+                        compare(
+                            row.first_item_p50_us,
+                            uds.map_or(f64::NAN, |uds| uds.first_item_p50_us),
+                            Better::Faster,
+                        ),
+                        format_count(row.concurrent_items_per_second),
+                        format!("{:.1}", row.cancel_p50_us),
+                        format!("{:.1}", row.cancel_p99_us),
+                    ]
+                })
+                .collect();
+            let concurrent = self
+                .streamed
+                .first()
+                .map_or(0, |row| row.concurrent_streams);
+            print_table(
+                &[
+                    &format!("streamed calls, {ITEM_SIZE} B items"),
+                    "items/s, 1 stream",
+                    "vs tokio UnixStream",
+                    "first item p50 µs",
+                    "vs tokio UnixStream",
+                    &format!("items/s, {concurrent} streams"),
+                    "cancel p50 µs",
+                    "cancel p99 µs",
                 ],
                 rows,
             );

@@ -1049,30 +1049,8 @@ impl GroupDriver {
                 id,
                 correlation,
                 message,
-            } => {
-                let Some(member) = self.member_mut(id) else {
-                    return;
-                };
-                if member
-                    .pending
-                    .get_mut(correlation)
-                    .is_some_and(|pending| pending.is_live())
-                {
-                    member.outbox.push(correlation, message);
-                }
-            }
-            ToDriver::End { id, correlation } => {
-                let Some(member) = self.member_mut(id) else {
-                    return;
-                };
-                if member
-                    .pending
-                    .get_mut(correlation)
-                    .is_some_and(|pending| pending.is_live())
-                {
-                    member.outbox.push(correlation, encode_end());
-                }
-            }
+            } => self.push_if_live(id, correlation, message),
+            ToDriver::End { id, correlation } => self.push_if_live(id, correlation, encode_end()),
             ToDriver::Leave { id } => {
                 self.ended.remove(&id);
                 if let Some(&slot) = self.slot_of.get(&id) {
@@ -1081,6 +1059,21 @@ impl GroupDriver {
                     }
                 }
             }
+        }
+    }
+
+    /// Queues `message` of call `correlation` on client `id`'s connection, if someone
+    /// still waits for that call: after a cancel, the call's messages are for nobody.
+    fn push_if_live(&mut self, id: u64, correlation: u64, message: Vec<u8>) {
+        let Some(member) = self.member_mut(id) else {
+            return;
+        };
+        if member
+            .pending
+            .get_mut(correlation)
+            .is_some_and(|pending| pending.is_live())
+        {
+            member.outbox.push(correlation, message);
         }
     }
 

@@ -46,7 +46,7 @@ use crate::core::call::{
 };
 use crate::core::in_flight::InFlight;
 use crate::core::ring::max_frame_payload;
-use crate::core::wait::{SpinLearner, PEER_CHECK_INTERVAL};
+use crate::core::wait::{yield_if_spinning_long, SpinLearner, PEER_CHECK_INTERVAL};
 use crate::error::Error;
 use crate::handshake::SharedDoorbell;
 use crate::sys;
@@ -1028,6 +1028,7 @@ impl GroupDriver {
                 let (since, budget) =
                     *idle.get_or_insert_with(|| (now, self.learner.budget(&self.wait)));
                 if budget.is_none_or(|budget| now - since < budget) {
+                    yield_if_spinning_long(since, now);
                     ::tokio::task::yield_now().await;
                     continue;
                 }

@@ -8,8 +8,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(ringbell_async)");
     println!("cargo::rerun-if-changed=build.rs");
     let tokio = std::env::var_os("CARGO_FEATURE_TOKIO").is_some();
-    let windows = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "windows");
-    if tokio && !windows {
+    if tokio {
         println!("cargo::rustc-cfg=ringbell_async");
     }
 }

@@ -395,14 +395,14 @@ impl Connection {
     }
 
     /// This side's doorbell, for the per-OS extension traits and the event-loop drivers.
-    /// (Windows has neither yet: step 3 of docs/WINDOWS.md.)
-    #[cfg(unix)]
+    /// (Windows has no extension trait yet: docs/WINDOWS.md.)
+    #[cfg(any(unix, ringbell_async))]
     pub(crate) fn doorbell(&self) -> &Doorbell {
         &self.own_doorbell
     }
 
     /// The control channel, for the per-OS extension traits and the event-loop drivers.
-    #[cfg(unix)]
+    #[cfg(any(unix, ringbell_async))]
     pub(crate) fn control(&self) -> &ControlStream {
         &self.control
     }

@@ -141,6 +141,8 @@ pub(crate) use windows::{
 // The handshake sends fewer; the conformance suite checks the limit.
 #[cfg(all(windows, test))]
 pub(crate) use windows::MAX_GRANTS;
+#[cfg(all(windows, feature = "tokio"))]
+pub(crate) use windows::{Poller, Stirred};
 
 #[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]
 compile_error!("ringbell has backends for Linux, macOS (the POSIX one) and, in part, Windows only");

@@ -41,6 +41,10 @@ mod limits;
 #[cfg(windows)]
 mod pipe;
 mod pipe_name;
+#[cfg(all(windows, feature = "tokio"))]
+mod poller;
+#[cfg(all(windows, feature = "tokio"))]
+mod readiness;
 #[cfg(windows)]
 mod region;
 #[cfg(all(test, windows))]
@@ -65,6 +69,8 @@ pub(crate) use limits::{
 };
 #[cfg(windows)]
 pub(crate) use pipe::{wait_readable, ControlListener, ControlStream, Source};
+#[cfg(all(windows, feature = "tokio"))]
+pub(crate) use poller::{Poller, Stirred};
 #[cfg(windows)]
 pub(crate) use region::SharedRegion;
 #[cfg(windows)]

@@ -2,9 +2,6 @@
 //! calls, and a server process killed while calls wait. Children are this test binary run
 //! again (see `common::ChildProcess`); every test has a watchdog.
 
-// Not on Windows yet: async request/response (`tokio`, step 3 of docs/WINDOWS.md).
-// `Server::serve` is tested there in cross_process.rs.
-#![cfg(not(windows))]
 #![cfg(feature = "tokio")]
 
 #[allow(dead_code)]

@@ -7,9 +7,10 @@
 //! honest clients are separate processes (children of this test binary, see
 //! `common::ChildProcess`); every test has a watchdog.
 
-// Not on Windows yet: its honest clients are async (`tokio::Client`), which needs
-// readiness (step 3 of docs/WINDOWS.md), and its stallers raw Unix sockets. The connection
-// limit is also checked in cross_process.rs, which runs there.
+// Not on Windows yet: its stallers are raw Unix sockets and it counts fds in /proc (every
+// test here is `common::LINUX_ONLY`, ignored off Linux); a port would stall on the pipe
+// and count handles. The connection limit is also checked in cross_process.rs, and the
+// async clients it uses run in tokio_api.rs, both on Windows too.
 #![cfg(not(windows))]
 #![cfg(feature = "tokio")]
 

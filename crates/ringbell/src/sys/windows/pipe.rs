@@ -27,7 +27,8 @@
 //!   the time left before the stream's deadline (`CancelIoEx` when it passes, then a wait
 //!   for the cancelled operation to end, so no `OVERLAPPED` outlives its call). That gives
 //!   deadlines, which a synchronous pipe handle has no way to bound, and the handles are
-//!   the kind mio's and tokio's named pipes take, for step 3.
+//!   the kind mio's and tokio's named pipes take, and what a read issued ahead for readiness
+//!   needs (step 3: see [`ControlStream::stirred`]).
 //!
 //! # Accepting
 //!
@@ -39,8 +40,8 @@
 //! so there is always an instance to connect to while the listener lives, and an instance
 //! that could not be made is an error of this `accept`, with the connected client kept for
 //! the next. The event is one per listener, reset for each instance, and is what
-//! [`wait_readable`] waits on (and step 3's poller will); the rest is already
-//! non-blocking. Windows cancels the I/O a thread issued when that thread exits, so a
+//! [`wait_readable`] waits on (and `acceptable`, with a one-shot registered wait); the
+//! rest is already non-blocking. Windows cancels the I/O a thread issued when that thread exits, so a
 //! connect issued by a thread that has gone since (the one that bound the listener, or
 //! made the last `accept`) ends with `ERROR_OPERATION_ABORTED`, with no client: the
 //! instance then listens again, issued by the thread that looks.
@@ -81,6 +82,24 @@
 //! died before the open, its end would have closed. `peer_gone` is `PeekNamedPipe` failing
 //! (`ERROR_BROKEN_PIPE`), or the peer's process, where the stream has it, having ended;
 //! it never blocks.
+//!
+//! # Readiness (step 3)
+//!
+//! tokio cannot await a pipe opened here (its named pipes are its own, and a handle can be
+//! bound to one completion port only, ours being waited on with deadlines), and a
+//! byte-mode pipe signals nothing without a read in flight. So
+//! [`stirred`](ControlStream::stirred) issues a read *ahead*, of up to 4 KiB into a buffer
+//! of the stream's, and awaits the event of its `OVERLAPPED` with a one-shot wait
+//! registered with the thread pool (`readiness.rs`): the read ends when bytes arrive or the
+//! peer hangs up (or dies: its end closes with it). What it brought is kept, and every
+//! read of the stream takes it first, so the byte order and the frames are the same as
+//! without it. This was chosen over registering a wait on the peer's process alone (which
+//! misses the handshake's bytes) and over a zero-byte read (whose behaviour on pipes,
+//! under Wine in particular, is not documented). Each read's end is reported once; a
+//! hang-up every time; past 64 KiB unread (a peer writing what nobody asked for) nothing
+//! more is read ahead and only the peer's process ending stirs the stream. A read issued
+//! ahead is cancelled and waited for when its stream drops, and one cancelled because the
+//! thread that issued it exited (Windows does that) is issued again by the next await.
 //!
 //! See CreateNamedPipeW, ConnectNamedPipe, CreateFileW (`SECURITY_SQOS_PRESENT`),
 //! WaitNamedPipeW, PeekNamedPipe, GetOverlappedResult, CancelIoEx (learn.microsoft.com).
@@ -1562,8 +1581,9 @@ const LOOK_AGAIN_AT_MOST: Duration = Duration::from_millis(16);
 /// any stream is among the sources the wait is cut into pauses of 1 ms, doubling up to
 /// 16 ms, with a look at each stream after each. The blocking server waits this way only
 /// while handshakes are in progress, each under its deadline; with none, its wait is on
-/// the listener's event alone and costs nothing. (Step 3's readiness, reads issued ahead
-/// with their events, will replace the pauses.)
+/// the listener's event alone and costs nothing. (The reads issued ahead of step 3's
+/// readiness, whose events a wait could hold, could replace the pauses; not done yet, and
+/// the pauses would stay past 64 handshakes, where `WaitForMultipleObjects` stops.)
 pub(crate) fn wait_readable(
     sources: &[&dyn Source],
     timeout: Option<Duration>,

@@ -85,9 +85,10 @@
 //!
 //! # Readiness (step 3)
 //!
-//! tokio cannot await a pipe opened here (its named pipes are its own, and a handle can be
-//! bound to one completion port only, ours being waited on with deadlines), and a
-//! byte-mode pipe signals nothing without a read in flight. So
+//! The stream is not handed to tokio's named pipes: that would bind the handle to tokio's
+//! completion port, and the completions of our own overlapped reads and writes (the
+//! blocking API's, each waited for on its event with a deadline) would be queued there
+//! too. And a byte-mode pipe signals nothing without a read in flight. So
 //! [`stirred`](ControlStream::stirred) issues a read *ahead*, of up to 4 KiB into a buffer
 //! of the stream's, and awaits the event of its `OVERLAPPED` with a one-shot wait
 //! registered with the thread pool (`readiness.rs`): the read ends when bytes arrive or the

@@ -395,14 +395,11 @@ impl Connection {
     }
 
     /// This side's doorbell, for the per-OS extension traits and the event-loop drivers.
-    /// (Windows has no extension trait yet: docs/WINDOWS.md.)
-    #[cfg(any(unix, ringbell_async))]
     pub(crate) fn doorbell(&self) -> &Doorbell {
         &self.own_doorbell
     }
 
     /// The control channel, for the per-OS extension traits and the event-loop drivers.
-    #[cfg(any(unix, ringbell_async))]
     pub(crate) fn control(&self) -> &ControlStream {
         &self.control
     }

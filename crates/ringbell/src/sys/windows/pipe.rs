@@ -1392,6 +1392,14 @@ impl ControlStream {
         Harvest::Done
     }
 
+    /// Whether a read issued ahead is in flight (its end, if it has come, taken), for the
+    /// backend's tests.
+    #[cfg(all(test, feature = "tokio"))]
+    pub(super) fn read_ahead_in_flight(&self) -> bool {
+        let mut reader = self.reader();
+        matches!(self.harvest(&mut reader.ahead, None), Harvest::InFlight)
+    }
+
     /// Checks that there is a tokio runtime to await [`stirred`](Self::stirred) in; each
     /// await registers its own wait (`readiness.rs`).
     #[cfg(feature = "tokio")]

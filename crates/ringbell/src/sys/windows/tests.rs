@@ -1666,6 +1666,54 @@ mod readiness {
         });
     }
 
+    #[test]
+    fn a_read_ahead_cancelled_by_its_threads_exit_is_issued_again_and_loses_nothing() {
+        let _watchdog = watchdog("the thread-exit test");
+        let (_listener, mut client, server) = control_pair(&address("thread-exit"));
+        // Issued ahead by a thread that then exits: Windows cancels the I/O a thread
+        // issued when it exits, so the read ends with nothing.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                runtime().block_on(async {
+                    let mut stirred = Box::pin(client.stirred());
+                    assert!(
+                        !ready_at_once(stirred.as_mut()).await,
+                        "stirred with nothing sent"
+                    );
+                });
+                assert!(client.read_ahead_in_flight(), "no read was issued ahead");
+            });
+        });
+        // Wine 8 cancels it a moment after the thread has gone (wineserver learns of the
+        // exit on its own time); the bound is a watchdog, not a timing claim.
+        let exited = Instant::now();
+        while client.read_ahead_in_flight() {
+            assert!(
+                exited.elapsed() < NEVER,
+                "the read issued ahead outlived the thread that issued it"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Awaited again here: the cancelled read is seen (an early wake-up at most), a new
+        // one is issued by this thread, and the bytes sent now stir the stream.
+        server.write_all(b"after").unwrap();
+        runtime().block_on(async {
+            let stirred = tokio::time::timeout(NEVER, async {
+                loop {
+                    client.stirred().await.unwrap();
+                    if client.ready_now() {
+                        return;
+                    }
+                }
+            });
+            assert!(stirred.await.is_ok(), "the bytes did not stir the stream");
+        });
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"after");
+        client.deregister();
+    }
+
     /// Child: counts its handles around awaits of every kind (rung, stirred, acceptable,
     /// a poller's), some cancelled with their waits armed, and everything dropped, in a
     /// process where nothing else runs.

@@ -87,8 +87,9 @@
 //! `sleep_until_rung` learns of the peer's death from the peer's process (which the
 //! `ControlStream` holds), not from the stream's hang-up; a doorbell is reset by the wait
 //! that sees its ring, and its `closed()` is always `false` (an event has no other end);
-//! `wait_readable` waits on the listener's event and looks at streams in short pauses
-//! (a byte-mode pipe signals nothing without a read in flight); readiness is a one-shot
+//! `wait_readable` waits on the listener's event and on reads issued ahead on the streams
+//! (a byte-mode pipe signals nothing without a read in flight), and past 64 sources looks
+//! at them in short pauses; readiness is a one-shot
 //! wait registered with the thread pool per await, a stream's a read issued ahead; a
 //! poller reports a ring once its callback has run (so a caller awaits `stirred` before
 //! `drain`), watches a stream's peer's *process* for its end, and never reports a doorbell

@@ -295,7 +295,7 @@ impl super::pipe::Source for Doorbell {
         false
     }
 
-    fn readiness_event(&self) -> Option<BorrowedHandle<'_>> {
+    fn arm_readiness(&self) -> Option<windows_sys::Win32::Foundation::HANDLE> {
         None
     }
 

@@ -727,12 +727,12 @@ const AHEAD_LEN: usize = 4096;
 /// Bytes read ahead and not read by the stream's owner beyond which no more are read
 /// ahead: a peer that wrote this much unasked is misbehaving, and from then on only its
 /// process's end stirs the stream (see [`ControlStream::stirred`]).
-#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 const AHEAD_MAX: usize = 64 * 1024;
 
 /// A read issued ahead on the pipe, so that the bytes or the hang-up that end it can be
 /// awaited (a byte-mode pipe signals nothing without a read in flight; its `OVERLAPPED`'s
-/// event is what a registered wait watches). Only [`ControlStream::stirred`] issues one;
+/// event is what a registered wait, or [`wait_readable`], watches). Only
+/// [`ControlStream::stirred`] and [`wait_readable`] issue one;
 /// every read of the stream takes what it brought first, so no byte is lost or reordered.
 #[derive(Debug, Default)]
 struct Ahead {
@@ -1275,7 +1275,6 @@ impl ControlStream {
 
     /// Issues a read ahead of `AHEAD_LEN` bytes. One that fails at once is recorded as its
     /// end (a hang-up, or the error for the next read).
-    #[cfg(feature = "tokio")]
     fn issue_ahead(&self, ahead: &mut Ahead) -> io::Result<()> {
         debug_assert!(ahead.flight.is_none());
         if ahead.event.is_none() {
@@ -1557,10 +1556,11 @@ pub(crate) trait Source {
     /// Whether a wait would end now: a client to accept, or bytes (or a hang-up) to read.
     /// Never blocks.
     fn ready_now(&self) -> bool;
-    /// An event that is set when this becomes ready, where there is one: the listener's.
-    /// A byte-mode pipe has none without a read in flight, so a stream is looked at again
-    /// instead (see [`wait_readable`]).
-    fn readiness_event(&self) -> Option<BorrowedHandle<'_>>;
+    /// An event that will be set when this becomes ready, armed for one wait, where there
+    /// can be one: the listener's connect event; for a stream, the event of a read issued
+    /// ahead (issued now if none is in flight). Valid as long as the source. Called only
+    /// after [`ready_now`](Self::ready_now) said no.
+    fn arm_readiness(&self) -> Option<HANDLE>;
     /// What a [`Poller`](super::Poller) watches for this source, and what its signal
     /// means.
     #[cfg(feature = "tokio")]
@@ -1585,14 +1585,12 @@ const LOOK_AGAIN_AT_MOST: Duration = Duration::from_millis(16);
 /// or `timeout` passes (`None`: no bound), and returns which are: `ready[i]` is about
 /// `sources[i]`.
 ///
-/// The listener's event is waited on; a stream has no event to wait on (a byte-mode pipe
-/// signals nothing until a read is issued, and the stream's reads are its own), so while
-/// any stream is among the sources the wait is cut into pauses of 1 ms, doubling up to
-/// 16 ms, with a look at each stream after each. The blocking server waits this way only
-/// while handshakes are in progress, each under its deadline; with none, its wait is on
-/// the listener's event alone and costs nothing. (The reads issued ahead of step 3's
-/// readiness, whose events a wait could hold, could replace the pauses; not done yet, and
-/// the pauses would stay past 64 handshakes, where `WaitForMultipleObjects` stops.)
+/// One `WaitForMultipleObjects` on the listener's event and, for each stream, the event
+/// of a read issued ahead (a byte-mode pipe signals nothing without a read in flight; see
+/// [`ControlStream::stirred`], whose reads these are, and whose bytes every read of the
+/// stream takes first). A wait holds at most 64 objects: past that (a blocking server
+/// with more than 63 handshakes in progress) the wait is cut into pauses of 1 ms,
+/// doubling up to 16 ms, with a look at each source after each.
 pub(crate) fn wait_readable(
     sources: &[&dyn Source],
     timeout: Option<Duration>,
@@ -1605,12 +1603,11 @@ pub(crate) fn wait_readable(
         if ready.contains(&true) || left == Some(Duration::ZERO) {
             return Ok(ready);
         }
-        // At most 64 objects a wait: the blocking server has one listener.
+        // At most 64 objects a wait.
         let events: Vec<HANDLE> = sources
             .iter()
-            .filter_map(|source| source.readiness_event())
-            .map(|event| event.as_raw_handle())
             .take(64)
+            .filter_map(|source| source.arm_readiness())
             .collect();
         let wait = if events.len() == sources.len() {
             left
@@ -1627,8 +1624,8 @@ pub(crate) fn wait_readable(
                 .unwrap_or(u32::MAX)
                 .min(INFINITE - 1)
         });
-        // SAFETY: the events are borrowed from the sources, alive for the call; the array
-        // and its length match.
+        // SAFETY: the events belong to the sources, which outlive the call (`arm_readiness`);
+        // the array and its length match.
         let status =
             unsafe { WaitForMultipleObjects(events.len() as u32, events.as_ptr(), FALSE, millis) };
         if status == WAIT_FAILED {
@@ -1653,8 +1650,8 @@ impl Source for ControlListener {
         }
     }
 
-    fn readiness_event(&self) -> Option<BorrowedHandle<'_>> {
-        Some(self.connected.as_handle())
+    fn arm_readiness(&self) -> Option<HANDLE> {
+        Some(self.connected.as_raw_handle())
     }
 
     /// The listener is awaited with `acceptable`, never put in a poller: its manual-reset
@@ -1692,8 +1689,20 @@ impl Source for ControlStream {
             || self.peer.get().is_some_and(PeerProcess::has_ended)
     }
 
-    fn readiness_event(&self) -> Option<BorrowedHandle<'_>> {
-        None
+    fn arm_readiness(&self) -> Option<HANDLE> {
+        let mut reader = self.reader();
+        let ahead = &mut reader.ahead;
+        let idle = ahead.flight.is_none() && !ahead.ended && ahead.failed.is_none();
+        // Past `AHEAD_MAX` unread bytes nothing more is read ahead: the pauses look.
+        if idle && ahead.bytes.len() < AHEAD_MAX && self.issue_ahead(ahead).is_err() {
+            return None;
+        }
+        // The event is made with the first read and kept until the stream drops.
+        ahead
+            .flight
+            .is_some()
+            .then(|| ahead.event.as_ref().map(|event| event.as_raw_handle()))
+            .flatten()
     }
 
     /// The peer's process: in a poller (the sweeper's, a client group's), after the

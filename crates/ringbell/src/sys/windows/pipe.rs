@@ -41,7 +41,8 @@
 //! that could not be made is an error of this `accept`, with the connected client kept for
 //! the next. The event is one per listener, reset for each instance, and is what
 //! [`wait_readable`] waits on (and `acceptable`, with a one-shot registered wait); the
-//! rest is already non-blocking. Windows cancels the I/O a thread issued when that thread exits, so a
+//! rest is already non-blocking. Windows cancels the I/O a thread issued when that thread
+//! exits, so a
 //! connect issued by a thread that has gone since (the one that bound the listener, or
 //! made the last `accept`) ends with `ERROR_OPERATION_ABORTED`, with no client: the
 //! instance then listens again, issued by the thread that looks.
@@ -91,7 +92,8 @@
 //! too. And a byte-mode pipe signals nothing without a read in flight. So
 //! [`stirred`](ControlStream::stirred) issues a read *ahead*, of up to 4 KiB into a buffer
 //! of the stream's, and awaits the event of its `OVERLAPPED` with a one-shot wait
-//! registered with the thread pool (`readiness.rs`): the read ends when bytes arrive or the
+//! registered with the thread pool (`readiness.rs`); [`wait_readable`], the blocking
+//! server's wait, waits on the same reads' events. The read ends when bytes arrive or the
 //! peer hangs up (or dies: its end closes with it). What it brought is kept, and every
 //! read of the stream takes it first, so the byte order and the frames are the same as
 //! without it. This was chosen over registering a wait on the peer's process alone (which

@@ -94,8 +94,7 @@ mod handshake;
 #[cfg(not(loom))]
 mod server;
 // `ringbell_async` is the `tokio` feature on a backend with readiness for the runtime
-// (`build.rs`): not Windows yet, where the async API is step 3 of docs/WINDOWS.md and the
-// `tokio` feature builds the blocking API only.
+// (`build.rs`): every backend has it now (Windows since step 3 of docs/WINDOWS.md).
 #[cfg(all(ringbell_async, not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;

@@ -1,7 +1,7 @@
 //! Not a stable API (the `__test-api` feature): what the fault suites need to reach
 //! inside a request/response client, which no public way of making one allows; and a
-//! blocking call, for the suites that call `Server::serve` where the async `Client` is not
-//! built (Windows, until step 3 of docs/WINDOWS.md).
+//! blocking call, for the suites that call `Server::serve` without a runtime (and where the
+//! async `Client` is not built: with the `tokio` feature off).
 
 use std::path::Path;
 use std::time::Duration;

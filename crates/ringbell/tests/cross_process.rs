@@ -43,9 +43,9 @@
 //! a full pipe name (`common::SocketPath`); the bad clients speak the pipe's frames by hand
 //! (`common::windows::RawPipeClient`); the leak test counts handles in the system handle
 //! table and mapped views with `VirtualQuery`; the hostile child scribbles over its own
-//! view of the segment. The echoes send fewer messages there (see `ECHO_MESSAGES`). What
-//! stays Unix-only says why where it is gated: the event-loop doorbell (`os::unix`) and the
-//! socket file's mode and its stale file.
+//! view of the segment. The echoes send fewer messages there (see `ECHO_MESSAGES`). The
+//! event-loop client waits on the handles of `os::windows::ConnectionExt` there. What stays
+//! Unix-only says why where it is gated: the socket file's mode and its stale file.
 
 mod common;
 
@@ -71,6 +71,8 @@ use common::{
 };
 #[cfg(unix)]
 use ringbell::os::unix::ConnectionExt;
+#[cfg(windows)]
+use ringbell::os::windows::ConnectionExt;
 use ringbell::{ClientConfig, Connection, Error, Server, ServerConfig, WaitStrategy};
 #[cfg(unix)]
 use rustix::event::{poll, PollFd, PollFlags};
@@ -1415,12 +1417,11 @@ fn connect_close_cycles_leak_no_fds_or_mappings() {
 // =======================================================================================
 // 8. The doorbell of an event-loop client.
 
-/// The client (this process) arms its doorbell and blocks in `poll` on it; the server (a
-/// child) sends; the doorbell becomes readable and `try_recv` returns the message. With a
-/// message already waiting, `arm_doorbell` returns false.
-// Unix only: an event loop of one's own needs `os::unix::ConnectionExt`'s fds; the Windows
-// handles for one come with readiness (step 3 of docs/WINDOWS.md).
-#[cfg(unix)]
+/// The client (this process) arms its doorbell and blocks in `poll` on it (on Windows, in
+/// `WaitForMultipleObjects` on the doorbell's event and the server's process, from
+/// `os::windows::ConnectionExt`); the server (a child) sends; the doorbell becomes readable
+/// and `try_recv` returns the message. With a message already waiting, `arm_doorbell`
+/// returns false.
 #[test]
 fn doorbell_wakes_a_client_polling_it() {
     let _test = shared_test("doorbell");
@@ -1440,30 +1441,9 @@ fn doorbell_wakes_a_client_polling_it() {
     );
     server.send_line("armed");
 
-    let (doorbell_events, control_events) = {
-        let doorbell = conn.doorbell_fd();
-        let control = conn.control_fd();
-        // The control socket is polled too, so that a dead server fails the test at once
-        // instead of waiting for the watchdog.
-        let mut fds = [
-            PollFd::new(&doorbell, PollFlags::IN),
-            PollFd::new(&control, PollFlags::IN),
-        ];
-        loop {
-            match poll(&mut fds, None) {
-                Ok(_) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(error) => panic!("poll: {error}"),
-            }
-        }
-        (fds[0].revents(), fds[1].revents())
-    };
-    if !doorbell_events.contains(PollFlags::IN) {
+    if let Err(what) = wait_for_doorbell(&conn) {
         let diagnostics = server.diagnostics();
-        panic!(
-            "poll returned without the doorbell readable (doorbell {doorbell_events:?}, \
-             control {control_events:?}); {diagnostics}"
-        );
+        panic!("{what}; {diagnostics}");
     }
     let got = conn.try_recv(&mut buf);
     assert!(
@@ -1484,6 +1464,59 @@ fn doorbell_wakes_a_client_polling_it() {
     );
     drop(conn);
     server.assert_success();
+}
+
+/// Waits on the doorbell of `conn`, as an event loop of one's own would, and on the peer's
+/// end too, so that a dead server fails the test at once instead of waiting for the
+/// watchdog. An error if the wait ended without the doorbell rung.
+#[cfg(unix)]
+fn wait_for_doorbell(conn: &Connection) -> Result<(), String> {
+    let doorbell = conn.doorbell_fd();
+    let control = conn.control_fd();
+    let mut fds = [
+        PollFd::new(&doorbell, PollFlags::IN),
+        PollFd::new(&control, PollFlags::IN),
+    ];
+    loop {
+        match poll(&mut fds, None) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(error) => panic!("poll: {error}"),
+        }
+    }
+    let (doorbell_events, control_events) = (fds[0].revents(), fds[1].revents());
+    if doorbell_events.contains(PollFlags::IN) {
+        Ok(())
+    } else {
+        Err(format!(
+            "poll returned without the doorbell readable (doorbell {doorbell_events:?}, \
+             control {control_events:?})"
+        ))
+    }
+}
+
+#[cfg(windows)]
+fn wait_for_doorbell(conn: &Connection) -> Result<(), String> {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::{FALSE, WAIT_OBJECT_0};
+    use windows_sys::Win32::System::Threading::{WaitForMultipleObjects, INFINITE};
+    let server = conn
+        .peer_process_handle()
+        .ok_or("the handshake gave no handle of the server's process")?;
+    let handles = [
+        conn.doorbell_handle().as_raw_handle(),
+        server.as_raw_handle(),
+    ];
+    // SAFETY: both handles are borrowed from `conn`, alive for the call; the array and its
+    // length match.
+    let status = unsafe { WaitForMultipleObjects(2, handles.as_ptr(), FALSE, INFINITE) };
+    if status == WAIT_OBJECT_0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "the wait ended without the doorbell rung (status {status:#x}: 1 is the server's end)"
+        ))
+    }
 }
 
 // =======================================================================================

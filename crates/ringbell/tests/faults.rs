@@ -33,8 +33,10 @@
 //! (how long a dead connection's resources may take to be released, when a call counts as
 //! stuck) only turn a hang into a clear failure, and every test has a watchdog.
 
-// Not on Windows yet: its hostile clients are async ones (`test_api` with `tokio`), and the
-// async API needs readiness, step 3 of docs/WINDOWS.md.
+// Not on Windows yet: every test here reads /proc or /dev/shm or remaps a segment found in
+// /proc (`common::LINUX_ONLY`, ignored off Linux), and the file uses Unix fds and signals
+// (`control_fd`, `ExitStatusExt::signal`); porting it means counting handles and views
+// instead (as cross_process.rs does on Windows). The async API it drives does run there.
 #![cfg(not(windows))]
 // The hostile client reaches inside its connection through `ringbell::test_api`.
 #![cfg(all(feature = "tokio", feature = "__test-api"))]

@@ -12,10 +12,8 @@
 //! watchdog, waits that should succeed are bounded by a minute, and no test asserts on how
 //! long anything took.
 
-// On Windows (under Wine 8 in CI) the blocking tests run; the fd-exhaustion ones are
-// Unix-only (Windows has no per-process handle limit to exhaust), and the async ones need
-// the async API, step 3 of docs/WINDOWS.md (`ringbell_async`, set by build.rs, is off
-// there).
+// On Windows (under Wine 8 in CI) the blocking and the async tests run; the fd-exhaustion
+// ones are Unix-only (Windows has no per-process handle limit to exhaust).
 
 #[allow(dead_code)]
 mod common;

@@ -18,8 +18,9 @@
 //! is measured from outside through `/proc/<pid>`, so that this process's own threads do
 //! not count. No assertion looks at a time.
 
-// Not on Windows yet: it measures async servers (`tokio`, step 3 of docs/WINDOWS.md) and
-// reads /proc.
+// Not on Windows yet: every test here reads /proc (`common::LINUX_ONLY`, ignored off
+// Linux), and the file writes to raw Unix sockets; the async servers it measures do run
+// there.
 #![cfg(not(windows))]
 #![cfg(all(feature = "tokio", feature = "__test-api"))]
 

@@ -8,9 +8,6 @@
 //! In one process, over the real socket, memory and doorbells: the mismatch is in the
 //! handshake, and one process sees both sides' errors.
 
-// Not on Windows yet: one side of every mismatch is async (`tokio`, step 3 of
-// docs/WINDOWS.md).
-#![cfg(not(windows))]
 #![cfg(feature = "tokio")]
 
 use std::time::Duration;

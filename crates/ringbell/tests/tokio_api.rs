@@ -1,8 +1,6 @@
 //! The async API (`ringbell::tokio`): an `AsyncServer` and `AsyncConnection`s in one tokio
 //! runtime, then a client in a child process. Every test has a watchdog timeout.
 
-// Not on Windows yet: the async API needs readiness, step 3 of docs/WINDOWS.md.
-#![cfg(not(windows))]
 #![cfg(feature = "tokio")]
 
 use std::time::Duration;

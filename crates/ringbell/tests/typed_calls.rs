@@ -5,8 +5,6 @@
 //! In one process, over the real socket, memory and doorbells: what is tested is the
 //! encoding on each side.
 
-// Not on Windows yet: the typed calls are async (`tokio`, step 3 of docs/WINDOWS.md).
-#![cfg(not(windows))]
 #![cfg(all(feature = "tokio", feature = "codec"))]
 
 use std::time::Duration;

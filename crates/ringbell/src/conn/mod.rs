@@ -401,14 +401,11 @@ impl Connection {
     }
 
     /// This side's doorbell, for the per-OS extension traits and the event-loop drivers.
-    /// (Windows has neither yet: step 3 of docs/WINDOWS.md.)
-    #[cfg(unix)]
     pub(crate) fn doorbell(&self) -> &Doorbell {
         &self.own_doorbell
     }
 
     /// The control channel, for the per-OS extension traits and the event-loop drivers.
-    #[cfg(unix)]
     pub(crate) fn control(&self) -> &ControlStream {
         &self.control
     }

@@ -54,7 +54,8 @@ impl Connection {
     /// Returns `false` if a message arrived meanwhile: call [`try_recv`](Self::try_recv)
     /// instead of waiting. The handles to wait on come from the per-OS extension traits:
     /// on Unix, [`ConnectionExt`](crate::os::unix::ConnectionExt), whose docs show the
-    /// whole loop.
+    /// whole loop; on Windows, `os::windows::ConnectionExt` (the doorbell's event and the
+    /// peer's process).
     ///
     /// While armed, the peer's next `send` rings the doorbell (one syscall); otherwise
     /// sends make no syscall at all. The next `try_recv` or `recv` disarms it, and so does

@@ -48,9 +48,8 @@
 //!
 //! The handshake's protocol version covers this format: a change here bumps it.
 
-// On Windows the blocking server reads only a call's opening: the streams, credit and
-// metadata accessors belong to the async API, which comes there with step 3 of
-// docs/WINDOWS.md.
+// Without the async API (the `tokio` feature off) the blocking server reads only a call's
+// opening: the streams, credit and metadata accessors belong to the async API.
 #![cfg_attr(not(ringbell_async), allow(dead_code))]
 
 use std::time::Duration;

@@ -5,3 +5,7 @@
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 pub mod unix;
+
+#[cfg(windows)]
+#[cfg_attr(docsrs, doc(cfg(windows)))]
+pub mod windows;

@@ -60,7 +60,7 @@
 //! | `linux` | Linux | sealed memfd | shared futex | epoll (through mio) |
 //! | `macos` | macOS (compiled and linted, never run yet) | `shm_open`, unlinked at once | `os_sync_wait_on_address` (14.4+), else the doorbell | kqueue (through mio) |
 //! | `posix` | Linux with `--cfg ringbell_force_posix`, to test what macOS runs | `shm_open`, unlinked at once | the doorbell | epoll (through mio) |
-//! | `windows` | Windows (steps 1 to 2b of `docs/WINDOWS.md`, tested under Wine only) | an unnamed `SEC_COMMIT` section | the doorbell: an auto-reset event (waits end with the peer's process) | not yet (step 3) |
+//! | `windows` | Windows (steps 1 to 3 of `docs/WINDOWS.md`, tested under Wine only) | an unnamed `SEC_COMMIT` section | the doorbell: an auto-reset event (waits end with the peer's process) | one-shot `RegisterWaitForSingleObject` waits feeding one queue (`windows/poller.rs`) |
 //!
 //! `posix/` holds everything the backends share (sockets, doorbells, grants, credentials,
 //! the poller, readiness, limits, and the `shm_open` region); `linux/` and `macos/` hold
@@ -73,23 +73,29 @@
 //! backend: a memfd client refuses a `shm_open` region, and says so in its handshake
 //! error.
 //!
-//! `windows/` is the Windows backend, built in the steps of `docs/WINDOWS.md`. It has, so
-//! far, the whole contract but readiness and the poller: the region, grants (handles
-//! pushed with `DuplicateHandle` or pulled from the client, and the checks of a received
-//! handle value), doorbells, users, the control channel (named pipes, whose frames carry
-//! handle values beside the bytes), `wait_readable` and the limits, so the blocking API
-//! above `sys` is built there, and tested under Wine in CI with real processes (this
-//! conformance suite among its tests). Readiness and the poller (step 3) come next; until
-//! then `build.rs` leaves `ringbell_async`, and with it the async API, off on Windows. Its
-//! framing and address rule are platform-free and tested on every OS.
+//! `windows/` is the Windows backend, built in the steps of `docs/WINDOWS.md`. It has the
+//! whole contract: the region, grants (handles pushed with `DuplicateHandle` or pulled
+//! from the client, and the checks of a received handle value), doorbells, users, the
+//! control channel (named pipes, whose frames carry handle values beside the bytes),
+//! `wait_readable`, the limits, and (step 3) readiness and the poller, through waits
+//! registered with the system thread pool; so the blocking and the async API above `sys`
+//! are built there, and tested under Wine in CI with real processes (this conformance
+//! suite among its tests). Its framing and address rule are platform-free and tested on
+//! every OS.
 //!
 //! Where the Windows backend differs from the Unix ones in kind, within the contract:
 //! `sleep_until_rung` learns of the peer's death from the peer's process (which the
 //! `ControlStream` holds), not from the stream's hang-up; a doorbell is reset by the wait
 //! that sees its ring, and its `closed()` is always `false` (an event has no other end);
-//! `wait_readable` waits on the listener's event and looks at streams in short pauses
-//! (a byte-mode pipe signals nothing without a read in flight); an address is a pipe
-//! name, which goes with its last instance; there is no handle limit to raise.
+//! `wait_readable` waits on the listener's event and on reads issued ahead on the streams
+//! (a byte-mode pipe signals nothing without a read in flight), and past 64 sources looks
+//! at them in short pauses; readiness is a one-shot
+//! wait registered with the thread pool per await, a stream's a read issued ahead; a
+//! poller reports a ring once its callback has run (so a caller awaits `stirred` before
+//! `drain`), watches a stream's peer's *process* for its end, and never reports a doorbell
+//! hung up; a ringer's `id` is distinct for every handle (rings to one shared event are
+//! repeated, not merged); an address is a pipe name, which goes with its last instance;
+//! there is no handle limit to raise.
 
 #[cfg(unix)]
 mod posix;
@@ -125,9 +131,8 @@ pub(crate) use macos::{shared_wait, SharedRegion, BACKEND};
 #[cfg(all(target_os = "linux", ringbell_force_posix))]
 pub(crate) use posix::{shared_wait, SharedRegion, BACKEND};
 
-// Windows: steps 1, 2a and 2b of docs/WINDOWS.md: the whole contract but readiness and
-// the poller (step 3), so the blocking API above `sys` is built there and the async one is
-// not (`ringbell_async`, set by `build.rs`, is off on Windows).
+// Windows: steps 1 to 3 of docs/WINDOWS.md: the whole contract, readiness and the poller
+// (step 3) among it, so both the blocking and the async API above `sys` are built there.
 // On other OSes for its tests: its framing and address rule are platform-free.
 #[cfg(any(windows, test))]
 mod windows;
@@ -141,6 +146,8 @@ pub(crate) use windows::{
 // The handshake sends fewer; the conformance suite checks the limit.
 #[cfg(all(windows, test))]
 pub(crate) use windows::MAX_GRANTS;
+#[cfg(all(windows, feature = "tokio"))]
+pub(crate) use windows::{Poller, Stirred};
 
 #[cfg(not(any(target_os = "linux", target_vendor = "apple", windows)))]
 compile_error!("ringbell has backends for Linux, macOS (the POSIX one) and, in part, Windows only");

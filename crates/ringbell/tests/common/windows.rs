@@ -125,7 +125,11 @@ const SYSTEM_HANDLE_INFORMATION: i32 = 16;
 /// Wine 8's `GetProcessHandleCount` succeeds and always answers 0. The table gives 16 bits
 /// of each owner's pid and each value, enough under Wine, whose pids and values are small.
 pub fn own_handles() -> Vec<u64> {
-    let pid = std::process::id();
+    handles_of(std::process::id())
+}
+
+/// The values of the handles the process `pid` holds, sorted, as [`own_handles`].
+pub fn handles_of(pid: u32) -> Vec<u64> {
     let mut buffer: Vec<u64> = vec![0; 64 * 1024];
     loop {
         let size = buffer.len() * 8;

@@ -46,6 +46,10 @@ const RINGER_ACCESS: u32 = EVENT_MODIFY_STATE;
 /// The end a waiter waits on: set by a ring, reset by the wait that sees it.
 #[derive(Debug)]
 pub(crate) struct Doorbell {
+    /// The wait registered for [`rung`](Self::rung); declared before `event`, so that it
+    /// is unregistered before the event's handle closes.
+    #[cfg(feature = "tokio")]
+    readiness: super::readiness::Readiness,
     event: OwnedHandle,
 }
 
@@ -77,7 +81,7 @@ pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
     // SAFETY: `CreateEventW` returned a new handle, which nothing else owns.
     let event = unsafe { OwnedHandle::from_raw_handle(raw) };
     let ringer = duplicate_here(&event, RINGER_ACCESS)?;
-    Ok((Doorbell { event }, DoorbellRinger { event: ringer }))
+    Ok((Doorbell::new(event), DoorbellRinger { event: ringer }))
 }
 
 /// Another handle of this process to the object of `handle`, with `access` only.
@@ -105,12 +109,20 @@ fn duplicate_here(handle: &OwnedHandle, access: u32) -> io::Result<OwnedHandle> 
 }
 
 impl Doorbell {
+    fn new(event: OwnedHandle) -> Doorbell {
+        Doorbell {
+            #[cfg(feature = "tokio")]
+            readiness: super::readiness::Readiness::default(),
+            event,
+        }
+    }
+
     /// Adopts a doorbell end received from the peer, after checking that it is an event
     /// this handle may wait on.
     pub(crate) fn adopt(grant: Grant) -> io::Result<Doorbell> {
         let event = grant.into_handle();
         check_object(event.as_handle(), "Event", WAITER_ACCESS, "a doorbell")?;
-        Ok(Doorbell { event })
+        Ok(Doorbell::new(event))
     }
 
     /// This end, to push to the peer (which will wait on it): `SYNCHRONIZE` only.
@@ -124,6 +136,46 @@ impl Doorbell {
     pub(crate) fn closed(&self) -> bool {
         false
     }
+
+    /// Another handle to the same event (`SYNCHRONIZE` only), for a connection that shares
+    /// the doorbell. Only one of them may be awaited at a time: a wait consumes the ring.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_clone(&self) -> io::Result<Doorbell> {
+        Ok(Doorbell::new(duplicate_here(&self.event, WAITER_ACCESS)?))
+    }
+
+    /// Checks that there is a tokio runtime to await [`rung`](Self::rung) in. The wait
+    /// itself is registered by each await (see `readiness.rs`), so nothing else is done.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn register(&mut self) -> io::Result<()> {
+        super::readiness::in_runtime()
+    }
+
+    /// Undoes [`register`](Self::register): unregisters a wait left armed by an await
+    /// that was cancelled, so that it swallows no ring meant for a blocking sleep.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn deregister(&mut self) {
+        self.readiness.clear();
+    }
+
+    /// Waits until the doorbell is rung (since the last such wait, or before it). The
+    /// registered wait that sees the ring consumes it, as any wait on the event does; the
+    /// caller then [`drain`](Self::drain)s and looks at its condition, as on Unix.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn rung(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            // SAFETY: always this doorbell's event, which outlives `readiness` (field
+            // order; `into_grant` moves the event out only with `self`, dropping both).
+            unsafe { self.readiness.poll_signalled(self.event.as_handle(), cx) }
+        })
+        .await
+    }
+
+    /// Records that the other end hung up, for an owner that learnt it from a poller. An
+    /// event has no other end, and this backend's poller never reports a doorbell hung
+    /// up, so nothing calls it here; [`closed`](Self::closed) stays `false`.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn mark_closed(&self) {}
 
     /// Resets the doorbell after a wake-up: a zero-timeout wait, which consumes a ring
     /// that came since. Never blocks.
@@ -150,6 +202,26 @@ impl DoorbellRinger {
     /// This end, to push to the peer (which will ring it): `EVENT_MODIFY_STATE` only.
     pub(crate) fn into_grant(self) -> Grant {
         Grant::new(self.event, RINGER_ACCESS)
+    }
+
+    /// A grant of another handle for this end (`EVENT_MODIFY_STATE` only), for a peer that
+    /// rings a doorbell which others ring too.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn grant(&self) -> io::Result<Grant> {
+        Ok(Grant::new(
+            duplicate_here(&self.event, RINGER_ACCESS)?,
+            RINGER_ACCESS,
+        ))
+    }
+
+    /// Which doorbell this rings, for a sweep that rings each shared doorbell once. Here
+    /// it is this handle's value, distinct for every ringer, even two of one event: the
+    /// kernel object's identity is not to be had from windows-sys (`CompareObjectHandles`
+    /// compares two handles, it names none), so rings to one shared event are not merged,
+    /// only repeated; an auto-reset event coalesces them, and no wake-up is lost.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn id(&self) -> u64 {
+        self.event.as_raw_handle() as u64
     }
 
     /// Wakes whoever waits on the other end. Never blocks; a doorbell rung already stays
@@ -213,6 +285,27 @@ pub(crate) fn sleep_until_rung_or_ended(
 fn wait_millis(left: std::time::Duration) -> u32 {
     let millis = left.as_nanos().div_ceil(1_000_000);
     u32::try_from(millis).unwrap_or(u32::MAX).min(INFINITE - 1)
+}
+
+/// A doorbell is a source for a poller only. The blocking server never waits on one with
+/// `wait_readable`, and a look at an auto-reset event would consume its ring, so it offers
+/// neither a look nor an event for that wait.
+impl super::pipe::Source for Doorbell {
+    fn ready_now(&self) -> bool {
+        false
+    }
+
+    fn arm_readiness(&self) -> Option<windows_sys::Win32::Foundation::HANDLE> {
+        None
+    }
+
+    #[cfg(feature = "tokio")]
+    fn watched(&self) -> io::Result<super::pipe::Watched<'_>> {
+        Ok(super::pipe::Watched {
+            object: self.event.as_handle(),
+            ends: false,
+        })
+    }
 }
 
 impl AsHandle for Doorbell {

@@ -1,6 +1,6 @@
-//! The Windows backend, steps 1 to 2b of `docs/WINDOWS.md`: the platform contract but for
-//! readiness and the poller (step 3), built on `windows-sys` and tested under Wine (never
-//! on real Windows yet). The blocking API above `sys` runs on it.
+//! The Windows backend, steps 1 to 3 of `docs/WINDOWS.md`: the whole platform contract,
+//! built on `windows-sys` and tested under Wine (never on real Windows yet). The blocking
+//! and the async API above `sys` run on it.
 //!
 //! - shared memory: an unnamed, pagefile-backed `SEC_COMMIT` section, whose size is fixed
 //!   at creation and which dies with its last handle and view ([`region`]);
@@ -18,11 +18,12 @@
 //!   `wait_readable` over a listener and streams ([`pipe`]; the frames in [`frame`] and
 //!   the address rule in [`pipe_name`], both platform-free and tested on every OS);
 //! - resource exhaustion: no handle limit to raise, and the errors that mean the system
-//!   ran out ([`limits`]).
-//!
-//! Not here yet, and so not compiled for Windows above `sys` (`ringbell_async`, set by
-//! `build.rs`, is off on Windows): readiness for tokio and the poller, and with them the
-//! async API and the sweeper (step 3).
+//!   ran out ([`limits`]);
+//! - readiness for tokio (step 3): one-shot waits registered with the system thread pool,
+//!   re-armed by each await, whose callbacks wake the task (`readiness.rs`), on a
+//!   doorbell's event, the listener's connect event, a read issued ahead on the control
+//!   pipe (`pipe.rs`) and the peer's process; and the poller, one queue of stirred keys
+//!   fed by such waits (`poller.rs`).
 //!
 //! There is no `SharedWait`: `WaitOnAddress` wakes only threads of its own process, and
 //! across processes it hangs silently, so a blocking side sleeps on its doorbell, as on
@@ -41,6 +42,10 @@ mod limits;
 #[cfg(windows)]
 mod pipe;
 mod pipe_name;
+#[cfg(all(windows, feature = "tokio"))]
+mod poller;
+#[cfg(all(windows, feature = "tokio"))]
+mod readiness;
 #[cfg(windows)]
 mod region;
 #[cfg(all(test, windows))]
@@ -65,6 +70,8 @@ pub(crate) use limits::{
 };
 #[cfg(windows)]
 pub(crate) use pipe::{wait_readable, ControlListener, ControlStream, Source};
+#[cfg(all(windows, feature = "tokio"))]
+pub(crate) use poller::{Poller, Stirred};
 #[cfg(windows)]
 pub(crate) use region::SharedRegion;
 #[cfg(windows)]

@@ -27,7 +27,8 @@
 //!   the time left before the stream's deadline (`CancelIoEx` when it passes, then a wait
 //!   for the cancelled operation to end, so no `OVERLAPPED` outlives its call). That gives
 //!   deadlines, which a synchronous pipe handle has no way to bound, and the handles are
-//!   the kind mio's and tokio's named pipes take, for step 3.
+//!   the kind mio's and tokio's named pipes take, and what a read issued ahead for readiness
+//!   needs (step 3: see [`ControlStream::stirred`]).
 //!
 //! # Accepting
 //!
@@ -39,8 +40,9 @@
 //! so there is always an instance to connect to while the listener lives, and an instance
 //! that could not be made is an error of this `accept`, with the connected client kept for
 //! the next. The event is one per listener, reset for each instance, and is what
-//! [`wait_readable`] waits on (and step 3's poller will); the rest is already
-//! non-blocking. Windows cancels the I/O a thread issued when that thread exits, so a
+//! [`wait_readable`] waits on (and `acceptable`, with a one-shot registered wait); the
+//! rest is already non-blocking. Windows cancels the I/O a thread issued when that thread
+//! exits, so a
 //! connect issued by a thread that has gone since (the one that bound the listener, or
 //! made the last `accept`) ends with `ERROR_OPERATION_ABORTED`, with no client: the
 //! instance then listens again, issued by the thread that looks.
@@ -82,11 +84,32 @@
 //! (`ERROR_BROKEN_PIPE`), or the peer's process, where the stream has it, having ended;
 //! it never blocks.
 //!
+//! # Readiness (step 3)
+//!
+//! The stream is not handed to tokio's named pipes: that would bind the handle to tokio's
+//! completion port, and the completions of our own overlapped reads and writes (the
+//! blocking API's, each waited for on its event with a deadline) would be queued there
+//! too. And a byte-mode pipe signals nothing without a read in flight. So
+//! [`stirred`](ControlStream::stirred) issues a read *ahead*, of up to 4 KiB into a buffer
+//! of the stream's, and awaits the event of its `OVERLAPPED` with a one-shot wait
+//! registered with the thread pool (`readiness.rs`); [`wait_readable`], the blocking
+//! server's wait, waits on the same reads' events. The read ends when bytes arrive or the
+//! peer hangs up (or dies: its end closes with it). What it brought is kept, and every
+//! read of the stream takes it first, so the byte order and the frames are the same as
+//! without it. This was chosen over registering a wait on the peer's process alone (which
+//! misses the handshake's bytes) and over a zero-byte read (whose behaviour on pipes,
+//! under Wine in particular, is not documented). Each read's end is reported once; a
+//! hang-up every time; past 64 KiB unread (a peer writing what nobody asked for) nothing
+//! more is read ahead and only the peer's process ending stirs the stream. A read issued
+//! ahead is cancelled and waited for when its stream drops, and one cancelled because the
+//! thread that issued it exited (Windows does that) is issued again by the next await.
+//!
 //! See CreateNamedPipeW, ConnectNamedPipe, CreateFileW (`SECURITY_SQOS_PRESENT`),
 //! WaitNamedPipeW, PeekNamedPipe, GetOverlappedResult, CancelIoEx (learn.microsoft.com).
 
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
 use std::path::{Path, PathBuf};
@@ -96,9 +119,10 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
     GetLastError, LocalFree, SetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS,
-    ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_NO_DATA, ERROR_OPERATION_ABORTED, ERROR_PIPE_BUSY,
-    ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED, ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ,
-    GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, TRUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    ERROR_BROKEN_PIPE, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_NO_DATA,
+    ERROR_OPERATION_ABORTED, ERROR_PIPE_BUSY, ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED,
+    ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, TRUE,
+    WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Security::Authorization::{
     ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
@@ -120,6 +144,8 @@ use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED
 
 use super::frame::{self, Inbox, MAX_GRANTS, MAX_PAYLOAD};
 use super::pipe_name::{pipe_name, security_descriptor_text};
+#[cfg(feature = "tokio")]
+use super::readiness::{in_runtime, Readiness};
 use super::user::user_of_pid;
 use super::{current_user, Grant, PeerProcess, PushedHandle, User};
 
@@ -541,6 +567,10 @@ impl Drop for Pending {
 /// name goes with its last instance.
 #[derive(Debug)]
 pub(crate) struct ControlListener {
+    /// The wait registered for [`acceptable`](Self::acceptable), on `connected`; declared
+    /// first, so that it is unregistered before the event's handle closes.
+    #[cfg(feature = "tokio")]
+    readiness: Readiness,
     path: PathBuf,
     /// The pipe's name, UTF-16 and NUL-terminated.
     name: Vec<u16>,
@@ -567,6 +597,8 @@ impl ControlListener {
         let connected = Arc::new(new_event()?);
         let pending = Pending::listen(first, &connected)?;
         Ok(ControlListener {
+            #[cfg(feature = "tokio")]
+            readiness: Readiness::default(),
             path: path.to_path_buf(),
             name,
             security,
@@ -629,6 +661,32 @@ impl ControlListener {
         &self.path
     }
 
+    /// Checks that there is a tokio runtime to await [`acceptable`](Self::acceptable) in;
+    /// each await registers its own wait (`readiness.rs`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn register(&mut self) -> io::Result<()> {
+        in_runtime()
+    }
+
+    /// Waits until a client may be waiting to be accepted: the pending instance's connect
+    /// event is set (a one-shot registered wait on it). The event stays set until the
+    /// next instance listens, so the caller accepts until `WouldBlock`, as on Unix.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn acceptable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            if self.ready_now() {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            // SAFETY: always the listener's one connect event, which outlives `readiness`
+            // (field order).
+            unsafe {
+                self.readiness
+                    .poll_signalled(self.connected.as_handle(), cx)
+            }
+        })
+        .await
+    }
+
     /// The pipe's name, which the address maps to.
     #[cfg(test)]
     pub(crate) fn pipe_name(&self) -> String {
@@ -662,6 +720,61 @@ enum Side {
 struct Reader {
     inbox: Inbox<Grant>,
     event: OwnedHandle,
+    /// The read issued ahead for readiness, and what it brought.
+    ahead: Ahead,
+}
+
+/// How much a read issued ahead asks for: a handshake message and its frame's header.
+const AHEAD_LEN: usize = 4096;
+/// Bytes read ahead and not read by the stream's owner beyond which no more are read
+/// ahead: a peer that wrote this much unasked is misbehaving, and from then on only its
+/// process's end stirs the stream (see [`ControlStream::stirred`]).
+const AHEAD_MAX: usize = 64 * 1024;
+
+/// A read issued ahead on the pipe, so that the bytes or the hang-up that end it can be
+/// awaited (a byte-mode pipe signals nothing without a read in flight; its `OVERLAPPED`'s
+/// event is what a registered wait, or [`wait_readable`], watches). Only
+/// [`ControlStream::stirred`] and [`wait_readable`] issue one;
+/// every read of the stream takes what it brought first, so no byte is lost or reordered.
+#[derive(Debug, Default)]
+struct Ahead {
+    /// The read in flight (or ended, not yet looked at).
+    flight: Option<InFlight>,
+    /// The event of its `OVERLAPPED` (manual-reset), made with the first.
+    event: Option<OwnedHandle>,
+    /// What it brought, not yet read.
+    bytes: VecDeque<u8>,
+    /// It ended with the peer's hang-up: every later read says so (once `bytes` are read).
+    ended: bool,
+    /// It failed otherwise: the next read returns the error.
+    failed: Option<io::Error>,
+}
+
+/// The buffer and `OVERLAPPED` of a read in flight, at fixed addresses until it ends.
+struct InFlight {
+    buf: Box<[u8; AHEAD_LEN]>,
+    overlapped: Box<OVERLAPPED>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight").finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the OVERLAPPED's raw pointer is the event, owned by the `Ahead` beside it; the
+// OS writes the buffer and the OVERLAPPED while the read is in flight, and this value
+// touches them only through the calls below, under the reader's mutex.
+unsafe impl Send for InFlight {}
+
+/// How a look at the read issued ahead ended.
+enum Harvest {
+    /// No read in flight (any more): what it brought is in `Ahead`.
+    Done,
+    /// Still in flight.
+    InFlight,
+    /// The deadline passed first; the read was cancelled and brought nothing.
+    TimedOut,
 }
 
 /// The writing half's state.
@@ -680,6 +793,13 @@ struct Writer {
 /// One end of a connected control pipe.
 #[derive(Debug)]
 pub(crate) struct ControlStream {
+    /// The wait registered for [`stirred`](Self::stirred) on the read issued ahead, and
+    /// the one on the peer's process once too much was read ahead; unregistered in `Drop`
+    /// before anything they watch closes.
+    #[cfg(feature = "tokio")]
+    readiness: Readiness,
+    #[cfg(feature = "tokio")]
+    death: Readiness,
     pipe: OwnedHandle,
     side: Side,
     reader: Mutex<Reader>,
@@ -704,11 +824,16 @@ enum Filled {
 impl ControlStream {
     fn new(pipe: OwnedHandle, side: Side) -> io::Result<ControlStream> {
         Ok(ControlStream {
+            #[cfg(feature = "tokio")]
+            readiness: Readiness::default(),
+            #[cfg(feature = "tokio")]
+            death: Readiness::default(),
             pipe,
             side,
             reader: Mutex::new(Reader {
                 inbox: Inbox::default(),
                 event: new_event()?,
+                ahead: Ahead::default(),
             }),
             writer: Mutex::new(Writer {
                 event: new_event()?,
@@ -1073,6 +1198,28 @@ impl ControlStream {
             if wanted == 0 {
                 return Ok(Filled::Ready);
             }
+            // What a read issued ahead brought comes first.
+            match self.harvest(&mut reader.ahead, (!poll).then_some(wait)) {
+                Harvest::Done => {}
+                Harvest::InFlight => return Ok(Filled::Nothing),
+                Harvest::TimedOut => return Err(timed_out("while reading from the control pipe")),
+            }
+            if !reader.ahead.bytes.is_empty() {
+                let taken = wanted.min(reader.ahead.bytes.len());
+                for (slot, byte) in buf.iter_mut().zip(reader.ahead.bytes.drain(..taken)) {
+                    *slot = byte;
+                }
+                if self.received(reader, &buf[..taken])? {
+                    return Ok(Filled::Ready);
+                }
+                continue;
+            }
+            if reader.ahead.ended {
+                return self.ended(reader);
+            }
+            if let Some(error) = reader.ahead.failed.take() {
+                return Err(error);
+            }
             if poll {
                 match self.bytes_waiting() {
                     Ok(0) => return Ok(Filled::Nothing),
@@ -1104,15 +1251,222 @@ impl ControlStream {
                 Err(error) if is_hang_up(&error) => return self.ended(reader),
                 Err(error) => return Err(error),
             };
-            if let Some(frame) = reader.inbox.received(&buf[..read])? {
-                match self.grants_of(frame.process, &frame.grants) {
-                    Ok(grants) => reader.inbox.deliver(frame.payload, grants),
-                    Err(error) => {
-                        reader.inbox.break_with(&error);
-                        return Err(error);
-                    }
-                }
+            if self.received(reader, &buf[..read])? {
                 return Ok(Filled::Ready);
+            }
+        }
+    }
+
+    /// Adds bytes read to the inbox; whether they complete a frame (its grants made ours).
+    fn received(&self, reader: &mut Reader, bytes: &[u8]) -> io::Result<bool> {
+        let Some(frame) = reader.inbox.received(bytes)? else {
+            return Ok(false);
+        };
+        match self.grants_of(frame.process, &frame.grants) {
+            Ok(grants) => reader.inbox.deliver(frame.payload, grants),
+            Err(error) => {
+                reader.inbox.break_with(&error);
+                return Err(error);
+            }
+        }
+        Ok(true)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Reading ahead, for readiness.
+
+    /// Issues a read ahead of `AHEAD_LEN` bytes. One that fails at once is recorded as its
+    /// end (a hang-up, or the error for the next read).
+    fn issue_ahead(&self, ahead: &mut Ahead) -> io::Result<()> {
+        debug_assert!(ahead.flight.is_none());
+        if ahead.event.is_none() {
+            ahead.event = Some(new_event()?);
+        }
+        let event = ahead.event.as_ref().expect("made above").as_raw_handle();
+        // SAFETY: resets an event we own; no read is in flight to signal it.
+        unsafe { ResetEvent(event) };
+        let mut flight = InFlight {
+            buf: Box::new([0u8; AHEAD_LEN]),
+            overlapped: Box::new(OVERLAPPED {
+                hEvent: event,
+                ..OVERLAPPED::default()
+            }),
+        };
+        // SAFETY: the buffer and the OVERLAPPED are boxed, and kept in `ahead.flight`
+        // until the read has ended (`harvest`, or the stream's Drop, which waits for it).
+        let started = unsafe {
+            ReadFile(
+                self.pipe.as_raw_handle(),
+                flight.buf.as_mut_ptr(),
+                AHEAD_LEN as u32,
+                ptr::null_mut(),
+                &mut *flight.overlapped,
+            )
+        } != 0;
+        if !started {
+            // SAFETY: reads this thread's last error, set by the call just made.
+            let error = unsafe { GetLastError() };
+            if error != ERROR_IO_PENDING {
+                let error = io::Error::from_raw_os_error(error as i32);
+                if is_hang_up(&error) {
+                    ahead.ended = true;
+                } else {
+                    ahead.failed = Some(error);
+                }
+                return Ok(());
+            }
+        }
+        // Done at once or pending: either way `harvest` takes its result.
+        ahead.flight = Some(flight);
+        Ok(())
+    }
+
+    /// Takes the end of the read issued ahead, if one is in flight: with `wait`, waits for
+    /// it until the deadline (then cancels it, and waits for that); without, only looks.
+    fn harvest(&self, ahead: &mut Ahead, wait: Option<Wait>) -> Harvest {
+        let Some(flight) = ahead.flight.as_ref() else {
+            return Harvest::Done;
+        };
+        let pipe = self.pipe.as_raw_handle();
+        let mut cancelled = false;
+        if let Some(wait) = wait {
+            let event = ahead
+                .event
+                .as_ref()
+                .expect("made with the read")
+                .as_raw_handle();
+            let mut ended = false;
+            while let Some(millis) = wait.millis() {
+                // SAFETY: a wait on an event we own.
+                match unsafe { WaitForSingleObject(event, millis) } {
+                    WAIT_OBJECT_0 => {
+                        ended = true;
+                        break;
+                    }
+                    WAIT_TIMEOUT => continue,
+                    _ => break,
+                }
+            }
+            if !ended {
+                // SAFETY: cancels only the read issued with this OVERLAPPED, on our pipe;
+                // the blocking look below waits for its end.
+                unsafe { CancelIoEx(pipe, &*flight.overlapped) };
+                cancelled = true;
+            }
+        }
+        let mut transferred = 0u32;
+        // SAFETY: the OVERLAPPED the read was issued with, alive in its box; blocking only
+        // when a wait was asked for, and then the read has ended or been cancelled.
+        let done = unsafe {
+            GetOverlappedResult(
+                pipe,
+                &*flight.overlapped,
+                &mut transferred,
+                if wait.is_some() { TRUE } else { FALSE },
+            )
+        } != 0;
+        if !done {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(ERROR_IO_INCOMPLETE as i32) {
+                return Harvest::InFlight;
+            }
+            ahead.flight = None;
+            if is_hang_up(&error) {
+                ahead.ended = true;
+            } else if error.raw_os_error() == Some(ERROR_OPERATION_ABORTED as i32) {
+                // Cancelled: by our deadline, or because the thread that issued it has
+                // exited (Windows cancels a thread's I/O then). Nothing came.
+                if cancelled {
+                    return Harvest::TimedOut;
+                }
+            } else {
+                ahead.failed = Some(error);
+            }
+            return Harvest::Done;
+        }
+        if transferred == 0 {
+            ahead.ended = true;
+        } else {
+            ahead.bytes.extend(&flight.buf[..transferred as usize]);
+        }
+        ahead.flight = None;
+        Harvest::Done
+    }
+
+    /// Whether a read issued ahead is in flight (its end, if it has come, taken), for the
+    /// backend's tests.
+    #[cfg(all(test, feature = "tokio"))]
+    pub(super) fn read_ahead_in_flight(&self) -> bool {
+        let mut reader = self.reader();
+        matches!(self.harvest(&mut reader.ahead, None), Harvest::InFlight)
+    }
+
+    /// Checks that there is a tokio runtime to await [`stirred`](Self::stirred) in; each
+    /// await registers its own wait (`readiness.rs`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn register(&mut self) -> io::Result<()> {
+        in_runtime()
+    }
+
+    /// Unregisters the waits an await left armed. A read issued ahead stays in flight;
+    /// the next read of the stream takes what it brings.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn deregister(&mut self) {
+        self.readiness.clear();
+        self.death.clear();
+    }
+
+    /// Waits until the stream reports something: bytes arrived (during the handshake, the
+    /// peer's next message; after it, bytes a misbehaving peer wrote) or the peer hung up
+    /// (closed its end, or died). The caller finds out which by reading, or with
+    /// [`peer_gone`](Self::peer_gone).
+    ///
+    /// A read is issued ahead (a byte-mode pipe signals nothing otherwise) and a one-shot
+    /// registered wait set on its event. Each read's end is reported once, as an edge, so
+    /// bytes nobody reads do not make every wait return at once; a hang-up is reported
+    /// every time. Once `AHEAD_MAX` bytes lie unread, nothing more is read ahead and only
+    /// the peer's process ending (where the stream has it) stirs the stream.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn stirred(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_stirred(cx)).await
+    }
+
+    #[cfg(feature = "tokio")]
+    fn poll_stirred(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            let mut guard = self.reader();
+            let reader = &mut *guard;
+            if reader.ahead.flight.is_some() {
+                match self.harvest(&mut reader.ahead, None) {
+                    Harvest::InFlight => {}
+                    // One read's end, reported once.
+                    Harvest::Done | Harvest::TimedOut => return Poll::Ready(Ok(())),
+                }
+                let event = reader.ahead.event.as_ref().expect("made with the read");
+                // SAFETY: always the stream's one read-ahead event, which lives in the
+                // reader until the stream drops, and `Drop` clears `readiness` first.
+                match unsafe { self.readiness.poll_signalled(event.as_handle(), cx) } {
+                    // Fired: look at the read again.
+                    Poll::Ready(Ok(())) => continue,
+                    other => return other,
+                }
+            }
+            let payload_ready = !matches!(reader.inbox.wanted(), Ok(wanted) if wanted > 0);
+            if reader.ahead.ended || reader.ahead.failed.is_some() || payload_ready {
+                return Poll::Ready(Ok(()));
+            }
+            if reader.ahead.bytes.len() >= AHEAD_MAX {
+                drop(guard);
+                let Some(peer) = self.peer.get() else {
+                    return Poll::Pending;
+                };
+                // SAFETY: the peer's process, set once in `peer` and never replaced; it
+                // lives as long as the stream, and `Drop` clears `death` first.
+                return unsafe { self.death.poll_signalled(peer.as_handle(), cx) };
+            }
+            if let Err(error) = self.issue_ahead(&mut reader.ahead) {
+                return Poll::Ready(Err(error));
             }
         }
     }
@@ -1166,6 +1520,36 @@ impl ControlStream {
     }
 }
 
+impl Drop for ControlStream {
+    fn drop(&mut self) {
+        // The registered waits first: they watch the read-ahead event and the peer's
+        // process, which close with the fields below.
+        #[cfg(feature = "tokio")]
+        {
+            self.readiness.clear();
+            self.death.clear();
+        }
+        let reader = self
+            .reader
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = reader.ahead.flight.take() {
+            let mut transferred = 0u32;
+            // SAFETY: cancels the read issued with this OVERLAPPED, then waits for it to
+            // end, so that the OS is done with the boxes before they are freed.
+            unsafe {
+                CancelIoEx(self.pipe.as_raw_handle(), &*flight.overlapped);
+                GetOverlappedResult(
+                    self.pipe.as_raw_handle(),
+                    &*flight.overlapped,
+                    &mut transferred,
+                    TRUE,
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Waiting for several at once.
 
@@ -1174,10 +1558,26 @@ pub(crate) trait Source {
     /// Whether a wait would end now: a client to accept, or bytes (or a hang-up) to read.
     /// Never blocks.
     fn ready_now(&self) -> bool;
-    /// An event that is set when this becomes ready, where there is one: the listener's.
-    /// A byte-mode pipe has none without a read in flight, so a stream is looked at again
-    /// instead (see [`wait_readable`]).
-    fn readiness_event(&self) -> Option<BorrowedHandle<'_>>;
+    /// An event that will be set when this becomes ready, armed for one wait, where there
+    /// can be one: the listener's connect event; for a stream, the event of a read issued
+    /// ahead (issued now if none is in flight). Valid as long as the source. Called only
+    /// after [`ready_now`](Self::ready_now) said no.
+    fn arm_readiness(&self) -> Option<HANDLE>;
+    /// What a [`Poller`](super::Poller) watches for this source, and what its signal
+    /// means.
+    #[cfg(feature = "tokio")]
+    fn watched(&self) -> io::Result<Watched<'_>>;
+}
+
+/// The object a poller watches for a source.
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watched<'a> {
+    pub(crate) object: BorrowedHandle<'a>,
+    /// Its signal is the peer's end, for good (a process): reported as a hang-up, and not
+    /// watched again. Otherwise it is a ring of an auto-reset event, watched again after
+    /// each.
+    pub(crate) ends: bool,
 }
 
 /// The longest pause between two looks at the streams among a wait's sources.
@@ -1187,13 +1587,12 @@ const LOOK_AGAIN_AT_MOST: Duration = Duration::from_millis(16);
 /// or `timeout` passes (`None`: no bound), and returns which are: `ready[i]` is about
 /// `sources[i]`.
 ///
-/// The listener's event is waited on; a stream has no event to wait on (a byte-mode pipe
-/// signals nothing until a read is issued, and the stream's reads are its own), so while
-/// any stream is among the sources the wait is cut into pauses of 1 ms, doubling up to
-/// 16 ms, with a look at each stream after each. The blocking server waits this way only
-/// while handshakes are in progress, each under its deadline; with none, its wait is on
-/// the listener's event alone and costs nothing. (Step 3's readiness, reads issued ahead
-/// with their events, will replace the pauses.)
+/// One `WaitForMultipleObjects` on the listener's event and, for each stream, the event
+/// of a read issued ahead (a byte-mode pipe signals nothing without a read in flight; see
+/// [`ControlStream::stirred`], whose reads these are, and whose bytes every read of the
+/// stream takes first). A wait holds at most 64 objects: past that (a blocking server
+/// with more than 63 handshakes in progress) the wait is cut into pauses of 1 ms,
+/// doubling up to 16 ms, with a look at each source after each.
 pub(crate) fn wait_readable(
     sources: &[&dyn Source],
     timeout: Option<Duration>,
@@ -1206,12 +1605,11 @@ pub(crate) fn wait_readable(
         if ready.contains(&true) || left == Some(Duration::ZERO) {
             return Ok(ready);
         }
-        // At most 64 objects a wait: the blocking server has one listener.
+        // At most 64 objects a wait.
         let events: Vec<HANDLE> = sources
             .iter()
-            .filter_map(|source| source.readiness_event())
-            .map(|event| event.as_raw_handle())
             .take(64)
+            .filter_map(|source| source.arm_readiness())
             .collect();
         let wait = if events.len() == sources.len() {
             left
@@ -1228,8 +1626,8 @@ pub(crate) fn wait_readable(
                 .unwrap_or(u32::MAX)
                 .min(INFINITE - 1)
         });
-        // SAFETY: the events are borrowed from the sources, alive for the call; the array
-        // and its length match.
+        // SAFETY: the events belong to the sources, which outlive the call (`arm_readiness`);
+        // the array and its length match.
         let status =
             unsafe { WaitForMultipleObjects(events.len() as u32, events.as_ptr(), FALSE, millis) };
         if status == WAIT_FAILED {
@@ -1254,24 +1652,71 @@ impl Source for ControlListener {
         }
     }
 
-    fn readiness_event(&self) -> Option<BorrowedHandle<'_>> {
-        Some(self.connected.as_handle())
+    fn arm_readiness(&self) -> Option<HANDLE> {
+        Some(self.connected.as_raw_handle())
+    }
+
+    /// The listener is awaited with `acceptable`, never put in a poller: its manual-reset
+    /// event stays set until the next accept, which a poller's re-armed wait would report
+    /// without end.
+    #[cfg(feature = "tokio")]
+    fn watched(&self) -> io::Result<Watched<'_>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a listener is awaited with acceptable(), not watched by a poller",
+        ))
     }
 }
 
 impl Source for ControlStream {
     fn ready_now(&self) -> bool {
+        let mut reader = self.reader();
         // Payload already taken off the pipe, or a stream out of step (whose next read
-        // says so), is ready as much as bytes in the pipe are.
-        if !matches!(self.reader().inbox.wanted(), Ok(wanted) if wanted > 0) {
+        // says so), is ready as much as bytes in the pipe are; so is what a read issued
+        // ahead brought.
+        if !matches!(reader.inbox.wanted(), Ok(wanted) if wanted > 0) {
             return true;
         }
+        match self.harvest(&mut reader.ahead, None) {
+            Harvest::InFlight => {
+                return self.peer.get().is_some_and(PeerProcess::has_ended);
+            }
+            Harvest::Done | Harvest::TimedOut => {}
+        }
+        if !reader.ahead.bytes.is_empty() || reader.ahead.ended || reader.ahead.failed.is_some() {
+            return true;
+        }
+        drop(reader);
         !matches!(self.bytes_waiting(), Ok(0))
             || self.peer.get().is_some_and(PeerProcess::has_ended)
     }
 
-    fn readiness_event(&self) -> Option<BorrowedHandle<'_>> {
-        None
+    fn arm_readiness(&self) -> Option<HANDLE> {
+        let mut reader = self.reader();
+        let ahead = &mut reader.ahead;
+        let idle = ahead.flight.is_none() && !ahead.ended && ahead.failed.is_none();
+        // Past `AHEAD_MAX` unread bytes nothing more is read ahead: the pauses look.
+        if idle && ahead.bytes.len() < AHEAD_MAX && self.issue_ahead(ahead).is_err() {
+            return None;
+        }
+        // The event is made with the first read and kept until the stream drops.
+        ahead
+            .flight
+            .is_some()
+            .then(|| ahead.event.as_ref().map(|event| event.as_raw_handle()))
+            .flatten()
+    }
+
+    /// The peer's process: in a poller (the sweeper's, a client group's), after the
+    /// handshake, the stream matters only for the peer's end, which its process's end
+    /// gives for certain (a peer that closes its connection first rings its doorbell with
+    /// the goodbye flag set, which the doorbell's watch sees).
+    #[cfg(feature = "tokio")]
+    fn watched(&self) -> io::Result<Watched<'_>> {
+        Ok(Watched {
+            object: self.peer_process()?.as_handle(),
+            ends: true,
+        })
     }
 }
 

@@ -188,6 +188,10 @@ fn child_entry() {
         "pipe-idle-client" => role_pipe_idle_client(),
         "count-pipe-handles" => role_count_pipe_handles(),
         "handshake-client" => role_handshake_client(),
+        #[cfg(feature = "tokio")]
+        "ring-on-cue" => readiness::role_ring_on_cue(),
+        #[cfg(feature = "tokio")]
+        "count-async-handles" => readiness::role_count_async_handles(),
         other => panic!("unknown role {other}"),
     });
     // Exit here, so that libtest does not go on to report (or run) anything else.
@@ -1433,4 +1437,369 @@ fn a_welcome_that_fails_part_way_is_taken_back_and_the_server_serves_on() {
     conn.recv(&mut buf, Some(Duration::from_secs(60))).unwrap();
     conn.send(&buf).unwrap();
     assert_eq!(client.join().unwrap(), b"after");
+}
+
+// ---------------------------------------------------------------------------------------
+// Step 3: readiness for tokio, and the poller.
+
+#[cfg(feature = "tokio")]
+mod readiness {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use super::*;
+
+    /// A runtime of one thread, as a test's own (its child roles have none from libtest).
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Polls `future` once, with the task's real waker, and says whether it was ready.
+    async fn ready_at_once<F: Future>(mut future: Pin<&mut F>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_ready())).await
+    }
+
+    /// A bound on a wait that must end for another reason: a watchdog, not a timing claim.
+    const NEVER: Duration = Duration::from_secs(60);
+
+    /// Child: adopts a ringer; for every line from its parent, rings once and says so.
+    pub(super) fn role_ring_on_cue() {
+        let parameters = parameters();
+        let ringer = DoorbellRinger::adopt(received(&parameters, "ringer")).unwrap();
+        report("ready");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if !io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {
+                return;
+            }
+            ringer.ring();
+            report("rang");
+        }
+    }
+
+    #[test]
+    fn a_ring_from_another_process_wakes_a_task_awaiting_the_doorbell() {
+        let _watchdog = watchdog("the awaited ring test");
+        let runtime = runtime();
+        let (mut bell, ringer) = doorbell_pair().unwrap();
+        let mut child = ChildProcess::spawn("ring-on-cue");
+        let peer = child.open();
+        let pushed = ringer.into_grant().push_to(&peer).unwrap();
+        child.send(&[("ringer", pushed.value())]);
+        assert_eq!(child.report(), "ready");
+        runtime.block_on(async {
+            bell.register().unwrap();
+            // Each round arms a fresh one-shot wait: not ready before the child rings,
+            // woken (not polled into readiness) once it has.
+            for round in 0..20 {
+                let mut rung = Box::pin(bell.rung());
+                assert!(
+                    !ready_at_once(rung.as_mut()).await,
+                    "round {round}: ready before the child rang"
+                );
+                child.send(&[("ring", 1)]);
+                assert_eq!(child.report(), "rang");
+                let woke = tokio::time::timeout(NEVER, rung.as_mut()).await;
+                assert!(
+                    woke.is_ok(),
+                    "round {round}: the ring did not wake the task"
+                );
+                bell.drain();
+            }
+            // A ring that comes while nobody awaits is latched in the event, and the next
+            // await sees it.
+            child.send(&[("ring", 1)]);
+            assert_eq!(child.report(), "rang");
+            let woke = tokio::time::timeout(NEVER, bell.rung()).await;
+            assert!(woke.is_ok(), "a ring before the await was lost");
+            bell.deregister();
+        });
+        drop(child.stdin.take());
+        child.succeeds();
+    }
+
+    #[test]
+    fn a_poller_sees_rings_from_another_process_and_a_killed_peers_end() {
+        let _watchdog = watchdog("the poller test");
+        let runtime = runtime();
+        let address = address("poller");
+        let listener = ControlListener::bind(&address, false).unwrap();
+        let mut client = ChildProcess::spawn_at("pipe-idle-client", &address.to_string_lossy());
+        assert_eq!(client.report(), "connected");
+        let mut server = listener.accept().unwrap();
+        let (bell, ringer) = doorbell_pair().unwrap();
+        let mut ringing = ChildProcess::spawn("ring-on-cue");
+        let pushed = ringer.into_grant().push_to(&ringing.open()).unwrap();
+        ringing.send(&[("ringer", pushed.value())]);
+        assert_eq!(ringing.report(), "ready");
+        runtime.block_on(async {
+            let mut poller = Poller::new().unwrap();
+            poller.add(&bell, 2).unwrap();
+            poller.add(&server, 3).unwrap();
+            server.register().unwrap();
+            let mut seen = Vec::new();
+            for round in 0..10 {
+                ringing.send(&[("ring", 1)]);
+                assert_eq!(ringing.report(), "rang");
+                let stirred = tokio::time::timeout(NEVER, poller.stirred()).await;
+                assert!(stirred.is_ok(), "round {round}: the ring was not reported");
+                seen.clear();
+                poller.drain(|stirred| seen.push(stirred)).unwrap();
+                assert_eq!(seen.len(), 1, "round {round}: {seen:?}");
+                assert_eq!((seen[0].key, seen[0].hung_up), (2, false), "round {round}");
+                bell.drain();
+            }
+            // The client killed: its end is reported, once, as a hang-up; and the stream's
+            // own await (its read issued ahead) ends too.
+            let mut stream_stirred = Box::pin(server.stirred());
+            assert!(
+                !ready_at_once(stream_stirred.as_mut()).await,
+                "stirred before the kill"
+            );
+            client.child.kill().unwrap();
+            let stirred = tokio::time::timeout(NEVER, poller.stirred()).await;
+            assert!(stirred.is_ok(), "the peer's end was not reported");
+            seen.clear();
+            poller.drain(|stirred| seen.push(stirred)).unwrap();
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert_eq!((seen[0].key, seen[0].hung_up), (3, true));
+            let ended = tokio::time::timeout(NEVER, stream_stirred.as_mut()).await;
+            assert!(
+                ended.is_ok(),
+                "the stream's await did not see the peer's end"
+            );
+            assert!(server.peer_gone());
+            // Not reported again: a process ends once.
+            ringing.send(&[("ring", 1)]);
+            assert_eq!(ringing.report(), "rang");
+            tokio::time::timeout(NEVER, poller.stirred())
+                .await
+                .unwrap()
+                .unwrap();
+            seen.clear();
+            poller.drain(|stirred| seen.push(stirred)).unwrap();
+            assert_eq!(
+                seen.iter().map(|s| s.key).collect::<Vec<_>>(),
+                [2],
+                "{seen:?}"
+            );
+            poller.remove(&bell);
+            poller.remove(&server);
+            drop(stream_stirred);
+            server.deregister();
+        });
+        drop(ringing.stdin.take());
+        ringing.succeeds();
+    }
+
+    #[test]
+    fn bytes_from_a_peer_stir_a_stream_once_and_are_read_in_order() {
+        let _watchdog = watchdog("the read-ahead test");
+        let runtime = runtime();
+        let (_listener, mut client, server) = control_pair(&address("read-ahead"));
+        runtime.block_on(async {
+            client.register().unwrap();
+            let mut stirred = Box::pin(client.stirred());
+            assert!(
+                !ready_at_once(stirred.as_mut()).await,
+                "stirred with nothing sent"
+            );
+            server.write_all(b"first").unwrap();
+            tokio::time::timeout(NEVER, stirred.as_mut())
+                .await
+                .unwrap()
+                .unwrap();
+            // Reported once: the same bytes, unread, do not stir it again.
+            let mut again = Box::pin(client.stirred());
+            assert!(
+                !ready_at_once(again.as_mut()).await,
+                "the same bytes stirred it twice"
+            );
+            server.write_all(b" second").unwrap();
+            tokio::time::timeout(NEVER, again.as_mut())
+                .await
+                .unwrap()
+                .unwrap();
+            // What was read ahead comes first, in order, then what was not.
+            server.write_all(b" third").unwrap();
+            let mut all = [0u8; 18];
+            client.read_exact(&mut all).unwrap();
+            assert_eq!(&all, b"first second third");
+            // A read cut off by its deadline while a read ahead is in flight.
+            let mut pending = Box::pin(client.stirred());
+            assert!(!ready_at_once(pending.as_mut()).await);
+            client
+                .set_deadline(Some(Instant::now() + Duration::from_millis(1)))
+                .unwrap();
+            let mut one = [0u8; 1];
+            assert_eq!(
+                client.read_exact(&mut one).unwrap_err().kind(),
+                io::ErrorKind::TimedOut
+            );
+            client.set_deadline(None).unwrap();
+            server.write_all(b"!").unwrap();
+            client.read_exact(&mut one).unwrap();
+            assert_eq!(&one, b"!");
+            // The hang-up, reported to every await from then on.
+            drop(server);
+            tokio::time::timeout(NEVER, client.stirred())
+                .await
+                .unwrap()
+                .unwrap();
+            tokio::time::timeout(NEVER, client.stirred())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(client.peer_gone());
+            let mut rest = [0u8; 1];
+            assert_eq!(
+                client.read_exact(&mut rest).unwrap_err().kind(),
+                io::ErrorKind::UnexpectedEof
+            );
+            drop((stirred, again, pending));
+            client.deregister();
+        });
+    }
+
+    #[test]
+    fn a_read_ahead_cancelled_by_its_threads_exit_is_issued_again_and_loses_nothing() {
+        let _watchdog = watchdog("the thread-exit test");
+        let (_listener, mut client, server) = control_pair(&address("thread-exit"));
+        // Issued ahead by a thread that then exits: Windows cancels the I/O a thread
+        // issued when it exits, so the read ends with nothing.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                runtime().block_on(async {
+                    let mut stirred = Box::pin(client.stirred());
+                    assert!(
+                        !ready_at_once(stirred.as_mut()).await,
+                        "stirred with nothing sent"
+                    );
+                });
+                assert!(client.read_ahead_in_flight(), "no read was issued ahead");
+            });
+        });
+        // Wine 8 cancels it a moment after the thread has gone (wineserver learns of the
+        // exit on its own time); the bound is a watchdog, not a timing claim.
+        let exited = Instant::now();
+        while client.read_ahead_in_flight() {
+            assert!(
+                exited.elapsed() < NEVER,
+                "the read issued ahead outlived the thread that issued it"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Awaited again here: the cancelled read is seen (an early wake-up at most), a new
+        // one is issued by this thread, and the bytes sent now stir the stream.
+        server.write_all(b"after").unwrap();
+        runtime().block_on(async {
+            let stirred = tokio::time::timeout(NEVER, async {
+                loop {
+                    client.stirred().await.unwrap();
+                    if client.ready_now() {
+                        return;
+                    }
+                }
+            });
+            assert!(stirred.await.is_ok(), "the bytes did not stir the stream");
+        });
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"after");
+        client.deregister();
+    }
+
+    /// Child: counts its handles around awaits of every kind (rung, stirred, acceptable,
+    /// a poller's), some cancelled with their waits armed, and everything dropped, in a
+    /// process where nothing else runs.
+    pub(super) fn role_count_async_handles() {
+        let runtime = runtime();
+        let address = address("count-async");
+        let exercise = || {
+            runtime.block_on(async {
+                let (mut bell, ringer) = doorbell_pair().unwrap();
+                bell.register().unwrap();
+                ringer.ring();
+                bell.rung().await.unwrap();
+                bell.drain();
+                // Cancelled with its wait armed: unregistered when the doorbell goes.
+                let mut armed = Box::pin(bell.rung());
+                assert!(!ready_at_once(armed.as_mut()).await);
+
+                let mut listener = ControlListener::bind(&address, false).unwrap();
+                listener.register().unwrap();
+                let mut acceptable = Box::pin(listener.acceptable());
+                assert!(!ready_at_once(acceptable.as_mut()).await);
+                let mut client = ControlStream::connect(&address, far_deadline()).unwrap();
+                tokio::time::timeout(NEVER, acceptable.as_mut())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                listener.set_nonblocking().unwrap();
+                let server = listener.accept().unwrap();
+
+                // A read ahead left in flight, its wait armed.
+                client.register().unwrap();
+                let mut stirred = Box::pin(client.stirred());
+                assert!(!ready_at_once(stirred.as_mut()).await);
+
+                let mut poller = Poller::new().unwrap();
+                let (polled, polled_ringer) = doorbell_pair().unwrap();
+                poller.add(&polled, 1).unwrap();
+                poller.add(&server, 2).unwrap();
+                polled_ringer.ring();
+                tokio::time::timeout(NEVER, poller.stirred())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                poller.drain(|_| {}).unwrap();
+                // Dropped with its entries still watched (re-armed after the drain).
+                drop(poller);
+                drop((armed, acceptable, stirred));
+                drop((
+                    polled,
+                    polled_ringer,
+                    server,
+                    client,
+                    listener,
+                    bell,
+                    ringer,
+                ));
+            });
+        };
+        // Once first, so that whatever Wine makes on first use (the thread pool's wait
+        // threads among it) is there before counting.
+        exercise();
+        let pid = std::process::id();
+        let before = handles_of(pid);
+        for _ in 0..20 {
+            exercise();
+        }
+        let after = handles_of(pid);
+        let left: Vec<u64> = after
+            .iter()
+            .filter(|value| !before.contains(value))
+            .copied()
+            .collect();
+        assert_eq!(
+            after.len(),
+            before.len(),
+            "handles left after 20 rounds of awaits: {left:x?}"
+        );
+        report(&format!("counted {} {}", before.len(), after.len()));
+    }
+
+    #[test]
+    fn awaits_of_every_kind_leave_no_handle_behind() {
+        let _watchdog = watchdog("the async handle count test");
+        let mut child = ChildProcess::spawn("count-async-handles");
+        let counted = child.report();
+        assert!(counted.starts_with("counted "), "{counted}");
+        child.succeeds();
+    }
 }

@@ -17,8 +17,9 @@
 //!   same protocol over tokio `UnixStream`s (the `stress` machinery, every reply checked).
 //! * **Streamed calls** of 64-byte items ([`crate::streamed`]): one stream's items per
 //!   second and time to first item, 100 concurrent streams, and cancel latency while the
-//!   server is busy, for `serve_calls` against the same protocol framed on tokio
-//!   `UnixStream`s, the server a child pinned to the second CPU.
+//!   server is busy, and a unary call's p50, for `serve_calls` against the same
+//!   protocol framed on tokio `UnixStream`s and (a peer) tonic gRPC on a Unix socket,
+//!   the server a child pinned to the second CPU.
 //! * **Idle CPU** of a connected pair, and the server's **memory per connection**.
 //!
 //! The peers are in the `ringbell-bench-peers` crate, behind the CLI's `peers` feature
@@ -61,7 +62,7 @@ pub struct BenchArgs {
     /// at each size, and throughput against message size.
     #[arg(long, value_name = "DIR")]
     pub plot: Option<PathBuf>,
-    /// Leave out the peer libraries (iceoryx2, ipc-channel, tokio).
+    /// Leave out the peer libraries (iceoryx2, ipc-channel, tokio, tonic).
     #[arg(long)]
     pub no_peers: bool,
 }

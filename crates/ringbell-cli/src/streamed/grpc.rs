@@ -43,6 +43,17 @@ async fn drain(mut stream: ItemStream) -> Result<u64, CliError> {
     Ok(items)
 }
 
+/// A rate counts only what arrived; this says so when a stream ended short.
+fn expect_items(got: u64, asked: u64) -> Result<u64, CliError> {
+    if got == asked {
+        Ok(got)
+    } else {
+        Err(CliError::new(format!(
+            "the gRPC streams brought {got} items of the {asked} asked for"
+        )))
+    }
+}
+
 async fn last_cancel(client: &mut GrpcClient) -> Result<u64, CliError> {
     client
         .last_cancel()
@@ -68,7 +79,7 @@ pub(super) async fn measure(path: &Path, plan: StreamedPlan) -> Result<StreamedF
     }
     let started = Instant::now();
     let stream = start(&mut client, plan.items).await?;
-    let items = drain(stream).await?;
+    let items = expect_items(drain(stream).await?, plan.items.into())?;
     let items_per_second = items as f64 / started.elapsed().as_secs_f64();
 
     // One connection per stream, as the other transports have.
@@ -86,7 +97,12 @@ pub(super) async fn measure(path: &Path, plan: StreamedPlan) -> Result<StreamedF
     while let Some(items) = streams.join_next().await {
         total += items.map_err(|error| CliError::new(error.to_string()))??;
     }
-    let concurrent_items_per_second = total as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let total = expect_items(
+        total,
+        u64::from(plan.concurrent) * u64::from(plan.concurrent_items),
+    )?;
+    let concurrent_items_per_second = total as f64 / elapsed.as_secs_f64();
 
     let mut busy = tokio::task::JoinSet::new();
     for busy_client in clients.iter_mut().take(plan.busy_streams as usize) {

@@ -65,6 +65,13 @@ pub fn pin_to_cpu(cpu: usize) -> Result<(), CliError> {
     os::pin_to_cpu(cpu)
 }
 
+/// Lets the calling thread run on every CPU the OS allows it, undoing a pin: for the
+/// measurements of unpinned pairs. A child spawned from this thread inherits the wider
+/// mask. Where the OS cannot pin, nothing was pinned and this does nothing.
+pub fn unpin() -> Result<(), CliError> {
+    os::unpin()
+}
+
 #[cfg(target_os = "linux")]
 mod os {
     use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
@@ -103,6 +110,15 @@ mod os {
         ))
     }
 
+    pub(super) fn unpin() -> Result<(), CliError> {
+        // Every CPU the mask can name: the kernel keeps those the cpuset allows.
+        let mut set = CpuSet::new();
+        for cpu in 0..CpuSet::MAX_CPU {
+            set.set(cpu);
+        }
+        sched_setaffinity(None, &set).context("unpinning (widening the CPU affinity mask)")
+    }
+
     /// The CPUs this process may run on, in ascending order.
     fn allowed_cpus() -> Result<Vec<usize>, CliError> {
         let set = sched_getaffinity(None).context("reading the CPU affinity mask")?;
@@ -133,6 +149,10 @@ mod os {
         std::thread::available_parallelism()
             .map(usize::from)
             .context("counting the CPUs")
+    }
+
+    pub(super) fn unpin() -> Result<(), CliError> {
+        Ok(())
     }
 
     pub(super) fn pin_to_cpu(cpu: usize) -> Result<(), CliError> {

@@ -54,6 +54,15 @@ impl PeerLauncher {
         Ok(PeerLauncher { exe, peer_cpu })
     }
 
+    /// The same launcher, its peers pinned to `peer_cpu` instead (`None`: not pinned,
+    /// so each peer inherits the CPU mask of the thread that starts it).
+    pub fn on_cpu(&self, peer_cpu: Option<usize>) -> PeerLauncher {
+        PeerLauncher {
+            exe: self.exe.clone(),
+            peer_cpu,
+        }
+    }
+
     /// `ringbell <args…> --parent-pid <ours> [--cpu <peer cpu>]`, with stdin closed and
     /// stderr shared with ours (so that a peer's error reaches the user).
     pub fn command(&self, args: &[OsString]) -> Command {

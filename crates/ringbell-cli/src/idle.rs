@@ -51,6 +51,37 @@ pub fn cpu_ticks(pid: u32) -> Result<u64, CliError> {
     Ok(field(11)? + field(12)?)
 }
 
+/// CPU time that every thread of process `pid` has run so far, in nanoseconds (the first
+/// field of each `/proc/<pid>/task/<tid>/schedstat`): fine enough to charge a single
+/// message, where `/proc/<pid>/stat` counts clock ticks of 10 ms.
+pub fn cpu_ns_of_process(pid: u32) -> Result<u64, CliError> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir)
+        .map_err(|error| CliError::new(format!("reading {dir}: {error}")))?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread that ended meanwhile has taken its time with it; skip it.
+        if let Ok(ns) = schedstat_ns(&task.path().join("schedstat")) {
+            total += ns;
+        }
+    }
+    Ok(total)
+}
+
+/// CPU time the calling thread has run so far, in nanoseconds.
+pub fn cpu_ns_of_this_thread() -> Result<u64, CliError> {
+    schedstat_ns(std::path::Path::new("/proc/thread-self/schedstat"))
+}
+
+fn schedstat_ns(path: &std::path::Path) -> Result<u64, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| CliError::new(format!("reading {}: {error}", path.display())))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .ok_or_else(|| CliError::new(format!("{} has no run time", path.display())))
+}
+
 /// Leaves `connection` idle for `period`: this process waits in `recv` for a message that
 /// never comes, while the server at `server_pid` waits for the next request. Both use the
 /// connection's configured wait strategy.

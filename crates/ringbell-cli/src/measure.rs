@@ -51,6 +51,43 @@ pub fn round_trips<T: IpcTransport>(
     })
 }
 
+/// `count` timed round trips of `size`-byte messages, one starting every `interval` (on
+/// a fixed schedule: a late one does not push the next back), as an editor sends: the
+/// wait for each reply starts from a side that has slept for most of the interval. Two
+/// untimed ones first.
+pub fn paced_round_trips<T: IpcTransport>(
+    transport: &mut T,
+    size: usize,
+    count: u64,
+    interval: Duration,
+) -> Result<LatencyRun, CliError> {
+    let mut message = patterned_message(size);
+    let mut reply = Vec::with_capacity(size);
+    let mut histogram = new_histogram();
+    let started = Instant::now();
+    let mut next = started;
+    for round in 0..count + 2 {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        next += interval;
+        stamp_round(&mut message, round);
+        let round_trip_start = Instant::now();
+        transport.send(&message)?;
+        let len = transport.recv(&mut reply, Some(REPLY_TIMEOUT))?;
+        let round_trip = round_trip_start.elapsed();
+        verify_echo(&message, &reply[..len], round)?;
+        if round >= 2 {
+            record(&mut histogram, round_trip);
+        }
+    }
+    Ok(LatencyRun {
+        histogram,
+        elapsed: started.elapsed(),
+    })
+}
+
 /// `warmup` untimed messages, then `count` timed ones, of `size` bytes each, one way.
 /// The clock stops when the sink confirms it received all of them.
 pub fn one_way<T: IpcTransport>(

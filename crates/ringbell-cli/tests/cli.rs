@@ -490,6 +490,30 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
         "no streamed-call table\n{}",
         describe(&output)
     );
+    // The paced and unpinned round trips, each with CPU figures, and their targets.
+    for placement in ["pinned_apart", "unpinned", "one_core"] {
+        for name in ["ringbell, default wait", "unix socket"] {
+            assert!(
+                rows("placed").iter().any(|row| row["name"] == name
+                    && row["placement"] == placement
+                    && row["p50_us"].as_f64().is_some_and(|us| us > 0.0)
+                    && row["server_cpu_us"].as_f64().is_some_and(|us| us > 0.0)
+                    && row["client_cpu_us"].as_f64().is_some_and(|us| us > 0.0)),
+                "no {placement} round trips for {name}"
+            );
+        }
+    }
+    assert!(
+        rows("placed")
+            .iter()
+            .any(|row| row["pace_us"].as_u64() == Some(1_000)),
+        "no paced rows"
+    );
+    assert!(
+        stdout.contains("paced round trip p50") && stdout.contains("paced round trip, CPU"),
+        "no paced targets\n{}",
+        describe(&output)
+    );
     assert!(report["idle"]["seconds"].as_f64().unwrap() > 0.0);
 
     for plot in [

@@ -29,9 +29,18 @@ pub enum WaitStrategy {
     /// Never sleep: poll the ring until the condition holds. The lowest latency, and a
     /// full core burned while waiting. Use it only with a core to spare for each waiter.
     Spin,
-    /// Spin for `spin`, then sleep on a futex. The default.
+    /// Spin for up to `spin`, then sleep on a futex. The default.
+    ///
+    /// The spin adapts to the peer: each side learns how soon its waits end. While at
+    /// least half of its recent waits (about the last 8) ended within `spin`, a wait
+    /// spins for the whole of `spin`; otherwise it sleeps at once, but for a probe that
+    /// spins again, one wait in 8 to 64, to notice when the peer has become quick. So a
+    /// peer that answers at memory speed is caught before anyone sleeps, and one that
+    /// answers every few milliseconds (an editor) costs no spinning on either side. A
+    /// spin that has found nothing for a few microseconds also gives the CPU away
+    /// (`sched_yield`) on every look, so that a peer waiting for this very core runs.
     Adaptive {
-        /// How long to spin before sleeping.
+        /// The most a wait spins before sleeping.
         spin: Duration,
     },
     /// Sleep at once (after one look at the ring). Zero CPU while waiting; every wake-up

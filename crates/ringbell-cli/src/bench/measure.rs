@@ -128,6 +128,8 @@ impl Bench {
             streamed.extend(self.peer_step(what, || measure_streamed(transport)));
         }
 
+        let placed = self.placed(self.placement)?;
+
         let idle = match idle::NOT_ON_THIS_OS {
             None => Some(self.step("idle CPU of a connected pair", || self.idle())?),
             Some(why) => {
@@ -143,6 +145,7 @@ impl Bench {
             throughput,
             load,
             streamed,
+            placed,
             idle,
             skipped: self.skipped.borrow().clone(),
             peers: self.peers.iter().map(|peer| peer.note()).collect(),

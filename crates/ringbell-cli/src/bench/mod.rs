@@ -20,6 +20,9 @@
 //!   server is busy, and a unary call's p50, for `serve_calls` against the same
 //!   protocol framed on tokio `UnixStream`s and (a peer) tonic gRPC on a Unix socket,
 //!   the server a child pinned to the second CPU.
+//! * **Paced and unpinned round trips** ([`placed`]): 64 B round trips one every
+//!   millisecond, with the CPU each costs both processes, and back to back with the two
+//!   processes unpinned or on one core; ringbell's default wait against a Unix socket.
 //! * **Idle CPU** of a connected pair, and the server's **memory per connection**.
 //!
 //! The peers are in the `ringbell-bench-peers` crate, behind the CLI's `peers` feature
@@ -44,6 +47,7 @@ use crate::peers;
 use crate::temp_dir::TempDir;
 
 mod measure;
+mod placed;
 mod plan;
 mod plot;
 mod report;
@@ -121,6 +125,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         plan,
         quick: args.quick,
         launcher: PeerLauncher::new(placement.peer_cpu())?,
+        placement,
         workspace: TempDir::create("ringbell-bench")?,
         peers: if args.no_peers {
             Vec::new()
@@ -167,6 +172,9 @@ struct Bench {
     plan: Plan,
     quick: bool,
     launcher: PeerLauncher,
+    /// Where this process and the peers run (the paced and unpinned rows change it for
+    /// their runs, and put it back).
+    placement: Placement,
     workspace: TempDir,
     peers: Vec<peers::PeerKind>,
     progress: ProgressBar,

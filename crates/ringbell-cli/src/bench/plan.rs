@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::placed::PLACED_STEPS;
 use super::report::{RINGBELL_ADAPTIVE, RINGBELL_BLOCK, RINGBELL_SPIN};
 use super::Bench;
 use crate::args::WaitKind;
@@ -42,6 +43,10 @@ pub(super) struct Plan {
     pub(super) idle: Duration,
     /// The streamed-call rows (see [`crate::streamed`]).
     pub(super) streamed: StreamedPlan,
+    /// Round trips of each paced row (one per millisecond) and each back-to-back row of
+    /// [`super::placed`].
+    paced_round_trips: u64,
+    placed_round_trips: u64,
 }
 
 impl Plan {
@@ -60,6 +65,8 @@ impl Plan {
             cancels: 1_000,
             busy_streams: 4,
         },
+        paced_round_trips: 2_000,
+        placed_round_trips: 50_000,
     };
 
     pub(super) const QUICK: Plan = Plan {
@@ -77,10 +84,21 @@ impl Plan {
             cancels: 50,
             busy_streams: 4,
         },
+        paced_round_trips: 200,
+        placed_round_trips: 2_000,
     };
 
     /// Warm-up and timed round trips at `size` for a wait that spins or sleeps: the count
     /// shrinks with the bytes moved, so that each run takes about as long.
+    /// Round trips of a row of [`super::placed`]: a paced one, or one back to back.
+    pub(super) fn placed_round_trips(&self, paced: bool) -> u64 {
+        if paced {
+            self.paced_round_trips
+        } else {
+            self.placed_round_trips
+        }
+    }
+
     pub(super) fn round_trips(&self, size: usize, sleeps: bool) -> (u64, u64) {
         let base = if sleeps {
             self.sleep_round_trips
@@ -165,9 +183,9 @@ impl Bench {
         // Each size's subjects and memcpy, then ringbell's and the socket's batches.
         let throughput = THROUGHPUT_SIZES.len() * (self.throughput_subjects().len() + 1) + 2;
         let load = self.plan.load_clients.len() * 2;
-        // One step per streamed-call transport.
+        // One step per streamed-call transport, the idle pair, the paced and unpinned rows.
         let streamed = 2 + self.streamed_peers().len();
-        (latency + throughput + load + 1 + streamed) as u64
+        (latency + throughput + load + 1 + streamed) as u64 + PLACED_STEPS
     }
 
     /// The streamed-call transports of the peer libraries this run measures.

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::measure::{MEMCPY_PLACEMENTS, MEMCPY_ROUNDS};
+use super::placed::{PlacedRow, PLACED_RINGBELL, PLACED_SIZE, PLACED_SOCKET};
 use super::plan::{
     BATCH, BATCHED_SIZE, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES,
 };
@@ -115,6 +116,8 @@ pub(super) struct Report {
     pub(super) throughput: Vec<ThroughputRow>,
     pub(super) load: Vec<LoadRow>,
     pub(super) streamed: Vec<StreamedRow>,
+    /// Paced round trips, and round trips of processes not pinned apart.
+    pub(super) placed: Vec<PlacedRow>,
     pub(super) idle: Option<IdleRow>,
     pub(super) skipped: Vec<Skipped>,
     /// How each peer library is used.
@@ -303,6 +306,10 @@ impl Report {
         if !self.streamed.is_empty() {
             println!();
             self.print_streamed();
+        }
+        if !self.placed.is_empty() {
+            println!();
+            print_placed(&self.placed);
         }
         if let Some(idle) = &self.idle {
             println!();
@@ -587,6 +594,35 @@ impl Report {
                 yes_no(ours.cancel_p99_us < CANCEL_P99_US),
             ]);
         }
+        // Paced round trips, pinned apart: the editor's case.
+        let paced = |name: &str| {
+            self.placed
+                .iter()
+                .find(|row| row.name == name && row.pace_us.is_some() && row.pinned_apart())
+        };
+        if let (Some(ours), Some(theirs)) = (paced(PLACED_RINGBELL), paced(PLACED_SOCKET)) {
+            let pace = ours.pace_us.unwrap_or_default();
+            rows.push(vec![
+                format!("paced round trip p50, every {pace} µs"),
+                format!("{:.2} µs", ours.p50_us),
+                PLACED_SOCKET.into(),
+                format!("{:.2} µs", theirs.p50_us),
+                format!("{:.2}×", ours.p50_us / theirs.p50_us),
+                "≤ 1×".into(),
+                yes_no(ours.p50_us <= theirs.p50_us),
+            ]);
+            let cpu = |row: &PlacedRow| row.server_cpu_us + row.client_cpu_us;
+            let ratio = cpu(ours) / cpu(theirs);
+            rows.push(vec![
+                "paced round trip, CPU of both sides".into(),
+                format!("{:.2} µs", cpu(ours)),
+                PLACED_SOCKET.into(),
+                format!("{:.2} µs", cpu(theirs)),
+                format!("{ratio:.2}×"),
+                "≤ 1.5×".into(),
+                yes_no(ratio <= 1.5),
+            ]);
+        }
         print_table(
             &[
                 "target", "ringbell", "against", "theirs", "ratio", "target", "met?",
@@ -594,6 +630,63 @@ impl Report {
             rows,
         );
     }
+}
+
+/// The paced and unpinned rows, each ringbell row beside the Unix socket's of the same
+/// placement and pacing.
+fn print_placed(placed: &[PlacedRow]) {
+    let socket_of = |row: &PlacedRow| {
+        placed
+            .iter()
+            .find(|other| {
+                other.name == PLACED_SOCKET
+                    && other.placement == row.placement
+                    && other.pace_us == row.pace_us
+            })
+            .filter(|other| other.name != row.name)
+    };
+    let rows = placed
+        .iter()
+        .map(|row| {
+            let socket = socket_of(row);
+            let cpu = row.server_cpu_us + row.client_cpu_us;
+            vec![
+                row.name.clone(),
+                row.placement_label().into(),
+                row.pace_us
+                    .map_or("back to back".into(), |us| format!("every {us} µs")),
+                format_count(row.round_trips_per_second),
+                format!("{:.1}", row.p50_us),
+                format!("{:.1}", row.p99_us),
+                socket.map_or("".into(), |socket| {
+                    compare(row.p50_us, socket.p50_us, Better::Faster)
+                }),
+                format!("{:.2}", row.server_cpu_us),
+                format!("{:.2}", row.client_cpu_us),
+                socket.map_or("".into(), |socket| {
+                    format!(
+                        "{:.2}×",
+                        cpu / (socket.server_cpu_us + socket.client_cpu_us)
+                    )
+                }),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            &format!("round trips, {PLACED_SIZE} B"),
+            "placement",
+            "pace",
+            "round trips/s",
+            "p50 µs",
+            "p99 µs",
+            "p50 vs unix socket",
+            "server CPU µs/rt",
+            "client CPU µs/rt",
+            "CPU vs unix socket",
+        ],
+        rows,
+    );
 }
 
 fn yes_no(met: bool) -> String {

@@ -39,7 +39,9 @@ pub(crate) use send::Publish;
 #[cfg(ringbell_async)]
 pub(crate) use send::{Pushed, SendProgress};
 pub(crate) use slot::{ConnectionSlot, ConnectionSlots};
-use wake::{rings, wake};
+#[cfg(ringbell_async)]
+pub(crate) use wake::WaitFor;
+use wake::{rings, wake, Learned};
 
 /// Which end of the connection this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +174,9 @@ pub struct Connection {
     /// When a wait should next check, with a syscall, that the peer is still alive. Kept
     /// across calls, so that a loop of short waits checks as often as one long one.
     peer_check_due: Option<std::time::Instant>,
+    /// How soon this side's waits for data and for room have ended lately, which sets how
+    /// long the next ones spin (`core::wait::SpinLearner`).
+    learned: Learned,
     /// On a server, this connection's place under its connection limit, freed on drop.
     slot: Option<ConnectionSlot>,
     /// Doorbell rings are recorded in `ring_owed` instead of made (a server's sweeper
@@ -209,6 +214,7 @@ impl Connection {
             doorbell_armed: false,
             broken: None,
             peer_check_due: None,
+            learned: Learned::default(),
             slot: None,
             defer_rings: false,
             ring_owed: std::sync::atomic::AtomicBool::new(false),

@@ -170,6 +170,7 @@ impl Connection {
                         let (rx, header, side) = (&mut self.rx, self.segment.header(), self.side);
                         let waited = wait_on(
                             &self.settings.wait,
+                            &mut self.learned.data,
                             &rings(&self.segment, side).rx.readable,
                             &self.own_doorbell,
                             &self.control,

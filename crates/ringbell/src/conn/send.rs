@@ -273,6 +273,7 @@ impl Connection {
         let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
         wait_on(
             &self.settings.wait,
+            &mut self.learned.room,
             &rings(&self.segment, side).tx.writable,
             &self.own_doorbell,
             &self.control,

@@ -3,13 +3,15 @@
 //! doorbell where there is none), the event-loop side (arming the doorbell, deferred
 //! rings), and noticing that the peer is gone.
 
+#[cfg(ringbell_async)]
+use std::time::Duration;
 use std::time::Instant;
 
 use super::{corrupted, Connection, Segment, Side};
 use crate::config::WaitStrategy;
 use crate::core::layout::{RingControl, SegmentHeader, WaitCell};
 use crate::core::sync::{AtomicU32, Ordering};
-use crate::core::wait::{self, Sleeper, Waited, Woke};
+use crate::core::wait::{self, Sleeper, SpinLearner, Waited, Woke};
 use crate::error::Error;
 use crate::sys::{self, ControlStream, Doorbell, DoorbellRinger};
 
@@ -288,6 +290,46 @@ pub(super) fn peer_alive(
     Ok(())
 }
 
+/// What a connection has learnt of its waits, one [`SpinLearner`] per kind: for data to
+/// receive (how soon its peer answers or sends), and for room to send (how soon its peer
+/// takes what we wrote). They differ: a peer may answer late but always read at once.
+#[derive(Debug, Default)]
+pub(super) struct Learned {
+    pub(super) data: SpinLearner,
+    pub(super) room: SpinLearner,
+}
+
+/// What a wait of the async API waits for, for its [`SpinLearner`].
+#[cfg(ringbell_async)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitFor {
+    Data,
+    Room,
+}
+
+#[cfg(ringbell_async)]
+impl Connection {
+    /// How long the async API's next wait for `what` spins before it awaits the doorbell
+    /// (`None`: until ready), as this connection's strategy and its recent waits say.
+    pub(crate) fn spin_budget(&mut self, what: WaitFor) -> Option<Duration> {
+        let strategy = self.settings.wait;
+        self.learner(what).budget(&strategy)
+    }
+
+    /// Teaches this connection that a wait of the async API for `what` took `waited`.
+    pub(crate) fn learn_wait(&mut self, what: WaitFor, waited: Duration) {
+        let strategy = self.settings.wait;
+        self.learner(what).learn(&strategy, waited);
+    }
+
+    fn learner(&mut self, what: WaitFor) -> &mut SpinLearner {
+        match what {
+            WaitFor::Data => &mut self.learned.data,
+            WaitFor::Room => &mut self.learned.room,
+        }
+    }
+}
+
 /// Wakes whoever sleeps on `word` through the backend's shared-memory wait. A backend
 /// without one has no such sleeper (its waiters announce `SLEEP_DOORBELL`); a peer that
 /// announces otherwise anyway is a confused or hostile one, whose own waits end by its
@@ -324,6 +366,7 @@ impl Sleeper for DoorbellSleeper<'_> {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn wait_on<E>(
     strategy: &WaitStrategy,
+    learner: &mut SpinLearner,
     cell: &WaitCell,
     doorbell: &Doorbell,
     control: &ControlStream,
@@ -335,6 +378,7 @@ pub(super) fn wait_on<E>(
     match sys::shared_wait() {
         Some(shared) => wait::wait_until(
             strategy,
+            learner,
             cell,
             // Only a confused or hostile peer makes the OS refuse the shared wait (on
             // macOS, by waiting on our word in another mode, which fails ours with `EDOM`);
@@ -347,6 +391,7 @@ pub(super) fn wait_on<E>(
         ),
         None => wait::wait_until(
             strategy,
+            learner,
             cell,
             &DoorbellSleeper { doorbell, control },
             deadline,

@@ -52,6 +52,129 @@ pub(crate) const PEER_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Spins between two looks at the clock in a spin loop.
 const SPINS_PER_CLOCK_READ: u32 = 64;
 
+/// How long a spin goes on without its condition before each further look also gives the
+/// CPU away (`sched_yield`). Longer than any round trip that spinning is for (a fraction of
+/// a microsecond between two cores), so those never pay for a syscall; short enough that
+/// a peer waiting for this very CPU (both sides on one core, unpinned) runs at once rather
+/// than after the whole budget, since there a spin that does not yield only delays the
+/// peer it waits for.
+const YIELD_AFTER: Duration = Duration::from_micros(2);
+
+/// Of the recent waits, the share that ended within the spin budget is kept in units of
+/// `1 / QUICK_SCALE`.
+const QUICK_SCALE: u32 = 1024;
+/// Each wait moves the share this fraction (`1 / QUICK_WEIGHT`) of the way towards its
+/// outcome: about the last 8 waits count.
+const QUICK_WEIGHT: u32 = 8;
+/// While spinning does not pay, a wait spins its whole budget once in this many waits to
+/// find out whether it pays again (a probe), and one in up to [`PROBE_EVERY_MAX`] after
+/// probes that found nothing, each doubling the interval.
+const PROBE_EVERY_MIN: u16 = 8;
+const PROBE_EVERY_MAX: u16 = 64;
+
+/// What a side has learnt of how soon its waits end, which sets how long its next wait
+/// spins before it sleeps (issue 14's "wait that learns").
+///
+/// Spinning pays when the condition comes sooner than a wake-up through the kernel would
+/// take (15–80 µs on our VMs): the waiter gets it at memory speed. It is waste when the
+/// peer answers later, as an editor that sends a message every few milliseconds does:
+/// then every wait burns the whole budget on each side. So under
+/// [`WaitStrategy::Adaptive`], whose `spin` is the ceiling, a side spins its whole budget
+/// while at least half of its recent waits (an average over about the last 8) ended
+/// within that budget, and otherwise sleeps at once, but for an occasional probe that
+/// spins again to notice when the peer has become quick. A wait that slept and still
+/// ended within the budget counts as quick too (so the average recovers without probes
+/// when the peer is quick and wake-ups are cheap). A wait that ends at its timeout
+/// teaches nothing. `Spin` and `Block` learn nothing: they are the user's fixed choice.
+///
+/// The cost while spinning does not pay is one probe's budget per 8 to 64 waits: at most
+/// 6 µs a wait with the default 50 µs, against 50 µs for a fixed spin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpinLearner {
+    /// Of the recent waits, the share that ended within the budget, in `1 / QUICK_SCALE`.
+    quick: u32,
+    /// Waits since the last probe, while spinning does not pay.
+    since_probe: u16,
+    /// Waits between two probes.
+    probe_every: u16,
+    /// The current wait is a probe.
+    probing: bool,
+}
+
+impl Default for SpinLearner {
+    /// Starts out spinning: a new connection's first messages usually come in a burst.
+    fn default() -> Self {
+        SpinLearner {
+            quick: QUICK_SCALE,
+            since_probe: 0,
+            probe_every: PROBE_EVERY_MIN,
+            probing: false,
+        }
+    }
+}
+
+impl SpinLearner {
+    /// How long the next wait under `strategy` spins before it sleeps: `None` for as long
+    /// as it takes (`Spin`), zero to sleep at once.
+    pub(crate) fn budget(&mut self, strategy: &WaitStrategy) -> Option<Duration> {
+        let ceiling = match *strategy {
+            WaitStrategy::Spin => return None,
+            WaitStrategy::Block => return Some(Duration::ZERO),
+            WaitStrategy::Adaptive { spin } => spin,
+        };
+        if ceiling.is_zero() || self.spinning_pays() {
+            return Some(ceiling);
+        }
+        self.since_probe += 1;
+        if self.since_probe >= self.probe_every {
+            self.since_probe = 0;
+            self.probing = true;
+            return Some(ceiling);
+        }
+        Some(Duration::ZERO)
+    }
+
+    /// Learns from a wait under `strategy` that took `waited` until its condition held.
+    pub(crate) fn learn(&mut self, strategy: &WaitStrategy, waited: Duration) {
+        let WaitStrategy::Adaptive { spin: ceiling } = *strategy else {
+            return;
+        };
+        let quick = waited <= ceiling;
+        let target = if quick { QUICK_SCALE } else { 0 };
+        // Rounded towards the target, so that a run of one outcome reaches it.
+        self.quick = if target >= self.quick {
+            self.quick + (target - self.quick).div_ceil(QUICK_WEIGHT)
+        } else {
+            self.quick - (self.quick - target).div_ceil(QUICK_WEIGHT)
+        };
+        if std::mem::take(&mut self.probing) {
+            if quick {
+                // Probe again at the next wait: a run of quick probes climbs back to
+                // spinning within a few waits.
+                self.probe_every = PROBE_EVERY_MIN;
+                self.since_probe = PROBE_EVERY_MIN - 1;
+            } else {
+                self.probe_every = (self.probe_every * 2).min(PROBE_EVERY_MAX);
+            }
+        }
+    }
+
+    /// Whether at least half of the recent waits ended within the budget.
+    fn spinning_pays(&self) -> bool {
+        self.quick >= QUICK_SCALE / 2
+    }
+}
+
+/// Gives the CPU to any other thread that waits for it, once a spin has gone on for
+/// [`YIELD_AFTER`] since `started`.
+#[inline]
+pub(crate) fn yield_if_spinning_long(started: Instant, now: Instant) {
+    if now.duration_since(started) >= YIELD_AFTER {
+        #[cfg(not(loom))]
+        std::thread::yield_now();
+    }
+}
+
 /// A way to sleep until the waker's wake-up: a futex word, as the kernel (or a test model)
 /// provides it, or a doorbell.
 pub(crate) trait Sleeper {
@@ -238,7 +361,8 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-/// Waits under `strategy` until `ready()` is true or `deadline` passes.
+/// Waits under `strategy` until `ready()` is true or `deadline` passes, spinning first for
+/// as long as `learner` says (see [`SpinLearner`]), and teaching it how long this wait took.
 ///
 /// `peer_alive(thorough)` is called with `false` after every wake-up (a cheap look at a
 /// goodbye flag in shared memory) and with `true` whenever `*peer_check_due` has passed
@@ -247,25 +371,53 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 /// even a loop of waits shorter than the interval checks the peer that often. When the
 /// peer is gone, `ready()` is asked once more (it may have published and then gone) and
 /// the failure is returned only if nothing is ready.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn wait_until<E>(
     strategy: &WaitStrategy,
+    learner: &mut SpinLearner,
     cell: &WaitCell,
     sleeper: &impl Sleeper,
     deadline: Option<Instant>,
     peer_check_due: &mut Option<Instant>,
+    ready: impl FnMut() -> Result<bool, E>,
+    peer_alive: impl FnMut(bool) -> Result<(), E>,
+) -> Result<Waited, E> {
+    // The wait's first look at the clock, if it got so far: a wait that ends within its
+    // first spins took no time worth a clock read.
+    let mut started = None;
+    let spin_budget = learner.budget(strategy);
+    let waited = wait_inner(
+        spin_budget,
+        cell,
+        sleeper,
+        deadline,
+        peer_check_due,
+        &mut started,
+        ready,
+        peer_alive,
+    );
+    if let Ok(Waited::Ready) = waited {
+        let took = started.map_or(Duration::ZERO, |started: Instant| started.elapsed());
+        learner.learn(strategy, took);
+    }
+    waited
+}
+
+#[allow(clippy::too_many_arguments)]
+fn wait_inner<E>(
+    spin_budget: Option<Duration>,
+    cell: &WaitCell,
+    sleeper: &impl Sleeper,
+    deadline: Option<Instant>,
+    peer_check_due: &mut Option<Instant>,
+    started: &mut Option<Instant>,
     mut ready: impl FnMut() -> Result<bool, E>,
     mut peer_alive: impl FnMut(bool) -> Result<(), E>,
 ) -> Result<Waited, E> {
-    let spin_budget = match *strategy {
-        WaitStrategy::Spin => None,
-        WaitStrategy::Adaptive { spin } => Some(spin),
-        WaitStrategy::Block => Some(Duration::ZERO),
-    };
     // Spin phase. The clock is first read after a round of spins, not on entry: a peer
     // that answers within nanoseconds (streaming) should not pay for a clock read per
     // message.
     if spin_budget != Some(Duration::ZERO) {
-        let mut spin_until = None;
         loop {
             for _ in 0..SPINS_PER_CLOCK_READ {
                 if ready()? {
@@ -274,16 +426,17 @@ pub(crate) fn wait_until<E>(
                 spin_loop();
             }
             let now = Instant::now();
-            let until = *spin_until.get_or_insert(spin_budget.map(|budget| now + budget));
+            let since = *started.get_or_insert(now);
             if let Some(end) = check_peer(now, peer_check_due, &mut peer_alive, &mut ready) {
                 return end;
             }
             if deadline.is_some_and(|deadline| now >= deadline) {
                 return Ok(Waited::TimedOut);
             }
-            if until.is_some_and(|until| now >= until) {
+            if spin_budget.is_some_and(|budget| now.duration_since(since) >= budget) {
                 break;
             }
+            yield_if_spinning_long(since, now);
         }
     }
     // Sleep phase: in slices that end when the next thorough peer check is due, so that a
@@ -293,6 +446,7 @@ pub(crate) fn wait_until<E>(
             return Ok(Waited::Ready);
         }
         let now = Instant::now();
+        started.get_or_insert(now);
         if let Some(end) = check_peer(now, peer_check_due, &mut peer_alive, &mut ready) {
             return end;
         }
@@ -376,6 +530,97 @@ mod tests {
                 doorbell: true
             }
         );
+    }
+
+    const CEILING: Duration = Duration::from_micros(50);
+    const ADAPTIVE: WaitStrategy = WaitStrategy::Adaptive { spin: CEILING };
+    /// A peer that answers after a millisecond, as an editor's paced messages come.
+    const SLOW: Duration = Duration::from_millis(1);
+    /// A peer that answers at memory speed.
+    const QUICK: Duration = Duration::from_micros(1);
+
+    /// Runs `waits` waits that each take `took`, and returns the budgets they were given.
+    fn waits(learner: &mut SpinLearner, waits: usize, took: Duration) -> Vec<Duration> {
+        (0..waits)
+            .map(|_| {
+                let budget = learner.budget(&ADAPTIVE).expect("Adaptive has a budget");
+                learner.learn(&ADAPTIVE, took);
+                budget
+            })
+            .collect()
+    }
+
+    fn spins(budgets: &[Duration]) -> usize {
+        budgets.iter().filter(|budget| !budget.is_zero()).count()
+    }
+
+    #[test]
+    fn a_learner_spins_while_its_peer_answers_within_the_budget() {
+        let mut learner = SpinLearner::default();
+        let budgets = waits(&mut learner, 1_000, QUICK);
+        assert!(
+            budgets.iter().all(|&budget| budget == CEILING),
+            "{budgets:?}"
+        );
+    }
+
+    #[test]
+    fn a_learner_stops_spinning_for_a_slow_peer_but_for_rarer_and_rarer_probes() {
+        let mut learner = SpinLearner::default();
+        // It starts out spinning, and gives up after a few slow waits.
+        let first = waits(&mut learner, 8, SLOW);
+        assert!(first[0] == CEILING && first[7].is_zero(), "{first:?}");
+        // Then it probes, each probe that finds nothing doubling the interval, up to one
+        // in 64 waits.
+        let next = waits(&mut learner, 8 + 16 + 32 + 64, SLOW);
+        let probes: Vec<usize> = next
+            .iter()
+            .enumerate()
+            .filter(|(_, budget)| !budget.is_zero())
+            .map(|(index, _)| index)
+            .collect();
+        assert_eq!(probes.len(), 4, "{next:?}");
+        let gaps: Vec<usize> = probes.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        assert_eq!(gaps, [16, 32, 64], "probes at {probes:?}");
+        let later = waits(&mut learner, 64 * 10, SLOW);
+        assert_eq!(spins(&later), 10, "one probe in 64 waits at most");
+    }
+
+    #[test]
+    fn a_learner_that_had_stopped_spins_again_once_its_peer_is_quick() {
+        let mut learner = SpinLearner::default();
+        waits(&mut learner, 200, SLOW);
+        // The peer turns quick: within a probe interval and a few waits it spins again,
+        // and stays spinning.
+        let budgets = waits(&mut learner, 64 + 16, QUICK);
+        let resumed = budgets.len() - budgets.iter().rev().take_while(|b| **b == CEILING).count();
+        assert!(
+            resumed <= 64 + 8,
+            "spinning again only from wait {resumed}: {budgets:?}"
+        );
+        assert!(spins(&waits(&mut learner, 100, QUICK)) == 100);
+    }
+
+    #[test]
+    fn a_wait_that_slept_but_ended_within_the_budget_counts_as_quick() {
+        let mut learner = SpinLearner::default();
+        waits(&mut learner, 200, SLOW);
+        // Woken through the kernel within the budget (no spin): the peer is quick enough
+        // that spinning would have paid, so the learner comes back without a probe.
+        let budgets = waits(&mut learner, 8, CEILING - Duration::from_micros(10));
+        assert_eq!(budgets.last(), Some(&CEILING), "{budgets:?}");
+    }
+
+    #[test]
+    fn a_learner_obeys_spin_and_block_and_learns_nothing_from_them() {
+        let mut learner = SpinLearner::default();
+        for _ in 0..100 {
+            assert_eq!(learner.budget(&WaitStrategy::Spin), None);
+            learner.learn(&WaitStrategy::Spin, SLOW);
+            assert_eq!(learner.budget(&WaitStrategy::Block), Some(Duration::ZERO));
+            learner.learn(&WaitStrategy::Block, SLOW);
+        }
+        assert_eq!(learner, SpinLearner::default());
     }
 }
 

@@ -38,14 +38,15 @@ use ::tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::stream::{CallGuard, CallOptions, Event, RequestSender, ResponseStream};
 use super::{arm, WatchedPoller};
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, WaitStrategy};
 use crate::conn::{Connection, Publish, Pushed, SendProgress};
 use crate::core::call::{
     decode_from_server, encode_cancel, encode_client_credit, encode_end, encode_open, FromServer,
     Mode, REQUEST_WINDOW,
 };
 use crate::core::in_flight::InFlight;
-use crate::core::wait::PEER_CHECK_INTERVAL;
+use crate::core::ring::max_frame_payload;
+use crate::core::wait::{SpinLearner, PEER_CHECK_INTERVAL};
 use crate::error::Error;
 use crate::handshake::SharedDoorbell;
 use crate::sys;
@@ -556,16 +557,36 @@ impl Outbox {
         opening
     }
 
-    /// Moves messages into the ring while they fit. Returns whether any went, and the size
-    /// of the frame that did not fit, if one is waiting.
+    /// Moves messages into the ring while they fit, and shows them to the peer at once:
+    /// one publication (and at most one wake-up) for all of them, so that a peer that
+    /// reads as they come takes them in one pass, not one pass each (measured on one
+    /// stream of 64-byte items: see docs/BENCHMARKS.md, "Streamed calls"). Nothing waits
+    /// for more to come. Returns whether any went, and the size of the frame that did not
+    /// fit, if one is waiting.
     pub(super) fn flush(
         &mut self,
         connection: &mut Connection,
     ) -> Result<(bool, Option<usize>), Error> {
+        let flushed = self.flush_unpublished(connection);
+        connection.publish_sent();
+        flushed
+    }
+
+    fn flush_unpublished(
+        &mut self,
+        connection: &mut Connection,
+    ) -> Result<(bool, Option<usize>), Error> {
         let mut moved = false;
+        let one_frame = max_frame_payload(connection.ring_capacity());
         while let Some(queued) = self.queue.front() {
-            match connection.push_some(&queued.message, queued.id, &mut self.progress, Publish::Now)
-            {
+            // A message in chunks is shown chunk by chunk, so that the peer takes the
+            // first while we write the next.
+            let publish = if queued.message.len() > one_frame {
+                Publish::Now
+            } else {
+                Publish::Later
+            };
+            match connection.push_some(&queued.message, queued.id, &mut self.progress, publish) {
                 Ok(Pushed::Done) => {
                     self.bytes -= queued.message.len();
                     self.finals -= usize::from(queued.role == Role::Ends);
@@ -902,6 +923,23 @@ struct GroupDriver {
     /// later calls.
     ended: HashMap<u64, Error>,
     buf: Vec<u8>,
+    /// How the driver waits while calls are under way: the most eager strategy of its
+    /// connections (`Spin` before `Adaptive` with the longest spin, before `Block`).
+    wait: WaitStrategy,
+    /// How long the driver's waits for its servers have lasted lately, which sets how
+    /// long the next one spins before it sleeps.
+    learner: SpinLearner,
+}
+
+/// The more eager of two ways to wait: the one that spins longer.
+fn more_eager(a: WaitStrategy, b: WaitStrategy) -> WaitStrategy {
+    match (a, b) {
+        (WaitStrategy::Spin, _) | (_, WaitStrategy::Spin) => WaitStrategy::Spin,
+        (WaitStrategy::Adaptive { spin: x }, WaitStrategy::Adaptive { spin: y }) => {
+            WaitStrategy::Adaptive { spin: x.max(y) }
+        }
+        (adaptive @ WaitStrategy::Adaptive { .. }, _) | (_, adaptive) => adaptive,
+    }
 }
 
 impl GroupDriver {
@@ -914,13 +952,36 @@ impl GroupDriver {
             slot_of: HashMap::new(),
             ended: HashMap::new(),
             buf: Vec::new(),
+            wait: WaitStrategy::Block,
+            learner: SpinLearner::default(),
         })
+    }
+
+    /// Whether any call is under way, whose answer may be a moment away.
+    fn awaiting_answers(&self) -> bool {
+        self.members
+            .iter()
+            .flatten()
+            .any(|member| !member.pending.is_empty())
+    }
+
+    /// Sets [`wait`](Self::wait) from the connections the driver has now.
+    fn refresh_wait(&mut self) {
+        self.wait = self
+            .members
+            .iter()
+            .flatten()
+            .map(|member| member.connection.wait_strategy())
+            .fold(WaitStrategy::Block, more_eager);
     }
 
     async fn run(mut self, mut messages: mpsc::UnboundedReceiver<ToDriver>) {
         let mut open = true;
         let mut passes: u32 = 0;
         let mut events_due = Instant::now() + PEER_CHECK_INTERVAL;
+        // Since when the driver has waited for its servers with calls under way, and how
+        // long that wait may spin (from `learner`, which learns how long it took).
+        let mut idle: Option<(Instant, Option<Duration>)> = None;
         loop {
             let mut progressed = false;
             // The poller is looked at while busy too, so that a server that died
@@ -947,10 +1008,29 @@ impl GroupDriver {
             }
             passes = passes.wrapping_add(1);
             if progressed {
+                if let Some((since, _)) = idle.take() {
+                    self.learner.learn(&self.wait, since.elapsed());
+                }
                 if passes % PASSES_PER_YIELD == 0 {
                     ::tokio::task::yield_now().await;
                 }
                 continue;
+            }
+            if !self.awaiting_answers() {
+                // Nothing is asked, so nothing will come: sleep at once, and learn
+                // nothing from how long the callers take to ask.
+                idle = None;
+            } else {
+                // An answer may be a moment away: spin for what the learner allows,
+                // letting the runtime run the callers between passes (they take what was
+                // delivered, and grant streams their credit).
+                let now = Instant::now();
+                let (since, budget) =
+                    *idle.get_or_insert_with(|| (now, self.learner.budget(&self.wait)));
+                if budget.is_none_or(|budget| now - since < budget) {
+                    ::tokio::task::yield_now().await;
+                    continue;
+                }
             }
             if !self.arm_all() {
                 // Something came in as we armed: drive again, letting the runtime run
@@ -1117,6 +1197,7 @@ impl GroupDriver {
             peer_stirred: false,
             left: false,
         });
+        self.refresh_wait();
     }
 
     /// Counts one more member on `doorbell`, watching it if it is new; returns its index.
@@ -1213,6 +1294,7 @@ impl GroupDriver {
         if !member.left {
             self.ended.insert(member.id, error);
         }
+        self.refresh_wait();
     }
 
     fn end_all(&mut self, error: &Error) {

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
-use super::spin;
+use std::time::Instant;
+
+use super::{spin, waited_since};
 use crate::config::ClientConfig;
-use crate::conn::{Batch, Connection, Publish, Pushed, SendProgress};
+use crate::conn::{Batch, Connection, Publish, Pushed, SendProgress, WaitFor};
 use crate::core::ring::max_frame_payload;
 use crate::core::wait::PEER_CHECK_INTERVAL;
 use crate::error::Error;
@@ -145,16 +147,20 @@ impl AsyncConnection {
         // The room we wait for is taken by what we wrote: the peer must see it.
         self.inner.publish_sent();
         let connection = &mut self.inner;
-        let strategy = connection.wait_strategy();
-        if spin(strategy, || connection.has_room(payload)).await? {
+        let budget = connection.spin_budget(WaitFor::Room);
+        let mut started = None;
+        if spin(budget, &mut started, || connection.has_room(payload)).await? {
+            connection.learn_wait(WaitFor::Room, waited_since(started));
             return Ok(());
         }
-        if !self.inner.arm_send_doorbell(payload)? {
-            return Ok(());
+        let started = started.unwrap_or_else(Instant::now);
+        if self.inner.arm_send_doorbell(payload)? {
+            self.inner.wait_for_ring().await?;
+            self.inner.settle_doorbell(true);
+            self.inner.ensure_peer_alive()?;
         }
-        self.inner.wait_for_ring().await?;
-        self.inner.settle_doorbell(true);
-        self.inner.ensure_peer_alive()
+        self.inner.learn_wait(WaitFor::Room, started.elapsed());
+        Ok(())
     }
 
     /// Writes one message with `correlation`, awaiting room, shown to the peer as
@@ -187,16 +193,21 @@ impl AsyncConnection {
             // The room we wait for is taken by what we wrote: the peer must see it.
             attempt.connection.publish_sent();
             let connection = &mut *attempt.connection;
-            let strategy = connection.wait_strategy();
-            if spin(strategy, || connection.has_room(payload)).await? {
+            let budget = connection.spin_budget(WaitFor::Room);
+            let mut started = None;
+            if spin(budget, &mut started, || connection.has_room(payload)).await? {
+                connection.learn_wait(WaitFor::Room, waited_since(started));
                 continue;
             }
-            if !attempt.connection.arm_send_doorbell(payload)? {
-                continue;
+            let started = started.unwrap_or_else(Instant::now);
+            if attempt.connection.arm_send_doorbell(payload)? {
+                attempt.connection.wait_for_ring().await?;
+                attempt.connection.settle_doorbell(true);
+                attempt.connection.ensure_peer_alive()?;
             }
-            attempt.connection.wait_for_ring().await?;
-            attempt.connection.settle_doorbell(true);
-            attempt.connection.ensure_peer_alive()?;
+            attempt
+                .connection
+                .learn_wait(WaitFor::Room, started.elapsed());
         }
     }
 
@@ -235,8 +246,14 @@ impl AsyncConnection {
         &mut self,
         mut attempt: impl FnMut(&mut Connection) -> Result<Option<T>, Error>,
     ) -> Result<T, Error> {
+        // When this receive began to wait, once it has: how long it took teaches the
+        // connection how long to spin next time.
+        let mut waiting: Option<Option<Instant>> = None;
         loop {
             if let Some(received) = attempt(&mut self.inner)? {
+                if let Some(started) = waiting {
+                    self.inner.learn_wait(WaitFor::Data, waited_since(started));
+                }
                 return Ok(received);
             }
             if let Some(budget) = self
@@ -258,10 +275,22 @@ impl AsyncConnection {
                 continue;
             }
             let inner = &mut self.inner;
-            let strategy = inner.wait_strategy();
-            if spin(strategy, || inner.has_data()).await? {
-                continue;
-            }
+            let started = match waiting {
+                // Woken, and nothing yet (or a spurious wake-up): the same wait goes on,
+                // asleep.
+                Some(started) => started.unwrap_or_else(Instant::now),
+                None => {
+                    let budget = inner.spin_budget(WaitFor::Data);
+                    let mut started = None;
+                    let ready = spin(budget, &mut started, || inner.has_data()).await?;
+                    waiting = Some(started);
+                    if ready {
+                        continue;
+                    }
+                    started.unwrap_or_else(Instant::now)
+                }
+            };
+            waiting = Some(Some(started));
             if !self.inner.arm_doorbell()? {
                 continue;
             }

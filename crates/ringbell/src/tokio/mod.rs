@@ -30,10 +30,10 @@ mod serve;
 mod server;
 mod stream;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::WaitStrategy;
 use crate::conn::Connection;
+use crate::core::wait::yield_if_spinning_long;
 use crate::error::Error;
 use crate::sys::{Poller, Source, Stirred};
 
@@ -50,19 +50,19 @@ pub use stream::{CallOptions, RequestSender, ResponseStream, DEFAULT_STREAM_WIND
 /// Checks between two yields to the runtime while spinning.
 const SPINS_PER_YIELD: u32 = 64;
 
-/// Spins under `strategy` until `ready()`; returns whether it became ready. `Spin` spins
-/// until it does, yielding to the runtime now and then; `Adaptive` for its budget; `Block`
-/// not at all.
+/// Spins for `budget` (`None`: until `ready()`, yielding to the runtime now and then;
+/// zero: not at all) until `ready()`; returns whether it became ready. `started` is set
+/// at the spin's first look at the clock, if it gets so far (see
+/// [`SpinLearner`](crate::core::wait::SpinLearner), which the budget comes from and
+/// which the caller then teaches how long the whole wait took, with [`waited_since`]).
 async fn spin(
-    strategy: WaitStrategy,
+    budget: Option<Duration>,
+    started: &mut Option<Instant>,
     mut ready: impl FnMut() -> Result<bool, Error>,
 ) -> Result<bool, Error> {
-    let budget = match strategy {
-        WaitStrategy::Spin => None,
-        WaitStrategy::Adaptive { spin } => Some(spin),
-        WaitStrategy::Block => return Ok(false),
-    };
-    let until = budget.map(|budget| Instant::now() + budget);
+    if budget == Some(Duration::ZERO) {
+        return Ok(false);
+    }
     loop {
         for _ in 0..SPINS_PER_YIELD {
             if ready()? {
@@ -70,13 +70,20 @@ async fn spin(
             }
             std::hint::spin_loop();
         }
-        if until.is_some_and(|until| Instant::now() >= until) {
-            return Ok(false);
-        }
-        if budget.is_none() {
-            ::tokio::task::yield_now().await;
+        let now = Instant::now();
+        let since = *started.get_or_insert(now);
+        match budget {
+            None => ::tokio::task::yield_now().await,
+            Some(budget) if now.duration_since(since) >= budget => return Ok(false),
+            Some(_) => yield_if_spinning_long(since, now),
         }
     }
+}
+
+/// How long a wait that began at `started` (`None`: it never looked at the clock, so it
+/// ended within its first spins) has taken.
+fn waited_since(started: Option<Instant>) -> Duration {
+    started.map_or(Duration::ZERO, |started| started.elapsed())
 }
 
 /// A [`Poller`], with a buffer for its events: what a server's sweeper and a client

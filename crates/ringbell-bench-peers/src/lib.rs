@@ -8,6 +8,10 @@
 //! [`connect_child`] with them; the parent then [`Pending::accept`]s. Both ends are a
 //! [`Channel`]: messages of any size from 0 bytes to the agreed maximum, in order.
 //!
+//! tonic (gRPC) is the exception: a gRPC service is calls, not a message channel, so
+//! [`grpc`] gives the streamed-call rows a server and a client of their own (unary and
+//! server-streaming calls over a Unix socket).
+//!
 //! Only this crate depends on the peer libraries, so ringbell's own dependency tree stays
 //! lean.
 
@@ -15,6 +19,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
+pub mod grpc;
 mod iox2;
 mod ipc_bytes;
 mod peer_link;

@@ -95,7 +95,7 @@ enum Command {
     /// was lost, duplicated or corrupted.
     Stress(stress::StressArgs),
     /// Measure ringbell against raw baselines and peer libraries (iceoryx2, ipc-channel,
-    /// tokio; built with `--features peers`), all in this run.
+    /// tokio, tonic; built with `--features peers`), all in this run.
     ///
     /// Round-trip latency at 64 B to 1 MiB with each wait strategy, one-way throughput,
     /// request/response with 1 to 1,000 clients, idle CPU and memory per connection, each
@@ -123,7 +123,8 @@ enum Command {
     /// Unix socket, pipes or TCP).
     #[command(name = "__stream-peer", hide = true)]
     StreamPeer(StreamPeerArgs),
-    /// Server of `bench`'s streamed-call rows: 64-byte items over ringbell or a Unix socket.
+    /// Server of `bench`'s streamed-call rows: 64-byte items over ringbell, a Unix socket
+    /// or (with the `peers` feature) tonic gRPC on a Unix socket.
     #[command(name = "__streamed-server", hide = true)]
     StreamedServer(StreamedServerArgs),
 }

@@ -1,7 +1,7 @@
 //! `bench`'s streamed-call rows (issue 13): a server child that answers a request with a
-//! stream of 64-byte items, over ringbell's `AsyncServer::serve_calls` or over the same
-//! protocol on a tokio `UnixStream`, and the client side that times it from the bench
-//! process.
+//! stream of 64-byte items, over ringbell's `AsyncServer::serve_calls`, over the same
+//! protocol on a tokio `UnixStream`, or (with the `peers` feature) over tonic gRPC on a
+//! Unix socket ([`grpc`]), and the client side that times it from the bench process.
 //!
 //! The protocol, on both transports: the request is 5 bytes, a verb and an item count
 //! (`u32`, little-endian); the server sends that many items of [`ITEM_SIZE`] bytes, then
@@ -14,7 +14,8 @@
 //! call. Over the Unix socket every message is a frame (`u32` length, then bytes); the end
 //! is an empty frame for a finite stream, or an 8-byte frame holding the noted instant for
 //! a cancelled one, and the cancel is a frame from the client that the server checks for
-//! between items.
+//! between items. A unary call ([`Verb::LastCancel`], 5 bytes in and 8 out) is timed on
+//! each transport too.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -29,8 +30,14 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::child::{PeerLauncher, PeerProcess};
 use crate::error::{CliError, Context};
 
+#[cfg(feature = "peers")]
+mod grpc;
+
 /// Bytes per streamed item.
 pub const ITEM_SIZE: usize = 64;
+
+/// The tonic row's name (a constant, so that a build without it can say it is missing).
+pub const TONIC_NAME: &str = "tonic gRPC, Unix socket";
 
 /// The transport a streamed-call server child speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -39,13 +46,44 @@ pub enum StreamedTransport {
     Ringbell,
     /// The same protocol framed on tokio `UnixStream`s, one call per connection at a time.
     Uds,
+    /// tonic gRPC over a Unix socket, from `ringbell-bench-peers` (the `peers` feature).
+    #[cfg(feature = "peers")]
+    Tonic,
 }
 
 impl StreamedTransport {
+    /// The transports from the peer libraries (measured unless `--no-peers`).
+    #[cfg(feature = "peers")]
+    pub const PEERS: &'static [StreamedTransport] = &[StreamedTransport::Tonic];
+    /// The transports from the peer libraries: none without the `peers` feature.
+    #[cfg(not(feature = "peers"))]
+    pub const PEERS: &'static [StreamedTransport] = &[];
+
+    /// How a peer library's transport is used, for the report (`None`: not a peer).
+    pub fn how(self) -> Option<&'static str> {
+        match self {
+            StreamedTransport::Ringbell | StreamedTransport::Uds => None,
+            #[cfg(feature = "peers")]
+            StreamedTransport::Tonic => Some(ringbell_bench_peers::grpc::HOW),
+        }
+    }
+
+    /// The row name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamedTransport::Ringbell => "ringbell serve_calls",
+            StreamedTransport::Uds => "tokio UnixStream, framed",
+            #[cfg(feature = "peers")]
+            StreamedTransport::Tonic => TONIC_NAME,
+        }
+    }
+
     fn arg(self) -> &'static str {
         match self {
             StreamedTransport::Ringbell => "ringbell",
             StreamedTransport::Uds => "uds",
+            #[cfg(feature = "peers")]
+            StreamedTransport::Tonic => "tonic",
         }
     }
 }
@@ -57,7 +95,8 @@ enum Verb {
     Count = 1,
     /// Items until cancelled.
     Forever = 2,
-    /// Unary (ringbell only): the CLOCK_MONOTONIC instant of the last cancel observed.
+    /// Unary: the CLOCK_MONOTONIC instant of the last cancel observed (over the socket,
+    /// an end frame of 8 bytes and no items).
     LastCancel = 3,
 }
 
@@ -74,12 +113,12 @@ fn parse_request(bytes: &[u8]) -> Option<(u8, u32)> {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of this machine.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// The instant the last cancel was observed by a ringbell handler.
+/// The instant the last cancel was observed by a handler of this process.
 static LAST_CANCEL_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs a streamed-call server on `path` until killed (the child of `bench`).
@@ -92,6 +131,10 @@ pub fn run_server(transport: StreamedTransport, path: &Path) -> Result<(), CliEr
         match transport {
             StreamedTransport::Ringbell => serve_ringbell(path).await,
             StreamedTransport::Uds => serve_uds(path).await,
+            #[cfg(feature = "peers")]
+            StreamedTransport::Tonic => ringbell_bench_peers::grpc::serve(path, ITEM_SIZE)
+                .await
+                .context(format_args!("serving gRPC on {}", path.display())),
         }
     })
 }
@@ -162,12 +205,19 @@ async fn serve_uds_connection(stream: UnixStream) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(64 << 10);
     while let Some(frame) = next_request.recv().await {
         let (verb, count) = parse_request(&frame).unwrap_or((0, 0));
+        if verb == Verb::LastCancel as u8 {
+            let last = LAST_CANCEL_NS.load(Ordering::Relaxed);
+            write_frame(&mut write, &last.to_le_bytes()).await?;
+            continue;
+        }
         cancelled.store(false, Ordering::Relaxed);
         let forever = verb == Verb::Forever as u8;
         let mut sent = 0u32;
         let end = loop {
             if cancelled.load(Ordering::Relaxed) {
-                break monotonic_ns().to_le_bytes().to_vec();
+                let observed = monotonic_ns();
+                LAST_CANCEL_NS.store(observed, Ordering::Relaxed);
+                break observed.to_le_bytes().to_vec();
             }
             if !forever && sent == count {
                 break Vec::new();
@@ -216,6 +266,8 @@ pub struct StreamedFigures {
     /// One stream: items per second, and the p50 time from the request to the first item.
     pub items_per_second: f64,
     pub first_item_p50_us: f64,
+    /// The p50 of a unary call ([`Verb::LastCancel`]), over as many calls as first items.
+    pub unary_p50_us: f64,
     /// `concurrent` streams at once: items per second over all of them.
     pub concurrent_items_per_second: f64,
     /// From the client's cancel to the handler's observation of it, while other streams
@@ -264,13 +316,15 @@ pub fn measure(
         match transport {
             StreamedTransport::Ringbell => measure_ringbell(&path, plan).await,
             StreamedTransport::Uds => measure_uds(&path, plan).await,
+            #[cfg(feature = "peers")]
+            StreamedTransport::Tonic => grpc::measure(&path, plan).await,
         }
     });
     server.check_alive()?;
     figures
 }
 
-async fn wait_for_socket(path: &Path) -> Result<(), CliError> {
+pub(crate) async fn wait_for_socket(path: &Path) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
         if Instant::now() > deadline {
@@ -284,7 +338,7 @@ async fn wait_for_socket(path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn percentile_us(samples: &mut [u64], quantile: f64) -> f64 {
+pub(crate) fn percentile_us(samples: &mut [u64], quantile: f64) -> f64 {
     samples.sort_unstable();
     let index = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
     samples
@@ -339,6 +393,15 @@ async fn measure_ringbell(path: &Path, plan: StreamedPlan) -> Result<StreamedFig
         first_items.push(started.elapsed().as_nanos() as u64);
         drain_ringbell(stream).await?;
     }
+    let mut unary = Vec::new();
+    for _ in 0..plan.first_item_calls {
+        let started = Instant::now();
+        client
+            .call(&request(Verb::LastCancel, 0))
+            .await
+            .map_err(|error| CliError::new(format!("a unary call: {error}")))?;
+        unary.push(started.elapsed().as_nanos() as u64);
+    }
     let started = Instant::now();
     let stream = ringbell_stream(&client, Verb::Count, plan.items).await?;
     let items = drain_ringbell(stream).await?;
@@ -389,6 +452,7 @@ async fn measure_ringbell(path: &Path, plan: StreamedPlan) -> Result<StreamedFig
     Ok(StreamedFigures {
         items_per_second,
         first_item_p50_us: percentile_us(&mut first_items, 0.5),
+        unary_p50_us: percentile_us(&mut unary, 0.5),
         concurrent_items_per_second,
         cancel_p50_us: percentile_us(&mut cancels, 0.5),
         cancel_p99_us: percentile_us(&mut cancels, 0.99),
@@ -460,6 +524,13 @@ async fn measure_uds(path: &Path, plan: StreamedPlan) -> Result<StreamedFigures,
         first_items.push(started.elapsed().as_nanos() as u64);
         call.drain().await?;
     }
+    let mut unary = Vec::new();
+    for _ in 0..plan.first_item_calls {
+        let started = Instant::now();
+        call.start(Verb::LastCancel, 0).await?;
+        call.drain().await?;
+        unary.push(started.elapsed().as_nanos() as u64);
+    }
     let started = Instant::now();
     call.start(Verb::Count, plan.items).await?;
     let items = call.drain().await?;
@@ -503,6 +574,7 @@ async fn measure_uds(path: &Path, plan: StreamedPlan) -> Result<StreamedFigures,
     Ok(StreamedFigures {
         items_per_second,
         first_item_p50_us: percentile_us(&mut first_items, 0.5),
+        unary_p50_us: percentile_us(&mut unary, 0.5),
         concurrent_items_per_second,
         cancel_p50_us: percentile_us(&mut cancels, 0.5),
         cancel_p99_us: percentile_us(&mut cancels, 0.99),

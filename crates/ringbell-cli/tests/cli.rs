@@ -463,12 +463,24 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
             );
         }
     }
-    for name in ["ringbell serve_calls", "tokio UnixStream, framed"] {
+    let mut streamed = vec!["ringbell serve_calls", "tokio UnixStream, framed"];
+    // tonic is a peer: there exactly when the `peers` feature is.
+    if cfg!(feature = "peers") {
+        streamed.push("tonic gRPC, Unix socket");
+    } else {
+        assert!(
+            stdout.contains("tonic gRPC, Unix socket: not measured"),
+            "no word that tonic was not measured\n{}",
+            describe(&output)
+        );
+    }
+    for name in streamed {
         assert!(
             rows("streamed").iter().any(|row| row["name"] == name
                 && row["items_per_second"]
                     .as_f64()
                     .is_some_and(|rate| rate > 0.0)
+                && row["unary_p50_us"].as_f64().is_some_and(|us| us > 0.0)
                 && row["cancel_p99_us"].as_f64().is_some()),
             "no streamed-call figures for {name}"
         );

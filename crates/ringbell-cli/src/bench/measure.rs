@@ -11,7 +11,7 @@ use super::plan::{
 use super::report::{
     format_size, latency_row, throughput_row, IdleRow, LatencyRow, LoadRow, Machine, Report,
     StreamedRow, EVENTFD, MEMCPY, RAW_FUTEX, RAW_SPIN, RINGBELL_BATCHES, RINGBELL_LOAD,
-    RINGBELL_STREAMED, TOKIO_UDS_LOAD, TOKIO_UDS_STREAMED, UDS_BATCHES,
+    TOKIO_UDS_LOAD, UDS_BATCHES,
 };
 use super::Bench;
 use crate::args::WaitKind;
@@ -99,28 +99,33 @@ impl Bench {
         };
 
         let mut streamed = Vec::new();
-        for (name, transport) in [
-            (RINGBELL_STREAMED, StreamedTransport::Ringbell),
-            (TOKIO_UDS_STREAMED, StreamedTransport::Uds),
-        ] {
-            let what = format!("{name} streamed calls");
-            let figures = self.step(&what, || {
-                streamed::measure(
-                    transport,
-                    self.plan.streamed,
-                    &self.launcher,
-                    self.workspace.path(),
-                )
-            })?;
-            streamed.push(StreamedRow {
-                name: name.into(),
+        let measure_streamed = |transport: StreamedTransport| {
+            streamed::measure(
+                transport,
+                self.plan.streamed,
+                &self.launcher,
+                self.workspace.path(),
+            )
+            .map(|figures| StreamedRow {
+                name: transport.name().into(),
                 items_per_second: figures.items_per_second,
                 first_item_p50_us: figures.first_item_p50_us,
+                unary_p50_us: figures.unary_p50_us,
                 concurrent_streams: self.plan.streamed.concurrent,
                 concurrent_items_per_second: figures.concurrent_items_per_second,
                 cancel_p50_us: figures.cancel_p50_us,
                 cancel_p99_us: figures.cancel_p99_us,
-            });
+            })
+        };
+        for transport in [StreamedTransport::Ringbell, StreamedTransport::Uds] {
+            let what = format!("{} streamed calls", transport.name());
+            streamed.push(self.step(&what, || measure_streamed(transport))?);
+        }
+        // tonic, like the other peers, is left out by `--no-peers` and skipped (with why)
+        // if it fails.
+        for &transport in self.streamed_peers() {
+            let what = format!("{} streamed calls", transport.name());
+            streamed.extend(self.peer_step(what, || measure_streamed(transport)));
         }
 
         let placed = self.placed(self.placement)?;

@@ -17,8 +17,9 @@
 //!   same protocol over tokio `UnixStream`s (the `stress` machinery, every reply checked).
 //! * **Streamed calls** of 64-byte items ([`crate::streamed`]): one stream's items per
 //!   second and time to first item, 100 concurrent streams, and cancel latency while the
-//!   server is busy, for `serve_calls` against the same protocol framed on tokio
-//!   `UnixStream`s, the server a child pinned to the second CPU.
+//!   server is busy, and a unary call's p50, for `serve_calls` against the same
+//!   protocol framed on tokio `UnixStream`s and (a peer) tonic gRPC on a Unix socket,
+//!   the server a child pinned to the second CPU.
 //! * **Paced and unpinned round trips** ([`placed`]): 64 B round trips one every
 //!   millisecond, with the CPU each costs both processes, and back to back with the two
 //!   processes unpinned or on one core; ringbell's default wait against a Unix socket.
@@ -65,7 +66,7 @@ pub struct BenchArgs {
     /// at each size, and throughput against message size.
     #[arg(long, value_name = "DIR")]
     pub plot: Option<PathBuf>,
-    /// Leave out the peer libraries (iceoryx2, ipc-channel, tokio).
+    /// Leave out the peer libraries (iceoryx2, ipc-channel, tokio, tonic).
     #[arg(long)]
     pub no_peers: bool,
 }

@@ -10,7 +10,7 @@ use super::Bench;
 use crate::args::WaitKind;
 use crate::peers;
 use crate::stream::StreamKind;
-use crate::streamed::StreamedPlan;
+use crate::streamed::{StreamedPlan, StreamedTransport};
 
 /// Message sizes of the latency runs.
 pub(super) const LATENCY_SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
@@ -184,7 +184,17 @@ impl Bench {
         let throughput = THROUGHPUT_SIZES.len() * (self.throughput_subjects().len() + 1) + 2;
         let load = self.plan.load_clients.len() * 2;
         // One step per streamed-call transport, the idle pair, the paced and unpinned rows.
-        (latency + throughput + load + 1 + 2) as u64 + PLACED_STEPS
+        let streamed = 2 + self.streamed_peers().len();
+        (latency + throughput + load + 1 + streamed) as u64 + PLACED_STEPS
+    }
+
+    /// The streamed-call transports of the peer libraries this run measures.
+    pub(super) fn streamed_peers(&self) -> &'static [StreamedTransport] {
+        if self.peers.is_empty() {
+            &[]
+        } else {
+            StreamedTransport::PEERS
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use crate::error::CliError;
 use crate::peers;
 use crate::stats::{compare, format_count, print_table, Better, LatencyRun, ThroughputRun};
 use crate::stream::StreamKind;
-use crate::streamed::ITEM_SIZE;
+use crate::streamed::{StreamedTransport, ITEM_SIZE};
 
 /// The machine the figures come from.
 #[derive(Debug, Serialize)]
@@ -81,6 +81,8 @@ pub(super) struct StreamedRow {
     /// One stream.
     pub(super) items_per_second: f64,
     pub(super) first_item_p50_us: f64,
+    /// A unary call on the same server (5 bytes in, 8 out).
+    pub(super) unary_p50_us: f64,
     /// Many streams at once, items per second over all.
     pub(super) concurrent_streams: u32,
     pub(super) concurrent_items_per_second: f64,
@@ -134,8 +136,11 @@ pub(super) const RINGBELL_BATCHES: &str = "ringbell adaptive, batches of 64";
 pub(super) const UDS_BATCHES: &str = "unix socket, batches of 64";
 pub(super) const RINGBELL_LOAD: &str = "ringbell AsyncServer";
 pub(super) const TOKIO_UDS_LOAD: &str = "tokio UnixStream";
-pub(super) const RINGBELL_STREAMED: &str = "ringbell serve_calls";
-pub(super) const TOKIO_UDS_STREAMED: &str = "tokio UnixStream, framed";
+pub(super) const TONIC_STREAMED: &str = crate::streamed::TONIC_NAME;
+/// The issue's targets for streamed calls: against tonic, and the cancel's p99.
+const STREAMED_VS_TONIC: f64 = 20.0;
+const FIRST_ITEM_VS_TONIC: f64 = 0.1;
+const CANCEL_P99_US: f64 = 1_000.0;
 
 pub(super) fn latency_row(name: String, size: usize, run: &LatencyRun) -> LatencyRow {
     let micros = |quantile: f64| run.histogram.value_at_quantile(quantile) as f64 / 1_000.0;
@@ -300,51 +305,7 @@ impl Report {
         }
         if !self.streamed.is_empty() {
             println!();
-            let uds = self
-                .streamed
-                .iter()
-                .find(|row| row.name == TOKIO_UDS_STREAMED);
-            let rows = self
-                .streamed
-                .iter()
-                .map(|row| {
-                    vec![
-                        row.name.clone(),
-                        format_count(row.items_per_second),
-                        compare(
-                            row.items_per_second,
-                            uds.map_or(f64::NAN, |uds| uds.items_per_second),
-                            Better::More,
-                        ),
-                        format!("{:.1}", row.first_item_p50_us),
-                        compare(
-                            row.first_item_p50_us,
-                            uds.map_or(f64::NAN, |uds| uds.first_item_p50_us),
-                            Better::Faster,
-                        ),
-                        format_count(row.concurrent_items_per_second),
-                        format!("{:.1}", row.cancel_p50_us),
-                        format!("{:.1}", row.cancel_p99_us),
-                    ]
-                })
-                .collect();
-            let concurrent = self
-                .streamed
-                .first()
-                .map_or(0, |row| row.concurrent_streams);
-            print_table(
-                &[
-                    &format!("streamed calls, {ITEM_SIZE} B items"),
-                    "items/s, 1 stream",
-                    "vs tokio UnixStream",
-                    "first item p50 µs",
-                    "vs tokio UnixStream",
-                    &format!("items/s, {concurrent} streams"),
-                    "cancel p50 µs",
-                    "cancel p99 µs",
-                ],
-                rows,
-            );
+            self.print_streamed();
         }
         if !self.placed.is_empty() {
             println!();
@@ -387,6 +348,97 @@ impl Report {
         }
         for skipped in &self.skipped {
             println!("skipped {}: {}", skipped.name, skipped.why);
+        }
+    }
+
+    fn streamed(&self, name: &str) -> Option<&StreamedRow> {
+        self.streamed.iter().find(|row| row.name == name)
+    }
+
+    /// The streamed-call table, each row against the framed socket and, where it was
+    /// measured, tonic.
+    fn print_streamed(&self) {
+        let uds = self.streamed(StreamedTransport::Uds.name());
+        let tonic = self.streamed(TONIC_STREAMED);
+        let against = |row: &StreamedRow,
+                       baseline: Option<&StreamedRow>,
+                       figure: fn(&StreamedRow) -> f64,
+                       better: Better| {
+            compare(figure(row), baseline.map_or(f64::NAN, figure), better)
+        };
+        let rows = self
+            .streamed
+            .iter()
+            .map(|row| {
+                let mut cells = vec![
+                    row.name.clone(),
+                    format_count(row.items_per_second),
+                    against(row, uds, |row| row.items_per_second, Better::More),
+                ];
+                if tonic.is_some() {
+                    cells.push(against(
+                        row,
+                        tonic,
+                        |row| row.items_per_second,
+                        Better::More,
+                    ));
+                }
+                cells.push(format!("{:.1}", row.first_item_p50_us));
+                cells.push(against(
+                    row,
+                    uds,
+                    |row| row.first_item_p50_us,
+                    Better::Faster,
+                ));
+                if tonic.is_some() {
+                    cells.push(against(
+                        row,
+                        tonic,
+                        |row| row.first_item_p50_us,
+                        Better::Faster,
+                    ));
+                }
+                cells.push(format!("{:.1}", row.unary_p50_us));
+                if tonic.is_some() {
+                    cells.push(against(row, tonic, |row| row.unary_p50_us, Better::Faster));
+                }
+                cells.push(format_count(row.concurrent_items_per_second));
+                cells.push(format!("{:.1}", row.cancel_p50_us));
+                cells.push(format!("{:.1}", row.cancel_p99_us));
+                cells
+            })
+            .collect();
+        let concurrent = format!(
+            "items/s, {} streams",
+            self.streamed
+                .first()
+                .map_or(0, |row| row.concurrent_streams)
+        );
+        let title = format!("streamed calls, {ITEM_SIZE} B items");
+        let mut header = vec![title.as_str(), "items/s, 1 stream", "vs tokio UnixStream"];
+        if tonic.is_some() {
+            header.push("vs tonic");
+        }
+        header.extend(["first item p50 µs", "vs tokio UnixStream"]);
+        if tonic.is_some() {
+            header.push("vs tonic");
+        }
+        header.push("unary p50 µs");
+        if tonic.is_some() {
+            header.push("vs tonic");
+        }
+        header.extend([concurrent.as_str(), "cancel p50 µs", "cancel p99 µs"]);
+        print_table(&header, rows);
+        for transport in StreamedTransport::PEERS {
+            if let (Some(_), Some(how)) = (self.streamed(transport.name()), transport.how()) {
+                println!("{}: {how}", transport.name());
+            }
+        }
+        if tonic.is_none() {
+            println!(
+                "{TONIC_STREAMED}: not measured in this run (a peer library: it needs the \
+                 `peers` feature, and is left out by --no-peers)"
+            );
         }
     }
 
@@ -508,6 +560,39 @@ impl Report {
                     yes_no(ratio >= 5.0),
                 ]);
             }
+        }
+        if let Some(ours) = self.streamed(StreamedTransport::Ringbell.name()) {
+            if let Some(tonic) = self.streamed(TONIC_STREAMED) {
+                let ratio = ours.items_per_second / tonic.items_per_second;
+                rows.push(vec![
+                    "streamed items/s, 1 stream".into(),
+                    format_count(ours.items_per_second),
+                    tonic.name.clone(),
+                    format_count(tonic.items_per_second),
+                    format!("{ratio:.2}×"),
+                    format!("≥ {STREAMED_VS_TONIC}×"),
+                    yes_no(ratio >= STREAMED_VS_TONIC),
+                ]);
+                let ratio = ours.first_item_p50_us / tonic.first_item_p50_us;
+                rows.push(vec![
+                    "streamed first item p50".into(),
+                    format!("{:.1} µs", ours.first_item_p50_us),
+                    tonic.name.clone(),
+                    format!("{:.1} µs", tonic.first_item_p50_us),
+                    format!("{ratio:.2}×"),
+                    format!("≤ {FIRST_ITEM_VS_TONIC}×"),
+                    yes_no(ratio <= FIRST_ITEM_VS_TONIC),
+                ]);
+            }
+            rows.push(vec![
+                "cancel seen by the handler p99, server busy".into(),
+                format!("{:.1} µs", ours.cancel_p99_us),
+                "(a bound)".into(),
+                "-".into(),
+                "-".into(),
+                format!("< {CANCEL_P99_US} µs"),
+                yes_no(ours.cancel_p99_us < CANCEL_P99_US),
+            ]);
         }
         // Paced round trips, pinned apart: the editor's case.
         let paced = |name: &str| {

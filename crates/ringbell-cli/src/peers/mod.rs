@@ -25,8 +25,8 @@ pub use absent::{run_child, start, PeerKind};
 pub use linked::{run_child, start, PeerKind};
 
 /// Why `bench` has no peer rows in a build without the `peers` feature, and how to get them.
-pub const MISSING: &str = "the peer libraries (iceoryx2, ipc-channel, tokio UnixStream) are \
-     left out: this ringbell was built without the CLI's `peers` feature. For them, run \
+pub const MISSING: &str = "the peer libraries (iceoryx2, ipc-channel, tokio UnixStream, tonic \
+     gRPC) are left out: this ringbell was built without the CLI's `peers` feature. For them, run \
      `cargo run --release -p ringbell-cli --features peers -- bench` (Linux only; the \
      first build takes a few minutes)";
 

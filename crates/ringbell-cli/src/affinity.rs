@@ -1,7 +1,9 @@
 //! Pinning to a CPU core, so that a benchmark's two processes each own one core and the
 //! scheduler does not move them (a migration costs more than a whole spin round trip).
 //!
-//! Only Linux can pin (sched_setaffinity(2)). macOS has no CPU affinity: its thread
+//! Linux pins with sched_setaffinity(2), Windows with `SetProcessAffinityMask` (which
+//! covers every thread of the process, and which the processes it starts inherit).
+//! macOS has no CPU affinity: its thread
 //! affinity tags (`THREAD_AFFINITY_POLICY`) are hints to keep threads together, and Apple
 //! silicon ignores them. There nothing is pinned, and [`Placement::NotPinnable`] says so,
 //! so that no report claims a pinning that did not happen.
@@ -13,10 +15,10 @@ use crate::error::CliError;
 pub enum Placement {
     /// This process is pinned to CPU `own`; each peer is to be pinned to CPU `peer`.
     #[cfg_attr(
-        not(target_os = "linux"),
+        not(any(target_os = "linux", windows)),
         allow(
             dead_code,
-            reason = "only Linux can pin; the callers still handle this"
+            reason = "only Linux and Windows can pin; the callers still handle this"
         )
     )]
     Pinned { own: usize, peer: usize },
@@ -26,10 +28,10 @@ pub enum Placement {
     /// Several CPUs, but this OS cannot pin a process to one (the reason): nothing is
     /// pinned, and the scheduler places both sides.
     #[cfg_attr(
-        target_os = "linux",
+        any(target_os = "linux", windows),
         allow(
             dead_code,
-            reason = "Linux can always pin; the callers still handle this"
+            reason = "Linux and Windows can always pin; the callers still handle this"
         )
     )]
     NotPinnable(&'static str),
@@ -68,6 +70,10 @@ pub fn pin_to_cpu(cpu: usize) -> Result<(), CliError> {
 /// Lets the calling thread run on every CPU the OS allows it, undoing a pin: for the
 /// measurements of unpinned pairs. A child spawned from this thread inherits the wider
 /// mask. Where the OS cannot pin, nothing was pinned and this does nothing.
+#[cfg_attr(
+    windows,
+    allow(dead_code, reason = "only `bench`, Unix's for now, unpins")
+)]
 pub fn unpin() -> Result<(), CliError> {
     os::unpin()
 }
@@ -128,7 +134,61 @@ mod os {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(windows)]
+mod os {
+    use super::Placement;
+    use crate::error::{CliError, Context};
+    use crate::windows::{affinity_masks, set_affinity_mask};
+
+    /// CPU numbers are bits of a mask of one pointer's width: a process belongs to one
+    /// processor group of at most 64 CPUs, which is what it may run on.
+    const MAX_CPU: usize = usize::BITS as usize;
+
+    pub(super) fn place_beside_peer() -> Result<Placement, CliError> {
+        match allowed_cpus()?.as_slice() {
+            [own, peer, ..] => {
+                pin_to_cpu(*own)?;
+                Ok(Placement::Pinned {
+                    own: *own,
+                    peer: *peer,
+                })
+            }
+            _ => Ok(Placement::OneCpu),
+        }
+    }
+
+    pub(super) fn cpu_count() -> Result<usize, CliError> {
+        Ok(allowed_cpus()?.len())
+    }
+
+    pub(super) fn pin_to_cpu(cpu: usize) -> Result<(), CliError> {
+        if cpu >= MAX_CPU {
+            return Err(CliError::new(format!(
+                "CPU {cpu} is out of range (the largest CPU number is {})",
+                MAX_CPU - 1
+            )));
+        }
+        set_affinity_mask(1 << cpu).context(format_args!(
+            "pinning to CPU {cpu} (is it in this process's processor group and allowed?)"
+        ))
+    }
+
+    #[allow(dead_code, reason = "only `bench`, Unix's for now, unpins")]
+    pub(super) fn unpin() -> Result<(), CliError> {
+        let (_, system) = affinity_masks().context("reading the CPU affinity masks")?;
+        set_affinity_mask(system).context("unpinning (widening the CPU affinity mask)")
+    }
+
+    /// The CPUs this process may run on, in ascending order.
+    fn allowed_cpus() -> Result<Vec<usize>, CliError> {
+        let (process, _) = affinity_masks().context("reading the CPU affinity mask")?;
+        Ok((0..MAX_CPU)
+            .filter(|&cpu| process & (1 << cpu) != 0)
+            .collect())
+    }
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
 mod os {
     use super::Placement;
     use crate::error::{CliError, Context};

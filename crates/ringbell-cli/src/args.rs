@@ -11,8 +11,10 @@ use ringbell::{ServerConfig, WaitStrategy};
 use crate::baseline::ShmMode;
 use crate::child::ParentWatch;
 use crate::error::CliError;
+#[cfg(unix)]
+use crate::peers;
 use crate::serve::ServeMode;
-use crate::{affinity, peers, stream, stress};
+use crate::{affinity, stream, stress};
 
 /// How this side waits for a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,7 +158,7 @@ pub(crate) struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ShmPeerArgs {
-    /// The inherited memfd's number.
+    /// The inherited memfd's number (on Windows, the inherited section's handle value).
     #[arg(long, value_name = "N")]
     pub(crate) fd: i32,
     /// How to wait for each ping.
@@ -169,6 +171,16 @@ pub(crate) struct ShmPeerArgs {
     pub(crate) process: ProcessArgs,
 }
 
+/// The options of a command that is not available on this OS: taken whatever they are,
+/// so that the command can say why it cannot run rather than fail on an option.
+#[cfg(windows)]
+#[derive(Debug, Args)]
+pub(crate) struct UnavailableArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _rest: Vec<String>,
+}
+
+#[cfg(unix)]
 #[derive(Debug, Args)]
 pub(crate) struct PeerLibArgs {
     /// Which peer library.
@@ -184,6 +196,7 @@ pub(crate) struct PeerLibArgs {
     pub(crate) setup: Vec<String>,
 }
 
+#[cfg(unix)]
 fn parse_peer(arg: &str) -> Result<peers::PeerKind, String> {
     peers::PeerKind::from_arg(arg).ok_or_else(|| {
         if peers::PeerKind::ALL.is_empty() {
@@ -196,10 +209,10 @@ fn parse_peer(arg: &str) -> Result<peers::PeerKind, String> {
 
 #[derive(Debug, Args)]
 pub(crate) struct EventfdPeerArgs {
-    /// The inherited eventfd to wait on.
+    /// The inherited eventfd to wait on (on Windows, the handle value of an event).
     #[arg(long, value_name = "N")]
     pub(crate) ping_fd: i32,
-    /// The inherited eventfd to answer on.
+    /// The inherited eventfd to answer on (on Windows, the handle value of an event).
     #[arg(long, value_name = "N")]
     pub(crate) pong_fd: i32,
     /// Wake-ups to answer before exiting (warm-up included).
@@ -245,6 +258,7 @@ impl StreamPeerArgs {
     }
 }
 
+#[cfg(unix)]
 #[derive(Debug, Args)]
 pub(crate) struct StreamedServerArgs {
     #[arg(long, value_enum)]

@@ -12,16 +12,26 @@
 //! The futex floor, and `bench`'s eventfd floor, are Linux's own calls: elsewhere they are
 //! left out ([`NOT_ON_THIS_OS`] says why), and only the spin floor runs.
 
+#[cfg(unix)]
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
+#[cfg(unix)]
 use rustix::io::{fcntl_setfd, FdFlags};
 
-pub use self::kernel::{eventfd_ping_pong, run_eventfd_peer, NOT_ON_THIS_OS};
-use crate::child::{ParentWatch, PeerLauncher, PeerProcess};
-use crate::error::{CliError, Context};
+#[cfg(windows)]
+pub use self::event::{event_ping_pong, run_event_peer, RAW_EVENT};
+pub use self::kernel::NOT_ON_THIS_OS;
+#[cfg(unix)]
+pub use self::kernel::{eventfd_ping_pong, run_eventfd_peer};
+#[cfg(unix)]
+use crate::child::PeerProcess;
+use crate::child::{ParentWatch, PeerLauncher};
+use crate::error::CliError;
+#[cfg(unix)]
+use crate::error::Context;
 use crate::shm::{PingPongWords, SharedPage};
 use crate::stats::{new_histogram, record, LatencyRun};
 
@@ -32,6 +42,11 @@ use crate::stats::{new_histogram, record, LatencyRun};
 #[cfg_attr(target_os = "linux", path = "baseline/linux.rs")]
 #[cfg_attr(not(target_os = "linux"), path = "baseline/unsupported.rs")]
 mod kernel;
+
+/// Windows's kernel floor in their place: a ping-pong on two auto-reset events, the kind of
+/// object ringbell's Windows doorbells are.
+#[cfg(windows)]
+mod event;
 
 /// How the two sides of the raw baseline wait for each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,28 +80,55 @@ pub fn raw_ping_pong(
     warmup: u64,
     count: u64,
 ) -> Result<LatencyRun, CliError> {
-    let (page, memfd) = SharedPage::create()?;
-    // Let exactly this fd cross `exec`: clear close-on-exec for this one spawn, then close
-    // our copy (the mapping keeps the memory). No other thread of ours starts processes,
-    // so no other child can inherit it meanwhile.
-    fcntl_setfd(&memfd, FdFlags::empty()).context("letting the peer inherit the memfd")?;
-    let command = launcher.command(&[
-        "__shm-peer".into(),
-        "--fd".into(),
-        memfd.as_raw_fd().to_string().into(),
-        "--mode".into(),
-        mode.arg().into(),
-        "--count".into(),
-        (warmup + count).to_string().into(),
-    ]);
-    let spawned = PeerProcess::spawn(&format!("raw {} peer", mode.arg()), command);
-    drop(memfd);
-    let mut peer = spawned?;
+    #[cfg(windows)]
+    let spawned = {
+        let (page, section) = SharedPage::create()?;
+        let args = peer_args(
+            crate::windows::handle_value(std::os::windows::io::AsHandle::as_handle(&section)),
+            mode,
+            warmup + count,
+        );
+        let name = format!("raw {} peer", mode.arg());
+        crate::child::spawn_inheriting_handles(
+            launcher,
+            &name,
+            &args,
+            &[std::os::windows::io::AsHandle::as_handle(&section)],
+        )
+        .map(|peer| (page, peer))
+    };
+    #[cfg(unix)]
+    let spawned = {
+        let (page, memfd) = SharedPage::create()?;
+        // Let exactly this fd cross `exec`: clear close-on-exec for this one spawn, then
+        // close our copy (the mapping keeps the memory). No other thread of ours starts
+        // processes, so no other child can inherit it meanwhile.
+        fcntl_setfd(&memfd, FdFlags::empty()).context("letting the peer inherit the memfd")?;
+        let args = peer_args(i64::from(memfd.as_raw_fd()), mode, warmup + count);
+        let spawned =
+            PeerProcess::spawn(&format!("raw {} peer", mode.arg()), launcher.command(&args));
+        drop(memfd);
+        spawned.map(|peer| (page, peer))
+    };
+    let (page, mut peer) = spawned?;
     let run = time_round_trips(page.words(), mode, warmup, count, &mut || {
         peer.check_alive()
     })?;
     peer.finish(PEER_EXIT_TIMEOUT)?;
     Ok(run)
+}
+
+/// The peer's command line: `__shm-peer --fd <inherited fd or handle> --mode … --count …`.
+fn peer_args(inherited: i64, mode: ShmMode, rounds: u64) -> Vec<std::ffi::OsString> {
+    vec![
+        "__shm-peer".into(),
+        "--fd".into(),
+        inherited.to_string().into(),
+        "--mode".into(),
+        mode.arg().into(),
+        "--count".into(),
+        rounds.to_string().into(),
+    ]
 }
 
 fn time_round_trips(
@@ -148,7 +190,7 @@ pub fn run_peer(
 ) -> Result<(), CliError> {
     let page = SharedPage::open_inherited(memfd)?;
     let words = page.words();
-    let mut parent_alive = || parent.map_or(Ok(()), |parent| parent.check());
+    let mut parent_alive = || parent.as_ref().map_or(Ok(()), ParentWatch::check);
     for round in 1..=rounds {
         match mode {
             ShmMode::Spin => {

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+#[cfg(unix)]
 use rustix::process::{getppid, Pid};
 
 use crate::error::{CliError, Context};
@@ -56,6 +57,10 @@ impl PeerLauncher {
 
     /// The same launcher, its peers pinned to `peer_cpu` instead (`None`: not pinned,
     /// so each peer inherits the CPU mask of the thread that starts it).
+    #[cfg_attr(
+        windows,
+        allow(dead_code, reason = "only `bench`, Unix's for now, uses it")
+    )]
     pub fn on_cpu(&self, peer_cpu: Option<usize>) -> PeerLauncher {
         PeerLauncher {
             exe: self.exe.clone(),
@@ -252,9 +257,15 @@ impl Drop for PeerProcess {
 }
 
 /// A child's view of its parent, for peers that must not outlive the demo.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ParentWatch {
+    /// Unix: the parent's pid, compared with `getppid` (a re-parented child sees another).
+    #[cfg(unix)]
     parent: i32,
+    /// Windows: the parent process itself, opened to wait on (a process has no parent to
+    /// lose there: Windows never re-parents, so the parent's own handle is what tells).
+    #[cfg(windows)]
+    parent: std::sync::Arc<crate::windows::Process>,
 }
 
 impl ParentWatch {
@@ -262,11 +273,19 @@ impl ParentWatch {
     /// [`exit_with_parent`]), then checks that `parent_pid` is still the parent (it may
     /// have died before we asked).
     pub fn arm(parent_pid: u32) -> Result<ParentWatch, CliError> {
+        #[cfg(unix)]
         let watch = ParentWatch {
             parent: i32::try_from(parent_pid)
                 .map_err(|_| CliError::new(format!("{parent_pid} is not a process id")))?,
         };
-        exit_with_parent(watch)?;
+        #[cfg(windows)]
+        let watch = ParentWatch {
+            parent: std::sync::Arc::new(
+                crate::windows::Process::open(parent_pid)
+                    .context(format_args!("opening the parent process {parent_pid}"))?,
+            ),
+        };
+        exit_with_parent(watch.clone())?;
         if !watch.parent_alive() {
             return Err(CliError::new(format!(
                 "the parent process {parent_pid} has already exited"
@@ -276,8 +295,22 @@ impl ParentWatch {
     }
 
     /// Whether the parent still runs (if it died, we were re-parented).
+    #[cfg(unix)]
     pub fn parent_alive(&self) -> bool {
         Pid::as_raw(getppid()) == self.parent
+    }
+
+    /// Whether the parent still runs. A failed look counts as alive: the watch thread
+    /// (see [`exit_with_parent`]) still ends this process when the parent goes.
+    #[cfg(windows)]
+    pub fn parent_alive(&self) -> bool {
+        !matches!(self.parent.wait_exit(Some(Duration::ZERO)), Ok(true))
+    }
+
+    /// The parent process, to wait on beside something else.
+    #[cfg(windows)]
+    pub fn process(&self) -> &crate::windows::Process {
+        &self.parent
     }
 
     /// `Err` if the parent is gone: a peer waiting for it should stop.
@@ -303,7 +336,7 @@ fn exit_with_parent(_watch: ParentWatch) -> Result<(), CliError> {
 }
 
 /// How often the stand-in for the parent-death signal looks for the parent.
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 const PARENT_POLL: Duration = Duration::from_millis(100);
 
 /// Stops this process, as `SIGKILL` would, soon after its parent dies.
@@ -318,7 +351,7 @@ const PARENT_POLL: Duration = Duration::from_millis(100);
 ///
 /// The thread starts before `ProcessArgs::apply` would pin this process, which would
 /// leave it unpinned; but nothing is pinned where this runs (see `crate::affinity`).
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 fn exit_with_parent(watch: ParentWatch) -> Result<(), CliError> {
     use rustix::process::{getpid, kill_process, Signal};
     thread::Builder::new()
@@ -334,4 +367,51 @@ fn exit_with_parent(watch: ParentWatch) -> Result<(), CliError> {
         })
         .map(drop)
         .context("starting the thread that stops this process with its parent")
+}
+
+/// Stops this process soon after its parent dies, as Linux's parent-death signal would.
+///
+/// Windows has no such signal (a job object that kills its processes when its last handle
+/// closes would do it, but the parent would have to make one, and a job cannot be left
+/// once joined). A thread waits on the parent's process handle instead, asleep until the
+/// parent ends, so it costs nothing meanwhile; then it exits this process at once. The
+/// thread starts before `ProcessArgs::apply` pins this process, but Windows pins a
+/// process's every thread (`SetProcessAffinityMask`), this one too.
+#[cfg(windows)]
+fn exit_with_parent(watch: ParentWatch) -> Result<(), CliError> {
+    thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            // Only an ended parent ends the wait; a failed wait leaves this process to the
+            // parent's own cleanup (it kills its children on every path).
+            if let Ok(true) = watch.parent.wait_exit(None) {
+                std::process::exit(1);
+            }
+        })
+        .map(drop)
+        .context("starting the thread that stops this process with its parent")
+}
+
+/// Spawns the peer with exactly `inherited` handed down: each is made inheritable for this
+/// spawn only, then not again (our copies are closed by the caller's drop). Windows hands a
+/// new process every inheritable handle of ours, so no other thread of ours may start
+/// processes meanwhile; none does (the invariant the Unix `spawn_inheriting` relies on
+/// too).
+#[cfg(windows)]
+pub fn spawn_inheriting_handles(
+    launcher: &PeerLauncher,
+    name: &str,
+    args: &[OsString],
+    inherited: &[std::os::windows::io::BorrowedHandle<'_>],
+) -> Result<PeerProcess, CliError> {
+    for handle in inherited {
+        crate::windows::set_inheritable(*handle, true)
+            .context("letting the peer inherit its handles")?;
+    }
+    let spawned = PeerProcess::spawn(name, launcher.command(args));
+    for handle in inherited {
+        crate::windows::set_inheritable(*handle, false)
+            .context("closing a handle to later children")?;
+    }
+    spawned
 }

@@ -11,6 +11,7 @@
 //! Absolute times drift between runs on shared machines; the ratios to the baselines
 //! measured side by side are what to compare.
 
+#[cfg(unix)]
 use std::fs;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -39,12 +40,28 @@ const RINGBELL_SPIN: &str = "ringbell spin";
 const RINGBELL_ADAPTIVE: &str = "ringbell adaptive";
 const RINGBELL_BLOCK: &str = "ringbell block";
 const RAW_SPIN: &str = "raw spin";
-const RAW_FUTEX: &str = "raw futex";
-const UNIX_SOCKET: &str = "unix socket";
+/// The kernel's floor for a wait that sleeps: a shared futex on Unix (where it runs: see
+/// `baseline::NOT_ON_THIS_OS`), a pair of auto-reset events on Windows, the objects
+/// ringbell's Windows doorbells are.
+#[cfg(unix)]
+const KERNEL_FLOOR: &str = "raw futex";
+#[cfg(windows)]
+const KERNEL_FLOOR: &str = baseline::RAW_EVENT;
+/// The byte stream this OS's programs use instead of shared memory, the demo's baseline: a
+/// Unix socket, or on Windows (whose Rust std has no local socket) anonymous pipes, which
+/// Windows makes named pipes.
+#[cfg(unix)]
+const STREAM: (StreamKind, &str) = (StreamKind::Uds, "unix socket");
+#[cfg(windows)]
+const STREAM: (StreamKind, &str) = (StreamKind::Pipe, "pipe");
+const UNIX_SOCKET: &str = STREAM.1;
 /// The throughput rows that send [`BATCH`] messages at a time (`send_batch`; for the
 /// socket, one write of them all).
 const RINGBELL_BATCHED: &str = "ringbell, batches";
+#[cfg(unix)]
 const UNIX_SOCKET_BATCHED: &str = "unix socket, batches";
+#[cfg(windows)]
+const UNIX_SOCKET_BATCHED: &str = "pipe, batches";
 /// Messages per batch in the batched rows: enough to show what one publish and one
 /// wake-up per batch saves, few enough to fit the rings many times over.
 const BATCH: usize = 64;
@@ -212,10 +229,11 @@ impl Demo {
                 baseline::raw_ping_pong(&self.launcher, ShmMode::Spin, spin_warmup, spin_count)
             })?,
         );
+        #[cfg(unix)]
         match baseline::NOT_ON_THIS_OS {
             None => record_latency(
-                RAW_FUTEX,
-                step(RAW_FUTEX, "round trips", || {
+                KERNEL_FLOOR,
+                step(KERNEL_FLOOR, "round trips", || {
                     baseline::raw_ping_pong(
                         &self.launcher,
                         ShmMode::Futex,
@@ -224,8 +242,15 @@ impl Demo {
                     )
                 })?,
             ),
-            Some(why) => left_out.push(skip_step(RAW_FUTEX, "round trips", why)),
+            Some(why) => left_out.push(skip_step(KERNEL_FLOOR, "round trips", why)),
         }
+        #[cfg(windows)]
+        record_latency(
+            KERNEL_FLOOR,
+            step(KERNEL_FLOOR, "round trips", || {
+                baseline::event_ping_pong(&self.launcher, sleep_warmup, sleep_count)
+            })?,
+        );
         record_latency(
             UNIX_SOCKET,
             step(UNIX_SOCKET, "round trips", || {
@@ -351,7 +376,7 @@ impl Demo {
     }
 
     fn unix_socket_peer(&self, mode: ServeMode) -> Result<(PeerProcess, StreamChannel), CliError> {
-        stream::start_peer(&self.launcher, StreamKind::Uds, mode)
+        stream::start_peer(&self.launcher, STREAM.0, mode)
     }
 }
 
@@ -409,7 +434,7 @@ impl Report {
                 "p99 µs",
                 "p99.9 µs",
                 "p50 vs raw spin",
-                "p50 vs unix socket",
+                &format!("p50 vs {UNIX_SOCKET}"),
             ],
             rows,
         );
@@ -441,8 +466,8 @@ impl Report {
                 &format!("one-way, {MESSAGE_SIZE} B"),
                 "msgs/s",
                 "MB/s",
-                "vs unix socket",
-                "vs unix socket, batches",
+                &format!("vs {UNIX_SOCKET}"),
+                &format!("vs {UNIX_SOCKET_BATCHED}"),
             ],
             rows,
         );
@@ -462,8 +487,13 @@ impl Report {
                     format!("{:.2} % of a core", idle.client_percent),
                 ]],
             );
+            #[cfg(unix)]
+            let source = "utime + stime from /proc/<pid>/stat, one clock tick";
+            #[cfg(windows)]
+            let source = "user + kernel time from GetProcessTimes, which moves by the clock \
+                          interrupt (15.6 ms)";
             println!(
-                "idle CPU: utime + stime from /proc/<pid>/stat, one clock tick = {:.2} % here.",
+                "idle CPU: {source} = {:.2} % here.",
                 idle.resolution_percent
             );
         }
@@ -477,18 +507,35 @@ impl Report {
             );
         }
         println!();
+        #[cfg(unix)]
+        let sleeps_on = "a futex";
+        #[cfg(windows)]
+        let sleeps_on = "an auto-reset event";
         println!(
             "ringbell spin / adaptive / block: both sides wait with WaitStrategy::Spin, \
-             Adaptive (spin {} µs, then sleep on a futex), Block.",
+             Adaptive (spin up to {} µs, then sleep on {sleeps_on}), Block.",
             WaitStrategy::DEFAULT_SPIN.as_micros()
         );
+        #[cfg(unix)]
         println!(
             "raw spin / raw futex: a bare ping-pong on one shared word, spinning or sleeping on \
              a shared futex: the hardware's and the kernel's floors."
         );
+        #[cfg(windows)]
+        println!(
+            "raw spin / raw event: a bare ping-pong spinning on one shared word, or SetEvent to \
+             wake the other process asleep on an auto-reset event (WaitForMultipleObjects): \
+             the hardware's and the kernel's floors."
+        );
+        #[cfg(unix)]
         println!(
             "unix socket: std UnixStream, 4-byte length prefix, one write per message, \
              BufReader on the receiver."
+        );
+        #[cfg(windows)]
+        println!(
+            "pipe: two anonymous pipes (CreatePipe, named pipes underneath), 4-byte length \
+             prefix, one WriteFile per message, BufReader on the receiver."
         );
         println!(
             "batches: {BATCH} messages a time, with send_batch (one publish and at most one \
@@ -504,6 +551,21 @@ impl Report {
     }
 }
 
+/// The CPU and Windows, or Wine: figures measured under Wine are Wine's, and say so.
+#[cfg(windows)]
+fn print_machine(cpu_count: usize) {
+    // Set by Windows (and Wine) for every process.
+    let cpu = std::env::var("PROCESSOR_IDENTIFIER").unwrap_or_else(|_| "unknown CPU".into());
+    match crate::windows::wine_version() {
+        Some(wine) => println!(
+            "machine: {cpu}; nproc {cpu_count}; Wine {wine}: Windows calls run by Wine on the \
+             host's kernel, so every figure here is Wine's, not Windows's"
+        ),
+        None => println!("machine: {cpu}; nproc {cpu_count}; Windows"),
+    }
+}
+
+#[cfg(unix)]
 fn print_machine(cpu_count: usize) {
     let uname = rustix::system::uname();
     println!(
@@ -516,6 +578,7 @@ fn print_machine(cpu_count: usize) {
 }
 
 /// The first `model name` in /proc/cpuinfo.
+#[cfg(unix)]
 fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -535,14 +598,15 @@ fn print_plan(plan: &Plan) {
         format_count(plan.spin_warmup as f64),
         format_count(plan.spin_round_trips as f64)
     );
-    // The futex floor only where it runs (see `baseline::NOT_ON_THIS_OS`).
-    let raw_futex = if baseline::NOT_ON_THIS_OS.is_none() {
-        "raw futex; "
+    // The futex floor only where it runs (see `baseline::NOT_ON_THIS_OS`); Windows has its
+    // event floor.
+    let kernel_floor = if cfg!(windows) || baseline::NOT_ON_THIS_OS.is_none() {
+        format!("{KERNEL_FLOOR}; ")
     } else {
-        ""
+        String::new()
     };
     println!(
-        "         sleeping waits (ringbell block; {raw_futex}unix socket): {} warm-up + {} round trips",
+        "         sleeping waits (ringbell block; {kernel_floor}{UNIX_SOCKET}): {} warm-up + {} round trips",
         format_count(plan.sleep_warmup as f64),
         format_count(plan.sleep_round_trips as f64)
     );

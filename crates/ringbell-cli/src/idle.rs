@@ -1,9 +1,9 @@
-//! CPU used by an idle, connected pair, read from `/proc/<pid>/stat` (user + system time,
-//! in clock ticks) before and after a quiet period.
+//! CPU used by an idle, connected pair, read before and after a quiet period: on Linux from
+//! `/proc/<pid>/stat` (user + system time, in clock ticks), on Windows from
+//! `GetProcessTimes` (in 100 ns units, advanced by the clock interrupt).
 //!
-//! Only Linux has `/proc/<pid>/stat`. macOS would need `proc_pidinfo`
-//! (`PROC_PIDTASKINFO`), which rustix does not wrap; until then the figure is left out
-//! there, and [`NOT_ON_THIS_OS`] says why.
+//! macOS would need `proc_pidinfo` (`PROC_PIDTASKINFO`), which rustix does not wrap; until
+//! then the figure is left out there, and [`NOT_ON_THIS_OS`] says why.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use ringbell::{Connection, Error};
 use crate::error::CliError;
 
 /// Why the idle-CPU figures are left out on this OS; `None` where they are measured.
-pub const NOT_ON_THIS_OS: Option<&str> = if cfg!(target_os = "linux") {
+pub const NOT_ON_THIS_OS: Option<&str> = if cfg!(any(target_os = "linux", windows)) {
     None
 } else {
     Some("it reads each process's CPU time from /proc/<pid>/stat, which this OS does not have")
@@ -30,7 +30,37 @@ pub struct IdleRun {
     pub resolution_percent: f64,
 }
 
+/// How many of [`cpu_ticks`]'s units make a second: the kernel's clock ticks on Linux
+/// (sysconf(_SC_CLK_TCK)), 10,000,000 on Windows (100 ns units).
+pub fn cpu_ticks_per_second() -> f64 {
+    #[cfg(unix)]
+    return rustix::param::clock_ticks_per_second() as f64;
+    #[cfg(windows)]
+    return 1e7;
+}
+
+/// How many of [`cpu_ticks`]'s units the figure moves by at least, which bounds what a
+/// short measurement can see: one tick on Linux; on Windows, whose times count in 100 ns
+/// units, the clock interrupt (`crate::windows::CPU_TIME_RESOLUTION`).
+pub fn cpu_tick_resolution() -> u64 {
+    #[cfg(unix)]
+    return 1;
+    #[cfg(windows)]
+    return crate::windows::CPU_TIME_RESOLUTION.as_nanos() as u64 / 100;
+}
+
+/// User plus kernel CPU time of process `pid` so far, in 100 ns units.
+#[cfg(windows)]
+pub fn cpu_ticks(pid: u32) -> Result<u64, CliError> {
+    use crate::error::Context;
+    let time = crate::windows::Process::open(pid)
+        .and_then(|process| process.cpu_time())
+        .context(format_args!("reading the CPU time of process {pid}"))?;
+    Ok((time.as_nanos() / 100) as u64)
+}
+
 /// User plus system CPU time of process `pid` so far, in clock ticks.
+#[cfg(unix)]
 pub fn cpu_ticks(pid: u32) -> Result<u64, CliError> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path)
@@ -54,6 +84,7 @@ pub fn cpu_ticks(pid: u32) -> Result<u64, CliError> {
 /// CPU time that every thread of process `pid` has run so far, in nanoseconds (the first
 /// field of each `/proc/<pid>/task/<tid>/schedstat`): fine enough to charge a single
 /// message, where `/proc/<pid>/stat` counts clock ticks of 10 ms.
+#[cfg(unix)]
 pub fn cpu_ns_of_process(pid: u32) -> Result<u64, CliError> {
     let dir = format!("/proc/{pid}/task");
     let tasks = std::fs::read_dir(&dir)
@@ -69,10 +100,12 @@ pub fn cpu_ns_of_process(pid: u32) -> Result<u64, CliError> {
 }
 
 /// CPU time the calling thread has run so far, in nanoseconds.
+#[cfg(unix)]
 pub fn cpu_ns_of_this_thread() -> Result<u64, CliError> {
     schedstat_ns(std::path::Path::new("/proc/thread-self/schedstat"))
 }
 
+#[cfg(unix)]
 fn schedstat_ns(path: &std::path::Path) -> Result<u64, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| CliError::new(format!("reading {}: {error}", path.display())))?;
@@ -105,12 +138,12 @@ pub fn measure(
     }
     let elapsed = started.elapsed();
     let (server_after, client_after) = (cpu_ticks(server_pid)?, cpu_ticks(client_pid)?);
-    let ticks_per_second = rustix::param::clock_ticks_per_second() as f64;
+    let ticks_per_second = cpu_ticks_per_second();
     let percent = |ticks: u64| ticks as f64 / ticks_per_second / elapsed.as_secs_f64() * 100.0;
     Ok(IdleRun {
         elapsed,
         server_percent: percent(server_after - server_before),
         client_percent: percent(client_after - client_before),
-        resolution_percent: percent(1),
+        resolution_percent: percent(cpu_tick_resolution()),
     })
 }

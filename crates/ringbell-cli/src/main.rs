@@ -18,21 +18,30 @@
 mod affinity;
 mod args;
 mod baseline;
+// `bench` and what only it uses are Unix's for now: its floors and byte streams (futex,
+// eventfd, Unix sockets, pipes, schedstat) and its peer libraries are Unix calls and
+// Unix-socket transports. On Windows `ringbell bench` says so and points at `demo`, which
+// measures ringbell beside Windows's own floors.
+#[cfg(unix)]
 mod bench;
 mod child;
 mod demo;
 mod error;
 mod idle;
 mod measure;
+#[cfg(unix)]
 mod peers;
 mod ping;
 mod serve;
 mod shm;
 mod stats;
 mod stream;
+#[cfg(unix)]
 mod streamed;
 mod stress;
 mod temp_dir;
+#[cfg(windows)]
+mod windows;
 
 use std::process::ExitCode;
 
@@ -40,9 +49,11 @@ use clap::{Parser, Subcommand};
 use ringbell::ServerConfig;
 
 use crate::args::{
-    DemoArgs, EventfdPeerArgs, PeerLibArgs, PingArgs, ServeArgs, ShmPeerArgs, StreamPeerArgs,
-    StreamedServerArgs, StressClientArgs, StressServerArgs,
+    DemoArgs, EventfdPeerArgs, PingArgs, ServeArgs, ShmPeerArgs, StreamPeerArgs, StressClientArgs,
+    StressServerArgs,
 };
+#[cfg(unix)]
+use crate::args::{PeerLibArgs, StreamedServerArgs};
 use crate::error::CliError;
 
 /// Fast shared-memory IPC between processes on Linux: servers, latency probes and a
@@ -103,7 +114,11 @@ enum Command {
     /// socket, pipe, TCP loopback), memcpy, and the peers, with ratios and the targets met
     /// or missed. Sides run as separate processes pinned to two CPUs. Takes several
     /// minutes; --quick, well under one.
+    #[cfg(unix)]
     Bench(bench::BenchArgs),
+    /// Not on Windows yet: says so, and what to run instead.
+    #[cfg(windows)]
+    Bench(args::UnavailableArgs),
     /// Server process of `stress`.
     #[command(name = "__stress-server", hide = true)]
     StressServer(StressServerArgs),
@@ -114,17 +129,25 @@ enum Command {
     #[command(name = "__shm-peer", hide = true)]
     ShmPeer(ShmPeerArgs),
     /// Peer-library end of a `bench` channel (iceoryx2, ipc-channel, tokio).
+    #[cfg(unix)]
     #[command(name = "__peer-lib", hide = true)]
     PeerLib(PeerLibArgs),
     /// Baseline peer of `bench`: answers wake-ups on two inherited eventfds.
+    #[cfg(unix)]
     #[command(name = "__eventfd-peer", hide = true)]
     EventfdPeer(EventfdPeerArgs),
+    /// Baseline peer of `demo` on Windows: answers wake-ups on two inherited auto-reset
+    /// events.
+    #[cfg(windows)]
+    #[command(name = "__event-peer", hide = true)]
+    EventPeer(EventfdPeerArgs),
     /// Baseline peer of `demo` and `bench`: an echo or sink server on one byte stream (a
     /// Unix socket, pipes or TCP).
     #[command(name = "__stream-peer", hide = true)]
     StreamPeer(StreamPeerArgs),
     /// Server of `bench`'s streamed-call rows: 64-byte items over ringbell, a Unix socket
     /// or (with the `peers` feature) tonic gRPC on a Unix socket.
+    #[cfg(unix)]
     #[command(name = "__streamed-server", hide = true)]
     StreamedServer(StreamedServerArgs),
 }
@@ -165,7 +188,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Demo(args) => demo::run(args.quick),
         Command::Stress(args) => stress::run(&args),
+        #[cfg(unix)]
         Command::Bench(args) => bench::run(&args),
+        #[cfg(windows)]
+        Command::Bench(_) => Err(CliError::new(
+            "ringbell bench is not available on Windows yet: its floors, byte streams and peer \
+             libraries (futex, eventfd, Unix sockets, pipes, /proc, iceoryx2) are Unix's. \
+             `ringbell demo` measures ringbell beside Windows's own floors (a raw spin, a raw \
+             event ping-pong, anonymous pipes, TCP loopback)",
+        )),
+        #[cfg(unix)]
         Command::PeerLib(args) => {
             args.process.apply()?;
             peers::run_child(args.peer, args.mode, &args.setup)
@@ -182,14 +214,21 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let parent = args.process.apply()?;
             baseline::run_peer(args.fd, args.mode, args.count, parent)
         }
+        #[cfg(unix)]
         Command::EventfdPeer(args) => {
             let parent = args.process.apply()?;
             baseline::run_eventfd_peer(args.ping_fd, args.pong_fd, args.count, parent)
+        }
+        #[cfg(windows)]
+        Command::EventPeer(args) => {
+            let parent = args.process.apply()?;
+            baseline::run_event_peer(args.ping_fd, args.pong_fd, args.count, parent)
         }
         Command::StreamPeer(args) => {
             args.process.apply()?;
             stream::run_peer(args.end()?, args.mode)
         }
+        #[cfg(unix)]
         Command::StreamedServer(args) => {
             args.process.apply()?;
             streamed::run_server(args.transport, &args.path)

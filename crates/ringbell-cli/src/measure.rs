@@ -55,6 +55,10 @@ pub fn round_trips<T: IpcTransport>(
 /// a fixed schedule: a late one does not push the next back), as an editor sends: the
 /// wait for each reply starts from a side that has slept for most of the interval. Two
 /// untimed ones first.
+#[cfg_attr(
+    windows,
+    allow(dead_code, reason = "only `bench`, Unix's for now, uses it")
+)]
 pub fn paced_round_trips<T: IpcTransport>(
     transport: &mut T,
     size: usize,

@@ -119,6 +119,7 @@ pub fn run(path: &Path, config: ServerConfig, mode: ServeMode) -> Result<(), Cli
 /// blocked in `recv` with no deadline, and unwinding them would change nothing the client
 /// can see. Signals are awaited with tokio's `signal` module on a thread of their own,
 /// rather than with a handler of our own: async-signal safety is tokio's to get right.
+#[cfg(unix)]
 fn stop_on_signal(path: &Path) -> Result<(), CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -161,10 +162,50 @@ fn stop_on_signal(path: &Path) -> Result<(), CliError> {
 
 /// The device and inode of the file at `path` (not following a symlink): what tells one
 /// socket file from another bound at the same path later.
+#[cfg(unix)]
 fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let metadata = std::fs::symlink_metadata(path)?;
     Ok((metadata.dev(), metadata.ino()))
+}
+
+/// From now on, Ctrl-C, Ctrl-Break or closing the console ends this process cleanly: it
+/// says so on stderr and exits with status 0. Its clients see `PeerDied` at once: each
+/// watches the server's process. Nothing is left to remove: the address is a pipe name,
+/// which goes with the server's last pipe handle, and the shared memory is unnamed.
+/// (Windows has no SIGTERM; `taskkill /F` and `TerminateProcess` end a process without a
+/// word, which leaves nothing behind either.)
+#[cfg(windows)]
+fn stop_on_signal(_path: &Path) -> Result<(), CliError> {
+    use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the console-event watcher")?;
+    // Registered here, before returning, so that no event slips through at start-up.
+    let (mut interrupt, mut brk, mut close) = {
+        let _context = runtime.enter();
+        (
+            ctrl_c().context("watching for Ctrl-C")?,
+            ctrl_break().context("watching for Ctrl-Break")?,
+            ctrl_close().context("watching for the console's close")?,
+        )
+    };
+    thread::Builder::new()
+        .name("console-events".into())
+        .spawn(move || {
+            let name = runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => "Ctrl-C",
+                    _ = brk.recv() => "Ctrl-Break",
+                    _ = close.recv() => "the console's close",
+                }
+            });
+            eprintln!("ringbell serve: stopped by {name}");
+            std::process::exit(0);
+        })
+        .context("starting the console-event watcher")?;
+    Ok(())
 }
 
 /// Prints the line a parent process waits for, and makes sure it leaves the process now.

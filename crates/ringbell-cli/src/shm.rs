@@ -1,21 +1,32 @@
 //! The shared page behind the raw baselines, mapped shared by the demo and by its
 //! `__shm-peer` child, holding nothing but the atomic words they ping-pong on. The child
-//! inherits it as an fd across `exec`: a sealed memfd on Linux; elsewhere (macOS) a POSIX
-//! shm object, unlinked at once, which needs no seals because it accepts only one
-//! `ftruncate` (see [`object`]).
+//! inherits it across `exec`: as an fd of a sealed memfd on Linux; elsewhere on Unix
+//! (macOS) of a POSIX shm object, unlinked at once, which needs no seals because it accepts
+//! only one `ftruncate` (see [`object`]); on Windows as a handle of an unnamed,
+//! pagefile-backed section, whose size is fixed for good at creation (see [`windows`]).
 //!
-//! This is the only module of the tool that needs `unsafe`: mapping memory, turning the
-//! mapping into a reference, and taking ownership of an inherited file descriptor.
+//! With `crate::windows`, the only modules of the tool that need `unsafe`: mapping memory,
+//! turning the mapping into a reference, and taking ownership of an inherited file
+//! descriptor.
 
 #![allow(unsafe_code)]
 
+#[cfg(unix)]
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::{null_mut, NonNull};
+#[cfg(unix)]
+use std::ptr::null_mut;
+#[cfg(unix)]
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
+#[cfg(unix)]
 use rustix::fs::fstat;
+#[cfg(unix)]
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
+#[cfg(windows)]
+pub use self::windows::SharedPage;
+#[cfg(unix)]
 use crate::error::{CliError, Context};
 
 /// One word alone on 128 bytes: two 64-byte cache lines, because x86's adjacent-line
@@ -38,8 +49,8 @@ pub struct PingPongWords {
     pub futex_pong: CacheLine<AtomicU32>,
 }
 
-/// Bytes mapped: one page on every Linux target. (The object may be larger: see
-/// [`object`].)
+/// Bytes mapped: one page on every Linux and Windows target. (The object may be larger:
+/// see [`object`].)
 const SEGMENT_LEN: usize = 4096;
 
 const _: () = assert!(size_of::<PingPongWords>() == 4 * 128);
@@ -99,7 +110,7 @@ mod object {
 /// object accepts only one `ftruncate` (xnu `pshm_truncate`), so once sized it can neither
 /// shrink nor grow, and `mmap` past its size fails with `EINVAL` instead of leaving a
 /// `SIGBUS` trap. See shm_open(2), shm_unlink(2).
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 mod object {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
@@ -177,11 +188,13 @@ mod object {
 }
 
 /// A shared, read-write mapping of the baseline memfd.
+#[cfg(unix)]
 #[derive(Debug)]
 pub struct SharedPage {
     base: NonNull<PingPongWords>,
 }
 
+#[cfg(unix)]
 impl SharedPage {
     /// Creates, sizes, seals (where needed) and maps a fresh shared object. Returns the
     /// mapping and the fd (still close-on-exec) to hand to the peer.
@@ -242,6 +255,7 @@ impl SharedPage {
     }
 }
 
+#[cfg(unix)]
 impl Drop for SharedPage {
     fn drop(&mut self) {
         // SAFETY: the range was mapped by `map` with this length and is unmapped only here;
@@ -256,6 +270,7 @@ impl Drop for SharedPage {
 /// `ringbell bench`) left open for this child: it clears close-on-exec on exactly that fd
 /// for this one spawn and passes its number on the command line. `what` names it in
 /// errors.
+#[cfg(unix)]
 pub fn take_inherited_fd(raw_fd: RawFd, what: &str) -> Result<OwnedFd, CliError> {
     if raw_fd <= 2 {
         return Err(CliError::new(format!(
@@ -273,4 +288,109 @@ pub fn take_inherited_fd(raw_fd: RawFd, what: &str) -> Result<OwnedFd, CliError>
     // SAFETY: the parent passed this number for this process alone and it is open (checked
     // above); nothing else in this process knows the number, so this is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(raw_fd) })
+}
+
+/// The shared page on Windows: an unnamed section backed by the pagefile
+/// (`CreateFileMappingW(INVALID_HANDLE_VALUE, …, PAGE_READWRITE | SEC_COMMIT, …)`), which
+/// nobody can open by name, which goes with its last handle and view, and whose size is
+/// fixed at creation: no call shrinks a section, so a view can never lose its backing, and
+/// a view larger than the section cannot be made (`MapViewOfFile` fails). The child
+/// inherits the handle (see `crate::child::spawn_inheriting_handles`).
+#[cfg(windows)]
+mod windows {
+    use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+    use std::ptr::NonNull;
+
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
+    use windows_sys::Win32::System::Memory::{
+        CreateFileMappingW, MapViewOfFile, UnmapViewOfFile, FILE_MAP_READ, FILE_MAP_WRITE,
+        MEMORY_MAPPED_VIEW_ADDRESS, PAGE_READWRITE, SEC_COMMIT,
+    };
+
+    use super::{PingPongWords, SEGMENT_LEN};
+    use crate::error::{CliError, Context};
+
+    /// A shared, read-write view of the baseline section.
+    #[derive(Debug)]
+    pub struct SharedPage {
+        base: NonNull<PingPongWords>,
+    }
+
+    impl SharedPage {
+        /// Creates and maps a fresh section of `SEGMENT_LEN` bytes. Returns the view and
+        /// the handle (not inheritable) to hand to the peer.
+        pub fn create() -> Result<(SharedPage, OwnedHandle), CliError> {
+            // SAFETY: no security attributes (not inheritable) and no name; the size is
+            // given in two 32-bit halves. A null result is checked.
+            let raw = unsafe {
+                CreateFileMappingW(
+                    INVALID_HANDLE_VALUE,
+                    std::ptr::null(),
+                    PAGE_READWRITE | SEC_COMMIT,
+                    0,
+                    SEGMENT_LEN as u32,
+                    std::ptr::null(),
+                )
+            };
+            if raw.is_null() {
+                return Err(std::io::Error::last_os_error())
+                    .context("creating the baseline section");
+            }
+            // SAFETY: a fresh handle that nothing else owns.
+            let section = unsafe { OwnedHandle::from_raw_handle(raw) };
+            let page = SharedPage::map(&section)?;
+            Ok((page, section))
+        }
+
+        /// Maps the section the parent left for this process to inherit as handle `value`,
+        /// and closes the handle (the view keeps the section). A handle that is not a
+        /// section, or a section smaller than `SEGMENT_LEN`, cannot be mapped.
+        pub fn open_inherited(value: i32) -> Result<SharedPage, CliError> {
+            let section =
+                crate::windows::take_inherited_handle(i64::from(value), "the baseline section")
+                    .map_err(CliError::new)?;
+            SharedPage::map(&section)
+        }
+
+        fn map(section: &OwnedHandle) -> Result<SharedPage, CliError> {
+            // SAFETY: the handle is live; the system picks an unused range for the view, so
+            // no memory Rust knows of is replaced. A view of `SEGMENT_LEN` bytes of a
+            // smaller section, or of an object that is not a section, fails.
+            let view = unsafe {
+                MapViewOfFile(
+                    section.as_raw_handle(),
+                    FILE_MAP_READ | FILE_MAP_WRITE,
+                    0,
+                    0,
+                    SEGMENT_LEN,
+                )
+            };
+            let base = NonNull::new(view.Value.cast::<PingPongWords>())
+                .ok_or_else(std::io::Error::last_os_error)
+                .context("mapping the baseline section")?;
+            Ok(SharedPage { base })
+        }
+
+        /// The shared words.
+        pub fn words(&self) -> &PingPongWords {
+            // SAFETY: `base` points to `SEGMENT_LEN` bytes mapped read-write until `self`
+            // drops, and the reference borrows `self`. A view starts on an allocation
+            // boundary (64 KiB), which satisfies the 128-byte alignment. A new section is
+            // zero-filled, zero is a valid value of every atomic, and both processes touch
+            // these bytes only through the atomics.
+            unsafe { self.base.as_ref() }
+        }
+    }
+
+    impl Drop for SharedPage {
+        fn drop(&mut self) {
+            let view = MEMORY_MAPPED_VIEW_ADDRESS {
+                Value: self.base.as_ptr().cast(),
+            };
+            // SAFETY: the view was made by `map` and is unmapped only here; no reference
+            // into it outlives `self`, since `words` borrows `self`. A failure would only
+            // leak address space.
+            let _ = unsafe { UnmapViewOfFile(view) };
+        }
+    }
 }

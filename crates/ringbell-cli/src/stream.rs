@@ -1,5 +1,6 @@
 //! The byte-stream baselines: what people use instead of shared memory. A Unix stream
-//! socket, a pair of pipes, or TCP on loopback, each message framed as a 4-byte
+//! socket, a pair of pipes (on Windows, anonymous pipes, which Windows makes named pipes),
+//! or TCP on loopback, each message framed as a 4-byte
 //! little-endian length and the payload; the sender builds the frame in one buffer and
 //! writes it with one `write_all` (one syscall for small messages), the receiver reads
 //! through a `BufReader`.
@@ -15,13 +16,15 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+#[cfg(unix)]
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use clap::ValueEnum;
 use ringbell::{Error, IpcTransport};
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+#[cfg(unix)]
 use rustix::io::{fcntl_setfd, FdFlags};
 
 use crate::child::{PeerLauncher, PeerProcess};
@@ -40,9 +43,9 @@ const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Which byte stream carries the messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StreamKind {
-    /// A Unix stream socket (a connected socket pair).
+    /// A Unix stream socket (a connected socket pair). Unix only.
     Uds,
-    /// Two pipes, one each way.
+    /// Two pipes, one each way (on Windows, anonymous pipes).
     Pipe,
     /// TCP on 127.0.0.1, with `TCP_NODELAY`.
     Tcp,
@@ -68,9 +71,74 @@ impl StreamKind {
     }
 }
 
-/// The reading half of a stream: readable, and pollable for a timeout.
-trait ReadHalf: Read + AsFd + Send {}
-impl<T: Read + AsFd + Send> ReadHalf for T {}
+/// The reading half of a stream: readable, and able to wait for its next byte.
+trait ReadHalf: Read + Send {
+    /// Waits up to `timeout` for the next byte; `false` if none came.
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool>;
+}
+
+/// On Unix every stream is an fd, and poll(2) waits for any of them.
+#[cfg(unix)]
+impl<T: Read + AsFd + Send> ReadHalf for T {
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let fd = self.as_fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let timeout = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        loop {
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(ready) => return Ok(ready > 0),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+    }
+}
+
+/// A synchronous pipe on Windows cannot be waited on: it is looked at (`PeekNamedPipe`)
+/// every millisecond until a byte is there. Only a timed `recv` waits so, when nothing is
+/// buffered; a round trip's reply is read by a blocking `ReadFile`.
+#[cfg(windows)]
+impl ReadHalf for File {
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        use std::os::windows::io::AsHandle;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match crate::windows::pipe_bytes_available(self.as_handle()) {
+                Ok(0) => {}
+                Ok(_) => return Ok(true),
+                // The writer has gone: readable, and the read says so (end of file).
+                Err(_) => return Ok(true),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A socket on Windows: a read timeout and a peek, which leaves the byte for the read.
+#[cfg(windows)]
+impl ReadHalf for TcpStream {
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        // A zero timeout would mean none at all.
+        self.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let peeked = self.peek(&mut [0u8; 1]);
+        self.set_read_timeout(None)?;
+        match peeked {
+            Ok(_) => Ok(true),
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Ok(false)
+            }
+            // A reset or the like: readable, and the read says what happened.
+            Err(_) => Ok(true),
+        }
+    }
+}
 
 /// One end of a length-prefixed message stream.
 pub struct StreamChannel {
@@ -85,7 +153,6 @@ pub struct StreamChannel {
 impl std::fmt::Debug for StreamChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamChannel")
-            .field("fd", &self.reader.get_ref().as_fd().as_raw_fd())
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
@@ -103,6 +170,7 @@ impl StreamChannel {
     }
 
     /// Over a connected Unix stream socket.
+    #[cfg(unix)]
     pub fn unix(stream: UnixStream) -> io::Result<StreamChannel> {
         let writer = stream.try_clone()?;
         Ok(StreamChannel::new(Box::new(stream), Box::new(writer)))
@@ -116,9 +184,10 @@ impl StreamChannel {
         Ok(StreamChannel::new(Box::new(stream), Box::new(writer)))
     }
 
-    /// Over two pipes: messages arrive on `read`, leave on `write`.
-    pub fn pipes(read: OwnedFd, write: OwnedFd) -> StreamChannel {
-        StreamChannel::new(Box::new(File::from(read)), Box::new(File::from(write)))
+    /// Over two pipes: messages arrive on `read`, leave on `write` (fds on Unix, handles
+    /// on Windows).
+    pub fn pipes(read: impl Into<File>, write: impl Into<File>) -> StreamChannel {
+        StreamChannel::new(Box::new(read.into()), Box::new(write.into()))
     }
 
     fn usable(&self) -> Result<(), Error> {
@@ -143,24 +212,15 @@ impl StreamChannel {
 
     /// Waits up to `timeout` for the next byte; `false` if none came.
     fn wait_readable(&self, timeout: Duration) -> Result<bool, Error> {
-        let fd = self.reader.get_ref().as_fd();
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let timeout = Timespec {
-            tv_sec: timeout.as_secs() as i64,
-            tv_nsec: i64::from(timeout.subsec_nanos()),
-        };
-        loop {
-            match poll(&mut fds, Some(&timeout)) {
-                Ok(ready) => return Ok(ready > 0),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(errno) => {
-                    return Err(Error::Io(io::Error::new(
-                        io::Error::from(errno).kind(),
-                        format!("waiting for the stream: {errno}"),
-                    )))
-                }
-            }
-        }
+        self.reader
+            .get_ref()
+            .wait_readable(timeout)
+            .map_err(|error| {
+                Error::Io(io::Error::new(
+                    error.kind(),
+                    format!("waiting for the stream: {error}"),
+                ))
+            })
     }
 }
 
@@ -257,6 +317,11 @@ pub fn start_peer(
         mode.arg().into(),
     ];
     match kind {
+        #[cfg(windows)]
+        StreamKind::Uds => Err(CliError::new(
+            "the Unix-socket baseline is Unix's: Windows has no socket pair in Rust's std",
+        )),
+        #[cfg(unix)]
         StreamKind::Uds => {
             let (ours, theirs) = UnixStream::pair().context("creating a socket pair")?;
             let theirs = OwnedFd::from(theirs);
@@ -267,6 +332,27 @@ pub fn start_peer(
                 StreamChannel::unix(ours).context("setting up the socket")?,
             ))
         }
+        #[cfg(windows)]
+        StreamKind::Pipe => {
+            use crate::windows::{anonymous_pipe, handle_value};
+            use std::os::windows::io::AsHandle;
+            let (from_peer, to_us) = anonymous_pipe().context("creating a pipe")?;
+            let (from_us, to_peer) = anonymous_pipe().context("creating a pipe")?;
+            args.extend([
+                "--fd".into(),
+                handle_value(from_us.as_handle()).to_string().into(),
+                "--write-fd".into(),
+                handle_value(to_us.as_handle()).to_string().into(),
+            ]);
+            let peer = crate::child::spawn_inheriting_handles(
+                launcher,
+                &name,
+                &args,
+                &[from_us.as_handle(), to_us.as_handle()],
+            )?;
+            Ok((peer, StreamChannel::pipes(from_peer, to_peer)))
+        }
+        #[cfg(unix)]
         StreamKind::Pipe => {
             let (from_peer, to_us) = pipe_cloexec().context("creating a pipe")?;
             let (from_us, to_peer) = pipe_cloexec().context("creating a pipe")?;
@@ -283,7 +369,7 @@ pub fn start_peer(
             let listener = TcpListener::bind("127.0.0.1:0").context("binding a TCP port")?;
             let address = listener.local_addr().context("reading the TCP port")?;
             args.extend(["--connect".into(), address.to_string().into()]);
-            let mut peer = spawn_inheriting(launcher, &name, &args, &[])?;
+            let mut peer = PeerProcess::spawn(&name, launcher.command(&args))?;
             let stream = accept_within(&listener, TCP_CONNECT_TIMEOUT, &mut peer)?;
             Ok((peer, StreamChannel::tcp(stream).context("setting up TCP")?))
         }
@@ -301,7 +387,7 @@ fn pipe_cloexec() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
 /// with `fcntl` just after `pipe`. A process started by another thread between the two
 /// calls would inherit the ends; no other thread of ours starts processes (the invariant
 /// [`spawn_inheriting`] relies on too), so none can.
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 fn pipe_cloexec() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = rustix::pipe::pipe()?;
     fcntl_setfd(&read, FdFlags::CLOEXEC)?;
@@ -312,6 +398,7 @@ fn pipe_cloexec() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
 /// Spawns the peer with exactly `inherited` crossing `exec` (their close-on-exec flag is
 /// cleared for this spawn only; our copies are closed by the caller's drop). No other
 /// thread of ours starts processes meanwhile, so no other child inherits them.
+#[cfg(unix)]
 fn spawn_inheriting(
     launcher: &PeerLauncher,
     name: &str,
@@ -361,6 +448,10 @@ fn accept_within(
 #[derive(Debug)]
 pub enum PeerEnd {
     /// An inherited socket-pair end.
+    #[cfg_attr(
+        windows,
+        allow(dead_code, reason = "the Unix-socket baseline's, which Windows lacks")
+    )]
     Unix(i32),
     /// Inherited pipe ends: read, write.
     Pipes(i32, i32),
@@ -371,10 +462,26 @@ pub enum PeerEnd {
 /// `ringbell __stream-peer`: serves one stream in `mode` until the other side hangs up.
 pub fn run_peer(end: PeerEnd, mode: ServeMode) -> Result<(), CliError> {
     let mut channel = match end {
+        #[cfg(windows)]
+        PeerEnd::Unix(_) => {
+            return Err(CliError::new("the Unix-socket baseline is Unix's"));
+        }
+        #[cfg(windows)]
+        PeerEnd::Pipes(read, write) => {
+            let take = |value: i32, what: &str| {
+                crate::windows::take_inherited_handle(i64::from(value), what).map_err(CliError::new)
+            };
+            StreamChannel::pipes(
+                take(read, "the pipe to read")?,
+                take(write, "the pipe to write")?,
+            )
+        }
+        #[cfg(unix)]
         PeerEnd::Unix(fd) => {
             let fd = crate::shm::take_inherited_fd(fd, "the socket pair end")?;
             StreamChannel::unix(UnixStream::from(fd)).context("setting up the socket")?
         }
+        #[cfg(unix)]
         PeerEnd::Pipes(read, write) => StreamChannel::pipes(
             crate::shm::take_inherited_fd(read, "the pipe to read")?,
             crate::shm::take_inherited_fd(write, "the pipe to write")?,

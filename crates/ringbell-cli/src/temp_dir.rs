@@ -3,12 +3,15 @@
 
 use std::fs;
 use std::io::ErrorKind;
+#[cfg(unix)]
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{CliError, Context};
 
-/// `$TMPDIR/<prefix>-<pid>`, owner-only, removed on drop.
+/// `$TMPDIR/<prefix>-<pid>`, owner-only, removed on drop. (On Windows the directory takes
+/// the user's temporary directory's permissions, which are the user's own; and the servers'
+/// addresses in it become pipe names, so it stays empty there.)
 #[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
@@ -18,7 +21,9 @@ impl TempDir {
     /// Creates `$TMPDIR/<prefix>-<our pid>`, replacing a stale one.
     pub fn create(prefix: &str) -> Result<TempDir, CliError> {
         let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        #[cfg_attr(windows, allow(unused_mut, reason = "only Unix sets a mode"))]
         let mut builder = fs::DirBuilder::new();
+        #[cfg(unix)]
         builder.mode(0o700);
         if let Err(error) = builder.create(&path) {
             if error.kind() != ErrorKind::AlreadyExists {

@@ -4,15 +4,31 @@
 //! No assertion looks at a measured time or rate. Every run has two watchdogs: the tool's
 //! own `--timeout`, and a test-side one that kills the tool if even that fails.
 
+#[cfg(target_os = "linux")]
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process, Pid, Signal};
-
 const RINGBELL: &str = env!("CARGO_BIN_EXE_ringbell");
+
+/// The baseline transport's name: Unix sockets, or on Windows tokio's named pipes.
+#[cfg(unix)]
+const BASELINE: &str = "uds";
+#[cfg(windows)]
+const BASELINE: &str = "pipe";
+
+/// How the server's sampled memory and open objects are labelled: Linux's RSS and fds, or
+/// Windows's working set and handles.
+#[cfg(unix)]
+const SERVER_MEMORY: &str = "RSS ";
+#[cfg(unix)]
+const SERVER_HANDLES: &str = "fds ";
+#[cfg(windows)]
+const SERVER_MEMORY: &str = "working set ";
+#[cfg(windows)]
+const SERVER_HANDLES: &str = "handles ";
 
 /// The tool's own limit for each run: far more than any of these runs needs, even on a
 /// loaded 2-core machine in a debug build.
@@ -34,18 +50,44 @@ fn stress(args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    let pid = child.id();
     let (finished_tx, finished_rx) = mpsc::channel::<()>();
     let watchdog = thread::spawn(move || {
         if finished_rx.recv_timeout(WATCHDOG_LIMIT) == Err(RecvTimeoutError::Timeout) {
             eprintln!("watchdog: `ringbell stress` ran longer than {WATCHDOG_LIMIT:?}; killing it");
-            let _ = kill_process(pid, Signal::KILL);
+            kill_pid(pid);
         }
     });
     let output = child.wait_with_output().unwrap();
     drop(finished_tx);
     watchdog.join().unwrap();
     output
+}
+
+/// Kills process `pid` at once (SIGKILL; `TerminateProcess` on Windows), if it still runs.
+fn kill_pid(pid: u32) {
+    #[cfg(unix)]
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, TerminateProcess, PROCESS_TERMINATE,
+        };
+        // SAFETY: plain calls on a handle opened here, checked for null, closed here.
+        unsafe {
+            let process = OpenProcess(PROCESS_TERMINATE, 0, pid);
+            if !process.is_null() {
+                TerminateProcess(process, 1);
+                CloseHandle(process);
+            }
+        }
+    }
 }
 
 fn describe(output: &Output) -> String {
@@ -70,7 +112,14 @@ fn assert_all_completed(output: &Output, transport: &str, calls: u64) {
         "no line {expected:?}\n{}",
         describe(output)
     );
-    for label in ["requests/s", "p50 ", "p99 ", "p99.9 ", "RSS ", "fds "] {
+    for label in [
+        "requests/s",
+        "p50 ",
+        "p99 ",
+        "p99.9 ",
+        SERVER_MEMORY,
+        SERVER_HANDLES,
+    ] {
         assert!(stdout.contains(label), "no {label:?}\n{}", describe(output));
     }
     assert!(stdout.contains("PASS"), "{}", describe(output));
@@ -78,8 +127,9 @@ fn assert_all_completed(output: &Output, transport: &str, calls: u64) {
 
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn ringbell_100_clients_over_4_processes() {
     let output = stress(&[
@@ -97,8 +147,9 @@ fn ringbell_100_clients_over_4_processes() {
 
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn unix_sockets_100_clients_over_4_processes() {
     let output = stress(&[
@@ -109,16 +160,17 @@ fn unix_sockets_100_clients_over_4_processes() {
         "--requests",
         "20",
         "--transport",
-        "uds",
+        BASELINE,
     ]);
-    assert_all_completed(&output, "uds", 2_000);
+    assert_all_completed(&output, BASELINE, 2_000);
 }
 
 /// The issue's bounded CI run: 1,000 ringbell clients over 10 processes, 20 calls each.
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn ringbell_1000_clients_over_10_processes() {
     let output = stress(&[
@@ -138,8 +190,9 @@ fn ringbell_1000_clients_over_10_processes() {
 /// flight per connection (replies out of order), and rounds against one server.
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn default_compares_both_transports_with_varied_sizes_concurrency_and_rounds() {
     let output = stress(&[
@@ -159,10 +212,10 @@ fn default_compares_both_transports_with_varied_sizes_concurrency_and_rounds() {
         "1",
     ]);
     assert_all_completed(&output, "ringbell", 3_600);
-    assert_all_completed(&output, "uds", 3_600);
+    assert_all_completed(&output, BASELINE, 3_600);
     let stdout = String::from_utf8_lossy(&output.stdout);
     for label in [
-        "| ringbell vs uds ",
+        &format!("| ringbell vs {BASELINE} ")[..],
         "server after round 2 → round 3",
         "idle clients cost the server",
     ] {
@@ -177,8 +230,9 @@ fn default_compares_both_transports_with_varied_sizes_concurrency_and_rounds() {
 /// A payload larger than a ring goes through in chunks, and is checked like any other.
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn payloads_larger_than_the_ring_are_delivered_and_checked() {
     let output = stress(&[
@@ -202,8 +256,9 @@ fn payloads_larger_than_the_ring_are_delivered_and_checked() {
 /// process or socket directory left behind.
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn timeout_kills_everything_and_fails() {
     let started = Instant::now();
@@ -217,7 +272,7 @@ fn timeout_kills_everything_and_fails() {
             "--requests",
             "100000000",
             "--transport",
-            "uds",
+            BASELINE,
             "--timeout",
             "2",
         ])
@@ -245,12 +300,17 @@ fn timeout_kills_everything_and_fails() {
         "{} was left behind",
         workspace.display()
     );
-    // The children were killed and reaped before the parent exited.
-    let leftovers = processes_mentioning(&workspace);
-    assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+    // The children were killed and reaped before the parent exited. (Read from /proc, so
+    // on Linux only: Windows has no such view of other processes' command lines.)
+    #[cfg(target_os = "linux")]
+    {
+        let leftovers = processes_mentioning(&workspace);
+        assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+    }
 }
 
 /// Processes whose command line mentions `path`.
+#[cfg(target_os = "linux")]
 fn processes_mentioning(path: &Path) -> Vec<String> {
     let needle = path.to_string_lossy().into_owned();
     let mut found = Vec::new();
@@ -346,18 +406,20 @@ fn assert_fault_result(
 
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn corrupted_replies_fail_the_run() {
     assert_fault_is_caught("ringbell", "corrupt", "completed=35 failed=0 corrupted=5");
-    assert_fault_is_caught("uds", "corrupt", "completed=35 failed=0 corrupted=5");
+    assert_fault_is_caught(BASELINE, "corrupt", "completed=35 failed=0 corrupted=5");
 }
 
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn failed_calls_fail_the_run() {
     assert_fault_is_caught(
@@ -369,23 +431,25 @@ fn failed_calls_fail_the_run() {
 
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn lost_replies_fail_the_run() {
-    assert_fault_is_caught("uds", "fail", "completed=35 failed=0 corrupted=0 lost=5");
+    assert_fault_is_caught(BASELINE, "fail", "completed=35 failed=0 corrupted=0 lost=5");
 }
 
 #[test]
 #[cfg_attr(
-    not(target_os = "linux"),
-    ignore = "ringbell stress runs only on Linux so far: it samples the server from /proc"
+    not(any(target_os = "linux", windows)),
+    ignore = "ringbell stress runs only on Linux and Windows so far: it samples the server \
+              from /proc or with Windows's calls"
 )]
 fn duplicated_replies_fail_the_run() {
     // A duplicate of a client's last reply may arrive after that client has stopped
     // reading, and go unseen: 4 or 5 of the 5 are counted, never none.
     assert_fault_result(
-        "uds",
+        BASELINE,
         "duplicate",
         |result| {
             result.contains("completed=40 failed=0 corrupted=0 lost=0 duplicated=5")

@@ -119,7 +119,7 @@ pub fn run_eventfd_peer(
 ) -> Result<(), CliError> {
     let ping = crate::shm::take_inherited_fd(ping_fd, "the ping eventfd")?;
     let pong = crate::shm::take_inherited_fd(pong_fd, "the pong eventfd")?;
-    let mut parent_alive = || parent.map_or(Ok(()), |parent| parent.check());
+    let mut parent_alive = || parent.as_ref().map_or(Ok(()), ParentWatch::check);
     for _ in 0..rounds {
         eventfd_wait(&ping, &mut parent_alive)?;
         eventfd_signal(&pong)?;

@@ -5,8 +5,10 @@
 
 use std::sync::atomic::AtomicU32;
 
+#[cfg(unix)]
 use crate::child::{ParentWatch, PeerLauncher};
 use crate::error::CliError;
+#[cfg(unix)]
 use crate::stats::LatencyRun;
 
 /// Why the raw futex and eventfd floors are left out on this OS.
@@ -32,6 +34,7 @@ pub(super) fn futex_wake(_word: &AtomicU32) -> Result<(), CliError> {
     Err(left_out("raw futex"))
 }
 
+#[cfg(unix)]
 pub fn eventfd_ping_pong(
     _launcher: &PeerLauncher,
     _warmup: u64,
@@ -40,6 +43,7 @@ pub fn eventfd_ping_pong(
     Err(left_out("eventfd"))
 }
 
+#[cfg(unix)]
 pub fn run_eventfd_peer(
     _ping_fd: i32,
     _pong_fd: i32,

@@ -8,7 +8,6 @@
 //! one [`ClientReport`] line. If it cannot get ready, it prints `error <what>` instead and
 //! exits non-zero.
 
-use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,16 +17,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use ringbell::tokio::{Client, ClientGroup};
 use ringbell::{ClientConfig, Error};
-use tokio::io::BufReader;
-use tokio::net::unix::OwnedReadHalf;
-use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use super::baseline_client::BaselineClient;
 use super::limits::raise_fd_limit;
-use super::protocol::{
-    encode_frame, read_frame, verify_reply, write_frames, ClientReport, Rng, SizeRange,
-};
+use super::protocol::{verify_reply, ClientReport, Rng, SizeRange};
 use super::Transport;
 use crate::error::{CliError, Context};
 use crate::stats::record;
@@ -38,10 +32,10 @@ use crate::stats::record;
 const CONCURRENT_CONNECTS: usize = 32;
 
 /// How long one connection may take to set up, queueing at a busy server included.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A Unix-socket connect finding the listen queue full is retried after this pause.
-const CONNECT_RETRY: Duration = Duration::from_millis(5);
+pub(super) const CONNECT_RETRY: Duration = Duration::from_millis(5);
 
 /// The client process's options, passed by `ringbell stress`.
 #[derive(Debug, Clone, Args)]
@@ -265,7 +259,7 @@ enum CallError {
 /// A client connection of either transport.
 enum StressConnection {
     Ringbell(Client),
-    Uds(UnixSocketClient),
+    Uds(BaselineClient),
 }
 
 impl StressConnection {
@@ -286,7 +280,7 @@ impl StressConnection {
                     .map_err(|error| error.to_string())
             }
             (Transport::Ringbell, None) => unreachable!("ringbell clients have a group"),
-            (Transport::Uds, _) => UnixSocketClient::connect(path, duplicated)
+            (Transport::Uds, _) => BaselineClient::connect(path, duplicated)
                 .await
                 .map(StressConnection::Uds)
                 .map_err(|error| format!("connecting to {}: {error}", path.display())),
@@ -303,120 +297,5 @@ impl StressConnection {
             }
             StressConnection::Uds(client) => client.call(request).await.map_err(CallError::Failed),
         }
-    }
-}
-
-/// The calls of a Unix-socket connection waiting for their replies, by correlation id.
-type PendingCalls = Arc<Mutex<HashMap<u64, Pending>>>;
-
-/// A call sent on a Unix socket, with no reply yet.
-enum Pending {
-    /// Its caller waits.
-    Waiting(oneshot::Sender<Vec<u8>>),
-    /// Its caller gave up (the call timed out): a late reply is expected, and dropped.
-    Abandoned,
-}
-
-/// The baseline's request/response client, built like ringbell's [`Client`]: callers hand
-/// their frames to one writer task, which flushes once per batch, and one reader task
-/// routes each reply to its caller by correlation id.
-struct UnixSocketClient {
-    frames: mpsc::Sender<Vec<u8>>,
-    pending: PendingCalls,
-    next_id: AtomicU64,
-}
-
-impl UnixSocketClient {
-    async fn connect(path: &Path, duplicated: Arc<AtomicU64>) -> std::io::Result<UnixSocketClient> {
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let stream = loop {
-            match UnixStream::connect(path).await {
-                Ok(stream) => break stream,
-                // The listen queue is full: a non-blocking connect says so at once.
-                Err(error)
-                    if error.kind() == std::io::ErrorKind::WouldBlock
-                        && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(CONNECT_RETRY).await;
-                }
-                Err(error) => return Err(error),
-            }
-        };
-        let (read, write) = stream.into_split();
-        let (frames, queue) = mpsc::channel(64);
-        let pending = PendingCalls::default();
-        tokio::spawn(write_frames(write, queue));
-        tokio::spawn(route_replies(read, pending.clone(), duplicated));
-        Ok(UnixSocketClient {
-            frames,
-            pending,
-            next_id: AtomicU64::new(1),
-        })
-    }
-
-    async fn call(&self, request: &[u8]) -> Result<Vec<u8>, String> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        self.lock_pending().insert(id, Pending::Waiting(reply));
-        // If this future is dropped (the call timed out), its reply is expected still, but
-        // nobody waits for it.
-        let _abandon = AbandonOnDrop {
-            pending: &self.pending,
-            id,
-        };
-        self.frames
-            .send(encode_frame(id, request))
-            .await
-            .map_err(|_| "the unix-socket connection is closed".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the server closed the unix-socket connection".to_owned())
-    }
-
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        self.pending
-            .lock()
-            .expect("no task panics holding the pending calls")
-    }
-}
-
-/// Marks a call abandoned if its future is dropped before the reply came.
-struct AbandonOnDrop<'a> {
-    pending: &'a PendingCalls,
-    id: u64,
-}
-
-impl Drop for AbandonOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut pending) = self.pending.lock() {
-            if let Some(call) = pending.get_mut(&self.id) {
-                *call = Pending::Abandoned;
-            }
-        }
-    }
-}
-
-/// Hands each reply to the call with its id; a reply to no call counts as duplicated.
-/// When the stream ends, the calls still waiting fail (their senders are dropped).
-async fn route_replies(read: OwnedReadHalf, pending: PendingCalls, duplicated: Arc<AtomicU64>) {
-    let mut reader = BufReader::new(read);
-    let mut reply = Vec::new();
-    while let Ok(Some(id)) = read_frame(&mut reader, &mut reply).await {
-        let call = pending
-            .lock()
-            .ok()
-            .and_then(|mut pending| pending.remove(&id));
-        match call {
-            Some(Pending::Waiting(caller)) => {
-                let _ = caller.send(std::mem::take(&mut reply));
-            }
-            Some(Pending::Abandoned) => {}
-            None => {
-                duplicated.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    if let Ok(mut pending) = pending.lock() {
-        pending.clear();
     }
 }

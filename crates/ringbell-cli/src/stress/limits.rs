@@ -38,7 +38,15 @@ impl Backstop {
 /// Raises this process's soft limit on open files to its hard limit (as the library's
 /// servers do at bind), for the client processes' many connections and the Unix-socket
 /// server. Failing that, the limit stays, and the error that hits it says so.
+///
+/// Windows has no such limit on handles: there this does nothing.
 pub fn raise_fd_limit() {
+    #[cfg(unix)]
+    raise_nofile();
+}
+
+#[cfg(unix)]
+fn raise_nofile() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {

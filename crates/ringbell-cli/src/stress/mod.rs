@@ -21,10 +21,15 @@
 //! server's resources from `/proc`, [`report`] holds and prints the results, [`limits`]
 //! bounds the run and raises the fd limit, and [`load`] is the quiet round `bench` uses.
 //!
-//! Having no `/proc`, other OSes than Linux cannot run it yet: [`NOT_ON_THIS_OS`].
+//! On Windows the server's working set and handle count are read with `GetProcessMemoryInfo`
+//! and the system handle table instead of `/proc`, and the baseline runs on tokio's named
+//! pipes (tokio has no Unix sockets there), under the name `pipe`. macOS, without `/proc` or a wrapper for `proc_pidinfo`,
+//! cannot run it yet: [`NOT_ON_THIS_OS`].
 
+mod baseline_client;
 mod client;
 mod limits;
+#[cfg(unix)]
 mod load;
 mod plan;
 mod protocol;
@@ -40,6 +45,7 @@ use clap::{Args, ValueEnum};
 
 pub use self::client::{run as run_client, ClientArgs};
 use self::limits::{Backstop, BACKSTOP_GRACE};
+#[cfg(unix)]
 pub use self::load::measure_load;
 use self::plan::{print_plan, Plan};
 use self::protocol::SizeRange;
@@ -65,7 +71,9 @@ pub enum Transport {
     /// `tokio::Client`.
     Ringbell,
     /// The baseline: tokio `UnixStream`s carrying the same requests and replies, framed
-    /// with a length and a correlation id.
+    /// with a length and a correlation id. On Windows, where tokio has no Unix sockets,
+    /// tokio named pipes instead, and the name is `pipe`.
+    #[cfg_attr(windows, value(name = "pipe"))]
     Uds,
 }
 
@@ -74,6 +82,7 @@ impl Transport {
     pub fn arg(self) -> &'static str {
         match self {
             Transport::Ringbell => "ringbell",
+            Transport::Uds if cfg!(windows) => "pipe",
             Transport::Uds => "uds",
         }
     }
@@ -112,7 +121,7 @@ pub struct StressArgs {
     /// Draw each request's payload size at random from A to B bytes, both included.
     #[arg(long, value_name = "A..B")]
     size_range: Option<SizeRange>,
-    /// Stress only this transport. Without it, both run, ringbell then uds, in this
+    /// Stress only this transport. Without it, both run, ringbell then the baseline, in this
     /// invocation, and are printed with their ratios.
     #[arg(long, value_enum)]
     transport: Option<Transport>,

@@ -108,11 +108,12 @@ pub(super) fn print_plan(plan: &Plan, processes_asked: u64) {
     println!(
         "server: one process, a tokio runtime with a worker per CPU ({}); ringbell: \
          AsyncServer::serve, one sweeper task for every connection, rings of {} per \
-         direction (the library's default: {}); uds: a task per connection; up to {} \
+         direction (the library's default: {}); {}: a task per connection; up to {} \
          request{} of a connection handled at once",
         thread::available_parallelism().map_or(1, |cpus| cpus.get()),
         format_kib(plan.ring_capacity as u64 / 1024),
         format_kib(ServerConfig::DEFAULT_RING_CAPACITY as u64 / 1024),
+        super::Transport::Uds.arg(),
         plan.concurrency,
         if plan.concurrency == 1 { "" } else { "s" }
     );

@@ -170,10 +170,29 @@ impl fmt::Display for SizeRange {
     }
 }
 
-/// Unix-socket frame header: payload length (u32 LE), then correlation id (u64 LE).
+/// The name of the named pipe that stands for the baseline's socket `path` on Windows:
+/// `\\.\pipe\ringbell-stress-` and the path with every character other than a letter, a
+/// digit, `.` or `-` made `-`. The server and its clients derive it alike.
+#[cfg(windows)]
+pub fn baseline_pipe_name(path: &std::path::Path) -> String {
+    let text: String = path
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!(r"\\.\pipe\ringbell-stress-{text}")
+}
+
+/// Baseline frame header: payload length (u32 LE), then correlation id (u64 LE).
 pub const FRAME_HEADER_LEN: usize = 12;
 
-/// A frame of the Unix-socket baseline: header, then payload.
+/// A frame of the baseline: header, then payload.
 pub fn encode_frame(id: u64, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).expect("payloads are limited to MAX_PAYLOAD");
     let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
@@ -344,7 +363,7 @@ impl ClientReport {
 /// Writes queued frames to the socket, as many as are queued per flush (what a careful
 /// Unix-socket program does), until the queue or the socket closes.
 pub async fn write_frames(
-    write: tokio::net::unix::OwnedWriteHalf,
+    write: impl tokio::io::AsyncWrite + Unpin,
     mut queue: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) {
     let mut writer = tokio::io::BufWriter::new(write);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::plan::Plan;
 use super::protocol::ClientReport;
-use super::sample::ServerSample;
+use super::sample::{ServerSample, HANDLES, MEMORY};
 use super::Transport;
 use crate::stats::{compare, format_count, print_table, Better};
 
@@ -166,7 +166,7 @@ impl TransportResult {
         let last = self.rounds.last().map_or(self.before, |round| round.after);
         let peak = self.peak();
         println!(
-            "  server:    RSS {} before, {} max during, {} after; fds {} before, {} max during, {} after",
+            "  server:    {MEMORY} {} before, {} max during, {} after; {HANDLES} {} before, {} max during, {} after",
             format_kib(self.before.rss_kib),
             format_kib(peak.rss_kib),
             format_kib(last.rss_kib),
@@ -217,9 +217,9 @@ impl TransportResult {
                 "calls s",
                 "requests/s",
                 "p99 µs",
-                "server RSS max",
-                "RSS after",
-                "fds after",
+                &format!("server {MEMORY} max"),
+                &format!("{MEMORY} after"),
+                &format!("{HANDLES} after"),
             ],
             rows,
         );
@@ -227,7 +227,7 @@ impl TransportResult {
             let growth =
                 |from: u64, to: u64| (to as f64 - from as f64) / (from as f64).max(1.0) * 100.0;
             println!(
-                "  server after round 2 → round {}: RSS {:+.1} %, fds {:+.1} %",
+                "  server after round 2 → round {}: {MEMORY} {:+.1} %, {HANDLES} {:+.1} %",
                 self.rounds.len(),
                 growth(second.after.rss_kib, last.after.rss_kib),
                 growth(second.after.fds, last.after.fds)
@@ -299,7 +299,7 @@ pub(super) fn print_comparison(plan: &Plan, ringbell: &TransportResult, uds: &Tr
         )
     };
     let ratios = vec![
-        "ringbell vs uds".to_owned(),
+        format!("ringbell vs {}", uds.transport.arg()),
         compare(
             ringbell.requests_per_second(),
             uds.requests_per_second(),
@@ -338,7 +338,7 @@ pub(super) fn print_comparison(plan: &Plan, ringbell: &TransportResult, uds: &Tr
         vec![row(ringbell, &ringbell_total), row(uds, &uds_total), ratios],
     );
     println!(
-        "the last row: ringbell against uds, in words (\"5.0× more\" requests/s, \"20× faster\" \
+        "the last row: ringbell against the baseline, in words (\"5.0× more\" requests/s, \"20× faster\" \
          latency, \"2.0× less\" RSS or fds). Both measured now, in this run, on this machine."
     );
 }

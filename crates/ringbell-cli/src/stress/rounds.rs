@@ -16,7 +16,7 @@ use super::sample::{server_limits, ServerSample};
 use super::Transport;
 use crate::child::{ChildOutput, PeerLauncher, PeerProcess, LISTENING_PREFIX};
 use crate::error::CliError;
-use crate::idle::cpu_ticks;
+use crate::idle::{cpu_tick_resolution, cpu_ticks, cpu_ticks_per_second};
 use crate::stats::format_count;
 use crate::temp_dir::TempDir;
 
@@ -411,13 +411,13 @@ impl<'a> TransportRun<'a> {
         }
         let elapsed = started.elapsed();
         let ticks = cpu_ticks(self.server_pid)? - before;
-        let ticks_per_second = rustix::param::clock_ticks_per_second() as f64;
+        let ticks_per_second = cpu_ticks_per_second();
         let percent = |ticks: u64| ticks as f64 / ticks_per_second / elapsed.as_secs_f64() * 100.0;
         Ok(IdleCpu {
             connections,
             elapsed,
             percent: percent(ticks),
-            resolution_percent: percent(1),
+            resolution_percent: percent(cpu_tick_resolution()),
         })
     }
 

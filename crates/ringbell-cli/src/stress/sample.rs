@@ -6,12 +6,13 @@
 //! `PROC_PIDLISTFDS`), which rustix does not wrap; until then a stress run, whose rounds
 //! wait on and report these samples, is left out there ([`NOT_ON_THIS_OS`]).
 
+#[cfg(not(windows))]
 use std::fs;
 
 use crate::error::{CliError, Context};
 
 /// Why a stress run is left out on this OS; `None` where it runs.
-pub const NOT_ON_THIS_OS: Option<&str> = if cfg!(target_os = "linux") {
+pub const NOT_ON_THIS_OS: Option<&str> = if cfg!(any(target_os = "linux", windows)) {
     None
 } else {
     Some(
@@ -19,6 +20,18 @@ pub const NOT_ON_THIS_OS: Option<&str> = if cfg!(target_os = "linux") {
          does not have",
     )
 };
+
+/// What the server's memory figure is called here: Linux's resident set, or Windows's
+/// working set (the same idea: the pages in RAM now).
+#[cfg(not(windows))]
+pub(super) const MEMORY: &str = "RSS";
+#[cfg(windows)]
+pub(super) const MEMORY: &str = "working set";
+/// What the server's open objects are called here: fds, or Windows's handles.
+#[cfg(not(windows))]
+pub(super) const HANDLES: &str = "fds";
+#[cfg(windows)]
+pub(super) const HANDLES: &str = "handles";
 
 /// The server's memory and fds at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +41,25 @@ pub(super) struct ServerSample {
 }
 
 impl ServerSample {
+    /// On Windows: the working set (`GetProcessMemoryInfo`) and the handles (counted in the
+    /// system handle table: Wine answers 0 to `GetProcessHandleCount`); `fds` holds handles.
+    #[cfg(windows)]
+    pub(super) fn read(pid: u32) -> Result<ServerSample, CliError> {
+        let process = crate::windows::Process::open(pid)
+            .context(format_args!("opening the server process {pid}"))?;
+        let working_set = process
+            .working_set()
+            .context(format_args!("reading the memory of process {pid}"))?;
+        let handles = process
+            .handle_count()
+            .context(format_args!("counting the handles of process {pid}"))?;
+        Ok(ServerSample {
+            rss_kib: working_set / 1024,
+            fds: handles,
+        })
+    }
+
+    #[cfg(not(windows))]
     pub(super) fn read(pid: u32) -> Result<ServerSample, CliError> {
         let status = proc_status(pid)?;
         let rss_kib = status_field(&status, "VmRSS:")
@@ -46,12 +78,14 @@ impl ServerSample {
     }
 }
 
+#[cfg(not(windows))]
 fn proc_status(pid: u32) -> Result<String, CliError> {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .context(format_args!("reading /proc/{pid}/status"))
 }
 
 /// The number after `key` in a /proc/<pid>/status text (`VmRSS:   1234 kB` → 1234).
+#[cfg_attr(windows, allow(dead_code, reason = "Windows has no /proc"))]
 fn status_field(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
@@ -60,7 +94,19 @@ fn status_field(status: &str, key: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// The server's handles and memory, as one phrase (Windows has no fd, mapping or thread
+/// limits like Linux's to set them beside).
+#[cfg(windows)]
+pub(super) fn server_limits(pid: u32) -> Option<String> {
+    let sample = ServerSample::read(pid).ok()?;
+    Some(format!(
+        "{} handles open, a working set of {} KiB",
+        sample.fds, sample.rss_kib
+    ))
+}
+
 /// The server's fds, mappings and threads beside their limits, as one phrase.
+#[cfg(not(windows))]
 pub(super) fn server_limits(pid: u32) -> Option<String> {
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;

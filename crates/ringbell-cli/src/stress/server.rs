@@ -1,9 +1,10 @@
 //! `ringbell __stress-server`: the stress test's server process.
 //!
 //! One tokio runtime (a worker thread per CPU) answers every client connection with
-//! [`reply_to`]: over ringbell through [`AsyncServer::serve`], or over Unix sockets with
-//! the same protocol, a request and its reply matched by a correlation id and each
-//! connection's requests handled concurrently up to the same bound.
+//! [`reply_to`]: over ringbell through [`AsyncServer::serve`], or over the baseline (Unix
+//! sockets; tokio named pipes on Windows) with the same protocol, a request and its reply
+//! matched by a correlation id and each connection's requests handled concurrently up to
+//! the same bound.
 //!
 //! It talks to the parent over its stdio: it prints `listening on <path>` once it accepts
 //! clients, then `progress <handled>` ten times a second; to the line `report` on stdin it
@@ -20,8 +21,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use ringbell::tokio::AsyncServer;
 use ringbell::ServerConfig;
-use tokio::io::BufReader;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+#[cfg(unix)]
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -42,9 +44,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 pub enum Fault {
     /// Flip a byte of the reply.
     Corrupt,
-    /// Answer with a handler error (ringbell) or not at all (uds: then the call is lost).
+    /// Answer with a handler error (ringbell) or not at all (the baseline: then the call is lost).
     Fail,
-    /// Send the reply twice (uds only: ringbell's `serve` cannot).
+    /// Send the reply twice (the baseline only: ringbell's `serve` cannot).
     Duplicate,
 }
 
@@ -101,16 +103,24 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
     };
     if args.transport == Transport::Ringbell && args.fault == Some(Fault::Duplicate) {
         return Err(CliError::new(
-            "ringbell's serve sends one reply per request: --fault duplicate is for uds only",
+            "ringbell's serve sends one reply per request: --fault duplicate is for the baseline only",
         ));
     }
     runtime.block_on(async {
         match args.transport {
             Transport::Ringbell => serve_ringbell(args, handled, faults).await,
-            Transport::Uds => serve_unix_socket(args, handled, faults).await,
+            Transport::Uds => serve_baseline(args, handled, faults).await,
         }
     })
 }
+
+/// How long the stress server gives each handshake: 30 s, not the library's 2 s. A stress
+/// run's clients all connect at once, by design, and the run measures their calls, not
+/// how fast a herd of handshakes is let in. On a loaded machine the last of a thousand
+/// handshakes can wait its turn longer than 2 s: under Wine on the 2-vCPU VM, with other
+/// runs beside it, some did, and the server hung up on them (seen as "the peer hung up
+/// sending the ack"). The clients' own connect timeout is longer still.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn serve_ringbell(
     args: &ServerArgs,
@@ -120,7 +130,8 @@ async fn serve_ringbell(
     let config = ServerConfig::default()
         .ring_capacity(args.ring_capacity)
         .concurrent_requests(args.concurrency)
-        .max_connections(args.max_connections);
+        .max_connections(args.max_connections)
+        .handshake_timeout(HANDSHAKE_TIMEOUT);
     let server = AsyncServer::bind(&args.path, config)?;
     talk_to_parent(&args.path, &handled)?;
     server
@@ -138,7 +149,8 @@ async fn serve_ringbell(
     Ok(())
 }
 
-async fn serve_unix_socket(
+#[cfg(unix)]
+async fn serve_baseline(
     args: &ServerArgs,
     handled: Arc<AtomicU64>,
     faults: FaultPlan,
@@ -154,7 +166,7 @@ async fn serve_unix_socket(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_unix_connection(stream, args.concurrency, handled.clone(), faults));
+                    connections.spawn(serve_baseline_connection(stream, args.concurrency, handled.clone(), faults));
                 }
                 Err(error) => {
                     refused += 1;
@@ -169,17 +181,61 @@ async fn serve_unix_socket(
     }
 }
 
-/// Serves one Unix-socket connection like ringbell's `serve` does: requests are read while
+/// The baseline on Windows: tokio named pipes under the name the clients derive from the
+/// same path (`protocol::baseline_pipe_name`). The server keeps one instance waiting: as
+/// soon as a client takes it, the next is made, and the taken one is served (the way
+/// tokio's docs serve a named pipe). Clients that find every instance busy retry.
+#[cfg(windows)]
+async fn serve_baseline(
+    args: &ServerArgs,
+    handled: Arc<AtomicU64>,
+    faults: FaultPlan,
+) -> Result<(), CliError> {
+    use tokio::net::windows::named_pipe::ServerOptions;
+    let name = super::protocol::baseline_pipe_name(&args.path);
+    let mut waiting = ServerOptions::new()
+        .first_pipe_instance(true)
+        .reject_remote_clients(true)
+        .create(&name)
+        .context(format_args!("making the named pipe {name}"))?;
+    talk_to_parent(&args.path, &handled)?;
+    let mut connections = JoinSet::new();
+    let mut refused: u64 = 0;
+    loop {
+        tokio::select! {
+            connected = waiting.connect() => {
+                if let Err(error) = &connected {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        eprintln!("ringbell __stress-server: accepting a client failed ({refused} so far): {error}");
+                    }
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+                let next = ServerOptions::new()
+                    .reject_remote_clients(true)
+                    .create(&name)
+                    .context(format_args!("making another instance of {name}"))?;
+                let client = std::mem::replace(&mut waiting, next);
+                if connected.is_ok() {
+                    connections.spawn(serve_baseline_connection(client, args.concurrency, handled.clone(), faults));
+                }
+            },
+            Some(_finished) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Serves one baseline connection like ringbell's `serve` does: requests are read while
 /// fewer than `limit` are being handled, each is handled on a task of its own, and the
 /// replies go back in whatever order they finish, through one writer that flushes once
 /// per batch.
-async fn serve_unix_connection(
-    stream: UnixStream,
+async fn serve_baseline_connection(
+    stream: impl AsyncRead + AsyncWrite + Send + 'static,
     limit: usize,
     handled: Arc<AtomicU64>,
     faults: FaultPlan,
 ) {
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
     let (replies, queue) = mpsc::channel::<Vec<u8>>(limit);
     let writer = tokio::spawn(write_frames(write, queue));
@@ -196,7 +252,7 @@ async fn serve_unix_connection(
             Ok(None) => break,
             Err(error) => {
                 if error.kind() != std::io::ErrorKind::ConnectionReset {
-                    eprintln!("ringbell __stress-server: dropping a unix-socket client: {error}");
+                    eprintln!("ringbell __stress-server: dropping a baseline client: {error}");
                 }
                 break;
             }

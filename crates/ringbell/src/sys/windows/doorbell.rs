@@ -8,7 +8,8 @@
 //! each is pushed with no more. The ringer gets no `SYNCHRONIZE` (the design first gave it
 //! one): a wait on an auto-reset event consumes the ring, so a ringer that could wait
 //! could swallow the rings meant for the waiter, and with a doorbell shared by several
-//! connections, rings from other peers too.
+//! connections, rings from other peers too. The event's DACL stops a holder from
+//! duplicating itself a handle with more rights than it was pushed (`security.rs`).
 //!
 //! Two differences from the Unix doorbell, which the conformance suite states per backend:
 //! a wait that ends because the event was set also resets it (auto-reset), where a Unix
@@ -36,12 +37,13 @@ use windows_sys::Win32::System::Threading::{
 };
 
 use super::handle::check_object;
+use super::security::SecurityDescriptor;
 use super::{Grant, PeerProcess};
 
 /// What the waiter's handle needs, and all a pushed one gets: to wait.
-const WAITER_ACCESS: u32 = SYNCHRONIZATION_SYNCHRONIZE;
+pub(super) const WAITER_ACCESS: u32 = SYNCHRONIZATION_SYNCHRONIZE;
 /// What the ringer's handle needs, and all a pushed one gets: to set the event.
-const RINGER_ACCESS: u32 = EVENT_MODIFY_STATE;
+pub(super) const RINGER_ACCESS: u32 = EVENT_MODIFY_STATE;
 
 /// The end a waiter waits on: set by a ring, reset by the wait that sees it.
 #[derive(Debug)]
@@ -72,9 +74,13 @@ pub(crate) enum Rang {
 
 /// A new doorbell and its ringer, not rung.
 pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
-    // SAFETY: no pointer is passed but nulls (no security attributes, no name); a null
-    // result is an error, checked below.
-    let raw = unsafe { CreateEventW(ptr::null(), FALSE, FALSE, ptr::null()) };
+    // A DACL that stops a holder from widening its handle (`security.rs`); our own handle
+    // gets every right regardless, as the event's creator.
+    let security = SecurityDescriptor::for_shared_object()?;
+    let attributes = security.attributes();
+    // SAFETY: the attributes and the descriptor they point at are alive for the call; no
+    // name; a null result is an error, checked below.
+    let raw = unsafe { CreateEventW(&attributes, FALSE, FALSE, ptr::null()) };
     if raw.is_null() {
         return Err(io::Error::last_os_error());
     }

@@ -182,6 +182,7 @@ fn child_entry() {
         "sleep" => role_sleep(),
         "idle" => role_idle(),
         "widen" => role_widen(),
+        "offer-manual-reset" => role_offer_manual_reset(),
         "count-own-handles" => role_count_own_handles(),
         "pipe-client" => role_pipe_client(),
         "pipe-server" => role_pipe_server(),
@@ -805,6 +806,104 @@ fn a_holder_cannot_give_itself_write_dac_to_rewrite_the_dacl() {
     for name in ["section-write-dac", "ringer-write-dac"] {
         assert_eq!(outcomes[name], "denied", "{name}: {report}");
     }
+}
+
+/// A manual-reset event, with all rights (default security, no name).
+fn manual_reset_event() -> OwnedHandle {
+    // SAFETY: no pointer is passed but nulls; a null result is checked below.
+    let raw = unsafe {
+        windows_sys::Win32::System::Threading::CreateEventW(
+            std::ptr::null(),
+            1,
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert!(!raw.is_null(), "CreateEventW");
+    // SAFETY: a new handle, which nothing else owns.
+    unsafe { OwnedHandle::from_raw_handle(raw) }
+}
+
+/// Checks that `result` is the refusal of a manual-reset event.
+fn refused_as_manual_reset<T: std::fmt::Debug>(result: io::Result<T>, what: &str) {
+    let error = result.expect_err(what);
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{what}: {error}");
+    assert!(
+        error.to_string().contains("manual-reset"),
+        "{what}: {error}"
+    );
+}
+
+#[test]
+fn a_manual_reset_event_pushed_as_a_doorbell_or_a_ringer_is_refused() {
+    let me = PeerProcess::open(std::process::id()).unwrap();
+    let event = manual_reset_event();
+    let push = |access| {
+        let grant = Grant::new(event.try_clone().unwrap(), access);
+        Grant::from_peer_value(grant.push_to(&me).unwrap().value()).unwrap()
+    };
+    refused_as_manual_reset(
+        Doorbell::adopt(push(doorbell::WAITER_ACCESS)),
+        "a manual-reset doorbell",
+    );
+    refused_as_manual_reset(
+        DoorbellRinger::adopt(push(doorbell::RINGER_ACCESS)),
+        "a manual-reset ringer",
+    );
+    // The same pushes of an auto-reset event are adopted.
+    let (doorbell, ringer) = doorbell_pair().unwrap();
+    let doorbell = Doorbell::adopt(
+        Grant::from_peer_value(doorbell.into_grant().push_to(&me).unwrap().value()).unwrap(),
+    )
+    .unwrap();
+    DoorbellRinger::adopt(
+        Grant::from_peer_value(ringer.into_grant().push_to(&me).unwrap().value()).unwrap(),
+    )
+    .unwrap()
+    .ring();
+    doorbell.drain();
+}
+
+/// Child: offers a manual-reset event twice, with a ringer's and with a doorbell's rights,
+/// as a client offers its ringer, and holds them until its stdin closes.
+fn role_offer_manual_reset() {
+    let event = manual_reset_event();
+    let offer = |access| {
+        Grant::new(event.try_clone().unwrap(), access)
+            .offer()
+            .unwrap()
+    };
+    let as_ringer = offer(doorbell::RINGER_ACCESS);
+    let as_doorbell = offer(doorbell::WAITER_ACCESS);
+    report(&format!(
+        "ringer={} doorbell={}",
+        value_of(&as_ringer),
+        value_of(&as_doorbell)
+    ));
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {}
+}
+
+#[test]
+fn a_manual_reset_event_offered_by_a_child_is_refused() {
+    let _watchdog = watchdog("the manual-reset offer test");
+    let mut child = ChildProcess::spawn("offer-manual-reset");
+    let peer = child.open();
+    let report = child.report();
+    let values: HashMap<&str, u64> = report
+        .split_whitespace()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').expect("name=value");
+            (name, value.parse().expect("a number"))
+        })
+        .collect();
+    // Pulled as a server pulls its client's offer, with the rights it has there.
+    let ringer = Grant::pull_from(&peer, values["ringer"]).unwrap();
+    assert_eq!(rights(&ringer), doorbell::RINGER_ACCESS);
+    refused_as_manual_reset(DoorbellRinger::adopt(ringer), "an offered ringer");
+    let doorbell = Grant::pull_from(&peer, values["doorbell"]).unwrap();
+    refused_as_manual_reset(Doorbell::adopt(doorbell), "an offered doorbell");
+    child.succeeds();
 }
 
 #[test]

@@ -65,6 +65,8 @@ impl ConnectionExt for Connection {
 /// Windows settings of a [`ServerConfig`]: which other users may connect, named by SID,
 /// since Windows users have no uid ([`ServerConfig::allow_uid`] admits nobody there).
 ///
+/// # Examples
+///
 /// ```no_run
 /// use ringbell::os::windows::ServerConfigExt;
 /// use ringbell::{Server, ServerConfig};
@@ -75,6 +77,11 @@ impl ConnectionExt for Connection {
 /// # let _ = server;
 /// # Ok::<(), ringbell::Error>(())
 /// ```
+///
+/// # Platform-specific behaviour
+///
+/// Windows only: the Unix twin is [`ServerConfig::allow_uid`]. Tested under Wine 8 with
+/// one user only (the decision with other SIDs is unit-tested), never yet on Windows.
 pub trait ServerConfigExt: Sized {
     /// Admits clients whose process runs as the user `sid`, in addition to the server's
     /// own user and any admitted before. `sid` is the SID's usual text form,
@@ -88,7 +95,9 @@ pub trait ServerConfigExt: Sized {
     ///
     /// The SID is compared with the token's *user* only, never its groups: a group's SID
     /// (Administrators, Everyone) admits nobody, and SDDL's abbreviations of them (`BA`,
-    /// `WD`) are refused as input.
+    /// `WD`) are refused as input. Whether an account has the SID is not checked: a SID
+    /// of no account admits nobody. The server's own SID may be given too; it is admitted
+    /// anyway, but the pipe is then opened to Authenticated Users all the same.
     ///
     /// # Errors
     ///
@@ -108,6 +117,8 @@ impl ServerConfigExt for ServerConfig {
 /// Windows settings of a [`ClientConfig`]: which servers a client talks to, named by SID
 /// ([`ClientConfig::trust_server_uid`] trusts nobody there).
 ///
+/// # Examples
+///
 /// ```no_run
 /// use ringbell::os::windows::ClientConfigExt;
 /// use ringbell::{ClientConfig, Connection};
@@ -118,6 +129,11 @@ impl ServerConfigExt for ServerConfig {
 /// # let _ = conn;
 /// # Ok::<(), ringbell::Error>(())
 /// ```
+///
+/// # Platform-specific behaviour
+///
+/// Windows only: the Unix twin is [`ClientConfig::trust_server_uid`]. Tested under Wine 8
+/// with one user only, never yet on Windows.
 pub trait ClientConfigExt: Sized {
     /// Trusts a server whose process runs as the user `sid`, in addition to those trusted
     /// before. By default a client talks only to a server of its own user or LocalSystem's

@@ -85,6 +85,10 @@ pub struct ServerConfig {
     pub(crate) handshake_timeout: Duration,
     pub(crate) send_timeout: Option<Duration>,
     pub(crate) allowed_uids: Option<Vec<u32>>,
+    /// Users admitted by the OS's own name for them where that is no uid: SIDs on Windows
+    /// (`os::windows::ServerConfigExt::allow_sid`). Empty elsewhere.
+    #[cfg(not(loom))]
+    pub(crate) allowed_users: Vec<crate::sys::User>,
     pub(crate) concurrent_requests: usize,
     pub(crate) max_connections: usize,
     pub(crate) memory_budget: Option<usize>,
@@ -179,8 +183,9 @@ impl ServerConfig {
     /// # Platform-specific behaviour
     ///
     /// A Unix setting: users are uids on every Unix (the peer's comes from `SO_PEERCRED`
-    /// on Linux). Windows names users by SID, and will get a setting of its own beside this
-    /// one; uids given here will not admit anyone there.
+    /// on Linux). Windows names users by SID, and uids given here admit nobody there: use
+    /// `ringbell::os::windows::ServerConfigExt::allow_sid`, which admits a user by SID
+    /// and opens the pipe to other users in the same way.
     pub fn allow_uid(mut self, uid: u32) -> Self {
         self.allowed_uids.get_or_insert_with(Vec::new).push(uid);
         self
@@ -311,18 +316,21 @@ impl ServerConfig {
         self
     }
 
-    /// Whether uids other than the server's own may be admitted, so that the socket file
-    /// must let other users connect.
+    /// Whether users other than the server's own may be admitted (by uid, or by the OS's
+    /// own name for them), so that the socket file or pipe must let other users connect.
+    #[cfg(not(loom))]
     pub(crate) fn admits_other_users(&self) -> bool {
         self.allowed_uids
             .as_ref()
             .is_some_and(|uids| !uids.is_empty())
+            || !self.allowed_users.is_empty()
     }
 
     /// Whether a client running as `user` may connect to a server running as `own`.
     #[cfg(not(loom))]
     pub(crate) fn admits(&self, user: crate::sys::User, own: crate::sys::User) -> bool {
         user == own
+            || self.allowed_users.contains(&user)
             || user.uid().is_some_and(|uid| {
                 self.allowed_uids
                     .as_ref()
@@ -340,6 +348,8 @@ impl Default for ServerConfig {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             send_timeout: None,
             allowed_uids: None,
+            #[cfg(not(loom))]
+            allowed_users: Vec::new(),
             concurrent_requests: Self::DEFAULT_CONCURRENT_REQUESTS,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             memory_budget: None,
@@ -366,6 +376,10 @@ pub struct ClientConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) send_timeout: Option<Duration>,
     pub(crate) trusted_server_uids: Vec<u32>,
+    /// Servers trusted by the OS's own name for their user where that is no uid: SIDs on
+    /// Windows (`os::windows::ClientConfigExt::trust_server_sid`). Empty elsewhere.
+    #[cfg(not(loom))]
+    pub(crate) trusted_server_users: Vec<crate::sys::User>,
     pub(crate) idle_timeout: Option<Duration>,
 }
 
@@ -412,8 +426,9 @@ impl ClientConfig {
     ///
     /// # Platform-specific behaviour
     ///
-    /// A Unix setting, like [`ServerConfig::allow_uid`]: Windows will trust servers by SID,
-    /// with a setting of its own.
+    /// A Unix setting, like [`ServerConfig::allow_uid`]: uids given here trust nobody on
+    /// Windows, where a client trusts a server of its own SID or LocalSystem's (S-1-5-18),
+    /// and others by SID with `ringbell::os::windows::ClientConfigExt::trust_server_sid`.
     pub fn trust_server_uid(mut self, uid: u32) -> Self {
         self.trusted_server_uids.push(uid);
         self
@@ -424,6 +439,7 @@ impl ClientConfig {
     pub(crate) fn trusts_server(&self, server: crate::sys::User, own: crate::sys::User) -> bool {
         server == own
             || server.is_administrator()
+            || self.trusted_server_users.contains(&server)
             || server
                 .uid()
                 .is_some_and(|uid| self.trusted_server_uids.contains(&uid))
@@ -437,6 +453,8 @@ impl Default for ClientConfig {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             send_timeout: None,
             trusted_server_uids: Vec::new(),
+            #[cfg(not(loom))]
+            trusted_server_users: Vec::new(),
             idle_timeout: None,
         }
     }

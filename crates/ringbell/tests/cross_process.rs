@@ -1047,6 +1047,10 @@ enum BadClient {
     StallsBeforeAck,
     /// Acks with a file attached as its doorbell, which must be a socket.
     AcksWithAFileForADoorbell,
+    /// On Windows: acks with a manual-reset event offered as its doorbell's ringer, which
+    /// must reset itself (a manual-reset one would make every wait end at once).
+    #[cfg(windows)]
+    AcksWithAManualResetEvent,
 }
 
 impl BadClient {
@@ -1098,6 +1102,24 @@ impl BadClient {
                 let file = pipe.own_file_value();
                 pipe.write_frame(&ack, &[file])
                     .expect("sending the ack with a file");
+            }
+            BadClient::AcksWithAManualResetEvent => {
+                pipe.write_frame(&hello(common::PROTOCOL_VERSION), &[])
+                    .expect("writing a hello");
+                pipe.read_frame().expect("reading the welcome");
+                let mut ack = hello(common::PROTOCOL_VERSION);
+                ack[10..12].copy_from_slice(&3u16.to_le_bytes());
+                // An event with every right, so that it passes the rights check and only
+                // its reset mode is wrong; held until the server hangs up, so that it is
+                // still there to pull.
+                let event = common::windows::manual_reset_event();
+                let value =
+                    std::os::windows::io::AsRawHandle::as_raw_handle(&event) as usize as u64;
+                pipe.write_frame(&ack, &[value])
+                    .expect("sending the ack with a manual-reset event");
+                pipe.read_to_end();
+                drop(event);
+                return;
             }
             BadClient::HangsUpBeforeAck | BadClient::StallsBeforeAck => {
                 pipe.write_frame(&hello(common::PROTOCOL_VERSION), &[])
@@ -1202,6 +1224,12 @@ const BAD_CLIENTS: [BadClient; 7] = [
     BadClient::AcksWithAFileForADoorbell,
 ];
 
+/// The bad clients that exist on one OS only.
+#[cfg(windows)]
+const OS_BAD_CLIENTS: &[BadClient] = &[BadClient::AcksWithAManualResetEvent];
+#[cfg(unix)]
+const OS_BAD_CLIENTS: &[BadClient] = &[];
+
 /// Each bad client makes `accept` return `Error::Handshake` (a timeout for the silent and
 /// stalling ones), and after each the same server serves an honest child client.
 #[test]
@@ -1210,7 +1238,10 @@ fn bad_handshakes_are_refused_and_the_server_keeps_serving() {
     let socket = SocketPath::new("bad_handshakes");
     let config = ServerConfig::default().handshake_timeout(Duration::from_millis(200));
     let server = Server::bind(&socket, config).expect("binding");
-    for bad in BAD_CLIENTS {
+    for bad in BAD_CLIENTS
+        .into_iter()
+        .chain(OS_BAD_CLIENTS.iter().copied())
+    {
         let path = socket.path().to_path_buf();
         let client = thread::spawn(move || bad.run(&path));
         let result = server.accept();

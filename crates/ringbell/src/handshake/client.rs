@@ -89,7 +89,8 @@ fn connect_with(
         std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
             detail: format!(
                 "{} is not accessible to {}: the server admits only its own user \
-                 unless it was configured with ServerConfig::allow_uid",
+                 unless it was configured with ServerConfig::allow_uid (on Windows \
+                 ServerConfigExt::allow_sid)",
                 path.display(),
                 sys::current_user()
             ),
@@ -110,7 +111,7 @@ fn connect_with(
         return Err(Error::PermissionDenied {
             detail: format!(
                 "the server at {} runs as {server_user}, which this client does not trust \
-                 (ClientConfig::trust_server_uid)",
+                 (ClientConfig::trust_server_uid; on Windows ClientConfigExt::trust_server_sid)",
                 path.display()
             ),
         });

@@ -208,7 +208,8 @@ pub(crate) fn decode_welcome(
         Status::PermissionDenied => {
             return Err(Error::PermissionDenied {
                 detail: format!(
-                    "the server does not admit {} (it admits more with ServerConfig::allow_uid)",
+                    "the server does not admit {} (it admits more with ServerConfig::allow_uid, \
+                     or on Windows ServerConfigExt::allow_sid)",
                     crate::sys::current_user()
                 ),
             })

@@ -255,3 +255,21 @@ impl RawPipeClient {
         let _ = self.pipe.read_to_end(&mut rest);
     }
 }
+
+/// A manual-reset event with every right (default security, no name): what a hostile
+/// client may offer as its doorbell's ringer.
+pub fn manual_reset_event() -> std::os::windows::io::OwnedHandle {
+    use std::os::windows::io::FromRawHandle;
+    // SAFETY: no pointer is passed but nulls; a null result is checked below.
+    let raw = unsafe {
+        windows_sys::Win32::System::Threading::CreateEventW(
+            std::ptr::null(),
+            1,
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert!(!raw.is_null(), "CreateEventW");
+    // SAFETY: a new handle, which nothing else owns.
+    unsafe { std::os::windows::io::OwnedHandle::from_raw_handle(raw) }
+}

@@ -5,10 +5,23 @@
 //! wake, as a ring without pause would be.
 //!
 //! Rights: the waiter's handle needs `SYNCHRONIZE`, the ringer's `EVENT_MODIFY_STATE`, and
-//! each is pushed with no more. The ringer gets no `SYNCHRONIZE` (the design first gave it
+//! each is pushed with no more, beside `EVENT_QUERY_STATE`, which the receiver's check of
+//! the reset mode needs (below). The ringer gets no `SYNCHRONIZE` (the design first gave it
 //! one): a wait on an auto-reset event consumes the ring, so a ringer that could wait
 //! could swallow the rings meant for the waiter, and with a doorbell shared by several
-//! connections, rings from other peers too.
+//! connections, rings from other peers too. The event's DACL stops a holder from
+//! duplicating itself a handle with more rights than it was pushed (`security.rs`).
+//!
+//! `EVENT_QUERY_STATE` is harmless to give: it reads whether the event is set and how it
+//! resets (`NtQueryEvent`), and nothing else. It cannot set, reset or wait on the event,
+//! so it neither rings nor swallows a ring; and whether a doorbell is set at a given
+//! moment tells a peer no more than the ring protocol in shared memory already shows it.
+//!
+//! A received event must reset itself (auto-reset): a manual-reset event stays set after
+//! a wait, so every sleep on it would end at once, and a hostile peer could hand us one to
+//! turn our sleeps into a spin. `adopt` reads the type with `NtQueryEvent`
+//! (`EventBasicInformation`), which windows-sys does not declare, and refuses a
+//! manual-reset event with `InvalidData`.
 //!
 //! Two differences from the Unix doorbell, which the conformance suite states per backend:
 //! a wait that ends because the event was set also resets it (auto-reset), where a Unix
@@ -28,20 +41,92 @@ use std::ptr;
 use std::time::Instant;
 
 use windows_sys::Win32::Foundation::{
-    DuplicateHandle, FALSE, HANDLE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    DuplicateHandle, FALSE, HANDLE, NTSTATUS, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::System::Threading::{
     CreateEventW, GetCurrentProcess, SetEvent, WaitForMultipleObjects, WaitForSingleObject,
     EVENT_MODIFY_STATE, INFINITE, SYNCHRONIZATION_SYNCHRONIZE,
 };
 
-use super::handle::check_object;
-use super::{Grant, PeerProcess};
+use super::handle::{check_object, nt_error};
+use super::security::SecurityDescriptor;
+use super::{invalid, Grant, PeerProcess};
 
-/// What the waiter's handle needs, and all a pushed one gets: to wait.
-const WAITER_ACCESS: u32 = SYNCHRONIZATION_SYNCHRONIZE;
-/// What the ringer's handle needs, and all a pushed one gets: to set the event.
-const RINGER_ACCESS: u32 = EVENT_MODIFY_STATE;
+/// The right to read an event's state and type (`NtQueryEvent`), which the receiver's
+/// check of the reset mode needs; windows-sys does not declare it.
+pub(super) const EVENT_QUERY_STATE: u32 = 0x0001;
+/// What the waiter's handle needs, and all a pushed one gets: to wait, and to show that
+/// the event resets itself.
+pub(super) const WAITER_ACCESS: u32 = SYNCHRONIZATION_SYNCHRONIZE | EVENT_QUERY_STATE;
+/// What the ringer's handle needs, and all a pushed one gets: to set the event, and to
+/// show that it resets itself.
+pub(super) const RINGER_ACCESS: u32 = EVENT_MODIFY_STATE | EVENT_QUERY_STATE;
+
+/// `EVENT_BASIC_INFORMATION`, what `NtQueryEvent` tells of an event.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct EventBasicInformation {
+    /// `EVENT_TYPE`: [`NOTIFICATION_EVENT`] (manual reset) or [`SYNCHRONIZATION_EVENT`]
+    /// (auto reset).
+    event_type: i32,
+    /// Non-zero if the event is set.
+    event_state: i32,
+}
+
+/// `EventBasicInformation`, the information class of `NtQueryEvent`.
+const EVENT_BASIC_INFORMATION: i32 = 0;
+/// `NotificationEvent`: a manual-reset event.
+const NOTIFICATION_EVENT: i32 = 0;
+/// `SynchronizationEvent`: an auto-reset event.
+const SYNCHRONIZATION_EVENT: i32 = 1;
+
+#[link(name = "ntdll")]
+extern "system" {
+    /// `NtQueryEvent` (ntdll): in neither windows-sys nor Microsoft's documentation; the
+    /// declaration follows Wine's `winternl.h` and the phnt headers. Needs
+    /// `EVENT_QUERY_STATE` on the handle. Checked under Wine 8, which implements it.
+    fn NtQueryEvent(
+        event: HANDLE,
+        class: i32,
+        information: *mut EventBasicInformation,
+        length: u32,
+        returned: *mut u32,
+    ) -> NTSTATUS;
+}
+
+/// Checks that `event` is an auto-reset event (see the module's docs); otherwise an
+/// `InvalidData` error naming `what`.
+fn check_auto_reset(event: BorrowedHandle<'_>, what: &str) -> io::Result<()> {
+    let mut info = EventBasicInformation::default();
+    let mut returned = 0u32;
+    // SAFETY: the handle is borrowed for the call; the buffer is a live, writable
+    // `EventBasicInformation` of the size passed, and `returned` a live local.
+    let status = unsafe {
+        NtQueryEvent(
+            event.as_raw_handle(),
+            EVENT_BASIC_INFORMATION,
+            &mut info,
+            size_of::<EventBasicInformation>() as u32,
+            &mut returned,
+        )
+    };
+    if status < 0 {
+        let error = nt_error("NtQueryEvent(EventBasicInformation)", status);
+        return Err(invalid(format!(
+            "the event the peer sent for {what} cannot be queried: {error}"
+        )));
+    }
+    match info.event_type {
+        SYNCHRONIZATION_EVENT => Ok(()),
+        NOTIFICATION_EVENT => Err(invalid(format!(
+            "the event the peer sent for {what} is a manual-reset event, which would end \
+             every sleep at once; a doorbell resets itself"
+        ))),
+        other => Err(invalid(format!(
+            "the event the peer sent for {what} has an unknown type ({other})"
+        ))),
+    }
+}
 
 /// The end a waiter waits on: set by a ring, reset by the wait that sees it.
 #[derive(Debug)]
@@ -72,9 +157,13 @@ pub(crate) enum Rang {
 
 /// A new doorbell and its ringer, not rung.
 pub(crate) fn doorbell_pair() -> io::Result<(Doorbell, DoorbellRinger)> {
-    // SAFETY: no pointer is passed but nulls (no security attributes, no name); a null
-    // result is an error, checked below.
-    let raw = unsafe { CreateEventW(ptr::null(), FALSE, FALSE, ptr::null()) };
+    // A DACL that stops a holder from widening its handle (`security.rs`); our own handle
+    // gets every right regardless, as the event's creator.
+    let security = SecurityDescriptor::for_shared_object()?;
+    let attributes = security.attributes();
+    // SAFETY: the attributes and the descriptor they point at are alive for the call; no
+    // name; a null result is an error, checked below.
+    let raw = unsafe { CreateEventW(&attributes, FALSE, FALSE, ptr::null()) };
     if raw.is_null() {
         return Err(io::Error::last_os_error());
     }
@@ -118,14 +207,16 @@ impl Doorbell {
     }
 
     /// Adopts a doorbell end received from the peer, after checking that it is an event
-    /// this handle may wait on.
+    /// this handle may wait on (and query), and that it resets itself.
     pub(crate) fn adopt(grant: Grant) -> io::Result<Doorbell> {
         let event = grant.into_handle();
         check_object(event.as_handle(), "Event", WAITER_ACCESS, "a doorbell")?;
+        check_auto_reset(event.as_handle(), "a doorbell")?;
         Ok(Doorbell::new(event))
     }
 
-    /// This end, to push to the peer (which will wait on it): `SYNCHRONIZE` only.
+    /// This end, to push to the peer (which will wait on it): `SYNCHRONIZE` and
+    /// `EVENT_QUERY_STATE` only.
     pub(crate) fn into_grant(self) -> Grant {
         Grant::new(self.event, WAITER_ACCESS)
     }
@@ -137,7 +228,7 @@ impl Doorbell {
         false
     }
 
-    /// Another handle to the same event (`SYNCHRONIZE` only), for a connection that shares
+    /// Another handle to the same event (`SYNCHRONIZE` and `EVENT_QUERY_STATE`), for a connection that shares
     /// the doorbell. Only one of them may be awaited at a time: a wait consumes the ring.
     #[cfg(feature = "tokio")]
     pub(crate) fn try_clone(&self) -> io::Result<Doorbell> {
@@ -187,7 +278,9 @@ impl Doorbell {
 
 impl DoorbellRinger {
     /// Adopts a ringer end received from the peer, after checking that it is an event
-    /// this handle may set.
+    /// this handle may set (and query), and that it resets itself. A manual-reset event
+    /// here would make only the peer's own waits spin, but it is not the doorbell the
+    /// protocol speaks of, and is refused like any other malformed grant.
     pub(crate) fn adopt(grant: Grant) -> io::Result<DoorbellRinger> {
         let event = grant.into_handle();
         check_object(
@@ -196,15 +289,18 @@ impl DoorbellRinger {
             RINGER_ACCESS,
             "a doorbell's ringer",
         )?;
+        check_auto_reset(event.as_handle(), "a doorbell's ringer")?;
         Ok(DoorbellRinger { event })
     }
 
-    /// This end, to push to the peer (which will ring it): `EVENT_MODIFY_STATE` only.
+    /// This end, to push to the peer (which will ring it): `EVENT_MODIFY_STATE` and
+    /// `EVENT_QUERY_STATE` only.
     pub(crate) fn into_grant(self) -> Grant {
         Grant::new(self.event, RINGER_ACCESS)
     }
 
-    /// A grant of another handle for this end (`EVENT_MODIFY_STATE` only), for a peer that
+    /// A grant of another handle for this end (`EVENT_MODIFY_STATE` and
+    /// `EVENT_QUERY_STATE`), for a peer that
     /// rings a doorbell which others ring too.
     #[cfg(feature = "tokio")]
     pub(crate) fn grant(&self) -> io::Result<Grant> {

@@ -470,7 +470,7 @@ fn type_name(handle: BorrowedHandle<'_>) -> io::Result<String> {
 }
 
 /// An error for a failed native call, with its NTSTATUS.
-fn nt_error(call: &str, status: i32) -> io::Error {
+pub(super) fn nt_error(call: &str, status: i32) -> io::Error {
     io::Error::other(format!(
         "{call} failed with NTSTATUS {:#010x}",
         status as u32

@@ -48,6 +48,8 @@ mod poller;
 mod readiness;
 #[cfg(windows)]
 mod region;
+#[cfg(windows)]
+mod security;
 #[cfg(all(test, windows))]
 mod tests;
 #[cfg(windows)]

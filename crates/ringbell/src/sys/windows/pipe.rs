@@ -118,16 +118,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
-    GetLastError, LocalFree, SetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS,
-    ERROR_BROKEN_PIPE, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_NO_DATA,
-    ERROR_OPERATION_ABORTED, ERROR_PIPE_BUSY, ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED,
-    ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, TRUE,
-    WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    GetLastError, SetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS, ERROR_BROKEN_PIPE,
+    ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_NO_DATA, ERROR_OPERATION_ABORTED, ERROR_PIPE_BUSY,
+    ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED, ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ,
+    GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, TRUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
-use windows_sys::Win32::Security::Authorization::{
-    ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
-};
-use windows_sys::Win32::Security::{PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, ReadFile, WriteFile, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED,
     OPEN_EXISTING, PIPE_ACCESS_DUPLEX, SECURITY_IDENTIFICATION, SECURITY_SQOS_PRESENT,
@@ -146,6 +141,7 @@ use super::frame::{self, Inbox, MAX_GRANTS, MAX_PAYLOAD};
 use super::pipe_name::{pipe_name, security_descriptor_text};
 #[cfg(feature = "tokio")]
 use super::readiness::{in_runtime, Readiness};
+use super::security::SecurityDescriptor;
 use super::user::user_of_pid;
 use super::{current_user, Grant, PeerProcess, PushedHandle, User};
 
@@ -255,57 +251,6 @@ fn overlapped(
     match result(TRUE) {
         Ok(0) | Err(_) => Err(timed_out(what)),
         Ok(transferred) => Ok(transferred),
-    }
-}
-
-/// An owner-only security descriptor (`pipe_name.rs` says what it holds), made once per
-/// listener and given to every instance it creates.
-#[derive(Debug)]
-struct SecurityDescriptor {
-    descriptor: PSECURITY_DESCRIPTOR,
-}
-
-// SAFETY: the descriptor is written once, by the OS, when it is made, and only read after
-// (by the calls that create instances); LocalFree on drop is allowed from any thread.
-unsafe impl Send for SecurityDescriptor {}
-// SAFETY: as above: shared references only read it.
-unsafe impl Sync for SecurityDescriptor {}
-
-impl SecurityDescriptor {
-    fn new(owner: User, other_users: bool) -> io::Result<SecurityDescriptor> {
-        let text = wide(&security_descriptor_text(&owner.to_string(), other_users));
-        let mut descriptor: PSECURITY_DESCRIPTOR = ptr::null_mut();
-        // SAFETY: the text is NUL-terminated UTF-16, alive for the call; the out-pointer
-        // points at a live local, which receives memory we free with LocalFree.
-        let made = unsafe {
-            ConvertStringSecurityDescriptorToSecurityDescriptorW(
-                text.as_ptr(),
-                SDDL_REVISION_1,
-                &mut descriptor,
-                ptr::null_mut(),
-            )
-        };
-        if made == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SecurityDescriptor { descriptor })
-    }
-
-    /// The attributes for a create call; they borrow the descriptor.
-    fn attributes(&self) -> SECURITY_ATTRIBUTES {
-        SECURITY_ATTRIBUTES {
-            nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
-            lpSecurityDescriptor: self.descriptor,
-            bInheritHandle: FALSE,
-        }
-    }
-}
-
-impl Drop for SecurityDescriptor {
-    fn drop(&mut self) {
-        // SAFETY: the memory came from ConvertStringSecurityDescriptorToSecurityDescriptorW,
-        // which says to free it with LocalFree, and nothing uses it any more.
-        unsafe { LocalFree(self.descriptor) };
     }
 }
 
@@ -592,7 +537,12 @@ impl ControlListener {
         if server_answers(&name)? {
             return Err(name_in_use(&name));
         }
-        let security = SecurityDescriptor::new(current_user(), other_users)?;
+        // Owner-only (`pipe_name.rs` says what it holds), made once per listener and given
+        // to every instance it creates.
+        let security = SecurityDescriptor::from_sddl(&security_descriptor_text(
+            &current_user().to_string(),
+            other_users,
+        ))?;
         let first = create_instance(&name, &security, true)?;
         let connected = Arc::new(new_event()?);
         let pending = Pending::listen(first, &connected)?;

@@ -7,7 +7,8 @@
 //! nothing behind.
 //!
 //! The peer's handle has `FILE_MAP_READ | FILE_MAP_WRITE | SECTION_QUERY` only (never
-//! `SECTION_EXTEND_SIZE`). A received section is checked before it is trusted: its type
+//! `SECTION_EXTEND_SIZE`), and the section's DACL stops the peer from duplicating itself
+//! a handle with more (`security.rs`). A received section is checked before it is trusted: its type
 //! and rights, then its size, read from a view of the whole section (`VirtualQuery`:
 //! committed, and exactly the announced size rounded up to whole pages). windows-sys does
 //! not declare `NtQuerySection`, which would tell the size without mapping.
@@ -30,6 +31,7 @@ use windows_sys::Win32::System::Memory::{
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
 
 use super::handle::check_object;
+use super::security::SecurityDescriptor;
 use super::{invalid, Grant, User};
 
 /// The rights of the peer's handle to a section: map it read-write, and ask its size.
@@ -60,12 +62,16 @@ impl SharedRegion {
             ));
         }
         let size = len as u64;
-        // SAFETY: no pointer is passed but nulls (no security attributes, no name); a null
-        // result is an error, checked below.
+        // A DACL that stops a holder from widening its handle (`security.rs`); our own
+        // handle gets every right regardless, as the section's creator.
+        let security = SecurityDescriptor::for_shared_object()?;
+        let attributes = security.attributes();
+        // SAFETY: the attributes and the descriptor they point at are alive for the call;
+        // no name; a null result is an error, checked below.
         let raw = unsafe {
             CreateFileMappingW(
                 INVALID_HANDLE_VALUE,
-                ptr::null(),
+                &attributes,
                 PAGE_READWRITE | SEC_COMMIT,
                 (size >> 32) as u32,
                 size as u32,

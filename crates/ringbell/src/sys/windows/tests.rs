@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::windows::io::{AsHandle, AsRawHandle, FromRawHandle, OwnedHandle};
+use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -181,6 +181,8 @@ fn child_entry() {
         "ring-and-exit" => role_ring_and_exit(),
         "sleep" => role_sleep(),
         "idle" => role_idle(),
+        "widen" => role_widen(),
+        "offer-manual-reset" => role_offer_manual_reset(),
         "count-own-handles" => role_count_own_handles(),
         "pipe-client" => role_pipe_client(),
         "pipe-server" => role_pipe_server(),
@@ -290,7 +292,7 @@ fn role_share() {
     assert_eq!(region.len(), len);
 
     let ringer_grant = received(&parameters, "ringer");
-    assert_eq!(rights(&ringer_grant), EVENT_MODIFY_STATE);
+    assert_eq!(rights(&ringer_grant), doorbell::RINGER_ACCESS);
     assert!(
         wait_is_denied(&ringer_grant),
         "a ringer can wait on its doorbell, and so swallow its rings"
@@ -298,7 +300,7 @@ fn role_share() {
     let ringer = DoorbellRinger::adopt(ringer_grant).unwrap();
 
     let doorbell_grant = received(&parameters, "doorbell");
-    assert_eq!(rights(&doorbell_grant), SYNCHRONIZATION_SYNCHRONIZE);
+    assert_eq!(rights(&doorbell_grant), doorbell::WAITER_ACCESS);
     let doorbell = Doorbell::adopt(doorbell_grant).unwrap();
 
     let parent_grant = received(&parameters, "parent");
@@ -597,6 +599,311 @@ fn a_wait_ends_when_the_peer_process_is_killed() {
     );
     let mut child = killer.join().unwrap();
     assert!(!child.child.wait().unwrap().success());
+}
+
+// ---------------------------------------------------------------------------------------
+// Security: the DACL of sections and events, widening a pushed handle, the reset mode.
+
+/// The one entry of the DACL of sections and doorbell events, as `dacl_text` may write it
+/// back: OWNER RIGHTS allowed `READ_CONTROL`, by abbreviation or by number.
+const SHARED_OBJECT_ACES: [&str; 4] = [
+    "(A;;RC;;;OW)",
+    "(A;;RC;;;S-1-3-4)",
+    "(A;;0x20000;;;OW)",
+    "(A;;0x20000;;;S-1-3-4)",
+];
+
+#[test]
+fn sections_and_doorbell_events_carry_a_dacl_that_grants_nothing_to_widen_with() {
+    let (_region, region_grant) = SharedRegion::create(64 * 1024).unwrap();
+    let (doorbell, ringer) = doorbell_pair().unwrap();
+    for (what, handle) in [
+        ("the section", region_grant.as_handle()),
+        ("the doorbell's event", doorbell.as_handle()),
+    ] {
+        let text = dacl_text(handle);
+        let dacl = text.strip_prefix("D:P").unwrap_or_else(|| {
+            panic!("{what}: a protected DACL: {text}");
+        });
+        assert!(
+            SHARED_OBJECT_ACES.contains(&dacl),
+            "{what}: one entry, OWNER RIGHTS allowed READ_CONTROL only: {text}"
+        );
+        assert!(!text.contains(&current_user().to_string()), "{text}");
+    }
+    // Our own handles keep the rights they need: the creator's were granted at creation,
+    // the ringer's by a duplicate asking for fewer.
+    assert_eq!(rights(&ringer), doorbell::RINGER_ACCESS);
+    ringer.ring();
+    assert_eq!(
+        sleep_until_rung_or_ended(&doorbell, None, Some(far_deadline())).unwrap(),
+        Rang::Rung
+    );
+}
+
+/// What a `DuplicateHandle` of `handle` in this process, asking for `access`, did:
+/// `granted`, `denied` (`ERROR_ACCESS_DENIED`) or `error <code>`.
+fn duplicate_outcome(handle: &impl AsHandle, access: u32) -> String {
+    use windows_sys::Win32::Foundation::{DuplicateHandle, FALSE};
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: the source handle is borrowed for the call, the process pseudo-handle is
+    // always valid, and the out-pointer points at a live local, which receives a new
+    // handle that the `OwnedHandle` below closes.
+    let made = unsafe {
+        DuplicateHandle(
+            GetCurrentProcess(),
+            handle.as_handle().as_raw_handle(),
+            GetCurrentProcess(),
+            &mut raw,
+            access,
+            FALSE,
+            0,
+        )
+    };
+    if made != 0 {
+        // SAFETY: a new handle of ours, which nothing else owns.
+        drop(unsafe { OwnedHandle::from_raw_handle(raw) });
+        return "granted".to_string();
+    }
+    // SAFETY: reads this thread's last error, set by the failed call just made.
+    match unsafe { GetLastError() } {
+        ERROR_ACCESS_DENIED => "denied".to_string(),
+        code => format!("error {code}"),
+    }
+}
+
+/// Child: receives a section, a ringer and a doorbell made by the backend, and an event
+/// made with the default DACL, and tries to duplicate each to the rights it was pushed
+/// (which must work) and to more; reports what each attempt did.
+fn role_widen() {
+    use windows_sys::Win32::Storage::FileSystem::{READ_CONTROL, WRITE_DAC};
+    use windows_sys::Win32::System::Memory::SECTION_EXTEND_SIZE;
+
+    let parameters = parameters();
+    let region = received(&parameters, "region");
+    let ringer = received(&parameters, "ringer");
+    let doorbell = received(&parameters, "doorbell");
+    let plain = received(&parameters, "plain");
+    let section_rights = FILE_MAP_READ | FILE_MAP_WRITE | SECTION_QUERY;
+    let attempts = [
+        ("section-same", &region, section_rights),
+        (
+            "section-extend",
+            &region,
+            section_rights | SECTION_EXTEND_SIZE,
+        ),
+        ("section-write-dac", &region, WRITE_DAC),
+        ("section-read-control", &region, READ_CONTROL),
+        ("ringer-same", &ringer, doorbell::RINGER_ACCESS),
+        (
+            "ringer-synchronize",
+            &ringer,
+            doorbell::RINGER_ACCESS | SYNCHRONIZATION_SYNCHRONIZE,
+        ),
+        ("ringer-write-dac", &ringer, WRITE_DAC),
+        ("doorbell-same", &doorbell, doorbell::WAITER_ACCESS),
+        (
+            "doorbell-modify",
+            &doorbell,
+            doorbell::WAITER_ACCESS | EVENT_MODIFY_STATE,
+        ),
+        (
+            "plain-synchronize",
+            &plain,
+            doorbell::RINGER_ACCESS | SYNCHRONIZATION_SYNCHRONIZE,
+        ),
+    ];
+    let outcomes: Vec<String> = attempts
+        .iter()
+        .map(|(name, handle, access)| format!("{name}={}", duplicate_outcome(*handle, *access)))
+        .collect();
+    report(&outcomes.join(" "));
+}
+
+/// Pushes into a `widen` child a section, a ringer and a doorbell made by the backend, and
+/// an event with the default DACL, and returns what the child's attempts to duplicate each
+/// did (its report, and the same split into name and outcome), after checking the
+/// controls: a handle can always be duplicated to the rights it has, and the default DACL
+/// lets the same user widen them. Without these, a refusal would prove nothing.
+fn widening_in_a_child() -> (String, HashMap<String, String>) {
+    let _watchdog = watchdog("the widening test");
+    let (_region, region_grant) = SharedRegion::create(64 * 1024).unwrap();
+    let (_doorbell, ringer) = doorbell_pair().unwrap();
+    let (doorbell_for_child, _ringer) = doorbell_pair().unwrap();
+    // SAFETY: no pointer is passed but nulls (default security, no name); a null result is
+    // checked below.
+    let raw = unsafe {
+        windows_sys::Win32::System::Threading::CreateEventW(
+            std::ptr::null(),
+            0,
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert!(!raw.is_null(), "CreateEventW");
+    // SAFETY: a new handle, which nothing else owns.
+    let plain = Grant::new(
+        unsafe { OwnedHandle::from_raw_handle(raw) },
+        doorbell::RINGER_ACCESS,
+    );
+
+    let mut child = ChildProcess::spawn("widen");
+    let peer = child.open();
+    let pushed = [
+        ("region", region_grant.push_to(&peer).unwrap()),
+        ("ringer", ringer.into_grant().push_to(&peer).unwrap()),
+        (
+            "doorbell",
+            doorbell_for_child.into_grant().push_to(&peer).unwrap(),
+        ),
+        ("plain", plain.push_to(&peer).unwrap()),
+    ];
+    let line: Vec<(&str, u64)> = pushed.iter().map(|(n, h)| (*n, h.value())).collect();
+    child.send(&line);
+    let report = child.report();
+    child.succeeds();
+    println!("widening in the child: {report}");
+    let outcomes: HashMap<String, String> = report
+        .split_whitespace()
+        .map(|pair| {
+            let (name, outcome) = pair.split_once('=').expect("name=outcome");
+            (name.to_string(), outcome.to_string())
+        })
+        .collect();
+    for name in [
+        "section-same",
+        "ringer-same",
+        "doorbell-same",
+        "plain-synchronize",
+    ] {
+        assert_eq!(outcomes[name], "granted", "{name}: {report}");
+    }
+    (report, outcomes)
+}
+
+#[test]
+fn a_holder_cannot_duplicate_a_pushed_handle_to_more_rights() {
+    let (report, outcomes) = widening_in_a_child();
+    for name in ["section-extend", "ringer-synchronize", "doorbell-modify"] {
+        assert_eq!(outcomes[name], "denied", "{name}: {report}");
+    }
+}
+
+/// The other way to widen a handle: give oneself `WRITE_DAC`, rewrite the DACL, then
+/// duplicate. Windows grants an object's owner `WRITE_DAC` whatever its DACL says, unless
+/// the DACL has an OWNER RIGHTS (S-1-3-4) entry, which ours has for this (`security.rs`).
+///
+/// Ignored because Wine 8 does not honour OWNER RIGHTS: it grants the owner
+/// `READ_CONTROL | WRITE_DAC` anyway (seen here: `section-write-dac=granted`,
+/// `ringer-write-dac=granted`), so under Wine a holder of the same user can still rewrite
+/// the DACL and widen its handle. Run it with `--ignored` on real Windows.
+#[test]
+#[ignore = "Wine 8 grants an object's owner WRITE_DAC whatever the DACL says (no OWNER RIGHTS)"]
+fn a_holder_cannot_give_itself_write_dac_to_rewrite_the_dacl() {
+    let (report, outcomes) = widening_in_a_child();
+    for name in ["section-write-dac", "ringer-write-dac"] {
+        assert_eq!(outcomes[name], "denied", "{name}: {report}");
+    }
+}
+
+/// A manual-reset event, with all rights (default security, no name).
+fn manual_reset_event() -> OwnedHandle {
+    // SAFETY: no pointer is passed but nulls; a null result is checked below.
+    let raw = unsafe {
+        windows_sys::Win32::System::Threading::CreateEventW(
+            std::ptr::null(),
+            1,
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert!(!raw.is_null(), "CreateEventW");
+    // SAFETY: a new handle, which nothing else owns.
+    unsafe { OwnedHandle::from_raw_handle(raw) }
+}
+
+/// Checks that `result` is the refusal of a manual-reset event.
+fn refused_as_manual_reset<T: std::fmt::Debug>(result: io::Result<T>, what: &str) {
+    let error = result.expect_err(what);
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{what}: {error}");
+    assert!(
+        error.to_string().contains("manual-reset"),
+        "{what}: {error}"
+    );
+}
+
+#[test]
+fn a_manual_reset_event_pushed_as_a_doorbell_or_a_ringer_is_refused() {
+    let me = PeerProcess::open(std::process::id()).unwrap();
+    let event = manual_reset_event();
+    let push = |access| {
+        let grant = Grant::new(event.try_clone().unwrap(), access);
+        Grant::from_peer_value(grant.push_to(&me).unwrap().value()).unwrap()
+    };
+    refused_as_manual_reset(
+        Doorbell::adopt(push(doorbell::WAITER_ACCESS)),
+        "a manual-reset doorbell",
+    );
+    refused_as_manual_reset(
+        DoorbellRinger::adopt(push(doorbell::RINGER_ACCESS)),
+        "a manual-reset ringer",
+    );
+    // The same pushes of an auto-reset event are adopted.
+    let (doorbell, ringer) = doorbell_pair().unwrap();
+    let doorbell = Doorbell::adopt(
+        Grant::from_peer_value(doorbell.into_grant().push_to(&me).unwrap().value()).unwrap(),
+    )
+    .unwrap();
+    DoorbellRinger::adopt(
+        Grant::from_peer_value(ringer.into_grant().push_to(&me).unwrap().value()).unwrap(),
+    )
+    .unwrap()
+    .ring();
+    doorbell.drain();
+}
+
+/// Child: offers a manual-reset event twice, with a ringer's and with a doorbell's rights,
+/// as a client offers its ringer, and holds them until its stdin closes.
+fn role_offer_manual_reset() {
+    let event = manual_reset_event();
+    let offer = |access| {
+        Grant::new(event.try_clone().unwrap(), access)
+            .offer()
+            .unwrap()
+    };
+    let as_ringer = offer(doorbell::RINGER_ACCESS);
+    let as_doorbell = offer(doorbell::WAITER_ACCESS);
+    report(&format!(
+        "ringer={} doorbell={}",
+        value_of(&as_ringer),
+        value_of(&as_doorbell)
+    ));
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|read| read > 0) {}
+}
+
+#[test]
+fn a_manual_reset_event_offered_by_a_child_is_refused() {
+    let _watchdog = watchdog("the manual-reset offer test");
+    let mut child = ChildProcess::spawn("offer-manual-reset");
+    let peer = child.open();
+    let report = child.report();
+    let values: HashMap<&str, u64> = report
+        .split_whitespace()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').expect("name=value");
+            (name, value.parse().expect("a number"))
+        })
+        .collect();
+    // Pulled as a server pulls its client's offer, with the rights it has there.
+    let ringer = Grant::pull_from(&peer, values["ringer"]).unwrap();
+    assert_eq!(rights(&ringer), doorbell::RINGER_ACCESS);
+    refused_as_manual_reset(DoorbellRinger::adopt(ringer), "an offered ringer");
+    let doorbell = Grant::pull_from(&peer, values["doorbell"]).unwrap();
+    refused_as_manual_reset(Doorbell::adopt(doorbell), "an offered doorbell");
+    child.succeeds();
 }
 
 #[test]
@@ -923,7 +1230,7 @@ fn bytes_and_grants_cross_between_two_processes_over_the_pipe() {
     let [ringer]: [Grant; 1] = offered.try_into().expect("one grant");
     assert_eq!(
         rights(&ringer),
-        EVENT_MODIFY_STATE,
+        doorbell::RINGER_ACCESS,
         "pulled with the rights the client offered"
     );
     let ring_child = DoorbellRinger::adopt(ringer).unwrap();
@@ -1049,8 +1356,9 @@ fn a_client_that_finds_every_instance_busy_waits_for_the_next_accept() {
     assert_eq!(&buf, b"3");
 }
 
-#[test]
-fn the_pipe_is_owner_only() {
+/// The DACL of the object `handle` refers to, in SDDL (`GetSecurityInfo`; the handle needs
+/// `READ_CONTROL`).
+fn dacl_text(handle: BorrowedHandle<'_>) -> String {
     use windows_sys::Win32::Foundation::LocalFree;
     use windows_sys::Win32::Security::Authorization::{
         ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
@@ -1058,53 +1366,56 @@ fn the_pipe_is_owner_only() {
     };
     use windows_sys::Win32::Security::DACL_SECURITY_INFORMATION;
 
+    let mut descriptor = std::ptr::null_mut();
+    // SAFETY: the handle is borrowed for the call; the out-pointers point at live locals;
+    // the descriptor is ours to free with LocalFree.
+    let status = unsafe {
+        GetSecurityInfo(
+            handle.as_raw_handle(),
+            SE_KERNEL_OBJECT,
+            DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut descriptor,
+        )
+    };
+    assert_eq!(status, 0, "GetSecurityInfo");
+    let mut text = std::ptr::null_mut();
+    let mut len = 0u32;
+    // SAFETY: the descriptor came from GetSecurityInfo; the out-pointers point at live
+    // locals; the text is ours to free with LocalFree.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            descriptor,
+            SDDL_REVISION_1,
+            DACL_SECURITY_INFORMATION,
+            &mut text,
+            &mut len,
+        )
+    };
+    assert_ne!(
+        ok, 0,
+        "ConvertSecurityDescriptorToStringSecurityDescriptorW"
+    );
+    // SAFETY: `len` UTF-16 units at `text`, written by the call (with its NUL).
+    let units = unsafe { std::slice::from_raw_parts(text, len as usize) };
+    let string = String::from_utf16_lossy(units)
+        .trim_end_matches('\0')
+        .to_string();
+    // SAFETY: both were allocated for us by the calls above, and are not used after.
+    unsafe {
+        LocalFree(text.cast());
+        LocalFree(descriptor);
+    }
+    string
+}
+
+#[test]
+fn the_pipe_is_owner_only() {
     let listener = ControlListener::bind(&address("owner-only"), false).unwrap();
-    let text = listener.with_pending_pipe(|pipe| {
-        let mut descriptor = std::ptr::null_mut();
-        // SAFETY: the pipe handle is borrowed for the call; the out-pointers point at live
-        // locals; the descriptor is ours to free with LocalFree.
-        let status = unsafe {
-            GetSecurityInfo(
-                pipe.as_raw_handle(),
-                SE_KERNEL_OBJECT,
-                DACL_SECURITY_INFORMATION,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                &mut descriptor,
-            )
-        };
-        assert_eq!(status, 0, "GetSecurityInfo");
-        let mut text = std::ptr::null_mut();
-        let mut len = 0u32;
-        // SAFETY: the descriptor came from GetSecurityInfo; the out-pointers point at live
-        // locals; the text is ours to free with LocalFree.
-        let ok = unsafe {
-            ConvertSecurityDescriptorToStringSecurityDescriptorW(
-                descriptor,
-                SDDL_REVISION_1,
-                DACL_SECURITY_INFORMATION,
-                &mut text,
-                &mut len,
-            )
-        };
-        assert_ne!(
-            ok, 0,
-            "ConvertSecurityDescriptorToStringSecurityDescriptorW"
-        );
-        // SAFETY: `len` UTF-16 units at `text`, written by the call (with its NUL).
-        let units = unsafe { std::slice::from_raw_parts(text, len as usize) };
-        let string = String::from_utf16_lossy(units)
-            .trim_end_matches('\0')
-            .to_string();
-        // SAFETY: both were allocated for us by the calls above, and are not used after.
-        unsafe {
-            LocalFree(text.cast());
-            LocalFree(descriptor);
-        }
-        string
-    });
+    let text = listener.with_pending_pipe(dacl_text);
     let own = format!(";;;{})", current_user());
     assert!(text.starts_with("D:P"), "a protected DACL: {text}");
     assert!(text.contains(&own), "our SID is granted: {text}");

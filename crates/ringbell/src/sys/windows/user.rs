@@ -12,9 +12,11 @@ use std::io;
 use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
 use std::ptr;
 
-use windows_sys::Win32::Foundation::FALSE;
+use windows_sys::Win32::Foundation::{LocalFree, FALSE};
+use windows_sys::Win32::Security::Authorization::ConvertStringSidToSidW;
 use windows_sys::Win32::Security::{
-    GetLengthSid, GetTokenInformation, TokenUser, SECURITY_MAX_SID_SIZE, TOKEN_QUERY, TOKEN_USER,
+    GetLengthSid, GetTokenInformation, IsValidSid, TokenUser, PSID, SECURITY_MAX_SID_SIZE,
+    TOKEN_QUERY, TOKEN_USER,
 };
 use windows_sys::Win32::System::Threading::{
     GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
@@ -44,6 +46,57 @@ impl User {
 
     fn bytes(&self) -> &[u8] {
         &self.sid[..usize::from(self.len)]
+    }
+
+    /// The user whose SID is written `text`, in the usual form `S-1-5-21-…`
+    /// (`ConvertStringSidToSidW`), for the settings that admit or trust users by SID
+    /// (`os::windows`). An `InvalidInput` error that says why for anything else: text the
+    /// call refuses, and text it accepts but that is not the SID's usual form, such as
+    /// SDDL's abbreviations (`BA`, `WD`: groups mostly, which never match a token's user)
+    /// or hexadecimal numbers, so that what is admitted is always what was written.
+    pub(crate) fn from_sid_text(text: &str) -> io::Result<User> {
+        let refused = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{text:?} is not a SID in its usual form S-1-5-21-…: {why}"),
+            )
+        };
+        if text.contains('\0') {
+            return Err(refused("it holds a NUL"));
+        }
+        let wide: Vec<u16> = text.encode_utf16().chain(Some(0)).collect();
+        let mut sid: PSID = ptr::null_mut();
+        // SAFETY: the text is NUL-terminated UTF-16, alive for the call; the out-pointer
+        // points at a live local, which receives memory we free with LocalFree below.
+        if unsafe { ConvertStringSidToSidW(wide.as_ptr(), &mut sid) } == 0 {
+            return Err(refused(&io::Error::last_os_error().to_string()));
+        }
+        let mut user = User {
+            sid: [0; SECURITY_MAX_SID_SIZE as usize],
+            len: 0,
+        };
+        // SAFETY: `sid` is the SID the call made, alive until the LocalFree below.
+        let len = if unsafe { IsValidSid(sid) } == 0 {
+            0
+        } else {
+            // SAFETY: as above, and valid (checked).
+            unsafe { GetLengthSid(sid) as usize }
+        };
+        if (1..=user.sid.len()).contains(&len) {
+            // SAFETY: `len` bytes at `sid` are the SID, and `user.sid` has room for them.
+            unsafe { ptr::copy_nonoverlapping(sid.cast::<u8>(), user.sid.as_mut_ptr(), len) };
+            user.len = len as u8;
+        }
+        // SAFETY: the memory came from ConvertStringSidToSidW, which says to free it with
+        // LocalFree, and is not used after.
+        unsafe { LocalFree(sid) };
+        if user.len == 0 {
+            return Err(refused("the system made an invalid SID of it"));
+        }
+        if !user.to_string().eq_ignore_ascii_case(text) {
+            return Err(refused(&format!("it reads as {user}")));
+        }
+        Ok(user)
     }
 }
 
@@ -168,5 +221,41 @@ mod tests {
         assert!(own.to_string().starts_with("S-1-5-"), "{own}");
         assert_eq!(own, current_user());
         assert_eq!(own.uid(), None);
+    }
+
+    #[test]
+    fn sids_are_read_from_their_usual_form_and_nothing_else() {
+        let own = current_user();
+        assert_eq!(User::from_sid_text(&own.to_string()).unwrap(), own);
+        let system = User::from_sid_text("S-1-5-18").unwrap();
+        assert!(system.is_administrator());
+        assert_eq!(User::from_sid_text("s-1-5-18").unwrap(), system);
+        let other = User::from_sid_text("S-1-5-21-1004336348-1177238915-682003330-1001").unwrap();
+        assert_eq!(
+            other.to_string(),
+            "S-1-5-21-1004336348-1177238915-682003330-1001"
+        );
+        assert_ne!(other, own);
+        for garbage in [
+            "",
+            "S-1",
+            "S-1-",
+            "S-1-5-",
+            "S-1-5-21-x",
+            "S-X-5-18",
+            "5-18",
+            "hello",
+            "BA",
+            "WD",
+            "SY",
+            " S-1-5-18",
+            "S-1-5-18 ",
+            "S-1-5-18\0",
+            "S-1-5-18-1-2-3-4-5-6-7-8-9-10-11-12-13-14-15-16",
+        ] {
+            let error = User::from_sid_text(garbage).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{garbage:?}");
+            assert!(error.to_string().contains("S-1-5-21"), "{error}");
+        }
     }
 }

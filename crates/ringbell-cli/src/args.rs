@@ -123,6 +123,14 @@ pub(crate) struct ServeArgs {
     /// the server admits or refuses each client by the uid the kernel reports for it.
     #[arg(long = "allow-uid", value_name = "UID")]
     pub(crate) allow_uids: Vec<u32>,
+    /// Also admit clients running as this Windows user, given as its SID, `S-1-5-21-…`
+    /// (`whoami /user` prints it; repeat for more). As
+    /// `ringbell::os::windows::ServerConfigExt::allow_sid`: the pipe then lets
+    /// Authenticated Users connect, and the server admits or refuses each client by the
+    /// user of its process.
+    #[cfg(windows)]
+    #[arg(long = "allow-sid", value_name = "SID")]
+    pub(crate) allow_sids: Vec<String>,
     /// What to do with each message.
     #[arg(long, value_enum, default_value_t = ServeMode::Echo)]
     pub(crate) mode: ServeMode,

@@ -56,8 +56,8 @@ use crate::args::{
 use crate::args::{PeerLibArgs, StreamedServerArgs};
 use crate::error::CliError;
 
-/// Fast shared-memory IPC between processes on Linux: servers, latency probes and a
-/// self-contained benchmark.
+/// Fast shared-memory IPC between processes on Linux, macOS and Windows: servers, latency
+/// probes and a self-contained benchmark.
 #[derive(Debug, Parser)]
 #[command(name = "ringbell", version, propagate_version = true)]
 #[command(
@@ -75,7 +75,9 @@ enum Command {
     /// message back, or count them.
     ///
     /// Prints `listening on <PATH>` once it accepts clients, and runs until stopped: Ctrl-C
-    /// or SIGTERM removes the socket file and exits with status 0, and its clients get
+    /// or SIGTERM (on Windows Ctrl-C, Ctrl-Break or the console's close; the path is
+    /// mapped to a pipe name there, which goes with the server) removes the socket file
+    /// and exits with status 0, and its clients get
     /// `PeerDied`. A client whose handshake fails is reported on stderr; the server
     /// carries on.
     Serve(ServeArgs),
@@ -175,6 +177,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .allow_uids
                 .iter()
                 .fold(config, |config, &uid| config.allow_uid(uid));
+            #[cfg(windows)]
+            let config = {
+                use ringbell::os::windows::ServerConfigExt;
+                args.allow_sids
+                    .iter()
+                    .try_fold(config, |config, sid| config.allow_sid(sid))?
+            };
             serve::run(&args.path, config, args.mode)
         }
         Command::Ping(args) => {

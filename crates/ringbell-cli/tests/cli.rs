@@ -380,6 +380,27 @@ fn errors_exit_non_zero_with_a_message() {
     );
 }
 
+/// A malformed SID given to `serve --allow-sid` is refused before anything listens.
+#[cfg(windows)]
+#[test]
+fn serve_refuses_a_malformed_sid() {
+    let watchdog = Watchdog::start("ringbell serve --allow-sid garbage");
+    for sid in ["garbage", "BA", "S-1-5-21-x"] {
+        let output = run_to_end(
+            &watchdog,
+            Command::new(RINGBELL).args(["serve", "never-listens.sock", "--allow-sid", sid]),
+        );
+        assert!(!output.status.success(), "{sid}: {}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("invalid configuration") && stderr.contains(sid),
+            "{sid}: {}",
+            describe(&output)
+        );
+        assert!(output.stdout.is_empty(), "{sid}: {}", describe(&output));
+    }
+}
+
 /// Windows has no `bench` yet: it says so, and fails.
 #[cfg(windows)]
 #[test]

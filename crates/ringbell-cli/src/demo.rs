@@ -490,8 +490,8 @@ impl Report {
             #[cfg(unix)]
             let source = "utime + stime from /proc/<pid>/stat, one clock tick";
             #[cfg(windows)]
-            let source = "user + kernel time from GetProcessTimes, which moves by the clock \
-                          interrupt (15.6 ms)";
+            let source = "user + kernel time from GetProcessTimes, which moves by clock ticks \
+                          (15.6 ms on Windows, 10 ms under Wine): one tick";
             println!(
                 "idle CPU: {source} = {:.2} % here.",
                 idle.resolution_percent
@@ -540,7 +540,7 @@ impl Report {
         println!(
             "batches: {BATCH} messages a time, with send_batch (one publish and at most one \
              wake-up per batch), taken by the server with recv_batch (everything that has \
-             arrived, in a few long copies); for the socket, one write of all {BATCH} frames. \
+             arrived, in a few long copies); for the {UNIX_SOCKET}, one write of all {BATCH} frames. \
              Nothing waits for a batch to fill: each call sends what it is given."
         );
         println!(

@@ -41,12 +41,12 @@ pub fn cpu_ticks_per_second() -> f64 {
 
 /// How many of [`cpu_ticks`]'s units the figure moves by at least, which bounds what a
 /// short measurement can see: one tick on Linux; on Windows, whose times count in 100 ns
-/// units, the clock interrupt (`crate::windows::CPU_TIME_RESOLUTION`).
+/// units, the clock tick (`crate::windows::cpu_time_resolution`).
 pub fn cpu_tick_resolution() -> u64 {
     #[cfg(unix)]
     return 1;
     #[cfg(windows)]
-    return crate::windows::CPU_TIME_RESOLUTION.as_nanos() as u64 / 100;
+    return crate::windows::cpu_time_resolution().as_nanos() as u64 / 100;
 }
 
 /// User plus kernel CPU time of process `pid` so far, in 100 ns units.

@@ -94,7 +94,7 @@ impl Process {
     }
 
     /// User plus kernel CPU time the process has used so far (`GetProcessTimes`). Counted in
-    /// 100 ns units, but advanced by the clock interrupt: see [`CPU_TIME_RESOLUTION`].
+    /// 100 ns units, but advanced by clock ticks: see [`cpu_time_resolution`].
     pub fn cpu_time(&self) -> io::Result<Duration> {
         let zero = FILETIME {
             dwLowDateTime: 0,
@@ -148,10 +148,16 @@ impl Process {
     }
 }
 
-/// How finely [`Process::cpu_time`] moves: Windows advances a process's times by the
-/// clock interrupt, 15.625 ms by default (Wine, by Linux's 10 ms ticks), although it
-/// counts them in 100 ns units.
-pub const CPU_TIME_RESOLUTION: Duration = Duration::from_micros(15_625);
+/// How finely [`Process::cpu_time`] moves, although it counts in 100 ns units: Windows
+/// advances a process's times by the clock interrupt, 15.625 ms by default; Wine takes
+/// them from Linux, in its 10 ms clock ticks.
+pub fn cpu_time_resolution() -> Duration {
+    if wine_version().is_some() {
+        Duration::from_millis(10)
+    } else {
+        Duration::from_micros(15_625)
+    }
+}
 
 /// One entry of the system handle table (`SYSTEM_HANDLE_TABLE_ENTRY_INFO`, for
 /// `NtQuerySystemInformation` class 16), whose owner's pid is cut to 16 bits.

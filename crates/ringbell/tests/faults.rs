@@ -916,11 +916,8 @@ struct ServerWaker {
 
 #[cfg(windows)]
 impl ServerWaker {
-    /// `EVENT_MODIFY_STATE`.
-    const RINGER_RIGHTS: u32 = 0x0002;
-
     fn new(_conn: &Connection) -> Result<ServerWaker, String> {
-        let ringers = common::windows::own_handles_with_access(Self::RINGER_RIGHTS);
+        let ringers = common::windows::own_handles_with_access(common::windows::RINGER_RIGHTS);
         if ringers.is_empty() {
             return Err("no handle with a ringer's rights in this process".into());
         }

@@ -22,11 +22,12 @@ use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 #[cfg(windows)]
 pub mod windows;
 
-/// Why a test is ignored outside Linux: it reads `/proc` (a process's fds, mappings or
-/// memory), or scribbles over a segment it finds there ([`Scribbler`]). macOS has neither
-/// `/proc` nor `mremap`; those tests need its own tools (`proc_pidinfo`, a second mapping
-/// of the region) before they can run there. The tests' `ignore` attributes repeat it.
-#[cfg(not(target_os = "linux"))]
+/// Why a test is ignored outside Linux (and Windows, which has its own tools: see
+/// `windows.rs`): it reads `/proc` (a process's fds, mappings or memory), or scribbles over
+/// a segment it finds there ([`Scribbler`]). macOS has neither `/proc` nor `mremap`; those
+/// tests need its own tools (`proc_pidinfo`, a second mapping of the region) before they
+/// can run there. The tests' `ignore` attributes repeat it.
+#[cfg(not(any(target_os = "linux", windows)))]
 const LINUX_ONLY: &str = "reads /proc or remaps a segment found there: Linux only so far";
 
 /// The flags for a test's own `send` on a socket whose peer may be gone: no `SIGPIPE` on
@@ -579,6 +580,7 @@ impl HeaderAtomic for AtomicU64 {
 }
 
 /// This process's ringbell segment mappings, as lines of `/proc/self/maps`.
+#[cfg(unix)]
 #[allow(dead_code)] // Only the suites whose hostile children hold several connections use it.
 pub fn segment_mappings() -> Result<Vec<String>, String> {
     let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
@@ -586,6 +588,16 @@ pub fn segment_mappings() -> Result<Vec<String>, String> {
         .lines()
         .filter(|line| is_segment_mapping(line))
         .map(str::to_owned)
+        .collect())
+}
+
+/// On Windows: this process's views that begin with the segment's magic, by start.
+#[cfg(windows)]
+#[allow(dead_code)] // As above.
+pub fn segment_mappings() -> Result<Vec<String>, String> {
+    Ok(windows::segment_views(0)
+        .into_iter()
+        .map(|start| format!("view {start:#x}"))
         .collect())
 }
 
@@ -621,21 +633,13 @@ impl Scribbler {
     /// long as it scribbles.
     #[cfg(windows)]
     pub fn find(conn: &Connection) -> Result<Scribbler, String> {
-        let len = DATA_OFFSET + 2 * conn.ring_capacity();
-        let views = windows::segment_views(len);
-        let [base] = views[..] else {
-            return Err(format!(
-                "expected one ringbell segment view, found {views:x?}"
-            ));
-        };
-        let base = NonNull::new(base as *mut u8).ok_or("a null view")?;
-        Ok(Scribbler { base, len })
+        Self::find_new(conn, &[])
     }
 
     /// Like [`find`](Self::find), for a process with several connections: the segment of
     /// `conn` is the one mapping not in `before` ([`segment_mappings`] taken just before
     /// `conn` connected).
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(any(target_os = "linux", windows)))]
     #[allow(dead_code)] // As `segment_mappings`.
     pub fn find_new(_conn: &Connection, _before: &[String]) -> Result<Scribbler, String> {
         Err(LINUX_ONLY.to_owned())
@@ -686,6 +690,24 @@ impl Scribbler {
             base,
             len: expected_len,
         })
+    }
+
+    /// See above. On Windows, as [`find`](Self::find) does, the connection's own view.
+    #[cfg(windows)]
+    #[allow(dead_code)] // As `segment_mappings`.
+    pub fn find_new(conn: &Connection, before: &[String]) -> Result<Scribbler, String> {
+        let len = DATA_OFFSET + 2 * conn.ring_capacity();
+        let views: Vec<usize> = windows::segment_views(len)
+            .into_iter()
+            .filter(|start| !before.contains(&format!("view {start:#x}")))
+            .collect();
+        let [base] = views[..] else {
+            return Err(format!(
+                "expected one new ringbell segment view, found {views:x?}"
+            ));
+        };
+        let base = NonNull::new(base as *mut u8).ok_or("a null view")?;
+        Ok(Scribbler { base, len })
     }
 
     /// The atomic word of type `A` at `offset` in the segment header.
@@ -782,6 +804,7 @@ pub const ALL_WAITS: [WaitStrategy; 3] = [
 /// "ringbell" on the Linux backend (`src/sys/linux/memfd.rs`), shown as
 /// `/memfd:ringbell (deleted)`; an unlinked shm object named `ringbell-…` on the POSIX
 /// backend (`src/sys/posix/shm.rs`), shown as `/dev/shm/ringbell-… (deleted)`.
+#[cfg(unix)]
 pub fn is_segment_mapping(line: &str) -> bool {
     line.contains("memfd:ringbell") || line.contains("/dev/shm/ringbell-")
 }

@@ -905,8 +905,8 @@ impl ServerWaker {
 /// On Windows: bytes on the control pipe after the handshake wake no server (its poller
 /// watches a stream through its peer's process), so the client sets the server's doorbell,
 /// as a peer may whenever it likes: the ringer the server pushed into this process, found
-/// in the system handle table as a handle with `EVENT_MODIFY_STATE` only (a ringer's
-/// rights). Any other handle with those rights (a ringer of its own doorbell that a client
+/// in the system handle table as a handle with a ringer's rights (`EVENT_MODIFY_STATE` and
+/// `EVENT_QUERY_STATE`, nothing more). Any other handle with those rights (a ringer of its own doorbell that a client
 /// offers) is set too: only a spurious wake-up of this client.
 #[cfg(windows)]
 #[derive(Debug)]

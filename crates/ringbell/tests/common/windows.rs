@@ -361,9 +361,10 @@ pub fn own_handles_with_access(access: u32) -> Vec<u64> {
         .collect()
 }
 
-/// A ringer's rights (`EVENT_MODIFY_STATE`): what the server pushes into a client for its
-/// doorbell, and what a client offers of its own.
-pub const RINGER_RIGHTS: u32 = 0x0002;
+/// A ringer's rights (`EVENT_MODIFY_STATE | EVENT_QUERY_STATE`, the backend's
+/// `RINGER_ACCESS`): what the server pushes into a client for its doorbell, and what a
+/// client offers of its own. The query right lets the receiver check the event's reset mode.
+pub const RINGER_RIGHTS: u32 = 0x0002 | 0x0001;
 
 /// Sets every event this process holds with a ringer's rights ([`RINGER_RIGHTS`]), as a
 /// peer may ring whenever it likes: the server's doorbell of each of its connections

@@ -293,6 +293,22 @@ pub(crate) struct StressClientArgs {
     pub(crate) process: ProcessArgs,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct StressStreamServerArgs {
+    #[command(flatten)]
+    pub(crate) server: stress::StreamServerArgs,
+    #[command(flatten)]
+    pub(crate) process: ProcessArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StressStreamClientArgs {
+    #[command(flatten)]
+    pub(crate) client: stress::StreamClientArgs,
+    #[command(flatten)]
+    pub(crate) process: ProcessArgs,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

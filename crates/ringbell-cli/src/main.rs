@@ -8,7 +8,8 @@
 //!   times with checked random payloads, and compares ringbell with Unix sockets.
 //! * The hidden `__shm-peer` and `__stream-peer` are the baseline peers of `demo` and
 //!   `bench`;
-//!   `__stress-server` and `__stress-client` are the stress test's processes.
+//!   `__stress-server` and `__stress-client` are the stress test's processes,
+//!   `__stress-stream-server` and `__stress-stream-client` those of its stream pattern.
 //!
 //! `main` parses the command line, dispatches and prints errors; [`args`] holds the
 //! commands' options (`stress` and `bench` keep theirs); each other module does one command.
@@ -50,7 +51,7 @@ use ringbell::ServerConfig;
 
 use crate::args::{
     DemoArgs, EventfdPeerArgs, PingArgs, ServeArgs, ShmPeerArgs, StreamPeerArgs, StressClientArgs,
-    StressServerArgs,
+    StressServerArgs, StressStreamClientArgs, StressStreamServerArgs,
 };
 #[cfg(unix)]
 use crate::args::{PeerLibArgs, StreamedServerArgs};
@@ -127,6 +128,12 @@ enum Command {
     /// Client process of `stress`.
     #[command(name = "__stress-client", hide = true)]
     StressClient(StressClientArgs),
+    /// Server process of `stress --pattern stream`.
+    #[command(name = "__stress-stream-server", hide = true)]
+    StressStreamServer(StressStreamServerArgs),
+    /// Client process of `stress --pattern stream`.
+    #[command(name = "__stress-stream-client", hide = true)]
+    StressStreamClient(StressStreamClientArgs),
     /// Baseline peer of `demo`: answers a raw ping-pong on an inherited memfd.
     #[command(name = "__shm-peer", hide = true)]
     ShmPeer(ShmPeerArgs),
@@ -218,6 +225,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::StressClient(args) => {
             args.process.apply()?;
             stress::run_client(&args.client)
+        }
+        Command::StressStreamServer(args) => {
+            args.process.apply()?;
+            stress::run_stream_server(&args.server)
+        }
+        Command::StressStreamClient(args) => {
+            args.process.apply()?;
+            stress::run_stream_client(&args.client)
         }
         Command::ShmPeer(args) => {
             let parent = args.process.apply()?;

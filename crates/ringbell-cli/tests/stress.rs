@@ -40,6 +40,11 @@ const WATCHDOG_LIMIT: Duration = Duration::from_secs(TOOL_TIMEOUT_SECONDS + 60);
 /// Runs `ringbell stress <args…> --timeout …` to the end, killing it (and, through their
 /// parent-death signal, its children) if it outlives [`WATCHDOG_LIMIT`].
 fn stress(args: &[&str]) -> Output {
+    stress_with_pid(args).0
+}
+
+/// [`stress`], and the tool's process id, which names its workspace.
+fn stress_with_pid(args: &[&str]) -> (Output, u32) {
     let timeout = TOOL_TIMEOUT_SECONDS.to_string();
     let child = Command::new(RINGBELL)
         .arg("stress")
@@ -61,7 +66,7 @@ fn stress(args: &[&str]) -> Output {
     let output = child.wait_with_output().unwrap();
     drop(finished_tx);
     watchdog.join().unwrap();
-    output
+    (output, pid)
 }
 
 /// Kills process `pid` at once (SIGKILL; `TerminateProcess` on Windows), if it still runs.
@@ -459,15 +464,70 @@ fn duplicated_replies_fail_the_run() {
     );
 }
 
+/// The quick stream run: 64 streams over 4 connections, one per client process, each
+/// process's report printed, and the merged count matching what the seed draws.
 #[test]
 fn streams_with_random_cancels_are_all_checked() {
     let output = stress(&["--pattern", "stream", "--quick", "--seed", "5"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", describe(&output));
     assert!(stdout.contains("seed 5"), "{}", describe(&output));
-    assert!(stdout.contains("streams: 64 ("), "{}", describe(&output));
-    assert!(stdout.contains("items verified: "), "{}", describe(&output));
+    for process in 1..=4 {
+        let line = format!("client process {process}: 16 streams (");
+        assert!(stdout.contains(&line), "no {line:?}\n{}", describe(&output));
+    }
+    assert!(
+        stdout.contains("streams: 64 (") && stdout.contains("over 4 client processes"),
+        "{}",
+        describe(&output)
+    );
+    let verified = stdout
+        .lines()
+        .find_map(|line| line.split_once("items verified: "))
+        .and_then(|(_, rest)| rest.split_once(" expected"))
+        .map(|(counts, _)| counts.to_owned())
+        .unwrap_or_else(|| panic!("no items verified\n{}", describe(&output)));
+    let (got, of) = verified
+        .split_once(" of ")
+        .unwrap_or_else(|| panic!("{verified:?}\n{}", describe(&output)));
+    assert_eq!(got, of, "{}", describe(&output));
     assert!(stdout.contains("PASS"), "{}", describe(&output));
+}
+
+/// A client process that dies part-way (the hidden fault makes the one holding stream 0
+/// exit after its second item) fails the run, naming the process, instead of hanging or
+/// passing on the others' streams; and nothing is left running.
+#[test]
+fn a_stream_client_process_that_dies_fails_the_run() {
+    let (output, pid) = stress_with_pid(&[
+        "--pattern",
+        "stream",
+        "--quick",
+        "--processes",
+        "2",
+        "--stream-fault",
+        "exit-client",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        stderr.contains("stream client process 1 of 2 exited before it reported its streams"),
+        "{}",
+        describe(&output)
+    );
+    assert!(!stdout.contains("PASS"), "{}", describe(&output));
+    let workspace = std::env::temp_dir().join(format!("ringbell-stress-stream-{pid}"));
+    assert!(
+        !workspace.exists(),
+        "{} was left behind",
+        workspace.display()
+    );
+    #[cfg(target_os = "linux")]
+    {
+        let leftovers = processes_mentioning(&workspace);
+        assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+    }
 }
 
 /// A server that skips or duplicates one item of stream 0 must fail the run, naming it.

@@ -85,7 +85,7 @@ pub fn run(args: &ClientArgs) -> Result<(), CliError> {
 }
 
 /// Prints one line for the parent and makes sure it leaves now.
-fn say(line: &str) {
+pub(super) fn say(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
@@ -178,7 +178,7 @@ async fn connect_all(
 }
 
 /// Waits for the parent's `go` line.
-async fn wait_for_go() -> Result<(), CliError> {
+pub(super) async fn wait_for_go() -> Result<(), CliError> {
     let line = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).map(|_| line)

@@ -12,6 +12,9 @@
 //!   `--clients` connections, waits for `go`, makes `--requests` calls on each, checks
 //!   every reply, and prints its counts and latency histogram as one line.
 //!
+//! `--pattern stream` has a server and clients of its own, `__stress-stream-server` and
+//! `__stress-stream-client`, and a parent's side of its own: [`stream`].
+//!
 //! Every child is a [`PeerProcess`](crate::child::PeerProcess), killed and reaped however
 //! the run ends, and tied to this process with `--parent-pid`, so that even a killed
 //! parent leaves nothing behind. `--timeout` bounds the whole run.
@@ -54,6 +57,10 @@ use self::rounds::TransportRun;
 pub use self::sample::NOT_ON_THIS_OS;
 use self::server::Fault;
 pub use self::server::{run as run_server, ServerArgs};
+pub use self::stream::{
+    run_client as run_stream_client, run_server as run_stream_server, StreamClientArgs,
+    StreamServerArgs,
+};
 use crate::child::PeerLauncher;
 use crate::error::CliError;
 use crate::temp_dir::TempDir;
@@ -63,6 +70,9 @@ use crate::temp_dir::TempDir;
 /// thousand connections need about 350 MiB of shared memory rather than 2.5 GiB, while
 /// small requests still never wait for room.
 const STRESS_RING_CAPACITY: usize = 16 << 10;
+
+/// Client processes of the echo pattern when `--processes` is not given.
+const DEFAULT_PROCESSES: u64 = 10;
 
 /// The transport under stress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,9 +114,10 @@ pub struct StressArgs {
     /// Client connections in all.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     clients: u64,
-    /// Client processes the connections are spread over, as evenly as possible.
-    #[arg(long, value_name = "P", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    processes: u64,
+    /// Client processes the connections are spread over, as evenly as possible: 10 unless
+    /// told (with --pattern stream, 4, and at most one per connection).
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    processes: Option<u64>,
     /// Request/response calls per client connection.
     #[arg(long, value_name = "R", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     requests: u64,
@@ -152,13 +163,14 @@ pub struct StressArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// What to stress: `echo` calls, or `stream`ed calls with random cancels (which
-    /// takes only --quick, --seed and --timeout of the other options).
+    /// takes only --quick, --processes, --seed and --timeout of the other options).
     #[arg(long, value_enum, default_value = "echo")]
     pattern: Pattern,
     /// With --pattern stream: 64 streams over 4 connections instead of 400 over 16.
     #[arg(long)]
     quick: bool,
-    /// With --pattern stream: make the server skip or duplicate an item.
+    /// With --pattern stream: make the server skip or duplicate an item, or a client
+    /// process exit part-way.
     #[arg(long, value_enum, hide = true)]
     stream_fault: Option<self::stream::StreamFault>,
     /// Make the server inject this fault, to check that the run then fails.
@@ -189,6 +201,7 @@ pub fn run(args: &StressArgs) -> Result<(), CliError> {
     if args.pattern == Pattern::Stream {
         let plan = self::stream::StreamPlan::new(
             args.quick,
+            args.processes,
             args.seed,
             args.stream_fault,
             std::time::Duration::from_secs(args.timeout),
@@ -209,7 +222,7 @@ pub fn run(args: &StressArgs) -> Result<(), CliError> {
         None => vec![Transport::Ringbell, Transport::Uds],
     };
     let _backstop = Backstop::arm(plan.timeout + BACKSTOP_GRACE);
-    print_plan(&plan, args.processes);
+    print_plan(&plan, args.processes.unwrap_or(DEFAULT_PROCESSES));
 
     let workspace = TempDir::create("ringbell-stress")?;
     // Nothing is pinned: many processes share the CPUs, as they would in real use.

@@ -10,7 +10,7 @@ use ringbell::ServerConfig;
 use super::protocol::SizeRange;
 use super::report::format_kib;
 use super::server::Fault;
-use super::StressArgs;
+use super::{StressArgs, DEFAULT_PROCESSES};
 use crate::error::CliError;
 use crate::stats::format_count;
 
@@ -45,7 +45,10 @@ impl Plan {
         let timeout = Duration::from_secs(args.timeout);
         Ok(Plan {
             clients: args.clients,
-            processes: args.processes.min(args.clients),
+            processes: args
+                .processes
+                .unwrap_or(DEFAULT_PROCESSES)
+                .min(args.clients),
             requests: args.requests,
             sizes: args.size_range.unwrap_or(args.size),
             concurrency: args.concurrency,
@@ -67,10 +70,7 @@ impl Plan {
 
     /// How many connections client process `index` opens, and the index of its first.
     pub(super) fn share_of(&self, index: u64) -> (u64, u64) {
-        let (base, extra) = (self.clients / self.processes, self.clients % self.processes);
-        let connections = base + u64::from(index < extra);
-        let first = index * base + index.min(extra);
-        (connections, first)
+        share(self.clients, self.processes, index)
     }
 
     /// Time left before `--timeout`, at most `limit`.
@@ -79,6 +79,15 @@ impl Plan {
             .saturating_duration_since(Instant::now())
             .min(limit)
     }
+}
+
+/// Part `index` of `total` things dealt over `parts` as evenly as possible: how many it
+/// gets, and the index of its first. The stream pattern deals its connections so too.
+pub(super) fn share(total: u64, parts: u64, index: u64) -> (u64, u64) {
+    let (base, extra) = (total / parts, total % parts);
+    let count = base + u64::from(index < extra);
+    let first = index * base + index.min(extra);
+    (count, first)
 }
 
 pub(super) fn print_plan(plan: &Plan, processes_asked: u64) {
@@ -137,7 +146,7 @@ mod tests {
     fn plan(clients: u64, processes: u64) -> Plan {
         let args = StressArgs {
             clients,
-            processes,
+            processes: Some(processes),
             requests: 1,
             size: SizeRange::exactly(64),
             size_range: None,

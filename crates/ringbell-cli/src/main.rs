@@ -3,9 +3,11 @@
 //! * `serve` runs an echo or sink server; `ping` measures round-trip latency against it.
 //! * `demo` needs no set-up: it starts its own servers and peers as child processes and
 //!   prints ringbell's latency and throughput beside the baselines (raw spin, raw futex,
-//!   Unix socket), all measured in the same run.
+//!   Unix socket; on Windows raw spin, raw event, anonymous pipes), all measured in the
+//!   same run.
 //! * `stress` starts a server and many client processes, makes every client call it many
-//!   times with checked random payloads, and compares ringbell with Unix sockets.
+//!   times with checked random payloads, and compares ringbell with Unix sockets (named
+//!   pipes on Windows).
 //! * The hidden `__shm-peer` and `__stream-peer` are the baseline peers of `demo` and
 //!   `bench`;
 //!   `__stress-server` and `__stress-client` are the stress test's processes,
@@ -63,7 +65,9 @@ use crate::error::CliError;
 #[command(name = "ringbell", version, propagate_version = true)]
 #[command(
     after_help = "Start with `ringbell demo`: it needs no set-up and measures \
-                        ringbell against raw shared memory and Unix sockets on this machine."
+                        ringbell against raw shared memory, the kernel's wake-ups and the \
+                        byte streams programs use instead (Unix sockets; pipes on Windows) on \
+                        this machine."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -93,19 +97,22 @@ enum Command {
     /// Starts its own servers and peers as child processes (pinned to a second CPU core,
     /// this process to the first) and measures, with 64-byte messages: ringbell's round
     /// trip with each wait strategy, ringbell's one-way throughput, and the same for a raw
-    /// spin on shared memory, a raw shared futex and a Unix socket. Prints one table, with
+    /// spin on shared memory, a raw shared futex and a Unix socket (on Windows, a raw event
+    /// ping-pong and anonymous pipes in place of the last two). Prints one table, with
     /// each result as a ratio to the baselines. Takes under a minute (45 s on a 2-vCPU
-    /// VM); --quick, seconds.
+    /// VM; about 4 minutes under Wine); --quick, seconds.
     Demo(DemoArgs),
-    /// Stress a server with many clients in many processes, ringbell against Unix sockets.
+    /// Stress a server with many clients in many processes, ringbell against Unix sockets
+    /// (tokio named pipes on Windows).
     ///
     /// Starts one server process and --processes client processes (children of this one,
     /// killed on every path). The --clients connections are spread over the client
     /// processes; each connection makes --requests request/response calls with random
     /// payloads, and every reply is checked. Prints completed/failed/corrupted/lost counts,
-    /// requests per second, latency p50/p99/p99.9, and the server's RSS and fd count
-    /// before, during and after. Without --transport, runs ringbell and then the same load
-    /// over Unix sockets, and prints their ratios. Exits non-zero if any request failed,
+    /// requests per second, latency p50/p99/p99.9, and the server's RSS and fd count (on
+    /// Windows, working set and handles) before, during and after. Without --transport,
+    /// runs ringbell and then the same load over Unix sockets (`uds`; on Windows named
+    /// pipes, `pipe`), and prints their ratios. Exits non-zero if any request failed,
     /// was lost, duplicated or corrupted.
     Stress(stress::StressArgs),
     /// Measure ringbell against raw baselines and peer libraries (iceoryx2, ipc-channel,

@@ -59,7 +59,7 @@ pub fn cpu_count() -> Result<usize, CliError> {
     os::cpu_count()
 }
 
-/// Pins the calling thread to `cpu`.
+/// Pins the calling thread to `cpu` (on Windows, the whole process: every thread).
 ///
 /// Threads inherit their creator's mask, so calling this at the start of `main`, before
 /// any thread is spawned, pins the whole process.

@@ -121,6 +121,7 @@ pub(crate) struct ServeArgs {
     /// Also admit clients running as this user id (repeat for more). As
     /// `ServerConfig::allow_uid`: the socket file then lets anyone connect (mode 0666), and
     /// the server admits or refuses each client by the uid the kernel reports for it.
+    #[cfg(unix)]
     #[arg(long = "allow-uid", value_name = "UID")]
     pub(crate) allow_uids: Vec<u32>,
     /// Also admit clients running as this Windows user, given as its SID, `S-1-5-21-…`

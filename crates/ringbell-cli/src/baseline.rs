@@ -10,7 +10,8 @@
 //! child, and times every round trip; the child answers a fixed number of rounds and exits.
 //!
 //! The futex floor, and `bench`'s eventfd floor, are Linux's own calls: elsewhere they are
-//! left out ([`NOT_ON_THIS_OS`] says why), and only the spin floor runs.
+//! left out ([`NOT_ON_THIS_OS`] says why). Windows has a kernel floor of its own in their
+//! place, a ping-pong on two auto-reset events (`event`); macOS runs only the spin floor.
 
 #[cfg(unix)]
 use std::os::fd::AsRawFd;

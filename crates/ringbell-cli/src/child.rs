@@ -208,6 +208,12 @@ impl PeerProcess {
         self.child.id()
     }
 
+    /// The child's process handle, to wait on beside something else.
+    #[cfg(windows)]
+    pub fn process_handle(&self) -> std::os::windows::io::BorrowedHandle<'_> {
+        std::os::windows::io::AsHandle::as_handle(&self.child)
+    }
+
     /// `Err` if the child has exited: a caller waiting for it to answer should give up.
     pub fn check_alive(&mut self) -> Result<(), CliError> {
         match self.child.try_wait().context("checking a child")? {
@@ -279,11 +285,27 @@ impl ParentWatch {
                 .map_err(|_| CliError::new(format!("{parent_pid} is not a process id")))?,
         };
         #[cfg(windows)]
-        let watch = ParentWatch {
-            parent: std::sync::Arc::new(
-                crate::windows::Process::open(parent_pid)
-                    .context(format_args!("opening the parent process {parent_pid}"))?,
-            ),
+        let watch = {
+            let parent = crate::windows::Process::open(parent_pid)
+                .context(format_args!("opening the parent process {parent_pid}"))?;
+            // A parent that died before we looked may have left its pid to a newer process,
+            // which `getppid` would tell on Unix; here its creation time does: our parent
+            // was created before us.
+            let (theirs, ours) = (
+                parent
+                    .created()
+                    .context("reading the parent's creation time")?,
+                crate::windows::this_process_created().context("reading our creation time")?,
+            );
+            if theirs > ours {
+                return Err(CliError::new(format!(
+                    "the parent process {parent_pid} has already exited (its pid is another \
+                     process's now)"
+                )));
+            }
+            ParentWatch {
+                parent: std::sync::Arc::new(parent),
+            }
         };
         exit_with_parent(watch.clone())?;
         if !watch.parent_alive() {
@@ -347,7 +369,7 @@ const PARENT_POLL: Duration = Duration::from_millis(100);
 /// meanwhile: too little to show in a measurement, and the idle-CPU figures that could
 /// see it are left out on this OS anyway (see `crate::idle`). A kqueue `EVFILT_PROC`
 /// `NOTE_EXIT` watch on the parent would wake only once, but rustix's `kevent` is
-/// `unsafe`, and this crate keeps `unsafe` to `shm.rs`.
+/// `unsafe`, and this crate keeps `unsafe` to `shm.rs` (and, on Windows, `windows.rs`).
 ///
 /// The thread starts before `ProcessArgs::apply` would pin this process, which would
 /// leave it unpinned; but nothing is pinned where this runs (see `crate::affinity`).
@@ -385,7 +407,8 @@ fn exit_with_parent(watch: ParentWatch) -> Result<(), CliError> {
             // Only an ended parent ends the wait; a failed wait leaves this process to the
             // parent's own cleanup (it kills its children on every path).
             if let Ok(true) = watch.parent.wait_exit(None) {
-                std::process::exit(1);
+                // As SIGKILL would: no exit handlers, no DLL detach.
+                crate::windows::terminate_this_process(1);
             }
         })
         .map(drop)
@@ -393,10 +416,11 @@ fn exit_with_parent(watch: ParentWatch) -> Result<(), CliError> {
 }
 
 /// Spawns the peer with exactly `inherited` handed down: each is made inheritable for this
-/// spawn only, then not again (our copies are closed by the caller's drop). Windows hands a
-/// new process every inheritable handle of ours, so no other thread of ours may start
-/// processes meanwhile; none does (the invariant the Unix `spawn_inheriting` relies on
-/// too).
+/// spawn only, then not again, on every path (our copies are closed by the caller's drop).
+/// Windows hands a new process every inheritable handle of ours, and std's own lock around
+/// `CreateProcess` does not cover this window, so no other thread of ours may start
+/// processes meanwhile; none does: every child of the tool is started from its main thread
+/// (the invariant the Unix `spawn_inheriting` relies on too).
 #[cfg(windows)]
 pub fn spawn_inheriting_handles(
     launcher: &PeerLauncher,
@@ -404,14 +428,24 @@ pub fn spawn_inheriting_handles(
     args: &[OsString],
     inherited: &[std::os::windows::io::BorrowedHandle<'_>],
 ) -> Result<PeerProcess, CliError> {
+    /// Clears the inherit flag of every handle it set, however the spawn went.
+    struct Inheriting<'a>(Vec<std::os::windows::io::BorrowedHandle<'a>>);
+    impl Drop for Inheriting<'_> {
+        fn drop(&mut self) {
+            for handle in &self.0 {
+                // A failure leaves one handle inheritable until the caller closes it, which
+                // it does at once; nothing better can be done here.
+                let _ = crate::windows::set_inheritable(*handle, false);
+            }
+        }
+    }
+    let mut inheriting = Inheriting(Vec::with_capacity(inherited.len()));
     for handle in inherited {
         crate::windows::set_inheritable(*handle, true)
             .context("letting the peer inherit its handles")?;
+        inheriting.0.push(*handle);
     }
     let spawned = PeerProcess::spawn(name, launcher.command(args));
-    for handle in inherited {
-        crate::windows::set_inheritable(*handle, false)
-            .context("closing a handle to later children")?;
-    }
+    drop(inheriting);
     spawned
 }

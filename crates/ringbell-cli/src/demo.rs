@@ -54,14 +54,14 @@ const KERNEL_FLOOR: &str = baseline::RAW_EVENT;
 const STREAM: (StreamKind, &str) = (StreamKind::Uds, "unix socket");
 #[cfg(windows)]
 const STREAM: (StreamKind, &str) = (StreamKind::Pipe, "pipe");
-const UNIX_SOCKET: &str = STREAM.1;
+const STREAM_ROW: &str = STREAM.1;
 /// The throughput rows that send [`BATCH`] messages at a time (`send_batch`; for the
 /// socket, one write of them all).
 const RINGBELL_BATCHED: &str = "ringbell, batches";
 #[cfg(unix)]
-const UNIX_SOCKET_BATCHED: &str = "unix socket, batches";
+const STREAM_BATCHED_ROW: &str = "unix socket, batches";
 #[cfg(windows)]
-const UNIX_SOCKET_BATCHED: &str = "pipe, batches";
+const STREAM_BATCHED_ROW: &str = "pipe, batches";
 /// Messages per batch in the batched rows: enough to show what one publish and one
 /// wake-up per batch saves, few enough to fit the rings many times over.
 const BATCH: usize = 64;
@@ -73,8 +73,8 @@ struct Plan {
     /// under a microsecond to a few microseconds each.
     spin_warmup: u64,
     spin_round_trips: u64,
-    /// Round trips where both sides sleep in the kernel every time (ringbell block, raw
-    /// futex, Unix socket): tens of microseconds each on a VM.
+    /// Round trips where both sides sleep in the kernel every time (ringbell block, the
+    /// kernel floor, the byte stream): tens of microseconds each on a VM.
     sleep_warmup: u64,
     sleep_round_trips: u64,
     /// One-way messages, for each throughput measurement.
@@ -252,9 +252,9 @@ impl Demo {
             })?,
         );
         record_latency(
-            UNIX_SOCKET,
-            step(UNIX_SOCKET, "round trips", || {
-                self.unix_socket_latency(sleep_warmup, sleep_count)
+            STREAM_ROW,
+            step(STREAM_ROW, "round trips", || {
+                self.stream_latency(sleep_warmup, sleep_count)
             })?,
         );
 
@@ -266,9 +266,9 @@ impl Demo {
                 })?,
             ),
             (
-                UNIX_SOCKET,
-                step(UNIX_SOCKET, "one-way messages", || {
-                    self.unix_socket_throughput(None)
+                STREAM_ROW,
+                step(STREAM_ROW, "one-way messages", || {
+                    self.stream_throughput(None)
                 })?,
             ),
             (
@@ -278,9 +278,9 @@ impl Demo {
                 })?,
             ),
             (
-                UNIX_SOCKET_BATCHED,
-                step(UNIX_SOCKET_BATCHED, "one-way messages", || {
-                    self.unix_socket_throughput(Some(BATCH))
+                STREAM_BATCHED_ROW,
+                step(STREAM_BATCHED_ROW, "one-way messages", || {
+                    self.stream_throughput(Some(BATCH))
                 })?,
             ),
         ];
@@ -365,17 +365,17 @@ impl Demo {
         crate::serve::start_local(&self.launcher, self.workspace.path(), kind, mode)
     }
 
-    fn unix_socket_latency(&self, warmup: u64, count: u64) -> Result<LatencyRun, CliError> {
-        let (_peer, mut channel) = self.unix_socket_peer(ServeMode::Echo)?;
+    fn stream_latency(&self, warmup: u64, count: u64) -> Result<LatencyRun, CliError> {
+        let (_peer, mut channel) = self.stream_peer(ServeMode::Echo)?;
         measure::round_trips(&mut channel, MESSAGE_SIZE, warmup, count)
     }
 
-    fn unix_socket_throughput(&self, batch: Option<usize>) -> Result<ThroughputRun, CliError> {
-        let (_peer, mut channel) = self.unix_socket_peer(ServeMode::Sink)?;
+    fn stream_throughput(&self, batch: Option<usize>) -> Result<ThroughputRun, CliError> {
+        let (_peer, mut channel) = self.stream_peer(ServeMode::Sink)?;
         self.one_way(&mut channel, batch)
     }
 
-    fn unix_socket_peer(&self, mode: ServeMode) -> Result<(PeerProcess, StreamChannel), CliError> {
+    fn stream_peer(&self, mode: ServeMode) -> Result<(PeerProcess, StreamChannel), CliError> {
         stream::start_peer(&self.launcher, STREAM.0, mode)
     }
 }
@@ -412,7 +412,7 @@ impl Report {
                 .map(|(_, summary)| summary.p50_us)
         };
         let raw_spin_p50 = latency_of(RAW_SPIN).unwrap_or(f64::NAN);
-        let unix_socket_p50 = latency_of(UNIX_SOCKET).unwrap_or(f64::NAN);
+        let stream_p50 = latency_of(STREAM_ROW).unwrap_or(f64::NAN);
         let rows = self
             .latency
             .iter()
@@ -423,7 +423,7 @@ impl Report {
                     format!("{:.2}", summary.p99_us),
                     format!("{:.2}", summary.p999_us),
                     compare(summary.p50_us, raw_spin_p50, Better::Faster),
-                    compare(summary.p50_us, unix_socket_p50, Better::Faster),
+                    compare(summary.p50_us, stream_p50, Better::Faster),
                 ]
             })
             .collect();
@@ -434,7 +434,7 @@ impl Report {
                 "p99 µs",
                 "p99.9 µs",
                 "p50 vs raw spin",
-                &format!("p50 vs {UNIX_SOCKET}"),
+                &format!("p50 vs {STREAM_ROW}"),
             ],
             rows,
         );
@@ -446,8 +446,7 @@ impl Report {
                 .find(|(name, _)| *name == wanted)
                 .map_or(f64::NAN, |(_, run)| run.messages_per_second())
         };
-        let (unix_socket_rate, batched_socket_rate) =
-            (rate_of(UNIX_SOCKET), rate_of(UNIX_SOCKET_BATCHED));
+        let (stream_rate, batched_stream_rate) = (rate_of(STREAM_ROW), rate_of(STREAM_BATCHED_ROW));
         let rows = self
             .throughput
             .iter()
@@ -456,8 +455,8 @@ impl Report {
                     (*name).to_owned(),
                     format_count(run.messages_per_second()),
                     format!("{:.1}", run.megabytes_per_second()),
-                    compare(run.messages_per_second(), unix_socket_rate, Better::More),
-                    compare(run.messages_per_second(), batched_socket_rate, Better::More),
+                    compare(run.messages_per_second(), stream_rate, Better::More),
+                    compare(run.messages_per_second(), batched_stream_rate, Better::More),
                 ]
             })
             .collect();
@@ -466,8 +465,8 @@ impl Report {
                 &format!("one-way, {MESSAGE_SIZE} B"),
                 "msgs/s",
                 "MB/s",
-                &format!("vs {UNIX_SOCKET}"),
-                &format!("vs {UNIX_SOCKET_BATCHED}"),
+                &format!("vs {STREAM_ROW}"),
+                &format!("vs {STREAM_BATCHED_ROW}"),
             ],
             rows,
         );
@@ -540,7 +539,7 @@ impl Report {
         println!(
             "batches: {BATCH} messages a time, with send_batch (one publish and at most one \
              wake-up per batch), taken by the server with recv_batch (everything that has \
-             arrived, in a few long copies); for the {UNIX_SOCKET}, one write of all {BATCH} frames. \
+             arrived, in a few long copies); for the {STREAM_ROW}, one write of all {BATCH} frames. \
              Nothing waits for a batch to fill: each call sends what it is given."
         );
         println!(
@@ -606,7 +605,7 @@ fn print_plan(plan: &Plan) {
         String::new()
     };
     println!(
-        "         sleeping waits (ringbell block; {kernel_floor}{UNIX_SOCKET}): {} warm-up + {} round trips",
+        "         sleeping waits (ringbell block; {kernel_floor}{STREAM_ROW}): {} warm-up + {} round trips",
         format_count(plan.sleep_warmup as f64),
         format_count(plan.sleep_round_trips as f64)
     );

@@ -187,6 +187,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .ring_capacity(args.ring_capacity)
                 .max_message_size(args.max_message_size)
                 .max_connections(args.max_connections);
+            // Users are uids on Unix and SIDs on Windows, where a uid would admit nobody:
+            // each OS has only its own flag.
+            #[cfg(unix)]
             let config = args
                 .allow_uids
                 .iter()
@@ -216,9 +219,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         #[cfg(windows)]
         Command::Bench(_) => Err(CliError::new(
             "ringbell bench is not available on Windows yet: its floors, byte streams and peer \
-             libraries (futex, eventfd, Unix sockets, pipes, /proc, iceoryx2) are Unix's. \
+             libraries (futex, eventfd, Unix sockets, schedstat, iceoryx2) are Unix's. \
              `ringbell demo` measures ringbell beside Windows's own floors (a raw spin, a raw \
-             event ping-pong, anonymous pipes, TCP loopback)",
+             event ping-pong, anonymous pipes)",
         )),
         #[cfg(unix)]
         Command::PeerLib(args) => {

@@ -1,5 +1,5 @@
 //! The timed loops shared by `ping` and `demo`, over any [`IpcTransport`]: a ringbell
-//! [`Connection`](ringbell::Connection) or the Unix-socket baseline, measured the same way.
+//! [`Connection`](ringbell::Connection) or a byte-stream baseline, measured the same way.
 //!
 //! * Latency: ping-pong against an echo server. Each message carries its round number,
 //!   every echo is compared byte for byte, and every round trip goes into the histogram.

@@ -1,5 +1,5 @@
 //! `ringbell serve`: a ringbell server that echoes or counts messages, one thread per
-//! connection; and the per-connection loop, shared with the Unix-socket baseline peer.
+//! connection; and the per-connection loop, shared with the byte-stream baseline peer.
 
 use std::io::Write;
 use std::path::Path;

@@ -99,13 +99,16 @@ impl<T: Read + AsFd + Send> ReadHalf for T {
 }
 
 /// A synchronous pipe on Windows cannot be waited on: it is looked at (`PeekNamedPipe`)
-/// every millisecond until a byte is there. Only a timed `recv` waits so, when nothing is
-/// buffered; a round trip's reply is read by a blocking `ReadFile`.
+/// until a byte is there, at once and yielding the CPU between looks for the first
+/// [`PIPE_LOOK_AT_ONCE`], then with a sleep between looks. (A sleep lasts a whole clock tick
+/// on Windows, 15.6 ms by default, which would add itself to a reply timed this way; the
+/// throughput rows end with such a timed `recv`.) Only a timed `recv` waits so, when nothing
+/// is buffered; a round trip's reply is read by a blocking `ReadFile`.
 #[cfg(windows)]
 impl ReadHalf for File {
     fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
         use std::os::windows::io::AsHandle;
-        let deadline = std::time::Instant::now() + timeout;
+        let started = std::time::Instant::now();
         loop {
             match crate::windows::pipe_bytes_available(self.as_handle()) {
                 Ok(0) => {}
@@ -113,13 +116,23 @@ impl ReadHalf for File {
                 // The writer has gone: readable, and the read says so (end of file).
                 Err(_) => return Ok(true),
             }
-            if std::time::Instant::now() >= deadline {
+            let waited = started.elapsed();
+            if waited >= timeout {
                 return Ok(false);
             }
-            std::thread::sleep(Duration::from_millis(1));
+            if waited < PIPE_LOOK_AT_ONCE {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 }
+
+/// How long a timed wait on a Windows pipe looks again at once before it sleeps between
+/// looks: far longer than a reply takes when the peer is awake.
+#[cfg(windows)]
+const PIPE_LOOK_AT_ONCE: Duration = Duration::from_millis(5);
 
 /// A socket on Windows: a read timeout and a peek, which leaves the byte for the read.
 #[cfg(windows)]
@@ -461,6 +474,14 @@ pub enum PeerEnd {
 
 /// `ringbell __stream-peer`: serves one stream in `mode` until the other side hangs up.
 pub fn run_peer(end: PeerEnd, mode: ServeMode) -> Result<(), CliError> {
+    if let PeerEnd::Pipes(read, write) = &end {
+        // Owning one fd or handle twice would close it twice.
+        if read == write {
+            return Err(CliError::new(format!(
+                "--fd and --write-fd are both {read}: the two pipes' ends differ"
+            )));
+        }
+    }
     let mut channel = match end {
         #[cfg(windows)]
         PeerEnd::Unix(_) => {

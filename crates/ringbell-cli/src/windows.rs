@@ -21,13 +21,34 @@ use windows_sys::Win32::Foundation::{
     GetHandleInformation, SetHandleInformation, FILETIME, HANDLE, HANDLE_FLAG_INHERIT,
     STATUS_INFO_LENGTH_MISMATCH, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
+use windows_sys::Win32::System::Console::{
+    GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+};
 use windows_sys::Win32::System::Pipes::{CreatePipe, PeekNamedPipe};
 use windows_sys::Win32::System::ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS};
 use windows_sys::Win32::System::Threading::{
-    CreateEventW, GetCurrentProcess, GetProcessAffinityMask, GetProcessTimes, OpenProcess,
-    SetEvent, SetProcessAffinityMask, WaitForMultipleObjects, WaitForSingleObject, INFINITE,
-    PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE,
+    CreateEventW, GetCurrentProcess, GetProcessAffinityMask, GetProcessHandleCount,
+    GetProcessTimes, OpenProcess, SetEvent, SetProcessAffinityMask, TerminateProcess,
+    WaitForMultipleObjects, WaitForSingleObject, INFINITE, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_SYNCHRONIZE, PROCESS_VM_READ,
 };
+
+/// `timeout` in whole milliseconds for a Win32 wait, rounded up (so that a wait of less
+/// than a millisecond still waits, and a caller that loops until its deadline never spins
+/// on zero-length waits), and below `INFINITE`.
+fn timeout_ms(timeout: Duration) -> u32 {
+    let ms = timeout.as_nanos().div_ceil(1_000_000);
+    u32::try_from(ms).map_or(INFINITE - 1, |ms| ms.min(INFINITE - 1))
+}
+
+/// Ends this process at once with `code`, as SIGKILL would: no exit handlers, no DLL
+/// detach (`TerminateProcess` on our own process).
+pub fn terminate_this_process(code: u32) -> ! {
+    // SAFETY: the pseudo-handle of this process; the call does not return on success.
+    unsafe { TerminateProcess(GetCurrentProcess(), code) };
+    // Only if it failed, which it should not for our own process.
+    std::process::exit(code as i32)
+}
 
 /// The CPUs this process may run on and the CPUs the system has, as bit masks
 /// (`GetProcessAffinityMask`).
@@ -61,13 +82,16 @@ pub struct Process {
 }
 
 impl Process {
-    /// Opens process `pid` with `SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION`: enough
-    /// to wait for it and to read its times and memory, nothing that could change it.
+    /// Opens process `pid` with `SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION |
+    /// PROCESS_VM_READ`: enough to wait for it and to read its times, handle count and
+    /// memory (`GetProcessMemoryInfo` is documented to need `PROCESS_VM_READ` too, which
+    /// Wine does not check), nothing that could change it. The processes opened are the
+    /// tool's own children and parent, of the same user.
     pub fn open(pid: u32) -> io::Result<Process> {
         // SAFETY: plain call; a null result is checked.
         let raw = unsafe {
             OpenProcess(
-                PROCESS_SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION,
+                PROCESS_SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_VM_READ,
                 0,
                 pid,
             )
@@ -82,9 +106,7 @@ impl Process {
 
     /// Waits up to `timeout` (`None`: for ever) for the process to exit; `true` if it has.
     pub fn wait_exit(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let ms = timeout.map_or(INFINITE, |timeout| {
-            u32::try_from(timeout.as_millis()).map_or(INFINITE - 1, |ms| ms.min(INFINITE - 1))
-        });
+        let ms = timeout.map_or(INFINITE, timeout_ms);
         // SAFETY: our handle is live and has SYNCHRONIZE.
         match unsafe { WaitForSingleObject(self.raw(), ms) } {
             WAIT_OBJECT_0 => Ok(true),
@@ -96,30 +118,16 @@ impl Process {
     /// User plus kernel CPU time the process has used so far (`GetProcessTimes`). Counted in
     /// 100 ns units, but advanced by clock ticks: see [`cpu_time_resolution`].
     pub fn cpu_time(&self) -> io::Result<Duration> {
-        let zero = FILETIME {
-            dwLowDateTime: 0,
-            dwHighDateTime: 0,
-        };
-        let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
-        // SAFETY: our handle is live and has PROCESS_QUERY_LIMITED_INFORMATION; the four
-        // out-pointers are live locals.
-        let ok = unsafe {
-            GetProcessTimes(
-                self.raw(),
-                &mut created,
-                &mut exited,
-                &mut kernel,
-                &mut user,
-            )
-        };
-        if ok == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let units =
-            |time: FILETIME| u64::from(time.dwHighDateTime) << 32 | u64::from(time.dwLowDateTime);
+        let times = process_times(self.raw())?;
         Ok(Duration::from_nanos(
-            (units(kernel) + units(user)).saturating_mul(100),
+            (times.kernel + times.user).saturating_mul(100),
         ))
+    }
+
+    /// When the process was created, in 100 ns units since 1601 (`GetProcessTimes`): what
+    /// tells a process from a later one that reused its pid.
+    pub fn created(&self) -> io::Result<u64> {
+        Ok(process_times(self.raw())?.created)
     }
 
     /// The process's working set, in bytes (`GetProcessMemoryInfo`): what Windows calls
@@ -137,15 +145,61 @@ impl Process {
         Ok(counters.WorkingSetSize as u64)
     }
 
-    /// How many handles the process holds, from the system handle table (see
-    /// [`handle_count_of`]).
+    /// How many handles the process holds: `GetProcessHandleCount` on Windows; under Wine,
+    /// whose `GetProcessHandleCount` succeeds and always answers 0, from the system handle
+    /// table (see [`handle_count_of`]).
     pub fn handle_count(&self) -> io::Result<u64> {
-        handle_count_of(self.pid)
+        if wine_version().is_some() {
+            return handle_count_of(self.pid);
+        }
+        let mut count = 0u32;
+        // SAFETY: our handle is live and has PROCESS_QUERY_LIMITED_INFORMATION; the
+        // out-pointer is a live local.
+        if unsafe { GetProcessHandleCount(self.raw(), &mut count) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(u64::from(count))
     }
 
     fn raw(&self) -> HANDLE {
         self.handle.as_raw_handle()
     }
+}
+
+/// A process's times from `GetProcessTimes`, each in 100 ns units.
+struct ProcessTimes {
+    created: u64,
+    kernel: u64,
+    user: u64,
+}
+
+/// `GetProcessTimes` of `process` (a handle with PROCESS_QUERY_LIMITED_INFORMATION, or the
+/// pseudo-handle of this process).
+fn process_times(process: HANDLE) -> io::Result<ProcessTimes> {
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: the caller's handle is live with the right access; the four out-pointers are
+    // live locals.
+    let ok = unsafe { GetProcessTimes(process, &mut created, &mut exited, &mut kernel, &mut user) };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let units =
+        |time: FILETIME| u64::from(time.dwHighDateTime) << 32 | u64::from(time.dwLowDateTime);
+    Ok(ProcessTimes {
+        created: units(created),
+        kernel: units(kernel),
+        user: units(user),
+    })
+}
+
+/// When this process was created, as [`Process::created`].
+pub fn this_process_created() -> io::Result<u64> {
+    // SAFETY: the pseudo-handle of this process needs no closing.
+    Ok(process_times(unsafe { GetCurrentProcess() })?.created)
 }
 
 /// How finely [`Process::cpu_time`] moves, although it counts in 100 ns units: Windows
@@ -175,6 +229,10 @@ struct HandleEntry {
 
 /// `SystemHandleInformation`.
 const SYSTEM_HANDLE_INFORMATION: i32 = 16;
+
+// The table's layout as read below: the count padded to 8 bytes, then entries of 24 bytes,
+// as on 64-bit Windows (the only Windows target the tool is built for).
+const _: () = assert!(size_of::<HandleEntry>() == 24 && size_of::<usize>() == 8);
 
 /// How many handles process `pid` holds, counted in the system handle table: Wine 8's
 /// `GetProcessHandleCount` succeeds and always answers 0, so a figure from it would say
@@ -236,13 +294,21 @@ pub fn set_inheritable(handle: BorrowedHandle<'_>, inheritable: bool) -> io::Res
 
 /// Takes ownership of the handle value `value`, which the parent process left for this one
 /// to inherit and passed on the command line; `what` names it in errors. A value that is
-/// not an open handle here is refused rather than owned (and later closed).
+/// not an open handle here, or is one of this process's standard streams (which std owns),
+/// is refused rather than owned (and later closed). Callers taking several values refuse
+/// a value given twice.
 pub fn take_inherited_handle(value: i64, what: &str) -> Result<OwnedHandle, String> {
     // Pseudo-handles are small negative numbers, real ones positive multiples of 4.
     if value <= 0 || value % 4 != 0 {
         return Err(format!("{value} is not a handle value ({what})"));
     }
     let raw = value as usize as RawHandle;
+    for stream in [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE] {
+        // SAFETY: only reads this process's standard handle values.
+        if unsafe { GetStdHandle(stream) } == raw {
+            return Err(format!("handle {value} is a standard stream, not {what}"));
+        }
+    }
     let mut flags = 0u32;
     // SAFETY: only asks whether the value names an open handle of this process.
     if unsafe { GetHandleInformation(raw, &mut flags) } == 0 {
@@ -299,11 +365,10 @@ pub fn wait_event_or_exit(
     timeout: Duration,
 ) -> io::Result<Woken> {
     let handles = [event.as_raw_handle(), process.as_raw_handle()];
-    let ms = u32::try_from(timeout.as_millis()).map_or(INFINITE - 1, |ms| ms.min(INFINITE - 1));
     // SAFETY: both handles are live for the borrows and the array is live for the call.
-    match unsafe { WaitForMultipleObjects(2, handles.as_ptr(), 0, ms) } {
+    match unsafe { WaitForMultipleObjects(2, handles.as_ptr(), 0, timeout_ms(timeout)) } {
         WAIT_OBJECT_0 => Ok(Woken::Event),
-        1 => Ok(Woken::Exited),
+        code if code == WAIT_OBJECT_0 + 1 => Ok(Woken::Exited),
         WAIT_TIMEOUT => Ok(Woken::TimedOut),
         WAIT_FAILED => Err(io::Error::last_os_error()),
         other => Err(io::Error::other(format!(
@@ -373,7 +438,9 @@ pub fn wine_version() -> Option<String> {
         GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast())?
     };
     // SAFETY: Wine's `const char *wine_get_version(void)`, which returns a static
-    // NUL-terminated string.
+    // NUL-terminated string. It takes no arguments, and on x86_64 Windows the "C" and
+    // "system" calling conventions are one and the same, so calling the address
+    // `GetProcAddress` gave as this function type is sound.
     let version = unsafe {
         let get: unsafe extern "C" fn() -> *const std::ffi::c_char = std::mem::transmute(function);
         let text = get();

@@ -305,13 +305,64 @@ fn timeout_kills_everything_and_fails() {
         "{} was left behind",
         workspace.display()
     );
-    // The children were killed and reaped before the parent exited. (Read from /proc, so
-    // on Linux only: Windows has no such view of other processes' command lines.)
+    // The children were killed and reaped before the parent exited.
+    let leftovers = leftover_children(stress_pid, &workspace);
+    assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+}
+
+/// The processes the tool `tool_pid` started that still run after it: on Linux those whose
+/// command line mentions its `workspace` (every child's does), from /proc; on Windows
+/// those whose parent is `tool_pid`, from a process snapshot (Windows never re-parents, so
+/// an orphan still names its dead parent). macOS has neither view here: none are found.
+fn leftover_children(tool_pid: u32, workspace: &std::path::Path) -> Vec<String> {
     #[cfg(target_os = "linux")]
     {
-        let leftovers = processes_mentioning(&workspace);
-        assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+        let _ = tool_pid;
+        processes_mentioning(workspace)
     }
+    #[cfg(windows)]
+    {
+        let _ = workspace;
+        children_of(tool_pid)
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
+    {
+        let _ = (tool_pid, workspace);
+        Vec::new()
+    }
+}
+
+/// The running processes whose parent is `parent` (`CreateToolhelp32Snapshot`).
+#[cfg(windows)]
+fn children_of(parent: u32) -> Vec<String> {
+    use windows_sys::Win32::Foundation::{CloseHandle, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W,
+        TH32CS_SNAPPROCESS,
+    };
+    let mut found = Vec::new();
+    // SAFETY: a snapshot handle checked for failure and closed here; the entry is plain
+    // data, valid zeroed, with its size set as the calls require.
+    unsafe {
+        let snapshot = CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0);
+        assert_ne!(
+            snapshot, INVALID_HANDLE_VALUE,
+            "CreateToolhelp32Snapshot failed"
+        );
+        let mut entry: PROCESSENTRY32W = std::mem::zeroed();
+        entry.dwSize = size_of::<PROCESSENTRY32W>() as u32;
+        let mut more = Process32FirstW(snapshot, &mut entry) != 0;
+        while more {
+            if entry.th32ParentProcessID == parent {
+                let len = entry.szExeFile.iter().position(|&c| c == 0).unwrap_or(0);
+                let name = String::from_utf16_lossy(&entry.szExeFile[..len]);
+                found.push(format!("{}: {name}", entry.th32ProcessID));
+            }
+            more = Process32NextW(snapshot, &mut entry) != 0;
+        }
+        CloseHandle(snapshot);
+    }
+    found
 }
 
 /// Processes whose command line mentions `path`.
@@ -523,11 +574,8 @@ fn a_stream_client_process_that_dies_fails_the_run() {
         "{} was left behind",
         workspace.display()
     );
-    #[cfg(target_os = "linux")]
-    {
-        let leftovers = processes_mentioning(&workspace);
-        assert!(leftovers.is_empty(), "left running: {leftovers:?}");
-    }
+    let leftovers = leftover_children(pid, &workspace);
+    assert!(leftovers.is_empty(), "left running: {leftovers:?}");
 }
 
 /// A server that skips or duplicates one item of stream 0 must fail the run, naming it.

@@ -16,8 +16,7 @@ use crate::child::{spawn_inheriting_handles, ParentWatch, PeerLauncher};
 use crate::error::{CliError, Context};
 use crate::stats::{new_histogram, record, LatencyRun};
 use crate::windows::{
-    auto_reset_event, handle_value, set_event, take_inherited_handle, wait_event_or_exit, Process,
-    Woken,
+    auto_reset_event, handle_value, set_event, take_inherited_handle, wait_event_or_exit, Woken,
 };
 
 /// The longest a wait sleeps before it looks again (the other process's end ends it at
@@ -50,11 +49,10 @@ pub fn event_ping_pong(
         &args,
         &[ping.as_handle(), pong.as_handle()],
     )?;
-    let process = Process::open(peer.pid()).context("opening the raw event peer's process")?;
     let round_trip = || -> Result<(), CliError> {
         set_event(ping.as_handle()).context("setting the ping event")?;
         loop {
-            match wait_event_or_exit(pong.as_handle(), process.handle(), WAIT_SLICE)
+            match wait_event_or_exit(pong.as_handle(), peer.process_handle(), WAIT_SLICE)
                 .context("waiting for the pong event")?
             {
                 Woken::Event => return Ok(()),
@@ -92,6 +90,12 @@ pub fn run_event_peer(
     rounds: u64,
     parent: Option<ParentWatch>,
 ) -> Result<(), CliError> {
+    // Owning one handle twice would close it twice.
+    if ping == pong {
+        return Err(CliError::new(format!(
+            "--ping-fd and --pong-fd are both {ping}: the two events differ"
+        )));
+    }
     let ping = take_inherited_handle(i64::from(ping), "the ping event").map_err(CliError::new)?;
     let pong = take_inherited_handle(i64::from(pong), "the pong event").map_err(CliError::new)?;
     let parent = parent.ok_or_else(|| CliError::new("__event-peer needs --parent-pid"))?;

@@ -117,6 +117,12 @@ pub fn run_eventfd_peer(
     rounds: u64,
     parent: Option<ParentWatch>,
 ) -> Result<(), CliError> {
+    // Owning one fd twice would close it twice.
+    if ping_fd == pong_fd {
+        return Err(CliError::new(format!(
+            "--ping-fd and --pong-fd are both {ping_fd}: the two eventfds differ"
+        )));
+    }
     let ping = crate::shm::take_inherited_fd(ping_fd, "the ping eventfd")?;
     let pong = crate::shm::take_inherited_fd(pong_fd, "the pong eventfd")?;
     let mut parent_alive = || parent.as_ref().map_or(Ok(()), ParentWatch::check);

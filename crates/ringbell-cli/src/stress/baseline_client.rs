@@ -106,7 +106,7 @@ impl BaselineClient {
             .map_err(|_| "the baseline's connection is closed".to_owned())?;
         answer
             .await
-            .map_err(|_| "the server closed the unix-socket connection".to_owned())
+            .map_err(|_| "the server closed the baseline's connection".to_owned())
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {

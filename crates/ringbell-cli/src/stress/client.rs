@@ -34,7 +34,8 @@ const CONCURRENT_CONNECTS: usize = 32;
 /// How long one connection may take to set up, queueing at a busy server included.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A Unix-socket connect finding the listen queue full is retried after this pause.
+/// A baseline connect finding the listen queue full (every pipe instance busy, on Windows)
+/// is retried after this pause.
 pub(super) const CONNECT_RETRY: Duration = Duration::from_millis(5);
 
 /// The client process's options, passed by `ringbell stress`.

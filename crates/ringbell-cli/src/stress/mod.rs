@@ -181,6 +181,19 @@ pub struct StressArgs {
     fault_every: u64,
 }
 
+#[cfg(windows)]
+const STRESS_NOTES: &str = "\
+Limits: a ringbell connection holds a few handles in the server and in its client process \
+(the control pipe, the section, the doorbell events, the peer's process); Windows has no \
+per-process handle limit to raise (a process may hold about 16 million). Each ringbell \
+connection's shared memory is 2 × --ring-capacity plus 4 KiB, one view in the server and \
+one in its client, committed from the pagefile. The baseline (`pipe`) is tokio's named \
+pipes, one instance per connection.
+
+Exits non-zero if any request failed, was lost, duplicated or corrupted, or if a \
+process could not start, connect or finish in time.";
+
+#[cfg(not(windows))]
 const STRESS_NOTES: &str = "\
 Limits: a ringbell connection holds 3 file descriptors in the server and 3 in its client \
 process (control socket, own doorbell, the peer's doorbell), and each client process's \

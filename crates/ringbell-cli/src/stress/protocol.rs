@@ -1,6 +1,6 @@
 //! What the stress test sends and checks, shared by its three processes: the random
 //! payloads, the reply a server builds from each request and the client's check of it, the
-//! framing of the Unix-socket baseline, and the line a client process reports with.
+//! framing of the baseline (Unix sockets; named pipes on Windows), and the line a client process reports with.
 //!
 //! A reply is the request reversed, followed by the request's 64-bit checksum (FNV-1a,
 //! little-endian). A client keeps its request and checks the reply byte for byte, so a
@@ -361,7 +361,7 @@ impl ClientReport {
 }
 
 /// Writes queued frames to the socket, as many as are queued per flush (what a careful
-/// Unix-socket program does), until the queue or the socket closes.
+/// socket program does), until the queue or the stream closes.
 pub async fn write_frames(
     write: impl tokio::io::AsyncWrite + Unpin,
     mut queue: tokio::sync::mpsc::Receiver<Vec<u8>>,

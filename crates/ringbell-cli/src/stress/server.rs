@@ -200,28 +200,46 @@ async fn serve_baseline(
         .context(format_args!("making the named pipe {name}"))?;
     talk_to_parent(&args.path, &handled)?;
     let mut connections = JoinSet::new();
-    let mut refused: u64 = 0;
+    let mut failures: u64 = 0;
+    let mut report = |what: &str, error: &std::io::Error| {
+        failures += 1;
+        if failures.is_power_of_two() {
+            eprintln!("ringbell __stress-server: {what} failed ({failures} so far): {error}");
+        }
+    };
     loop {
-        tokio::select! {
-            connected = waiting.connect() => {
-                if let Err(error) = &connected {
-                    refused += 1;
-                    if refused.is_power_of_two() {
-                        eprintln!("ringbell __stress-server: accepting a client failed ({refused} so far): {error}");
-                    }
+        let connected = waiting.connect().await;
+        // The next instance before anything else, so that the next client finds one; a
+        // failure to make it is retried, never the end of the server.
+        let next = loop {
+            match ServerOptions::new()
+                .reject_remote_clients(true)
+                .create(&name)
+            {
+                Ok(next) => break next,
+                Err(error) => {
+                    report("making another instance of the pipe", &error);
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 }
-                let next = ServerOptions::new()
-                    .reject_remote_clients(true)
-                    .create(&name)
-                    .context(format_args!("making another instance of {name}"))?;
-                let client = std::mem::replace(&mut waiting, next);
-                if connected.is_ok() {
-                    connections.spawn(serve_baseline_connection(client, args.concurrency, handled.clone(), faults));
-                }
-            },
-            Some(_finished) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        };
+        let client = std::mem::replace(&mut waiting, next);
+        match connected {
+            Ok(()) => {
+                connections.spawn(serve_baseline_connection(
+                    client,
+                    args.concurrency,
+                    handled.clone(),
+                    faults,
+                ));
+            }
+            Err(error) => {
+                report("accepting a client", &error);
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
         }
+        // Reap the connections that ended, so the set stays as small as those open.
+        while connections.try_join_next().is_some() {}
     }
 }
 

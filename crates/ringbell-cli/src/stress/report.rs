@@ -332,14 +332,14 @@ pub(super) fn print_comparison(plan: &Plan, ringbell: &TransportResult, uds: &Tr
             "p50 µs",
             "p99 µs",
             "p99.9 µs",
-            "server RSS max",
-            "server fds max",
+            &format!("server {MEMORY} max"),
+            &format!("server {HANDLES} max"),
         ],
         vec![row(ringbell, &ringbell_total), row(uds, &uds_total), ratios],
     );
     println!(
         "the last row: ringbell against the baseline, in words (\"5.0× more\" requests/s, \"20× faster\" \
-         latency, \"2.0× less\" RSS or fds). Both measured now, in this run, on this machine."
+         latency, \"2.0× less\" {MEMORY} or {HANDLES}). Both measured now, in this run, on this machine."
     );
 }
 

@@ -78,6 +78,22 @@ pub fn unpin() -> Result<(), CliError> {
     os::unpin()
 }
 
+/// Where the OS can pin: this process on the first CPU of `allowed`, the peers on the
+/// second.
+#[cfg(any(target_os = "linux", windows))]
+fn place_on_allowed(allowed: &[usize]) -> Result<Placement, CliError> {
+    match allowed {
+        [own, peer, ..] => {
+            os::pin_to_cpu(*own)?;
+            Ok(Placement::Pinned {
+                own: *own,
+                peer: *peer,
+            })
+        }
+        _ => Ok(Placement::OneCpu),
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod os {
     use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
@@ -86,16 +102,7 @@ mod os {
     use crate::error::{CliError, Context};
 
     pub(super) fn place_beside_peer() -> Result<Placement, CliError> {
-        match allowed_cpus()?.as_slice() {
-            [own, peer, ..] => {
-                pin_to_cpu(*own)?;
-                Ok(Placement::Pinned {
-                    own: *own,
-                    peer: *peer,
-                })
-            }
-            _ => Ok(Placement::OneCpu),
-        }
+        super::place_on_allowed(&allowed_cpus()?)
     }
 
     pub(super) fn cpu_count() -> Result<usize, CliError> {
@@ -145,16 +152,7 @@ mod os {
     const MAX_CPU: usize = usize::BITS as usize;
 
     pub(super) fn place_beside_peer() -> Result<Placement, CliError> {
-        match allowed_cpus()?.as_slice() {
-            [own, peer, ..] => {
-                pin_to_cpu(*own)?;
-                Ok(Placement::Pinned {
-                    own: *own,
-                    peer: *peer,
-                })
-            }
-            _ => Ok(Placement::OneCpu),
-        }
+        super::place_on_allowed(&allowed_cpus()?)
     }
 
     pub(super) fn cpu_count() -> Result<usize, CliError> {

@@ -139,15 +139,27 @@ fn time_round_trips(
     count: u64,
     peer_alive: &mut dyn FnMut() -> Result<(), CliError>,
 ) -> Result<LatencyRun, CliError> {
-    // Rounds are numbered from 1: the words start at 0, which is no round's answer.
+    time_each(warmup, count, |round| {
+        round_trip(words, mode, round, peer_alive)
+    })
+}
+
+/// The measurement loop of every raw floor: `warmup` untimed round trips, then `count`
+/// each timed into the histogram. Rounds are numbered from 1 (the shared words start at 0,
+/// which is no round's answer).
+pub(super) fn time_each(
+    warmup: u64,
+    count: u64,
+    mut round_trip: impl FnMut(u64) -> Result<(), CliError>,
+) -> Result<LatencyRun, CliError> {
     for round in 1..=warmup {
-        round_trip(words, mode, round, peer_alive)?;
+        round_trip(round)?;
     }
     let mut histogram = new_histogram();
     let started = Instant::now();
     for round in warmup + 1..=warmup + count {
         let round_trip_start = Instant::now();
-        round_trip(words, mode, round, peer_alive)?;
+        round_trip(round)?;
         record(&mut histogram, round_trip_start.elapsed());
     }
     Ok(LatencyRun {

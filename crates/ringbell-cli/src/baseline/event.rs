@@ -9,12 +9,12 @@
 //! peer that died; see `crate::windows::wait_event_or_exit`.
 
 use std::os::windows::io::AsHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::PEER_EXIT_TIMEOUT;
 use crate::child::{spawn_inheriting_handles, ParentWatch, PeerLauncher};
 use crate::error::{CliError, Context};
-use crate::stats::{new_histogram, record, LatencyRun};
+use crate::stats::LatencyRun;
 use crate::windows::{
     auto_reset_event, handle_value, set_event, take_inherited_handle, wait_event_or_exit, Woken,
 };
@@ -65,20 +65,7 @@ pub fn event_ping_pong(
             }
         }
     };
-    for _ in 0..warmup {
-        round_trip()?;
-    }
-    let mut histogram = new_histogram();
-    let started = Instant::now();
-    for _ in 0..count {
-        let round_trip_start = Instant::now();
-        round_trip()?;
-        record(&mut histogram, round_trip_start.elapsed());
-    }
-    let run = LatencyRun {
-        histogram,
-        elapsed: started.elapsed(),
-    };
+    let run = super::time_each(warmup, count, |_| round_trip())?;
     peer.finish(PEER_EXIT_TIMEOUT)?;
     Ok(run)
 }

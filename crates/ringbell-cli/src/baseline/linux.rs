@@ -3,7 +3,6 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
 
 use rustix::io::{fcntl_setfd, Errno, FdFlags};
 use rustix::thread::futex;
@@ -11,7 +10,7 @@ use rustix::thread::futex;
 use super::PEER_EXIT_TIMEOUT;
 use crate::child::{ParentWatch, PeerLauncher, PeerProcess};
 use crate::error::{CliError, Context};
-use crate::stats::{new_histogram, record, LatencyRun};
+use crate::stats::LatencyRun;
 
 /// Where both kernel floors run.
 pub const NOT_ON_THIS_OS: Option<&str> = None;
@@ -90,22 +89,10 @@ pub fn eventfd_ping_pong(
     fcntl_setfd(&pong, FdFlags::CLOEXEC).context("closing an eventfd to later children")?;
     let mut peer = spawned?;
     let mut alive = || peer.check_alive();
-    for _ in 0..warmup {
+    let run = super::time_each(warmup, count, |_| {
         eventfd_signal(&ping)?;
-        eventfd_wait(&pong, &mut alive)?;
-    }
-    let mut histogram = new_histogram();
-    let started = Instant::now();
-    for _ in 0..count {
-        let round_trip_start = Instant::now();
-        eventfd_signal(&ping)?;
-        eventfd_wait(&pong, &mut alive)?;
-        record(&mut histogram, round_trip_start.elapsed());
-    }
-    let run = LatencyRun {
-        histogram,
-        elapsed: started.elapsed(),
-    };
+        eventfd_wait(&pong, &mut alive)
+    })?;
     peer.finish(PEER_EXIT_TIMEOUT)?;
     Ok(run)
 }

@@ -303,8 +303,9 @@ mod windows {
 
     use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
     use windows_sys::Win32::System::Memory::{
-        CreateFileMappingW, MapViewOfFile, UnmapViewOfFile, FILE_MAP_READ, FILE_MAP_WRITE,
-        MEMORY_MAPPED_VIEW_ADDRESS, PAGE_READWRITE, SEC_COMMIT,
+        CreateFileMappingW, MapViewOfFile, UnmapViewOfFile, VirtualQuery, FILE_MAP_READ,
+        FILE_MAP_WRITE, MEMORY_BASIC_INFORMATION, MEMORY_MAPPED_VIEW_ADDRESS, MEM_COMMIT,
+        PAGE_READWRITE, SEC_COMMIT,
     };
 
     use super::{PingPongWords, SEGMENT_LEN};
@@ -368,7 +369,27 @@ mod windows {
             let base = NonNull::new(view.Value.cast::<PingPongWords>())
                 .ok_or_else(std::io::Error::last_os_error)
                 .context("mapping the baseline section")?;
-            Ok(SharedPage { base })
+            // From here on, dropping `page` unmaps the view.
+            let page = SharedPage { base };
+            // Committed, or touching it would fault: a `SEC_RESERVE` section maps, but its
+            // pages are reserved only. (Ours is `SEC_COMMIT`; this checks what was passed.)
+            // SAFETY: plain data, valid when zeroed; the query reads our own view.
+            let mut info: MEMORY_BASIC_INFORMATION = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is live and its size is given; the address is our view's.
+            let filled = unsafe {
+                VirtualQuery(
+                    base.as_ptr().cast(),
+                    &mut info,
+                    size_of::<MEMORY_BASIC_INFORMATION>(),
+                )
+            };
+            if filled == 0 || info.State != MEM_COMMIT || info.RegionSize < SEGMENT_LEN {
+                return Err(CliError::new(
+                    "the baseline section is not committed memory of a page or more; \
+                     refusing to use it",
+                ));
+            }
+            Ok(page)
         }
 
         /// The shared words.

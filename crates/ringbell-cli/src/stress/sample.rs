@@ -150,4 +150,26 @@ mod tests {
         let own = ServerSample::read(std::process::id()).unwrap();
         assert!(own.rss_kib > 0 && own.fds >= 3, "{own:?}");
     }
+
+    /// On Windows the same sample comes from the working set and the handles; an event
+    /// made here shows as one handle more (under Wine, counted in the system handle table).
+    /// Other tests' threads open and close handles meanwhile, so one of a few tries must see
+    /// exactly one more.
+    #[cfg(windows)]
+    #[test]
+    fn windows_samples_count_memory_and_handles() {
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let before = ServerSample::read(std::process::id()).unwrap();
+            assert!(before.rss_kib > 0 && before.fds > 0, "{before:?}");
+            let event = crate::windows::auto_reset_event().unwrap();
+            let with_event = ServerSample::read(std::process::id()).unwrap();
+            drop(event);
+            if with_event.fds == before.fds + 1 {
+                return;
+            }
+            seen.push((before.fds, with_event.fds));
+        }
+        panic!("no try saw the event as one handle more: {seen:?}");
+    }
 }

@@ -24,8 +24,8 @@ pub(super) const THROUGHPUT_SIZES: [usize; 6] = [64, 4 << 10, 64 << 10, 1 << 20,
 pub(super) const LARGEST_MESSAGE: usize = largest(&LATENCY_SIZES, &THROUGHPUT_SIZES);
 // The byte streams' receivers refuse frames above this.
 const _: () = assert!(LARGEST_MESSAGE <= crate::stream::MAX_MESSAGE_SIZE);
-/// Round trips and messages of a row at the least, where the messages are small enough
-/// (see [`Plan::large_row_bytes`]): enough for a p99.
+/// Round trips and messages of a row at the least, for messages up to 1 MiB (see
+/// [`Plan::large_row_bytes`] for larger ones): enough for a p99.
 const MIN_COUNT: u64 = 200;
 /// Messages per batch of the batched one-way runs.
 pub(super) const BATCH: usize = 64;
@@ -48,10 +48,11 @@ pub(super) struct Plan {
     sleep_round_trips: u64,
     /// Bytes streamed in each throughput run (at least a few messages).
     stream_bytes: u64,
-    /// The most bytes a row of large messages sends each way: it lowers the floor of
-    /// [`MIN_COUNT`] round trips or messages where that floor would send more, so that the
-    /// 4 and 16 MiB rows take seconds, not minutes (a 16 MiB round trip over a pipe takes
-    /// tens of milliseconds).
+    /// The most bytes a row of messages above 1 MiB sends each way: it lowers the floor
+    /// of [`MIN_COUNT`] round trips or messages where that floor would send more, so that the
+    /// 4 and 16 MiB rows take seconds, not minutes: a 16 MiB round trip over a pipe takes
+    /// about 90 ms here, and CI's `--quick` runs a debug build, several times slower at
+    /// these sizes.
     large_row_bytes: u64,
     /// Calls made over all clients in each request/response run.
     pub(super) load_calls: u64,
@@ -90,7 +91,7 @@ impl Plan {
         spin_round_trips: 5_000,
         sleep_round_trips: 500,
         stream_bytes: 32 << 20,
-        large_row_bytes: 512 << 20,
+        large_row_bytes: 128 << 20,
         load_calls: 2_000,
         load_clients: &[1, 10, 100],
         idle: Duration::from_secs(1),
@@ -136,8 +137,12 @@ impl Plan {
     }
 
     /// The fewest round trips or messages of `size` bytes a row makes: [`MIN_COUNT`], or
-    /// fewer where that would send more than [`Plan::large_row_bytes`].
+    /// for messages above 1 MiB fewer, where that would send more than
+    /// [`Plan::large_row_bytes`].
     fn floor(&self, size: usize) -> u64 {
+        if size <= 1 << 20 {
+            return MIN_COUNT;
+        }
         (self.large_row_bytes / size as u64).clamp(1, MIN_COUNT)
     }
 }
@@ -262,14 +267,14 @@ mod tests {
         // Up to 1 MiB, the floor is what it always was.
         assert_eq!(Plan::QUICK.round_trips(1 << 20, true).1, 200);
         assert_eq!(Plan::QUICK.messages(1 << 20).1, 200);
-        // A quick run's 4 and 16 MiB rows send 512 MiB each way; a full run's 2 GiB at most.
+        // A quick run's 4 and 16 MiB rows send 128 MiB each way; a full run's 2 GiB at most.
         for sleeps in [false, true] {
-            assert_eq!(Plan::QUICK.round_trips(4 << 20, sleeps).1, 128);
-            assert_eq!(Plan::QUICK.round_trips(16 << 20, sleeps).1, 32);
+            assert_eq!(Plan::QUICK.round_trips(4 << 20, sleeps).1, 32);
+            assert_eq!(Plan::QUICK.round_trips(16 << 20, sleeps).1, 8);
             assert_eq!(Plan::FULL.round_trips(4 << 20, sleeps).1, 200);
             assert_eq!(Plan::FULL.round_trips(16 << 20, sleeps).1, 128);
         }
-        assert_eq!(Plan::QUICK.messages(16 << 20).1, 32);
+        assert_eq!(Plan::QUICK.messages(16 << 20).1, 8);
         assert_eq!(Plan::FULL.messages(4 << 20).1, 512);
         assert_eq!(Plan::FULL.messages(16 << 20).1, 128);
     }

@@ -362,7 +362,13 @@ impl Demo {
         kind: WaitKind,
         mode: ServeMode,
     ) -> Result<(PeerProcess, Connection), CliError> {
-        crate::serve::start_local(&self.launcher, self.workspace.path(), kind, mode)
+        crate::serve::start_local(
+            &self.launcher,
+            self.workspace.path(),
+            kind,
+            mode,
+            ringbell::ServerConfig::DEFAULT_MAX_MESSAGE_SIZE,
+        )
     }
 
     fn stream_latency(&self, warmup: u64, count: u64) -> Result<LatencyRun, CliError> {

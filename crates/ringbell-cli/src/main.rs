@@ -118,7 +118,7 @@ enum Command {
     /// Measure ringbell against raw baselines and peer libraries (iceoryx2, ipc-channel,
     /// tokio, tonic; built with `--features peers`), all in this run.
     ///
-    /// Round-trip latency at 64 B to 1 MiB with each wait strategy, one-way throughput,
+    /// Round-trip latency at 64 B to 16 MiB with each wait strategy, one-way throughput,
     /// request/response with 1 to 1,000 clients, idle CPU and memory per connection, each
     /// beside the floors (shared-memory spin, futex, eventfd), the byte streams (Unix
     /// socket, pipe, TCP loopback), memcpy, and the peers, with ratios and the targets met

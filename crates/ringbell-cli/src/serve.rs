@@ -17,13 +17,15 @@ use crate::error::{CliError, Context};
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts a `ringbell serve` child in `mode` at `dir/<name>.sock`, both sides waiting with
-/// `kind`, and connects to it. The server is killed when the returned process is dropped;
-/// drop the connection first, so that the server sees a clean goodbye.
+/// `kind`, messages of up to `max_message_size` bytes allowed (the ring stays the
+/// default), and connects to it. The server is killed when the returned process is
+/// dropped; drop the connection first, so that the server sees a clean goodbye.
 pub fn start_local(
     launcher: &PeerLauncher,
     dir: &Path,
     kind: WaitKind,
     mode: ServeMode,
+    max_message_size: usize,
 ) -> Result<(PeerProcess, ringbell::Connection), CliError> {
     let socket = dir.join(format!("ringbell-{}-{}.sock", kind.arg(), mode.arg()));
     let server = PeerProcess::spawn_listening(
@@ -35,6 +37,8 @@ pub fn start_local(
             kind.arg().into(),
             "--mode".into(),
             mode.arg().into(),
+            "--max-message-size".into(),
+            max_message_size.to_string().into(),
         ]),
         LISTEN_TIMEOUT,
     )?;

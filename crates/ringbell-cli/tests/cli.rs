@@ -471,7 +471,8 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
     for floor in ["raw spin (floor)", "raw futex (floor)", "eventfd (floor)"] {
         assert!(has("latency", floor, 64, "p50_us"), "no {floor}");
     }
-    for size in [64, 1 << 10, 64 << 10, 1 << 20] {
+    // 4 and 16 MiB: the large messages, chunked through ringbell's default ring.
+    for size in [64, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20] {
         let mut names: Vec<String> = [
             "ringbell spin",
             "ringbell adaptive",
@@ -490,7 +491,7 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
             );
         }
     }
-    for size in [64, 4 << 10, 64 << 10, 1 << 20] {
+    for size in [64, 4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20] {
         let mut names: Vec<String> = [
             "memcpy (ceiling)",
             "ringbell adaptive",
@@ -521,6 +522,18 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
         assert!(
             has("throughput", name, 64, "messages_per_second"),
             "no batched throughput for {name}"
+        );
+    }
+    // The large rows' tables, and the word that ringbell's servers allow them.
+    for table in [
+        "round trip, 16 MiB",
+        "one-way, 16 MiB",
+        "--max-message-size 16 MiB",
+    ] {
+        assert!(
+            stdout.contains(table),
+            "no {table:?}\n{}",
+            describe(&output)
         );
     }
     assert!(
@@ -598,6 +611,8 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
         "latency-1KiB.svg",
         "latency-64KiB.svg",
         "latency-1MiB.svg",
+        "latency-4MiB.svg",
+        "latency-16MiB.svg",
         "latency-p50.svg",
         "throughput.svg",
     ] {
@@ -606,6 +621,11 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
             svg.contains("<svg") && svg.contains("ringbell"),
             "{plot} is not a plot"
         );
+    }
+    // The plots against size reach the largest messages.
+    for plot in ["latency-p50.svg", "throughput.svg"] {
+        let svg = std::fs::read_to_string(plots.join(plot)).unwrap();
+        assert!(svg.contains("16 MiB"), "{plot} has no 16 MiB point");
     }
     let workspace = std::env::temp_dir().join(format!("ringbell-bench-{bench_pid}"));
     assert!(

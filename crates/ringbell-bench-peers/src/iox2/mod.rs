@@ -50,7 +50,8 @@ pub(crate) const HOW_PUBSUB: &str = "iceoryx2 0.10, ipc::Service (single-threade
     publish-subscribe service of [u8] slices each way, 1 publisher and 1 subscriber, no \
     history, subscriber buffer 64 samples, safe overflow off and backpressure strategy \
     RetryUntilDelivered (a full buffer makes the publisher wait; nothing is dropped); slices \
-    preallocated for 1 MiB (initial_max_slice_len, AllocationStrategy::Static); send = \
+    preallocated for 1 MiB, or for the row's size above it (initial_max_slice_len, \
+    AllocationStrategy::Static); send = \
     loan_slice_uninit + write_from_slice + send, recv = copy the sample's payload out; the \
     receiver busy-polls Subscriber::receive with spin_loop(), and every 65,536 polls reads \
     a socket pair that only tells whether the other process lives";
@@ -58,7 +59,8 @@ pub(crate) const HOW_PUBSUB: &str = "iceoryx2 0.10, ipc::Service (single-threade
 pub(crate) const HOW_REQUEST_RESPONSE: &str = "iceoryx2 0.10, ipc::Service (single-threaded \
     ports): one request-response service of [u8] slices, the parent the client and the \
     child the server, up to 4 active requests per client, response buffer 1, safe overflow \
-    off both ways, RetryUntilDelivered; slices preallocated for 1 MiB; the client sends a \
+    off both ways, RetryUntilDelivered; slices preallocated for 1 MiB, or \
+    the row's size above it; the client sends a \
     request and busy-polls its PendingResponse::receive, the server busy-polls \
     Server::receive, answers on the ActiveRequest and drops it (one copy in and one out each \
     way); liveness checked as in the pub-sub row; no one-way row, as a client keeps only a \
@@ -66,7 +68,7 @@ pub(crate) const HOW_REQUEST_RESPONSE: &str = "iceoryx2 0.10, ipc::Service (sing
 
 pub(crate) const HOW_EVENT: &str = "iceoryx2 0.10, ipc::Service (single-threaded ports): the \
     publish-subscribe services of the spinning row (buffer 64, no overflow, \
-    RetryUntilDelivered, 1 MiB slices) plus an event service each way; send = publish, then \
+    RetryUntilDelivered, slices of 1 MiB or the row's size) plus an event service each way; send = publish, then \
     Notifier::notify; recv = take a sample if there is one, else sleep in \
     Listener::timed_wait (a Unix datagram socket underneath, written only when the listener \
     is not already notified) and look again; a 20 ms nap without a notification checks that \

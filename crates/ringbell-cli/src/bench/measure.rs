@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use super::plan::{
-    Subject, BATCH, BATCHED_SIZE, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES,
+    Subject, BATCH, BATCHED_SIZE, LARGEST_MESSAGE, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE,
+    THROUGHPUT_SIZES,
 };
 use super::report::{
     format_size, latency_row, throughput_row, IdleRow, LatencyRow, LoadRow, Machine, Report,
@@ -254,8 +255,13 @@ impl Bench {
         let mode = M::MODE;
         match subject {
             Subject::Ringbell(kind) => {
-                let (server, mut connection) =
-                    crate::serve::start_local(&self.launcher, self.workspace.path(), kind, mode)?;
+                let (server, mut connection) = crate::serve::start_local(
+                    &self.launcher,
+                    self.workspace.path(),
+                    kind,
+                    mode,
+                    LARGEST_MESSAGE,
+                )?;
                 let run = measurement.run(&mut connection);
                 // Hang up first, so that the server sees a clean goodbye before it is killed.
                 drop(connection);
@@ -267,7 +273,8 @@ impl Bench {
                 measurement.run(&mut channel)
             }
             Subject::Peer(peer) => {
-                let (_process, mut transport) = peers::start(peer, &self.launcher, mode)?;
+                let (_process, mut transport) =
+                    peers::start(peer, &self.launcher, mode, measurement.size())?;
                 measurement.run(&mut transport)
             }
         }
@@ -279,6 +286,7 @@ impl Bench {
             self.workspace.path(),
             WaitKind::Adaptive,
             ServeMode::Echo,
+            LARGEST_MESSAGE,
         )?;
         // One round trip first, so both sides have been through a full wait cycle.
         measure::round_trips(&mut connection, 64, 0, 1)?;
@@ -299,6 +307,8 @@ impl Bench {
 trait Measurement {
     const MODE: ServeMode;
     type Run;
+    /// The size of its messages, which a peer library is set up for.
+    fn size(&self) -> usize;
     fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<Self::Run, CliError>;
 }
 
@@ -312,6 +322,9 @@ struct RoundTrips {
 impl Measurement for RoundTrips {
     const MODE: ServeMode = ServeMode::Echo;
     type Run = LatencyRun;
+    fn size(&self) -> usize {
+        self.size
+    }
     fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<LatencyRun, CliError> {
         measure::round_trips(transport, self.size, self.warmup, self.count)
     }
@@ -327,6 +340,9 @@ struct OneWay {
 impl Measurement for OneWay {
     const MODE: ServeMode = ServeMode::Sink;
     type Run = ThroughputRun;
+    fn size(&self) -> usize {
+        self.size
+    }
     fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<ThroughputRun, CliError> {
         measure::one_way(transport, self.size, self.warmup, self.count)
     }
@@ -345,6 +361,9 @@ impl Measurement for OneWayBatched {
     /// a time from its `BufReader`, which the kernel fills in bulk.
     const MODE: ServeMode = ServeMode::SinkBatches;
     type Run = ThroughputRun;
+    fn size(&self) -> usize {
+        self.size
+    }
     fn run<T: ringbell::IpcTransport>(self, transport: &mut T) -> Result<ThroughputRun, CliError> {
         measure::one_way_batched(transport, self.size, self.warmup, self.count, self.batch)
     }

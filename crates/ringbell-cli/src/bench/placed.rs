@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::plan::LARGEST_MESSAGE;
 use super::Bench;
 use crate::affinity::{self, Placement};
 use crate::args::WaitKind;
@@ -194,6 +195,7 @@ fn round_trips(
                 bench.workspace.path(),
                 WaitKind::Adaptive,
                 ServeMode::Echo,
+                LARGEST_MESSAGE,
             )?;
             let measured = timed(&mut connection, server.pid(), paced, count);
             drop(connection);

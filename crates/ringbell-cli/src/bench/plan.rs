@@ -12,10 +12,21 @@ use crate::peers;
 use crate::stream::StreamKind;
 use crate::streamed::{StreamedPlan, StreamedTransport};
 
-/// Message sizes of the latency runs.
-pub(super) const LATENCY_SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
+/// Message sizes of the latency runs. 4 and 16 MiB are many times the ring (128 KiB each
+/// way by default), through which ringbell sends them in chunks with backpressure, as it
+/// does every message above a quarter of the ring: those rows are the "before" of issue
+/// 14's large-message work.
+pub(super) const LATENCY_SIZES: [usize; 6] = [64, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20];
 /// Message sizes of the throughput runs.
-pub(super) const THROUGHPUT_SIZES: [usize; 4] = [64, 4 << 10, 64 << 10, 1 << 20];
+pub(super) const THROUGHPUT_SIZES: [usize; 6] = [64, 4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20];
+/// The largest message of any run: ringbell's servers are started allowing it, and the
+/// peers are set up for each row's size.
+pub(super) const LARGEST_MESSAGE: usize = largest(&LATENCY_SIZES, &THROUGHPUT_SIZES);
+// The byte streams' receivers refuse frames above this.
+const _: () = assert!(LARGEST_MESSAGE <= crate::stream::MAX_MESSAGE_SIZE);
+/// Round trips and messages of a row at the least, for messages up to 1 MiB (see
+/// [`Plan::large_row_bytes`] for larger ones): enough for a p99.
+const MIN_COUNT: u64 = 200;
 /// Messages per batch of the batched one-way runs.
 pub(super) const BATCH: usize = 64;
 /// Message size of the batched one-way runs.
@@ -37,6 +48,12 @@ pub(super) struct Plan {
     sleep_round_trips: u64,
     /// Bytes streamed in each throughput run (at least a few messages).
     stream_bytes: u64,
+    /// The most bytes a row of messages above 1 MiB sends each way: it lowers the floor
+    /// of [`MIN_COUNT`] round trips or messages where that floor would send more, so that the
+    /// 4 and 16 MiB rows take seconds, not minutes: a 16 MiB round trip over a pipe takes
+    /// about 90 ms here, and CI's `--quick` runs a debug build, several times slower at
+    /// these sizes.
+    large_row_bytes: u64,
     /// Calls made over all clients in each request/response run.
     pub(super) load_calls: u64,
     pub(super) load_clients: &'static [u64],
@@ -54,6 +71,7 @@ impl Plan {
         spin_round_trips: 200_000,
         sleep_round_trips: 20_000,
         stream_bytes: 2 << 30,
+        large_row_bytes: 2 << 30,
         load_calls: 200_000,
         load_clients: &LOAD_CLIENTS,
         idle: Duration::from_secs(5),
@@ -73,6 +91,7 @@ impl Plan {
         spin_round_trips: 5_000,
         sleep_round_trips: 500,
         stream_bytes: 32 << 20,
+        large_row_bytes: 128 << 20,
         load_calls: 2_000,
         load_clients: &[1, 10, 100],
         idle: Duration::from_secs(1),
@@ -107,14 +126,24 @@ impl Plan {
         };
         // 64 B and 1 KiB cost about the same; from there on, time grows with size.
         let scale = (size as u64 / (4 << 10)).max(1);
-        let count = (base / scale).max(200);
+        let count = (base / scale).max(self.floor(size));
         (count / 10, count)
     }
 
     /// Warm-up and timed messages of `size` bytes for a throughput run.
     pub(super) fn messages(&self, size: usize) -> (u64, u64) {
-        let count = (self.stream_bytes / size as u64).clamp(200, 3_000_000);
+        let count = (self.stream_bytes / size as u64).clamp(self.floor(size), 3_000_000);
         (count / 20, count)
+    }
+
+    /// The fewest round trips or messages of `size` bytes a row makes: [`MIN_COUNT`], or
+    /// for messages above 1 MiB fewer, where that would send more than
+    /// [`Plan::large_row_bytes`].
+    fn floor(&self, size: usize) -> u64 {
+        if size <= 1 << 20 {
+            return MIN_COUNT;
+        }
+        (self.large_row_bytes / size as u64).clamp(1, MIN_COUNT)
     }
 }
 
@@ -198,6 +227,26 @@ impl Bench {
     }
 }
 
+/// The largest of two lists of sizes, at compile time.
+const fn largest(first: &[usize], second: &[usize]) -> usize {
+    let mut largest = 0;
+    let mut index = 0;
+    while index < first.len() {
+        if first[index] > largest {
+            largest = first[index];
+        }
+        index += 1;
+    }
+    index = 0;
+    while index < second.len() {
+        if second[index] > largest {
+            largest = second[index];
+        }
+        index += 1;
+    }
+    largest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +259,23 @@ mod tests {
         assert!(small > large && large >= 200, "{small} {large}");
         let (_, messages) = plan.messages(1 << 20);
         assert!((200..=3_000_000).contains(&messages));
+    }
+
+    #[test]
+    fn large_rows_are_bounded_in_bytes() {
+        assert_eq!(LARGEST_MESSAGE, 16 << 20);
+        // Up to 1 MiB, the floor is what it always was.
+        assert_eq!(Plan::QUICK.round_trips(1 << 20, true).1, 200);
+        assert_eq!(Plan::QUICK.messages(1 << 20).1, 200);
+        // A quick run's 4 and 16 MiB rows send 128 MiB each way; a full run's 2 GiB at most.
+        for sleeps in [false, true] {
+            assert_eq!(Plan::QUICK.round_trips(4 << 20, sleeps).1, 32);
+            assert_eq!(Plan::QUICK.round_trips(16 << 20, sleeps).1, 8);
+            assert_eq!(Plan::FULL.round_trips(4 << 20, sleeps).1, 200);
+            assert_eq!(Plan::FULL.round_trips(16 << 20, sleeps).1, 128);
+        }
+        assert_eq!(Plan::QUICK.messages(16 << 20).1, 8);
+        assert_eq!(Plan::FULL.messages(4 << 20).1, 512);
+        assert_eq!(Plan::FULL.messages(16 << 20).1, 128);
     }
 }

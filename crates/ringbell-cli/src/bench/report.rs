@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::measure::{MEMCPY_PLACEMENTS, MEMCPY_ROUNDS};
 use super::placed::{PlacedRow, PLACED_RINGBELL, PLACED_SIZE, PLACED_SOCKET};
 use super::plan::{
-    BATCH, BATCHED_SIZE, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE, THROUGHPUT_SIZES,
+    BATCH, BATCHED_SIZE, LARGEST_MESSAGE, LATENCY_SIZES, LOAD_PROCESSES, LOAD_SIZE,
+    THROUGHPUT_SIZES,
 };
 use super::plot;
 use crate::affinity;
@@ -337,6 +338,21 @@ impl Report {
              per batch) into a sink that takes what has arrived with recv_batch; the unix \
              socket writes each batch's {BATCH} length-prefixed frames with one write. \
              Nothing waits for a batch to fill."
+        );
+        let ring = ringbell::ServerConfig::DEFAULT_RING_CAPACITY;
+        println!(
+            "ringbell: `ringbell serve` in a child process, the default ServerConfig and \
+             ClientConfig but for the wait strategy and --max-message-size {} (the largest \
+             message here; the library's default is {}), so that the {} rows are allowed; \
+             the default rings of {} each way in every row, so a message above about {} \
+             goes in chunks with backpressure: the 64 KiB to {} rows measure that chunked \
+             path.",
+            format_size(LARGEST_MESSAGE),
+            format_size(ringbell::ServerConfig::DEFAULT_MAX_MESSAGE_SIZE),
+            format_size(LARGEST_MESSAGE),
+            format_size(ring),
+            format_size(ring / 4),
+            format_size(LARGEST_MESSAGE),
         );
         println!(
             "streams: a 4-byte length prefix, one write per message, a 128 KiB BufReader on \
@@ -742,6 +758,7 @@ mod tests {
         assert_eq!(format_size(1024), "1 KiB");
         assert_eq!(format_size(64 << 10), "64 KiB");
         assert_eq!(format_size(1 << 20), "1 MiB");
+        assert_eq!(format_size(16 << 20), "16 MiB");
         assert_eq!(format_size(1000), "1000 B");
     }
 }

@@ -62,6 +62,7 @@ pub fn start(
     peer: PeerKind,
     _launcher: &PeerLauncher,
     _mode: ServeMode,
+    _size: usize,
 ) -> Result<(PeerProcess, PeerTransport), CliError> {
     match peer {}
 }

@@ -16,8 +16,10 @@ use crate::serve::{serve_connection, ServeMode};
 /// How long the peer's child may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The largest message any bench run sends, plus room for the sink's empty marker.
-const MAX_MESSAGE: usize = 1 << 20;
+/// The smallest largest message a peer is set up for: every row up to 1 MiB sets its
+/// peer up the same way (iceoryx2 preallocates slices of it), and the larger rows for
+/// their own size.
+const MIN_MAX_MESSAGE: usize = 1 << 20;
 
 /// A peer library's channel end, as an [`IpcTransport`].
 pub struct PeerTransport {
@@ -52,13 +54,15 @@ impl IpcTransport for PeerTransport {
     }
 }
 
-/// Starts a `__peer-lib` child serving `mode` through `peer`, and returns it with our end.
+/// Starts a `__peer-lib` child serving `mode` through `peer`, set up for messages of up
+/// to `size` bytes (1 MiB at least), and returns it with our end.
 pub fn start(
     peer: PeerKind,
     launcher: &PeerLauncher,
     mode: ServeMode,
+    size: usize,
 ) -> Result<(PeerProcess, PeerTransport), CliError> {
-    let (setup, pending) = ringbell_bench_peers::listen(peer, MAX_MESSAGE)
+    let (setup, pending) = ringbell_bench_peers::listen(peer, size.max(MIN_MAX_MESSAGE))
         .context(format_args!("setting up {}", peer.name()))?;
     let args: [std::ffi::OsString; 5] = [
         "__peer-lib".into(),

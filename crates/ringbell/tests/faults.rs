@@ -780,25 +780,13 @@ impl OwnCalls {
             callers.spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let request = honest_message(&mut rng, 8 << 10);
-                    match client.call_timeout(&request, Duration::from_secs(2)).await {
-                        Ok(reply) => {
-                            outcome.answered.fetch_add(1, Ordering::Relaxed);
-                            if reply != request {
-                                outcome.altered.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Err(Error::Timeout) => {
-                            outcome.stalled.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(error @ (Error::PeerDied | Error::Corrupted { .. })) => {
-                            outcome.broke(format!("the client got {error:?}"));
-                            return;
-                        }
-                        // A scribbled reply can decode as a handler's error: not ours to
-                        // judge.
-                        Err(_) => {
-                            outcome.odd.fetch_add(1, Ordering::Relaxed);
-                        }
+                    let call = match client.call_timeout(&request, Duration::from_secs(2)).await {
+                        Ok(reply) => OwnCall::Replied(reply),
+                        Err(Error::Timeout) => OwnCall::Stalled,
+                        Err(error) => OwnCall::failed(error),
+                    };
+                    if !outcome.count(&request, call) {
+                        return;
                     }
                 }
             });
@@ -840,28 +828,16 @@ impl OwnCalls {
                     Ok(Err(error)) => Ok(Err(error)),
                     Err(elapsed) => Err(elapsed),
                 };
-                match result {
+                let call = match result {
                     Ok(Ok(_)) => match reply_of(&reply) {
-                        Some(Ok(body)) => {
-                            outcome.answered.fetch_add(1, Ordering::Relaxed);
-                            if body != request {
-                                outcome.altered.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        _ => {
-                            outcome.odd.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Some(Ok(body)) => OwnCall::Replied(body.to_vec()),
+                        Some(Err(_)) | None => OwnCall::Odd,
                     },
-                    Err(_) => {
-                        outcome.stalled.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Err(error @ (Error::PeerDied | Error::Corrupted { .. }))) => {
-                        outcome.broke(format!("the client got {error:?}"));
-                        break;
-                    }
-                    Ok(Err(_)) => {
-                        outcome.odd.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Err(_) => OwnCall::Stalled,
+                    Ok(Err(error)) => OwnCall::failed(error),
+                };
+                if !outcome.count(&request, call) {
+                    break;
                 }
             }
             *keep.lock().unwrap() = Some(conn);
@@ -941,7 +917,51 @@ struct HostileOutcome {
     first: Mutex<Option<String>>,
 }
 
+/// How one of the hostile client's own calls ended, on either OS.
+enum OwnCall {
+    /// A reply came: its body.
+    Replied(Vec<u8>),
+    /// No reply within the call's patience.
+    Stalled,
+    /// The connection broke under the call (`PeerDied`, `Corrupted`).
+    Broke(Error),
+    /// Anything else: a scribbled reply can decode as a handler's error, or as no reply at
+    /// all; not ours to judge.
+    Odd,
+}
+
+impl OwnCall {
+    /// A call that failed with `error`.
+    fn failed(error: Error) -> OwnCall {
+        match error {
+            Error::PeerDied | Error::Corrupted { .. } => OwnCall::Broke(error),
+            _ => OwnCall::Odd,
+        }
+    }
+}
+
 impl HostileOutcome {
+    /// Counts how a call of `request` ended; `false` once the connection broke, when the
+    /// caller should stop.
+    fn count(&self, request: &[u8], call: OwnCall) -> bool {
+        let counter = match call {
+            OwnCall::Replied(reply) => {
+                if reply != request {
+                    self.altered.fetch_add(1, Ordering::Relaxed);
+                }
+                &self.answered
+            }
+            OwnCall::Stalled => &self.stalled,
+            OwnCall::Broke(error) => {
+                self.broke(format!("the client got {error:?}"));
+                return false;
+            }
+            OwnCall::Odd => &self.odd,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     fn broke(&self, how: String) {
         self.first.lock().unwrap().get_or_insert(how);
     }

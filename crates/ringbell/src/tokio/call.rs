@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ::tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::core::call::{encode_item, encode_server_credit, Metadata, Mode, REQUEST_WINDOW};
+use crate::core::call::{encode_server_credit, item_cost, Metadata, Mode, REQUEST_WINDOW};
 use crate::error::Error;
 
 /// What a call's handler and the sweeper share: whether the call is cancelled, and the
@@ -22,17 +22,17 @@ pub(super) struct CallState {
     /// `Notified` before it loads the flag, so it either sees the flag or is woken.
     cancelled: AtomicBool,
     cancel: Notify,
-    /// Streamed responses the client takes now: the sweeper adds what the client's
-    /// credit grants, and closes it when the call is cancelled.
+    /// What the client takes now of streamed responses, in [`item_cost`]s: the sweeper
+    /// adds what the client's credit grants, and closes it when the call is cancelled.
     credit: Semaphore,
 }
 
 impl CallState {
-    pub(super) fn new(window: u16) -> Arc<CallState> {
+    pub(super) fn new(window: u32) -> Arc<CallState> {
         Arc::new(CallState {
             cancelled: AtomicBool::new(false),
             cancel: Notify::new(),
-            credit: Semaphore::new(usize::from(window)),
+            credit: Semaphore::new(window as usize),
         })
     }
 
@@ -71,15 +71,16 @@ pub(super) struct Outgoing {
     pub(super) slot: usize,
     pub(super) generation: u64,
     pub(super) correlation: u64,
+    /// An item's bytes, which the sweeper packs; a credit's message, encoded.
     pub(super) message: Vec<u8>,
-    /// A streamed response (counted against the client's credit), or a credit for the
-    /// client's stream.
     pub(super) kind: OutgoingKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum OutgoingKind {
-    Item,
+    /// A streamed response, of this cost against the client's credit.
+    Item { cost: u32 },
+    /// A credit of this many messages for the client's stream.
     Credit(u32),
 }
 
@@ -122,6 +123,8 @@ pub struct Call {
     metadata: Metadata,
     deadline: Option<Instant>,
     mode: Mode,
+    /// The client's window, in bytes (0 on a unary call): what an item costs depends on it.
+    window: u32,
     max_message_size: usize,
     state: Arc<CallState>,
     link: Link,
@@ -138,6 +141,7 @@ pub(super) struct CallParts {
     pub(super) metadata: Metadata,
     pub(super) deadline: Option<Instant>,
     pub(super) mode: Mode,
+    pub(super) window: u32,
     pub(super) max_message_size: usize,
     pub(super) state: Arc<CallState>,
     pub(super) link: Link,
@@ -152,6 +156,7 @@ impl Call {
             metadata: parts.metadata,
             deadline: parts.deadline,
             mode: parts.mode,
+            window: parts.window,
             max_message_size: parts.max_message_size,
             state: parts.state,
             link: parts.link,
@@ -206,8 +211,9 @@ impl Call {
     }
 
     /// Sends one streamed response. Waits while the client's credit is used up (it has
-    /// not taken the responses sent so far), so a slow reader slows the handler rather
-    /// than filling the server's memory.
+    /// not taken the responses sent so far: the call's window, in bytes), so a slow reader
+    /// slows the handler rather than filling the server's memory. The items sent while
+    /// the connection is busy travel packed, several to a message.
     ///
     /// # Errors
     ///
@@ -225,12 +231,14 @@ impl Call {
                 max: self.max_message_size,
             });
         }
-        match self.state.credit.acquire().await {
+        let cost = item_cost(message.len(), self.window);
+        match self.state.credit.acquire_many(cost).await {
             // The credit is spent: the sweeper counts the response as sent when it takes it.
             Ok(permit) => permit.forget(),
             Err(_closed) => return Err(Error::Cancelled),
         }
-        self.link.send(encode_item(message), OutgoingKind::Item)
+        self.link
+            .send(message.to_vec(), OutgoingKind::Item { cost })
     }
 
     /// The client's next streamed message, on a two-way call

@@ -126,7 +126,7 @@ type Event = ChildOutput<Source>;
 pub(super) fn run(plan: &StreamPlan) -> Result<(), CliError> {
     println!(
         "ringbell stress --pattern stream: {} streams over {} connections in {}, window \
-         {WINDOW}, {}-byte items, about a quarter cancelled at random; seed {}",
+         of {WINDOW} items, {}-byte items, about a quarter cancelled at random; seed {}",
         plan.streams,
         plan.connections,
         client_processes(plan.processes),

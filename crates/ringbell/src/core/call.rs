@@ -435,6 +435,11 @@ pub(crate) fn add_to_pack(pack: &mut Vec<u8>, item: &[u8], limit: usize) -> bool
     true
 }
 
+/// Whether `message`, one of a server's, is a pack (`ITEMS`).
+pub(crate) fn is_pack(message: &[u8]) -> bool {
+    message.last() == Some(&ITEMS)
+}
+
 fn pack_count(pack: &[u8]) -> u16 {
     let at = pack.len() - PACK_TRAILER_LEN;
     u16::from_le_bytes([pack[at], pack[at + 1]])

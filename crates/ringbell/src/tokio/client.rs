@@ -41,9 +41,8 @@ use super::{arm, WatchedPoller};
 use crate::config::{ClientConfig, WaitStrategy};
 use crate::conn::{Connection, Publish, Pushed, SendProgress};
 use crate::core::call::{
-    add_to_pack, check_pack, decode_from_server, encode_cancel, encode_client_credit, encode_end,
-    encode_item, encode_open, item_cost, packable, start_pack, FromServer, Mode, Pack,
-    REQUEST_WINDOW,
+    check_pack, decode_from_server, encode_cancel, encode_client_credit, encode_end, encode_open,
+    item_cost, FromServer, Mode, Pack, REQUEST_WINDOW,
 };
 use crate::core::in_flight::InFlight;
 use crate::core::ring::max_frame_payload;
@@ -499,8 +498,6 @@ struct Queued {
 enum Role {
     /// The client's opening: until it is in the ring, the server knows nothing of the call.
     Opens,
-    /// A pack of streamed responses (`ITEMS`), which may take more items until it goes.
-    Pack,
     Other,
     /// The server's final reply (or `ENDED`), which the client counts on.
     Ends,
@@ -515,30 +512,6 @@ impl Outbox {
     /// Queues the opening of call `id`.
     pub(super) fn push_opening(&mut self, id: u64, message: Vec<u8>) {
         self.queue_up(id, message, Role::Opens);
-    }
-
-    /// Queues a streamed response of call `id`: packed with the ones queued just before
-    /// it, while their pack is under `limit` bytes and has not begun to go (see
-    /// `core::call::pack_item`).
-    pub(super) fn push_item(&mut self, id: u64, item: &[u8], limit: usize) {
-        if !packable(item.len(), limit) {
-            self.queue_up(id, encode_item(item), Role::Other);
-            return;
-        }
-        let begun = self.progress != SendProgress::default();
-        let only = self.queue.len() == 1;
-        if let Some(queued) = self
-            .queue
-            .back_mut()
-            .filter(|queued| queued.id == id && queued.role == Role::Pack && !(only && begun))
-        {
-            let before = queued.message.len();
-            if add_to_pack(&mut queued.message, item, limit) {
-                self.bytes += queued.message.len() - before;
-                return;
-            }
-        }
-        self.queue_up(id, start_pack(item, limit), Role::Pack);
     }
 
     /// Queues the message that ends call `id`: counted by [`finals`](Self::finals) until

@@ -930,6 +930,7 @@ where
             deadline,
             mode: open.mode,
             window: open.window,
+            pack_limit: PACK_LIMIT.min(served.connection.send_limit()),
             max_message_size: served.connection.max_message_size(),
             state: state.clone(),
             link: Link {
@@ -1020,12 +1021,12 @@ where
             return;
         }
         match outgoing.kind {
-            OutgoingKind::Item { cost } => {
-                live.unacknowledged += cost;
-                let limit = PACK_LIMIT.min(served.connection.send_limit());
-                served
-                    .outbox
-                    .push_item(outgoing.correlation, &outgoing.message, limit);
+            OutgoingKind::Items => {
+                let unsent = live.state.take_unsent();
+                live.unacknowledged += unsent.cost;
+                for message in unsent.messages {
+                    served.outbox.push(outgoing.correlation, message);
+                }
             }
             OutgoingKind::Credit(n) => {
                 live.client_credit = live.client_credit.saturating_add(n);

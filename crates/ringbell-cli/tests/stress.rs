@@ -49,7 +49,12 @@ fn stress(args: &[&str]) -> Output {
 
 /// [`stress`], and the tool's process id, which names its workspace.
 fn stress_with_pid(args: &[&str]) -> (Output, u32) {
-    let timeout = TOOL_TIMEOUT_SECONDS.to_string();
+    stress_within(args, TOOL_TIMEOUT_SECONDS)
+}
+
+/// [`stress_with_pid`] with the tool's own `--timeout` of `timeout` seconds.
+fn stress_within(args: &[&str], timeout: u64) -> (Output, u32) {
+    let timeout = timeout.to_string();
     let child = Command::new(RINGBELL)
         .arg("stress")
         .args(args)
@@ -568,4 +573,31 @@ fn a_skipped_or_duplicated_stream_item_fails_the_run() {
         assert!(!output.status.success(), "{}", describe(&output));
         assert!(stderr.contains(wanted), "{fault}: {}", describe(&output));
     }
+}
+
+/// A stream that stops part-way, its handler hung, is ended by `--timeout`: the run fails
+/// and says so, and leaves nothing running and no workspace behind.
+#[test]
+fn a_hung_stream_is_ended_by_the_timeout() {
+    let (output, pid) = stress_within(
+        &["--pattern", "stream", "--quick", "--stream-fault", "stall"],
+        5,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        stderr.contains("did not finish within --timeout 5 s"),
+        "{}",
+        describe(&output)
+    );
+    assert!(!stdout.contains("PASS"), "{}", describe(&output));
+    let workspace = std::env::temp_dir().join(format!("ringbell-stress-stream-{pid}"));
+    assert!(
+        !workspace.exists(),
+        "{} was left behind",
+        workspace.display()
+    );
+    let leftovers = leftover_children(pid, &workspace);
+    assert!(leftovers.is_empty(), "left running: {leftovers:?}");
 }

@@ -220,7 +220,7 @@ impl ServerConfig {
     /// The most bytes the server holds at once, across all its connections, for messages
     /// in transit. Default: 16 × [`max_message_size`](Self::max_message_size), and at
     /// least [`MIN_DEFAULT_MEMORY_BUDGET`](Self::MIN_DEFAULT_MEMORY_BUDGET) (256 MiB with
-    /// the default 16 MiB messages). It must be at least `max_message_size` plus 4,110
+    /// the default 16 MiB messages). It must be at least `max_message_size` plus 4,112
     /// bytes (what a call's opening carries after its request: its trailer and up to 4 KiB
     /// of metadata), or a largest message could never be received:
     /// [`Server::bind`](crate::Server::bind) refuses a smaller one.

@@ -127,9 +127,10 @@ pub fn handshake(input: &[u8]) {
 /// decoder clamps).
 pub fn call_messages(input: &[u8]) {
     use crate::core::call::{
-        decode_from_client, decode_from_server, encode_cancel, encode_client_credit, encode_data,
-        encode_end, encode_ended, encode_item, encode_open, encode_reply, encode_server_credit,
-        FromClient, FromServer, MAX_METADATA_ENTRIES, MAX_METADATA_LEN, MAX_STREAM_WINDOW,
+        add_to_pack, decode_from_client, decode_from_server, encode_cancel, encode_client_credit,
+        encode_data, encode_end, encode_ended, encode_item, encode_open, encode_reply,
+        encode_server_credit, start_pack, FromClient, FromServer, Pack, MAX_METADATA_ENTRIES,
+        MAX_METADATA_LEN, MAX_STREAM_WINDOW,
     };
 
     match decode_from_client(input) {
@@ -166,6 +167,19 @@ pub fn call_messages(input: &[u8]) {
         // An error message need not be UTF-8 on the wire (the client reads it lossily).
         Ok(FromServer::Failed(len)) => assert_eq!(len + 1, input.len()),
         Ok(FromServer::Item(len)) => assert_eq!(encode_item(&input[..len]), input),
+        Ok(FromServer::Items { count, len }) => {
+            // The items the pack yields, packed again, are the pack.
+            let mut pack = Pack::new(input[..len].to_vec());
+            let first = pack.next_item().expect("a pack has an item");
+            let mut again = start_pack(&first, usize::MAX);
+            let mut taken = 1;
+            while let Some(item) = pack.next_item() {
+                assert!(add_to_pack(&mut again, &item, usize::MAX));
+                taken += 1;
+            }
+            assert_eq!(taken, count);
+            assert_eq!(again, input);
+        }
         Ok(FromServer::Credit(n)) => assert_eq!(encode_server_credit(n), input),
         Ok(FromServer::Ended) => assert_eq!(encode_ended(), input),
         Err(detail) => assert!(!detail.is_empty()),

@@ -152,7 +152,7 @@ impl Server {
 
     /// [`accept`](Self::accept) for a connection that carries `carries`. Handshakes left
     /// pending by an earlier call go on under this one's `carries`.
-    fn accept_carrying(&self, carries: Carries) -> Result<Connection, Error> {
+    pub(crate) fn accept_carrying(&self, carries: Carries) -> Result<Connection, Error> {
         let mut pending = self
             .pending
             .lock()

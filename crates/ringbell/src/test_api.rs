@@ -96,3 +96,58 @@ pub fn call_blocking(
         }
     }
 }
+
+/// Accepts a client that makes calls, as [`Server::serve`](crate::Server::serve) would,
+/// but returns the connection itself: for a test that plays a server by hand (a hostile
+/// one, say). Blocks for the handshake.
+pub fn accept_for_calls(server: &crate::Server) -> Result<Connection, Error> {
+    server.accept_carrying(crate::handshake::Carries::Calls)
+}
+
+/// The window a call's opening (received by hand) asks for, in bytes: `None` if the
+/// message is not an opening of a streamed call.
+pub fn window_of(message: &[u8]) -> Option<u32> {
+    use crate::core::call::{decode_from_client, FromClient};
+    match decode_from_client(message).ok()? {
+        FromClient::Open(open) if open.window > 0 => Some(open.window),
+        _ => None,
+    }
+}
+
+/// `items` as one packed message of streamed responses (`ITEMS`, `core/call.rs`), each
+/// under 64 KiB: what a server sends a streamed call.
+pub fn pack_of(items: &[&[u8]]) -> Vec<u8> {
+    use crate::core::call::{add_to_pack, start_pack};
+    let (first, rest) = items.split_first().expect("a pack has an item");
+    let mut pack = start_pack(first, usize::MAX);
+    for item in rest {
+        assert!(
+            add_to_pack(&mut pack, item, usize::MAX),
+            "an item under 64 KiB"
+        );
+    }
+    pack
+}
+
+/// What a streamed response of `len` bytes costs against a call's window of `window`
+/// bytes (`core::call::item_cost`).
+pub fn item_cost(len: usize, window: u32) -> u32 {
+    crate::core::call::item_cost(len, window)
+}
+
+/// Sends `message` tagged with `correlation`, as a call's messages travel: for a test
+/// that plays a peer by hand.
+pub fn send_tagged(conn: &mut Connection, correlation: u64, message: &[u8]) -> Result<(), Error> {
+    conn.send_with_correlation(message, correlation)
+}
+
+/// Receives one message into `buf`, waiting at most `timeout`: its correlation id and
+/// length.
+pub fn recv_tagged(
+    conn: &mut Connection,
+    buf: &mut Vec<u8>,
+    timeout: Option<Duration>,
+) -> Result<(u64, usize), Error> {
+    let received = conn.recv_tagged(buf, timeout)?;
+    Ok((received.correlation, received.len))
+}

@@ -264,7 +264,7 @@ fn streamed_messages_arrive_in_order_then_the_reply_under_any_window() {
     let _test = shared_test("streaming_order");
     let fixture = Fixture::new("stream-order");
     fixture.run(|client| async move {
-        for window in [1u16, 2, 32, 256] {
+        for window in [1u32, 2, 32, 256, 64 << 10, 1 << 20] {
             let options = CallOptions::default().window(window);
             let mut stream = client
                 .call_stream_with(b"count 2000", options)

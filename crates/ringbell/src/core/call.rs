@@ -10,11 +10,11 @@
 //! From the client:
 //!
 //! ```text
-//! OPEN    request | metadata | metadata_len u16 | deadline_us u64 | window u16 | flags u8 | 0x01
+//! OPEN    request | metadata | metadata_len u16 | deadline_us u64 | window u32 | flags u8 | 0x01
 //! DATA    message | 0x02        one message of a two-way call's request stream
 //! END     0x03                  the request stream is finished
 //! CANCEL  0x04                  the client gave up: stop the work, send nothing more
-//! CREDIT  n u32 | 0x05          the client takes n more streamed responses
+//! CREDIT  n u32 | 0x05          the client takes n more bytes of streamed responses (costs)
 //! ```
 //!
 //! From the server:
@@ -25,7 +25,15 @@
 //! ITEM    message | 0x02        one streamed response
 //! CREDIT  n u32 | 0x03          the server takes n more request-stream messages
 //! ENDED   0x04                  the call was cancelled and its handler has ended: the call is over
+//! ITEMS   (len u16 | item)… | count u16 | 0x05
+//!                               several streamed responses of one call, in order, each
+//!                               under 64 KiB: what its handler sent while the ring was busy
 //! ```
+//!
+//! `ITEMS` is how small streamed responses travel: the sweeper packs the items a handler
+//! sent since its last look into one message (up to [`PACK_LIMIT`] bytes), so that a
+//! stream of tokens costs one frame, one publication and one hand-off to the stream per
+//! pack, not per token. An item of 64 KiB or more goes alone as an `ITEM`.
 //!
 //! Every call the server starts ends with exactly one of `REPLY`, `FAILED` or `ENDED`,
 //! even a cancelled one, and the client counts a call as under way until then. So the
@@ -35,16 +43,20 @@
 //!
 //! Integers are little-endian. `deadline_us` is the time the call may take, in
 //! microseconds, relative (so the two clocks never need to agree); `u64::MAX` is none.
-//! `window` is how many streamed responses the client takes before it grants more
-//! (`CREDIT`); a unary call's is 0. `flags`: bit 0, the client takes streamed responses;
+//! `window` is how many bytes of streamed responses the client takes before it grants
+//! more (`CREDIT`), counted as [`item_cost`]: an item's length plus [`ITEM_OVERHEAD`], at
+//! most the window; a unary call's is 0. `flags`: bit 0, the client takes streamed responses;
 //! bit 1, it streams requests (two-way). Metadata: one byte of entry count, then per entry
 //! `key_len u8 | key (UTF-8) | value_len u16 | value`.
 //!
-//! Flow control: the server may send a call at most `window` items before the client's
-//! first `CREDIT`, and never more than the client granted in all; the client may send a
-//! two-way call [`REQUEST_WINDOW`] messages before the server's first `CREDIT`. A peer
-//! that goes past its credit breaks the protocol. What the server holds of a call is
-//! bounded by these windows and by [`MAX_STREAM_WINDOW`], whatever a client asks.
+//! Flow control: the server may send a call items costing at most `window` before the
+//! client's first `CREDIT`, and never more than the client granted in all; the client may
+//! send a two-way call [`REQUEST_WINDOW`] messages before the server's first `CREDIT`. A
+//! peer that goes past its credit breaks the protocol. The window is in bytes, not items,
+//! so that what a stream nobody reads holds is bounded in memory whatever its items'
+//! sizes: at most the window's bytes of small items, or one item larger than the window
+//! (which costs the whole window). What the server holds of a call is bounded by these
+//! windows and by [`MAX_STREAM_WINDOW`], whatever a client asks.
 //!
 //! The handshake's protocol version covers this format: a change here bumps it.
 
@@ -67,13 +79,14 @@ const REPLY_FAILED: u8 = 0x01;
 const ITEM: u8 = 0x02;
 const SERVER_CREDIT: u8 = 0x03;
 const ENDED: u8 = 0x04;
+const ITEMS: u8 = 0x05;
 
 /// OPEN's flags.
 const TAKES_STREAM: u8 = 1 << 0;
 const SENDS_STREAM: u8 = 1 << 1;
 
 /// An OPEN's fixed trailer: metadata length, deadline, window, flags and kind.
-const OPEN_TRAILER_LEN: usize = 2 + 8 + 2 + 1 + 1;
+const OPEN_TRAILER_LEN: usize = 2 + 8 + 4 + 1 + 1;
 
 /// At most this many metadata entries per call.
 pub const MAX_METADATA_ENTRIES: usize = 16;
@@ -83,10 +96,36 @@ pub const MAX_METADATA_KEY_LEN: usize = 64;
 /// value and 3 bytes of lengths, plus 1.
 pub const MAX_METADATA_LEN: usize = 4096;
 
-/// The most streamed responses a server lets one call have unacknowledged, whatever
-/// window its client asks for: what a call may hold of the server's memory is this many
-/// messages.
-pub const MAX_STREAM_WINDOW: u16 = 256;
+/// The largest window a server grants one call, whatever its client asks for: 1 MiB of
+/// streamed responses unacknowledged (as [`item_cost`] counts them). What a call may
+/// hold of the server's memory for its stream is this, or one item of up to
+/// `max_message_size` when an item is larger.
+pub const MAX_STREAM_WINDOW: u32 = 1 << 20;
+
+/// What each streamed response costs against its call's window beside its bytes: so that
+/// a window bounds the bookkeeping of many tiny (or empty) items too, not only their
+/// bytes.
+pub const ITEM_OVERHEAD: usize = 16;
+
+/// The most bytes the sweeper packs into one `ITEMS` message: enough that a stream of
+/// tokens takes one frame per pack of hundreds, small enough to fit one frame of the
+/// default ring (a quarter of 128 KiB), so that a pack is never chunked there.
+pub(crate) const PACK_LIMIT: usize = 16 << 10;
+
+/// The largest item a pack carries: its length is a u16.
+const PACK_ITEM_MAX: usize = u16::MAX as usize;
+
+/// The bytes `ITEMS` adds to a pack: its count and its kind.
+const PACK_TRAILER_LEN: usize = 2 + 1;
+
+/// What a streamed response of `len` bytes costs against a `window`: its length plus
+/// [`ITEM_OVERHEAD`], at most the whole window (so an item larger than the window is sent
+/// alone, once nothing else is in flight). Never 0 for a window of at least 1.
+pub(crate) fn item_cost(len: usize, window: u32) -> u32 {
+    u32::try_from(len.saturating_add(ITEM_OVERHEAD))
+        .unwrap_or(u32::MAX)
+        .min(window)
+}
 
 /// The request-stream messages a client may send a two-way call before the server's
 /// first credit, and the most it may have unacknowledged.
@@ -269,9 +308,9 @@ impl Metadata {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Open {
     pub(crate) mode: Mode,
-    /// How many streamed responses the client takes before it grants more, at most
-    /// [`MAX_STREAM_WINDOW`]; 0 for a unary call.
-    pub(crate) window: u16,
+    /// How many bytes of streamed responses (as [`item_cost`] counts them) the client
+    /// takes before it grants more, at most [`MAX_STREAM_WINDOW`]; 0 for a unary call.
+    pub(crate) window: u32,
     pub(crate) deadline: Option<Duration>,
     pub(crate) metadata: Metadata,
     pub(crate) request_len: usize,
@@ -295,6 +334,12 @@ pub(crate) enum FromServer {
     Reply(usize),
     Failed(usize),
     Item(usize),
+    /// Several items, packed: `count` of them in the body's `len` bytes, already checked
+    /// (read them with [`Pack`]).
+    Items {
+        count: u16,
+        len: usize,
+    },
     Credit(u32),
     /// A cancelled call's end: its handler is done (or was dropped).
     Ended,
@@ -317,7 +362,7 @@ fn with_body(body: &[u8], trailer: usize) -> Vec<u8> {
 pub(crate) fn encode_open(
     request: &[u8],
     mode: Mode,
-    window: u16,
+    window: u32,
     deadline: Option<Duration>,
     metadata: &Metadata,
     metadata_len: usize,
@@ -360,6 +405,105 @@ pub(crate) fn encode_client_credit(n: u32) -> Vec<u8> {
 
 pub(crate) fn encode_item(message: &[u8]) -> Vec<u8> {
     seal(with_body(message, 1), ITEM)
+}
+
+/// Whether an item of `len` bytes travels in a pack of at most `limit` bytes; if not, it
+/// goes alone as an `ITEM`.
+pub(crate) fn packable(len: usize, limit: usize) -> bool {
+    len <= PACK_ITEM_MAX && 2 + len + PACK_TRAILER_LEN <= limit
+}
+
+/// A new pack (an `ITEMS` message) holding `item`, which must be [`packable`].
+///
+/// A pack is kept a whole, sealed message between appends (an append moves its trailer),
+/// so that it can be sent at any moment.
+pub(crate) fn start_pack(item: &[u8], limit: usize) -> Vec<u8> {
+    debug_assert!(packable(item.len(), limit));
+    let mut pack = Vec::with_capacity(limit.min(8 * (2 + item.len()) + PACK_TRAILER_LEN));
+    push_packed(&mut pack, item, 1);
+    pack
+}
+
+/// Adds `item` to `pack` if the pack stays within `limit` bytes; returns whether it did.
+pub(crate) fn add_to_pack(pack: &mut Vec<u8>, item: &[u8], limit: usize) -> bool {
+    let count = pack_count(pack);
+    if count == u16::MAX || item.len() > PACK_ITEM_MAX || pack.len() + 2 + item.len() > limit {
+        return false;
+    }
+    pack.truncate(pack.len() - PACK_TRAILER_LEN);
+    push_packed(pack, item, count + 1);
+    true
+}
+
+/// Whether `message`, one of a server's, is a pack (`ITEMS`).
+pub(crate) fn is_pack(message: &[u8]) -> bool {
+    message.last() == Some(&ITEMS)
+}
+
+fn pack_count(pack: &[u8]) -> u16 {
+    let at = pack.len() - PACK_TRAILER_LEN;
+    u16::from_le_bytes([pack[at], pack[at + 1]])
+}
+
+fn push_packed(pack: &mut Vec<u8>, item: &[u8], count: u16) {
+    pack.extend_from_slice(&(item.len() as u16).to_le_bytes());
+    pack.extend_from_slice(item);
+    pack.extend_from_slice(&count.to_le_bytes());
+    pack.push(ITEMS);
+}
+
+/// The items of a pack's body, in order. Made from a body that [`decode_from_server`]
+/// accepted, so every length it reads lies inside; it still stops at a length that does
+/// not, rather than trust that.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Pack {
+    body: Vec<u8>,
+    at: usize,
+}
+
+impl Pack {
+    /// The pack whose checked body is `body` (the message truncated to its body).
+    pub(crate) fn new(body: Vec<u8>) -> Pack {
+        Pack { body, at: 0 }
+    }
+
+    /// The next item, copied out.
+    pub(crate) fn next_item(&mut self) -> Option<Vec<u8>> {
+        let (len, rest) = split_packed(self.body.get(self.at..)?)?;
+        self.at += 2 + len;
+        Some(rest[..len].to_vec())
+    }
+}
+
+/// An item's length at the front of `bytes`, and what follows it, if the item lies
+/// inside.
+fn split_packed(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let len = usize::from(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]));
+    let rest = &bytes[2..];
+    (rest.len() >= len).then_some((len, rest))
+}
+
+/// Checks a pack's body against its count, and gives each item's length to `each` (for
+/// the client's credit). The count must be at least 1 and say exactly how many items
+/// fill the body.
+pub(crate) fn check_pack(
+    body: &[u8],
+    count: u16,
+    mut each: impl FnMut(usize),
+) -> Result<(), &'static str> {
+    if count == 0 {
+        return Err("a pack of streamed responses with no items");
+    }
+    let mut rest = body;
+    for _ in 0..count {
+        let (len, after) = split_packed(rest).ok_or("a packed item runs past its pack")?;
+        each(len);
+        rest = &after[len..];
+    }
+    if !rest.is_empty() {
+        return Err("a pack of streamed responses has bytes after its last item");
+    }
+    Ok(())
 }
 
 pub(crate) fn encode_server_credit(n: u32) -> Vec<u8> {
@@ -440,8 +584,8 @@ fn decode_open(body: &[u8]) -> Result<Open, &'static str> {
     let trailer = &body[fixed..];
     let metadata_len = usize::from(u16::from_le_bytes([trailer[0], trailer[1]]));
     let micros = u64::from_le_bytes(trailer[2..10].try_into().expect("8 bytes"));
-    let window = u16::from_le_bytes([trailer[10], trailer[11]]);
-    let mode = Mode::from_flags(trailer[12]).ok_or("a call's opening has unknown flags")?;
+    let window = u32::from_le_bytes(trailer[10..14].try_into().expect("4 bytes"));
+    let mode = Mode::from_flags(trailer[14]).ok_or("a call's opening has unknown flags")?;
     let request_len = fixed
         .checked_sub(metadata_len)
         .ok_or("a call's metadata is longer than its message")?;
@@ -472,6 +616,15 @@ pub(crate) fn decode_from_server(message: &[u8]) -> Result<FromServer, &'static 
             .ok_or("a malformed credit message"),
         ENDED if body.is_empty() => Ok(FromServer::Ended),
         ENDED => Err("an ended message with a body"),
+        ITEMS => {
+            let fixed = body
+                .len()
+                .checked_sub(2)
+                .ok_or("a pack of streamed responses is too short")?;
+            let count = u16::from_le_bytes([body[fixed], body[fixed + 1]]);
+            check_pack(&body[..fixed], count, |_| {})?;
+            Ok(FromServer::Items { count, len: fixed })
+        }
         _ => Err("a message of unknown kind on a connection of calls"),
     }
 }
@@ -532,7 +685,7 @@ mod tests {
 
     #[test]
     fn a_window_above_the_servers_limit_is_clamped() {
-        let message = encode_open(b"x", Mode::TwoWay, u16::MAX, None, &Metadata::default(), 0);
+        let message = encode_open(b"x", Mode::TwoWay, u32::MAX, None, &Metadata::default(), 0);
         let FromClient::Open(open) = decode_from_client(&message).unwrap() else {
             panic!("not an open");
         };
@@ -589,7 +742,7 @@ mod tests {
     #[test]
     fn the_room_for_an_opening_is_what_the_docs_say() {
         // `ServerConfig::memory_budget`'s docs name this figure.
-        assert_eq!(REQUEST_ROOM, 4110);
+        assert_eq!(REQUEST_ROOM, 4112);
     }
 
     #[test]
@@ -623,7 +776,121 @@ mod tests {
         assert_eq!(decode_from_server(&reply), Ok(FromServer::Reply(40)));
     }
 
+    /// Packs `items` as the sweeper does, under `limit`: the messages it would send.
+    fn packed(items: &[&[u8]], limit: usize) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for item in items {
+            if !packable(item.len(), limit) {
+                out.push(encode_item(item));
+                continue;
+            }
+            let joined = out
+                .last_mut()
+                .filter(|last| last.last() == Some(&ITEMS))
+                .is_some_and(|last| add_to_pack(last, item, limit));
+            if !joined {
+                out.push(start_pack(item, limit));
+            }
+        }
+        out
+    }
+
+    /// The items the client takes out of `messages`.
+    fn unpacked(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut items = Vec::new();
+        for message in messages {
+            match decode_from_server(message).unwrap() {
+                FromServer::Item(len) => items.push(message[..len].to_vec()),
+                FromServer::Items { count, len } => {
+                    let mut pack = Pack::new(message[..len].to_vec());
+                    let before = items.len();
+                    while let Some(item) = pack.next_item() {
+                        items.push(item);
+                    }
+                    assert_eq!(items.len() - before, usize::from(count));
+                }
+                other => panic!("not items: {other:?}"),
+            }
+        }
+        items
+    }
+
+    #[test]
+    fn items_travel_packed_under_the_limit_and_alone_when_too_large() {
+        let big = vec![9u8; 70_000];
+        let items: Vec<&[u8]> = vec![b"a", b"", b"tok", &big, b"after"];
+        let messages = packed(&items, PACK_LIMIT);
+        // The three small ones in one pack, the large one alone, then a new pack.
+        assert_eq!(messages.len(), 3);
+        assert_eq!(
+            decode_from_server(&messages[0]),
+            Ok(FromServer::Items {
+                count: 3,
+                len: 2 + 1 + 2 + 2 + 3
+            })
+        );
+        assert_eq!(
+            decode_from_server(&messages[1]),
+            Ok(FromServer::Item(70_000))
+        );
+        let expected: Vec<Vec<u8>> = items.iter().map(|item| item.to_vec()).collect();
+        assert_eq!(unpacked(&messages), expected);
+        // A pack never grows past its limit.
+        let many: Vec<&[u8]> = vec![&[1u8; 10][..]; 100];
+        let messages = packed(&many, 64);
+        assert!(messages.iter().all(|message| message.len() <= 64));
+        assert_eq!(unpacked(&messages).len(), 100);
+    }
+
+    #[test]
+    fn a_malformed_pack_is_refused() {
+        let pack = start_pack(b"abc", PACK_LIMIT);
+        let mut wrong_count = pack.clone();
+        let at = wrong_count.len() - 3;
+        wrong_count[at] = 2;
+        assert!(decode_from_server(&wrong_count).is_err());
+        let mut zero = pack.clone();
+        zero[at] = 0;
+        assert!(decode_from_server(&zero).is_err());
+        let mut long_item = pack.clone();
+        long_item[0] = 200;
+        assert!(decode_from_server(&long_item).is_err());
+        let mut trailing = pack[..pack.len() - 3].to_vec();
+        trailing.push(0);
+        trailing.extend_from_slice(&1u16.to_le_bytes());
+        trailing.push(ITEMS);
+        assert!(decode_from_server(&trailing).is_err());
+        assert!(decode_from_server(&[ITEMS]).is_err());
+        assert!(decode_from_server(&[1, ITEMS]).is_err());
+    }
+
+    #[test]
+    fn an_item_costs_its_length_and_the_overhead_at_most_the_window() {
+        assert_eq!(item_cost(64, 1 << 16), 80);
+        assert_eq!(item_cost(0, 1 << 16), ITEM_OVERHEAD as u32);
+        assert_eq!(item_cost(1 << 20, 1 << 16), 1 << 16);
+        assert_eq!(item_cost(5, 1), 1);
+        assert_eq!(item_cost(usize::MAX, MAX_STREAM_WINDOW), MAX_STREAM_WINDOW);
+    }
+
     proptest! {
+        /// Whatever the items and the limit, the client takes out what the server put in,
+        /// in order, and no message is over the limit but a lone item.
+        #[test]
+        fn packing_round_trips(
+            items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..60),
+            limit in 8usize..2048,
+        ) {
+            let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
+            let messages = packed(&refs, limit);
+            for message in &messages {
+                if let Ok(FromServer::Items { .. }) = decode_from_server(message) {
+                    prop_assert!(message.len() <= limit);
+                }
+            }
+            prop_assert_eq!(unpacked(&messages), items);
+        }
+
         /// No input makes the decoders panic, and whatever they accept from a client
         /// keeps its parts inside the message.
         #[test]
@@ -641,7 +908,7 @@ mod tests {
             request in proptest::collection::vec(any::<u8>(), 0..64),
             entries in proptest::collection::vec(("[a-z-]{0,12}", proptest::collection::vec(any::<u8>(), 0..20)), 0..5),
             mode in prop_oneof![Just(Mode::Unary), Just(Mode::ServerStream), Just(Mode::TwoWay)],
-            window in 1u16..=MAX_STREAM_WINDOW,
+            window in 1u32..=MAX_STREAM_WINDOW,
             deadline in proptest::option::of(0u64..10_000_000),
         ) {
             let mut meta = Metadata::default();

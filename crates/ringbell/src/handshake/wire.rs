@@ -17,7 +17,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 /// serves the other kind refuses it.
 /// Version 4: the call protocol of `core/call.rs` (streams, cancellation, deadlines,
 /// metadata), and the Welcome says how many calls the server takes at once.
-pub(crate) const PROTOCOL_VERSION: u16 = 4;
+/// Version 5: a stream's window is in bytes (the opening's window is a u32), and small
+/// streamed responses travel packed (`ITEMS`).
+pub(crate) const PROTOCOL_VERSION: u16 = 5;
 
 /// What a connection carries, which both ends must agree on: a client that makes calls
 /// would wait forever for replies from a server that echoes plain messages (and drop them,

@@ -6,12 +6,15 @@
 //! cancellation through [`CallState`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use ::tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::core::call::{encode_item, encode_server_credit, Metadata, Mode, REQUEST_WINDOW};
+use crate::core::call::{
+    add_to_pack, encode_item, encode_server_credit, is_pack, item_cost, packable, start_pack,
+    Metadata, Mode, REQUEST_WINDOW,
+};
 use crate::error::Error;
 
 /// What a call's handler and the sweeper share: whether the call is cancelled, and the
@@ -22,17 +25,48 @@ pub(super) struct CallState {
     /// `Notified` before it loads the flag, so it either sees the flag or is woken.
     cancelled: AtomicBool,
     cancel: Notify,
-    /// Streamed responses the client takes now: the sweeper adds what the client's
-    /// credit grants, and closes it when the call is cancelled.
+    /// What the client takes now of streamed responses, in [`item_cost`]s: the sweeper
+    /// adds what the client's credit grants, and closes it when the call is cancelled.
     credit: Semaphore,
+    /// Streamed responses the handler sent that the sweeper has not taken yet, packed
+    /// for the wire as they come: the handler tells the sweeper only when this was empty,
+    /// so a handler that sends faster than the sweeper sweeps pays a lock and a copy per
+    /// item, not a message through the channel and an allocation.
+    unsent: Mutex<Unsent>,
+}
+
+/// Streamed responses on their way to the sweeper: messages ready for the wire (packs, or
+/// an `ITEM` too large to pack), and what they cost against the client's credit.
+#[derive(Debug, Default)]
+pub(super) struct Unsent {
+    pub(super) messages: Vec<Vec<u8>>,
+    pub(super) cost: u32,
+}
+
+impl Unsent {
+    /// Adds `item` to the last message if it is a pack with room, or as a new message.
+    fn push(&mut self, item: &[u8], cost: u32, limit: usize) {
+        self.cost += cost;
+        if !packable(item.len(), limit) {
+            self.messages.push(encode_item(item));
+            return;
+        }
+        if let Some(last) = self.messages.last_mut() {
+            if is_pack(last) && add_to_pack(last, item, limit) {
+                return;
+            }
+        }
+        self.messages.push(start_pack(item, limit));
+    }
 }
 
 impl CallState {
-    pub(super) fn new(window: u16) -> Arc<CallState> {
+    pub(super) fn new(window: u32) -> Arc<CallState> {
         Arc::new(CallState {
             cancelled: AtomicBool::new(false),
             cancel: Notify::new(),
-            credit: Semaphore::new(usize::from(window)),
+            credit: Semaphore::new(window as usize),
+            unsent: Mutex::new(Unsent::default()),
         })
     }
 
@@ -50,6 +84,11 @@ impl CallState {
     /// The client granted `n` more streamed responses.
     pub(super) fn grant(&self, n: u32) {
         self.credit.add_permits(n as usize);
+    }
+
+    /// Takes the streamed responses the handler has sent since the last take.
+    pub(super) fn take_unsent(&self) -> Unsent {
+        std::mem::take(&mut *self.unsent.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     async fn cancelled(&self) {
@@ -71,15 +110,16 @@ pub(super) struct Outgoing {
     pub(super) slot: usize,
     pub(super) generation: u64,
     pub(super) correlation: u64,
+    /// A credit's message, encoded; empty for `Items`.
     pub(super) message: Vec<u8>,
-    /// A streamed response (counted against the client's credit), or a credit for the
-    /// client's stream.
     pub(super) kind: OutgoingKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum OutgoingKind {
-    Item,
+    /// The call has streamed responses waiting in its [`CallState`]'s `unsent`.
+    Items,
+    /// A credit of this many messages for the client's stream.
     Credit(u32),
 }
 
@@ -122,6 +162,10 @@ pub struct Call {
     metadata: Metadata,
     deadline: Option<Instant>,
     mode: Mode,
+    /// The client's window, in bytes (0 on a unary call): what an item costs depends on it.
+    window: u32,
+    /// The largest pack of items the connection takes.
+    pack_limit: usize,
     max_message_size: usize,
     state: Arc<CallState>,
     link: Link,
@@ -138,6 +182,8 @@ pub(super) struct CallParts {
     pub(super) metadata: Metadata,
     pub(super) deadline: Option<Instant>,
     pub(super) mode: Mode,
+    pub(super) window: u32,
+    pub(super) pack_limit: usize,
     pub(super) max_message_size: usize,
     pub(super) state: Arc<CallState>,
     pub(super) link: Link,
@@ -152,6 +198,8 @@ impl Call {
             metadata: parts.metadata,
             deadline: parts.deadline,
             mode: parts.mode,
+            window: parts.window,
+            pack_limit: parts.pack_limit,
             max_message_size: parts.max_message_size,
             state: parts.state,
             link: parts.link,
@@ -206,8 +254,9 @@ impl Call {
     }
 
     /// Sends one streamed response. Waits while the client's credit is used up (it has
-    /// not taken the responses sent so far), so a slow reader slows the handler rather
-    /// than filling the server's memory.
+    /// not taken the responses sent so far: the call's window, in bytes), so a slow reader
+    /// slows the handler rather than filling the server's memory. The items sent while
+    /// the connection is busy travel packed, several to a message.
     ///
     /// # Errors
     ///
@@ -225,12 +274,26 @@ impl Call {
                 max: self.max_message_size,
             });
         }
-        match self.state.credit.acquire().await {
+        let cost = item_cost(message.len(), self.window);
+        match self.state.credit.acquire_many(cost).await {
             // The credit is spent: the sweeper counts the response as sent when it takes it.
             Ok(permit) => permit.forget(),
             Err(_closed) => return Err(Error::Cancelled),
         }
-        self.link.send(encode_item(message), OutgoingKind::Item)
+        let first = {
+            let mut unsent = self
+                .state
+                .unsent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let first = unsent.messages.is_empty();
+            unsent.push(message, cost, self.pack_limit);
+            first
+        };
+        if first {
+            self.link.send(Vec::new(), OutgoingKind::Items)?;
+        }
+        Ok(())
     }
 
     /// The client's next streamed message, on a two-way call
@@ -292,5 +355,41 @@ impl Call {
     pub async fn recv_value<T: serde::de::DeserializeOwned>(&mut self) -> Option<Result<T, Error>> {
         let message = self.recv().await?;
         Some(crate::codec::decode(&message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::call::{decode_from_server, FromServer, Pack, PACK_LIMIT};
+
+    /// What the sweeper takes is what the handler sent, in order, packed under the limit
+    /// (a large item alone), with the cost of every item.
+    #[test]
+    fn unsent_items_are_packed_in_order_with_their_cost() {
+        let mut unsent = Unsent::default();
+        let big = vec![3u8; 70_000];
+        let items: Vec<&[u8]> = vec![b"one", b"", &big, b"two", b"three"];
+        for item in &items {
+            unsent.push(item, item_cost(item.len(), 1 << 20), PACK_LIMIT);
+        }
+        let expected_cost: u32 = items.iter().map(|i| item_cost(i.len(), 1 << 20)).sum();
+        assert_eq!(unsent.cost, expected_cost);
+        assert_eq!(unsent.messages.len(), 3, "a pack, the large item, a pack");
+        let mut taken: Vec<Vec<u8>> = Vec::new();
+        for message in &unsent.messages {
+            match decode_from_server(message).unwrap() {
+                FromServer::Item(len) => taken.push(message[..len].to_vec()),
+                FromServer::Items { len, .. } => {
+                    let mut pack = Pack::new(message[..len].to_vec());
+                    while let Some(item) = pack.next_item() {
+                        taken.push(item);
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let expected: Vec<Vec<u8>> = items.iter().map(|i| i.to_vec()).collect();
+        assert_eq!(taken, expected);
     }
 }

@@ -41,8 +41,8 @@ use super::{arm, WatchedPoller};
 use crate::config::{ClientConfig, WaitStrategy};
 use crate::conn::{Connection, Publish, Pushed, SendProgress};
 use crate::core::call::{
-    decode_from_server, encode_cancel, encode_client_credit, encode_end, encode_open, FromServer,
-    Mode, REQUEST_WINDOW,
+    check_pack, decode_from_server, encode_cancel, encode_client_credit, encode_end, encode_open,
+    item_cost, FromServer, Mode, Pack, REQUEST_WINDOW,
 };
 use crate::core::in_flight::InFlight;
 use crate::core::ring::max_frame_payload;
@@ -76,7 +76,8 @@ pub(super) struct NewCall {
     /// Its opening, encoded.
     message: Vec<u8>,
     sink: Sink,
-    window: u16,
+    /// Its stream's window, in bytes (0 on a unary call).
+    window: u32,
     /// The credit of its request stream, on a two-way call.
     send_credit: Option<Arc<Semaphore>>,
     /// Held until the call ends: the in-flight bound.
@@ -86,7 +87,10 @@ pub(super) struct NewCall {
 /// A call sent and waiting for its end.
 struct Pending {
     sink: Sink,
-    /// Streamed responses the server may still send before the client grants more.
+    /// Its stream's window, in bytes: what each streamed response costs depends on it.
+    window: u32,
+    /// What the server may still send of streamed responses before the client grants
+    /// more, in `core::call::item_cost`s.
     credit: u32,
     send_credit: Option<Arc<Semaphore>>,
     _permit: OwnedSemaphorePermit,
@@ -863,29 +867,28 @@ impl Member {
                 let Some(pending) = self.pending.get_mut(correlation) else {
                     return Ok(());
                 };
-                let over = match &pending.sink {
-                    // Sent before our cancel reached the server: for nobody.
-                    Sink::Gone => return Ok(()),
-                    Sink::Stream(_) if pending.credit > 0 => None,
-                    Sink::Stream(_) => {
-                        Some("the server streamed more messages than the call's credit allows")
-                    }
-                    Sink::Reply(_) => Some("the server streamed a message on a unary call"),
-                };
-                if let Some(detail) = over {
-                    // This call's end, not the connection's: cancel it on the server,
-                    // whose word that it has ended frees its slot.
-                    pending.tell(Err(Error::Corrupted { detail }));
-                    self.outbox.withdraw(correlation);
-                    self.outbox.push(correlation, encode_cancel());
+                let cost = item_cost(len, pending.window);
+                if !self.take_credit(correlation, cost) {
                     return Ok(());
                 }
-                pending.credit -= 1;
                 buf.truncate(len);
-                if let Sink::Stream(events) = &pending.sink {
-                    // A stream dropped meanwhile has its cancel on the way.
-                    let _ = events.send(Event::Item(std::mem::take(buf)));
+                self.deliver(correlation, Event::Item(std::mem::take(buf)));
+            }
+            FromServer::Items { count, len } => {
+                let Some(pending) = self.pending.get_mut(correlation) else {
+                    return Ok(());
+                };
+                let window = pending.window;
+                let mut cost = 0u32;
+                check_pack(&buf[..len], count, |item| {
+                    cost = cost.saturating_add(item_cost(item, window));
+                })
+                .map_err(|detail| Error::Corrupted { detail })?;
+                if !self.take_credit(correlation, cost) {
+                    return Ok(());
                 }
+                buf.truncate(len);
+                self.deliver(correlation, Event::Items(Pack::new(std::mem::take(buf))));
             }
             FromServer::Ended => {
                 // The server cancels a call by itself only when its deadline has passed;
@@ -906,6 +909,41 @@ impl Member {
             }
         }
         Ok(())
+    }
+}
+
+impl Member {
+    /// Spends `cost` of call `correlation`'s credit on streamed responses that came.
+    /// Returns whether they are to be delivered: not if the call's stream has gone (they
+    /// were sent before our cancel reached the server), nor if the server broke the
+    /// call's flow control, which ends the call (not the connection: it is cancelled on
+    /// the server, whose word that it has ended frees its slot).
+    fn take_credit(&mut self, correlation: u64, cost: u32) -> bool {
+        let Some(pending) = self.pending.get_mut(correlation) else {
+            return false;
+        };
+        let over = match &pending.sink {
+            Sink::Gone => return false,
+            Sink::Stream(_) if cost <= pending.credit => None,
+            Sink::Stream(_) => Some("the server streamed more than the call's credit allows"),
+            Sink::Reply(_) => Some("the server streamed a message on a unary call"),
+        };
+        if let Some(detail) = over {
+            pending.tell(Err(Error::Corrupted { detail }));
+            self.outbox.withdraw(correlation);
+            self.outbox.push(correlation, encode_cancel());
+            return false;
+        }
+        pending.credit -= cost;
+        true
+    }
+
+    /// Hands streamed responses to call `correlation`'s stream.
+    fn deliver(&mut self, correlation: u64, event: Event) {
+        if let Some(Sink::Stream(events)) = self.pending.get_mut(correlation).map(|p| &p.sink) {
+            // A stream dropped meanwhile has its cancel on the way.
+            let _ = events.send(event);
+        }
     }
 }
 
@@ -1068,6 +1106,7 @@ impl GroupDriver {
                     let error = self.ended.get(&id).map_or(Error::PeerDied, copy_of);
                     Pending {
                         sink: call.sink,
+                        window: 0,
                         credit: 0,
                         send_credit: call.send_credit,
                         _permit: call.permit,
@@ -1080,7 +1119,8 @@ impl GroupDriver {
                     .expect("slot_of points at members");
                 let pending = Pending {
                     sink: call.sink,
-                    credit: u32::from(call.window),
+                    window: call.window,
+                    credit: call.window,
                     send_credit: call.send_credit,
                     _permit: call.permit,
                 };

@@ -38,8 +38,8 @@ use crate::error::Error;
 use crate::sys::{Poller, Source, Stirred};
 
 pub use crate::core::call::{
-    Metadata, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_LEN, MAX_METADATA_LEN, MAX_STREAM_WINDOW,
-    REQUEST_WINDOW,
+    Metadata, ITEM_OVERHEAD, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_LEN, MAX_METADATA_LEN,
+    MAX_STREAM_WINDOW, REQUEST_WINDOW,
 };
 pub use call::Call;
 pub use client::{Client, ClientGroup, DEFAULT_MAX_IN_FLIGHT};

@@ -61,7 +61,8 @@ use super::{arm, AsyncServer, WatchedPoller};
 use crate::config::WaitStrategy;
 use crate::conn::{Budget, Charge, Connection};
 use crate::core::call::{
-    decode_from_client, encode_ended, encode_reply_within, FromClient, Open, REQUEST_WINDOW,
+    decode_from_client, encode_ended, encode_reply_within, FromClient, Open, PACK_LIMIT,
+    REQUEST_WINDOW,
 };
 use crate::core::wait::{SpinLearner, PEER_CHECK_INTERVAL};
 use crate::error::Error;
@@ -383,8 +384,9 @@ struct Live {
     inbound: Option<mpsc::UnboundedSender<Vec<u8>>>,
     /// Messages the client may still stream before we grant more.
     client_credit: u32,
-    /// Streamed responses sent and not yet credited back by the client: with the credit
-    /// left, never more than the call's window.
+    /// The cost of the streamed responses sent and not yet credited back by the client
+    /// (see `core::call::item_cost`): with the credit left, never more than the call's
+    /// window.
     unacknowledged: u32,
     deadline: Option<Instant>,
     /// Its task, once it has one (a handler that finished in its first poll never has).
@@ -927,6 +929,8 @@ where
             metadata: open.metadata,
             deadline,
             mode: open.mode,
+            window: open.window,
+            pack_limit: PACK_LIMIT.min(served.connection.send_limit()),
             max_message_size: served.connection.max_message_size(),
             state: state.clone(),
             link: Link {
@@ -1017,10 +1021,18 @@ where
             return;
         }
         match outgoing.kind {
-            OutgoingKind::Item => live.unacknowledged += 1,
-            OutgoingKind::Credit(n) => live.client_credit = live.client_credit.saturating_add(n),
+            OutgoingKind::Items => {
+                let unsent = live.state.take_unsent();
+                live.unacknowledged += unsent.cost;
+                for message in unsent.messages {
+                    served.outbox.push(outgoing.correlation, message);
+                }
+            }
+            OutgoingKind::Credit(n) => {
+                live.client_credit = live.client_credit.saturating_add(n);
+                served.outbox.push(outgoing.correlation, outgoing.message);
+            }
         }
-        served.outbox.push(outgoing.correlation, outgoing.message);
         served.recharge();
         served.asleep = false;
     }

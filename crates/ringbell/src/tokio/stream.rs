@@ -12,15 +12,21 @@ use std::time::{Duration, Instant};
 use ::tokio::sync::{mpsc, Semaphore};
 
 use super::client::ToDriver;
-use crate::core::call::{Metadata, MAX_STREAM_WINDOW};
+use crate::core::call::{item_cost, Metadata, Pack, MAX_STREAM_WINDOW};
 use crate::error::Error;
 
-/// The window of streamed responses a call asks for by default: 32 messages.
+/// The window of streamed responses a call asks for by default: 64 KiB, as HTTP/2's
+/// default stream window.
 ///
 /// Why: enough that a reader a little behind never stalls the handler (it grants more at
-/// half the window, so 16 messages are always in flight), small enough that a stream
-/// never read holds at most 32 messages in each side's memory.
-pub const DEFAULT_STREAM_WINDOW: u16 = 32;
+/// half the window, so 32 KiB are always in flight: 400 tokens of 64 bytes, the
+/// [`ITEM_OVERHEAD`](crate::tokio::ITEM_OVERHEAD) included, which hides a credit's round
+/// trip even through a kernel wake-up), small enough that a stream never read holds about
+/// 64 KiB in each side's memory (or one item, if an item is larger). It was 32 messages,
+/// whatever their size, until the window was counted in bytes: a round trip of credit per
+/// 16 messages bounded one stream to about 1–2 M items/s (docs/BENCHMARKS.md, "Streamed
+/// calls").
+pub const DEFAULT_STREAM_WINDOW: u32 = 64 << 10;
 
 /// How a call is made: its timeout, its metadata, and the window of a stream.
 ///
@@ -37,7 +43,7 @@ pub const DEFAULT_STREAM_WINDOW: u16 = 32;
 pub struct CallOptions {
     pub(super) timeout: Option<Duration>,
     pub(super) metadata: Metadata,
-    pub(super) window: u16,
+    pub(super) window: u32,
 }
 
 impl Default for CallOptions {
@@ -69,11 +75,14 @@ impl CallOptions {
         self
     }
 
-    /// How many streamed responses may be in flight before the client has taken any
-    /// (default [`DEFAULT_STREAM_WINDOW`], at least 1, at most 256: a server grants no
-    /// call more). The client grants more as the stream is read, half a window at a time.
-    pub fn window(mut self, messages: u16) -> Self {
-        self.window = messages.clamp(1, MAX_STREAM_WINDOW);
+    /// How many bytes of streamed responses may be in flight before the client has taken
+    /// any (default [`DEFAULT_STREAM_WINDOW`], at least 1, at most
+    /// [`MAX_STREAM_WINDOW`], 1 MiB: a server grants no call more). Each item counts its
+    /// length plus [`ITEM_OVERHEAD`](crate::tokio::ITEM_OVERHEAD) bytes; an item larger
+    /// than the window is sent once nothing else is in flight. The client grants more as
+    /// the stream is read, half a window at a time.
+    pub fn window(mut self, bytes: u32) -> Self {
+        self.window = bytes.clamp(1, MAX_STREAM_WINDOW);
         self
     }
 
@@ -88,6 +97,8 @@ impl CallOptions {
 #[derive(Debug)]
 pub(super) enum Event {
     Item(Vec<u8>),
+    /// Several items, in order, in one message.
+    Items(Pack),
     End(Result<Vec<u8>, Error>),
 }
 
@@ -175,9 +186,13 @@ fn copy_of(error: &Error) -> Error {
 pub struct ResponseStream {
     events: mpsc::UnboundedReceiver<Event>,
     guard: CallGuard,
-    /// Half the window: the client grants credit in steps of this many messages.
+    /// The items of a pack not taken yet.
+    pack: Pack,
+    /// The call's window, in bytes: what an item costs depends on it.
+    window: u32,
+    /// Half the window: the client grants credit in steps of this much.
     credit_step: u32,
-    /// Messages taken since the last grant.
+    /// The cost of the items taken since the last grant.
     taken: u32,
     /// When the call's time is up.
     deadline: Option<Pin<Box<::tokio::time::Sleep>>>,
@@ -191,13 +206,15 @@ impl ResponseStream {
     pub(super) fn new(
         events: mpsc::UnboundedReceiver<Event>,
         guard: CallGuard,
-        window: u16,
+        window: u32,
         deadline: Option<Instant>,
     ) -> ResponseStream {
         ResponseStream {
             events,
             guard,
-            credit_step: (u32::from(window) / 2).max(1),
+            pack: Pack::default(),
+            window,
+            credit_step: (window / 2).max(1),
             taken: 0,
             deadline: deadline.map(|at| Box::pin(::tokio::time::sleep_until(at.into()))),
             outcome: None,
@@ -244,9 +261,21 @@ impl ResponseStream {
         }
     }
 
+    /// Counts `item` as taken, granting the server more credit each half window.
+    fn took(&mut self, item: Vec<u8>) -> Vec<u8> {
+        self.taken += item_cost(item.len(), self.window);
+        if self.taken >= self.credit_step {
+            self.guard.credit(std::mem::take(&mut self.taken));
+        }
+        item
+    }
+
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Vec<u8>, Error>>> {
         if self.ended {
             return Poll::Ready(None);
+        }
+        if let Some(item) = self.pack.next_item() {
+            return Poll::Ready(Some(Ok(self.took(item))));
         }
         // Messages that arrived in time are delivered before the timeout is.
         let event = match self.events.poll_recv(cx) {
@@ -261,12 +290,12 @@ impl ResponseStream {
             }
         };
         Poll::Ready(match event {
-            Some(Event::Item(message)) => {
-                self.taken += 1;
-                if self.taken >= self.credit_step {
-                    self.guard.credit(std::mem::take(&mut self.taken));
-                }
-                Some(Ok(message))
+            Some(Event::Item(message)) => Some(Ok(self.took(message))),
+            Some(Event::Items(mut pack)) => {
+                // The driver checked the pack: it holds at least one item.
+                let first = pack.next_item().unwrap_or_default();
+                self.pack = pack;
+                Some(Ok(self.took(first)))
             }
             Some(Event::End(outcome)) => self.end(outcome),
             // The driver has gone: its runtime is shutting down.

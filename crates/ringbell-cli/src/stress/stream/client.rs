@@ -18,7 +18,7 @@ use ringbell::tokio::{CallOptions, Client};
 use ringbell::ClientConfig;
 use tokio::task::JoinSet;
 
-use super::wire::{expected_item, StreamReport, StreamSet, StreamSpec, WINDOW};
+use super::wire::{expected_item, window_bytes, StreamReport, StreamSet, StreamSpec};
 use super::StreamFault;
 use crate::error::{CliError, Context};
 use crate::stress::client::{say, wait_for_go, CONNECT_TIMEOUT};
@@ -153,7 +153,10 @@ async fn run_stream(
 ) -> Result<StreamOutcome, String> {
     let name = format!("stream {}", spec.stream);
     let mut stream = client
-        .call_stream_with(&spec.encode(), CallOptions::default().window(WINDOW))
+        .call_stream_with(
+            &spec.encode(),
+            CallOptions::default().window(window_bytes(spec.item_size)),
+        )
         .await
         .map_err(|error| format!("{name}: opening failed: {error}"))?;
     let mut outcome = StreamOutcome::default();

@@ -64,6 +64,9 @@ pub enum StreamFault {
     Duplicate,
     /// The client process holding stream 0 exits part-way through it, as a crash would.
     ExitClient,
+    /// The server sends stream 0's first item and then nothing more, as a hung handler
+    /// would: only `--timeout` ends the run.
+    Stall,
 }
 
 /// What one stream run does.
@@ -126,7 +129,7 @@ type Event = ChildOutput<Source>;
 pub(super) fn run(plan: &StreamPlan) -> Result<(), CliError> {
     println!(
         "ringbell stress --pattern stream: {} streams over {} connections in {}, window \
-         {WINDOW}, {}-byte items, about a quarter cancelled at random; seed {}",
+         of {WINDOW} items, {}-byte items, about a quarter cancelled at random; seed {}",
         plan.streams,
         plan.connections,
         client_processes(plan.processes),
@@ -207,7 +210,9 @@ impl<'a> StreamRun<'a> {
         let (events_tx, events) = mpsc::channel();
         let mut args: Vec<OsString> = vec!["__stress-stream-server".into(), socket.clone().into()];
         // Skipping and duplicating are the server's to do; exiting is a client's.
-        if let Some(fault @ (StreamFault::Skip | StreamFault::Duplicate)) = plan.fault {
+        if let Some(fault @ (StreamFault::Skip | StreamFault::Duplicate | StreamFault::Stall)) =
+            plan.fault
+        {
             args.extend(["--stream-fault".into(), fault_name(fault).into()]);
         }
         let server = PeerProcess::spawn_talking(

@@ -31,7 +31,8 @@ pub(super) const CANCELS_PREFIX: &str = "cancels ";
 pub struct StreamServerArgs {
     /// Socket path to listen on.
     pub path: PathBuf,
-    /// Skip or duplicate item 1 of stream 0 (for the tests of the stress test itself).
+    /// Skip, duplicate or stall at item 1 of stream 0 (for the tests of the stress test
+    /// itself).
     #[arg(long, value_enum)]
     pub stream_fault: Option<StreamFault>,
 }
@@ -68,6 +69,11 @@ async fn handle(
         let faulty = stream == 0 && index == 1;
         if faulty && fault == Some(StreamFault::Skip) {
             continue;
+        }
+        if faulty && fault == Some(StreamFault::Stall) {
+            // Hung: nothing more until the run gives up and the client goes.
+            call.cancelled().await;
+            return Err("stalled".into());
         }
         let item = expected_item(stream, index, item_size);
         let sends = if faulty && fault == Some(StreamFault::Duplicate) {

@@ -7,7 +7,13 @@ use super::StreamFault;
 
 /// Items a stream may have in flight: small, so that a cancelled stream's handler is
 /// still blocked in `send` when the cancel arrives, and must observe it.
-pub(super) const WINDOW: u16 = 4;
+pub(super) const WINDOW: u32 = 4;
+
+/// The window, in bytes, that lets a stream of `item_size`-byte items have [`WINDOW`]
+/// in flight (each item costs its size plus the protocol's overhead).
+pub(super) fn window_bytes(item_size: u32) -> u32 {
+    WINDOW * (item_size + ringbell::tokio::ITEM_OVERHEAD as u32)
+}
 
 /// How a client process's report line begins.
 pub(super) const REPORT_PREFIX: &str = "done ";
@@ -45,7 +51,7 @@ impl StreamSet {
         // And not before its first item: a call cancelled before a handler takes it
         // never reaches one, so could not be observed.
         let cancel_after = (random.is_multiple_of(4) && !faulted)
-            .then(|| 1 + (mix(random) % u64::from(count - u32::from(WINDOW) - 3)) as u32);
+            .then(|| 1 + (mix(random) % u64::from(count - WINDOW - 3)) as u32);
         StreamSpec {
             stream,
             count,
@@ -189,10 +195,7 @@ mod tests {
         for stream in 0..400 {
             let spec = set.spec(stream);
             if let Some(at) = spec.cancel_after {
-                assert!(
-                    at >= 1 && at + u32::from(WINDOW) + 2 <= spec.count,
-                    "{spec:?}"
-                );
+                assert!(at >= 1 && at + WINDOW + 2 <= spec.count, "{spec:?}");
             }
         }
     }

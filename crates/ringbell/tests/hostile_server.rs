@@ -61,7 +61,7 @@ fn a_server_streaming_past_its_credit_cuts_that_call_after_what_it_was_allowed()
             let client = Client::connect(&socket, ClientConfig::default())
                 .await
                 .unwrap();
-            let options = CallOptions::default().window(WINDOW);
+            let options = CallOptions::default().window_bytes(WINDOW);
             let mut stream = client.call_stream_with(b"go", options).await.unwrap();
             for expected in &first {
                 assert_eq!(&stream.next().await.unwrap().unwrap(), expected);

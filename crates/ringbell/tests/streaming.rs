@@ -102,6 +102,20 @@ async fn handle(mut call: Call) -> Result<Vec<u8>, String> {
             }
             Ok(format!("done {number}").into_bytes())
         }
+        // Items of the sizes listed, item i filled with the byte i; then their count.
+        "sizes" => {
+            let sizes: Vec<usize> = request
+                .split(' ')
+                .skip(1)
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            for (i, size) in sizes.iter().enumerate() {
+                call.send(&vec![i as u8; *size])
+                    .await
+                    .map_err(|error| error.to_string())?;
+            }
+            Ok(format!("sent {}", sizes.len()).into_bytes())
+        }
         // Messages until the client goes: the send that fails is the observation.
         "forever" => {
             let mut i = 0u32;
@@ -255,6 +269,11 @@ async fn stats_when(client: &Client, ready: impl Fn((u64, u64, u64)) -> bool) ->
     }
 }
 
+/// A window (in bytes) that lets `items` items of `size` bytes be in flight.
+fn items_window(items: u32, size: u32) -> u32 {
+    items * (size + ringbell::tokio::ITEM_OVERHEAD)
+}
+
 fn as_number(message: &[u8]) -> u32 {
     u32::from_le_bytes(message.try_into().expect("4 bytes"))
 }
@@ -265,7 +284,7 @@ fn streamed_messages_arrive_in_order_then_the_reply_under_any_window() {
     let fixture = Fixture::new("stream-order");
     fixture.run(|client| async move {
         for window in [1u32, 2, 32, 256, 64 << 10, 1 << 20] {
-            let options = CallOptions::default().window(window);
+            let options = CallOptions::default().window_bytes(window);
             let mut stream = client
                 .call_stream_with(b"count 2000", options)
                 .await
@@ -294,6 +313,53 @@ fn streamed_messages_arrive_in_order_then_the_reply_under_any_window() {
     });
 }
 
+/// Items of mixed sizes, some larger than the window, arrive whole and in order: a reader
+/// that waits has given back all it took, so an item that needs the whole window is sent
+/// once nothing else is in flight (before the fix, a 1-byte item then one larger than the
+/// window stalled both sides for ever).
+#[test]
+fn items_of_mixed_sizes_arrive_under_any_window() {
+    let _test = shared_test("streaming_mixed_sizes");
+    let fixture = Fixture::new("stream-sizes");
+    fixture.run(|client| async move {
+        let cases: [&[usize]; 4] = [
+            &[1, 70_000, 1],
+            &[20_000, 50_000],
+            &[0, 65_535, 65_536, 16_379, 16_380, 3, 200_000, 0],
+            &[5; 300],
+        ];
+        for window in [
+            1u32,
+            1 << 10,
+            ringbell::tokio::DEFAULT_STREAM_WINDOW,
+            1 << 20,
+        ] {
+            for sizes in cases {
+                let request = sizes.iter().fold(String::from("sizes"), |request, size| {
+                    format!("{request} {size}")
+                });
+                let options = CallOptions::default().window_bytes(window);
+                let mut stream = client
+                    .call_stream_with(request.as_bytes(), options)
+                    .await
+                    .unwrap();
+                for (i, size) in sizes.iter().enumerate() {
+                    let item = stream.next().await.unwrap().unwrap();
+                    assert_eq!(item.len(), *size, "window {window}, item {i}'s length");
+                    assert!(
+                        item.iter().all(|&byte| byte == i as u8),
+                        "window {window}, item {i}'s bytes"
+                    );
+                }
+                assert_eq!(
+                    stream.reply().await.unwrap(),
+                    format!("sent {}", sizes.len()).as_bytes()
+                );
+            }
+        }
+    });
+}
+
 #[test]
 fn many_concurrent_streams_each_get_their_own_messages() {
     let _test = shared_test("streaming_concurrent");
@@ -305,7 +371,7 @@ fn many_concurrent_streams_each_get_their_own_messages() {
             tasks.push(tokio::spawn(async move {
                 let count = 50 + task;
                 let request = format!("count {count}");
-                let options = CallOptions::default().window(4);
+                let options = CallOptions::default().window_bytes(items_window(4, 4));
                 let mut stream = client
                     .call_stream_with(request.as_bytes(), options)
                     .await
@@ -477,7 +543,10 @@ fn two_way_calls_stream_both_ways_under_credit() {
     let fixture = Fixture::new("stream-two-way");
     fixture.run(|client| async move {
         let (mut sender, mut stream) = client
-            .open(b"upper", CallOptions::default().window(4))
+            .open(
+                b"upper",
+                CallOptions::default().window_bytes(items_window(4, 12)),
+            )
             .await
             .unwrap();
         // More than the request window (16) before reading anything back: the sender
@@ -515,7 +584,7 @@ fn a_stream_nobody_reads_holds_up_no_other_call() {
     let _test = shared_test("streaming_slow_reader");
     let fixture = Fixture::new("stream-slow-reader");
     fixture.run(|client| async move {
-        let options = CallOptions::default().window(2);
+        let options = CallOptions::default().window_bytes(items_window(2, 4));
         let unread = client.call_stream_with(b"forever", options).await.unwrap();
         for i in 0..200 {
             let request = format!("count {}", i % 5);

@@ -978,7 +978,7 @@ async fn a_parked_opening_does_not_hide_the_credit_behind_it() {
         let client = Client::connect(&path, ClientConfig::default())
             .await
             .unwrap();
-        let window = CallOptions::default().window(2);
+        let window = CallOptions::default().window_bytes(2 * (8 + ringbell::tokio::ITEM_OVERHEAD));
         let mut large = client
             .call_stream_with(&vec![7u8; 1 << 20], window.clone())
             .await

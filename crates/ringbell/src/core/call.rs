@@ -27,13 +27,16 @@
 //! ENDED   0x04                  the call was cancelled and its handler has ended: the call is over
 //! ITEMS   (len u16 | item)… | count u16 | 0x05
 //!                               several streamed responses of one call, in order, each
-//!                               under 64 KiB: what its handler sent while the ring was busy
+//!                               under 64 KiB: what its handler sent before the sweeper
+//!                               took the previous batch
 //! ```
 //!
-//! `ITEMS` is how small streamed responses travel: the sweeper packs the items a handler
-//! sent since its last look into one message (up to [`PACK_LIMIT`] bytes), so that a
-//! stream of tokens costs one frame, one publication and one hand-off to the stream per
-//! pack, not per token. An item of 64 KiB or more goes alone as an `ITEM`.
+//! `ITEMS` is how small streamed responses travel: `Call::send` packs each item into its
+//! call's pending pack, where the handler runs (up to [`PACK_LIMIT`] bytes, or less on a
+//! small ring or message limit: `tokio/serve.rs`), and the sweeper takes the packs whole,
+//! so that a stream of tokens costs one frame, one publication and one hand-off to the
+//! stream per pack, not per token. An item that does not fit an empty pack goes alone as
+//! an `ITEM`.
 //!
 //! Every call the server starts ends with exactly one of `REPLY`, `FAILED` or `ENDED`,
 //! even a cancelled one, and the client counts a call as under way until then. So the
@@ -52,7 +55,10 @@
 //! Flow control: the server may send a call items costing at most `window` before the
 //! client's first `CREDIT`, and never more than the client granted in all; the client may
 //! send a two-way call [`REQUEST_WINDOW`] messages before the server's first `CREDIT`. A
-//! peer that goes past its credit breaks the protocol. The window is in bytes, not items,
+//! peer that goes past its credit breaks the protocol. Costs differ from item to item, so
+//! a client must not keep back credit for items it has taken while it waits for more:
+//! it grants what it has taken each half window, and all of it before it waits (else
+//! an item costing more than what the server has left would never come). The window is in bytes, not items,
 //! so that what a stream nobody reads holds is bounded in memory whatever its items'
 //! sizes: at most the window's bytes of small items, or one item larger than the window
 //! (which costs the whole window). What the server holds of a call is bounded by these
@@ -105,7 +111,7 @@ pub const MAX_STREAM_WINDOW: u32 = 1 << 20;
 /// What each streamed response costs against its call's window beside its bytes: so that
 /// a window bounds the bookkeeping of many tiny (or empty) items too, not only their
 /// bytes.
-pub const ITEM_OVERHEAD: usize = 16;
+pub const ITEM_OVERHEAD: u32 = 16;
 
 /// The most bytes the sweeper packs into one `ITEMS` message: enough that a stream of
 /// tokens takes one frame per pack of hundreds, small enough to fit one frame of the
@@ -122,8 +128,9 @@ const PACK_TRAILER_LEN: usize = 2 + 1;
 /// [`ITEM_OVERHEAD`], at most the whole window (so an item larger than the window is sent
 /// alone, once nothing else is in flight). Never 0 for a window of at least 1.
 pub(crate) fn item_cost(len: usize, window: u32) -> u32 {
-    u32::try_from(len.saturating_add(ITEM_OVERHEAD))
+    u32::try_from(len)
         .unwrap_or(u32::MAX)
+        .saturating_add(ITEM_OVERHEAD)
         .min(window)
 }
 
@@ -867,7 +874,7 @@ mod tests {
     #[test]
     fn an_item_costs_its_length_and_the_overhead_at_most_the_window() {
         assert_eq!(item_cost(64, 1 << 16), 80);
-        assert_eq!(item_cost(0, 1 << 16), ITEM_OVERHEAD as u32);
+        assert_eq!(item_cost(0, 1 << 16), ITEM_OVERHEAD);
         assert_eq!(item_cost(1 << 20, 1 << 16), 1 << 16);
         assert_eq!(item_cost(5, 1), 1);
         assert_eq!(item_cost(usize::MAX, MAX_STREAM_WINDOW), MAX_STREAM_WINDOW);

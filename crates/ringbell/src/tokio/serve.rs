@@ -64,6 +64,7 @@ use crate::core::call::{
     decode_from_client, encode_ended, encode_reply_within, FromClient, Open, PACK_LIMIT,
     REQUEST_WINDOW,
 };
+use crate::core::ring::max_frame_payload;
 use crate::core::wait::{SpinLearner, PEER_CHECK_INTERVAL};
 use crate::error::Error;
 use crate::sys::Stirred;
@@ -930,7 +931,10 @@ where
             deadline,
             mode: open.mode,
             window: open.window,
-            pack_limit: PACK_LIMIT.min(served.connection.send_limit()),
+            // A pack in one frame of this connection's ring, so it is never chunked.
+            pack_limit: PACK_LIMIT
+                .min(served.connection.send_limit())
+                .min(max_frame_payload(served.connection.ring_capacity())),
             max_message_size: served.connection.max_message_size(),
             state: state.clone(),
             link: Link {

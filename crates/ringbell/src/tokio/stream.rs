@@ -80,8 +80,11 @@ impl CallOptions {
     /// [`MAX_STREAM_WINDOW`], 1 MiB: a server grants no call more). Each item counts its
     /// length plus [`ITEM_OVERHEAD`](crate::tokio::ITEM_OVERHEAD) bytes; an item larger
     /// than the window is sent once nothing else is in flight. The client grants more as
-    /// the stream is read, half a window at a time.
-    pub fn window(mut self, bytes: u32) -> Self {
+    /// the stream is read, half a window at a time, and all it has taken whenever it waits.
+    ///
+    /// Named for its unit: it was `window(messages)` before protocol version 5, and a
+    /// count of messages passed as bytes would quietly allow a single item in flight.
+    pub fn window_bytes(mut self, bytes: u32) -> Self {
         self.window = bytes.clamp(1, MAX_STREAM_WINDOW);
         self
     }
@@ -261,7 +264,8 @@ impl ResponseStream {
         }
     }
 
-    /// Counts `item` as taken, granting the server more credit each half window.
+    /// Counts `item` as taken, granting the server more credit each half window (and
+    /// whenever the stream is about to wait: see `poll_message`).
     fn took(&mut self, item: Vec<u8>) -> Vec<u8> {
         self.taken += item_cost(item.len(), self.window);
         if self.taken >= self.credit_step {
@@ -285,6 +289,13 @@ impl ResponseStream {
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(self.end(Err(Error::Timeout)));
                     }
+                }
+                // About to wait: give back all that was taken, not only whole half windows.
+                // Items differ in cost, so the next one may need more than the server
+                // has left while we keep some back (a 1-byte item, then one larger than
+                // the window): both sides would wait for ever.
+                if self.taken > 0 {
+                    self.guard.credit(std::mem::take(&mut self.taken));
                 }
                 return Poll::Pending;
             }

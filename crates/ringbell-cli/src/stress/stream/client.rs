@@ -155,7 +155,7 @@ async fn run_stream(
     let mut stream = client
         .call_stream_with(
             &spec.encode(),
-            CallOptions::default().window(window_bytes(spec.item_size)),
+            CallOptions::default().window_bytes(window_bytes(spec.item_size)),
         )
         .await
         .map_err(|error| format!("{name}: opening failed: {error}"))?;

@@ -12,7 +12,7 @@ pub(super) const WINDOW: u32 = 4;
 /// The window, in bytes, that lets a stream of `item_size`-byte items have [`WINDOW`]
 /// in flight (each item costs its size plus the protocol's overhead).
 pub(super) fn window_bytes(item_size: u32) -> u32 {
-    WINDOW * (item_size + ringbell::tokio::ITEM_OVERHEAD as u32)
+    WINDOW * (item_size + ringbell::tokio::ITEM_OVERHEAD)
 }
 
 /// How a client process's report line begins.

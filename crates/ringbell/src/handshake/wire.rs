@@ -17,7 +17,10 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 /// serves the other kind refuses it.
 /// Version 4: the call protocol of `core/call.rs` (streams, cancellation, deadlines,
 /// metadata), and the Welcome says how many calls the server takes at once.
-pub(crate) const PROTOCOL_VERSION: u16 = 4;
+/// Version 5: a message larger than one frame goes through the sender's large-message
+/// region (`core/large.rs`): a `Large` frame in the ring, and the region's grant on the
+/// control channel, which carried nothing after the handshake before.
+pub(crate) const PROTOCOL_VERSION: u16 = 5;
 
 /// What a connection carries, which both ends must agree on: a client that makes calls
 /// would wait forever for replies from a server that echoes plain messages (and drop them,

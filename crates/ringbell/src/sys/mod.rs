@@ -10,7 +10,9 @@
 //! * **`SharedRegion`**: a read-write mapping of a shared-memory object.
 //!   `create(len) -> (SharedRegion, Grant)` makes a zeroed object of `len` bytes that its
 //!   peer cannot resize (but on the POSIX backend on Linux, see `posix/shm.rs`), maps it,
-//!   and returns the grant to send; `adopt(grant, len)`
+//!   and returns the grant to send (`create_for_messages(len)`: the same, for a
+//!   large-message region, under a name that tells it from a segment where objects have
+//!   names); `adopt(grant, len)`
 //!   checks a region received from the peer (what kind of object it is, who owns it, its
 //!   size) *before* mapping it, because a peer that could shrink the object would make
 //!   every access a potential `SIGBUS`; `as_ptr()`, `len()`. The mapping goes on drop, and

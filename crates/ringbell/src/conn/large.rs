@@ -1,0 +1,373 @@
+//! Large messages through a region (issue 14): the sender's own region, made on first use
+//! and granted over the control channel, and the peer's, mapped when its first `Large`
+//! frame arrives. The arithmetic and the checks are in `core/large.rs`; here are the
+//! mappings, the copies in and out, and the grant's trip over the control channel.
+//!
+//! # When chunks are still used
+//!
+//! A message larger than one frame goes through the region, with one exception: when the
+//! region cannot be had, it goes in chunks as before (`conn/send.rs`), which the receiver
+//! still takes. That is when
+//!
+//! - the OS refuses to make the region (out of memory, or of shared memory: `/dev/shm`
+//!   full); the connection then keeps to chunks for its life, rather than retry a failing
+//!   syscall for every message;
+//! - on a server, its [memory budget](crate::ServerConfig::memory_budget) has no room for
+//!   a new region (its own outgoing region is charged to the budget while it exists); that
+//!   message goes in chunks, and a later one tries again.
+//!
+//! # What a peer can make us hold
+//!
+//! At most one region per direction and connection: our outgoing one, replaced only once
+//! everything in it was read, and the peer's incoming one, whose mapping goes as soon as
+//! the next generation is mapped (the ring delivers frames in order, so nothing of the old
+//! one is unread by then). Each is at most [`region_bound`] of the message limit in its
+//! direction: 2 × `max_message_size`, rounded up to 64 KiB. A peer that grants a new
+//! generation with every message makes us map and unmap, never hold more.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::ptr;
+
+use super::budget::Charge;
+use super::{corrupted, Connection};
+use crate::core::large::{
+    region_bound, region_capacity_for, FrameCheck, Incoming, LargeRef, RegionGrant, RegionRing,
+    LARGE_REF_LEN, REGION_GRANT_LEN,
+};
+use crate::core::ring::{max_frame_payload, Frame, FrameKind, Producer, RingError};
+use crate::error::Error;
+use crate::sys::SharedRegion;
+
+/// What [`Connection::try_push_large`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LargePush {
+    /// The message is in the region and its frame in the ring.
+    Done,
+    /// No room yet, in the region or for the frame in the ring: nothing was written.
+    Full,
+    /// No region can be had for it: send it in chunks.
+    Chunks,
+}
+
+/// This side's outgoing region, and what it knows of its use.
+#[derive(Debug, Default)]
+pub(super) struct Outgoing {
+    region: Option<OutgoingRegion>,
+    /// The generation of the last region made (0: none yet).
+    generation: u32,
+    /// The OS refused a region once: chunks from now on.
+    unavailable: bool,
+}
+
+#[derive(Debug)]
+struct OutgoingRegion {
+    region: SharedRegion,
+    generation: u32,
+    placed: RegionRing,
+    /// Its charge to the server's memory budget (none on a client), given back with it.
+    _charge: Option<Charge>,
+}
+
+/// The peer's region, mapped.
+#[derive(Debug)]
+pub(super) struct IncomingRegion {
+    region: SharedRegion,
+    generation: u32,
+}
+
+impl OutgoingRegion {
+    /// Copies `msg` into the region at `offset`.
+    fn write(&self, offset: usize, msg: &[u8]) {
+        assert!(
+            offset
+                .checked_add(msg.len())
+                .is_some_and(|end| end <= self.region.len()),
+            "a placement outside the region"
+        );
+        // SAFETY: in bounds by the assertion; the mapping lives as long as `self`; `msg` is
+        // private memory, so the ranges cannot overlap. The peer may write the region too,
+        // which can only spoil the message it receives.
+        unsafe {
+            ptr::copy_nonoverlapping(msg.as_ptr(), self.region.as_ptr().add(offset), msg.len())
+        }
+    }
+}
+
+impl IncomingRegion {
+    /// Appends `len` bytes from `offset` to `out`, copying straight into its spare
+    /// capacity. `offset + len` must lie in the region (checked by `Incoming::check_frame`).
+    fn append(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> Result<(), Error> {
+        assert!(
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.region.len()),
+            "a checked frame outside the region"
+        );
+        // The peer chose the size, within the limit: a failed allocation is its doing, and
+        // leaves the frame unread, so the connection cannot go on.
+        out.try_reserve_exact(len).map_err(|_| Error::Corrupted {
+            detail: "a large message is larger than this process could allocate",
+        })?;
+        let spare = &mut out.spare_capacity_mut()[..len];
+        // SAFETY: `offset + len` lies in the mapping (asserted above), which lives as long
+        // as `self`; `spare` has room for `len` bytes; `u8` has no invalid bit patterns.
+        // The peer may write the region meanwhile, which only garbles its own message.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.region.as_ptr().add(offset),
+                spare.as_mut_ptr().cast::<u8>(),
+                len,
+            );
+            // SAFETY: the `len` bytes after the current length were initialised just above.
+            out.set_len(out.len() + len);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a send of `payload` bytes that reported `Full` can go on now: for a message
+/// that fits one frame (or a chunk), room for it in the ring; for a larger one, room for
+/// its `Large` frame in the ring and for the message in the region (or, if the region must
+/// grow, everything in it read). Takes the fields it needs, so that a wait can hold the
+/// others.
+pub(super) fn room_for(
+    tx: &mut Producer,
+    outgoing: &mut Outgoing,
+    payload: usize,
+    limit: usize,
+) -> Result<bool, RingError> {
+    let capacity_frame = max_frame_payload(tx.capacity());
+    if payload <= capacity_frame || outgoing.unavailable {
+        return tx.has_room(payload.min(capacity_frame));
+    }
+    if !tx.has_room(LARGE_REF_LEN)? {
+        return Ok(false);
+    }
+    let Some(current) = outgoing.region.as_mut() else {
+        return Ok(true);
+    };
+    current.placed.reclaim(tx.consumer_head()?);
+    if current.placed.capacity() < region_capacity_for(payload, limit) {
+        return Ok(current.placed.is_drained());
+    }
+    Ok(current.placed.place(payload).is_some())
+}
+
+impl Connection {
+    /// Puts `msg` (larger than one frame) into the outgoing region and pushes its `Large`
+    /// frame, without waiting; makes, and grants, a larger region first if it needs one.
+    /// All or nothing: the frame goes last, so a message the peer can see is whole, and a
+    /// send that gives up (`Full`, then a timeout) leaves nothing for it to see.
+    pub(super) fn try_push_large(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+        publish: super::Publish,
+    ) -> Result<LargePush, Error> {
+        if self.tx_large.unavailable {
+            return Ok(LargePush::Chunks);
+        }
+        let limit = self.send_limit();
+        if !room_for(&mut self.tx, &mut self.tx_large, msg.len(), limit).map_err(corrupted)? {
+            return Ok(LargePush::Full);
+        }
+        let wanted = region_capacity_for(msg.len(), limit);
+        let grows = self
+            .tx_large
+            .region
+            .as_ref()
+            .is_none_or(|current| current.placed.capacity() < wanted);
+        if grows && !self.make_region(wanted)? {
+            return Ok(LargePush::Chunks);
+        }
+        let Some(current) = self.tx_large.region.as_mut() else {
+            return Ok(LargePush::Chunks);
+        };
+        let Some(placement) = current.placed.place(msg.len()) else {
+            return Ok(LargePush::Full);
+        };
+        current.write(placement.offset, msg);
+        let large = LargeRef {
+            generation: current.generation,
+            offset: placement.offset as u64,
+            len: msg.len() as u64,
+        };
+        // `room_for` found room for the frame, and nothing was written since.
+        if !self.try_push_frame(FrameKind::Large, correlation, &[&large.encode()], publish)? {
+            return Ok(LargePush::Full);
+        }
+        let ring_after = self.tx.tail();
+        if let Some(current) = self.tx_large.region.as_mut() {
+            current.placed.commit(placement, ring_after);
+        }
+        Ok(LargePush::Done)
+    }
+
+    /// Replaces the outgoing region (everything in the old one has been read: `room_for`
+    /// said so) by a new one of `capacity` bytes, and sends its grant to the peer before
+    /// any frame names it. `false`: no region can be had now (the OS refused, or the
+    /// server's budget has no room), send in chunks.
+    fn make_region(&mut self, capacity: usize) -> Result<bool, Error> {
+        let Some(generation) = self.tx_large.generation.checked_add(1) else {
+            // Four billion regions on one connection: keep to chunks rather than wrap.
+            self.tx_large.unavailable = true;
+            return Ok(false);
+        };
+        let charge = match self.budget() {
+            None => None,
+            Some(budget) => match budget.try_charge(capacity) {
+                Some(charge) => Some(charge),
+                None => return Ok(false),
+            },
+        };
+        let (region, grant) = match SharedRegion::create_for_messages(capacity) {
+            Ok(made) => made,
+            Err(error) => {
+                tracing::debug!(
+                    "ringbell: no large-message region ({error}); large messages go in chunks"
+                );
+                self.tx_large.unavailable = true;
+                return Ok(false);
+            }
+        };
+        // The old region goes first: at most one per direction.
+        self.tx_large.region = None;
+        let announce = RegionGrant {
+            generation,
+            capacity: capacity as u64,
+        };
+        self.control
+            .send_with_grants(&announce.encode(), &[&grant])
+            .map_err(|error| control_error("sending a large-message region", error))?;
+        self.tx_large.generation = generation;
+        self.tx_large.region = Some(OutgoingRegion {
+            region,
+            generation,
+            placed: RegionRing::new(capacity),
+            _charge: charge,
+        });
+        Ok(true)
+    }
+
+    /// Takes the message of a `Large` frame (just peeked) into `buf`: maps the region of
+    /// the next generation first if the frame names it, checks the frame against it, and
+    /// copies the message out. Does not release the frame.
+    pub(super) fn take_large(&mut self, frame: &Frame, buf: &mut Vec<u8>) -> Result<usize, Error> {
+        let mut payload = [0u8; LARGE_REF_LEN];
+        if frame.payload_len() != LARGE_REF_LEN {
+            return Err(Error::Corrupted {
+                detail: "a large-message frame has the wrong length",
+            });
+        }
+        self.rx.copy_payload(frame, 0, &mut payload);
+        let (offset, len) = match self.incoming_view().check_frame(&payload) {
+            Ok(FrameCheck::Mapped { offset, len }) => (offset, len),
+            Ok(FrameCheck::NextGeneration) => {
+                self.map_next_region()?;
+                match self.incoming_view().check_frame(&payload) {
+                    Ok(FrameCheck::Mapped { offset, len }) => (offset, len),
+                    Ok(FrameCheck::NextGeneration) => unreachable!("a generation was just mapped"),
+                    Err(detail) => return Err(Error::Corrupted { detail }),
+                }
+            }
+            Err(detail) => return Err(Error::Corrupted { detail }),
+        };
+        let Some(incoming) = self.rx_large.as_ref() else {
+            unreachable!("a frame checked as mapped has a region");
+        };
+        incoming.append(offset, len, buf)?;
+        Ok(len)
+    }
+
+    /// What the checks of `core/large.rs` need to know of the peer's region.
+    fn incoming_view(&self) -> Incoming {
+        Incoming {
+            mapped: self
+                .rx_large
+                .as_ref()
+                .map(|incoming| (incoming.generation, incoming.region.len() as u64)),
+            limit: self.receive_limit(),
+        }
+    }
+
+    /// Takes the grant of the peer's next region from the control channel, without
+    /// waiting (the peer sent it before it published the frame that names it, so it is
+    /// there, or the peer broke the protocol), checks it, and maps the region in place of
+    /// the old one.
+    fn map_next_region(&mut self) -> Result<(), Error> {
+        let (bytes, mut grants) = self.read_region_grant()?;
+        let view = self.incoming_view();
+        let capacity = view
+            .check_grant(&bytes)
+            .map_err(|detail| Error::Corrupted { detail })?;
+        debug_assert!(capacity <= region_bound(view.limit));
+        let generation = view.next_generation().ok_or(Error::Corrupted {
+            detail: "the peer's regions ran out of generations",
+        })?;
+        let grant = match (grants.pop(), grants.is_empty()) {
+            (Some(grant), true) => grant,
+            _ => {
+                return Err(Error::Corrupted {
+                    detail: "a region grant came with other than one handle",
+                })
+            }
+        };
+        let owner = self
+            .control
+            .peer_user()
+            .map_err(|error| control_error("identifying the peer of a region", error))?;
+        // The old mapping goes first: nothing in it is unread (frames arrive in order).
+        self.rx_large = None;
+        let region = SharedRegion::adopt(grant, capacity, owner).map_err(|error| {
+            tracing::debug!("ringbell: refusing the peer's large-message region: {error}");
+            Error::Corrupted {
+                detail: "the peer's large-message region failed its checks",
+            }
+        })?;
+        self.rx_large = Some(IncomingRegion { region, generation });
+        Ok(())
+    }
+
+    /// Reads one region grant message, and the handles that came with it, off the control
+    /// channel without waiting. A few reads at most (a message may arrive in pieces on
+    /// some channel), never a wait: a grant that is not there is the peer's fault.
+    fn read_region_grant(&self) -> Result<([u8; REGION_GRANT_LEN], Vec<crate::sys::Grant>), Error> {
+        let mut bytes = [0u8; REGION_GRANT_LEN];
+        let mut grants = Vec::new();
+        let mut filled = 0;
+        for _ in 0..4 {
+            match self.control.try_read_with_grants(&mut bytes[filled..]) {
+                Ok(Some((0, _))) | Ok(None) => break,
+                Ok(Some((read, mut came))) => {
+                    filled += read;
+                    grants.append(&mut came);
+                }
+                Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                    return Err(Error::Corrupted {
+                        detail: "a region grant came with too many handles",
+                    })
+                }
+                Err(error) => return Err(control_error("reading a large-message region", error)),
+            }
+            if filled == REGION_GRANT_LEN {
+                return Ok((bytes, grants));
+            }
+        }
+        Err(Error::Corrupted {
+            detail: "a large message names a region whose grant never arrived",
+        })
+    }
+}
+
+/// An error of the control channel: its end is the peer's, anything else an IO error.
+fn control_error(what: &str, error: io::Error) -> Error {
+    match error.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::UnexpectedEof => Error::PeerDied,
+        _ => Error::io(what, error),
+    }
+}

@@ -187,12 +187,13 @@ mod tests {
 
     #[test]
     fn names_are_short_unique_and_leave_nothing_behind() {
-        let names: std::collections::HashSet<String> = (0..1000).map(|_| random_name()).collect();
+        let names: std::collections::HashSet<String> =
+            (0..1000).map(|_| random_name(NAME_PREFIX)).collect();
         assert_eq!(names.len(), 1000);
         assert!(names
             .iter()
             .all(|name| name.len() <= 30 && name.starts_with(NAME_PREFIX)));
-        let name = random_name();
+        let name = random_name(NAME_PREFIX);
         let _object = open_unlinked(&name).unwrap();
         let reopened = shm::open(name.as_str(), shm::OFlags::RDWR, Mode::empty());
         assert_eq!(

@@ -25,6 +25,23 @@
 //! direction: 2 × `max_message_size`, rounded up to 64 KiB. A peer that grants a new
 //! generation with every message makes us map and unmap, never hold more.
 
+//!
+//! # The control channel carries data now
+//!
+//! Before, nothing was written on it after the handshake, and the event loops watch it
+//! for the peer's death. A grant lies there only between its write and the receive of
+//! the frame that names it, which follows at once; and a stirred control channel is not
+//! taken for a hang-up anywhere: the sweeper and the client driver (edge-triggered
+//! pollers) mark the connection to check its peer with `peer_gone`, which asks for the
+//! hang-up itself (`POLLRDHUP` on Unix, the pipe's or the process's end on Windows), and
+//! `AsyncConnection`'s await clears the readiness it saw, so bytes left unread never make
+//! a loop spin. Only the receive path reads the channel.
+//!
+//! On Windows a client cannot know when the server has pulled a handle it offered, so it
+//! keeps each of its regions' offers until the connection closes (`sys/windows/pipe.rs`):
+//! a client whose messages grow holds its old sections until then, at most the sum of
+//! its generations (under 2 × the bound).
+
 #![allow(unsafe_code)]
 
 use std::io;

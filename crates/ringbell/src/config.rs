@@ -162,10 +162,13 @@ impl ServerConfig {
     /// most **2 × `max_message_size`, rounded up to 64 KiB**. Each side holds at most one
     /// per direction (its own, and its peer's mapped), so a connection's regions come to
     /// at most 4 × `max_message_size` in all, held only once such messages were sent; a
-    /// peer cannot make us map more, whatever it grants. A server's own region is charged
-    /// to its [`memory_budget`](Self::memory_budget) while it exists; where the budget has
-    /// no room for it, or the OS refuses a region, messages go in chunks through the ring
-    /// instead.
+    /// peer cannot make us map more, whatever it grants. So a server holds at most
+    /// [`max_connections`](Self::max_connections) × 4 × `max_message_size` of regions
+    /// (address space; the pages the messages touched), outside its
+    /// [`memory_budget`](Self::memory_budget), as the rings are: a region lives as long as
+    /// its connection, and charged to the budget it would hold it for good. Where the OS
+    /// refuses a region (and from a client on Windows, whose grants the server pulls from
+    /// its process), messages go in chunks through the ring instead.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -259,15 +262,15 @@ impl ServerConfig {
     /// sent. A peer that holds a reservation and stalls is closed at the
     /// [`stall_timeout`](Self::stall_timeout).
     ///
-    /// - a server's own large-message region (see
-    ///   [`max_message_size`](Self::max_message_size)), while it exists; a large message
-    ///   received is reserved like a chunked one, for as long as it is copied out.
+    /// - a large message received through its sender's region: its length, reserved like a
+    ///   chunked one's, for as long as it is copied out.
     ///
     /// Not counted: messages of one frame (the ring bounds them), what your own code
     /// holds after `recv` returns, the shared rings (bounded by
     /// [`max_connections`](Self::max_connections) × 2 × [`ring_capacity`](Self::ring_capacity)),
-    /// and the clients' large-message regions that the server maps (made and paid for by
-    /// the clients; at most one per connection, of at most 2 × `max_message_size`).
+    /// and the large-message regions, the server's own and those of its clients that it
+    /// maps (at most one each per connection, of at most 2 × `max_message_size`: see
+    /// [`max_message_size`](Self::max_message_size)).
     pub fn memory_budget(mut self, bytes: usize) -> Self {
         self.memory_budget = Some(bytes);
         self

@@ -748,8 +748,14 @@ fn send_timeout_delivers_nothing_of_the_timed_out_message() {
     assert_eq!(conn.ring_capacity(), 1024);
 
     // Messages of 20,000 bytes go through the region (64 KiB: three fit); the fourth finds
-    // it full and times out.
-    let before: Vec<Vec<u8>> = (0..3).map(|index| random_bytes(index, 20_000)).collect();
+    // it full and times out. A Windows client has no region (a grant it sends would not
+    // outlive it: `conn/large.rs`), so there its first one goes in chunks and times out
+    // part-way, as every large send did before issue 14.
+    let client_has_region = !cfg!(windows);
+    let fitting = if client_has_region { 3 } else { 0 };
+    let before: Vec<Vec<u8>> = (0..fitting)
+        .map(|index| random_bytes(index, 20_000))
+        .collect();
     for message in &before {
         conn.send(message).expect("a message that fits the region");
     }
@@ -759,22 +765,37 @@ fn send_timeout_delivers_nothing_of_the_timed_out_message() {
         matches!(result, Err(Error::Timeout)),
         "a send into a full, unread region gave {result:?}"
     );
-    // Nothing of it is in the ring: a small message still fits, and comes next.
+    // With a region, nothing of it is in the ring: a small message still fits, and comes
+    // next. In chunks, the ring is full, so not even the abort frame that withdraws the
+    // chunks fits: the small one times out too.
     let small = random_bytes(11, 100);
-    conn.send(&small)
-        .expect("a small message after the timeout");
+    let small_sent = conn.send(&small);
+    if client_has_region {
+        small_sent.expect("a small message after the timeout");
+    } else {
+        assert!(
+            matches!(small_sent, Err(Error::Timeout)),
+            "the second send into a full ring gave {small_sent:?}"
+        );
+    }
 
     server.send_line("go");
     let delivered = random_bytes(12, 3000);
     send_retrying_timeouts(&mut conn, &delivered, &mut server);
     let mut buf = Vec::new();
-    for (position, expected) in before.iter().chain([&small, &delivered]).enumerate() {
+    let small_delivered = client_has_region.then_some(&small);
+    let expected_echoes: Vec<&Vec<u8>> = before
+        .iter()
+        .chain(small_delivered)
+        .chain([&delivered])
+        .collect();
+    for (position, expected) in expected_echoes.iter().enumerate() {
         let len = conn
             .recv(&mut buf, Some(PATIENCE))
             .expect("receiving an echo");
         assert_eq!(len, buf.len());
         assert!(
-            buf == *expected,
+            buf == **expected,
             "echo {position} is not the message sent {position}th (leaving out the timed-out \
              one of {} bytes): {} bytes, expected {}",
             timed_out.len(),
@@ -787,8 +808,8 @@ fn send_timeout_delivers_nothing_of_the_timed_out_message() {
         .expect("receiving the last echo");
     assert_eq!(buf, b"and one more");
     drop(conn);
-    // The server counts every message it received: the timed-out one must not be there.
-    server.expect_line("count 6");
+    // The server counts every message it received: the timed-out ones must not be there.
+    server.expect_line(&format!("count {}", expected_echoes.len() + 1));
     server.assert_success();
 }
 

@@ -276,8 +276,11 @@ async fn cancelled_large_send_delivers_nothing_of_it() {
     );
     let (mut client, mut conn) = (client.unwrap(), conn.unwrap());
     // Nobody reads yet: messages of 20 KB go through the client's region (64 KiB: three
-    // fit), and the fourth waits for room until it is cut off.
-    let sent: Vec<Vec<u8>> = (0..3).map(|index| message(index, 20_000)).collect();
+    // fit), and the fourth waits for room until it is cut off. A Windows client has no
+    // region (`conn/large.rs`): its first one goes in chunks and is cut off part-way, and
+    // the abort frame goes out with the next send.
+    let fitting = if cfg!(windows) { 0 } else { 3 };
+    let sent: Vec<Vec<u8>> = (0..fitting).map(|index| message(index, 20_000)).collect();
     for big in &sent {
         tokio::time::timeout(WATCHDOG, client.send(big))
             .await
@@ -292,7 +295,7 @@ async fn cancelled_large_send_delivers_nothing_of_it() {
     let sent_after = client.send(b"after");
     let received = async {
         let mut all = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..=fitting {
             conn.recv(&mut buf).await.unwrap();
             all.push(buf.clone());
         }
@@ -303,10 +306,10 @@ async fn cancelled_large_send_delivers_nothing_of_it() {
         .expect("watchdog");
     after.unwrap();
     assert!(
-        all[..3] == sent[..],
-        "the three sent before the cancelled one"
+        all[..fitting] == sent[..],
+        "those sent before the cancelled one"
     );
-    assert_eq!(all[3], b"after");
+    assert_eq!(all[fitting], b"after");
 }
 
 /// Large messages (issue 14) of several sizes, up to 16 MiB, small ones between them,

@@ -12,9 +12,25 @@
 //! - the OS refuses to make the region (out of memory, or of shared memory: `/dev/shm`
 //!   full); the connection then keeps to chunks for its life, rather than retry a failing
 //!   syscall for every message;
-//! - on a server, its [memory budget](crate::ServerConfig::memory_budget) has no room for
-//!   a new region (its own outgoing region is charged to the budget while it exists); that
-//!   message goes in chunks, and a later one tries again.
+//! - the grant would not outlive this process (`ControlStream::grants_outlive_sender`):
+//!   a Windows client's, which the server pulls from the client's handle table. A message
+//!   sent just before the client exits must still arrive (the ring's data is in the
+//!   server's segment, but the region would go with the client), so a Windows client
+//!   sends large messages in chunks; its server's replies use the region.
+//!
+//! # Not charged to a server's memory budget
+//!
+//! A region lives as long as its connection, so a region charged to the server's
+//! [memory budget](crate::ServerConfig::memory_budget) for its life would hold that budget
+//! for good: with the smallest budget allowed (the largest message and a call's 4,110
+//! bytes), one region of twice a message left no room to receive the next message, and
+//! the server waited for ever (found by
+//! `limits::a_server_with_the_smallest_budget_echoes_large_messages`). So regions are
+//! bounded per connection, as the rings are, and documented with `max_message_size`: a
+//! server holds at most `max_connections` × (its own region and its client's), each at
+//! most 2 × `max_message_size`, and only on connections that sent messages larger than a
+//! frame. A large message received is still reserved in the budget while it is copied
+//! out, as a chunked one is while it arrives.
 //!
 //! # What a peer can make us hold
 //!
@@ -37,17 +53,15 @@
 //! `AsyncConnection`'s await clears the readiness it saw, so bytes left unread never make
 //! a loop spin. Only the receive path reads the channel.
 //!
-//! On Windows a client cannot know when the server has pulled a handle it offered, so it
-//! keeps each of its regions' offers until the connection closes (`sys/windows/pipe.rs`):
-//! a client whose messages grow holds its old sections until then, at most the sum of
-//! its generations (under 2 × the bound).
+//! (On Windows a client cannot know when the server has pulled a handle it offered, so it
+//! would have to keep its regions' offers until the connection closes; it has no region,
+//! see above.)
 
 #![allow(unsafe_code)]
 
 use std::io;
 use std::ptr;
 
-use super::budget::Charge;
 use super::{corrupted, Connection};
 use crate::core::large::{
     region_bound, region_capacity_for, FrameCheck, Incoming, LargeRef, RegionGrant, RegionRing,
@@ -69,7 +83,7 @@ pub(super) enum LargePush {
 }
 
 /// This side's outgoing region, and what it knows of its use.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Outgoing {
     region: Option<OutgoingRegion>,
     /// The generation of the last region made (0: none yet).
@@ -78,13 +92,23 @@ pub(super) struct Outgoing {
     unavailable: bool,
 }
 
+impl Outgoing {
+    /// No region yet; none ever where a grant would not outlive this process (see the
+    /// module's docs).
+    pub(super) fn new(grants_outlive_us: bool) -> Outgoing {
+        Outgoing {
+            region: None,
+            generation: 0,
+            unavailable: !grants_outlive_us,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OutgoingRegion {
     region: SharedRegion,
     generation: u32,
     placed: RegionRing,
-    /// Its charge to the server's memory budget (none on a client), given back with it.
-    _charge: Option<Charge>,
 }
 
 /// The peer's region, mapped.
@@ -224,20 +248,12 @@ impl Connection {
 
     /// Replaces the outgoing region (everything in the old one has been read: `room_for`
     /// said so) by a new one of `capacity` bytes, and sends its grant to the peer before
-    /// any frame names it. `false`: no region can be had now (the OS refused, or the
-    /// server's budget has no room), send in chunks.
+    /// any frame names it. `false`: no region can be had (the OS refused), send in chunks.
     fn make_region(&mut self, capacity: usize) -> Result<bool, Error> {
         let Some(generation) = self.tx_large.generation.checked_add(1) else {
             // Four billion regions on one connection: keep to chunks rather than wrap.
             self.tx_large.unavailable = true;
             return Ok(false);
-        };
-        let charge = match self.budget() {
-            None => None,
-            Some(budget) => match budget.try_charge(capacity) {
-                Some(charge) => Some(charge),
-                None => return Ok(false),
-            },
         };
         let (region, grant) = match SharedRegion::create_for_messages(capacity) {
             Ok(made) => made,
@@ -255,15 +271,18 @@ impl Connection {
             generation,
             capacity: capacity as u64,
         };
-        self.control
-            .send_with_grants(&announce.encode(), &[&grant])
-            .map_err(|error| control_error("sending a large-message region", error))?;
+        if let Err(error) = self.control.send_with_grants(&announce.encode(), &[&grant]) {
+            // Part of the grant may be on its way: never send another on this stream, which
+            // the peer could no longer read in step. No frame names this generation, so the
+            // peer never reads what did arrive.
+            self.tx_large.unavailable = true;
+            return Err(control_error("sending a large-message region", error));
+        }
         self.tx_large.generation = generation;
         self.tx_large.region = Some(OutgoingRegion {
             region,
             generation,
             placed: RegionRing::new(capacity),
-            _charge: charge,
         });
         Ok(true)
     }
@@ -362,9 +381,10 @@ impl Connection {
                     grants.append(&mut came);
                 }
                 Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                    tracing::debug!("ringbell: refusing the handles of a region grant: {error}");
                     return Err(Error::Corrupted {
-                        detail: "a region grant came with too many handles",
-                    })
+                        detail: "a region grant came with handles that cannot be taken",
+                    });
                 }
                 Err(error) => return Err(control_error("reading a large-message region", error)),
             }

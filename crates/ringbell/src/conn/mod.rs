@@ -209,6 +209,7 @@ impl Connection {
         peer_doorbell: DoorbellRinger,
         settings: Settings,
     ) -> Connection {
+        let grants_outlive_us = control.grants_outlive_sender();
         Connection {
             tx: Producer::new(segment.raw_ring(side.tx_index())),
             rx: Consumer::new(segment.raw_ring(side.rx_index())),
@@ -220,7 +221,7 @@ impl Connection {
             settings,
             rx_partial: None,
             tx_abort_pending: false,
-            tx_large: large::Outgoing::default(),
+            tx_large: large::Outgoing::new(grants_outlive_us),
             rx_large: None,
             doorbell_armed: false,
             broken: None,

@@ -36,6 +36,9 @@
 //!   `bind(path)` (owner-only; replaces a dead server's address, refuses a live one with
 //!   `AddrInUse`), `accept()`, `connect(path, deadline)`, `send_with_grants` and
 //!   `recv_with_grants` (at most `MAX_GRANTS` a message, more is an `InvalidData` error),
+//!   `try_read_with_grants` (what has arrived, without waiting), `grants_outlive_sender()`
+//!   (whether a grant sent stays receivable after this process ends: not a Windows
+//!   client's, which the server pulls from the client's handle table),
 //!   `peer_user()`, `peer_pid()`, `peer_gone()`. The listener removes its address on drop.
 //! * **`User`** and **`current_user()`**: who a peer runs as, for admission checks: a uid
 //!   on Unix (later a SID on Windows), with `Option` accessors for what an OS may lack.

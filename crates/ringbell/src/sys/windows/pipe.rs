@@ -895,6 +895,15 @@ impl ControlStream {
         Ok(pid)
     }
 
+    /// Whether a grant this end sends stays receivable if this process ends before the
+    /// peer reads it: yes from the server, which pushes its handles into the client's
+    /// table; no from the client, whose handles the server pulls from the client's table,
+    /// which goes with the client's process. (The large-message region of a client is
+    /// therefore not used on Windows: `conn/large.rs`.)
+    pub(crate) fn grants_outlive_sender(&self) -> bool {
+        matches!(self.side, Side::Server)
+    }
+
     /// Whether the peer has closed its end (or its process died): the pipe is broken, or
     /// the peer's process, where this end has it, has ended (which a peer cannot hide by
     /// writing before it dies). Never blocks.

@@ -61,6 +61,7 @@
 
 use std::io;
 use std::ptr;
+use std::time::{Duration, Instant};
 
 use super::{corrupted, Connection};
 use crate::core::large::{
@@ -70,6 +71,12 @@ use crate::core::large::{
 use crate::core::ring::{max_frame_payload, Frame, FrameKind, Producer, RingError};
 use crate::error::Error;
 use crate::sys::SharedRegion;
+
+/// How long a receiver waits for a region's grant on the control channel (see
+/// [`Connection::read_region_grant`]): far beyond what an honest peer's grant takes to
+/// arrive (it is written before the frame that names it), short enough that a peer that
+/// never sends it holds a sweeper only briefly, once.
+const GRANT_PATIENCE: Duration = Duration::from_millis(100);
 
 /// What [`Connection::try_push_large`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +95,8 @@ pub(super) struct Outgoing {
     region: Option<OutgoingRegion>,
     /// The generation of the last region made (0: none yet).
     generation: u32,
-    /// The OS refused a region once: chunks from now on.
+    /// Chunks from now on: the OS refused a region once, a grant failed half-way, or our
+    /// grants would not outlive us (see the module's docs).
     unavailable: bool,
 }
 
@@ -179,9 +187,9 @@ pub(super) fn room_for(
     payload: usize,
     limit: usize,
 ) -> Result<bool, RingError> {
-    let capacity_frame = max_frame_payload(tx.capacity());
-    if payload <= capacity_frame || outgoing.unavailable {
-        return tx.has_room(payload.min(capacity_frame));
+    let largest_frame = max_frame_payload(tx.capacity());
+    if payload <= largest_frame || outgoing.unavailable {
+        return tx.has_room(payload.min(largest_frame));
     }
     if !tx.has_room(LARGE_REF_LEN)? {
         return Ok(false);
@@ -328,8 +336,8 @@ impl Connection {
         }
     }
 
-    /// Takes the grant of the peer's next region from the control channel, without
-    /// waiting (the peer sent it before it published the frame that names it, so it is
+    /// Takes the grant of the peer's next region from the control channel within a short
+    /// deadline (the peer sent it before it published the frame that names it, so it is
     /// there, or the peer broke the protocol), checks it, and maps the region in place of
     /// the old one.
     fn map_next_region(&mut self) -> Result<(), Error> {
@@ -367,34 +375,44 @@ impl Connection {
     }
 
     /// Reads one region grant message, and the handles that came with it, off the control
-    /// channel without waiting. A few reads at most (a message may arrive in pieces on
-    /// some channel), never a wait: a grant that is not there is the peer's fault.
+    /// channel, waiting at most [`GRANT_PATIENCE`]. The peer wrote it before it published
+    /// the frame that names it, so it is there: on Unix at once; on Windows a read issued
+    /// ahead on the pipe (for readiness) may not have reported it yet, which is why this is
+    /// a short wait rather than none (seen under Wine: a non-blocking read found nothing).
+    /// A grant still missing then is the peer's fault, so a hostile peer holds us (and a
+    /// sweeper, all its connections) for at most that long, once: its connection ends.
     fn read_region_grant(&self) -> Result<([u8; REGION_GRANT_LEN], Vec<crate::sys::Grant>), Error> {
         let mut bytes = [0u8; REGION_GRANT_LEN];
-        let mut grants = Vec::new();
-        let mut filled = 0;
-        for _ in 0..4 {
-            match self.control.try_read_with_grants(&mut bytes[filled..]) {
-                Ok(Some((0, _))) | Ok(None) => break,
-                Ok(Some((read, mut came))) => {
-                    filled += read;
-                    grants.append(&mut came);
-                }
-                Err(error) if error.kind() == io::ErrorKind::InvalidData => {
-                    tracing::debug!("ringbell: refusing the handles of a region grant: {error}");
-                    return Err(Error::Corrupted {
-                        detail: "a region grant came with handles that cannot be taken",
-                    });
-                }
-                Err(error) => return Err(control_error("reading a large-message region", error)),
+        let deadline = Instant::now() + GRANT_PATIENCE;
+        let read = self
+            .control
+            .set_deadline(Some(deadline))
+            .and_then(|()| self.control.recv_with_grants(&mut bytes));
+        // The deadline must not outlive this read, whatever it gave: the channel's other
+        // uses wait as long as they need.
+        let unbounded = self.control.set_deadline(None);
+        let grants = match read {
+            Ok(grants) => grants,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Err(Error::Corrupted {
+                    detail: "a large message names a region whose grant never arrived",
+                })
             }
-            if filled == REGION_GRANT_LEN {
-                return Ok((bytes, grants));
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                tracing::debug!("ringbell: refusing the handles of a region grant: {error}");
+                return Err(Error::Corrupted {
+                    detail: "a region grant came with handles that cannot be taken",
+                });
             }
-        }
-        Err(Error::Corrupted {
-            detail: "a large message names a region whose grant never arrived",
-        })
+            Err(error) => return Err(control_error("reading a large-message region", error)),
+        };
+        unbounded.map_err(|error| control_error("reading a large-message region", error))?;
+        Ok((bytes, grants))
     }
 }
 

@@ -36,7 +36,7 @@
 //! Before the first `Large` frame of a generation, the sender writes a [`RegionGrant`]
 //! message (16 bytes) with the region's grant on the control channel, which stays open
 //! after the handshake. The receiver, meeting a `Large` frame of the next generation,
-//! reads it from there without waiting (it was sent before the frame was published),
+//! reads it from there within a short deadline (it was sent before the frame was published),
 //! checks it against the frame and its own bound ([`Incoming::check_grant`]), and maps the
 //! region; every frame is then checked against the region it names
 //! ([`Incoming::check_frame`]).

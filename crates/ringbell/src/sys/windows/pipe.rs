@@ -1157,11 +1157,21 @@ impl ControlStream {
             if wanted == 0 {
                 return Ok(Filled::Ready);
             }
-            // What a read issued ahead brought comes first.
-            match self.harvest(&mut reader.ahead, (!poll).then_some(wait)) {
-                Harvest::Done => {}
-                Harvest::InFlight => return Ok(Filled::Nothing),
-                Harvest::TimedOut => return Err(timed_out("while reading from the control pipe")),
+            // What a read issued ahead brought comes first: the bytes already taken from
+            // one, then, once they are used up, the one in flight. Not the other way round:
+            // `stirred` issues a new read ahead while the bytes of the last one may still
+            // be unread (a large-message region's grant, which arrives after the
+            // handshake while the connection awaits its doorbell), and waiting for that
+            // read, which only more bytes would end, left them unread behind it (seen
+            // under Wine: the grant "never arrived").
+            if reader.ahead.bytes.is_empty() {
+                match self.harvest(&mut reader.ahead, (!poll).then_some(wait)) {
+                    Harvest::Done => {}
+                    Harvest::InFlight => return Ok(Filled::Nothing),
+                    Harvest::TimedOut => {
+                        return Err(timed_out("while reading from the control pipe"))
+                    }
+                }
             }
             if !reader.ahead.bytes.is_empty() {
                 let taken = wanted.min(reader.ahead.bytes.len());

@@ -5,12 +5,15 @@
 //! others, and hold no more than one of the peer's regions at a time, however many it
 //! grants.
 //!
-//! Unix only: the child passes its objects with `SCM_RIGHTS` itself. (On Windows a client
-//! offers handles for the server to pull, in the pipe's own frames; forging those is left
-//! to a Windows variant of this suite.) Children, watchdogs and the line protocol are
-//! those of `tests/common` (see `cross_process.rs`).
+//! Linux only, on both of its backends (the Linux one and the POSIX one that
+//! `--cfg ringbell_force_posix` selects): the child makes its objects as the backend does
+//! (a sealed memfd, or an unlinked shm object) and passes them with `SCM_RIGHTS` itself,
+//! and the server's mappings are counted in `/proc/self/maps`. (macOS has no memfd nor
+//! `/proc`; on Windows a client's handles are pulled by the server, and a Windows client
+//! makes no region at all, see `conn/large.rs`.) Children, watchdogs and the line protocol
+//! are those of `tests/common` (see `cross_process.rs`).
 
-#![cfg(unix)]
+#![cfg(target_os = "linux")]
 
 #[allow(dead_code)]
 mod common;

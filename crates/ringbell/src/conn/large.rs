@@ -22,7 +22,7 @@
 //!
 //! A region lives as long as its connection, so a region charged to the server's
 //! [memory budget](crate::ServerConfig::memory_budget) for its life would hold that budget
-//! for good: with the smallest budget allowed (the largest message and a call's 4,110
+//! for good: with the smallest budget allowed (the largest message and a call's 4,112
 //! bytes), one region of twice a message left no room to receive the next message, and
 //! the server waited for ever (found by
 //! `limits::a_server_with_the_smallest_budget_echoes_large_messages`). So regions are
@@ -205,6 +205,13 @@ pub(super) fn room_for(
 }
 
 impl Connection {
+    /// Whether a large message goes through the region rather than in chunks: when this
+    /// side's wait strategy is `Block` (the reason, measured, is at its caller in
+    /// `send.rs`).
+    pub(super) fn large_goes_through_region(&self) -> bool {
+        matches!(self.settings.wait, crate::config::WaitStrategy::Block)
+    }
+
     /// Puts `msg` (larger than one frame) into the outgoing region and pushes its `Large`
     /// frame, without waiting; makes, and grants, a larger region first if it needs one.
     /// All or nothing: the frame goes last, so a message the peer can see is whole, and a

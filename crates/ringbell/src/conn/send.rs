@@ -183,8 +183,16 @@ impl Connection {
                 },
             );
         }
-        // A chunked message begun goes on in chunks; a new one tries the region first.
-        if sent.bytes == 0 {
+        // A chunked message begun goes on in chunks. A new one goes through the region
+        // when this side blocks (`WaitStrategy::Block`): in chunks, a receiver and a sender
+        // that sleep whenever the ring is empty or full pay kernel wake-ups for every
+        // ring-full; through the region, one for the whole message (a blocking 1 MiB round
+        // trip: 1,080 -> 370 µs). Sides that spin keep to chunks, which are faster for
+        // them: the receiver copies chunk k out while we write chunk k+1, in a ring that
+        // stays in the cache, where the region's two copies are serial and go through
+        // memory (a spinning 1 MiB round trip: 207 µs in chunks, 277 µs through the
+        // region; 16 MiB: 3.8 against 9.3 ms). Both, measured: docs/BENCHMARKS.md.
+        if sent.bytes == 0 && self.large_goes_through_region() {
             match self.try_push_large(msg, correlation, publish)? {
                 LargePush::Done => return Ok(Pushed::Done),
                 LargePush::Full => return Ok(Pushed::Full { payload: msg.len() }),

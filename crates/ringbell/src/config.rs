@@ -156,7 +156,9 @@ impl ServerConfig {
     /// allocate for one message.
     ///
     /// It also bounds the shared memory of large messages. A message larger than one frame
-    /// (a quarter of the ring) goes through a shared region of its sender's, made on the
+    /// (a quarter of the ring) goes in chunks through the ring from a side that spins, and
+    /// from a side whose wait is [`WaitStrategy::Block`] through a shared region of its
+    /// sender's (one wake-up a message rather than one per ring-full), made on the
     /// connection's first such message and granted to the receiver: at least twice the
     /// largest message sent so far (rounded up to a power of two, at least 64 KiB), at
     /// most **2 × `max_message_size`, rounded up to 64 KiB**. Each side holds at most one

@@ -471,7 +471,7 @@ fn bench_quick_measures_every_subject_and_writes_json_and_plots() {
     for floor in ["raw spin (floor)", "raw futex (floor)", "eventfd (floor)"] {
         assert!(has("latency", floor, 64, "p50_us"), "no {floor}");
     }
-    // 4 and 16 MiB: the large messages, chunked through ringbell's default ring.
+    // 4 and 16 MiB: the large messages, through the senders' large-message regions.
     for size in [64, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20] {
         let mut names: Vec<String> = [
             "ringbell spin",

@@ -215,7 +215,8 @@ fn default_compares_both_transports_with_varied_sizes_concurrency_and_rounds() {
     }
 }
 
-/// A payload larger than a ring goes through in chunks, and is checked like any other.
+/// A payload larger than a ring goes through the large-message region (in chunks from a
+/// Windows client), and is checked like any other.
 #[test]
 #[cfg_attr(
     not(any(target_os = "linux", windows)),

@@ -140,6 +140,8 @@ pub enum FrameKind {
     Last,
     /// The sender gave up on a chunked message.
     Abort,
+    /// A message in the sender's large-message region.
+    Large,
     /// Filler up to the end of the ring.
     Padding,
 }
@@ -152,6 +154,7 @@ impl From<FrameKind> for ring::FrameKind {
             FrameKind::Middle => ring::FrameKind::Middle,
             FrameKind::Last => ring::FrameKind::Last,
             FrameKind::Abort => ring::FrameKind::Abort,
+            FrameKind::Large => ring::FrameKind::Large,
             FrameKind::Padding => ring::FrameKind::Padding,
         }
     }

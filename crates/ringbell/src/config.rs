@@ -152,8 +152,25 @@ impl ServerConfig {
         self
     }
 
-    /// The largest message either side may send. Larger messages than the ring are sent in
-    /// chunks; this bounds what a receiver will ever allocate for one message.
+    /// The largest message either side may send; this bounds what a receiver will ever
+    /// allocate for one message.
+    ///
+    /// It also bounds the shared memory of large messages. A message larger than one frame
+    /// (a quarter of the ring) goes in chunks through the ring from a side that spins, and
+    /// from a side whose wait is [`WaitStrategy::Block`] through a shared region of its
+    /// sender's (one wake-up a message rather than one per ring-full), made on the
+    /// connection's first such message and granted to the receiver: at least twice the
+    /// largest message sent so far (rounded up to a power of two, at least 64 KiB), at
+    /// most **2 × `max_message_size`, rounded up to 64 KiB**. Each side holds at most one
+    /// per direction (its own, and its peer's mapped), so a connection's regions come to
+    /// at most 4 × `max_message_size` in all, held only once such messages were sent; a
+    /// peer cannot make us map more, whatever it grants. So a server holds at most
+    /// [`max_connections`](Self::max_connections) × 4 × `max_message_size` of regions
+    /// (address space; the pages the messages touched), outside its
+    /// [`memory_budget`](Self::memory_budget), as the rings are: a region lives as long as
+    /// its connection, and charged to the budget it would hold it for good. Where the OS
+    /// refuses a region (and from a client on Windows, whose grants the server pulls from
+    /// its process), messages go in chunks through the ring instead.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -247,9 +264,15 @@ impl ServerConfig {
     /// sent. A peer that holds a reservation and stalls is closed at the
     /// [`stall_timeout`](Self::stall_timeout).
     ///
+    /// - a large message received through its sender's region: its length, reserved like a
+    ///   chunked one's, for as long as it is copied out.
+    ///
     /// Not counted: messages of one frame (the ring bounds them), what your own code
-    /// holds after `recv` returns, and the shared rings (bounded by
-    /// [`max_connections`](Self::max_connections) × 2 × [`ring_capacity`](Self::ring_capacity)).
+    /// holds after `recv` returns, the shared rings (bounded by
+    /// [`max_connections`](Self::max_connections) × 2 × [`ring_capacity`](Self::ring_capacity)),
+    /// and the large-message regions, the server's own and those of its clients that it
+    /// maps (at most one each per connection, of at most 2 × `max_message_size`: see
+    /// [`max_message_size`](Self::max_message_size)).
     pub fn memory_budget(mut self, bytes: usize) -> Self {
         self.memory_budget = Some(bytes);
         self

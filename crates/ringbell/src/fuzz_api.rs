@@ -14,7 +14,9 @@
 //!   expected kind, and what they accept re-encodes to the same bytes.
 //! * [`hostile_ring`]: a `ring::Consumer` over a ring whose indices and bytes a hostile
 //!   producer wrote hands out only frames that lie inside the ring and inside what was
-//!   published, in order, and runs dry or fails within a bounded number of steps.
+//!   published, in order, and runs dry or fails within a bounded number of steps; and
+//!   what the receiver's checks of a `Large` frame and its region grant
+//!   (`core::large::Incoming`) accept lies inside a region within the bound.
 //! * [`call_messages`]: the call protocol's decoders (`core::call`), from either side,
 //!   accept only messages within its limits, and what they accept re-encodes to a message
 //!   that decodes to the same.
@@ -25,6 +27,7 @@
 
 use std::ptr;
 
+use crate::core::large::{region_bound, FrameCheck, Incoming, REGION_GRANT_LEN};
 use crate::core::layout::RingControl;
 use crate::core::ring::{
     frame_size, max_frame_payload, Consumer, Frame, FrameHeader, FrameKind, Producer, RawRing,
@@ -503,6 +506,9 @@ impl ConsumerChecker<'_> {
                 );
             }
             self.check_payload(consumer, &frame);
+            if frame.header.kind == FrameKind::Large {
+                self.check_large(consumer, &frame);
+            }
             consumer.release(&frame);
             if in_run {
                 low = consumer.head();
@@ -597,6 +603,53 @@ impl ConsumerChecker<'_> {
     }
 
     /// Copies the payload out both ways the consumer offers and compares with the ring.
+    /// Runs the receiver's checks of a `Large` frame (`core::large::Incoming`, as
+    /// `conn/large.rs` runs them) as a receiver that has mapped nothing yet, and as one
+    /// that has mapped generation 1 of 1 MiB, both with a limit of 256 KiB; when the frame
+    /// names the next generation, the 16 ring bytes after it stand for the grant message.
+    /// Whatever they accept must lie inside a region no larger than the bound.
+    fn check_large(&self, consumer: &Consumer, frame: &Frame) {
+        let mut payload = vec![0u8; frame.payload_len()];
+        consumer.copy_payload(frame, 0, &mut payload);
+        let grant_pos = self
+            .ring
+            .position(consumer.head() + frame_size(frame.payload_len()) as u64);
+        let mut grant = [0u8; REGION_GRANT_LEN];
+        let (first, second) =
+            grant.split_at_mut((self.ring.capacity - grant_pos).min(REGION_GRANT_LEN));
+        first.copy_from_slice(&self.ring.read(grant_pos, first.len()));
+        second.copy_from_slice(&self.ring.read(0, second.len()));
+        let limit = 256 << 10;
+        for mapped in [None, Some((1, 1 << 20))] {
+            let mut view = Incoming { mapped, limit };
+            let mut checked = view.check_frame(&payload);
+            if checked == Ok(FrameCheck::NextGeneration) {
+                let Ok(capacity) = view.check_grant(&grant) else {
+                    continue;
+                };
+                assert!(capacity > 0 && capacity <= region_bound(limit));
+                let generation = view.next_generation().expect("a next generation");
+                view.mapped = Some((generation, capacity as u64));
+                checked = view.check_frame(&payload);
+                assert_ne!(
+                    checked,
+                    Ok(FrameCheck::NextGeneration),
+                    "a frame names the generation after the one just mapped"
+                );
+            }
+            if let Ok(FrameCheck::Mapped { offset, len }) = checked {
+                let (_, capacity) = view.mapped.expect("a mapped region");
+                assert!(len > 0 && len <= limit, "a large message of {len} bytes");
+                assert!(
+                    offset
+                        .checked_add(len)
+                        .is_some_and(|end| end as u64 <= capacity),
+                    "a large message at {offset}+{len} outside a region of {capacity}"
+                );
+            }
+        }
+    }
+
     fn check_payload(&self, consumer: &Consumer, frame: &Frame) {
         let len = frame.payload_len();
         let pos = self.ring.position(consumer.head()) + FRAME_HEADER_LEN;

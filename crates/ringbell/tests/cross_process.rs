@@ -575,6 +575,109 @@ fn batches_arrive_whole_and_in_order() {
     }
 }
 
+/// The sizes of the large-message runs (issue 14), in order: just over one frame of the
+/// default 128 KiB ring, then 1, 4 and 16 MiB, then small and large alternating, the large
+/// ones growing (each growth a new region, a new generation, granted over the control
+/// channel) and shrinking again (the region stays).
+fn large_message_sizes() -> Vec<usize> {
+    let frame = ServerConfig::DEFAULT_RING_CAPACITY / 4 - 16;
+    let mut sizes = vec![frame + 1, 1 << 20, 4 << 20, 16 << 20];
+    for (index, large) in [
+        frame + 8,
+        100_000,
+        300_000,
+        1 << 20,
+        3 << 20,
+        40_000,
+        16 << 20,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sizes.extend([index * 7, large]);
+    }
+    sizes
+}
+
+/// Large messages (issue 14) go through the sender's region byte for byte, both ways,
+/// across real processes, with every wait strategy: sent two at a time (so that the
+/// sender writes one while the receiver copies the other out) and echoed by a server in
+/// another process, which sends each back through its own region.
+#[test]
+fn large_messages_cross_processes_byte_exact() {
+    let _test = shared_test("large_messages");
+    let sizes = large_message_sizes();
+    let messages: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(index, &len)| random_bytes(100 + index as u64, len))
+        .collect();
+    for wait in common::ALL_WAITS {
+        let socket = SocketPath::new("large_messages");
+        let mut server = spawn_server(
+            "echo_server",
+            &socket,
+            &[
+                ("RB_WAIT", wait_name(wait).into()),
+                ("RB_RING", ServerConfig::DEFAULT_RING_CAPACITY.to_string()),
+                ("RB_MAX", (16 << 20).to_string()),
+                ("RB_GATED", "0".into()),
+            ],
+        );
+        let config = ClientConfig::default().wait(wait);
+        let mut conn = Connection::connect(&socket, config).expect("connecting");
+        server.expect_line("accepted");
+        let mut buf = Vec::new();
+        // Blocking sides send large messages through their regions (`conn/send.rs`), which
+        // hold two at once: send two, then take both echoes. Others send them in chunks
+        // through the ring, which holds less than one: while we send the second, the
+        // server would wait for us to take the first echo, and we for it. One at a time.
+        let blocking = wait == WaitStrategy::Block;
+        let in_flight = if blocking { 2 } else { 1 };
+        for (pair, two) in messages.chunks(in_flight).enumerate() {
+            for message in two {
+                conn.send(message).unwrap_or_else(|error| {
+                    panic!("{wait:?}: sending {} bytes: {error}", message.len())
+                });
+            }
+            for message in two {
+                conn.recv(&mut buf, Some(PATIENCE)).unwrap_or_else(|error| {
+                    panic!("{wait:?}: the echo of {} bytes: {error}", message.len())
+                });
+                assert!(
+                    buf == *message,
+                    "{wait:?}, pair {pair}: an echo of {} bytes differs from the {} sent",
+                    buf.len(),
+                    message.len()
+                );
+            }
+        }
+        // Blocking, they went through regions, not chunks, and this connection holds two:
+        // its own (outgoing) and the server's (incoming), each of 2 × 16 MiB; otherwise
+        // none. (Only this test makes regions above 1 MiB; others running beside it make
+        // small ones.)
+        #[cfg(target_os = "linux")]
+        {
+            let maps = fs::read_to_string("/proc/self/maps").expect("reading /proc/self/maps");
+            let sizes: Vec<usize> = maps
+                .lines()
+                .filter(|line| common::is_region_mapping(line))
+                .filter_map(|line| {
+                    let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+                    let start = usize::from_str_radix(start, 16).ok()?;
+                    Some(usize::from_str_radix(end, 16).ok()? - start)
+                })
+                .filter(|&len| len > 1 << 20)
+                .collect();
+            let expected: &[usize] = if blocking { &[32 << 20; 2] } else { &[] };
+            assert_eq!(sizes, expected, "{wait:?}: large region mappings");
+        }
+        drop(conn);
+        server.expect_line(&format!("count {}", messages.len()));
+        server.assert_success();
+    }
+}
+
 // =======================================================================================
 // 2. Timeouts.
 
@@ -626,11 +729,26 @@ fn recv_timeout_leaves_the_connection_usable() {
     }
 }
 
-/// A send that times out part-way through a chunked message delivers none of it (the abort
-/// frame), and the next message arrives intact.
+/// A send that times out waiting for room in the sender's large-message region delivers
+/// none of it (its frame is pushed only once the message is in the region), the message
+/// after it arrives intact, and so do those sent before it. (Before issue 14 this was a
+/// chunked message timing out part-way, withdrawn with an abort frame; chunks are now only
+/// the fallback where no region can be had.)
 #[test]
 fn send_timeout_delivers_nothing_of_the_timed_out_message() {
     let _test = shared_test("send_timeout");
+    // Adaptive: large messages go in chunks. Block: through the region (`conn/send.rs`).
+    for wait in [
+        WaitStrategy::Adaptive {
+            spin: WaitStrategy::DEFAULT_SPIN,
+        },
+        WaitStrategy::Block,
+    ] {
+        send_timeout_case(wait);
+    }
+}
+
+fn send_timeout_case(wait: WaitStrategy) {
     let socket = SocketPath::new("send_timeout");
     // A 1 KiB ring (frames of at most 240 B payload) on a server that reads nothing
     // before we say "go".
@@ -644,50 +762,76 @@ fn send_timeout_delivers_nothing_of_the_timed_out_message() {
             ("RB_GATED", "1".into()),
         ],
     );
-    let config = ClientConfig::default().send_timeout(Some(Duration::from_millis(200)));
+    let config = ClientConfig::default()
+        .send_timeout(Some(Duration::from_millis(200)))
+        .wait(wait);
     let mut conn = Connection::connect(&socket, config).expect("connecting");
     server.expect_line("accepted");
     assert_eq!(conn.ring_capacity(), 1024);
 
-    // Four chunks fill the ring, the fifth never fits: the send times out mid-message.
-    let timed_out = random_bytes(10, 5000);
+    // With a blocking client, messages of 20,000 bytes go through the region (64 KiB:
+    // three fit); the fourth finds it full and times out. Otherwise, and on a Windows
+    // client, which has no region (a grant it sends would not outlive it:
+    // `conn/large.rs`), its first one goes in chunks and times out part-way.
+    let client_has_region = wait == WaitStrategy::Block && !cfg!(windows);
+    let fitting = if client_has_region { 3 } else { 0 };
+    let before: Vec<Vec<u8>> = (0..fitting)
+        .map(|index| random_bytes(index, 20_000))
+        .collect();
+    for message in &before {
+        conn.send(message).expect("a message that fits the region");
+    }
+    let timed_out = random_bytes(10, 20_000);
     let result = conn.send(&timed_out);
     assert!(
         matches!(result, Err(Error::Timeout)),
-        "a send into a full, unread ring gave {result:?}"
+        "a send into a full, unread region gave {result:?}"
     );
-    // The ring is still full, so not even the abort frame fits: this one times out too.
-    let also_timed_out = random_bytes(11, 100);
-    let result = conn.send(&also_timed_out);
-    assert!(
-        matches!(result, Err(Error::Timeout)),
-        "the second send into a full ring gave {result:?}"
-    );
+    // With a region, nothing of it is in the ring: a small message still fits, and comes
+    // next. In chunks, the ring is full, so not even the abort frame that withdraws the
+    // chunks fits: the small one times out too.
+    let small = random_bytes(11, 100);
+    let small_sent = conn.send(&small);
+    if client_has_region {
+        small_sent.expect("a small message after the timeout");
+    } else {
+        assert!(
+            matches!(small_sent, Err(Error::Timeout)),
+            "the second send into a full ring gave {small_sent:?}"
+        );
+    }
 
     server.send_line("go");
     let delivered = random_bytes(12, 3000);
     send_retrying_timeouts(&mut conn, &delivered, &mut server);
     let mut buf = Vec::new();
-    let len = conn
-        .recv(&mut buf, Some(PATIENCE))
-        .expect("receiving the echo");
-    assert_eq!(len, buf.len());
-    assert!(
-        buf == delivered,
-        "the first message the server received was not the one sent after the timeouts: \
-         {} bytes (the timed-out ones had {} and {}, the expected one {})",
-        buf.len(),
-        timed_out.len(),
-        also_timed_out.len(),
-        delivered.len()
-    );
+    let small_delivered = client_has_region.then_some(&small);
+    let expected_echoes: Vec<&Vec<u8>> = before
+        .iter()
+        .chain(small_delivered)
+        .chain([&delivered])
+        .collect();
+    for (position, expected) in expected_echoes.iter().enumerate() {
+        let len = conn
+            .recv(&mut buf, Some(PATIENCE))
+            .expect("receiving an echo");
+        assert_eq!(len, buf.len());
+        assert!(
+            buf == **expected,
+            "echo {position} is not the message sent {position}th (leaving out the timed-out \
+             one of {} bytes): {} bytes, expected {}",
+            timed_out.len(),
+            buf.len(),
+            expected.len()
+        );
+    }
     send_retrying_timeouts(&mut conn, b"and one more", &mut server);
     conn.recv(&mut buf, Some(PATIENCE))
-        .expect("receiving the second echo");
+        .expect("receiving the last echo");
     assert_eq!(buf, b"and one more");
     drop(conn);
-    // The server counts every message it received: the two timed-out ones must not be there.
-    server.expect_line("count 2");
+    // The server counts every message it received: the timed-out ones must not be there.
+    server.expect_line(&format!("count {}", expected_echoes.len() + 1));
     server.assert_success();
 }
 
@@ -754,8 +898,10 @@ fn killed_client_wakes_a_server_blocked_in_send() {
         client.expect_line("ready");
 
         let blocked = thread::spawn(move || {
-            // Two and a half rings' worth: blocks once the ring is full.
-            let result = conn.send(&random_bytes(3, 10 * 1024));
+            // Messages of two and a half rings, through the large-message region (64 KiB:
+            // six fit): blocks once the region is full.
+            let message = random_bytes(3, 10 * 1024);
+            let result = (0..64).try_for_each(|_| conn.send(&message));
             (conn, result)
         });
         thread::sleep(Duration::from_millis(100));

@@ -297,8 +297,8 @@ fn role_victim(runtime: &Runtime) -> Result<(), String> {
                 let _ = connect_raw(&path, ClientConfig::default());
             }
         }
-        // Requests of 256 KiB, three at a time, each going through the ring in 64 chunks
-        // both ways: a kill leaves the server half a message.
+        // Requests of 256 KiB, three at a time, each going through the large-message
+        // regions both ways: a kill leaves the server mid-copy or mid-reply.
         "mid_frame" => runtime.block_on(async {
             let client = Client::connect(&path, ClientConfig::default())
                 .await
@@ -315,18 +315,23 @@ fn role_victim(runtime: &Runtime) -> Result<(), String> {
             report("streaming");
             std::future::pending::<Result<(), String>>().await
         }),
-        // One request of 256 KiB, then never a read: the server's reply fills the ring,
-        // and the server waits for room. Reported once the ring is at least half full.
+        // Four requests of 256 KiB, then never a read: the server's replies go through its
+        // large-message region (512 KiB: two fit), and the server waits for room for the
+        // third. Reported once the first two replies' frames are in the ring. (Before
+        // issue 14 one reply, in chunks, filled the ring.)
         "server_writing" => {
             let mut conn = connect_raw(&path, ClientConfig::default()).context("connecting")?;
-            conn.send(&request(&random_bytes(seed, BIG)))
-                .context("sending the request")?;
             let segment = Scribbler::find(&conn)?;
+            let message = random_bytes(seed, BIG);
+            for correlation in 1..=4 {
+                send_request(&mut conn, correlation, &message).context("sending a request")?;
+            }
             let tail = segment.header_word::<AtomicU64>(control_block(SERVER_TO_CLIENT) + TAIL);
             let give_up = Instant::now() + PATIENCE;
-            while tail.load(Ordering::Acquire) < (conn.ring_capacity() / 2) as u64 {
+            // Two `Large` frames: a 16-byte header and a 20-byte payload, padded to 40.
+            while tail.load(Ordering::Acquire) < 2 * 40 {
                 if Instant::now() > give_up {
-                    return Err("the server's reply never filled half the ring".into());
+                    return Err("the server never sent two replies".into());
                 }
                 thread::sleep(Duration::from_millis(1));
             }

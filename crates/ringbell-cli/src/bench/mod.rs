@@ -15,8 +15,8 @@
 //!   peers, and `memcpy` in this process as the ceiling (the best of several rounds and
 //!   buffer placements).
 //! * ringbell's servers allow messages of the largest size (16 MiB) and keep the default
-//!   ring, so the 4 and 16 MiB messages go through it in chunks: those rows are the
-//!   chunked path as it is, before issue 14's large-message work.
+//!   ring, so the 64 KiB to 16 MiB messages go through the sender's large-message region
+//!   (issue 14; before it, in chunks through the ring).
 //! * **Request/response with many clients** (1, 10, 100, 1,000 connections over up to 10
 //!   client processes, unpinned): ringbell's `AsyncServer::serve` and `Client` against the
 //!   same protocol over tokio `UnixStream`s (the `stress` machinery, every reply checked).

@@ -13,9 +13,8 @@ use crate::stream::StreamKind;
 use crate::streamed::{StreamedPlan, StreamedTransport};
 
 /// Message sizes of the latency runs. 4 and 16 MiB are many times the ring (128 KiB each
-/// way by default), through which ringbell sends them in chunks with backpressure, as it
-/// does every message above a quarter of the ring: those rows are the "before" of issue
-/// 14's large-message work.
+/// way by default); ringbell sends them, as every message above a quarter of the ring,
+/// through the sender's large-message region (issue 14; before it, in chunks).
 pub(super) const LATENCY_SIZES: [usize; 6] = [64, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20];
 /// Message sizes of the throughput runs.
 pub(super) const THROUGHPUT_SIZES: [usize; 6] = [64, 4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20];

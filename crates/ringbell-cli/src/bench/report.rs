@@ -345,8 +345,8 @@ impl Report {
              ClientConfig but for the wait strategy and --max-message-size {} (the largest \
              message here; the library's default is {}), so that the {} rows are allowed; \
              the default rings of {} each way in every row, so a message above about {} \
-             goes in chunks with backpressure: the 64 KiB to {} rows measure that chunked \
-             path.",
+             goes through the sender's large-message region with one frame in the ring \
+             (protocol 5, issue 14): the 64 KiB to {} rows measure that path.",
             format_size(LARGEST_MESSAGE),
             format_size(ringbell::ServerConfig::DEFAULT_MAX_MESSAGE_SIZE),
             format_size(LARGEST_MESSAGE),

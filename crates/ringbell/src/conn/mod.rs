@@ -1,10 +1,12 @@
 //! [`Connection`]: two rings in a shared segment, two doorbells and a control channel.
 //!
 //! - this file: the type, its public API, and its end (`Drop`);
-//! - [`send`]: putting messages into the ring, in chunks when they are large, and waiting
-//!   for room;
-//! - [`receive`]: taking messages out, checking every frame the peer wrote, reassembling
-//!   chunks;
+//! - [`send`]: putting messages into the ring, large ones through [`large`] (in chunks
+//!   where no region can be had), and waiting for room;
+//! - [`receive`]: taking messages out, checking every frame the peer wrote, large ones out
+//!   of the peer's region, reassembling chunks;
+//! - [`large`]: the large-message regions, ours and the peer's: made, granted, mapped,
+//!   copied into and out of;
 //! - [`batch`]: taking every message waiting at once, into a [`Batch`];
 //! - [`wake`]: waking the peer and being woken, the event-loop side of that (doorbells),
 //!   and noticing the peer's death;
@@ -13,6 +15,7 @@
 
 mod batch;
 mod budget;
+mod large;
 mod receive;
 mod segment;
 mod send;
@@ -121,7 +124,9 @@ fn corrupted(error: RingError) -> Error {
 /// Made by [`Server::accept`](crate::Server::accept) on the server and
 /// [`Connection::connect`] on the client; both ends have the same API. Messages arrive
 /// whole and in order; each `send` is one message. `send` blocks while the ring is full
-/// and never drops a message; messages larger than the ring go through in chunks.
+/// and never drops a message; a message larger than one frame (a quarter of the ring)
+/// goes through a shared region of the sender's, made on first use (at most
+/// 2 × [`max_message_size`](Self::max_message_size) per direction).
 ///
 /// A connection is one producer and one consumer: `send` and `recv` take `&mut self`.
 /// Move it to the thread that uses it (it is `Send`).
@@ -167,6 +172,10 @@ pub struct Connection {
     /// A chunked send timed out: the receiver must be told to drop its chunks before the
     /// next message.
     tx_abort_pending: bool,
+    /// Our large-message region, made on first use (`large.rs`).
+    tx_large: large::Outgoing,
+    /// The peer's large-message region, mapped when its first `Large` frame arrives.
+    rx_large: Option<large::IncomingRegion>,
     /// Whether `arm_doorbell` announced a doorbell wait that is still outstanding.
     doorbell_armed: bool,
     /// The error that ended this connection, returned again by every later call.
@@ -200,6 +209,7 @@ impl Connection {
         peer_doorbell: DoorbellRinger,
         settings: Settings,
     ) -> Connection {
+        let grants_outlive_us = control.grants_outlive_sender();
         Connection {
             tx: Producer::new(segment.raw_ring(side.tx_index())),
             rx: Consumer::new(segment.raw_ring(side.rx_index())),
@@ -211,6 +221,8 @@ impl Connection {
             settings,
             rx_partial: None,
             tx_abort_pending: false,
+            tx_large: large::Outgoing::new(grants_outlive_us),
+            rx_large: None,
             doorbell_armed: false,
             broken: None,
             peer_check_due: None,
@@ -273,8 +285,8 @@ impl Connection {
     /// * If `fill` returns an error, or panics, nothing is sent and the connection stays
     ///   usable; the error (or the panic) is passed on.
     /// * A message larger than one frame (a quarter of the ring) cannot be written in
-    ///   place: `fill` then writes into a buffer, which is sent in chunks as
-    ///   [`send`](Self::send) sends it.
+    ///   place: `fill` then writes into a buffer, which is sent as [`send`](Self::send)
+    ///   sends it (through the large-message region).
     ///
     /// `fill` writes into memory that the peer maps too. An honest peer never touches it
     /// before the message is sent; a hostile one could change it under `fill`, which only

@@ -1,11 +1,13 @@
 //! Receiving: frames out of the ring, every one checked against what the peer may
-//! legally have written, and chunks of a large message put back together.
+//! legally have written; a large message copied out of the peer's region (`large.rs`),
+//! or its chunks put back together.
 
 use std::time::{Duration, Instant};
 
 use super::budget::Charge;
 use super::wake::{peer_alive, peer_closed, rings, wait_on};
 use super::{corrupted, Connection};
+use crate::core::large::{LargeRef, LARGE_REF_LEN};
 use crate::core::ring::{max_frame_payload, Frame, FrameKind};
 use crate::core::wait::{self, Waited, PEER_CHECK_INTERVAL};
 use crate::error::Error;
@@ -56,6 +58,16 @@ pub(super) enum Patience {
     NoWait {
         check_peer: bool,
     },
+}
+
+/// What [`Connection::reserve`] got.
+enum Reserved {
+    /// The reservation (none on a client).
+    Charged(Option<Charge>),
+    /// The budget has no room and patience ran out: the frame stays in the ring.
+    GaveUp,
+    /// The budget has no room yet; the peer lives: look at the ring again.
+    Retry,
 }
 
 /// How many frames one receive handles between two looks at its deadline.
@@ -253,42 +265,10 @@ impl Connection {
                         })?;
                     // The whole length is reserved in the budget before the first byte is
                     // taken (see `conn/budget.rs` for why), or the chunk waits in the ring.
-                    let charge = match self.budget().cloned() {
-                        None => None,
-                        Some(budget) => match budget.try_charge(total) {
-                            Some(charge) => Some(charge),
-                            None => {
-                                // Hand back what we took so far, so the peer is not stuck.
-                                self.publish_received();
-                                match patience {
-                                    Patience::NoWait { .. } => {
-                                        self.awaiting_budget = true;
-                                        return Ok(None);
-                                    }
-                                    Patience::Until(deadline) => {
-                                        let check = Instant::now() + PEER_CHECK_INTERVAL;
-                                        let until = deadline.map_or(check, |d| d.min(check));
-                                        match budget.charge_within(total, until) {
-                                            Some(charge) => Some(charge),
-                                            None => {
-                                                if deadline.is_some_and(|d| Instant::now() >= d) {
-                                                    return Ok(None);
-                                                }
-                                                // A message it can never finish.
-                                                peer_alive(
-                                                    &self.control,
-                                                    &self.own_doorbell,
-                                                    self.segment.header(),
-                                                    self.side,
-                                                    true,
-                                                )?;
-                                                continue;
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        },
+                    let charge = match self.reserve(total, patience)? {
+                        Reserved::Charged(charge) => charge,
+                        Reserved::GaveUp => return Ok(None),
+                        Reserved::Retry => continue,
                     };
                     // Room for this chunk only, not for the announced total: see
                     // `grow_for_chunk`.
@@ -299,6 +279,25 @@ impl Connection {
                         correlation: header.correlation,
                         _charge: charge,
                     });
+                }
+                (FrameKind::Large, None) => {
+                    // Reserved in the budget as a chunked message's length is, though only
+                    // for the copy: the message is taken whole, now.
+                    let announced = self.large_len(&frame)?;
+                    let _charge = match self.reserve(announced, patience)? {
+                        Reserved::Charged(charge) => charge,
+                        Reserved::GaveUp => return Ok(None),
+                        Reserved::Retry => continue,
+                    };
+                    let len = self.take_large(&frame, buf)?;
+                    // Handed back at once, not an eighth of the ring later: the sender
+                    // reclaims its region by our head, and may wait for it.
+                    self.rx.release(&frame);
+                    self.publish_received();
+                    return Ok(Some(Received {
+                        len,
+                        correlation: header.correlation,
+                    }));
                 }
                 (FrameKind::Middle | FrameKind::Last, Some(message)) => {
                     let (total, correlation) = (message.total, message.correlation);
@@ -340,6 +339,62 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Reserves `len` bytes of the server's memory budget for a message about to be taken
+    /// (nothing on a client). When the budget has no room: hands back what was taken so
+    /// far (so the peer is not stuck), then gives up at once without waiting (an event loop
+    /// then waits for a release: `awaiting_budget`), or waits for a release until the
+    /// deadline, checking meanwhile that the peer lives (a message it can never finish).
+    fn reserve(&mut self, len: usize, patience: Patience) -> Result<Reserved, Error> {
+        let Some(budget) = self.budget().cloned() else {
+            return Ok(Reserved::Charged(None));
+        };
+        if let Some(charge) = budget.try_charge(len) {
+            return Ok(Reserved::Charged(Some(charge)));
+        }
+        self.publish_received();
+        let deadline = match patience {
+            Patience::NoWait { .. } => {
+                self.awaiting_budget = true;
+                return Ok(Reserved::GaveUp);
+            }
+            Patience::Until(deadline) => deadline,
+        };
+        let check = Instant::now() + PEER_CHECK_INTERVAL;
+        let until = deadline.map_or(check, |d| d.min(check));
+        if let Some(charge) = budget.charge_within(len, until) {
+            return Ok(Reserved::Charged(Some(charge)));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Reserved::GaveUp);
+        }
+        peer_alive(
+            &self.control,
+            &self.own_doorbell,
+            self.segment.header(),
+            self.side,
+            true,
+        )?;
+        Ok(Reserved::Retry)
+    }
+
+    /// The length a `Large` frame announces, checked against the limit, before its region
+    /// is looked at (for the budget's reservation); `take_large` checks the rest.
+    fn large_len(&self, frame: &Frame) -> Result<usize, Error> {
+        let mut payload = [0u8; LARGE_REF_LEN];
+        if frame.payload_len() != LARGE_REF_LEN {
+            return Err(Error::Corrupted {
+                detail: "a large-message frame has the wrong length",
+            });
+        }
+        self.rx.copy_payload(frame, 0, &mut payload);
+        LargeRef::decode(&payload)
+            .and_then(|large| usize::try_from(large.len).ok())
+            .filter(|&len| len <= self.receive_limit())
+            .ok_or(Error::Corrupted {
+                detail: "a large message exceeds the connection's maximum size",
+            })
     }
 
     /// Keeps the part received of a chunked message in progress (its bytes are in `buf`),

@@ -7,6 +7,8 @@
 use std::time::Duration;
 use std::time::Instant;
 
+#[cfg(ringbell_async)]
+use super::large::room_for;
 use super::{corrupted, Connection, Segment, Side};
 use crate::config::WaitStrategy;
 use crate::core::layout::{RingControl, SegmentHeader, WaitCell};
@@ -87,15 +89,19 @@ impl Connection {
     }
 
     /// Like [`arm_doorbell`](Self::arm_doorbell), for a sender waiting for room for a
-    /// frame of `payload` bytes: returns `false` if it fits already (or the peer has gone).
+    /// frame of `payload` bytes (or for a large message: see `Pushed::Full`): returns
+    /// `false` if it fits already (or the peer has gone).
     #[cfg(ringbell_async)]
     pub(crate) fn arm_send_doorbell(&mut self, payload: usize) -> Result<bool, Error> {
         self.usable()?;
         self.publish_sent();
         self.publish_received();
+        let limit = self.send_limit();
         let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
+        let outgoing = &mut self.tx_large;
         let mut ready = || -> Result<bool, Error> {
-            Ok(tx.has_room(payload).map_err(corrupted)? || peer_closed(header, side))
+            Ok(room_for(tx, outgoing, payload, limit).map_err(corrupted)?
+                || peer_closed(header, side))
         };
         let cell = &rings(&self.segment, side).tx.writable;
         let armed = !wait::announce(cell, wait::SLEEP_DOORBELL, &mut ready)
@@ -118,10 +124,12 @@ impl Connection {
         self.own_doorbell.mark_closed();
     }
 
-    /// Whether a frame of `payload` bytes fits in the ring now (a spin-phase check).
+    /// Whether a frame of `payload` bytes fits in the ring now, or a large message of
+    /// `payload` bytes can go on (a spin-phase check).
     #[cfg(ringbell_async)]
     pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, Error> {
-        self.tx.has_room(payload).map_err(corrupted)
+        let limit = self.send_limit();
+        room_for(&mut self.tx, &mut self.tx_large, payload, limit).map_err(corrupted)
     }
 
     /// Whether a frame is waiting to be received (a spin-phase check).

@@ -3,6 +3,7 @@
 //! of [`sync`]) and run under Miri.
 //!
 //! - [`ring`]: the single-producer single-consumer byte ring and its frames;
+//! - [`large`]: the large-message region's placement, its frame and grant, and their checks;
 //! - [`layout`]: the `#[repr(C)]` layout of a connection's shared segment;
 //! - [`wait`]: the sleep/wake protocol and the `WaitStrategy` loop;
 //! - [`in_flight`]: the table of calls awaiting their replies;
@@ -13,6 +14,7 @@
 pub(crate) mod call;
 #[cfg(any(ringbell_async, loom))]
 pub(crate) mod in_flight;
+pub(crate) mod large;
 pub(crate) mod layout;
 pub(crate) mod ring;
 pub(crate) mod sync;

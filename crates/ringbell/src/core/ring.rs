@@ -48,7 +48,14 @@
 //! fills the rest with a padding frame (or, when fewer than 16 bytes are left, with
 //! nothing: both sides skip a tail shorter than a header) and writes the frame at
 //! position 0. A frame is at most a quarter of the ring, so it always fits once the
-//! consumer has caught up, and a large message streams through in several frames.
+//! consumer has caught up.
+//!
+//! The kinds ([`FrameKind`]): `Message`, a whole message; `Large`, a message larger than
+//! a frame, which lies in the sender's large-message region while its 20-byte frame says
+//! where (`core/large.rs`; the receiver publishes its head as soon as it has copied one
+//! out, because the sender reclaims the region by it); `First`, `Middle`, `Last` and
+//! `Abort`, a large message in chunks, which a sender uses only where it has no region
+//! (`conn/large.rs` says when); and `Padding`.
 //!
 //! # Trust
 //!
@@ -94,6 +101,9 @@ pub(crate) enum FrameKind {
     Last,
     /// The sender gave up on a chunked message (its send timed out): discard the chunks.
     Abort,
+    /// A message larger than one frame, in the sender's large-message region: the payload
+    /// says which region and where (`core::large::LargeRef`).
+    Large,
     /// Filler up to the end of the ring.
     Padding,
 }
@@ -106,6 +116,7 @@ impl FrameKind {
             FrameKind::Middle => 3,
             FrameKind::Last => 4,
             FrameKind::Abort => 5,
+            FrameKind::Large => 6,
             FrameKind::Padding => 0xff,
         }
     }
@@ -117,6 +128,7 @@ impl FrameKind {
             3 => FrameKind::Middle,
             4 => FrameKind::Last,
             5 => FrameKind::Abort,
+            6 => FrameKind::Large,
             0xff => FrameKind::Padding,
             _ => return None,
         })
@@ -295,6 +307,18 @@ impl Producer {
         }
         self.cached_head = head;
         Ok(())
+    }
+
+    /// The consumer's published `head`, loaded now and checked: everything before it has
+    /// been read. The large-message region reclaims by it (`core/large.rs`).
+    pub(crate) fn consumer_head(&mut self) -> Result<u64, RingError> {
+        self.reload_head()?;
+        Ok(self.cached_head)
+    }
+
+    /// Bytes in the ring.
+    pub(crate) fn capacity(&self) -> usize {
+        self.ring.capacity
     }
 
     /// Bytes written so far, published or not.

@@ -18,7 +18,10 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 /// Version 4: the call protocol of `core/call.rs` (streams, cancellation, deadlines,
 /// metadata), and the Welcome says how many calls the server takes at once.
 /// Version 5: a stream's window is in bytes (the opening's window is a u32), and small
-/// streamed responses travel packed (`ITEMS`).
+/// streamed responses travel packed (`ITEMS`); and a message larger than one frame goes
+/// through the sender's large-message region (`core/large.rs`): a `Large` frame in the
+/// ring, and the region's grant on the control channel, which carried nothing after the
+/// handshake before.
 pub(crate) const PROTOCOL_VERSION: u16 = 5;
 
 /// What a connection carries, which both ends must agree on: a client that makes calls

@@ -43,7 +43,9 @@ pub trait ConnectionExt {
     fn doorbell_fd(&self) -> BorrowedFd<'_>;
 
     /// The control socket. It polls readable, with `POLLRDHUP`, when the peer closes or
-    /// dies; never read from or write to it.
+    /// dies; and readable, briefly, when the peer sends the grant of a large-message
+    /// region, which the next [`try_recv`](Connection::try_recv) reads. Never read from
+    /// or write to it yourself.
     fn control_fd(&self) -> BorrowedFd<'_>;
 }
 

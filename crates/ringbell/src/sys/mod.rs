@@ -10,7 +10,9 @@
 //! * **`SharedRegion`**: a read-write mapping of a shared-memory object.
 //!   `create(len) -> (SharedRegion, Grant)` makes a zeroed object of `len` bytes that its
 //!   peer cannot resize (but on the POSIX backend on Linux, see `posix/shm.rs`), maps it,
-//!   and returns the grant to send; `adopt(grant, len)`
+//!   and returns the grant to send (`create_for_messages(len)`: the same, for a
+//!   large-message region, under a name that tells it from a segment where objects have
+//!   names); `adopt(grant, len)`
 //!   checks a region received from the peer (what kind of object it is, who owns it, its
 //!   size) *before* mapping it, because a peer that could shrink the object would make
 //!   every access a potential `SIGBUS`; `as_ptr()`, `len()`. The mapping goes on drop, and
@@ -34,6 +36,9 @@
 //!   `bind(path)` (owner-only; replaces a dead server's address, refuses a live one with
 //!   `AddrInUse`), `accept()`, `connect(path, deadline)`, `send_with_grants` and
 //!   `recv_with_grants` (at most `MAX_GRANTS` a message, more is an `InvalidData` error),
+//!   `try_read_with_grants` (what has arrived, without waiting), `grants_outlive_sender()`
+//!   (whether a grant sent stays receivable after this process ends: not a Windows
+//!   client's, which the server pulls from the client's handle table),
 //!   `peer_user()`, `peer_pid()`, `peer_gone()`. The listener removes its address on drop.
 //! * **`User`** and **`current_user()`**: who a peer runs as, for admission checks: a uid
 //!   on Unix (later a SID on Windows), with `Option` accessors for what an OS may lack.

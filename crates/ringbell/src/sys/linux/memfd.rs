@@ -21,7 +21,18 @@ impl SharedRegion {
     /// Creates a zeroed memfd of `len` bytes, seals its size, and maps it. Returns the
     /// mapping and the grant to pass to the peer (drop it once passed).
     pub(crate) fn create(len: usize) -> io::Result<(SharedRegion, Grant)> {
-        let fd = fs::memfd_create("ringbell", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        SharedRegion::create_named(len, "ringbell")
+    }
+
+    /// [`create`](Self::create) for a large-message region: the same object under another
+    /// name (`/memfd:ringbell-messages` in `/proc/<pid>/maps`), so that a reader of the
+    /// maps tells segments and regions apart.
+    pub(crate) fn create_for_messages(len: usize) -> io::Result<(SharedRegion, Grant)> {
+        SharedRegion::create_named(len, "ringbell-messages")
+    }
+
+    fn create_named(len: usize, name: &str) -> io::Result<(SharedRegion, Grant)> {
+        let fd = fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(io_error)?;
         fs::ftruncate(&fd, len as u64).map_err(io_error)?;
         fs::fcntl_add_seals(&fd, required_seals()).map_err(io_error)?;

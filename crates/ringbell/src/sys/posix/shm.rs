@@ -35,8 +35,11 @@ const NAME_ATTEMPTS: usize = 16;
 /// The name prefix, so that a stray object (there should never be one) says whose it is.
 const NAME_PREFIX: &str = "/ringbell-";
 
-/// A fresh name: the prefix and 16 hex digits, 26 bytes, below macOS's limit of 31.
-fn random_name() -> String {
+/// The name prefix of a large-message region's object, which tells it from a segment.
+const MESSAGES_PREFIX: &str = "/ringbell-msg-";
+
+/// A fresh name: `prefix` and 16 hex digits, at most 30 bytes, below macOS's limit of 31.
+fn random_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     // `RandomState` is seeded from the OS's random source once per process (and then
     // varied per instance), which is enough to make names unguessable to a squatter;
@@ -45,7 +48,7 @@ fn random_name() -> String {
     // SYNC: Relaxed: a count that only makes each name differ; nothing is published by it.
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     hasher.write_u32(std::process::id());
-    format!("{NAME_PREFIX}{:016x}", hasher.finish())
+    format!("{prefix}{:016x}", hasher.finish())
 }
 
 /// The size to give a new shm object that must hold `len` bytes: `len` rounded up to the
@@ -59,9 +62,20 @@ impl SharedRegion {
     /// Creates a zeroed shm object of `len` bytes, unlinks it, sizes it and maps it.
     /// Returns the mapping and the grant to pass to the peer (drop it once passed).
     pub(crate) fn create(len: usize) -> io::Result<(SharedRegion, Grant)> {
+        SharedRegion::create_named(len, NAME_PREFIX)
+    }
+
+    /// [`create`](Self::create) for a large-message region: the same object under names
+    /// of another prefix, so that a reader of `/proc/<pid>/maps` tells segments and
+    /// regions apart.
+    pub(crate) fn create_for_messages(len: usize) -> io::Result<(SharedRegion, Grant)> {
+        SharedRegion::create_named(len, MESSAGES_PREFIX)
+    }
+
+    fn create_named(len: usize, prefix: &str) -> io::Result<(SharedRegion, Grant)> {
         let mut attempts = 0;
         let fd = loop {
-            match open_unlinked(&random_name()) {
+            match open_unlinked(&random_name(prefix)) {
                 Err(error)
                     if error.raw_os_error() == Some(Errno::EXIST.raw_os_error())
                         && attempts < NAME_ATTEMPTS =>
@@ -173,12 +187,13 @@ mod tests {
 
     #[test]
     fn names_are_short_unique_and_leave_nothing_behind() {
-        let names: std::collections::HashSet<String> = (0..1000).map(|_| random_name()).collect();
+        let names: std::collections::HashSet<String> =
+            (0..1000).map(|_| random_name(NAME_PREFIX)).collect();
         assert_eq!(names.len(), 1000);
         assert!(names
             .iter()
             .all(|name| name.len() <= 30 && name.starts_with(NAME_PREFIX)));
-        let name = random_name();
+        let name = random_name(NAME_PREFIX);
         let _object = open_unlinked(&name).unwrap();
         let reopened = shm::open(name.as_str(), shm::OFlags::RDWR, Mode::empty());
         assert_eq!(

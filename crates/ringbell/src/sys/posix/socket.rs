@@ -472,6 +472,13 @@ impl ControlStream {
         self.stream.readable().await.map(drop)
     }
 
+    /// Whether a grant this end sends stays receivable if this process ends before the
+    /// peer reads it: always, since an fd in flight with `SCM_RIGHTS` is held by the
+    /// socket until it is received.
+    pub(crate) fn grants_outlive_sender(&self) -> bool {
+        true
+    }
+
     /// Whether the peer has closed its end (or its process died). One non-blocking
     /// `poll(2)` for `POLLRDHUP`, which is reported even when unread bytes are queued, so
     /// a peer cannot hide its death by writing to the control socket first.

@@ -895,6 +895,15 @@ impl ControlStream {
         Ok(pid)
     }
 
+    /// Whether a grant this end sends stays receivable if this process ends before the
+    /// peer reads it: yes from the server, which pushes its handles into the client's
+    /// table; no from the client, whose handles the server pulls from the client's table,
+    /// which goes with the client's process. (The large-message region of a client is
+    /// therefore not used on Windows: `conn/large.rs`.)
+    pub(crate) fn grants_outlive_sender(&self) -> bool {
+        matches!(self.side, Side::Server)
+    }
+
     /// Whether the peer has closed its end (or its process died): the pipe is broken, or
     /// the peer's process, where this end has it, has ended (which a peer cannot hide by
     /// writing before it dies). Never blocks.
@@ -1148,11 +1157,21 @@ impl ControlStream {
             if wanted == 0 {
                 return Ok(Filled::Ready);
             }
-            // What a read issued ahead brought comes first.
-            match self.harvest(&mut reader.ahead, (!poll).then_some(wait)) {
-                Harvest::Done => {}
-                Harvest::InFlight => return Ok(Filled::Nothing),
-                Harvest::TimedOut => return Err(timed_out("while reading from the control pipe")),
+            // What a read issued ahead brought comes first: the bytes already taken from
+            // one, then, once they are used up, the one in flight. Not the other way round:
+            // `stirred` issues a new read ahead while the bytes of the last one may still
+            // be unread (a large-message region's grant, which arrives after the
+            // handshake while the connection awaits its doorbell), and waiting for that
+            // read, which only more bytes would end, left them unread behind it (seen
+            // under Wine: the grant "never arrived").
+            if reader.ahead.bytes.is_empty() {
+                match self.harvest(&mut reader.ahead, (!poll).then_some(wait)) {
+                    Harvest::Done => {}
+                    Harvest::InFlight => return Ok(Filled::Nothing),
+                    Harvest::TimedOut => {
+                        return Err(timed_out("while reading from the control pipe"))
+                    }
+                }
             }
             if !reader.ahead.bytes.is_empty() {
                 let taken = wanted.min(reader.ahead.bytes.len());

@@ -52,6 +52,12 @@ unsafe impl Send for SharedRegion {}
 unsafe impl Sync for SharedRegion {}
 
 impl SharedRegion {
+    /// [`create`](Self::create) for a large-message region: sections have no name, so
+    /// the same.
+    pub(crate) fn create_for_messages(len: usize) -> io::Result<(SharedRegion, Grant)> {
+        SharedRegion::create(len)
+    }
+
     /// Creates a zeroed section of `len` bytes and maps it. Returns the mapping and the
     /// grant to push to the peer (drop it once pushed).
     pub(crate) fn create(len: usize) -> io::Result<(SharedRegion, Grant)> {

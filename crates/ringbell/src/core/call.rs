@@ -103,9 +103,10 @@ pub const MAX_METADATA_KEY_LEN: usize = 64;
 pub const MAX_METADATA_LEN: usize = 4096;
 
 /// The largest window a server grants one call, whatever its client asks for: 1 MiB of
-/// streamed responses unacknowledged (as [`item_cost`] counts them). What a call may
-/// hold of the server's memory for its stream is this, or one item of up to
-/// `max_message_size` when an item is larger.
+/// streamed responses unacknowledged (each item counting its length plus
+/// [`ITEM_OVERHEAD`], at most the window). What a call may hold of the server's memory
+/// for its stream is this, or one item of up to `max_message_size` when an item is
+/// larger.
 pub const MAX_STREAM_WINDOW: u32 = 1 << 20;
 
 /// What each streamed response costs against its call's window beside its bytes: so that

@@ -30,8 +30,8 @@ use std::ptr;
 use crate::core::large::{region_bound, FrameCheck, Incoming, REGION_GRANT_LEN};
 use crate::core::layout::RingControl;
 use crate::core::ring::{
-    frame_size, max_frame_payload, Consumer, Frame, FrameHeader, FrameKind, Producer, RawRing,
-    RingError, FRAME_HEADER_LEN, MIN_CAPACITY,
+    frame_size, max_frame_payload, Consumer, Frame, FrameHeader, FrameKind, PackCursor, Producer,
+    RawRing, RingError, FRAME_HEADER_LEN, MIN_CAPACITY,
 };
 use crate::core::sync::Ordering;
 use crate::handshake::wire::{
@@ -60,7 +60,7 @@ pub fn frame_header(input: &[u8]) {
                 assert_eq!(size % 8, 0, "frames stay 8-byte aligned");
             }
             None => {
-                let known_kind = matches!(bytes[4], 1..=5 | 0xff);
+                let known_kind = matches!(bytes[4], 1..=7 | 0xff);
                 assert!(
                     !known_kind || bytes[5..8] != [0, 0, 0],
                     "a header with a known kind and zero reserved bytes was refused"
@@ -429,7 +429,7 @@ impl ConsumerChecker<'_> {
         let taken = twin.take_messages(&mut run_bytes, usize::MAX, usize::MAX, |id, range| {
             ranges.push((id, range))
         });
-        assert_eq!(taken.frames, ranges.len());
+        assert_eq!(taken.messages, ranges.len());
         assert_eq!(
             run_bytes[..4],
             *b"kept",
@@ -483,6 +483,48 @@ impl ConsumerChecker<'_> {
                     break;
                 }
             };
+            if frame.header.kind == FrameKind::Pack {
+                // Its messages, as `take_packed` hands them out. Unless the run stopped
+                // before this frame, it must have taken each one that `take_packed` hands
+                // out, in order, and stopped where it refuses one.
+                let run_goes_on = high.is_none();
+                let mut cursor = PackCursor::new(frame);
+                loop {
+                    let mut bytes = Vec::new();
+                    match consumer.take_packed(&mut cursor, usize::MAX, &mut bytes) {
+                        Ok(packed) => {
+                            assert_eq!(packed.len, bytes.len());
+                            if run_goes_on {
+                                assert!(
+                                    matched < run.len(),
+                                    "a run stopped before a packed message that take_packed handed out"
+                                );
+                                assert!(
+                                    (frame.header.correlation, bytes) == run[matched],
+                                    "a run's message {matched} differs from the pack's"
+                                );
+                                matched += 1;
+                            }
+                            if packed.last {
+                                break;
+                            }
+                        }
+                        Err(error) => {
+                            assert_eq!(
+                                matched,
+                                run.len(),
+                                "a run took packed messages take_packed refused"
+                            );
+                            let high = *high.get_or_insert(consumer.head());
+                            return (Err(error), low, high);
+                        }
+                    }
+                }
+                if run_goes_on {
+                    low = consumer.head();
+                }
+                continue;
+            }
             let in_run = matched < run.len();
             if in_run {
                 let mut payload = Vec::new();

@@ -87,33 +87,51 @@ fn role_batch_echo_server() -> Result<(), String> {
     Ok(())
 }
 
-/// Accepts one client and receives [`stream_message`]s 0, 1, 2... with `recv_batch`,
-/// checking each; reports `received <count> <checksum>` when the client hangs up.
+/// Accepts one client and receives [`stream_message`]s 0, 1, 2..., checking each;
+/// reports `received <count> <checksum>` when the client hangs up. With `RB_RECEIVE=mixed`
+/// it takes them by turns with `recv`, `try_recv`, and `recv_batch` of limits 1 to 5 and
+/// 64, so that packs of messages (what `send_batch` writes) are taken apart at every
+/// point; else with `recv_batch` of 64 only.
 fn role_checking_sink_server() -> Result<(), String> {
     let server = bind(&param("RB_PATH"))?;
     report("bound");
+    let mixed = std::env::var("RB_RECEIVE").is_ok_and(|receive| receive == "mixed");
     let mut conn = server.accept().context("accepting")?;
     let mut batch = Batch::new();
+    let mut one = Vec::new();
     let mut checksum = Checksum::default();
     let mut index = 0u64;
+    let mut turn = 0usize;
     loop {
-        match conn.recv_batch(&mut batch, BATCH_LIMIT, Some(PATIENCE)) {
-            Ok(_) => {
-                for message in &batch {
-                    let expected = stream_message(index);
-                    if message != expected.as_slice() {
-                        return Err(format!(
-                            "message {index} differs: {} bytes, expected {}",
-                            message.len(),
-                            expected.len()
-                        ));
-                    }
-                    checksum.add(message);
-                    index += 1;
-                }
-            }
+        turn += 1;
+        let received = match (mixed, turn % 8) {
+            (true, 0) => conn.recv(&mut one, Some(PATIENCE)).map(|_| true),
+            (true, 1) => conn.try_recv(&mut one).map(|got| got.is_some()),
+            (true, limit @ 2..=6) => conn
+                .recv_batch(&mut batch, limit - 1, Some(PATIENCE))
+                .map(|_| false),
+            _ => conn
+                .recv_batch(&mut batch, BATCH_LIMIT, Some(PATIENCE))
+                .map(|_| false),
+        };
+        let messages: Vec<&[u8]> = match received {
+            Ok(true) => vec![one.as_slice()],
+            Ok(false) if turn % 8 == 1 && mixed => Vec::new(),
+            Ok(false) => batch.iter().collect(),
             Err(Error::PeerDied) => break,
             Err(error) => return Err(format!("receiving message {index}: {error}")),
+        };
+        for message in messages {
+            let expected = stream_message(index);
+            if message != expected.as_slice() {
+                return Err(format!(
+                    "message {index} differs: {} bytes, expected {}",
+                    message.len(),
+                    expected.len()
+                ));
+            }
+            checksum.add(message);
+            index += 1;
         }
     }
     report(&format!("received {index} {:016x}", checksum.value()));
@@ -121,13 +139,21 @@ fn role_checking_sink_server() -> Result<(), String> {
 }
 
 fn spawn_server(role: &str, socket: &SocketPath, wait: WaitStrategy) -> ChildProcess {
-    let mut child = ChildProcess::spawn(
-        role,
-        &[
-            ("RB_PATH", socket.param()),
-            ("RB_WAIT", wait_name(wait).into()),
-        ],
-    );
+    spawn_server_with(role, socket, wait, &[])
+}
+
+fn spawn_server_with(
+    role: &str,
+    socket: &SocketPath,
+    wait: WaitStrategy,
+    extra: &[(&str, String)],
+) -> ChildProcess {
+    let mut params = vec![
+        ("RB_PATH", socket.param()),
+        ("RB_WAIT", wait_name(wait).into()),
+    ];
+    params.extend(extra.iter().cloned());
+    let mut child = ChildProcess::spawn(role, &params);
     child.expect_line("bound");
     child
 }
@@ -250,6 +276,42 @@ fn a_batch_larger_than_the_ring_waits_for_room_and_loses_nothing() {
                 conn.send_batch(&parts)
                     .expect("sending a batch larger than the ring");
             }
+        }
+        drop(conn);
+        server.expect_line(&format!("received {index} {:016x}", checksum.value()));
+        server.assert_success();
+    }
+}
+
+/// Batches of small messages, which travel packed several to a frame, taken apart by a
+/// receiver that takes them by turns one at a time (`recv`, `try_recv`) and in batches of
+/// 1 to 5 and 64: every message arrives once, in order, byte for byte, wherever a receive
+/// begins or ends inside a pack. Batches of 1 to 70 of [`stream_message`]s, so chunked
+/// messages come between the packs, and some batches are larger than the ring.
+#[test]
+fn packed_batches_arrive_whole_whatever_the_receiver_takes_at_a_time() {
+    let _test = shared_test("packed_batches");
+    for wait in common::ALL_WAITS {
+        let socket = SocketPath::new("packed");
+        let mut server = spawn_server_with(
+            "checking_sink_server",
+            &socket,
+            wait,
+            &[("RB_RECEIVE", "mixed".into())],
+        );
+        let mut conn = connect(&socket, wait);
+        let mut rng = XorShift64::new(41);
+        let mut checksum = Checksum::default();
+        let mut index = 0u64;
+        for _ in 0..300 {
+            let count = 1 + rng.next_u64() % 70;
+            let messages: Vec<Vec<u8>> = (index..index + count).map(stream_message).collect();
+            for message in &messages {
+                checksum.add(message);
+            }
+            index += count;
+            let parts: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+            conn.send_batch(&parts).expect("sending a batch");
         }
         drop(conn);
         server.expect_line(&format!("received {index} {:016x}", checksum.value()));

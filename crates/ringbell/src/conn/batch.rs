@@ -175,16 +175,38 @@ impl Connection {
         // A chunked message in progress, or none of the waiting frames fit a run (the
         // ring is empty, or a chunked message or an error is next): one message the
         // ordinary way, waiting as `patience` says, then a run of whatever follows.
-        if self.rx_partial.is_some() || self.take_run(batch, limit) == 0 {
+        if self.rx_partial.is_some() || self.rx_pack.is_some() || self.take_run(batch, limit) == 0 {
             let Some(first) = self.receive(&mut batch.bytes, patience)? else {
                 return Ok(0);
             };
             batch.messages.push(0..first.len);
-            if limit > 1 {
+            self.take_rest_of_pack(batch, limit);
+            if batch.len() < limit && self.rx_pack.is_none() {
                 self.take_run(batch, limit);
             }
         }
         Ok(batch.len())
+    }
+
+    /// Appends to `batch` the messages left in the pack being received, up to `limit` in
+    /// the batch. An error after the first message in the batch is kept for the next call
+    /// (a batch is never cut by an error): the cursor stays at the entry that is wrong.
+    fn take_rest_of_pack(&mut self, batch: &mut Batch, limit: usize) {
+        while batch.len() < limit {
+            let Some(mut cursor) = self.rx_pack else {
+                break;
+            };
+            let start = batch.bytes.len();
+            let max_len = self.receive_limit();
+            let Ok(packed) = self.rx.take_packed(&mut cursor, max_len, &mut batch.bytes) else {
+                break;
+            };
+            if packed.published {
+                self.wake_writer();
+            }
+            self.rx_pack = (!packed.last).then_some(cursor);
+            batch.messages.push(start..start + packed.len);
+        }
     }
 
     /// Appends to `batch` a run of the whole messages waiting in the ring, up to `limit`
@@ -202,6 +224,7 @@ impl Connection {
         if run.published {
             self.wake_writer();
         }
+        self.rx_pack = run.pack;
         batch.messages.len()
     }
 }

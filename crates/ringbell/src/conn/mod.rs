@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use crate::config::{ClientConfig, WaitStrategy};
 use crate::core::layout::{SegmentHeader, CLIENT_TO_SERVER, SERVER_TO_CLIENT};
-use crate::core::ring::{Consumer, Producer, RingError};
+use crate::core::ring::{Consumer, PackCursor, Producer, RingError};
 use crate::core::sync::Ordering;
 use crate::error::Error;
 use crate::handshake::Carries;
@@ -169,6 +169,9 @@ pub struct Connection {
     side: Side,
     settings: Settings,
     rx_partial: Option<PartialMessage>,
+    /// The pack whose messages are being received: its frame stays in the ring until its
+    /// last message is taken.
+    rx_pack: Option<PackCursor>,
     /// A chunked send timed out: the receiver must be told to drop its chunks before the
     /// next message.
     tx_abort_pending: bool,
@@ -220,6 +223,7 @@ impl Connection {
             side,
             settings,
             rx_partial: None,
+            rx_pack: None,
             tx_abort_pending: false,
             tx_large: large::Outgoing::new(grants_outlive_us),
             rx_large: None,
@@ -340,7 +344,7 @@ impl Connection {
     /// As [`send`](Self::send), for the first message that fails; the messages before it
     /// are sent.
     pub fn send_batch(&mut self, msgs: &[&[u8]]) -> Result<(), Error> {
-        let fed = msgs.iter().try_for_each(|msg| self.feed(msg));
+        let fed = self.feed_all(msgs);
         self.flush()?;
         fed
     }
@@ -358,7 +362,7 @@ impl Connection {
     ///
     /// As [`send`](Self::send).
     pub fn feed(&mut self, msg: &[u8]) -> Result<(), Error> {
-        self.send_framed(msg, 0, Publish::Later)
+        self.feed_all(&[msg])
     }
 
     /// Shows the peer every message [`feed`](Self::feed) wrote, and wakes it if it sleeps.

@@ -8,7 +8,7 @@ use super::budget::Charge;
 use super::wake::{peer_alive, peer_closed, rings, wait_on};
 use super::{corrupted, Connection};
 use crate::core::large::{LargeRef, LARGE_REF_LEN};
-use crate::core::ring::{max_frame_payload, Frame, FrameKind};
+use crate::core::ring::{max_frame_payload, Frame, FrameKind, PackCursor};
 use crate::core::wait::{self, Waited, PEER_CHECK_INTERVAL};
 use crate::error::Error;
 
@@ -138,6 +138,9 @@ impl Connection {
     ) -> Result<Option<Received>, Error> {
         buf.clear();
         self.awaiting_budget = false;
+        if let Some(cursor) = self.rx_pack.take() {
+            return self.take_from_pack(cursor, buf).map(Some);
+        }
         // The chunked message in progress; its bytes are in `buf`.
         let mut chunked: Option<InProgress> = None;
         if let Some(partial) = self.rx_partial.take() {
@@ -248,6 +251,14 @@ impl Connection {
                         correlation: header.correlation,
                     }));
                 }
+                (FrameKind::Pack, None) => {
+                    if len == 0 {
+                        return Err(Error::Corrupted {
+                            detail: "a pack holds no message",
+                        });
+                    }
+                    return self.take_from_pack(PackCursor::new(frame), buf).map(Some);
+                }
                 (FrameKind::First, None) => {
                     let mut total = [0u8; 8];
                     if len != full_chunk {
@@ -339,6 +350,30 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Takes the next message of the pack `cursor` is in, appending it to `buf`; keeps the
+    /// cursor for the next receive unless it was the last.
+    pub(super) fn take_from_pack(
+        &mut self,
+        mut cursor: PackCursor,
+        buf: &mut Vec<u8>,
+    ) -> Result<Received, Error> {
+        let max_len = self.receive_limit();
+        let packed = self
+            .rx
+            .take_packed(&mut cursor, max_len, buf)
+            .map_err(corrupted)?;
+        if packed.published {
+            self.wake_writer();
+        }
+        if !packed.last {
+            self.rx_pack = Some(cursor);
+        }
+        Ok(Received {
+            len: packed.len,
+            correlation: cursor.correlation(),
+        })
     }
 
     /// Reserves `len` bytes of the server's memory budget for a message about to be taken

@@ -50,7 +50,12 @@
 //! position 0. A frame is at most a quarter of the ring, so it always fits once the
 //! consumer has caught up.
 //!
-//! The kinds ([`FrameKind`]): `Message`, a whole message; `Large`, a message larger than
+//! The kinds ([`FrameKind`]): `Message`, a whole message; `Pack`, several whole messages
+//! of up to `PACKED_MAX_LEN` (`conn/send.rs`) bytes each, as `len u32 | bytes` one after the
+//! other ([`pack_entry`]), which `feed` and `send_batch` write so that a batch of small
+//! messages costs one header and one frame to check (a pack is closed when it is
+//! published, or when the next message does not fit it; a pack of one becomes a
+//! `Message`); `Large`, a message larger than
 //! a frame, which lies in the sender's large-message region while its 20-byte frame says
 //! where (`core/large.rs`; the receiver publishes its head as soon as it has copied one
 //! out, because the sender reclaims the region by it); `First`, `Middle`, `Last` and
@@ -104,6 +109,9 @@ pub(crate) enum FrameKind {
     /// A message larger than one frame, in the sender's large-message region: the payload
     /// says which region and where (`core::large::LargeRef`).
     Large,
+    /// Several whole messages in one frame, each as `len u32 | bytes` ([`pack_entry`]),
+    /// all with the frame's correlation id: what `feed` and `send_batch` write.
+    Pack,
     /// Filler up to the end of the ring.
     Padding,
 }
@@ -117,6 +125,7 @@ impl FrameKind {
             FrameKind::Last => 4,
             FrameKind::Abort => 5,
             FrameKind::Large => 6,
+            FrameKind::Pack => 7,
             FrameKind::Padding => 0xff,
         }
     }
@@ -129,6 +138,7 @@ impl FrameKind {
             4 => FrameKind::Last,
             5 => FrameKind::Abort,
             6 => FrameKind::Large,
+            7 => FrameKind::Pack,
             0xff => FrameKind::Padding,
             _ => return None,
         })
@@ -171,6 +181,37 @@ impl FrameHeader {
 /// How the peer broke the ring's invariants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RingError(pub(crate) &'static str);
+
+/// Bytes before each message in a [`FrameKind::Pack`] frame: its length.
+pub(crate) const PACK_ENTRY_HEADER_LEN: usize = 4;
+
+/// The message of a pack whose entry starts `offset` bytes into a pack's payload of
+/// `payload_len` bytes: where its bytes lie in the payload. `read_len` reads the entry's
+/// length field (the 4 bytes at `offset`), once the field is known to lie in the payload.
+/// The entry must lie inside the payload, and the message be at most `max_len` bytes.
+/// The callers read the field once, check it here, and copy what it says, so a peer that
+/// rewrites the pack meanwhile can only garble its own messages.
+pub(crate) fn pack_entry(
+    offset: usize,
+    payload_len: usize,
+    max_len: usize,
+    read_len: impl FnOnce(usize) -> [u8; PACK_ENTRY_HEADER_LEN],
+) -> Result<std::ops::Range<usize>, RingError> {
+    let start = offset + PACK_ENTRY_HEADER_LEN;
+    if start > payload_len {
+        return Err(RingError("a pack ends inside a message's length"));
+    }
+    let len = u32::from_le_bytes(read_len(offset)) as usize;
+    if len > max_len {
+        return Err(RingError(
+            "a packed message exceeds the connection's maximum size",
+        ));
+    }
+    match start.checked_add(len) {
+        Some(end) if end <= payload_len => Ok(start..end),
+        _ => Err(RingError("a packed message runs past its pack")),
+    }
+}
 
 /// Bytes a frame with `payload` bytes occupies in the ring.
 pub(crate) fn frame_size(payload: usize) -> usize {
@@ -259,6 +300,23 @@ pub(crate) struct Producer {
     published: u64,
     /// The consumer's `head` as last loaded and validated.
     cached_head: u64,
+    /// The pack being written by [`try_write_packed`](Producer::try_write_packed), whose
+    /// header is written when it is closed: by the next frame of another kind, by a
+    /// message that does not fit it, or by [`publish`](Producer::publish).
+    pack: Option<OpenPack>,
+}
+
+/// A [`FrameKind::Pack`] frame still growing: its entries are in the ring (and counted in
+/// the producer's `tail`), its header not yet.
+#[derive(Debug, Clone, Copy)]
+struct OpenPack {
+    /// Ring position of its header.
+    pos: usize,
+    /// Payload bytes so far: the entries.
+    len: usize,
+    /// How many entries.
+    entries: usize,
+    correlation: u64,
 }
 
 // SAFETY: a `Producer` only holds pointers into a mapping that stays valid while it lives
@@ -274,6 +332,7 @@ impl Producer {
             tail: 0,
             published: 0,
             cached_head: 0,
+            pack: None,
         }
     }
 
@@ -366,27 +425,13 @@ impl Producer {
         correlation: u64,
         parts: &[&[u8]],
     ) -> Result<bool, RingError> {
+        self.close_pack();
         let payload: usize = parts.iter().map(|part| part.len()).sum();
         debug_assert!(payload <= max_frame_payload(self.ring.capacity));
         if !self.has_room(payload)? {
             return Ok(false);
         }
-        let mut pos = self.ring.position(self.tail);
-        let mut tail = self.tail;
-        let to_end = self.ring.capacity - pos;
-        if frame_size(payload) > to_end {
-            if to_end >= FRAME_HEADER_LEN {
-                let padding = FrameHeader {
-                    len: (to_end - FRAME_HEADER_LEN) as u32,
-                    kind: FrameKind::Padding,
-                    correlation: 0,
-                };
-                // SAFETY: `to_end >= FRAME_HEADER_LEN` bytes remain before the end.
-                unsafe { self.ring.write_at(pos, &padding.encode()) };
-            }
-            tail += to_end as u64;
-            pos = 0;
-        }
+        let (pos, mut tail) = self.place(payload);
         let header = FrameHeader {
             len: payload as u32,
             kind,
@@ -424,6 +469,7 @@ impl Producer {
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<Option<Result<(), E>>, RingError> {
         debug_assert!(len <= max_frame_payload(self.ring.capacity));
+        self.close_pack();
         if !self.has_room(len)? {
             return Ok(None);
         }
@@ -476,9 +522,137 @@ impl Producer {
         Ok(Some(Ok(())))
     }
 
+    /// Where a frame of `payload` bytes goes, which `has_room` found room for: its ring
+    /// position, and the counter value there. When it does not fit before the ring's end,
+    /// the rest is filled with padding and the frame goes at position 0.
+    fn place(&mut self, payload: usize) -> (usize, u64) {
+        let pos = self.ring.position(self.tail);
+        let to_end = self.ring.capacity - pos;
+        if frame_size(payload) <= to_end {
+            return (pos, self.tail);
+        }
+        if to_end >= FRAME_HEADER_LEN {
+            let padding = FrameHeader {
+                len: (to_end - FRAME_HEADER_LEN) as u32,
+                kind: FrameKind::Padding,
+                correlation: 0,
+            };
+            // SAFETY: `to_end >= FRAME_HEADER_LEN` bytes remain before the end, free (the
+            // room `has_room` found counts them).
+            unsafe { self.ring.write_at(pos, &padding.encode()) };
+        }
+        (0, self.tail + to_end as u64)
+    }
+
+    /// Writes `msg` into the pack being written, or into a new one, without publishing it
+    /// (as [`try_write`](Self::try_write)); each message is a [`pack_entry`] of the pack's
+    /// payload. A pack holds messages of one `correlation` id, and at most `pack_limit`
+    /// payload bytes (at most [`max_frame_payload`]); one that would grow past it, or past
+    /// the ring's end, is closed and the message starts the next. Returns `false`,
+    /// writing nothing, if there is no room yet.
+    ///
+    /// Many small messages then cost one header and one frame for the consumer to check,
+    /// and 4 bytes each, instead of a 16-byte header and a frame each.
+    pub(crate) fn try_write_packed(
+        &mut self,
+        correlation: u64,
+        msg: &[u8],
+        pack_limit: usize,
+    ) -> Result<bool, RingError> {
+        let entry = PACK_ENTRY_HEADER_LEN + msg.len();
+        debug_assert!(entry <= pack_limit && pack_limit <= max_frame_payload(self.ring.capacity));
+        if let Some(pack) = self.pack {
+            let grown = pack.len + entry;
+            if pack.correlation == correlation
+                && grown <= pack_limit
+                && pack.pos + frame_size(grown) <= self.ring.capacity
+            {
+                let extra = frame_size(grown) - frame_size(pack.len);
+                if self.free_with(self.cached_head) < extra {
+                    self.reload_head()?;
+                    if self.free_with(self.cached_head) < extra {
+                        return Ok(false);
+                    }
+                }
+                self.write_entry(pack.pos + FRAME_HEADER_LEN + pack.len, msg);
+                self.tail += extra as u64;
+                self.pack = Some(OpenPack {
+                    len: grown,
+                    entries: pack.entries + 1,
+                    ..pack
+                });
+                return Ok(true);
+            }
+            self.close_pack();
+        }
+        if !self.has_room(entry)? {
+            return Ok(false);
+        }
+        let (pos, tail) = self.place(entry);
+        self.write_entry(pos + FRAME_HEADER_LEN, msg);
+        self.tail = tail + frame_size(entry) as u64;
+        self.pack = Some(OpenPack {
+            pos,
+            len: entry,
+            entries: 1,
+            correlation,
+        });
+        Ok(true)
+    }
+
+    /// Writes one pack entry, `msg`'s length and bytes, at ring position `pos`, inside
+    /// room the caller found.
+    fn write_entry(&self, pos: usize, msg: &[u8]) {
+        let len = (msg.len() as u32).to_le_bytes();
+        // SAFETY: the callers found room for the entry at `pos`, inside the pack's frame,
+        // which does not cross the ring's end.
+        unsafe {
+            self.ring.write_at(pos, &len);
+            self.ring.write_at(pos + PACK_ENTRY_HEADER_LEN, msg);
+        }
+    }
+
+    /// Finishes the pack being written, if one is: writes its header. A pack of one
+    /// message becomes a plain `Message` frame (its bytes moved 4 down, the room of the
+    /// length given back), which the consumer takes more cheaply.
+    fn close_pack(&mut self) {
+        let Some(pack) = self.pack.take() else {
+            return;
+        };
+        let payload = pack.pos + FRAME_HEADER_LEN;
+        let header = if pack.entries == 1 {
+            let len = pack.len - PACK_ENTRY_HEADER_LEN;
+            // SAFETY: the entry lies inside the pack's frame, which is ours until
+            // published (nothing was written after it: a pack is always the last frame
+            // written while it is open); `copy` allows the overlap.
+            unsafe {
+                ptr::copy(
+                    self.ring.data.add(payload + PACK_ENTRY_HEADER_LEN),
+                    self.ring.data.add(payload),
+                    len,
+                );
+            }
+            self.tail -= (frame_size(pack.len) - frame_size(len)) as u64;
+            FrameHeader {
+                len: len as u32,
+                kind: FrameKind::Message,
+                correlation: pack.correlation,
+            }
+        } else {
+            FrameHeader {
+                len: pack.len as u32,
+                kind: FrameKind::Pack,
+                correlation: pack.correlation,
+            }
+        };
+        // SAFETY: the header's 16 bytes at `pack.pos` are the start of the pack's frame.
+        unsafe { self.ring.write_at(pack.pos, &header.encode()) };
+    }
+
     /// Shows the consumer every frame written so far. Returns whether there was anything
     /// new to show.
     pub(crate) fn publish(&mut self) -> bool {
+        self.close_pack();
         if self.published == self.tail {
             return false;
         }
@@ -509,9 +683,44 @@ impl Frame {
 /// What [`Consumer::take_messages`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TakenRun {
-    /// Frames taken.
-    pub(crate) frames: usize,
+    /// Messages taken.
+    pub(crate) messages: usize,
     /// Whether the head was published.
+    pub(crate) published: bool,
+    /// A pack the run took only the first messages of (it reached its limit there): the
+    /// rest is for [`Consumer::take_packed`].
+    pub(crate) pack: Option<PackCursor>,
+}
+
+/// A [`FrameKind::Pack`] frame that was peeked, with where its next message's entry
+/// starts in its payload. The frame is released with its last message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PackCursor {
+    frame: Frame,
+    offset: usize,
+}
+
+impl PackCursor {
+    /// At the first message of `frame`, a `Pack` frame that `peek` returned.
+    pub(crate) fn new(frame: Frame) -> PackCursor {
+        debug_assert_eq!(frame.header.kind, FrameKind::Pack);
+        PackCursor { frame, offset: 0 }
+    }
+
+    /// The correlation id of the pack's messages.
+    pub(crate) fn correlation(&self) -> u64 {
+        self.frame.header.correlation
+    }
+}
+
+/// What [`Consumer::take_packed`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Packed {
+    /// The message's length (its bytes were appended to the caller's buffer).
+    pub(crate) len: usize,
+    /// Whether it was the pack's last: the frame is released and the cursor spent.
+    pub(crate) last: bool,
+    /// Whether releasing the frame published the head.
     pub(crate) published: bool,
 }
 
@@ -697,38 +906,42 @@ impl Consumer {
         }
     }
 
-    /// Takes a run of whole-message frames at once: copies them out of the ring into
+    /// Takes a run of whole messages at once: copies their frames out of the ring into
     /// `out` (appended) in a few large copies rather than a header and a payload at a
     /// time, releases them (the head is published as `release` publishes it: once an
-    /// eighth of the ring is waiting to be handed back), and calls `each` with each one's
-    /// correlation id and where its payload now lies in `out`. Returns how many it took,
-    /// and whether it published the head (the caller then wakes a waiting producer).
+    /// eighth of the ring is waiting to be handed back), and calls `each` with each
+    /// message's correlation id and where its bytes now lie in `out`. Returns how many it
+    /// took, whether it published the head (the caller then wakes a waiting producer), and
+    /// the pack it stopped inside, if it did.
     ///
-    /// It takes only what [`peek`](Self::peek) would hand out, and less: it stops, taking
-    /// nothing more, before the first frame that is not a [`FrameKind::Message`] of at
-    /// most `max_len` bytes, or that `peek` would refuse, after `max_frames` frames, and
-    /// at the end of what was published. The caller then reads the next frame with
-    /// `peek`, which reports what was wrong with it, if anything. The bytes are checked in
-    /// the private copy, so the peer cannot change a header between its check and its
-    /// use. At most [`COPY_STEP`] bytes are copied beyond the last frame taken. It never
-    /// fails: a tail index the peer broke is left for `peek` to report too, so the frames
-    /// taken before it are not lost with the error.
+    /// It takes `Message` frames of at most `max_len` bytes, and the messages of `Pack`
+    /// frames, only what [`peek`](Self::peek) and [`take_packed`](Self::take_packed)
+    /// would hand out, and less: it stops, taking nothing more, before the first frame of
+    /// another kind, or that `peek` would refuse, before a packed message that
+    /// `take_packed` would refuse, after `max_messages` messages, and at the end of what
+    /// was published. The caller then reads on with `take_packed` (if it stopped inside a
+    /// pack) or `peek`, which report what was wrong, if anything. The bytes are checked in
+    /// the private copy, so the peer cannot change a header or a length between its check
+    /// and its use. At most [`COPY_STEP`] bytes are copied beyond the last frame taken. It
+    /// never fails: a tail index the peer broke is left for `peek` to report too, so the
+    /// messages taken before it are not lost with the error.
     ///
     /// Padding and the short tail of the ring are skipped as `peek` skips them, so a run
     /// may continue from the ring's start.
     pub(crate) fn take_messages(
         &mut self,
         out: &mut Vec<u8>,
-        max_frames: usize,
+        max_messages: usize,
         max_len: usize,
         mut each: impl FnMut(u64, std::ops::Range<usize>),
     ) -> TakenRun {
         let mut taken = 0;
         let mut published = false;
+        let mut pack = None;
         // A pass ends at the ring's end or at the end of what was published; the second
         // pass can only start at position 0, so two passes take everything there is.
         for _ in 0..2 {
-            if taken == max_frames || !matches!(self.has_data(), Ok(true)) {
+            if taken == max_messages || !matches!(self.has_data(), Ok(true)) {
                 break;
             }
             let available = (self.cached_tail - self.head) as usize;
@@ -745,7 +958,7 @@ impl Consumer {
                 if consumed == to_end {
                     break true;
                 }
-                if taken == max_frames || consumed == run {
+                if taken == max_messages || consumed == run {
                     break false;
                 }
                 let left = run - consumed;
@@ -801,6 +1014,54 @@ impl Consumer {
                         kept = consumed;
                         taken += 1;
                     }
+                    FrameKind::Pack
+                        if size <= left
+                            && len > 0
+                            && len <= max_frame_payload(self.ring.capacity) =>
+                    {
+                        self.copy_run(out, start, pos, run, &mut copied, consumed + size);
+                        let payload = at + FRAME_HEADER_LEN;
+                        let mut offset = 0;
+                        while offset < len && taken < max_messages {
+                            let read_len = |at: usize| {
+                                let mut bytes = [0u8; PACK_ENTRY_HEADER_LEN];
+                                bytes.copy_from_slice(
+                                    &out[payload + at..payload + at + PACK_ENTRY_HEADER_LEN],
+                                );
+                                bytes
+                            };
+                            let Ok(message) = pack_entry(offset, len, max_len, read_len) else {
+                                break;
+                            };
+                            each(
+                                header.correlation,
+                                payload + message.start..payload + message.end,
+                            );
+                            offset = message.end;
+                            taken += 1;
+                        }
+                        if offset == len {
+                            published |= self.advance(size);
+                            consumed += size;
+                            kept = consumed;
+                            continue;
+                        }
+                        // Stopped inside the pack: at the limit, or at an entry that is
+                        // wrong, which `take_packed` then reports. The messages before it
+                        // are taken, the frame stays in the ring.
+                        if offset > 0 {
+                            kept = consumed + FRAME_HEADER_LEN + offset;
+                            pack = Some(PackCursor {
+                                frame: Frame {
+                                    header,
+                                    payload_pos: pos + consumed + FRAME_HEADER_LEN,
+                                    size,
+                                },
+                                offset,
+                            });
+                        }
+                        break false;
+                    }
                     _ => break false,
                 }
             };
@@ -810,8 +1071,9 @@ impl Consumer {
             }
         }
         TakenRun {
-            frames: taken,
+            messages: taken,
             published,
+            pack,
         }
     }
 
@@ -848,6 +1110,48 @@ impl Consumer {
             out.set_len(out.len() + len);
         }
         *copied = upto;
+    }
+
+    /// Takes the next message of the pack `cursor` is in, appending its bytes to `out`,
+    /// and releases the frame after its last message. A message longer than `max_len`,
+    /// or an entry that does not lie inside the pack, is an error; the messages before it
+    /// were taken.
+    pub(crate) fn take_packed(
+        &mut self,
+        cursor: &mut PackCursor,
+        max_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<Packed, RingError> {
+        let frame = cursor.frame;
+        let payload_len = frame.payload_len();
+        let message = pack_entry(cursor.offset, payload_len, max_len, |at| {
+            let mut bytes = [0u8; PACK_ENTRY_HEADER_LEN];
+            self.copy_payload(&frame, at, &mut bytes);
+            bytes
+        })?;
+        let len = message.len();
+        out.reserve(len);
+        let spare = &mut out.spare_capacity_mut()[..len];
+        // SAFETY: `peek` checked that the frame's payload lies inside the ring, and
+        // `pack_entry` that the message lies inside the payload; `spare` has room for
+        // `len` bytes; `u8` has no invalid bit patterns.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.ring.data.add(frame.payload_pos + message.start),
+                spare.as_mut_ptr().cast::<u8>(),
+                len,
+            );
+            // SAFETY: the `len` bytes after the current length were initialised just above.
+            out.set_len(out.len() + len);
+        }
+        cursor.offset = message.end;
+        let last = message.end == payload_len;
+        let published = last && self.release(&frame);
+        Ok(Packed {
+            len,
+            last,
+            published,
+        })
     }
 
     /// Releases `frame`, which must be the one `peek` returned last. Returns whether the
@@ -891,6 +1195,237 @@ mod tests {
         consumer.release(&frame);
         consumer.publish();
         Some((frame.header.kind, out))
+    }
+
+    /// The next message, packed or not: through `cursor` while a pack is being read, else
+    /// the next frame (a pack's first message, if it is a pack). Packed messages come back
+    /// as `Message`s.
+    fn read_one(
+        consumer: &mut Consumer,
+        cursor: &mut Option<PackCursor>,
+    ) -> Option<(FrameKind, Vec<u8>)> {
+        let mut current = match cursor.take() {
+            Some(current) => current,
+            None => {
+                let frame = consumer.peek().unwrap()?;
+                if frame.header.kind != FrameKind::Pack {
+                    return pop(consumer);
+                }
+                PackCursor::new(frame)
+            }
+        };
+        let mut out = Vec::new();
+        let packed = consumer
+            .take_packed(&mut current, usize::MAX, &mut out)
+            .unwrap();
+        assert_eq!(packed.len, out.len());
+        if !packed.last {
+            *cursor = Some(current);
+        }
+        consumer.publish();
+        Some((FrameKind::Message, out))
+    }
+
+    /// Writes a `Pack` frame by hand, of these raw entry bytes, and publishes it.
+    fn push_raw_pack(producer: &mut Producer, entries: &[u8]) {
+        assert!(producer.try_push(FrameKind::Pack, 0, &[entries]).unwrap());
+    }
+
+    fn entry(msg: &[u8]) -> Vec<u8> {
+        let mut bytes = (msg.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(msg);
+        bytes
+    }
+
+    #[test]
+    fn fed_messages_share_a_pack_and_a_pack_of_one_is_a_plain_frame() {
+        let mut heap = HeapRing::new(1024);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        let limit = max_frame_payload(1024);
+        for msg in [&b"one"[..], b"", b"three"] {
+            assert!(producer.try_write_packed(0, msg, limit).unwrap());
+        }
+        assert!(producer.publish());
+        let frame = consumer.peek().unwrap().unwrap();
+        assert_eq!(frame.header.kind, FrameKind::Pack);
+        assert_eq!(frame.payload_len(), 3 * PACK_ENTRY_HEADER_LEN + 8);
+        let mut cursor = None;
+        for expected in [&b"one"[..], b"", b"three"] {
+            let (kind, bytes) = read_one(&mut consumer, &mut cursor).unwrap();
+            assert_eq!((kind, bytes.as_slice()), (FrameKind::Message, expected));
+        }
+        assert!(cursor.is_none() && read_one(&mut consumer, &mut cursor).is_none());
+
+        // One message alone: a `Message` frame, no bigger than a plain write's.
+        let before = producer.tail;
+        assert!(producer.try_write_packed(7, b"alone", limit).unwrap());
+        producer.publish();
+        assert_eq!(producer.tail - before, frame_size(5) as u64);
+        let frame = consumer.peek().unwrap().unwrap();
+        assert_eq!(
+            (
+                frame.header.kind,
+                frame.header.correlation,
+                frame.payload_len()
+            ),
+            (FrameKind::Message, 7, 5)
+        );
+        assert_eq!(pop(&mut consumer).unwrap().1, b"alone");
+    }
+
+    #[test]
+    fn a_pack_ends_at_its_limit_at_another_correlation_at_another_frame_and_at_the_ring_end() {
+        let mut heap = HeapRing::new(1024);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        let msg = [9u8; 20]; // 24-byte entries
+        let mut kinds = Vec::new();
+        let drain = |consumer: &mut Consumer, kinds: &mut Vec<(FrameKind, usize)>| {
+            while let Some(frame) = consumer.peek().unwrap() {
+                kinds.push((frame.header.kind, frame.payload_len()));
+                consumer.release(&frame);
+            }
+            consumer.publish();
+        };
+        // Limit 48: two entries a pack.
+        for _ in 0..5 {
+            assert!(producer.try_write_packed(0, &msg, 48).unwrap());
+        }
+        producer.publish();
+        drain(&mut consumer, &mut kinds);
+        assert_eq!(
+            kinds,
+            [
+                (FrameKind::Pack, 48),
+                (FrameKind::Pack, 48),
+                (FrameKind::Message, 20)
+            ]
+        );
+        kinds.clear();
+        // Another correlation id, or another frame between, starts a new pack.
+        let limit = max_frame_payload(1024);
+        for correlation in [0, 0, 1, 1] {
+            assert!(producer.try_write_packed(correlation, &msg, limit).unwrap());
+        }
+        assert!(producer.try_write(FrameKind::Message, 0, &[b"x"]).unwrap());
+        assert!(producer.try_write_packed(1, &msg, limit).unwrap());
+        assert!(producer.try_write_packed(1, &msg, limit).unwrap());
+        producer.publish();
+        drain(&mut consumer, &mut kinds);
+        assert_eq!(
+            kinds,
+            [
+                (FrameKind::Pack, 48),
+                (FrameKind::Pack, 48),
+                (FrameKind::Message, 1),
+                (FrameKind::Pack, 48)
+            ]
+        );
+        // Packs never cross the ring's end: fill past it, all messages come back.
+        let mut cursor = None;
+        for round in 0..200u8 {
+            let msg = [round; 20];
+            if !producer.try_write_packed(0, &msg, limit).unwrap() {
+                producer.publish();
+                while read_one(&mut consumer, &mut cursor).is_some() {}
+                assert!(producer.try_write_packed(0, &msg, limit).unwrap());
+            }
+        }
+        producer.publish();
+        while read_one(&mut consumer, &mut cursor).is_some() {}
+        assert_eq!(consumer.head(), producer.tail);
+    }
+
+    #[test]
+    fn a_run_takes_packs_and_stops_inside_one_at_its_limit() {
+        let mut heap = HeapRing::new(1024);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        let limit = max_frame_payload(1024);
+        let messages: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; usize::from(i) * 3]).collect();
+        for msg in &messages[..5] {
+            assert!(producer.try_write_packed(0, msg, limit).unwrap());
+        }
+        assert!(producer
+            .try_write(FrameKind::Message, 0, &[&messages[5]])
+            .unwrap());
+        assert!(producer.try_write_packed(0, &messages[6], limit).unwrap());
+        producer.publish();
+        let (found, run) = take_all(&mut consumer, 3, usize::MAX);
+        let found: Vec<Vec<u8>> = found.into_iter().map(|(_, bytes)| bytes).collect();
+        assert_eq!(found, messages[..3]);
+        let mut cursor = run.pack;
+        assert!(cursor.is_some(), "the run stopped inside the pack");
+        // The rest of the pack through the cursor, then a run from the next frame on.
+        for expected in &messages[3..5] {
+            assert_eq!(&read_one(&mut consumer, &mut cursor).unwrap().1, expected);
+        }
+        assert!(cursor.is_none());
+        let (found, run) = take_all(&mut consumer, usize::MAX, usize::MAX);
+        let found: Vec<Vec<u8>> = found.into_iter().map(|(_, bytes)| bytes).collect();
+        assert_eq!(found, messages[5..]);
+        assert!(run.pack.is_none());
+    }
+
+    #[test]
+    fn a_wrong_pack_is_refused_after_the_messages_before_it() {
+        let refused = |entries: &[u8], max_len: usize, detail: &str| {
+            let mut heap = HeapRing::new(1024);
+            let mut producer = Producer::new(heap.raw());
+            let mut consumer = Consumer::new(heap.raw());
+            push_raw_pack(&mut producer, entries);
+            let (found, run) = take_all(&mut consumer, usize::MAX, max_len);
+            assert_eq!(found, vec![(0, b"ok".to_vec())], "{detail}");
+            let mut cursor = run.pack.expect("stopped at the wrong entry");
+            let error = consumer
+                .take_packed(&mut cursor, max_len, &mut Vec::new())
+                .unwrap_err();
+            assert_eq!(error.0, detail);
+            // The peek path refuses it at the same entry.
+            let mut consumer = Consumer::new(heap.raw());
+            let mut cursor = PackCursor::new(consumer.peek().unwrap().unwrap());
+            let mut out = Vec::new();
+            consumer
+                .take_packed(&mut cursor, max_len, &mut out)
+                .unwrap();
+            assert_eq!(out, b"ok");
+            assert!(consumer
+                .take_packed(&mut cursor, max_len, &mut out)
+                .is_err());
+        };
+        let ok = entry(b"ok");
+        refused(
+            &[ok.clone(), vec![9, 0]].concat(),
+            100,
+            "a pack ends inside a message's length",
+        );
+        refused(
+            &[ok.clone(), entry(b"abc")[..6].to_vec()].concat(),
+            100,
+            "a packed message runs past its pack",
+        );
+        refused(
+            &[ok.clone(), (u32::MAX).to_le_bytes().to_vec()].concat(),
+            usize::MAX,
+            "a packed message runs past its pack",
+        );
+        refused(
+            &[ok, entry(&[1; 50])].concat(),
+            49,
+            "a packed message exceeds the connection's maximum size",
+        );
+        // A pack with no message is left to the receive path, which refuses it.
+        let mut heap = HeapRing::new(1024);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        push_raw_pack(&mut producer, &[]);
+        let (found, run) = take_all(&mut consumer, usize::MAX, usize::MAX);
+        assert!(found.is_empty() && run.pack.is_none());
+        assert_eq!(
+            consumer.peek().unwrap().unwrap().header.kind,
+            FrameKind::Pack
+        );
     }
 
     #[test]
@@ -1247,8 +1782,9 @@ mod tests {
         }
 
         /// A consumer that takes runs (`take_messages`, with random limits) and reads the
-        /// other frames with `peek` delivers what was pushed, in order: small messages,
-        /// chunk frames among them, written now and then in place, published in groups.
+        /// other frames with `peek` (and packs' messages with `take_packed`) delivers what
+        /// was pushed, in order: small messages, chunk frames among them, written now and
+        /// then in place or into packs of two correlation ids, published in groups.
         #[test]
         fn runs_and_peeks_deliver_what_was_pushed(
             capacity_log in 8u32..=11,
@@ -1259,11 +1795,17 @@ mod tests {
             let mut producer = Producer::new(heap.raw());
             let mut consumer = Consumer::new(heap.raw());
             let mut model: VecDeque<(FrameKind, Vec<u8>)> = VecDeque::new();
+            let mut cursor = None;
             for (index, (len, what, max_frames)) in ops.into_iter().enumerate() {
-                let len = len.min(max_frame_payload(capacity));
+                let largest = max_frame_payload(capacity);
+                let packed = what == 2 || what == 3;
+                let len = len.min(largest - if packed { PACK_ENTRY_HEADER_LEN } else { 0 });
                 let payload: Vec<u8> = (0..len).map(|i| (i + index) as u8).collect();
                 let kind = if what == 0 { FrameKind::Middle } else { FrameKind::Message };
-                let pushed = if what == 1 {
+                let pushed = if packed {
+                    // Two correlation ids, so that packs also end where the id changes.
+                    producer.try_write_packed(u64::from(what), &payload, largest).unwrap()
+                } else if what == 1 {
                     producer
                         .try_write_with(kind, 0, len, |buf| {
                             buf.copy_from_slice(&payload);
@@ -1279,14 +1821,18 @@ mod tests {
                 }
                 if what >= 6 || !pushed {
                     producer.publish();
-                    // Read: a run, then one frame with `peek` if the run stopped at one.
-                    let (found, _) = take_all(&mut consumer, max_frames, usize::MAX);
-                    for (_, bytes) in found {
-                        let (kind, expected) = model.pop_front().expect("a frame in the model");
-                        prop_assert_eq!(kind, FrameKind::Message);
-                        prop_assert_eq!(bytes, expected);
+                    // Read: a run (unless a pack is being read), then one message with
+                    // `peek` or the pack's cursor.
+                    if cursor.is_none() {
+                        let (found, run) = take_all(&mut consumer, max_frames, usize::MAX);
+                        for (_, bytes) in found {
+                            let (kind, expected) = model.pop_front().expect("a frame in the model");
+                            prop_assert_eq!(kind, FrameKind::Message);
+                            prop_assert_eq!(bytes, expected);
+                        }
+                        cursor = run.pack;
                     }
-                    if let Some((kind, bytes)) = pop(&mut consumer) {
+                    if let Some((kind, bytes)) = read_one(&mut consumer, &mut cursor) {
                         let (model_kind, expected) = model.pop_front().expect("a frame in the model");
                         prop_assert_eq!(kind, model_kind);
                         prop_assert_eq!(bytes, expected);
@@ -1295,9 +1841,9 @@ mod tests {
             }
             producer.publish();
             while let Some((kind, expected)) = model.pop_front() {
-                prop_assert_eq!(pop(&mut consumer), Some((kind, expected)));
+                prop_assert_eq!(read_one(&mut consumer, &mut cursor), Some((kind, expected)));
             }
-            prop_assert!(pop(&mut consumer).is_none());
+            prop_assert!(read_one(&mut consumer, &mut cursor).is_none());
         }
 
         /// Whatever bytes a hostile producer leaves in the ring and its tail, the consumer

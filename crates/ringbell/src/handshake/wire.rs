@@ -22,7 +22,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 /// through the sender's large-message region (`core/large.rs`): a `Large` frame in the
 /// ring, and the region's grant on the control channel, which carried nothing after the
 /// handshake before.
-pub(crate) const PROTOCOL_VERSION: u16 = 5;
+/// Version 6: messages fed (`feed`, `send_batch`) travel packed, several to a `Pack` frame
+/// (`core/ring.rs`), which a receiver of version 5 would refuse as an unknown kind.
+pub(crate) const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection carries, which both ends must agree on: a client that makes calls
 /// would wait forever for replies from a server that echoes plain messages (and drop them,

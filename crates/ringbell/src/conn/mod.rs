@@ -331,6 +331,14 @@ impl Connection {
     /// and woken at most once, instead of once per message. Nothing waits for a batch to
     /// fill: what is written is sent when this returns.
     ///
+    /// Messages of up to 1 KiB travel packed: several share one frame of the ring, each
+    /// behind a 4-byte length instead of a 16-byte header of its own, and the connection's
+    /// checks (still open, the peer still there, the size limit) are made once for the
+    /// batch, not once per message. So a batch of small messages costs the sender little
+    /// more than copying them, and the receiver one frame to check; the receiver still
+    /// gets them one by one from [`recv`](Self::recv), or many at once from
+    /// [`recv_batch`](Self::recv_batch), whichever it calls.
+    ///
     /// ```no_run
     /// # use ringbell::{ClientConfig, Connection};
     /// # let mut conn = Connection::connect("/tmp/app.sock", ClientConfig::default())?;
@@ -357,6 +365,9 @@ impl Connection {
     /// A message fed and not flushed is still sent: by the next [`send`](Self::send) or
     /// `flush`, by any receive or wait on this connection (so a request fed and then
     /// waited for cannot hang), or when the connection is dropped.
+    ///
+    /// A message of up to 1 KiB goes into the frame the messages fed before it are in,
+    /// while it has room, as [`send_batch`](Self::send_batch) says.
     ///
     /// # Errors
     ///

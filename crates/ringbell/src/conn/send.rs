@@ -87,29 +87,49 @@ impl Connection {
         result
     }
 
-    /// Writes `msgs` as [`feed`](Self::feed) does each. The small ones go into a pack at
-    /// once while it has room, with the checks of [`send_framed`](Self::send_framed) made
+    /// Writes `msgs` as [`feed`](Self::feed) does each: the run of them that
+    /// [`feed_ready`](Self::feed_ready) can pack at once, then the next one the ordinary
+    /// way (which waits for room), and so on.
+    pub(crate) fn feed_all(&mut self, mut msgs: &[&[u8]]) -> Result<(), Error> {
+        loop {
+            msgs = &msgs[self.feed_ready(msgs)?..];
+            let Some((next, rest)) = msgs.split_first() else {
+                return Ok(());
+            };
+            self.send_framed(next, 0, Publish::Later)?;
+            msgs = rest;
+        }
+    }
+
+    /// Packs the messages at the start of `msgs` while each is small enough to pack and
+    /// fits in the ring now, with the checks of [`send_framed`](Self::send_framed) made
     /// once for all of them: that loop is what a batch of small messages costs the
-    /// sender, so it holds only the copy. The others, and one that finds the ring full,
-    /// take the ordinary path (which waits).
-    pub(crate) fn feed_all(&mut self, msgs: &[&[u8]]) -> Result<(), Error> {
+    /// sender, so it holds only the copy. Returns how many it wrote; the caller sends the
+    /// next the ordinary way. Never waits.
+    pub(crate) fn feed_ready(&mut self, msgs: &[&[u8]]) -> Result<usize, Error> {
+        if msgs.is_empty() {
+            return Ok(0);
+        }
         self.check_sendable_len(0)?;
+        if self.tx_abort_pending {
+            return Ok(0);
+        }
         let limit = self.send_limit();
         let max_payload = max_frame_payload(self.segment.capacity());
-        for msg in msgs {
-            let packable = msg.len() <= PACKED_MAX_LEN.min(limit)
-                && msg.len() + PACK_ENTRY_HEADER_LEN <= max_payload
-                && !self.tx_abort_pending;
-            if packable {
-                match self.tx.try_write_packed(0, msg, max_payload) {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(error) => return Err(self.fail_send(corrupted(error))),
-                }
+        let largest = PACKED_MAX_LEN
+            .min(limit)
+            .min(max_payload.saturating_sub(PACK_ENTRY_HEADER_LEN));
+        for (written, msg) in msgs.iter().enumerate() {
+            if msg.len() > largest {
+                return Ok(written);
             }
-            self.send_framed(msg, 0, Publish::Later)?;
+            match self.tx.try_write_packed(0, msg, max_payload) {
+                Ok(true) => {}
+                Ok(false) => return Ok(written),
+                Err(error) => return Err(self.fail_send(corrupted(error))),
+            }
         }
-        Ok(())
+        Ok(msgs.len())
     }
 
     /// The checks before a send: the connection is usable, the message fits the limit

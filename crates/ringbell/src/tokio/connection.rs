@@ -100,15 +100,22 @@ impl AsyncConnection {
     /// As [`send`](Self::send), for the first message that fails; the messages before it
     /// are sent.
     pub async fn send_batch(&mut self, msgs: &[&[u8]]) -> Result<(), Error> {
-        let mut fed = Ok(());
-        for msg in msgs {
-            fed = self.send_framed(msg, 0, Publish::Later).await;
-            if fed.is_err() {
-                break;
-            }
-        }
+        let fed = self.feed_all(msgs).await;
         self.inner.flush()?;
         fed
+    }
+
+    /// [`Connection::feed_all`], awaiting room: the messages that can be packed at once
+    /// without a wait, then the next one the ordinary way, and so on.
+    async fn feed_all(&mut self, mut msgs: &[&[u8]]) -> Result<(), Error> {
+        loop {
+            msgs = &msgs[self.inner.feed_ready(msgs)?..];
+            let Some((next, rest)) = msgs.split_first() else {
+                return Ok(());
+            };
+            self.send_framed(next, 0, Publish::Later).await?;
+            msgs = rest;
+        }
     }
 
     /// Sends one message of exactly `len` bytes that `fill` writes straight into the ring:

@@ -3,9 +3,6 @@
 //! byte. Children are this test binary in a role, as in `cross_process.rs` (whose module
 //! docs describe the machinery); no test asserts on timing.
 
-// Windows: step 1 of docs/WINDOWS.md; these tests need the control channel, which comes next.
-#![cfg(not(windows))]
-
 #[allow(dead_code)] // Each suite uses a part of the helpers.
 mod common;
 

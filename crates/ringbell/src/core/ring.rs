@@ -31,6 +31,12 @@
 //!   way (a 16-byte header plus 64 bytes of payload spans two cache lines, and the second
 //!   is fetched after the first), and streaming stayed at 13–17 M messages/s; the shared
 //!   tail is simpler to validate, so it stayed.
+//! * Also tried and not kept (issue 14, 2026-12-07): a consumer that, while it spins on an
+//!   empty ring, also reads the byte where the next frame will start, so that the frame's
+//!   line would travel with the tail's. Spinning 64-byte round trips got slower, not
+//!   faster: p50 0.91–0.94 µs against 0.78–0.82 µs without it, four interleaved pairs of
+//!   `ringbell serve`/`ping --wait spin` pinned to the two cores (the reads pull the line
+//!   away from the producer while it writes the frame).
 //!
 //! # Frames
 //!

@@ -34,7 +34,8 @@
 //! * Also tried and not kept (issue 14, 2026-12-07): a consumer that, while it spins on an
 //!   empty ring, also reads the byte where the next frame will start, so that the frame's
 //!   line would travel with the tail's. Spinning 64-byte round trips got slower, not
-//!   faster: p50 0.91–0.94 µs against 0.78–0.82 µs without it, four interleaved pairs of
+//!   faster: p50 0.91–0.94 µs against 0.78–0.82 µs for a build without it (of 12-02; main
+//!   without it measured 0.81–0.82 µs beside it before), four interleaved pairs of
 //!   `ringbell serve`/`ping --wait spin` pinned to the two cores (the reads pull the line
 //!   away from the producer while it writes the frame).
 //!

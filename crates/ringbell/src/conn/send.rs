@@ -5,17 +5,19 @@
 
 use std::time::Instant;
 
-use super::large::{room_for, LargePush};
+use super::large::{room_for, LargePush, LargeRoute};
 use super::wake::{peer_alive, peer_closed, rings, wait_on};
 use super::{corrupted, Connection};
 use crate::core::ring::{max_frame_payload, FrameKind};
 use crate::core::wait::{self, Waited};
 use crate::error::Error;
 
-/// How far a send has got: payload bytes of a chunked message already in the ring.
+/// How far a send has got: payload bytes of a message already in the ring, in chunks or
+/// in pieces (`pieces`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SendProgress {
-    bytes: usize,
+    pub(super) bytes: usize,
+    pub(super) pieces: bool,
 }
 
 /// When the frames a send writes are shown to the peer.
@@ -183,17 +185,24 @@ impl Connection {
                 },
             );
         }
-        // A chunked message begun goes on in chunks. A new one goes through the region
-        // when this side blocks (`WaitStrategy::Block`): in chunks, a receiver and a sender
-        // that sleep whenever the ring is empty or full pay kernel wake-ups for every
-        // ring-full; through the region, one for the whole message (a blocking 1 MiB round
-        // trip: 1,080 -> 370 µs). Sides that spin keep to chunks, which are faster for
-        // them: the receiver copies chunk k out while we write chunk k+1, in a ring that
-        // stays in the cache, where the region's two copies are serial and go through
-        // memory (a spinning 1 MiB round trip: 207 µs in chunks, 277 µs through the
-        // region; 16 MiB: 3.8 against 9.3 ms). Both, measured: docs/BENCHMARKS.md.
-        if sent.bytes == 0 && self.large_goes_through_region() {
-            match self.try_push_large(msg, correlation, publish)? {
+        // A message begun goes on as it began. A new one goes through the region in
+        // pieces from a side that spins (`WaitStrategy::Spin`) or blocks (`Block`), and in
+        // chunks from an `Adaptive` one, or where no region can be had. Measured round
+        // trips (docs/BENCHMARKS.md, "The region in pieces"), chunks against pieces:
+        // spinning, 1 MiB 194 -> 166 µs, 16 MiB level (2.96 ms and 3.00); blocking,
+        // against the whole message of protocol 5, 1 MiB 390 -> 297 µs, 16 MiB 7.7 ->
+        // 4.1 ms: the receiver copies piece k out while we write piece k+1, in a region of
+        // four pieces that stays in the cache, where whole the two copies were serial and
+        // went through memory; and a 1 MiB message is 8 hand-offs, not 32 chunks. Adaptive
+        // sides keep to chunks: their 1 MiB round trip was 1.1-1.2x slower in pieces
+        // (192 -> 234 µs), the peer sleeping once per round trip where it spun before.
+        self.tx_large.waiting_piece = None;
+        if sent.bytes == 0 || sent.pieces {
+            let pushed = match self.large_route() {
+                LargeRoute::Pieces => self.try_push_pieces(msg, correlation, sent, publish)?,
+                LargeRoute::Chunks => LargePush::Chunks,
+            };
+            match pushed {
                 LargePush::Done => return Ok(Pushed::Done),
                 LargePush::Full => return Ok(Pushed::Full { payload: msg.len() }),
                 LargePush::Chunks => {}
@@ -293,7 +302,6 @@ impl Connection {
         // shared-memory wait; on macOS when the OS refuses the word), which would swallow
         // a ring meant for the caller's event loop: disarm instead (see `arm_doorbell`).
         self.disarm_doorbell();
-        let limit = self.send_limit();
         let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
         let outgoing = &mut self.tx_large;
         wait_on(
@@ -304,10 +312,7 @@ impl Connection {
             &self.control,
             deadline,
             &mut self.peer_check_due,
-            || {
-                Ok(room_for(tx, outgoing, payload, limit).map_err(corrupted)?
-                    || peer_closed(header, side))
-            },
+            || Ok(room_for(tx, outgoing, payload).map_err(corrupted)? || peer_closed(header, side)),
             |thorough| peer_alive(&self.control, &self.own_doorbell, header, side, thorough),
         )
     }

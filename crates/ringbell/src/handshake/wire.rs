@@ -22,7 +22,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 /// through the sender's large-message region (`core/large.rs`): a `Large` frame in the
 /// ring, and the region's grant on the control channel, which carried nothing after the
 /// handshake before.
-pub(crate) const PROTOCOL_VERSION: u16 = 5;
+/// Version 6: a message larger than one frame may go through the region in pieces, each
+/// announced by a `Piece` frame as soon as it is in (`core/large.rs`).
+pub(crate) const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection carries, which both ends must agree on: a client that makes calls
 /// would wait forever for replies from a server that echoes plain messages (and drop them,

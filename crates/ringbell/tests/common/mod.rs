@@ -768,7 +768,7 @@ pub fn frame_header(len: u32, kind: u8) -> [u8; 16] {
 
 /// The handshake protocol version of this build (`PROTOCOL_VERSION` in
 /// `src/handshake/wire.rs`).
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// A hello of protocol `version`, as `src/handshake/wire.rs` encodes it: magic, version u16 LE,
 /// kind 1 (hello) u16 LE, then what the client carries as a u32 LE: 0, plain messages.

@@ -600,9 +600,9 @@ fn large_message_sizes() -> Vec<usize> {
 }
 
 /// Large messages (issue 14) go through the sender's region byte for byte, both ways,
-/// across real processes, with every wait strategy (in pieces, or in chunks from an
-/// adaptive side), echoed by a server in another process, which sends each back through
-/// its own region.
+/// across real processes, with every wait strategy: sent two at a time (so that the
+/// sender writes one while the receiver copies the other out) and echoed by a server in
+/// another process, which sends each back through its own region.
 #[test]
 fn large_messages_cross_processes_byte_exact() {
     let _test = shared_test("large_messages");
@@ -628,11 +628,12 @@ fn large_messages_cross_processes_byte_exact() {
         let mut conn = Connection::connect(&socket, config).expect("connecting");
         server.expect_line("accepted");
         let mut buf = Vec::new();
-        // One at a time: in chunks through the ring (adaptive) or in pieces through a
-        // region of four (spin, block), the way holds less than a message, so while we
-        // sent the second, the server would wait for us to take the first echo, and we
-        // for it.
-        let in_flight = 1;
+        // Blocking sides send large messages through their regions (`conn/send.rs`), which
+        // hold two at once: send two, then take both echoes. Others send them in chunks
+        // through the ring, which holds less than one: while we send the second, the
+        // server would wait for us to take the first echo, and we for it. One at a time.
+        let blocking = wait == WaitStrategy::Block;
+        let in_flight = if blocking { 2 } else { 1 };
         for (pair, two) in messages.chunks(in_flight).enumerate() {
             for message in two {
                 conn.send(message).unwrap_or_else(|error| {
@@ -651,9 +652,10 @@ fn large_messages_cross_processes_byte_exact() {
                 );
             }
         }
-        // In pieces, the regions stay small whatever the message: this connection's own and
-        // the server's are 512 KiB each, where protocol 5's whole messages made them
-        // 2 × 16 MiB. None above 1 MiB is mapped, by this test or any beside it.
+        // Blocking, they went through regions, not chunks, and this connection holds two:
+        // its own (outgoing) and the server's (incoming), each of 2 × 16 MiB; otherwise
+        // none. (Only this test makes regions above 1 MiB; others running beside it make
+        // small ones.)
         #[cfg(target_os = "linux")]
         {
             let maps = fs::read_to_string("/proc/self/maps").expect("reading /proc/self/maps");
@@ -667,11 +669,8 @@ fn large_messages_cross_processes_byte_exact() {
                 })
                 .filter(|&len| len > 1 << 20)
                 .collect();
-            assert_eq!(
-                sizes,
-                Vec::<usize>::new(),
-                "{wait:?}: large region mappings"
-            );
+            let expected: &[usize] = if blocking { &[32 << 20; 2] } else { &[] };
+            assert_eq!(sizes, expected, "{wait:?}: large region mappings");
         }
         drop(conn);
         server.expect_line(&format!("count {}", messages.len()));
@@ -730,19 +729,22 @@ fn recv_timeout_leaves_the_connection_usable() {
     }
 }
 
-/// A send that times out part-way delivers none of it, the message after it arrives
-/// intact, and so do those sent before it: in pieces (a blocking client) or in chunks (an
-/// adaptive one, or a Windows client, which has no region), the part already in the ring
-/// is withdrawn with an abort frame.
+/// A send that times out waiting for room delivers none of it, the message after it
+/// arrives intact, and so do those sent before it: sent whole (a blocking client), its
+/// frame is pushed only once the message is in the region; in pieces (a spinning one) or
+/// in chunks (an adaptive one, or a Windows client, which has no region), the part already
+/// in the ring is withdrawn with an abort frame.
 #[test]
 fn send_timeout_delivers_nothing_of_the_timed_out_message() {
     let _test = shared_test("send_timeout");
-    // Adaptive: large messages go in chunks. Block: in pieces (`conn/send.rs`).
+    // Adaptive: large messages go in chunks. Block: whole through the region. Spin: in
+    // pieces through it (`conn/send.rs`).
     for wait in [
         WaitStrategy::Adaptive {
             spin: WaitStrategy::DEFAULT_SPIN,
         },
         WaitStrategy::Block,
+        WaitStrategy::Spin,
     ] {
         send_timeout_case(wait);
     }
@@ -769,37 +771,57 @@ fn send_timeout_case(wait: WaitStrategy) {
     server.expect_line("accepted");
     assert_eq!(conn.ring_capacity(), 1024);
 
-    // Messages of 20,000 bytes until one times out. From a blocking client they go in two
-    // pieces of 10,000 bytes through its region, with a frame each: the ring fills first,
-    // after ten, and the eleventh times out with its first piece in the ring. In chunks
-    // (an adaptive client, or a Windows one, which has no region: a grant it sends would
-    // not outlive it, `conn/large.rs`), the first one times out part-way.
-    let in_pieces = wait == WaitStrategy::Block && !cfg!(windows);
+    // Messages of 20,000 bytes until one times out. With a blocking client they go whole
+    // through the region (64 KiB: three fit), and the fourth finds it full. With a
+    // spinning one, in two pieces of 10,000 bytes, a frame each: the ring fills first,
+    // after ten, and the eleventh times out with its first piece in the ring. Otherwise,
+    // and on a Windows client, which has no region (a grant it sends would not outlive
+    // it: `conn/large.rs`), the first one goes in chunks and times out part-way.
+    let region = !cfg!(windows);
+    let whole = wait == WaitStrategy::Block && region;
+    let in_pieces = wait == WaitStrategy::Spin && region;
     let mut before: Vec<Vec<u8>> = Vec::new();
     let timed_out = loop {
         let message = random_bytes(before.len() as u64, 20_000);
         match conn.send(&message) {
             Ok(()) => before.push(message),
             Err(Error::Timeout) => break message,
-            Err(error) => panic!("a send into an unread ring gave {error}"),
+            Err(error) => panic!("{wait:?}: a send into an unread ring gave {error}"),
         }
         assert!(before.len() < 100, "a hundred sends, and none timed out");
     };
-    assert_eq!(before.len(), if in_pieces { 10 } else { 0 }, "{wait:?}");
-    // The ring is full, so not even the abort frame that withdraws its part fits (or, in
-    // pieces, only that): a small message times out too.
+    let fitting = if whole {
+        3
+    } else if in_pieces {
+        10
+    } else {
+        0
+    };
+    assert_eq!(before.len(), fitting, "{wait:?}");
+    // Whole, nothing of it is in the ring: a small message still fits, and comes next.
+    // Otherwise the ring is full, so not even the abort frame that withdraws its part fits
+    // (or, in pieces, only that): the small one times out too.
     let small = random_bytes(11, 100);
     let small_sent = conn.send(&small);
-    assert!(
-        matches!(small_sent, Err(Error::Timeout)),
-        "the second send into a full ring gave {small_sent:?}"
-    );
+    if whole {
+        small_sent.expect("a small message after the timeout");
+    } else {
+        assert!(
+            matches!(small_sent, Err(Error::Timeout)),
+            "{wait:?}: the second send into a full ring gave {small_sent:?}"
+        );
+    }
 
     server.send_line("go");
     let delivered = random_bytes(12, 3000);
     send_retrying_timeouts(&mut conn, &delivered, &mut server);
     let mut buf = Vec::new();
-    let expected_echoes: Vec<&Vec<u8>> = before.iter().chain([&delivered]).collect();
+    let small_delivered = whole.then_some(&small);
+    let expected_echoes: Vec<&Vec<u8>> = before
+        .iter()
+        .chain(small_delivered)
+        .chain([&delivered])
+        .collect();
     for (position, expected) in expected_echoes.iter().enumerate() {
         let len = conn
             .recv(&mut buf, Some(PATIENCE))

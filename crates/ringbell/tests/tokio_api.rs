@@ -262,11 +262,9 @@ async fn cancelled_recv_loses_no_message() {
 }
 
 /// A send of a large message cancelled while it waits for room in the sender's region
-/// delivers nothing of it: each piece is written into the region before its frame is
-/// pushed, and this one's first found no room, so a cancelled send left no frame. (A send
-/// cut off part-way is withdrawn with an abort frame, as a Windows client's chunks are
-/// here; `cross_process::send_timeout_delivers_nothing_of_the_timed_out_message` times
-/// one out part-way in pieces.)
+/// delivers nothing of it: the message is written into the region before its frame is
+/// pushed, so a cancelled send left no frame. (Before issue 14 this cancelled a chunked
+/// send part-way; chunks are now the fallback where no region can be had.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_large_send_delivers_nothing_of_it() {
     let path = socket_path("cancel-send");
@@ -278,11 +276,11 @@ async fn cancelled_large_send_delivers_nothing_of_it() {
         server.accept()
     );
     let (mut client, mut conn) = (client.unwrap(), conn.unwrap());
-    // Nobody reads yet: messages of 20 KB go through the client's region in two pieces
-    // each (512 KiB: 26 fit), and the 27th waits for room until it is cut off, nothing of
-    // it sent. A Windows client has no region (`conn/large.rs`): its first one goes in
-    // chunks and is cut off part-way, and the abort frame goes out with the next send.
-    let fitting = if cfg!(windows) { 0 } else { 26 };
+    // Nobody reads yet: messages of 20 KB go through the client's region (64 KiB: three
+    // fit), and the fourth waits for room until it is cut off. A Windows client has no
+    // region (`conn/large.rs`): its first one goes in chunks and is cut off part-way, and
+    // the abort frame goes out with the next send.
+    let fitting = if cfg!(windows) { 0 } else { 3 };
     let sent: Vec<Vec<u8>> = (0..fitting).map(|index| message(index, 20_000)).collect();
     for big in &sent {
         tokio::time::timeout(WATCHDOG, client.send(big))
@@ -316,14 +314,15 @@ async fn cancelled_large_send_delivers_nothing_of_it() {
 }
 
 /// Large messages (issue 14) of several sizes, up to 16 MiB, small ones between them,
-/// echo byte for byte through `AsyncConnection`s: between blocking sides through their
-/// regions in pieces, between adaptive ones in chunks, one at a time (a region of four
-/// pieces, or a ring, smaller than a message cannot hold a second while the first's echo
-/// waits to be taken).
+/// echo byte for byte through `AsyncConnection`s: between blocking sides whole through
+/// their regions, two at a time; between spinning ones in pieces through them, and
+/// between adaptive ones in chunks, one at a time (a region of four pieces, or a ring,
+/// smaller than a message cannot hold a second while the first's echo waits to be taken).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_large_messages_echo_byte_exact() {
     for (wait, in_flight) in [
-        (WaitStrategy::Block, 1),
+        (WaitStrategy::Block, 2),
+        (WaitStrategy::Spin, 1),
         (
             WaitStrategy::Adaptive {
                 spin: WaitStrategy::DEFAULT_SPIN,
@@ -335,16 +334,13 @@ async fn async_large_messages_echo_byte_exact() {
     }
 }
 
-fn common_wait_name(wait: WaitStrategy) -> &'static str {
-    match wait {
+async fn large_echo(wait: WaitStrategy, in_flight: usize) {
+    let name = match wait {
         WaitStrategy::Block => "block",
         WaitStrategy::Spin => "spin",
         _ => "adaptive",
-    }
-}
-
-async fn large_echo(wait: WaitStrategy, in_flight: usize) {
-    let path = socket_path(&format!("large-echo-{}", common_wait_name(wait)));
+    };
+    let path = socket_path(&format!("large-echo-{name}"));
     let config = ServerConfig::default()
         .max_message_size(16 << 20)
         .wait(wait);

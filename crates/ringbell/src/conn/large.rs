@@ -1,15 +1,16 @@
 //! Large messages through a region (issue 14): the sender's own region, made on first use
-//! and granted over the control channel, and the peer's, mapped when its first `Piece` (or
-//! `Large`) frame arrives. The arithmetic and the checks are in `core/large.rs`; here are
-//! the mappings, the copies in (in pieces, a `Piece` frame each) and out (a piece, or a
-//! message whole from a `Large` frame), and the grant's trip over the control channel.
+//! and granted over the control channel, and the peer's, mapped when its first `Large` or
+//! `Piece` frame arrives. The arithmetic and the checks are in `core/large.rs`; here are
+//! the mappings, the copies in and out (a message whole, with its `Large` frame, or in
+//! pieces, a `Piece` frame each), and the grant's trip over the control channel.
 //!
 //! # When chunks are still used
 //!
 //! A message larger than one frame goes in chunks from a side whose wait is `Adaptive`
 //! (`Connection::large_route`; the measured reason is in `conn/send.rs`); from the others
-//! it goes through the region, unless the region cannot be had: then in chunks as before,
-//! which the receiver still takes. That is when
+//! it goes through the region (in pieces from a side that spins, whole from one that
+//! blocks), unless the region cannot be had: then in chunks as before, which the receiver
+//! still takes. That is when
 //!
 //! - the OS refuses to make the region (out of memory, or of shared memory: `/dev/shm`
 //!   full); the connection then keeps to chunks for its life, rather than retry a failing
@@ -36,12 +37,13 @@
 //!
 //! # What a peer can make us hold
 //!
-//! At most one region per direction and connection: our outgoing one, made once, of
-//! `PIECES_REGION` (512 KiB) or less, and the peer's incoming one, whose mapping goes as soon as
+//! At most one region per direction and connection: our outgoing one, replaced only once
+//! everything in it was read (made once, of `PIECES_REGION`, 512 KiB, when we send in
+//! pieces), and the peer's incoming one, whose mapping goes as soon as
 //! the next generation is mapped (the ring delivers frames in order, so nothing of the old
 //! one is unread by then), at most [`region_bound`] of the message limit in its
-//! direction: 2 × `max_message_size`, rounded up to 64 KiB (what protocol 5's whole
-//! messages needed; a peer of protocol 6 grants 512 KiB). A peer that grants a new
+//! direction: 2 × `max_message_size`, rounded up to 64 KiB (what whole messages need; a
+//! peer that sends in pieces grants 512 KiB). A peer that grants a new
 //! generation with every message makes us map and unmap, never hold more.
 
 //!
@@ -69,8 +71,8 @@ use std::time::{Duration, Instant};
 use super::send::SendProgress;
 use super::{corrupted, Connection};
 use crate::core::large::{
-    piece_len, pieces_region_capacity, region_bound, FrameCheck, Incoming, LargeRef, PieceRef,
-    RegionGrant, RegionRing, LARGE_REF_LEN, PIECE_REF_LEN, REGION_GRANT_LEN,
+    piece_len, pieces_region_capacity, region_bound, region_capacity_for, FrameCheck, Incoming,
+    LargeRef, PieceRef, RegionGrant, RegionRing, LARGE_REF_LEN, PIECE_REF_LEN, REGION_GRANT_LEN,
 };
 use crate::core::ring::{max_frame_payload, Frame, FrameKind, Producer, RingError};
 use crate::error::Error;
@@ -82,12 +84,13 @@ use crate::sys::SharedRegion;
 /// never sends it holds a sweeper only briefly, once.
 const GRANT_PATIENCE: Duration = Duration::from_millis(100);
 
-/// What [`Connection::try_push_pieces`] did.
+/// What [`Connection::try_push_pieces`] or [`Connection::try_push_large`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LargePush {
-    /// The whole message is in the region and its last piece's frame in the ring.
+    /// The whole message is in the region, and its frame (or its last piece's) in the ring.
     Done,
-    /// No room yet for the next piece, in the region or for its frame in the ring.
+    /// No room yet, in the region or for the frame in the ring: whole, nothing was
+    /// written; in pieces, the next piece waits.
     Full,
     /// No region can be had for it: send it in chunks.
     Chunks,
@@ -98,6 +101,8 @@ pub(super) enum LargePush {
 pub(super) enum LargeRoute {
     /// In chunks through the ring.
     Chunks,
+    /// Whole through the region, with one `Large` frame.
+    Whole,
     /// Through the region in pieces, each with its `Piece` frame.
     Pieces,
 }
@@ -194,26 +199,42 @@ impl IncomingRegion {
 }
 
 /// Whether a send of `payload` bytes that reported `Full` can go on now: for a message
-/// that fits one frame (or a chunk), room for it in the ring; for a larger one, room for
-/// its next piece's frame in the ring and for the piece in the region (or no region yet,
-/// which the send makes). Takes the fields it needs, so that a wait can hold the others.
+/// that fits one frame (or a chunk), room for it in the ring; for a larger one in pieces,
+/// room for its next piece's frame in the ring and for the piece in the region (or no
+/// region yet, which the send makes); whole, room for its `Large` frame in the ring and
+/// for the message in the region (or, if the region must grow, everything in it read).
+/// Takes the fields it needs, so that a wait can hold the others.
 pub(super) fn room_for(
     tx: &mut Producer,
     outgoing: &mut Outgoing,
     payload: usize,
+    limit: usize,
 ) -> Result<bool, RingError> {
     let largest_frame = max_frame_payload(tx.capacity());
     if payload <= largest_frame || outgoing.unavailable {
         return tx.has_room(payload.min(largest_frame));
     }
-    if !tx.has_room(PIECE_REF_LEN)? {
+    if let Some(piece) = outgoing.waiting_piece {
+        if !tx.has_room(PIECE_REF_LEN)? {
+            return Ok(false);
+        }
+        let Some(current) = outgoing.region.as_mut() else {
+            return Ok(true);
+        };
+        current.placed.reclaim(tx.consumer_head()?);
+        return Ok(current.placed.place(piece).is_some());
+    }
+    if !tx.has_room(LARGE_REF_LEN)? {
         return Ok(false);
     }
-    let (Some(current), Some(piece)) = (outgoing.region.as_mut(), outgoing.waiting_piece) else {
+    let Some(current) = outgoing.region.as_mut() else {
         return Ok(true);
     };
     current.placed.reclaim(tx.consumer_head()?);
-    Ok(current.placed.place(piece).is_some())
+    if current.placed.capacity() < region_capacity_for(payload, limit) {
+        return Ok(current.placed.is_drained());
+    }
+    Ok(current.placed.place(payload).is_some())
 }
 
 impl Connection {
@@ -222,10 +243,9 @@ impl Connection {
     /// had (`try_push_pieces` says so).
     pub(super) fn large_route(&self) -> LargeRoute {
         match self.settings.wait {
+            crate::config::WaitStrategy::Spin => LargeRoute::Pieces,
+            crate::config::WaitStrategy::Block => LargeRoute::Whole,
             crate::config::WaitStrategy::Adaptive { .. } => LargeRoute::Chunks,
-            crate::config::WaitStrategy::Spin | crate::config::WaitStrategy::Block => {
-                LargeRoute::Pieces
-            }
         }
     }
 
@@ -298,6 +318,55 @@ impl Connection {
             }
             sent.bytes += len;
             sent.pieces = true;
+        }
+        Ok(LargePush::Done)
+    }
+
+    /// Puts `msg` (larger than one frame) into the outgoing region and pushes its `Large`
+    /// frame, without waiting; makes, and grants, a larger region first if it needs one.
+    /// All or nothing: the frame goes last, so a message the peer can see is whole, and a
+    /// send that gives up (`Full`, then a timeout) leaves nothing for it to see.
+    pub(super) fn try_push_large(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+        publish: super::Publish,
+    ) -> Result<LargePush, Error> {
+        if self.tx_large.unavailable {
+            return Ok(LargePush::Chunks);
+        }
+        let limit = self.send_limit();
+        if !room_for(&mut self.tx, &mut self.tx_large, msg.len(), limit).map_err(corrupted)? {
+            return Ok(LargePush::Full);
+        }
+        let wanted = region_capacity_for(msg.len(), limit);
+        let grows = self
+            .tx_large
+            .region
+            .as_ref()
+            .is_none_or(|current| current.placed.capacity() < wanted);
+        if grows && !self.make_region(wanted)? {
+            return Ok(LargePush::Chunks);
+        }
+        let Some(current) = self.tx_large.region.as_mut() else {
+            return Ok(LargePush::Chunks);
+        };
+        let Some(placement) = current.placed.place(msg.len()) else {
+            return Ok(LargePush::Full);
+        };
+        current.write(placement.offset, msg);
+        let large = LargeRef {
+            generation: current.generation,
+            offset: placement.offset as u64,
+            len: msg.len() as u64,
+        };
+        // `room_for` found room for the frame, and nothing was written since.
+        if !self.try_push_frame(FrameKind::Large, correlation, &[&large.encode()], publish)? {
+            return Ok(LargePush::Full);
+        }
+        let ring_after = self.tx.tail();
+        if let Some(current) = self.tx_large.region.as_mut() {
+            current.placed.commit(placement, ring_after);
         }
         Ok(LargePush::Done)
     }

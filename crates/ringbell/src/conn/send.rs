@@ -185,22 +185,29 @@ impl Connection {
                 },
             );
         }
-        // A message begun goes on as it began. A new one goes through the region in
-        // pieces from a side that spins (`WaitStrategy::Spin`) or blocks (`Block`), and in
-        // chunks from an `Adaptive` one, or where no region can be had. Measured round
-        // trips (docs/BENCHMARKS.md, "The region in pieces"), chunks against pieces:
-        // spinning, 1 MiB 194 -> 166 µs, 16 MiB level (2.96 ms and 3.00); blocking,
-        // against the whole message of protocol 5, 1 MiB 390 -> 297 µs, 16 MiB 7.7 ->
-        // 4.1 ms: the receiver copies piece k out while we write piece k+1, in a region of
-        // four pieces that stays in the cache, where whole the two copies were serial and
-        // went through memory; and a 1 MiB message is 8 hand-offs, not 32 chunks. Adaptive
-        // sides keep to chunks: their 1 MiB round trip was 1.1-1.2x slower in pieces
-        // (192 -> 234 µs), the peer sleeping once per round trip where it spun before.
+        // A message begun goes on as it began. A new one goes through the region in pieces
+        // from a side that spins (`WaitStrategy::Spin`), whole from one that blocks
+        // (`Block`), and in chunks from an `Adaptive` one, or where no region can be had.
+        // Round trips measured against chunks, 5 runs interleaved (docs/BENCHMARKS.md,
+        // "The region in pieces"): spinning, in pieces, 64 KiB 19.6 -> 15.4 µs, 1 MiB
+        // 186 -> 159 µs, 4 MiB 761 -> 722 µs, 16 MiB level: the receiver copies piece k
+        // out while we write piece k+1, in a region of four pieces that stays in the
+        // cache, where whole the two copies were serial and went through memory (1 MiB
+        // 207 -> 277 µs, 16 MiB 3.8 -> 9.3 ms), and a 1 MiB message is 8 hand-offs, not
+        // 32 chunks. Adaptive, in pieces: 1 MiB 1.1-1.2x slower (192 -> 234 µs; the peer
+        // slept once per round trip where it spun before), so chunks. Blocking: whole, a
+        // message is one wake-up (1 MiB 1,080 -> 370 µs against chunks); pieces were
+        // faster still on a quiet machine (1 MiB 390 -> 297 µs, 16 MiB 7.7 -> 4.1 ms) but
+        // up to 1.8x slower at 4 MiB with another engineer's load on the two cores (a
+        // sleep and a wake-up per piece), so whole.
         self.tx_large.waiting_piece = None;
         if sent.bytes == 0 || sent.pieces {
             let pushed = match self.large_route() {
                 LargeRoute::Pieces => self.try_push_pieces(msg, correlation, sent, publish)?,
-                LargeRoute::Chunks => LargePush::Chunks,
+                LargeRoute::Whole if sent.bytes == 0 => {
+                    self.try_push_large(msg, correlation, publish)?
+                }
+                LargeRoute::Whole | LargeRoute::Chunks => LargePush::Chunks,
             };
             match pushed {
                 LargePush::Done => return Ok(Pushed::Done),
@@ -302,6 +309,7 @@ impl Connection {
         // shared-memory wait; on macOS when the OS refuses the word), which would swallow
         // a ring meant for the caller's event loop: disarm instead (see `arm_doorbell`).
         self.disarm_doorbell();
+        let limit = self.send_limit();
         let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
         let outgoing = &mut self.tx_large;
         wait_on(
@@ -312,7 +320,10 @@ impl Connection {
             &self.control,
             deadline,
             &mut self.peer_check_due,
-            || Ok(room_for(tx, outgoing, payload).map_err(corrupted)? || peer_closed(header, side)),
+            || {
+                Ok(room_for(tx, outgoing, payload, limit).map_err(corrupted)?
+                    || peer_closed(header, side))
+            },
             |thorough| peer_alive(&self.control, &self.own_doorbell, header, side, thorough),
         )
     }

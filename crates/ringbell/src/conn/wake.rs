@@ -96,10 +96,12 @@ impl Connection {
         self.usable()?;
         self.publish_sent();
         self.publish_received();
+        let limit = self.send_limit();
         let (tx, header, side) = (&mut self.tx, self.segment.header(), self.side);
         let outgoing = &mut self.tx_large;
         let mut ready = || -> Result<bool, Error> {
-            Ok(room_for(tx, outgoing, payload).map_err(corrupted)? || peer_closed(header, side))
+            Ok(room_for(tx, outgoing, payload, limit).map_err(corrupted)?
+                || peer_closed(header, side))
         };
         let cell = &rings(&self.segment, side).tx.writable;
         let armed = !wait::announce(cell, wait::SLEEP_DOORBELL, &mut ready)
@@ -126,7 +128,8 @@ impl Connection {
     /// `payload` bytes can go on (a spin-phase check).
     #[cfg(ringbell_async)]
     pub(crate) fn has_room(&mut self, payload: usize) -> Result<bool, Error> {
-        room_for(&mut self.tx, &mut self.tx_large, payload).map_err(corrupted)
+        let limit = self.send_limit();
+        room_for(&mut self.tx, &mut self.tx_large, payload, limit).map_err(corrupted)
     }
 
     /// Whether a frame is waiting to be received (a spin-phase check).

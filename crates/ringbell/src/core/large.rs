@@ -7,49 +7,50 @@
 //!
 //! A message larger than one frame (a quarter of the ring) used to travel in chunks: a
 //! 1 MiB message in a 128 KiB ring took 32 frames and, in blocking mode, a kernel wake-up
-//! for every ring-full of them. Instead the sender now copies such a message into a
-//! shared region of its own, and pushes small frames into the ring that say where it lies.
-//! The receiver copies it out, once, and hands the ring space (and with it the region
-//! space) back at once.
+//! for every ring-full of them. Instead the sender copies such a message into a shared
+//! region of its own, and pushes small frames into the ring that say where it lies. The
+//! receiver copies it out, once, and hands the ring space (and with it the region space)
+//! back at once.
 //!
-//! # In pieces
+//! # Whole, or in pieces
 //!
-//! Protocol 5 sent a message whole, with one [`FrameKind::Large`] frame ([`LargeRef`]):
-//! it was written before the receiver started to read it, two serial copies, through a
-//! region of twice the message that left the cache once messages were large (a spinning
-//! 16 MiB round trip took 2.5× as long as in chunks). Since protocol 6 a sender cuts it in
-//! pieces instead ([`piece_len`]: even pieces of at most [`PIECE_LEN`], at least two),
-//! each announced by its own [`FrameKind::Piece`] frame ([`PieceRef`]: where the piece
-//! lies, and the whole message's length) as soon as the piece is in, so that the receiver
-//! copies piece k out while the sender writes piece k+1, as it does with chunks in the
-//! ring. A 1 MiB message is 8 hand-offs, where it was 32 chunks. The receiver puts the
-//! pieces together as it does chunks (`conn/receive.rs`), checks each frame as a `Large`
-//! one, and that the pieces agree on their message's length and add up to no more
+//! A side that blocks (`WaitStrategy::Block`) sends a message whole, with one
+//! [`FrameKind::Large`] frame ([`LargeRef`]): one hand-off, one wake-up. Whole, it is
+//! written before the receiver starts to read it, two serial copies, through a region of
+//! twice the message that leaves the cache once messages are large, which made it slower
+//! than chunks for a side that spins. A side that spins (`Spin`) sends it in pieces
+//! instead (protocol 6; [`piece_len`]: even pieces of at most [`PIECE_LEN`], at least
+//! two), each announced by its own [`FrameKind::Piece`] frame ([`PieceRef`]: where the
+//! piece lies, and the whole message's length) as soon as the piece is in, so that the
+//! receiver copies piece k out while the sender writes piece k+1, as it does with chunks
+//! in the ring; a 1 MiB message is 8 hand-offs, where it was 32 chunks. The receiver puts
+//! the pieces together as it does chunks (`conn/receive.rs`), checks each frame as a
+//! `Large` one, and that the pieces agree on their message's length and add up to no more
 //! ([`Incoming::check_piece`], and the reassembly); a message that ends part-way is
-//! withdrawn with an `Abort` frame, as chunks are. No sender of protocol 6 sends a
-//! `Large` frame; the receiver still takes one, with the same checks.
+//! withdrawn with an `Abort` frame, as chunks are. (`Adaptive` sides keep to chunks;
+//! `conn/send.rs` says why, measured.)
 //!
-//! # The region is a byte ring of pieces
+//! # The region is a byte ring of whole messages, or of pieces
 //!
-//! So that the sender can write piece N+1 while the receiver copies piece N out, the
-//! region holds several ([`RegionRing`]): each is placed whole at the region's next free
-//! offset, or at offset 0 when it does not fit before the end (the skipped tail is lost
-//! until the wrap, like a ring's padding). The sender reclaims a piece's bytes once the
+//! So that the sender can write message (or piece) N+1 while the receiver copies N out,
+//! the region holds several ([`RegionRing`]): each is placed whole at the region's next
+//! free offset, or at offset 0 when it does not fit before the end (the skipped tail is
+//! lost until the wrap, like a ring's padding). The sender reclaims its bytes once the
 //! consumer's published `head` has passed the ring position just after its frame: the
-//! receiver copies a piece out before it releases that frame, and publishes its head at
-//! once.
+//! receiver copies it out before it releases that frame, and publishes its head at once.
 //!
 //! # Sizes, and the memory bound
 //!
-//! A sender's region is [`pieces_region_capacity`]`(limit)`: [`PIECES_REGION`] (four
-//! pieces), or less for a small limit, made on the first large message and kept for the
-//! connection's life, so that it stays in the cache. A receiver, which cannot know how
-//! its peer sends, maps the peer's region if it is at most [`region_bound`]`(limit)`,
-//! which is `2 × limit` rounded up to [`REGION_GRAIN`] (`limit` being the connection's
-//! message limit in that direction), as protocol 5's whole messages needed. A region of a
-//! new *generation* replaces the old one, whose mapping goes (everything in it has been
-//! read, frames arriving in order); so each side holds at most one region per direction:
-//! its own outgoing one, and the peer's incoming one, at most `region_bound(limit)` bytes.
+//! A region for whole messages holds at least two of the largest message placed so far:
+//! its capacity is `2 × len` rounded up to a power of two, at least [`REGION_GRAIN`], and
+//! never more than [`region_bound`]`(limit)`, which is `2 × limit` rounded up to
+//! [`REGION_GRAIN`] (`limit` being the connection's message limit in that direction). A
+//! larger message later makes a new, larger region (the next *generation*), once
+//! everything in the old one has been read. A region for pieces is
+//! [`pieces_region_capacity`]`(limit)`: [`PIECES_REGION`] (four pieces), or less for a
+//! small limit, made once and kept, so that it stays in the cache. Each side holds at
+//! most one region per direction: its own outgoing one, and the peer's incoming one, each
+//! at most `region_bound(limit)` bytes (a receiver cannot know how its peer sends).
 //!
 //! # Handing a region over
 //!
@@ -90,6 +91,20 @@ pub(crate) fn region_bound(limit: usize) -> usize {
     doubled
         .checked_next_multiple_of(REGION_GRAIN)
         .unwrap_or(usize::MAX / REGION_GRAIN * REGION_GRAIN)
+}
+
+/// The capacity of a new region that must hold a message of `len` bytes, for messages of
+/// at most `limit` bytes: two of it, rounded up to a power of two (so that a series of
+/// slowly growing messages makes few generations), at least [`REGION_GRAIN`], at most
+/// [`region_bound`]`(limit)`. `len` must be at most `limit`.
+pub(crate) fn region_capacity_for(len: usize, limit: usize) -> usize {
+    debug_assert!(len <= limit);
+    let bound = region_bound(limit);
+    len.saturating_mul(2)
+        .checked_next_power_of_two()
+        .unwrap_or(bound)
+        .max(REGION_GRAIN)
+        .min(bound)
 }
 
 /// The longest piece a side that sends in pieces writes before it announces it.
@@ -261,8 +276,7 @@ impl RegionRing {
         self.capacity
     }
 
-    /// Whether every message placed has been read.
-    #[cfg(test)]
+    /// Whether every message placed has been read (so the region may be replaced).
     pub(crate) fn is_drained(&self) -> bool {
         self.unread.is_empty()
     }
@@ -416,7 +430,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn the_bound_is_twice_the_limit_in_grains() {
+    fn sizes_double_the_message_within_the_bound() {
         let limit = 16 << 20;
         assert_eq!(region_bound(limit), 32 << 20);
         // Rounded up to the grain, for a limit that is not a power of two (a call's reply
@@ -424,6 +438,16 @@ mod tests {
         assert_eq!(region_bound(limit + 1), (32 << 20) + REGION_GRAIN);
         assert_eq!(region_bound(0), REGION_GRAIN);
         assert_eq!(region_bound(usize::MAX) % REGION_GRAIN, 0);
+        assert_eq!(region_capacity_for(40 << 10, limit), 128 << 10);
+        assert_eq!(region_capacity_for(1 << 20, limit), 2 << 20);
+        assert_eq!(region_capacity_for(1, limit), REGION_GRAIN);
+        // The largest message gets the bound, which holds two of it.
+        assert_eq!(region_capacity_for(limit, limit), 32 << 20);
+        assert_eq!(
+            region_capacity_for(limit + 1, limit + 1),
+            region_bound(limit + 1)
+        );
+        assert!(region_capacity_for(12 << 20, limit) <= region_bound(limit));
     }
 
     #[test]

@@ -55,8 +55,8 @@
 //! where (`core/large.rs`; the receiver publishes its head as soon as it has copied one
 //! out, because the sender reclaims the region by it); `Piece`, a piece of such a message
 //! in the same region, the message whole once its pieces add up to the length each
-//! announces (protocol 6: sides that spin or block send large messages in pieces, and no
-//! longer `Large`, `conn/send.rs` says why); `First`, `Middle`, `Last`, a large message in
+//! announces (protocol 6: a side that spins sends large messages in pieces, one that
+//! blocks whole, `conn/send.rs` says why); `First`, `Middle`, `Last`, a large message in
 //! chunks, which an `Adaptive` side sends, and any where it has no region
 //! (`conn/large.rs` says when);
 //! `Abort`, which withdraws a message sent in part, in chunks or in pieces; and

@@ -156,12 +156,15 @@ impl ServerConfig {
     /// allocate for one message.
     ///
     /// It also bounds the shared memory of large messages. A message larger than one frame
-    /// (a quarter of the ring) goes in chunks through the ring from a side that spins, and
-    /// from a side whose wait is [`WaitStrategy::Block`] through a shared region of its
-    /// sender's (one wake-up a message rather than one per ring-full), made on the
-    /// connection's first such message and granted to the receiver: at least twice the
-    /// largest message sent so far (rounded up to a power of two, at least 64 KiB), at
-    /// most **2 × `max_message_size`, rounded up to 64 KiB**. Each side holds at most one
+    /// (a quarter of the ring) goes in chunks through the ring from a side whose wait is
+    /// [`WaitStrategy::Adaptive`], and through a shared region of its sender's from the
+    /// others, made on the connection's first such message and granted to the receiver:
+    /// from a [`WaitStrategy::Spin`] side in pieces of at most 128 KiB, each announced as
+    /// soon as it is in, through a region of 512 KiB (or less for a small limit); from a
+    /// [`WaitStrategy::Block`] side whole (one wake-up a message rather than one per
+    /// ring-full), through a region of at least twice the largest message sent so far
+    /// (rounded up to a power of two, at least 64 KiB), at most **2 × `max_message_size`,
+    /// rounded up to 64 KiB**, which is also the most a receiver maps of its peer's. Each side holds at most one
     /// per direction (its own, and its peer's mapped), so a connection's regions come to
     /// at most 4 × `max_message_size` in all, held only once such messages were sent; a
     /// peer cannot make us map more, whatever it grants. So a server holds at most

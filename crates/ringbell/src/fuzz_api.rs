@@ -60,7 +60,7 @@ pub fn frame_header(input: &[u8]) {
                 assert_eq!(size % 8, 0, "frames stay 8-byte aligned");
             }
             None => {
-                let known_kind = matches!(bytes[4], 1..=7 | 0xff);
+                let known_kind = matches!(bytes[4], 1..=8 | 0xff);
                 assert!(
                     !known_kind || bytes[5..8] != [0, 0, 0],
                     "a header with a known kind and zero reserved bytes was refused"
@@ -548,7 +548,7 @@ impl ConsumerChecker<'_> {
                 );
             }
             self.check_payload(consumer, &frame);
-            if frame.header.kind == FrameKind::Large {
+            if matches!(frame.header.kind, FrameKind::Large | FrameKind::Piece) {
                 self.check_large(consumer, &frame);
             }
             consumer.release(&frame);
@@ -644,12 +644,13 @@ impl ConsumerChecker<'_> {
         assert_eq!(at, to, "the consumer skipped more than the ring's end");
     }
 
-    /// Copies the payload out both ways the consumer offers and compares with the ring.
-    /// Runs the receiver's checks of a `Large` frame (`core::large::Incoming`, as
-    /// `conn/large.rs` runs them) as a receiver that has mapped nothing yet, and as one
+    /// Runs the receiver's checks of a `Large` or `Piece` frame (`core::large::Incoming`,
+    /// as `conn/large.rs` runs them) as a receiver that has mapped nothing yet, and as one
     /// that has mapped generation 1 of 1 MiB, both with a limit of 256 KiB; when the frame
     /// names the next generation, the 16 ring bytes after it stand for the grant message.
-    /// Whatever they accept must lie inside a region no larger than the bound.
+    /// Whatever they accept must lie inside a region no larger than the bound; a piece
+    /// accepted must also be no longer than the message it announces, which is within the
+    /// limit.
     fn check_large(&self, consumer: &Consumer, frame: &Frame) {
         let mut payload = vec![0u8; frame.payload_len()];
         consumer.copy_payload(frame, 0, &mut payload);
@@ -662,9 +663,25 @@ impl ConsumerChecker<'_> {
         first.copy_from_slice(&self.ring.read(grant_pos, first.len()));
         second.copy_from_slice(&self.ring.read(0, second.len()));
         let limit = 256 << 10;
+        let piece = frame.header.kind == FrameKind::Piece;
+        let check = |view: &Incoming| {
+            if piece {
+                let (checked, total) = view.check_piece(&payload)?;
+                assert!(total <= limit, "a message in pieces of {total} bytes");
+                if let FrameCheck::Mapped { len, .. } = checked {
+                    assert!(
+                        len <= total,
+                        "a piece of {len} bytes of a message of {total}"
+                    );
+                }
+                Ok(checked)
+            } else {
+                view.check_frame(&payload)
+            }
+        };
         for mapped in [None, Some((1, 1 << 20))] {
             let mut view = Incoming { mapped, limit };
-            let mut checked = view.check_frame(&payload);
+            let mut checked = check(&view);
             if checked == Ok(FrameCheck::NextGeneration) {
                 let Ok(capacity) = view.check_grant(&grant) else {
                     continue;
@@ -672,7 +689,7 @@ impl ConsumerChecker<'_> {
                 assert!(capacity > 0 && capacity <= region_bound(limit));
                 let generation = view.next_generation().expect("a next generation");
                 view.mapped = Some((generation, capacity as u64));
-                checked = view.check_frame(&payload);
+                checked = check(&view);
                 assert_ne!(
                     checked,
                     Ok(FrameCheck::NextGeneration),

@@ -729,20 +729,22 @@ fn recv_timeout_leaves_the_connection_usable() {
     }
 }
 
-/// A send that times out waiting for room in the sender's large-message region delivers
-/// none of it (its frame is pushed only once the message is in the region), the message
-/// after it arrives intact, and so do those sent before it. (Before issue 14 this was a
-/// chunked message timing out part-way, withdrawn with an abort frame; chunks are now only
-/// the fallback where no region can be had.)
+/// A send that times out waiting for room delivers none of it, the message after it
+/// arrives intact, and so do those sent before it: sent whole (a blocking client), its
+/// frame is pushed only once the message is in the region; in pieces (a spinning one) or
+/// in chunks (an adaptive one, or a Windows client, which has no region), the part already
+/// in the ring is withdrawn with an abort frame.
 #[test]
 fn send_timeout_delivers_nothing_of_the_timed_out_message() {
     let _test = shared_test("send_timeout");
-    // Adaptive: large messages go in chunks. Block: through the region (`conn/send.rs`).
+    // Adaptive: large messages go in chunks. Block: whole through the region. Spin: in
+    // pieces through it (`conn/send.rs`).
     for wait in [
         WaitStrategy::Adaptive {
             spin: WaitStrategy::DEFAULT_SPIN,
         },
         WaitStrategy::Block,
+        WaitStrategy::Spin,
     ] {
         send_timeout_case(wait);
     }
@@ -769,35 +771,44 @@ fn send_timeout_case(wait: WaitStrategy) {
     server.expect_line("accepted");
     assert_eq!(conn.ring_capacity(), 1024);
 
-    // With a blocking client, messages of 20,000 bytes go through the region (64 KiB:
-    // three fit); the fourth finds it full and times out. Otherwise, and on a Windows
-    // client, which has no region (a grant it sends would not outlive it:
-    // `conn/large.rs`), its first one goes in chunks and times out part-way.
-    let client_has_region = wait == WaitStrategy::Block && !cfg!(windows);
-    let fitting = if client_has_region { 3 } else { 0 };
-    let before: Vec<Vec<u8>> = (0..fitting)
-        .map(|index| random_bytes(index, 20_000))
-        .collect();
-    for message in &before {
-        conn.send(message).expect("a message that fits the region");
-    }
-    let timed_out = random_bytes(10, 20_000);
-    let result = conn.send(&timed_out);
-    assert!(
-        matches!(result, Err(Error::Timeout)),
-        "a send into a full, unread region gave {result:?}"
-    );
-    // With a region, nothing of it is in the ring: a small message still fits, and comes
-    // next. In chunks, the ring is full, so not even the abort frame that withdraws the
-    // chunks fits: the small one times out too.
+    // Messages of 20,000 bytes until one times out. With a blocking client they go whole
+    // through the region (64 KiB: three fit), and the fourth finds it full. With a
+    // spinning one, in two pieces of 10,000 bytes, a frame each: the ring fills first,
+    // after ten, and the eleventh times out with its first piece in the ring. Otherwise,
+    // and on a Windows client, which has no region (a grant it sends would not outlive
+    // it: `conn/large.rs`), the first one goes in chunks and times out part-way.
+    let region = !cfg!(windows);
+    let whole = wait == WaitStrategy::Block && region;
+    let in_pieces = wait == WaitStrategy::Spin && region;
+    let mut before: Vec<Vec<u8>> = Vec::new();
+    let timed_out = loop {
+        let message = random_bytes(before.len() as u64, 20_000);
+        match conn.send(&message) {
+            Ok(()) => before.push(message),
+            Err(Error::Timeout) => break message,
+            Err(error) => panic!("{wait:?}: a send into an unread ring gave {error}"),
+        }
+        assert!(before.len() < 100, "a hundred sends, and none timed out");
+    };
+    let fitting = if whole {
+        3
+    } else if in_pieces {
+        10
+    } else {
+        0
+    };
+    assert_eq!(before.len(), fitting, "{wait:?}");
+    // Whole, nothing of it is in the ring: a small message still fits, and comes next.
+    // Otherwise the ring is full, so not even the abort frame that withdraws its part fits
+    // (or, in pieces, only that): the small one times out too.
     let small = random_bytes(11, 100);
     let small_sent = conn.send(&small);
-    if client_has_region {
+    if whole {
         small_sent.expect("a small message after the timeout");
     } else {
         assert!(
             matches!(small_sent, Err(Error::Timeout)),
-            "the second send into a full ring gave {small_sent:?}"
+            "{wait:?}: the second send into a full ring gave {small_sent:?}"
         );
     }
 
@@ -805,7 +816,7 @@ fn send_timeout_case(wait: WaitStrategy) {
     let delivered = random_bytes(12, 3000);
     send_retrying_timeouts(&mut conn, &delivered, &mut server);
     let mut buf = Vec::new();
-    let small_delivered = client_has_region.then_some(&small);
+    let small_delivered = whole.then_some(&small);
     let expected_echoes: Vec<&Vec<u8>> = before
         .iter()
         .chain(small_delivered)

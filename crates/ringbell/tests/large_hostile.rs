@@ -1,5 +1,6 @@
 //! A hostile peer against the large-message path (issue 14), across real processes: a
-//! child connects honestly, then forges `Large` frames in its ring and region grants on
+//! child connects honestly, then forges `Large` and `Piece` frames (and chunks and aborts
+//! among them) in its ring and region grants on
 //! its control socket (with objects it made itself) as `RB_VARIANT` says. The server, in
 //! this process, must report `Error::Corrupted` for that connection only, keep serving
 //! others, and hold no more than one of the peer's regions at a time, however many it
@@ -109,26 +110,52 @@ fn send_grant(
     Ok(())
 }
 
-/// Writes `Large` frames into the client-to-server ring from its start, and publishes
-/// each. The ring is never wrapped here (at most 100 frames of 40 bytes in 4 KiB).
+/// Writes frames into the client-to-server ring from its start, and publishes each. The
+/// ring is never wrapped here (at most 80 frames of at most 48 bytes in 4 KiB).
 struct FrameForger {
     segment: Scribbler,
     tail: u64,
 }
 
+/// Frame kinds, as `src/core/ring.rs` numbers them.
+const MIDDLE: u8 = 3;
+const ABORT: u8 = 5;
+const LARGE: u8 = 6;
+const PIECE: u8 = 8;
+
 impl FrameForger {
+    /// A `Large` frame: the message at `offset`, `len` bytes, in region `generation`.
     fn push(&mut self, generation: u32, offset: u64, len: u64) {
-        let mut frame = common::frame_header(20, 6).to_vec();
-        frame.extend_from_slice(&generation.to_le_bytes());
-        frame.extend_from_slice(&offset.to_le_bytes());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.resize(40, 0);
+        self.push_frame(LARGE, &large_ref(generation, offset, len));
+    }
+
+    /// A `Piece` frame: a piece at `offset`, `len` bytes, in region `generation`, of a
+    /// message of `total` bytes.
+    fn push_piece(&mut self, generation: u32, offset: u64, len: u64, total: u64) {
+        let mut payload = large_ref(generation, offset, len);
+        payload.extend_from_slice(&total.to_le_bytes());
+        self.push_frame(PIECE, &payload);
+    }
+
+    fn push_frame(&mut self, kind: u8, payload: &[u8]) {
+        let mut frame = common::frame_header(payload.len() as u32, kind).to_vec();
+        frame.extend_from_slice(payload);
+        frame.resize(frame.len().next_multiple_of(8), 0);
         self.segment
             .write_bytes(DATA_OFFSET + self.tail as usize, &frame);
-        self.tail += 40;
+        self.tail += frame.len() as u64;
         let tail_word = RINGS_OFFSET + CLIENT_TO_SERVER * RING_CONTROL_LEN;
         self.segment.store_word(tail_word, self.tail);
     }
+}
+
+/// The 20 bytes that say where a message or a piece lies: generation u32, offset u64,
+/// length u64, little-endian.
+fn large_ref(generation: u32, offset: u64, len: u64) -> Vec<u8> {
+    let mut bytes = generation.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&offset.to_le_bytes());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
 }
 
 /// Connects, then forges as `RB_VARIANT` says, reports "forged", and stays alive.
@@ -176,6 +203,64 @@ fn role_hostile_large_client() -> Result<(), String> {
             send_grant(&conn, 1, region as u64, Some(&object))?;
             forger.push(1, u64::MAX - 10, 100);
         }
+        // A proper region, and a piece said to run past its end.
+        "piece_outside_its_region" => {
+            let object = region_object(region, &[], 0)?;
+            send_grant(&conn, 1, region as u64, Some(&object))?;
+            forger.push_piece(1, region as u64 - 1000, 2000, 100_000);
+        }
+        // A piece longer than the message it says it is part of.
+        "piece_longer_than_its_message" => {
+            let object = region_object(region, &[], 0)?;
+            send_grant(&conn, 1, region as u64, Some(&object))?;
+            forger.push_piece(1, 0, 2000, 1000);
+        }
+        // A piece that announces more than the server's limit (16 MiB).
+        "pieces_beyond_the_limit" => {
+            let object = region_object(region, &[], 0)?;
+            send_grant(&conn, 1, region as u64, Some(&object))?;
+            forger.push_piece(1, 0, 1000, (16 << 20) + 1);
+        }
+        // A second piece that announces another length than the first.
+        "pieces_disagree_on_the_length" => {
+            let object = region_object(region, &[], 0)?;
+            send_grant(&conn, 1, region as u64, Some(&object))?;
+            forger.push_piece(1, 0, 20_000, 50_000);
+            forger.push_piece(1, 20_000, 20_000, 40_000);
+        }
+        // Pieces that add up to more than the length they announce.
+        "pieces_add_up_to_more" => {
+            let object = region_object(region, &[], 0)?;
+            send_grant(&conn, 1, region as u64, Some(&object))?;
+            forger.push_piece(1, 0, 30_000, 50_000);
+            forger.push_piece(1, 30_000, 30_000, 50_000);
+        }
+        // A chunk in the middle of a message in pieces.
+        "chunk_among_pieces" => {
+            let object = region_object(region, &[], 0)?;
+            send_grant(&conn, 1, region as u64, Some(&object))?;
+            forger.push_piece(1, 0, 30_000, 50_000);
+            forger.push_frame(MIDDLE, &[0u8; 8]);
+        }
+        // A message in pieces withdrawn part-way with an abort frame, then one whole in
+        // pieces: only the second is a message (see `aborted_pieces_are_not_delivered`).
+        "aborted_pieces" => {
+            let (withdrawn, kept) = aborted_pieces_messages();
+            let mut bytes = withdrawn[..30_000].to_vec();
+            bytes.extend_from_slice(&kept);
+            let object = region_object(region, &bytes, 0)?;
+            send_grant(&conn, 1, region as u64, Some(&object))?;
+            forger.push_piece(1, 0, 30_000, withdrawn.len() as u64);
+            forger.push_frame(ABORT, &[]);
+            let half = kept.len() as u64 / 2;
+            forger.push_piece(1, 30_000, half, kept.len() as u64);
+            forger.push_piece(
+                1,
+                30_000 + half,
+                kept.len() as u64 - half,
+                kept.len() as u64,
+            );
+        }
         // Honest messages, each in a new region of a new generation (of varying sizes).
         "new_generation_every_message" => {
             for generation in 1..=GENERATIONS {
@@ -199,6 +284,12 @@ fn role_hostile_large_client() -> Result<(), String> {
 fn hostile_message(generation: u32) -> (usize, usize) {
     let capacity = (64 << 10) * (1 + generation as usize % 4);
     (capacity - 1000 - generation as usize, capacity)
+}
+
+/// The messages of `aborted_pieces`: the one withdrawn after its first 30,000 bytes, and
+/// the one sent whole after it.
+fn aborted_pieces_messages() -> (Vec<u8>, Vec<u8>) {
+    (random_bytes(31, 50_000), random_bytes(32, 20_001))
 }
 
 /// The start of the names of the objects a child forging `variant` makes, so that each
@@ -362,6 +453,71 @@ fn a_new_generation_every_message_is_served_holding_one_region() {
         Vec::<String>::new(),
         "left mapped"
     );
+    hostile.kill();
+    still_serves(&server, &socket);
+}
+
+#[test]
+fn a_piece_outside_its_region_is_corruption() {
+    is_reported_as_corrupted("piece_outside_its_region", "outside its region");
+}
+
+#[test]
+fn a_piece_longer_than_its_message_is_corruption() {
+    is_reported_as_corrupted("piece_longer_than_its_message", "longer than its message");
+}
+
+#[test]
+fn pieces_of_a_message_beyond_the_limit_are_corruption() {
+    is_reported_as_corrupted(
+        "pieces_beyond_the_limit",
+        "exceeds the connection's maximum",
+    );
+}
+
+#[test]
+fn pieces_that_disagree_on_their_message_length_are_corruption() {
+    is_reported_as_corrupted("pieces_disagree_on_the_length", "disagree on its length");
+}
+
+#[test]
+fn pieces_that_add_up_to_more_than_their_message_are_corruption() {
+    is_reported_as_corrupted("pieces_add_up_to_more", "add up to more");
+}
+
+#[test]
+fn a_chunk_among_pieces_is_corruption() {
+    is_reported_as_corrupted("chunk_among_pieces", "out of sequence");
+}
+
+/// Pieces withdrawn by an abort frame are never delivered: the receiver drops what it took
+/// of them, and the message after arrives whole and alone.
+#[test]
+fn aborted_pieces_are_not_delivered() {
+    let _test = shared_test("large_hostile_aborted_pieces");
+    let socket = SocketPath::new("large_hostile_aborted_pieces");
+    let server = server(&socket);
+    let mut hostile = ChildProcess::spawn(
+        "hostile_large_client",
+        &[
+            ("RB_PATH", socket.param()),
+            ("RB_VARIANT", "aborted_pieces".into()),
+        ],
+    );
+    let mut conn = accept_from(&server, &mut hostile);
+    hostile.expect_line("forged");
+    let mut buf = Vec::new();
+    conn.recv(&mut buf, Some(PATIENCE))
+        .expect("receiving the message after the aborted one");
+    let (_, kept) = aborted_pieces_messages();
+    assert!(
+        buf == kept,
+        "received {} bytes, not the message sent whole",
+        buf.len()
+    );
+    let nothing = conn.recv(&mut buf, Some(Duration::from_millis(50)));
+    assert!(matches!(nothing, Err(Error::Timeout)), "then {nothing:?}");
+    drop(conn);
     hostile.kill();
     still_serves(&server, &socket);
 }

@@ -314,13 +314,15 @@ async fn cancelled_large_send_delivers_nothing_of_it() {
 }
 
 /// Large messages (issue 14) of several sizes, up to 16 MiB, small ones between them,
-/// echo byte for byte through `AsyncConnection`s: between blocking sides through their
-/// regions, two at a time; between spinning ones in chunks, one at a time (a ring smaller
-/// than a message cannot hold a second while the first's echo waits to be taken).
+/// echo byte for byte through `AsyncConnection`s: between blocking sides whole through
+/// their regions, two at a time; between spinning ones in pieces through them, and
+/// between adaptive ones in chunks, one at a time (a region of four pieces, or a ring,
+/// smaller than a message cannot hold a second while the first's echo waits to be taken).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_large_messages_echo_byte_exact() {
     for (wait, in_flight) in [
         (WaitStrategy::Block, 2),
+        (WaitStrategy::Spin, 1),
         (
             WaitStrategy::Adaptive {
                 spin: WaitStrategy::DEFAULT_SPIN,
@@ -333,7 +335,12 @@ async fn async_large_messages_echo_byte_exact() {
 }
 
 async fn large_echo(wait: WaitStrategy, in_flight: usize) {
-    let path = socket_path(&format!("large-echo-{in_flight}"));
+    let name = match wait {
+        WaitStrategy::Block => "block",
+        WaitStrategy::Spin => "spin",
+        _ => "adaptive",
+    };
+    let path = socket_path(&format!("large-echo-{name}"));
     let config = ServerConfig::default()
         .max_message_size(16 << 20)
         .wait(wait);

@@ -1,12 +1,15 @@
 //! Large messages through a region (issue 14): the sender's own region, made on first use
-//! and granted over the control channel, and the peer's, mapped when its first `Large`
-//! frame arrives. The arithmetic and the checks are in `core/large.rs`; here are the
-//! mappings, the copies in and out, and the grant's trip over the control channel.
+//! and granted over the control channel, and the peer's, mapped when its first `Large` or
+//! `Piece` frame arrives. The arithmetic and the checks are in `core/large.rs`; here are
+//! the mappings, the copies in and out (a message whole, with its `Large` frame, or in
+//! pieces, a `Piece` frame each), and the grant's trip over the control channel.
 //!
 //! # When chunks are still used
 //!
-//! A message larger than one frame goes through the region, with one exception: when the
-//! region cannot be had, it goes in chunks as before (`conn/send.rs`), which the receiver
+//! A message larger than one frame goes in chunks from a side whose wait is `Adaptive`
+//! (`Connection::large_route`; the measured reason is in `conn/send.rs`); from the others
+//! it goes through the region (in pieces from a side that spins, whole from one that
+//! blocks), unless the region cannot be had: then in chunks as before, which the receiver
 //! still takes. That is when
 //!
 //! - the OS refuses to make the region (out of memory, or of shared memory: `/dev/shm`
@@ -35,10 +38,12 @@
 //! # What a peer can make us hold
 //!
 //! At most one region per direction and connection: our outgoing one, replaced only once
-//! everything in it was read, and the peer's incoming one, whose mapping goes as soon as
+//! everything in it was read (made once, of `PIECES_REGION`, 512 KiB, when we send in
+//! pieces), and the peer's incoming one, whose mapping goes as soon as
 //! the next generation is mapped (the ring delivers frames in order, so nothing of the old
-//! one is unread by then). Each is at most [`region_bound`] of the message limit in its
-//! direction: 2 × `max_message_size`, rounded up to 64 KiB. A peer that grants a new
+//! one is unread by then), at most [`region_bound`] of the message limit in its
+//! direction: 2 × `max_message_size`, rounded up to 64 KiB (what whole messages need; a
+//! peer that sends in pieces grants 512 KiB). A peer that grants a new
 //! generation with every message makes us map and unmap, never hold more.
 
 //!
@@ -63,10 +68,11 @@ use std::io;
 use std::ptr;
 use std::time::{Duration, Instant};
 
+use super::send::SendProgress;
 use super::{corrupted, Connection};
 use crate::core::large::{
-    region_bound, region_capacity_for, FrameCheck, Incoming, LargeRef, RegionGrant, RegionRing,
-    LARGE_REF_LEN, REGION_GRANT_LEN,
+    piece_len, pieces_region_capacity, region_bound, region_capacity_for, FrameCheck, Incoming,
+    LargeRef, PieceRef, RegionGrant, RegionRing, LARGE_REF_LEN, PIECE_REF_LEN, REGION_GRANT_LEN,
 };
 use crate::core::ring::{max_frame_payload, Frame, FrameKind, Producer, RingError};
 use crate::error::Error;
@@ -78,15 +84,27 @@ use crate::sys::SharedRegion;
 /// never sends it holds a sweeper only briefly, once.
 const GRANT_PATIENCE: Duration = Duration::from_millis(100);
 
-/// What [`Connection::try_push_large`] did.
+/// What [`Connection::try_push_pieces`] or [`Connection::try_push_large`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LargePush {
-    /// The message is in the region and its frame in the ring.
+    /// The whole message is in the region, and its frame (or its last piece's) in the ring.
     Done,
-    /// No room yet, in the region or for the frame in the ring: nothing was written.
+    /// No room yet, in the region or for the frame in the ring: whole, nothing was
+    /// written; in pieces, the next piece waits.
     Full,
     /// No region can be had for it: send it in chunks.
     Chunks,
+}
+
+/// How a message larger than one frame goes (`Connection::large_route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LargeRoute {
+    /// In chunks through the ring.
+    Chunks,
+    /// Whole through the region, with one `Large` frame.
+    Whole,
+    /// Through the region in pieces, each with its `Piece` frame.
+    Pieces,
 }
 
 /// This side's outgoing region, and what it knows of its use.
@@ -98,6 +116,9 @@ pub(super) struct Outgoing {
     /// Chunks from now on: the OS refused a region once, a grant failed half-way, or our
     /// grants would not outlive us (see the module's docs).
     unavailable: bool,
+    /// The length of the piece a send in pieces waits to place (`None` when no send in
+    /// pieces waits): what `room_for` looks for.
+    pub(super) waiting_piece: Option<usize>,
 }
 
 impl Outgoing {
@@ -108,6 +129,7 @@ impl Outgoing {
             region: None,
             generation: 0,
             unavailable: !grants_outlive_us,
+            waiting_piece: None,
         }
     }
 }
@@ -177,10 +199,11 @@ impl IncomingRegion {
 }
 
 /// Whether a send of `payload` bytes that reported `Full` can go on now: for a message
-/// that fits one frame (or a chunk), room for it in the ring; for a larger one, room for
-/// its `Large` frame in the ring and for the message in the region (or, if the region must
-/// grow, everything in it read). Takes the fields it needs, so that a wait can hold the
-/// others.
+/// that fits one frame (or a chunk), room for it in the ring; for a larger one in pieces,
+/// room for its next piece's frame in the ring and for the piece in the region (or no
+/// region yet, which the send makes); whole, room for its `Large` frame in the ring and
+/// for the message in the region (or, if the region must grow, everything in it read).
+/// Takes the fields it needs, so that a wait can hold the others.
 pub(super) fn room_for(
     tx: &mut Producer,
     outgoing: &mut Outgoing,
@@ -190,6 +213,16 @@ pub(super) fn room_for(
     let largest_frame = max_frame_payload(tx.capacity());
     if payload <= largest_frame || outgoing.unavailable {
         return tx.has_room(payload.min(largest_frame));
+    }
+    if let Some(piece) = outgoing.waiting_piece {
+        if !tx.has_room(PIECE_REF_LEN)? {
+            return Ok(false);
+        }
+        let Some(current) = outgoing.region.as_mut() else {
+            return Ok(true);
+        };
+        current.placed.reclaim(tx.consumer_head()?);
+        return Ok(current.placed.place(piece).is_some());
     }
     if !tx.has_room(LARGE_REF_LEN)? {
         return Ok(false);
@@ -205,11 +238,88 @@ pub(super) fn room_for(
 }
 
 impl Connection {
-    /// Whether a large message goes through the region rather than in chunks: when this
-    /// side's wait strategy is `Block` (the reason, measured, is at its caller in
-    /// `send.rs`).
-    pub(super) fn large_goes_through_region(&self) -> bool {
-        matches!(self.settings.wait, crate::config::WaitStrategy::Block)
+    /// How a large message goes from this side: by its wait strategy (the reason,
+    /// measured, is at the caller in `send.rs`), in chunks also where no region can be
+    /// had (`try_push_pieces` says so).
+    pub(super) fn large_route(&self) -> LargeRoute {
+        match self.settings.wait {
+            crate::config::WaitStrategy::Spin => LargeRoute::Pieces,
+            crate::config::WaitStrategy::Block => LargeRoute::Whole,
+            crate::config::WaitStrategy::Adaptive { .. } => LargeRoute::Chunks,
+        }
+    }
+
+    /// Puts as much of `msg` (larger than one frame) as fits now into the outgoing region
+    /// in pieces, continuing from `sent`, and pushes each piece's frame once the piece is
+    /// in; makes, and grants, the region first if there is none. A piece's frame goes
+    /// after the piece, so what the peer can see is there; a send that gives up part-way
+    /// leaves pieces the peer has taken, which the abort of `abandon_send` withdraws, as
+    /// it withdraws chunks.
+    pub(super) fn try_push_pieces(
+        &mut self,
+        msg: &[u8],
+        correlation: u64,
+        sent: &mut SendProgress,
+        publish: super::Publish,
+    ) -> Result<LargePush, Error> {
+        if self.tx_large.region.is_none() {
+            debug_assert_eq!(sent.bytes, 0, "a region goes only between messages");
+            if self.tx_large.unavailable {
+                return Ok(LargePush::Chunks);
+            }
+            if !self.tx.has_room(PIECE_REF_LEN).map_err(corrupted)? {
+                self.tx_large.waiting_piece = Some(1);
+                return Ok(LargePush::Full);
+            }
+            if !self.make_region(pieces_region_capacity(self.send_limit()))? {
+                return Ok(LargePush::Chunks);
+            }
+        }
+        while sent.bytes < msg.len() {
+            let Some(current) = self.tx_large.region.as_mut() else {
+                unreachable!("a region was made above, and stays while a message is sent");
+            };
+            let len = piece_len(msg.len(), sent.bytes, current.placed.capacity());
+            let mut placement = current.placed.place(len);
+            if placement.is_none() {
+                // Reclaimed only when the region looks full, as the ring's producer reloads
+                // the consumer's head only then.
+                current
+                    .placed
+                    .reclaim(self.tx.consumer_head().map_err(corrupted)?);
+                placement = current.placed.place(len);
+            }
+            let Some(placement) = placement else {
+                self.tx_large.waiting_piece = Some(len);
+                return Ok(LargePush::Full);
+            };
+            if !self.tx.has_room(PIECE_REF_LEN).map_err(corrupted)? {
+                self.tx_large.waiting_piece = Some(len);
+                return Ok(LargePush::Full);
+            }
+            let piece = &msg[sent.bytes..sent.bytes + len];
+            current.write(placement.offset, piece);
+            let frame = PieceRef {
+                piece: LargeRef {
+                    generation: current.generation,
+                    offset: placement.offset as u64,
+                    len: len as u64,
+                },
+                total: msg.len() as u64,
+            };
+            // Room for the frame was found just above, and nothing was written since.
+            if !self.try_push_frame(FrameKind::Piece, correlation, &[&frame.encode()], publish)? {
+                self.tx_large.waiting_piece = Some(len);
+                return Ok(LargePush::Full);
+            }
+            let ring_after = self.tx.tail();
+            if let Some(current) = self.tx_large.region.as_mut() {
+                current.placed.commit(placement, ring_after);
+            }
+            sent.bytes += len;
+            sent.pieces = true;
+        }
+        Ok(LargePush::Done)
     }
 
     /// Puts `msg` (larger than one frame) into the outgoing region and pushes its `Large`
@@ -313,23 +423,98 @@ impl Connection {
             });
         }
         self.rx.copy_payload(frame, 0, &mut payload);
-        let (offset, len) = match self.incoming_view().check_frame(&payload) {
-            Ok(FrameCheck::Mapped { offset, len }) => (offset, len),
+        let (offset, len) = self.locate(|view| view.check_frame(&payload))?;
+        self.copy_out(offset, len, buf)?;
+        Ok(len)
+    }
+
+    /// The length of the message a `Piece` frame (just peeked) is part of, checked against
+    /// the limit, before its region is looked at (for the budget's reservation at the
+    /// first piece); [`take_piece`](Self::take_piece) checks the rest.
+    pub(super) fn piece_total(&self, frame: &Frame) -> Result<usize, Error> {
+        let payload = self.piece_payload(frame)?;
+        PieceRef::decode(&payload)
+            .and_then(|piece| usize::try_from(piece.total).ok())
+            .filter(|&total| total <= self.receive_limit())
+            .ok_or(Error::Corrupted {
+                detail: "a message in pieces exceeds the connection's maximum size",
+            })
+    }
+
+    /// Appends the piece a `Piece` frame (just peeked) names to `buf`, which holds the
+    /// pieces of its message so far, announced as `total` bytes by the first: checks the
+    /// frame (its region, mapping the next generation if it names it; that it announces
+    /// the same total; that the pieces do not add up to more), copies the piece out,
+    /// releases the frame and publishes our head at once (the sender reclaims its region
+    /// by it, and may wait for it). Returns the piece's length.
+    pub(super) fn take_piece(
+        &mut self,
+        frame: &Frame,
+        total: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, Error> {
+        let payload = self.piece_payload(frame)?;
+        let mut announced = None;
+        let (offset, len) = self.locate(|view| {
+            let (checked, total) = view.check_piece(&payload)?;
+            announced = Some(total);
+            Ok(checked)
+        })?;
+        if announced != Some(total) {
+            return Err(Error::Corrupted {
+                detail: "the pieces of a message disagree on its length",
+            });
+        }
+        if buf.len() + len > total {
+            return Err(Error::Corrupted {
+                detail: "the pieces of a message add up to more than its length",
+            });
+        }
+        super::receive::grow_for_chunk(buf, len, total)?;
+        self.copy_out(offset, len, buf)?;
+        self.rx.release(frame);
+        self.publish_received();
+        Ok(len)
+    }
+
+    fn piece_payload(&self, frame: &Frame) -> Result<[u8; PIECE_REF_LEN], Error> {
+        let mut payload = [0u8; PIECE_REF_LEN];
+        if frame.payload_len() != PIECE_REF_LEN {
+            return Err(Error::Corrupted {
+                detail: "a piece frame has the wrong length",
+            });
+        }
+        self.rx.copy_payload(frame, 0, &mut payload);
+        Ok(payload)
+    }
+
+    /// Where in the peer's region the bytes a frame names lie, by `check` (one of
+    /// `Incoming`'s checks of that frame): maps the region of the next generation first if
+    /// the frame names it, and checks the frame again against it.
+    fn locate(
+        &mut self,
+        mut check: impl FnMut(&Incoming) -> Result<FrameCheck, &'static str>,
+    ) -> Result<(usize, usize), Error> {
+        match check(&self.incoming_view()) {
+            Ok(FrameCheck::Mapped { offset, len }) => Ok((offset, len)),
             Ok(FrameCheck::NextGeneration) => {
                 self.map_next_region()?;
-                match self.incoming_view().check_frame(&payload) {
-                    Ok(FrameCheck::Mapped { offset, len }) => (offset, len),
+                match check(&self.incoming_view()) {
+                    Ok(FrameCheck::Mapped { offset, len }) => Ok((offset, len)),
                     Ok(FrameCheck::NextGeneration) => unreachable!("a generation was just mapped"),
-                    Err(detail) => return Err(Error::Corrupted { detail }),
+                    Err(detail) => Err(Error::Corrupted { detail }),
                 }
             }
-            Err(detail) => return Err(Error::Corrupted { detail }),
-        };
+            Err(detail) => Err(Error::Corrupted { detail }),
+        }
+    }
+
+    /// Appends `len` bytes from `offset` in the peer's region (checked by `locate`) to `buf`.
+    fn copy_out(&self, offset: usize, len: usize, buf: &mut Vec<u8>) -> Result<(), Error> {
         let Some(incoming) = self.rx_large.as_ref() else {
             unreachable!("a frame checked as mapped has a region");
         };
-        incoming.append(offset, len, buf)?;
-        Ok(len)
+        incoming.append(offset, len, buf)
     }
 
     /// What the checks of `core/large.rs` need to know of the peer's region.

@@ -25,6 +25,8 @@ pub(super) struct PartialMessage {
 struct InProgress {
     total: usize,
     correlation: u64,
+    /// Whether it comes in pieces through the peer's region, rather than in chunks.
+    pieces: bool,
     /// Its reservation of the server's memory budget (none on a client), given back when
     /// this is dropped: delivered, withdrawn, or its connection gone.
     _charge: Option<Charge>,
@@ -288,6 +290,7 @@ impl Connection {
                     chunked = Some(InProgress {
                         total,
                         correlation: header.correlation,
+                        pieces: false,
                         _charge: charge,
                     });
                 }
@@ -310,7 +313,44 @@ impl Connection {
                         correlation: header.correlation,
                     }));
                 }
-                (FrameKind::Middle | FrameKind::Last, Some(message)) => {
+                (FrameKind::Piece, None) => {
+                    // As a first chunk: the whole length reserved before any of it is taken.
+                    let total = self.piece_total(&frame)?;
+                    let charge = match self.reserve(total, patience)? {
+                        Reserved::Charged(charge) => charge,
+                        Reserved::GaveUp => return Ok(None),
+                        Reserved::Retry => continue,
+                    };
+                    self.take_piece(&frame, total, buf)?;
+                    if buf.len() == total {
+                        return Ok(Some(Received {
+                            len: total,
+                            correlation: header.correlation,
+                        }));
+                    }
+                    chunked = Some(InProgress {
+                        total,
+                        correlation: header.correlation,
+                        pieces: true,
+                        _charge: charge,
+                    });
+                }
+                (FrameKind::Piece, Some(message)) if message.pieces => {
+                    let (total, correlation) = (message.total, message.correlation);
+                    if header.correlation != correlation {
+                        return Err(Error::Corrupted {
+                            detail: "a piece does not belong to the message in progress",
+                        });
+                    }
+                    self.take_piece(&frame, total, buf)?;
+                    if buf.len() == total {
+                        return Ok(Some(Received {
+                            len: total,
+                            correlation,
+                        }));
+                    }
+                }
+                (FrameKind::Middle | FrameKind::Last, Some(message)) if !message.pieces => {
                     let (total, correlation) = (message.total, message.correlation);
                     let sized_right = match header.kind {
                         FrameKind::Middle => len == full_chunk,
@@ -520,7 +560,11 @@ impl Connection {
 ///
 /// A failed allocation is the peer's doing (it chose the size, within the limit) and
 /// leaves the frame unread, so the connection cannot go on: [`Error::Corrupted`].
-fn grow_for_chunk(buf: &mut Vec<u8>, incoming: usize, total: usize) -> Result<(), Error> {
+pub(super) fn grow_for_chunk(
+    buf: &mut Vec<u8>,
+    incoming: usize,
+    total: usize,
+) -> Result<(), Error> {
     let needed = buf.len() + incoming;
     if needed <= buf.capacity() {
         return Ok(());

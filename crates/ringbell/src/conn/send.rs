@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::large::{room_for, LargePush};
+use super::large::{room_for, LargePush, LargeRoute};
 use super::wake::{peer_alive, peer_closed, rings, wait_on};
 use super::{corrupted, Connection};
 use crate::core::ring::{max_frame_payload, FrameKind, PACK_ENTRY_HEADER_LEN};
@@ -22,10 +22,12 @@ use crate::error::Error;
 /// plain frame when it is closed, by moving its bytes, which stays cheap at this size.
 pub(crate) const PACKED_MAX_LEN: usize = 1024;
 
-/// How far a send has got: payload bytes of a chunked message already in the ring.
+/// How far a send has got: payload bytes of a message already in the ring, in chunks or
+/// in pieces (`pieces`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SendProgress {
-    bytes: usize,
+    pub(super) bytes: usize,
+    pub(super) pieces: bool,
 }
 
 /// When the frames a send writes are shown to the peer.
@@ -257,17 +259,31 @@ impl Connection {
                 },
             );
         }
-        // A chunked message begun goes on in chunks. A new one goes through the region
-        // when this side blocks (`WaitStrategy::Block`): in chunks, a receiver and a sender
-        // that sleep whenever the ring is empty or full pay kernel wake-ups for every
-        // ring-full; through the region, one for the whole message (a blocking 1 MiB round
-        // trip: 1,080 -> 370 µs). Sides that spin keep to chunks, which are faster for
-        // them: the receiver copies chunk k out while we write chunk k+1, in a ring that
-        // stays in the cache, where the region's two copies are serial and go through
-        // memory (a spinning 1 MiB round trip: 207 µs in chunks, 277 µs through the
-        // region; 16 MiB: 3.8 against 9.3 ms). Both, measured: docs/BENCHMARKS.md.
-        if sent.bytes == 0 && self.large_goes_through_region() {
-            match self.try_push_large(msg, correlation, publish)? {
+        // A message begun goes on as it began. A new one goes through the region in pieces
+        // from a side that spins (`WaitStrategy::Spin`), whole from one that blocks
+        // (`Block`), and in chunks from an `Adaptive` one, or where no region can be had.
+        // Round trips measured against chunks, 5 runs interleaved (docs/BENCHMARKS.md,
+        // "The region in pieces"): spinning, in pieces, 64 KiB 19.6 -> 15.4 µs, 1 MiB
+        // 186 -> 159 µs, 4 MiB 761 -> 722 µs, 16 MiB level: the receiver copies piece k
+        // out while we write piece k+1, in a region of four pieces that stays in the
+        // cache, where whole the two copies were serial and went through memory (1 MiB
+        // 207 -> 277 µs, 16 MiB 3.8 -> 9.3 ms), and a 1 MiB message is 8 hand-offs, not
+        // 32 chunks. Adaptive, in pieces: 1 MiB 1.1-1.2x slower (192 -> 234 µs; the peer
+        // slept once per round trip where it spun before), so chunks. Blocking: whole, a
+        // message is one wake-up (1 MiB 1,080 -> 370 µs against chunks); pieces were
+        // faster still on a quiet machine (1 MiB 390 -> 297 µs, 16 MiB 7.7 -> 4.1 ms) but
+        // up to 1.8x slower at 4 MiB with another engineer's load on the two cores (a
+        // sleep and a wake-up per piece), so whole.
+        self.tx_large.waiting_piece = None;
+        if sent.bytes == 0 || sent.pieces {
+            let pushed = match self.large_route() {
+                LargeRoute::Pieces => self.try_push_pieces(msg, correlation, sent, publish)?,
+                LargeRoute::Whole if sent.bytes == 0 => {
+                    self.try_push_large(msg, correlation, publish)?
+                }
+                LargeRoute::Whole | LargeRoute::Chunks => LargePush::Chunks,
+            };
+            match pushed {
                 LargePush::Done => return Ok(Pushed::Done),
                 LargePush::Full => return Ok(Pushed::Full { payload: msg.len() }),
                 LargePush::Chunks => {}

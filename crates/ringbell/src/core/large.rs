@@ -7,29 +7,50 @@
 //!
 //! A message larger than one frame (a quarter of the ring) used to travel in chunks: a
 //! 1 MiB message in a 128 KiB ring took 32 frames and, in blocking mode, a kernel wake-up
-//! for every ring-full of them. Instead the sender now copies such a message once into a
-//! shared region of its own, and pushes one small [`FrameKind::Large`] frame into the ring
-//! that says where it lies ([`LargeRef`]). The receiver copies it out, once, and hands
-//! the ring space (and with it the region space) back at once.
+//! for every ring-full of them. Instead the sender copies such a message into a shared
+//! region of its own, and pushes small frames into the ring that say where it lies. The
+//! receiver copies it out, once, and hands the ring space (and with it the region space)
+//! back at once.
 //!
-//! # The region is a byte ring of whole messages
+//! # Whole, or in pieces
 //!
-//! So that the sender can write message N+1 while the receiver copies message N out, the
-//! region holds several messages ([`RegionRing`]): each is placed whole at the region's
-//! next free offset, or at offset 0 when it does not fit before the end (the skipped tail
-//! is lost until the wrap, like a ring's padding). The sender reclaims a message's bytes
-//! once the consumer's published `head` has passed the ring position just after its
-//! `Large` frame: the receiver copies a message out before it releases that frame.
+//! A side that blocks (`WaitStrategy::Block`) sends a message whole, with one
+//! [`FrameKind::Large`] frame ([`LargeRef`]): one hand-off, one wake-up. Whole, it is
+//! written before the receiver starts to read it, two serial copies, through a region of
+//! twice the message that leaves the cache once messages are large, which made it slower
+//! than chunks for a side that spins. A side that spins (`Spin`) sends it in pieces
+//! instead (protocol 6; [`piece_len`]: even pieces of at most [`PIECE_LEN`], at least
+//! two), each announced by its own [`FrameKind::Piece`] frame ([`PieceRef`]: where the
+//! piece lies, and the whole message's length) as soon as the piece is in, so that the
+//! receiver copies piece k out while the sender writes piece k+1, as it does with chunks
+//! in the ring; a 1 MiB message is 8 hand-offs, where it was 32 chunks. The receiver puts
+//! the pieces together as it does chunks (`conn/receive.rs`), checks each frame as a
+//! `Large` one, and that the pieces agree on their message's length and add up to no more
+//! ([`Incoming::check_piece`], and the reassembly); a message that ends part-way is
+//! withdrawn with an `Abort` frame, as chunks are. (`Adaptive` sides keep to chunks;
+//! `conn/send.rs` says why, measured.)
+//!
+//! # The region is a byte ring of whole messages, or of pieces
+//!
+//! So that the sender can write message (or piece) N+1 while the receiver copies N out,
+//! the region holds several ([`RegionRing`]): each is placed whole at the region's next
+//! free offset, or at offset 0 when it does not fit before the end (the skipped tail is
+//! lost until the wrap, like a ring's padding). The sender reclaims its bytes once the
+//! consumer's published `head` has passed the ring position just after its frame: the
+//! receiver copies it out before it releases that frame, and publishes its head at once.
 //!
 //! # Sizes, and the memory bound
 //!
-//! A region holds at least two of the largest message placed so far: its capacity is
-//! `2 × len` rounded up to a power of two, at least [`REGION_GRAIN`], and never more than
-//! [`region_bound`]`(limit)`, which is `2 × limit` rounded up to [`REGION_GRAIN`] (`limit`
-//! being the connection's message limit in that direction). A larger message later makes a
-//! new, larger region (the next *generation*), once everything in the old one has been
-//! read; so each side holds at most one region per direction: its own outgoing one, and
-//! the peer's incoming one, each at most `region_bound(limit)` bytes.
+//! A region for whole messages holds at least two of the largest message placed so far:
+//! its capacity is `2 × len` rounded up to a power of two, at least [`REGION_GRAIN`], and
+//! never more than [`region_bound`]`(limit)`, which is `2 × limit` rounded up to
+//! [`REGION_GRAIN`] (`limit` being the connection's message limit in that direction). A
+//! larger message later makes a new, larger region (the next *generation*), once
+//! everything in the old one has been read. A region for pieces is
+//! [`pieces_region_capacity`]`(limit)`: [`PIECES_REGION`] (four pieces), or less for a
+//! small limit, made once and kept, so that it stays in the cache. Each side holds at
+//! most one region per direction: its own outgoing one, and the peer's incoming one, each
+//! at most `region_bound(limit)` bytes (a receiver cannot know how its peer sends).
 //!
 //! # Handing a region over
 //!
@@ -42,6 +63,7 @@
 //! ([`Incoming::check_frame`]).
 //!
 //! [`FrameKind::Large`]: crate::core::ring::FrameKind::Large
+//! [`FrameKind::Piece`]: crate::core::ring::FrameKind::Piece
 
 use std::collections::VecDeque;
 
@@ -85,6 +107,32 @@ pub(crate) fn region_capacity_for(len: usize, limit: usize) -> usize {
         .min(bound)
 }
 
+/// The longest piece a side that sends in pieces writes before it announces it.
+pub(crate) const PIECE_LEN: usize = 128 << 10;
+
+/// The region of a side that sends in pieces: a few pieces long, reused as the receiver
+/// reads them, so that it stays in the cache.
+pub(crate) const PIECES_REGION: usize = 512 << 10;
+
+/// The capacity of the region of a side that sends in pieces, for messages of at most
+/// `limit` bytes: [`PIECES_REGION`], or [`region_bound`]`(limit)` if that is smaller.
+pub(crate) fn pieces_region_capacity(limit: usize) -> usize {
+    PIECES_REGION.min(region_bound(limit))
+}
+
+/// The length of the next piece of a message of `total` bytes, `sent` of them sent, in a
+/// region of `capacity` bytes: the message is cut in even pieces (to whole cache lines,
+/// the last one shorter), as few as are at most [`PIECE_LEN`] and at most half the region
+/// long, and at least two, so that the receiver copies one piece out while the sender
+/// writes the next (a message in one piece would be two serial copies).
+pub(crate) fn piece_len(total: usize, sent: usize, capacity: usize) -> usize {
+    debug_assert!(sent < total);
+    let longest = PIECE_LEN.min(capacity / 2).max(1);
+    let pieces = total.div_ceil(longest).max(2);
+    let even = total.div_ceil(pieces).next_multiple_of(64).min(longest);
+    even.min(total - sent)
+}
+
 /// What a `Large` frame says: which region (by generation), and where in it the message
 /// lies. Fixed-width little-endian, like every length on the wire:
 ///
@@ -116,6 +164,41 @@ impl LargeRef {
             generation: u32::from_le_bytes(bytes[0..4].try_into().ok()?),
             offset: u64::from_le_bytes(bytes[4..12].try_into().ok()?),
             len: u64::from_le_bytes(bytes[12..20].try_into().ok()?),
+        })
+    }
+}
+
+/// Bytes of a [`FrameKind::Piece`](crate::core::ring::FrameKind::Piece) frame's payload.
+pub(crate) const PIECE_REF_LEN: usize = LARGE_REF_LEN + 8;
+
+/// What a `Piece` frame says: where one piece of a message lies in the sender's region
+/// (as a [`LargeRef`] says of a whole message), and the whole message's length, which
+/// every piece repeats so that each is checked against the first:
+///
+/// ```text
+/// 0..20   the piece, as a LargeRef: generation, offset, length
+/// 20..28  length of the whole message, u64
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PieceRef {
+    pub(crate) piece: LargeRef,
+    pub(crate) total: u64,
+}
+
+impl PieceRef {
+    pub(crate) fn encode(&self) -> [u8; PIECE_REF_LEN] {
+        let mut bytes = [0u8; PIECE_REF_LEN];
+        bytes[..LARGE_REF_LEN].copy_from_slice(&self.piece.encode());
+        bytes[LARGE_REF_LEN..].copy_from_slice(&self.total.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a frame's payload; `None` unless it is exactly [`PIECE_REF_LEN`] bytes.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<PieceRef> {
+        let bytes: &[u8; PIECE_REF_LEN] = bytes.try_into().ok()?;
+        Some(PieceRef {
+            piece: LargeRef::decode(&bytes[..LARGE_REF_LEN])?,
+            total: u64::from_le_bytes(bytes[LARGE_REF_LEN..].try_into().ok()?),
         })
     }
 }
@@ -305,6 +388,23 @@ impl Incoming {
         }
     }
 
+    /// Checks a `Piece` frame's payload: the piece as [`check_frame`](Self::check_frame)
+    /// checks a whole message, and the message's length it announces (at most the limit,
+    /// at least the piece). Returns the check of the piece, and that length. Whether the
+    /// pieces of a message agree with each other is the reassembly's check.
+    pub(crate) fn check_piece(&self, payload: &[u8]) -> Result<(FrameCheck, usize), &'static str> {
+        let piece = PieceRef::decode(payload).ok_or("a piece frame has the wrong length")?;
+        if piece.total > self.limit as u64 {
+            return Err("a message in pieces exceeds the connection's maximum size");
+        }
+        if piece.total < piece.piece.len {
+            return Err("a piece is longer than its message");
+        }
+        let checked = self.check_frame(&payload[..LARGE_REF_LEN])?;
+        // At most the limit, which is a usize.
+        Ok((checked, piece.total as usize))
+    }
+
     /// Checks the grant message read for the next generation: its kind, that it is the
     /// generation the frame named, and that the region is no larger than
     /// [`region_bound`] of our limit (so a peer cannot make us map more). Returns the
@@ -404,6 +504,85 @@ mod tests {
         assert!(ring.is_drained());
         // The whole capacity fits once everything is read.
         assert_eq!(ring.place(100).unwrap().offset, 0);
+    }
+
+    #[test]
+    fn messages_are_cut_in_even_pieces_at_least_two_within_half_the_region() {
+        let pieces = |total: usize, capacity: usize| {
+            let mut lens = Vec::new();
+            let mut sent = 0;
+            while sent < total {
+                let len = piece_len(total, sent, capacity);
+                assert!(len > 0 && len <= PIECE_LEN && len <= capacity / 2);
+                lens.push(len);
+                sent += len;
+            }
+            assert_eq!(sent, total);
+            lens
+        };
+        assert_eq!(pieces(1 << 20, 512 << 10), vec![128 << 10; 8]);
+        assert_eq!(pieces(64 << 10, 512 << 10), vec![32 << 10; 2]);
+        // To whole cache lines, the last one shorter.
+        assert_eq!(pieces(40_001, 512 << 10), vec![20_032, 19_969]);
+        assert_eq!(pieces((1 << 20) + 1, 512 << 10).len(), 9);
+        // A small region (a small limit): pieces of at most half of it.
+        assert_eq!(pieces(100 << 10, 64 << 10), vec![25_600; 4]);
+        assert_eq!(pieces(16 << 20, PIECES_REGION).len(), 128);
+        assert_eq!(pieces_region_capacity(16 << 20), PIECES_REGION);
+        assert_eq!(pieces_region_capacity(40 << 10), REGION_GRAIN * 2);
+    }
+
+    #[test]
+    fn pieces_are_checked_against_their_region_and_their_message() {
+        let piece = |offset, len, total| {
+            PieceRef {
+                piece: LargeRef {
+                    generation: 1,
+                    offset,
+                    len,
+                },
+                total,
+            }
+            .encode()
+        };
+        let encoded = piece(4, 5, 6);
+        assert_eq!(
+            PieceRef::decode(&encoded).map(|piece| (piece.piece.len, piece.total)),
+            Some((5, 6))
+        );
+        assert_eq!(PieceRef::decode(&encoded[..LARGE_REF_LEN]), None);
+        let mapped = incoming(Some((1, 4096)));
+        assert_eq!(
+            mapped.check_piece(&piece(96, 4000, 100_000)),
+            Ok((
+                FrameCheck::Mapped {
+                    offset: 96,
+                    len: 4000
+                },
+                100_000
+            ))
+        );
+        assert!(
+            mapped.check_piece(&piece(97, 4000, 100_000)).is_err(),
+            "past the end"
+        );
+        assert!(
+            mapped.check_piece(&piece(0, 4000, 3999)).is_err(),
+            "longer than its message"
+        );
+        assert!(
+            mapped.check_piece(&piece(0, 10, (1 << 20) + 1)).is_err(),
+            "over the limit"
+        );
+        assert!(mapped.check_piece(&piece(0, 0, 10)).is_err(), "empty");
+        assert!(
+            mapped.check_piece(&encoded[..LARGE_REF_LEN]).is_err(),
+            "a Large frame's payload"
+        );
+        assert_eq!(
+            incoming(None).check_piece(&piece(0, 10, 20)),
+            Ok((FrameCheck::NextGeneration, 20))
+        );
     }
 
     fn incoming(mapped: Option<(u32, u64)>) -> Incoming {

@@ -65,9 +65,14 @@
 //! `Message`); `Large`, a message larger than
 //! a frame, which lies in the sender's large-message region while its 20-byte frame says
 //! where (`core/large.rs`; the receiver publishes its head as soon as it has copied one
-//! out, because the sender reclaims the region by it); `First`, `Middle`, `Last` and
-//! `Abort`, a large message in chunks, which a sender uses only where it has no region
-//! (`conn/large.rs` says when); and `Padding`.
+//! out, because the sender reclaims the region by it); `Piece`, a piece of such a message
+//! in the same region, the message whole once its pieces add up to the length each
+//! announces (protocol 6: a side that spins sends large messages in pieces, one that
+//! blocks whole, `conn/send.rs` says why); `First`, `Middle`, `Last`, a large message in
+//! chunks, which an `Adaptive` side sends, and any where it has no region
+//! (`conn/large.rs` says when);
+//! `Abort`, which withdraws a message sent in part, in chunks or in pieces; and
+//! `Padding`.
 //!
 //! # Trust
 //!
@@ -111,7 +116,8 @@ pub(crate) enum FrameKind {
     Middle,
     /// The final chunk; the message is complete after it.
     Last,
-    /// The sender gave up on a chunked message (its send timed out): discard the chunks.
+    /// The sender gave up on a message sent in part, in chunks or in pieces (its send timed
+    /// out, or was cancelled): discard what came of it.
     Abort,
     /// A message larger than one frame, in the sender's large-message region: the payload
     /// says which region and where (`core::large::LargeRef`).
@@ -119,6 +125,10 @@ pub(crate) enum FrameKind {
     /// Several whole messages in one frame, each as `len u32 | bytes` ([`pack_entry`]),
     /// all with the frame's correlation id: what `feed` and `send_batch` write.
     Pack,
+    /// A piece of a message larger than one frame, in the sender's large-message region:
+    /// the payload says where, and the whole message's length
+    /// (`core::large::PieceRef`). The message is whole once its pieces add up to it.
+    Piece,
     /// Filler up to the end of the ring.
     Padding,
 }
@@ -133,6 +143,7 @@ impl FrameKind {
             FrameKind::Abort => 5,
             FrameKind::Large => 6,
             FrameKind::Pack => 7,
+            FrameKind::Piece => 8,
             FrameKind::Padding => 0xff,
         }
     }
@@ -146,6 +157,7 @@ impl FrameKind {
             5 => FrameKind::Abort,
             6 => FrameKind::Large,
             7 => FrameKind::Pack,
+            8 => FrameKind::Piece,
             0xff => FrameKind::Padding,
             _ => return None,
         })

@@ -23,7 +23,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGBELL";
 /// ring, and the region's grant on the control channel, which carried nothing after the
 /// handshake before.
 /// Version 6: messages fed (`feed`, `send_batch`) travel packed, several to a `Pack` frame
-/// (`core/ring.rs`), which a receiver of version 5 would refuse as an unknown kind.
+/// (`core/ring.rs`), which a receiver of version 5 would refuse as an unknown kind; and a
+/// message larger than one frame may go through the region in pieces, each announced by
+/// a `Piece` frame as soon as it is in (`core/large.rs`).
 pub(crate) const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection carries, which both ends must agree on: a client that makes calls

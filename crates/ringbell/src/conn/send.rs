@@ -121,17 +121,9 @@ impl Connection {
         let largest = PACKED_MAX_LEN
             .min(limit)
             .min(max_payload.saturating_sub(PACK_ENTRY_HEADER_LEN));
-        for (written, msg) in msgs.iter().enumerate() {
-            if msg.len() > largest {
-                return Ok(written);
-            }
-            match self.tx.try_write_packed(0, msg, max_payload) {
-                Ok(true) => {}
-                Ok(false) => return Ok(written),
-                Err(error) => return Err(self.fail_send(corrupted(error))),
-            }
-        }
-        Ok(msgs.len())
+        self.tx
+            .write_packed_run(msgs, largest, max_payload)
+            .map_err(|error| self.fail_send(corrupted(error)))
     }
 
     /// The checks before a send: the connection is usable, the message fits the limit

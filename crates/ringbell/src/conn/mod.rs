@@ -333,11 +333,14 @@ impl Connection {
     ///
     /// Messages of up to 1 KiB travel packed: several share one frame of the ring, each
     /// behind a 4-byte length instead of a 16-byte header of its own, and the connection's
-    /// checks (still open, the peer still there, the size limit) are made once for the
-    /// batch, not once per message. So a batch of small messages costs the sender little
-    /// more than copying them, and the receiver one frame to check; the receiver still
-    /// gets them one by one from [`recv`](Self::recv), or many at once from
-    /// [`recv_batch`](Self::recv_batch), whichever it calls.
+    /// checks (still open, the peer still there) are made once for the batch, not once
+    /// per message. So a batch of small messages costs the sender little more than
+    /// copying them, and the receiver one frame to check; the receiver still gets them
+    /// one by one from [`recv`](Self::recv), or many at once from
+    /// [`recv_batch`](Self::recv_batch), whichever it calls. A pack's room in the ring
+    /// (at most a quarter of it) goes back to the sender when its last message has been
+    /// received, not message by message: a peer that takes one message of a pack and
+    /// then waits to send holds that room meanwhile.
     ///
     /// ```no_run
     /// # use ringbell::{ClientConfig, Connection};

@@ -215,25 +215,50 @@ const PREFETCH_AHEAD: usize = 512;
 /// messages/s without, 99–107 M with.
 ///
 /// A hint only: it reads and writes nothing (so whatever the line holds, and whoever
-/// writes it, nothing changes), and cannot fault. `PREFETCHW` is on every x86-64 CPU that
-/// ringbell targets (Intel since Broadwell, AMD since the first); older Intel CPUs run
-/// the encoding as a no-op. Elsewhere (and under Miri, which runs no assembly) this does
-/// nothing: the ARM equivalent (`PRFM PSTL1KEEP`) would only be compiled here, never run,
-/// so it is left out until it can be measured.
+/// writes it, nothing changes), and cannot fault. Issued only where the CPU says it has
+/// the instruction (CPUID's PRFCHW bit, looked up once): some Intel CPUs without the bit
+/// run it as a no-op, the first 64-bit ones would refuse it. Elsewhere (and under Miri,
+/// which runs no assembly) this does nothing: the ARM equivalent (`PRFM PSTL1KEEP`) would
+/// only be compiled here, never run, so it is left out until it can be measured.
 #[inline(always)]
 fn prefetch_for_write(data: *mut u8, pos: usize) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: a prefetch accesses no memory that the program can observe; `pos` lies
-    // inside the ring (the callers mask it), so the address is in our mapping anyway.
-    unsafe {
-        std::arch::asm!(
-            "prefetchw [{}]",
-            in(reg) data.add(pos),
-            options(nostack, preserves_flags, readonly)
-        );
+    if has_prefetchw() {
+        // SAFETY: the CPU has the instruction (checked just above); a prefetch accesses no
+        // memory that the program can observe, and `pos` lies inside the ring (the
+        // callers mask it), so the address is in our mapping anyway.
+        unsafe {
+            std::arch::asm!(
+                "prefetchw [{}]",
+                in(reg) data.add(pos),
+                options(nostack, preserves_flags, readonly)
+            );
+        }
     }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = (data, pos);
+}
+
+/// Whether this CPU has `PREFETCHW` (CPUID leaf 0x8000_0001, ECX bit 8), looked up once.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn has_prefetchw() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    const NO: u8 = 2;
+    static KNOWN: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match KNOWN.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => {
+            // Leaf 0x8000_0000 says which extended leaves exist.
+            use std::arch::x86_64::__cpuid;
+            let has =
+                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+            KNOWN.store(if has { YES } else { NO }, Ordering::Relaxed);
+            has
+        }
+    }
 }
 
 /// Bytes before each message in a [`FrameKind::Pack`] frame: its length.
@@ -1460,6 +1485,31 @@ mod tests {
         }
         producer.publish();
         while read_one(&mut consumer, &mut cursor).is_some() {}
+        assert_eq!(consumer.head(), producer.tail);
+    }
+
+    #[test]
+    fn a_failed_write_in_place_after_a_pack_leaves_the_pack_whole() {
+        let mut heap = HeapRing::new(1024);
+        let mut producer = Producer::new(heap.raw());
+        let mut consumer = Consumer::new(heap.raw());
+        let limit = max_frame_payload(1024);
+        assert!(producer.try_write_packed(0, b"one", limit).unwrap());
+        assert!(producer.try_write_packed(0, b"two", limit).unwrap());
+        // Closes the pack, then writes nothing.
+        let failed = producer
+            .try_write_with(FrameKind::Message, 0, 40, |_| Err::<(), ()>(()))
+            .unwrap();
+        assert_eq!(failed, Some(Err(())));
+        assert!(producer.try_write_packed(0, b"three", limit).unwrap());
+        producer.publish();
+        let mut cursor = None;
+        let mut got = Vec::new();
+        while let Some((kind, bytes)) = read_one(&mut consumer, &mut cursor) {
+            assert_eq!(kind, FrameKind::Message);
+            got.push(bytes);
+        }
+        assert_eq!(got, [&b"one"[..], b"two", b"three"]);
         assert_eq!(consumer.head(), producer.tail);
     }
 

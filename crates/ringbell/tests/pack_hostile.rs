@@ -18,6 +18,8 @@ use common::{
     accept_from, param, report, shared_test, sleep_until_killed, ChildProcess, Context, Scribbler,
     SocketPath, CLIENT_TO_SERVER, DATA_OFFSET, PATIENCE, RINGS_OFFSET, RING_CONTROL_LEN,
 };
+use std::time::Duration;
+
 use ringbell::{Batch, ClientConfig, Connection, Error, Server, ServerConfig};
 
 /// The server's ring.
@@ -26,6 +28,15 @@ const RING: usize = 4096;
 const MAX_MESSAGE: usize = 500;
 /// `FrameKind::Pack` on the wire.
 const PACK: u8 = 7;
+/// The variant whose pack is published `LATE_BY` after the child says "ready", so that
+/// the server is (almost always) already waiting in its receive when the pack arrives:
+/// `recv_batch` then takes the first message the ordinary way and the rest of the pack
+/// after it (`take_rest_of_pack`), which must keep the wrong entry for the next call. If
+/// the server were slower than that, the pack would be taken in a run, as in
+/// `runs_past_its_pack`, with the same outcome; nothing depends on the timing but which
+/// path is exercised.
+const LATE: &str = "runs_past_its_pack_late";
+const LATE_BY: Duration = Duration::from_millis(300);
 
 #[test]
 fn child_entry() {
@@ -49,9 +60,13 @@ fn role_hostile_pack_client() -> Result<(), String> {
         Connection::connect(param("RB_PATH"), ClientConfig::default()).context("connecting")?;
     let segment = Scribbler::find(&conn)?;
     let first = entry(b"first");
-    let payload: Vec<u8> = match param("RB_VARIANT").as_str() {
-        // The second entry says 200 bytes; 2 follow.
-        "runs_past_its_pack" => [first, 200u32.to_le_bytes().to_vec(), b"xy".to_vec()].concat(),
+    let variant = param("RB_VARIANT");
+    let payload: Vec<u8> = match variant.as_str() {
+        // The second entry says 200 bytes; 2 follow. Published at once, or a moment after
+        // the parent was told to start receiving (see `LATE`).
+        "runs_past_its_pack" | LATE => {
+            [first, 200u32.to_le_bytes().to_vec(), b"xy".to_vec()].concat()
+        }
         // Two bytes left: not even a length.
         "cut_inside_a_length" => [first, vec![1, 0]].concat(),
         // A second message larger than the server's limit.
@@ -64,6 +79,10 @@ fn role_hostile_pack_client() -> Result<(), String> {
     frame.extend_from_slice(&payload);
     frame.resize(frame.len().next_multiple_of(8), 0);
     segment.write_bytes(DATA_OFFSET, &frame);
+    if variant == LATE {
+        report("ready");
+        std::thread::sleep(LATE_BY);
+    }
     let tail_word = RINGS_OFFSET + CLIENT_TO_SERVER * RING_CONTROL_LEN;
     segment.store_word(tail_word, frame.len() as u64);
     report("forged");
@@ -93,7 +112,7 @@ fn is_reported_as_corrupted(variant: &str, expected_detail: &str) {
             &[("RB_PATH", socket.param()), ("RB_VARIANT", variant.into())],
         );
         let mut conn = accept_from(&server, &mut hostile);
-        hostile.expect_line("forged");
+        hostile.expect_line(if variant == LATE { "ready" } else { "forged" });
         let mut buf = Vec::new();
         let mut batch = Batch::new();
         let mut receive = |conn: &mut Connection| -> Result<Vec<Vec<u8>>, Error> {
@@ -169,6 +188,11 @@ fn still_serves(server: &Server, socket: &SocketPath) {
 #[test]
 fn a_packed_message_running_past_its_pack_is_corruption() {
     is_reported_as_corrupted("runs_past_its_pack", "runs past its pack");
+}
+
+#[test]
+fn a_packed_message_running_past_its_pack_while_the_server_waits_is_corruption() {
+    is_reported_as_corrupted(LATE, "runs past its pack");
 }
 
 #[test]

@@ -192,20 +192,12 @@ impl Connection {
     /// the batch. An error after the first message in the batch is kept for the next call
     /// (a batch is never cut by an error): the cursor stays at the entry that is wrong.
     fn take_rest_of_pack(&mut self, batch: &mut Batch, limit: usize) {
-        while batch.len() < limit {
-            let Some(mut cursor) = self.rx_pack else {
-                break;
-            };
+        while batch.len() < limit && self.rx_pack.is_some() {
             let start = batch.bytes.len();
-            let max_len = self.receive_limit();
-            let Ok(packed) = self.rx.take_packed(&mut cursor, max_len, &mut batch.bytes) else {
+            let Ok(received) = self.take_from_pack(&mut batch.bytes) else {
                 break;
             };
-            if packed.published {
-                self.wake_writer();
-            }
-            self.rx_pack = (!packed.last).then_some(cursor);
-            batch.messages.push(start..start + packed.len);
+            batch.messages.push(start..start + received.len);
         }
     }
 

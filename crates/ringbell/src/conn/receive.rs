@@ -140,8 +140,8 @@ impl Connection {
     ) -> Result<Option<Received>, Error> {
         buf.clear();
         self.awaiting_budget = false;
-        if let Some(cursor) = self.rx_pack.take() {
-            return self.take_from_pack(cursor, buf).map(Some);
+        if self.rx_pack.is_some() {
+            return self.take_from_pack(buf).map(Some);
         }
         // The chunked message in progress; its bytes are in `buf`.
         let mut chunked: Option<InProgress> = None;
@@ -259,7 +259,8 @@ impl Connection {
                             detail: "a pack holds no message",
                         });
                     }
-                    return self.take_from_pack(PackCursor::new(frame), buf).map(Some);
+                    self.rx_pack = Some(PackCursor::new(frame));
+                    return self.take_from_pack(buf).map(Some);
                 }
                 (FrameKind::First, None) => {
                     let mut total = [0u8; 8];
@@ -392,13 +393,14 @@ impl Connection {
         }
     }
 
-    /// Takes the next message of the pack `cursor` is in, appending it to `buf`; keeps the
-    /// cursor for the next receive unless it was the last.
-    pub(super) fn take_from_pack(
-        &mut self,
-        mut cursor: PackCursor,
-        buf: &mut Vec<u8>,
-    ) -> Result<Received, Error> {
+    /// Takes the next message of the pack being received (`rx_pack`, which the caller
+    /// checked is set), appending it to `buf`; the cursor goes with the pack's last
+    /// message. On an error the cursor stays at the wrong entry, so that the error, not
+    /// the pack read anew from its start, is what a later receive meets.
+    pub(super) fn take_from_pack(&mut self, buf: &mut Vec<u8>) -> Result<Received, Error> {
+        let Some(mut cursor) = self.rx_pack else {
+            unreachable!("take_from_pack without a pack being received");
+        };
         let max_len = self.receive_limit();
         let packed = self
             .rx
@@ -407,9 +409,7 @@ impl Connection {
         if packed.published {
             self.wake_writer();
         }
-        if !packed.last {
-            self.rx_pack = Some(cursor);
-        }
+        self.rx_pack = (!packed.last).then_some(cursor);
         Ok(Received {
             len: packed.len,
             correlation: cursor.correlation(),

@@ -246,6 +246,8 @@ fn has_prefetchw() -> bool {
     const UNKNOWN: u8 = 0;
     const YES: u8 = 1;
     const NO: u8 = 2;
+    // Relaxed, pairing with nothing: it caches the answer of an idempotent lookup, which
+    // any thread may make again, and guards no other memory.
     static KNOWN: AtomicU8 = AtomicU8::new(UNKNOWN);
     match KNOWN.load(Ordering::Relaxed) {
         YES => true,

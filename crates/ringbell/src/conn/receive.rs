@@ -184,6 +184,9 @@ impl Connection {
                             (Some(deadline), Some(quiet)) => Some(deadline.min(quiet)),
                             (deadline, quiet) => deadline.or(quiet),
                         };
+                        // Cache hints: what we sent last goes towards the peer, the
+                        // lines our next message goes to come to us (see there).
+                        self.tx.prepare_to_wait();
                         let (rx, header, side) = (&mut self.rx, self.segment.header(), self.side);
                         let waited = wait_on(
                             &self.settings.wait,

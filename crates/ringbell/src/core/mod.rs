@@ -8,10 +8,12 @@
 //! - [`wait`]: the sleep/wake protocol and the `WaitStrategy` loop;
 //! - [`in_flight`]: the table of calls awaiting their replies;
 //! - [`call`]: the call protocol: opening, streams, credit, cancellation and replies;
+//! - [`hints`]: cache hints (prefetch for writing, demotion) for the ring's hot paths;
 //! - [`sync`]: the one place atomics come from.
 
 #[cfg(not(loom))]
 pub(crate) mod call;
+pub(crate) mod hints;
 #[cfg(any(ringbell_async, loom))]
 pub(crate) mod in_flight;
 pub(crate) mod large;

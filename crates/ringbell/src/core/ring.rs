@@ -86,6 +86,7 @@
 
 use std::ptr;
 
+use crate::core::hints::{self, CACHE_LINE};
 use crate::core::layout::RingControl;
 use crate::core::sync::Ordering;
 
@@ -202,66 +203,18 @@ impl FrameHeader {
 pub(crate) struct RingError(pub(crate) &'static str);
 
 /// How far ahead of where it writes [`Producer::write_packed_run`] asks for the ring's
-/// lines (see [`prefetch_for_write`]): 8 lines, about 7 messages of 64 bytes. 256 B and
+/// lines (see [`prefetch_for_write`](hints::prefetch_for_write)): 8 lines, about 7 messages of 64 bytes. 256 B and
 /// 1 KiB measured the same, 2 KiB a little less (examples/batches.rs, interleaved).
 const PREFETCH_AHEAD: usize = 512;
 
-/// Asks the CPU to fetch the line at ring position `pos` for writing (x86's `PREFETCHW`),
-/// without waiting for it. A producer's stores go to lines that the consumer's core read
-/// last; each store then waits in the store buffer, in order, for its line to come back,
-/// and a run of small messages stalls on them one after the other. Asked for ahead, the
-/// lines travel while earlier messages are written. Measured on a run of 64-byte packed
-/// messages (examples/batches.rs, six interleaved pairs on the 2-vCPU VM): 28.6–39.4 M
-/// messages/s without, 99–107 M with.
-///
-/// A hint only: it reads and writes nothing (so whatever the line holds, and whoever
-/// writes it, nothing changes), and cannot fault. Issued only where the CPU says it has
-/// the instruction (CPUID's PRFCHW bit, looked up once): some Intel CPUs without the bit
-/// run it as a no-op, the first 64-bit ones would refuse it. Elsewhere (and under Miri,
-/// which runs no assembly) this does nothing: the ARM equivalent (`PRFM PSTL1KEEP`) would
-/// only be compiled here, never run, so it is left out until it can be measured.
-#[inline(always)]
-fn prefetch_for_write(data: *mut u8, pos: usize) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    if has_prefetchw() {
-        // SAFETY: the CPU has the instruction (checked just above); a prefetch accesses no
-        // memory that the program can observe, and `pos` lies inside the ring (the
-        // callers mask it), so the address is in our mapping anyway.
-        unsafe {
-            std::arch::asm!(
-                "prefetchw [{}]",
-                in(reg) data.add(pos),
-                options(nostack, preserves_flags, readonly)
-            );
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = (data, pos);
-}
+/// The largest publication whose lines [`Producer::prepare_to_wait`] demotes: a few
+/// lines, a frame of a small message (the round trips that wait on each line), not a
+/// batch, whose consumer is busy with its earlier lines anyway.
+const DEMOTE_BEFORE_WAIT_MAX: usize = 4 * CACHE_LINE;
 
-/// Whether this CPU has `PREFETCHW` (CPUID leaf 0x8000_0001, ECX bit 8), looked up once.
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-fn has_prefetchw() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    const UNKNOWN: u8 = 0;
-    const YES: u8 = 1;
-    const NO: u8 = 2;
-    // Relaxed, pairing with nothing: it caches the answer of an idempotent lookup, which
-    // any thread may make again, and guards no other memory.
-    static KNOWN: AtomicU8 = AtomicU8::new(UNKNOWN);
-    match KNOWN.load(Ordering::Relaxed) {
-        YES => true,
-        NO => false,
-        _ => {
-            // Leaf 0x8000_0000 says which extended leaves exist.
-            use std::arch::x86_64::__cpuid;
-            let has =
-                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
-            KNOWN.store(if has { YES } else { NO }, Ordering::Relaxed);
-            has
-        }
-    }
-}
+/// How much of where the next message goes [`Producer::prepare_to_wait`] asks for: a
+/// frame's header and a small message. Three lines measured the same as two.
+const PREFETCH_BEFORE_WAIT: usize = 2 * CACHE_LINE;
 
 /// Bytes before each message in a [`FrameKind::Pack`] frame: its length.
 pub(crate) const PACK_ENTRY_HEADER_LEN: usize = 4;
@@ -385,6 +338,9 @@ pub(crate) struct Producer {
     /// header is written when it is closed: by the next frame of another kind, by a
     /// message that does not fit it, or by [`publish`](Producer::publish).
     pack: Option<OpenPack>,
+    /// The last publication, while it is small and not yet demoted (see
+    /// [`prepare_to_wait`](Producer::prepare_to_wait)).
+    to_demote: Option<std::ops::Range<u64>>,
 }
 
 /// A [`FrameKind::Pack`] frame still growing: its entries are in the ring (and counted in
@@ -414,6 +370,7 @@ impl Producer {
             published: 0,
             cached_head: 0,
             pack: None,
+            to_demote: None,
         }
     }
 
@@ -454,6 +411,19 @@ impl Producer {
     pub(crate) fn consumer_head(&mut self) -> Result<u64, RingError> {
         self.reload_head()?;
         Ok(self.cached_head)
+    }
+
+    /// Asks for the lines of the next `bytes` to be written, where they are free (by the
+    /// cached head), with [`hints::prefetch_for_write`].
+    fn prefetch_next(&self, bytes: usize) {
+        let bytes = bytes.min(self.free_with(self.cached_head));
+        let start = self.ring.position(self.tail) & !(CACHE_LINE - 1);
+        let mut offset = 0;
+        while offset < bytes {
+            let pos = (start + offset) & (self.ring.capacity - 1);
+            hints::prefetch_for_write(self.ring.data.wrapping_add(pos));
+            offset += CACHE_LINE;
+        }
     }
 
     /// Bytes in the ring.
@@ -692,7 +662,7 @@ impl Producer {
     /// consumer last read, which the CPU must take back from the other core before the
     /// stores leave its store buffer (in order): fewer stores of our own between them
     /// means more messages' lines fetched at once, and the lines a few messages ahead are
-    /// asked for before they are written ([`prefetch_for_write`]). Measured:
+    /// asked for before they are written ([`prefetch_for_write`](hints::prefetch_for_write)). Measured:
     /// docs/BENCHMARKS.md, "Packed batches".
     ///
     /// [`try_write_packed`]: Self::try_write_packed
@@ -725,7 +695,7 @@ impl Producer {
                     // Only into free space: a line the consumer still reads stays with it.
                     if free > extra + PREFETCH_AHEAD {
                         let ahead = (at + PREFETCH_AHEAD) & (self.ring.capacity - 1);
-                        prefetch_for_write(self.ring.data, ahead);
+                        hints::prefetch_for_write(self.ring.data.wrapping_add(ahead));
                     }
                     self.write_entry(at, msg);
                     free -= extra;
@@ -809,11 +779,44 @@ impl Producer {
         if self.published == self.tail {
             return false;
         }
+        let from = self.published;
         self.published = self.tail;
         // SYNC: pairs with the Acquire load of `tail` in `Consumer::reload_tail`: the frames'
         // bytes are visible before the consumer can see that they were published.
         self.ring.control().tail.store(self.tail, Ordering::Release);
+        self.to_demote =
+            (self.tail - from <= DEMOTE_BEFORE_WAIT_MAX as u64).then_some(from..self.tail);
         true
+    }
+
+    /// Readies the ring for a wait on the peer's answer to what was just published, by
+    /// cache hints ([`hints`]): the lines of that publication (if it was small: a
+    /// request, a reply) and the tail's line go towards the cache both cores share,
+    /// where the consumer reads them sooner than from this core; and the lines the next
+    /// message will go to are asked for, so that they travel during the wait rather than
+    /// while it is written. Once per publication; nothing else changes.
+    ///
+    /// Not at `publish` itself: a producer that publishes message after message would
+    /// write again at once to the lines it had just pushed away (one message at a time
+    /// at 64 B, demoting at each publication measured 0.25–0.32 against 0.96–0.97 GB/s).
+    /// A side that waits has nothing more to write for now. Measured on 64-byte spinning
+    /// round trips (`ringbell serve`/`ping --wait spin`, pinned, the 2-vCPU VM, 4
+    /// interleaved runs): p50 0.72–0.75 µs with the prefetch alone, 0.61–0.70 µs with
+    /// both; against 0.82–0.86 µs with neither (5 runs, an earlier set).
+    pub(crate) fn prepare_to_wait(&mut self) {
+        if self.tail != self.published {
+            // Frames written and not published: the caller publishes before it waits.
+            return;
+        }
+        self.prefetch_next(PREFETCH_BEFORE_WAIT);
+        if let Some(published) = self.to_demote.take() {
+            let mut line = published.start & !(CACHE_LINE as u64 - 1);
+            while line < published.end {
+                hints::demote(self.ring.data.wrapping_add(self.ring.position(line)));
+                line += CACHE_LINE as u64;
+            }
+            hints::demote(std::ptr::from_ref(&self.ring.control().tail).cast());
+        }
     }
 }
 

@@ -187,7 +187,8 @@ impl Connection {
                         // Cache hints: what we sent last goes towards the peer, the
                         // lines our next message goes to come to us (see there).
                         self.tx.prepare_to_wait();
-                        let (rx, header, side) = (&mut self.rx, self.segment.header(), self.side);
+                        let (rx, tx, header, side) =
+                            (&mut self.rx, &mut self.tx, self.segment.header(), self.side);
                         let waited = wait_on(
                             &self.settings.wait,
                             &mut self.learned.data,
@@ -206,6 +207,10 @@ impl Connection {
                                     thorough,
                                 )
                             },
+                            // The peer taking what we sent (a request, the pieces of a
+                            // large one) is the peer at work on it: see `wait_until`. A
+                            // wrong index is ignored here; the next send reports it.
+                            || tx.consumer_head().ok(),
                         )?;
                         if waited == Waited::TimedOut {
                             if let Some((quiet, idle)) = quiet {

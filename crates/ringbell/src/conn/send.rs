@@ -391,6 +391,8 @@ impl Connection {
                     || peer_closed(header, side))
             },
             |thorough| peer_alive(&self.control, &self.own_doorbell, header, side, thorough),
+            // The peer's progress is this wait's very condition: nothing more to watch.
+            || None,
         )
     }
 }

@@ -383,6 +383,7 @@ pub(super) fn wait_on<E>(
     peer_check_due: &mut Option<Instant>,
     ready: impl FnMut() -> Result<bool, E>,
     peer_alive: impl FnMut(bool) -> Result<(), E>,
+    peer_progress: impl FnMut() -> Option<u64>,
 ) -> Result<Waited, E> {
     match sys::shared_wait() {
         Some(shared) => wait::wait_until(
@@ -397,6 +398,7 @@ pub(super) fn wait_on<E>(
             peer_check_due,
             ready,
             peer_alive,
+            peer_progress,
         ),
         None => wait::wait_until(
             strategy,
@@ -407,6 +409,7 @@ pub(super) fn wait_on<E>(
             peer_check_due,
             ready,
             peer_alive,
+            peer_progress,
         ),
     }
 }

@@ -60,6 +60,14 @@ const SPINS_PER_CLOCK_READ: u32 = 64;
 /// peer it waits for.
 const YIELD_AFTER: Duration = Duration::from_micros(2);
 
+/// How far the peer's progress can stretch a spin (see [`wait_until`]): its budget counts
+/// from the last progress seen, but only progress seen within this many budgets of the
+/// wait's start counts. The peer's unread share of what we sent is bounded (our ring and
+/// our region's few pieces: well under a millisecond of copying), so an honest peer's
+/// progress ends long before; a peer that crawls through our data a few bytes at a time
+/// holds us spinning for at most one budget more than this many, then we sleep.
+const PROGRESS_SPIN_CAP: u32 = 4;
+
 /// Of the recent waits, the share that ended within the spin budget is kept in units of
 /// `1 / QUICK_SCALE`.
 const QUICK_SCALE: u32 = 1024;
@@ -87,6 +95,11 @@ const PROBE_EVERY_MAX: u16 = 64;
 /// when the peer is quick and wake-ups are cheap). A wait that ends at its timeout
 /// teaches nothing. `Spin` and `Block` learn nothing: they are the user's fixed choice.
 ///
+/// A wait that slept at once and ended past the ceiling teaches nothing: its time includes
+/// the wake-up's own latency, so it cannot tell whether spinning would have paid (counted
+/// as slow, such waits outvoted the probes, and a side whose peer mostly answered within
+/// the ceiling stayed asleep).
+///
 /// The cost while spinning does not pay is one probe's budget per 8 to 64 waits: at most
 /// 6 µs a wait with the default 50 µs, against 50 µs for a fixed spin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +112,8 @@ pub(crate) struct SpinLearner {
     probe_every: u16,
     /// The current wait is a probe.
     probing: bool,
+    /// The current wait sleeps at once (no spin, and not a probe).
+    sleeping_at_once: bool,
 }
 
 impl Default for SpinLearner {
@@ -109,6 +124,7 @@ impl Default for SpinLearner {
             since_probe: 0,
             probe_every: PROBE_EVERY_MIN,
             probing: false,
+            sleeping_at_once: false,
         }
     }
 }
@@ -122,6 +138,7 @@ impl SpinLearner {
             WaitStrategy::Block => return Some(Duration::ZERO),
             WaitStrategy::Adaptive { spin } => spin,
         };
+        self.sleeping_at_once = false;
         if ceiling.is_zero() || self.spinning_pays() {
             return Some(ceiling);
         }
@@ -131,6 +148,7 @@ impl SpinLearner {
             self.probing = true;
             return Some(ceiling);
         }
+        self.sleeping_at_once = true;
         Some(Duration::ZERO)
     }
 
@@ -140,6 +158,14 @@ impl SpinLearner {
             return;
         };
         let quick = waited <= ceiling;
+        // A wait that slept at once and ended past the ceiling teaches nothing: its time
+        // includes the wake-up's own latency (15-80 µs here), so it cannot tell whether
+        // the condition came within the ceiling. Counted as slow, such waits kept a side
+        // asleep for a peer that mostly answered in time (the probes alone could not
+        // outvote them). Its probes and its quick sleeps still teach.
+        if std::mem::take(&mut self.sleeping_at_once) && !quick {
+            return;
+        }
         let target = if quick { QUICK_SCALE } else { 0 };
         // Rounded towards the target, so that a run of one outcome reaches it.
         self.quick = if target >= self.quick {
@@ -371,6 +397,13 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 /// even a loop of waits shorter than the interval checks the peer that often. When the
 /// peer is gone, `ready()` is asked once more (it may have published and then gone) and
 /// the failure is returned only if nothing is ready.
+///
+/// `peer_progress()` is a value that moves while the peer works through what this side
+/// sent it (the consumer's index of our outgoing ring), or `None` where there is nothing
+/// to watch. While it moves, the peer is busy with our last message and its answer cannot
+/// come before it is done, so the spin's budget (and the time the learner is taught)
+/// counts from the last move seen, not from the start of the wait; see
+/// [`PROGRESS_SPIN_CAP`] for the bound.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn wait_until<E>(
     strategy: &WaitStrategy,
@@ -381,9 +414,10 @@ pub(crate) fn wait_until<E>(
     peer_check_due: &mut Option<Instant>,
     ready: impl FnMut() -> Result<bool, E>,
     peer_alive: impl FnMut(bool) -> Result<(), E>,
+    peer_progress: impl FnMut() -> Option<u64>,
 ) -> Result<Waited, E> {
-    // The wait's first look at the clock, if it got so far: a wait that ends within its
-    // first spins took no time worth a clock read.
+    // The wait's first look at the clock (if it got so far: a wait that ends within its
+    // first spins took no time worth a clock read), moved on to the peer's last progress.
     let mut started = None;
     let spin_budget = learner.budget(strategy);
     let waited = wait_inner(
@@ -395,6 +429,7 @@ pub(crate) fn wait_until<E>(
         &mut started,
         ready,
         peer_alive,
+        peer_progress,
     );
     if let Ok(Waited::Ready) = waited {
         let took = started.map_or(Duration::ZERO, |started: Instant| started.elapsed());
@@ -413,11 +448,18 @@ fn wait_inner<E>(
     started: &mut Option<Instant>,
     mut ready: impl FnMut() -> Result<bool, E>,
     mut peer_alive: impl FnMut(bool) -> Result<(), E>,
+    mut peer_progress: impl FnMut() -> Option<u64>,
 ) -> Result<Waited, E> {
     // Spin phase. The clock is first read after a round of spins, not on entry: a peer
     // that answers within nanoseconds (streaming) should not pay for a clock read per
     // message.
     if spin_budget != Some(Duration::ZERO) {
+        let mut first_look: Option<Instant> = None;
+        let mut progress = if spin_budget.is_some() {
+            peer_progress()
+        } else {
+            None
+        };
         loop {
             for _ in 0..SPINS_PER_CLOCK_READ {
                 if ready()? {
@@ -426,6 +468,17 @@ fn wait_inner<E>(
                 spin_loop();
             }
             let now = Instant::now();
+            let first = *first_look.get_or_insert(now);
+            // (A `Spin` wait has no budget to stretch, so it does not look.)
+            if let Some(budget) = spin_budget {
+                let moved = peer_progress();
+                if moved.is_some() && moved != progress {
+                    progress = moved;
+                    if now.duration_since(first) < budget * PROGRESS_SPIN_CAP {
+                        *started = Some(now);
+                    }
+                }
+            }
             let since = *started.get_or_insert(now);
             if let Some(end) = check_peer(now, peer_check_due, &mut peer_alive, &mut ready) {
                 return end;
@@ -436,7 +489,7 @@ fn wait_inner<E>(
             if spin_budget.is_some_and(|budget| now.duration_since(since) >= budget) {
                 break;
             }
-            yield_if_spinning_long(since, now);
+            yield_if_spinning_long(first, now);
         }
     }
     // Sleep phase: in slices that end when the next thorough peer check is due, so that a
@@ -612,6 +665,31 @@ mod tests {
     }
 
     #[test]
+    fn a_learner_asleep_is_not_kept_asleep_by_its_own_wake_up_latency() {
+        // A peer that answers within the budget four times in five, as a spinning wait
+        // sees it; a wait that slept at once sees every answer late, by the wake-up's own
+        // latency. Those late sleeps must not outvote the probes: the learner, put to
+        // sleep by a slow spell, spins again.
+        let mut learner = SpinLearner::default();
+        waits(&mut learner, 200, SLOW);
+        let mut budgets = Vec::new();
+        for wait in 0..600 {
+            let budget = learner.budget(&ADAPTIVE).expect("Adaptive has a budget");
+            let took = if budget.is_zero() {
+                CEILING + Duration::from_micros(60)
+            } else if wait % 5 == 4 {
+                CEILING + Duration::from_micros(20)
+            } else {
+                CEILING - Duration::from_micros(5)
+            };
+            learner.learn(&ADAPTIVE, took);
+            budgets.push(budget);
+        }
+        let spun = spins(&budgets[500..]);
+        assert!(spun >= 90, "spun in {spun} of the last 100 waits");
+    }
+
+    #[test]
     fn a_learner_obeys_spin_and_block_and_learns_nothing_from_them() {
         let mut learner = SpinLearner::default();
         for _ in 0..100 {
@@ -621,6 +699,73 @@ mod tests {
             learner.learn(&WaitStrategy::Block, SLOW);
         }
         assert_eq!(learner, SpinLearner::default());
+    }
+
+    /// Waits under [`ADAPTIVE`], with a sleeper that returns at once and counts its
+    /// sleeps, until `ready(started, sleeps)` (or a 5 s deadline), the peer's progress
+    /// reading as `progress()`. Returns how the wait ended and how often it slept.
+    fn wait_watching_progress(
+        mut ready: impl FnMut(Instant, usize) -> bool,
+        progress: impl FnMut() -> Option<u64>,
+    ) -> (Waited, usize) {
+        let cell = WaitCell {
+            seq: AtomicU32::new(0),
+            sleeping: AtomicU32::new(0),
+        };
+        let slept = RefCell::new(Vec::new());
+        let sleeper = Recording {
+            announcement: SLEEP_FUTEX,
+            woke: Woke::Maybe,
+            cell: &cell,
+            seen: &slept,
+        };
+        let started = Instant::now();
+        let waited = wait_until(
+            &ADAPTIVE,
+            &mut SpinLearner::default(),
+            &cell,
+            &sleeper,
+            deadline_after(Duration::from_secs(5)),
+            &mut None,
+            || Ok::<bool, ()>(ready(started, slept.borrow().len())),
+            |_thorough| Ok(()),
+            progress,
+        )
+        .unwrap();
+        let sleeps = slept.borrow().len();
+        (waited, sleeps)
+    }
+
+    /// A progress reading that moves at every look.
+    fn moving() -> impl FnMut() -> Option<u64> {
+        let mut index = 0;
+        move || {
+            index += 1;
+            Some(index)
+        }
+    }
+
+    #[test]
+    fn a_peer_at_work_on_what_we_sent_keeps_the_spin_going_past_its_budget() {
+        // Ready after three budgets, within the cap: the peer was busy all along, so the
+        // wait spins through and never sleeps. (If the thread is descheduled past the cap,
+        // the condition holds by the time it runs again, which ends the wait at once.)
+        let (waited, sleeps) =
+            wait_watching_progress(|started, _| started.elapsed() >= CEILING * 3, moving());
+        assert_eq!((waited, sleeps), (Waited::Ready, 0));
+        // The same wait without progress sleeps once its budget is spent.
+        let (waited, sleeps) =
+            wait_watching_progress(|started, _| started.elapsed() >= CEILING * 3, || Some(7));
+        assert_eq!(waited, Waited::Ready);
+        assert!(sleeps > 0, "a wait with a still peer never slept");
+    }
+
+    #[test]
+    fn a_peer_crawling_through_what_we_sent_stretches_the_spin_only_so_far() {
+        // Progress at every look, for ever, and ready only once the wait has slept: the
+        // cap must end the spin, or the wait runs into its deadline.
+        let (waited, sleeps) = wait_watching_progress(|_, sleeps| sleeps > 0, moving());
+        assert_eq!((waited, sleeps), (Waited::Ready, 1));
     }
 }
 

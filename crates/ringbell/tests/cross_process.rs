@@ -731,14 +731,14 @@ fn recv_timeout_leaves_the_connection_usable() {
 
 /// A send that times out waiting for room delivers none of it, the message after it
 /// arrives intact, and so do those sent before it: sent whole (a blocking client), its
-/// frame is pushed only once the message is in the region; in pieces (a spinning one) or
-/// in chunks (an adaptive one, or a Windows client, which has no region), the part already
-/// in the ring is withdrawn with an abort frame.
+/// frame is pushed only once the message is in the region; in pieces (a spinning or an
+/// adaptive one) or in chunks (a Windows client, which has no region), the part already in
+/// the ring is withdrawn with an abort frame.
 #[test]
 fn send_timeout_delivers_nothing_of_the_timed_out_message() {
     let _test = shared_test("send_timeout");
-    // Adaptive: large messages go in chunks. Block: whole through the region. Spin: in
-    // pieces through it (`conn/send.rs`).
+    // Block: large messages go whole through the region. Adaptive and Spin: in pieces
+    // through it (`conn/send.rs`).
     for wait in [
         WaitStrategy::Adaptive {
             spin: WaitStrategy::DEFAULT_SPIN,
@@ -773,13 +773,13 @@ fn send_timeout_case(wait: WaitStrategy) {
 
     // Messages of 20,000 bytes until one times out. With a blocking client they go whole
     // through the region (64 KiB: three fit), and the fourth finds it full. With a
-    // spinning one, in two pieces of 10,000 bytes, a frame each: the ring fills first,
-    // after ten, and the eleventh times out with its first piece in the ring. Otherwise,
-    // and on a Windows client, which has no region (a grant it sends would not outlive
+    // spinning or adaptive one, in two pieces of about 10,000 bytes, a frame each: the
+    // ring fills first, after ten, and the eleventh times out with its first piece in the
+    // ring. On a Windows client, which has no region (a grant it sends would not outlive
     // it: `conn/large.rs`), the first one goes in chunks and times out part-way.
     let region = !cfg!(windows);
     let whole = wait == WaitStrategy::Block && region;
-    let in_pieces = wait == WaitStrategy::Spin && region;
+    let in_pieces = wait != WaitStrategy::Block && region;
     let mut before: Vec<Vec<u8>> = Vec::new();
     let timed_out = loop {
         let message = random_bytes(before.len() as u64, 20_000);

@@ -315,9 +315,9 @@ async fn cancelled_large_send_delivers_nothing_of_it() {
 
 /// Large messages (issue 14) of several sizes, up to 16 MiB, small ones between them,
 /// echo byte for byte through `AsyncConnection`s: between blocking sides whole through
-/// their regions, two at a time; between spinning ones in pieces through them, and
-/// between adaptive ones in chunks, one at a time (a region of four pieces, or a ring,
-/// smaller than a message cannot hold a second while the first's echo waits to be taken).
+/// their regions, two at a time; between spinning or adaptive ones in pieces through
+/// them, one at a time (a region of a few pieces, smaller than a message, cannot hold a
+/// second while the first's echo waits to be taken).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_large_messages_echo_byte_exact() {
     for (wait, in_flight) in [

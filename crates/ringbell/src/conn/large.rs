@@ -6,11 +6,11 @@
 //!
 //! # When chunks are still used
 //!
-//! A message larger than one frame goes in chunks from a side whose wait is `Adaptive`
-//! (`Connection::large_route`; the measured reason is in `conn/send.rs`); from the others
-//! it goes through the region (in pieces from a side that spins, whole from one that
-//! blocks), unless the region cannot be had: then in chunks as before, which the receiver
-//! still takes. That is when
+//! A message larger than one frame goes through the region: in pieces from a side that
+//! spins or waits `Adaptive` (the default), whole from one that blocks
+//! (`Connection::large_route`; the measured reason is in `conn/send.rs`), unless the
+//! region cannot be had: then in chunks through the ring, which the receiver still takes.
+//! That is when
 //!
 //! - the OS refuses to make the region (out of memory, or of shared memory: `/dev/shm`
 //!   full); the connection then keeps to chunks for its life, rather than retry a failing
@@ -70,6 +70,7 @@ use std::time::{Duration, Instant};
 
 use super::send::SendProgress;
 use super::{corrupted, Connection};
+use crate::config::WaitStrategy;
 use crate::core::large::{
     piece_len, pieces_region_capacity, region_bound, region_capacity_for, FrameCheck, Incoming,
     LargeRef, PieceRef, RegionGrant, RegionRing, LARGE_REF_LEN, PIECE_REF_LEN, REGION_GRANT_LEN,
@@ -99,8 +100,6 @@ pub(super) enum LargePush {
 /// How a message larger than one frame goes (`Connection::large_route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LargeRoute {
-    /// In chunks through the ring.
-    Chunks,
     /// Whole through the region, with one `Large` frame.
     Whole,
     /// Through the region in pieces, each with its `Piece` frame.
@@ -239,13 +238,12 @@ pub(super) fn room_for(
 
 impl Connection {
     /// How a large message goes from this side: by its wait strategy (the reason,
-    /// measured, is at the caller in `send.rs`), in chunks also where no region can be
-    /// had (`try_push_pieces` says so).
+    /// measured, is at the caller in `send.rs`); in chunks where no region can be had
+    /// (`try_push_pieces` and `try_push_large` say so).
     pub(super) fn large_route(&self) -> LargeRoute {
         match self.settings.wait {
-            crate::config::WaitStrategy::Spin => LargeRoute::Pieces,
-            crate::config::WaitStrategy::Block => LargeRoute::Whole,
-            crate::config::WaitStrategy::Adaptive { .. } => LargeRoute::Chunks,
+            WaitStrategy::Spin | WaitStrategy::Adaptive { .. } => LargeRoute::Pieces,
+            WaitStrategy::Block => LargeRoute::Whole,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Sending: a message into the ring as one frame, or, when it is larger than a frame may
-//! be, into the large-message region with a `Large` frame (`large.rs`), or as full chunks
-//! and a last one where no region can be had; waiting for room; withdrawing a message half
-//! sent in chunks.
+//! be, through the large-message region (`large.rs`): in pieces, a `Piece` frame each, or
+//! whole with a `Large` frame; or as full chunks and a last one where no region can be
+//! had; waiting for room; withdrawing a message half sent, in chunks or in pieces.
 
 use std::time::Instant;
 
@@ -252,20 +252,20 @@ impl Connection {
             );
         }
         // A message begun goes on as it began. A new one goes through the region in pieces
-        // from a side that spins (`WaitStrategy::Spin`), whole from one that blocks
-        // (`Block`), and in chunks from an `Adaptive` one, or where no region can be had.
-        // Round trips measured against chunks, 5 runs interleaved (docs/BENCHMARKS.md,
-        // "The region in pieces"): spinning, in pieces, 64 KiB 19.6 -> 15.4 µs, 1 MiB
-        // 186 -> 159 µs, 4 MiB 761 -> 722 µs, 16 MiB level: the receiver copies piece k
-        // out while we write piece k+1, in a region of four pieces that stays in the
-        // cache, where whole the two copies were serial and went through memory (1 MiB
-        // 207 -> 277 µs, 16 MiB 3.8 -> 9.3 ms), and a 1 MiB message is 8 hand-offs, not
-        // 32 chunks. Adaptive, in pieces: 1 MiB 1.1-1.2x slower (192 -> 234 µs; the peer
-        // slept once per round trip where it spun before), so chunks. Blocking: whole, a
-        // message is one wake-up (1 MiB 1,080 -> 370 µs against chunks); pieces were
-        // faster still on a quiet machine (1 MiB 390 -> 297 µs, 16 MiB 7.7 -> 4.1 ms) but
-        // up to 1.8x slower at 4 MiB with another engineer's load on the two cores (a
-        // sleep and a wake-up per piece), so whole.
+        // from a side that spins or waits `Adaptive`, whole from one that blocks
+        // (`Block`), and in chunks only where no region can be had. Round trips measured
+        // (docs/BENCHMARKS.md, "The region in pieces" and "Adaptive sides in pieces"):
+        // spinning, in pieces against chunks, 64 KiB 19.6 -> 15.4 µs, 1 MiB 186 -> 159 µs,
+        // 4 MiB 761 -> 722 µs, 16 MiB level: the receiver copies piece k out while we
+        // write piece k+1, in a region of a few pieces that stays in the cache, where
+        // whole the two copies were serial and went through memory (1 MiB 207 -> 277 µs,
+        // 16 MiB 3.8 -> 9.3 ms). Adaptive, in pieces that start small (`FIRST_PIECE_LEN`):
+        // 1 MiB 181-189 -> 158-169 µs against chunks; in even pieces it had been 1.2x
+        // slower (the echo server's wait outlasted its spin). Blocking: whole, a message
+        // is one wake-up (1 MiB 1,080 -> 370 µs against chunks); pieces were faster still
+        // on a quiet machine (1 MiB 390 -> 297 µs, 16 MiB 7.7 -> 4.1 ms) but up to 1.8x
+        // slower at 4 MiB with another engineer's load on the two cores (a sleep and a
+        // wake-up per piece), so whole.
         self.tx_large.waiting_piece = None;
         if sent.bytes == 0 || sent.pieces {
             let pushed = match self.large_route() {
@@ -273,7 +273,11 @@ impl Connection {
                 LargeRoute::Whole if sent.bytes == 0 => {
                     self.try_push_large(msg, correlation, publish)?
                 }
-                LargeRoute::Whole | LargeRoute::Chunks => LargePush::Chunks,
+                // `sent.pieces`: only the pieces route sets it, and a side's route does not
+                // change (it follows the wait strategy, fixed at connect).
+                LargeRoute::Whole => {
+                    unreachable!("a message begun in pieces from a side that sends whole")
+                }
             };
             match pushed {
                 LargePush::Done => return Ok(Pushed::Done),

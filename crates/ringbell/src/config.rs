@@ -32,15 +32,22 @@ pub enum WaitStrategy {
     /// Spin for up to `spin`, then sleep on a futex. The default.
     ///
     /// The spin adapts to the peer: each side learns how soon its waits end. While at
-    /// least half of its recent waits (about the last 8) ended within `spin`, a wait
-    /// spins for the whole of `spin`; otherwise it sleeps at once, but for a probe that
-    /// spins again, one wait in 8 to 64, to notice when the peer has become quick. So a
-    /// peer that answers at memory speed is caught before anyone sleeps, and one that
-    /// answers every few milliseconds (an editor) costs no spinning on either side. A
-    /// spin that has found nothing for a few microseconds also gives the CPU away
+    /// least half of its recent waits that spun (about the last 8) ended within `spin`, a
+    /// wait spins for the whole of `spin`; otherwise it sleeps at once, but for a probe
+    /// that spins again, one wait in 8 to 64, to notice when the peer has become quick
+    /// (a wait that slept at once teaches nothing: its time includes the wake-up's own).
+    /// So a peer that answers at memory speed is caught before anyone sleeps, and one
+    /// that answers every few milliseconds (an editor) costs no spinning on either side.
+    /// A spin that has found nothing for a few microseconds also gives the CPU away
     /// (`sched_yield`) on every look, so that a peer waiting for this very core runs.
+    ///
+    /// While the peer is still taking what this side sent it (a request, the pieces of a
+    /// large one), its answer cannot come yet: a receive's spin counts `spin` from the
+    /// peer's last such progress, not from the start of the wait, for at most five times
+    /// `spin` in all.
     Adaptive {
-        /// The most a wait spins before sleeping.
+        /// How long a wait spins before sleeping, from its start or from the peer's last
+        /// progress (see above).
         spin: Duration,
     },
     /// Sleep at once (after one look at the ring). Zero CPU while waiting; every wake-up

@@ -206,9 +206,11 @@ impl Connection {
     }
 
     /// Pushes as many frames of `msg` as fit now, without waiting, continuing from `sent`.
-    /// A message that fits one frame is pushed whole or not at all; so is a larger one,
-    /// through the large-message region, and where no region can be had it goes in full
-    /// chunks. A pending abort (see [`abandon_send`](Self::abandon_send)) goes first.
+    /// A message that fits one frame is pushed whole or not at all. A larger one goes
+    /// through the large-message region in pieces, as many as fit now (from a side that
+    /// spins or waits `Adaptive`), or whole or not at all (from one that blocks); where
+    /// no region can be had, in full chunks. A pending abort (see
+    /// [`abandon_send`](Self::abandon_send)) goes first.
     pub(crate) fn push_some(
         &mut self,
         msg: &[u8],
@@ -318,9 +320,9 @@ impl Connection {
         Ok(Pushed::Done)
     }
 
-    /// Gives up on a send after `sent`: if part of a chunked message is in the ring, the
-    /// next send withdraws it with an abort frame, so the receiver never sees half a
-    /// message.
+    /// Gives up on a send after `sent`: if part of a message (chunks, or pieces) is in the
+    /// ring, the next send withdraws it with an abort frame, so the receiver never sees
+    /// half a message.
     pub(crate) fn abandon_send(&mut self, sent: &SendProgress) {
         if sent.bytes > 0 {
             self.tx_abort_pending = true;

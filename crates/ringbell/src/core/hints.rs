@@ -53,9 +53,8 @@ pub(crate) fn prefetch_for_write(at: *const u8) {
 /// Pushes the line holding `at`, which this core has just written, from its private caches
 /// towards the cache the cores share (x86's `CLDEMOTE`), without waiting. The peer's core,
 /// spinning on the ring's tail, then reads the line from there rather than by a snoop into
-/// ours. Used by `Producer::publish` for a small publication, on the frame's lines and on
-/// the tail's; measured on 64-byte spinning round trips (`ringbell serve`/`ping --wait
-/// spin`, pinned, the 2-vCPU VM): see `PUBLISH_DEMOTE_MAX` in `ring.rs`.
+/// ours. Used by `Producer::prepare_to_wait` on the lines of a small publication and on
+/// the tail's, once a side starts to wait for the answer; measured there.
 ///
 /// Ordered after this core's earlier stores to the same line, so the line goes with what
 /// was written to it. CPUs without it (CPUID leaf 7, ECX bit 25) run its encoding as a
@@ -107,12 +106,25 @@ mod x86 {
     #[cold]
     fn look_up() -> u8 {
         use std::arch::x86_64::{__cpuid, __cpuid_count};
-        let mut features = KNOWN;
+        // SAFETY: CPUID exists on every x86-64 CPU. (The intrinsics are safe functions in
+        // recent Rust, `unsafe` ones in the 1.85 this crate supports: hence the allow.)
         // Leaf 0 and leaf 0x8000_0000 say which basic and extended leaves exist.
-        if __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0 {
+        #[allow(unused_unsafe)]
+        let (prfchw, leaf7) = unsafe {
+            let extended = __cpuid(0x8000_0000).eax;
+            let prfchw = extended >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+            let leaf7 = if __cpuid(0).eax >= 7 {
+                __cpuid_count(7, 0).ecx
+            } else {
+                0
+            };
+            (prfchw, leaf7)
+        };
+        let mut features = KNOWN;
+        if prfchw {
             features |= PREFETCHW;
         }
-        if __cpuid(0).eax >= 7 && __cpuid_count(7, 0).ecx & (1 << 25) != 0 {
+        if leaf7 & (1 << 25) != 0 {
             features |= CLDEMOTE;
         }
         features

@@ -18,17 +18,18 @@
 //! [`FrameKind::Large`] frame ([`LargeRef`]): one hand-off, one wake-up. Whole, it is
 //! written before the receiver starts to read it, two serial copies, through a region of
 //! twice the message that leaves the cache once messages are large, which made it slower
-//! than chunks for a side that spins. A side that spins (`Spin`) sends it in pieces
-//! instead (protocol 6; [`piece_len`]: even pieces of at most [`PIECE_LEN`], at least
-//! two), each announced by its own [`FrameKind::Piece`] frame ([`PieceRef`]: where the
-//! piece lies, and the whole message's length) as soon as the piece is in, so that the
-//! receiver copies piece k out while the sender writes piece k+1, as it does with chunks
-//! in the ring; a 1 MiB message is 8 hand-offs, where it was 32 chunks. The receiver puts
+//! than chunks for a side that spins. A side that spins or waits `Adaptive` (the default)
+//! sends it in pieces instead (protocol 6; [`piece_len`]: growing from
+//! [`FIRST_PIECE_LEN`] to even pieces of at most [`PIECE_LEN`], at least two), each
+//! announced by its own [`FrameKind::Piece`] frame ([`PieceRef`]: where the piece lies,
+//! and the whole message's length) as soon as the piece is in, so that the receiver
+//! copies piece k out while the sender writes piece k+1, as it does with chunks in the
+//! ring; a 1 MiB message is 11 hand-offs, where it was 32 chunks. The receiver puts
 //! the pieces together as it does chunks (`conn/receive.rs`), checks each frame as a
 //! `Large` one, and that the pieces agree on their message's length and add up to no more
 //! ([`Incoming::check_piece`], and the reassembly); a message that ends part-way is
-//! withdrawn with an `Abort` frame, as chunks are. (`Adaptive` sides keep to chunks;
-//! `conn/send.rs` says why, measured.)
+//! withdrawn with an `Abort` frame, as chunks are. (`conn/send.rs` says why each wait
+//! strategy takes its way, measured.)
 //!
 //! # The region is a byte ring of whole messages, or of pieces
 //!

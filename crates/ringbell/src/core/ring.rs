@@ -413,16 +413,19 @@ impl Producer {
         Ok(self.cached_head)
     }
 
-    /// Asks for the lines of the next `bytes` to be written, where they are free (by the
-    /// cached head), with [`hints::prefetch_for_write`].
+    /// Asks for the lines of the next `bytes` to be written, with
+    /// [`hints::prefetch_for_write`]: the tail's line (which may hold the end of what was
+    /// just published; `prepare_to_wait` demotes it right after) and those after it, each
+    /// only if it ends within the free space (by the cached head), so that no line of
+    /// older frames the consumer has yet to read is taken from it.
     fn prefetch_next(&self, bytes: usize) {
-        let bytes = bytes.min(self.free_with(self.cached_head));
-        let start = self.ring.position(self.tail) & !(CACHE_LINE - 1);
-        let mut offset = 0;
-        while offset < bytes {
-            let pos = (start + offset) & (self.ring.capacity - 1);
+        let free_end = self.tail + self.free_with(self.cached_head) as u64;
+        let end = self.tail + bytes as u64;
+        let mut line = self.tail & !(CACHE_LINE as u64 - 1);
+        while line < end && line + CACHE_LINE as u64 <= free_end {
+            let pos = self.ring.position(line);
             hints::prefetch_for_write(self.ring.data.wrapping_add(pos));
-            offset += CACHE_LINE;
+            line += CACHE_LINE as u64;
         }
     }
 
@@ -794,7 +797,8 @@ impl Producer {
     /// request, a reply) and the tail's line go towards the cache both cores share,
     /// where the consumer reads them sooner than from this core; and the lines the next
     /// message will go to are asked for, so that they travel during the wait rather than
-    /// while it is written. Once per publication; nothing else changes.
+    /// while it is written. The demotion once per publication, the prefetch at every
+    /// wait (a hint for lines already ours costs next to nothing); nothing else changes.
     ///
     /// Not at `publish` itself: a producer that publishes message after message would
     /// write again at once to the lines it had just pushed away (one message at a time

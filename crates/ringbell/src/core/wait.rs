@@ -90,15 +90,13 @@ const PROBE_EVERY_MAX: u16 = 64;
 /// [`WaitStrategy::Adaptive`], whose `spin` is the ceiling, a side spins its whole budget
 /// while at least half of its recent waits (an average over about the last 8) ended
 /// within that budget, and otherwise sleeps at once, but for an occasional probe that
-/// spins again to notice when the peer has become quick. A wait that slept and still
-/// ended within the budget counts as quick too (so the average recovers without probes
-/// when the peer is quick and wake-ups are cheap). A wait that ends at its timeout
-/// teaches nothing. `Spin` and `Block` learn nothing: they are the user's fixed choice.
+/// spins again to notice when the peer has become quick. A wait that ends at its
+/// timeout teaches nothing. `Spin` and `Block` learn nothing: they are the user's fixed choice.
 ///
-/// A wait that slept at once and ended past the ceiling teaches nothing: its time includes
-/// the wake-up's own latency, so it cannot tell whether spinning would have paid (counted
-/// as slow, such waits outvoted the probes, and a side whose peer mostly answered within
-/// the ceiling stayed asleep).
+/// A wait that slept at once teaches nothing: its time includes the wake-up's own
+/// latency, so it cannot tell whether spinning would have paid (counted as slow, such
+/// waits outvoted the probes, and a side whose peer mostly answered within the ceiling
+/// stayed asleep). While it sleeps, only its probes teach it.
 ///
 /// The cost while spinning does not pay is one probe's budget per 8 to 64 waits: at most
 /// 6 µs a wait with the default 50 µs, against 50 µs for a fixed spin.
@@ -157,15 +155,15 @@ impl SpinLearner {
         let WaitStrategy::Adaptive { spin: ceiling } = *strategy else {
             return;
         };
-        let quick = waited <= ceiling;
-        // A wait that slept at once and ended past the ceiling teaches nothing: its time
-        // includes the wake-up's own latency (15-80 µs here), so it cannot tell whether
-        // the condition came within the ceiling. Counted as slow, such waits kept a side
-        // asleep for a peer that mostly answered in time (the probes alone could not
-        // outvote them). Its probes and its quick sleeps still teach.
-        if std::mem::take(&mut self.sleeping_at_once) && !quick {
+        // A wait that slept at once teaches nothing: its time includes the wake-up's own
+        // latency (15-80 µs here), so it cannot tell whether the condition came within
+        // the ceiling. Counted as slow, such waits kept a side asleep for a peer that
+        // mostly answered in time (the probes alone could not outvote them); counted when
+        // quick only, they would pull one way. The probes decide.
+        if std::mem::take(&mut self.sleeping_at_once) {
             return;
         }
+        let quick = waited <= ceiling;
         let target = if quick { QUICK_SCALE } else { 0 };
         // Rounded towards the target, so that a run of one outcome reaches it.
         self.quick = if target >= self.quick {
@@ -474,7 +472,8 @@ fn wait_inner<E>(
                 let moved = peer_progress();
                 if moved.is_some() && moved != progress {
                     progress = moved;
-                    if now.duration_since(first) < budget * PROGRESS_SPIN_CAP {
+                    // Saturating: a user may ask for a spin near `Duration::MAX`.
+                    if now.duration_since(first) < budget.saturating_mul(PROGRESS_SPIN_CAP) {
                         *started = Some(now);
                     }
                 }
@@ -655,13 +654,21 @@ mod tests {
     }
 
     #[test]
-    fn a_wait_that_slept_but_ended_within_the_budget_counts_as_quick() {
+    fn a_wait_that_slept_at_once_teaches_nothing_whatever_it_took() {
         let mut learner = SpinLearner::default();
         waits(&mut learner, 200, SLOW);
-        // Woken through the kernel within the budget (no spin): the peer is quick enough
-        // that spinning would have paid, so the learner comes back without a probe.
-        let budgets = waits(&mut learner, 8, CEILING - Duration::from_micros(10));
-        assert_eq!(budgets.last(), Some(&CEILING), "{budgets:?}");
+        let asleep = learner.quick;
+        // Waits that sleep at once, quick or slow as the wake-up made them: the average
+        // does not move. Only the probes (budgets that are not zero) teach.
+        for took in [QUICK, CEILING - Duration::from_micros(10), SLOW].repeat(10) {
+            let budget = learner.budget(&ADAPTIVE).expect("Adaptive has a budget");
+            let before = learner.quick;
+            learner.learn(&ADAPTIVE, took);
+            if budget.is_zero() {
+                assert_eq!(learner.quick, before, "a sleep of {took:?} taught");
+            }
+        }
+        assert!(asleep < QUICK_SCALE / 2, "{asleep}");
     }
 
     #[test]
@@ -705,6 +712,14 @@ mod tests {
     /// sleeps, until `ready(started, sleeps)` (or a 5 s deadline), the peer's progress
     /// reading as `progress()`. Returns how the wait ended and how often it slept.
     fn wait_watching_progress(
+        ready: impl FnMut(Instant, usize) -> bool,
+        progress: impl FnMut() -> Option<u64>,
+    ) -> (Waited, usize) {
+        wait_watching_progress_under(&ADAPTIVE, ready, progress)
+    }
+
+    fn wait_watching_progress_under(
+        strategy: &WaitStrategy,
         mut ready: impl FnMut(Instant, usize) -> bool,
         progress: impl FnMut() -> Option<u64>,
     ) -> (Waited, usize) {
@@ -721,7 +736,7 @@ mod tests {
         };
         let started = Instant::now();
         let waited = wait_until(
-            &ADAPTIVE,
+            strategy,
             &mut SpinLearner::default(),
             &cell,
             &sleeper,
@@ -753,11 +768,28 @@ mod tests {
         let (waited, sleeps) =
             wait_watching_progress(|started, _| started.elapsed() >= CEILING * 3, moving());
         assert_eq!((waited, sleeps), (Waited::Ready, 0));
-        // The same wait without progress sleeps once its budget is spent.
-        let (waited, sleeps) =
-            wait_watching_progress(|started, _| started.elapsed() >= CEILING * 3, || Some(7));
-        assert_eq!(waited, Waited::Ready);
-        assert!(sleeps > 0, "a wait with a still peer never slept");
+        // The same wait with a still peer sleeps once its budget is spent (ready only
+        // then, so that no time measured here decides the outcome).
+        let (waited, sleeps) = wait_watching_progress(|_, sleeps| sleeps > 0, || Some(7));
+        assert_eq!((waited, sleeps), (Waited::Ready, 1));
+    }
+
+    #[test]
+    fn progress_under_the_longest_spin_there_is_does_not_overflow() {
+        // `spin` is the user's: the cap on progress multiplies it, saturating.
+        let longest = WaitStrategy::Adaptive {
+            spin: Duration::MAX,
+        };
+        let mut looks = 0;
+        let (waited, sleeps) = wait_watching_progress_under(
+            &longest,
+            |_, _| {
+                looks += 1;
+                looks > 1_000
+            },
+            moving(),
+        );
+        assert_eq!((waited, sleeps), (Waited::Ready, 0));
     }
 
     #[test]

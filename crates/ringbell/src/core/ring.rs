@@ -203,8 +203,9 @@ impl FrameHeader {
 pub(crate) struct RingError(pub(crate) &'static str);
 
 /// How far ahead of where it writes [`Producer::write_packed_run`] asks for the ring's
-/// lines (see [`prefetch_for_write`](hints::prefetch_for_write)): 8 lines, about 7 messages of 64 bytes. 256 B and
-/// 1 KiB measured the same, 2 KiB a little less (examples/batches.rs, interleaved).
+/// lines (see [`hints::prefetch_for_write`]): 8 lines, about 7 messages of 64 bytes.
+/// 256 B and 1 KiB measured the same, 2 KiB a little less (examples/batches.rs,
+/// interleaved).
 const PREFETCH_AHEAD: usize = 512;
 
 /// The largest publication whose lines [`Producer::prepare_to_wait`] demotes: a few
@@ -665,7 +666,7 @@ impl Producer {
     /// consumer last read, which the CPU must take back from the other core before the
     /// stores leave its store buffer (in order): fewer stores of our own between them
     /// means more messages' lines fetched at once, and the lines a few messages ahead are
-    /// asked for before they are written ([`prefetch_for_write`](hints::prefetch_for_write)). Measured:
+    /// asked for before they are written ([`hints::prefetch_for_write`]). Measured:
     /// docs/BENCHMARKS.md, "Packed batches".
     ///
     /// [`try_write_packed`]: Self::try_write_packed

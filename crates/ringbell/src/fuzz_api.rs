@@ -31,7 +31,7 @@ use crate::core::large::{region_bound, FrameCheck, Incoming, REGION_GRANT_LEN};
 use crate::core::layout::RingControl;
 use crate::core::ring::{
     frame_size, max_frame_payload, Consumer, Frame, FrameHeader, FrameKind, PackCursor, Producer,
-    RawRing, RingError, FRAME_HEADER_LEN, MIN_CAPACITY,
+    RawRing, RingError, FRAME_HEADER_LEN, MIN_CAPACITY, PACK_ENTRY_HEADER_LEN,
 };
 use crate::core::sync::Ordering;
 use crate::handshake::wire::{
@@ -439,6 +439,15 @@ impl ConsumerChecker<'_> {
             .into_iter()
             .map(|(id, range)| (id, run_bytes[range].to_vec()))
             .collect();
+        // The same ring in runs of at most a few messages, as `recv_batch` takes it with a
+        // small limit, must hand out exactly those messages too.
+        let limit = 1 + (consumer.head() % 4) as usize;
+        // Each message takes at least a pack entry's length of the ring.
+        let most = self.ring.capacity / PACK_ENTRY_HEADER_LEN + 1;
+        assert!(
+            take_in_limited_runs(consumer.clone(), limit, most) == run,
+            "runs of at most {limit} messages differ from one unlimited run"
+        );
         let (result, low, high) = self.drain_peeking(consumer, &run);
         assert!(
             (low..=high).contains(&twin.head()),
@@ -734,5 +743,50 @@ impl ConsumerChecker<'_> {
             expected[skip..],
             "append_payload read other bytes"
         );
+    }
+}
+
+/// Takes `reader`'s ring in runs of at most `limit` messages (`take_messages`), as
+/// `recv_batch` does with a small limit: a run that stops inside a pack leaves the rest of
+/// it to `take_packed` (as `Connection::take_rest_of_pack` does), and the next run starts
+/// after it. Stops where a run takes nothing, or a packed message is refused. Returns the
+/// messages with their correlation ids; panics past `most` of them (a reader that takes
+/// some twice, and would never end).
+fn take_in_limited_runs(mut reader: Consumer, limit: usize, most: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut taken_all = Vec::new();
+    loop {
+        assert!(
+            taken_all.len() <= most,
+            "runs of at most {limit} messages took more than the ring holds"
+        );
+        let mut bytes = Vec::new();
+        let mut ranges = Vec::new();
+        let taken = reader.take_messages(&mut bytes, limit, usize::MAX, |id, range| {
+            ranges.push((id, range))
+        });
+        let mut progressed = taken.messages > 0;
+        taken_all.extend(
+            ranges
+                .into_iter()
+                .map(|(id, range)| (id, bytes[range].to_vec())),
+        );
+        if let Some(mut cursor) = taken.pack {
+            loop {
+                let mut message = Vec::new();
+                match reader.take_packed(&mut cursor, usize::MAX, &mut message) {
+                    Ok(packed) => {
+                        taken_all.push((cursor.correlation(), message));
+                        progressed = true;
+                        if packed.last {
+                            break;
+                        }
+                    }
+                    Err(_) => return taken_all,
+                }
+            }
+        }
+        if !progressed {
+            return taken_all;
+        }
     }
 }

@@ -21,6 +21,30 @@
 /// The cache line: 64 bytes on every CPU these hints run on.
 pub(crate) const CACHE_LINE: usize = 64;
 
+/// Issues the x86 hint `$instruction` on the line holding `$at` (a `*const u8`) where the
+/// CPU has `$feature` (a bit of [`x86::has`]); nothing elsewhere, or under Miri.
+macro_rules! line_hint {
+    ($instruction:literal, $feature:expr, $at:expr) => {{
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        if x86::has($feature) {
+            // SAFETY: the CPU has the instruction (checked just above). Both hints change
+            // no memory the program can observe (`readonly`: they are ordered after this
+            // core's earlier stores, which a demotion carries with the line) and cannot
+            // fault, whatever the address; the callers' addresses lie in the ring or its
+            // control block anyway.
+            unsafe {
+                std::arch::asm!(
+                    concat!($instruction, " [{}]"),
+                    in(reg) $at,
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        let _ = $at;
+    }};
+}
+
 /// Asks the CPU to fetch the line holding `at` for writing (x86's `PREFETCHW`), without
 /// waiting for it. A producer's stores go to lines that the consumer's core read last;
 /// each store then waits in the store buffer, in order, for its line to come back, and a
@@ -33,21 +57,7 @@ pub(crate) const CACHE_LINE: usize = 64;
 /// would refuse it, hence the check.
 #[inline(always)]
 pub(crate) fn prefetch_for_write(at: *const u8) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    if x86::has(x86::PREFETCHW) {
-        // SAFETY: the CPU has the instruction (checked just above); a prefetch accesses no
-        // memory that the program can observe and cannot fault, whatever the address (the
-        // callers' addresses lie in the ring anyway).
-        unsafe {
-            std::arch::asm!(
-                "prefetchw [{}]",
-                in(reg) at,
-                options(nostack, preserves_flags, readonly)
-            );
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = at;
+    line_hint!("prefetchw", x86::PREFETCHW, at);
 }
 
 /// Pushes the line holding `at`, which this core has just written, from its private caches
@@ -61,21 +71,7 @@ pub(crate) fn prefetch_for_write(at: *const u8) {
 /// no-op hint, but it is only issued where CPUID reports it.
 #[inline(always)]
 pub(crate) fn demote(at: *const u8) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    if x86::has(x86::CLDEMOTE) {
-        // SAFETY: the CPU has the instruction (checked just above); a demotion changes no
-        // memory that the program can observe and cannot fault, whatever the address (the
-        // callers' addresses lie in the ring or its control block anyway).
-        unsafe {
-            std::arch::asm!(
-                "cldemote [{}]",
-                in(reg) at,
-                options(nostack, preserves_flags, readonly)
-            );
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = at;
+    line_hint!("cldemote", x86::CLDEMOTE, at);
 }
 
 #[cfg(all(target_arch = "x86_64", not(miri)))]

@@ -421,13 +421,24 @@ impl Producer {
     /// older frames the consumer has yet to read is taken from it.
     fn prefetch_next(&self, bytes: usize) {
         let free_end = self.tail + self.free_with(self.cached_head) as u64;
-        let end = self.tail + bytes as u64;
-        let mut line = self.tail & !(CACHE_LINE as u64 - 1);
-        while line < end && line + CACHE_LINE as u64 <= free_end {
-            let pos = self.ring.position(line);
-            hints::prefetch_for_write(self.ring.data.wrapping_add(pos));
-            line += CACHE_LINE as u64;
+        // A line that starts before this ends within the free space.
+        let whole_lines_end = (free_end + 1).saturating_sub(CACHE_LINE as u64);
+        let end = (self.tail + bytes as u64).min(whole_lines_end);
+        for line in self.lines(self.tail, end) {
+            hints::prefetch_for_write(line);
         }
+    }
+
+    /// The lines (their first bytes' addresses in the ring) that start in `from..to`, the
+    /// first rounded down to a line: ring counters, mapped to positions.
+    fn lines(&self, from: u64, to: u64) -> impl Iterator<Item = *const u8> + '_ {
+        let first = from & !(CACHE_LINE as u64 - 1);
+        (first..to).step_by(CACHE_LINE).map(|line| {
+            self.ring
+                .data
+                .wrapping_add(self.ring.position(line))
+                .cast_const()
+        })
     }
 
     /// Bytes in the ring.
@@ -815,10 +826,8 @@ impl Producer {
         }
         self.prefetch_next(PREFETCH_BEFORE_WAIT);
         if let Some(published) = self.to_demote.take() {
-            let mut line = published.start & !(CACHE_LINE as u64 - 1);
-            while line < published.end {
-                hints::demote(self.ring.data.wrapping_add(self.ring.position(line)));
-                line += CACHE_LINE as u64;
+            for line in self.lines(published.start, published.end) {
+                hints::demote(line);
             }
             hints::demote(std::ptr::from_ref(&self.ring.control().tail).cast());
         }
